@@ -1,0 +1,1 @@
+//! The callrelay STUN/TURN relay: sans-IO core plus tokio runtime.
