@@ -1,0 +1,100 @@
+'use strict';
+// A tiny static server on 127.0.0.1 (ephemeral port) for the test page and the two
+// janus.js generations, both used straight from where they are installed (never copied
+// into the repository), plus headless Debian Chromium via playwright-core.
+const http = require('node:http');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const JANUS = {
+  // Debian libjs-janus-gateway (current generation).
+  '1.1.2': '/usr/share/javascript/janus-gateway/janus.js',
+  // npm janus-gateway@0.2.3, the 0.2.x janus.js that Mattermost vendored.
+  '0.2.3': path.join(path.dirname(require.resolve('janus-gateway/package.json')), 'html', 'janus.nojquery.js'),
+};
+const ADAPTER = '/usr/share/javascript/webrtc-adapter/adapter.js';
+const PAGES = path.join(__dirname, '..', 'pages');
+
+const JS = 'text/javascript; charset=utf-8';
+const ROUTES = {
+  '/call.js': [path.join(PAGES, 'call.js'), JS],
+  '/adapter.js': [ADAPTER, JS],
+};
+for (const [gen, file] of Object.entries(JANUS)) {
+  ROUTES[`/g/${gen}/call.html`] = [path.join(PAGES, 'call.html'), 'text/html; charset=utf-8'];
+  ROUTES[`/g/${gen}/janus.js`] = [file, JS];
+}
+
+function startStaticServer() {
+  for (const [, [file]] of Object.entries(ROUTES)) {
+    if (!fs.existsSync(file)) throw new Error(`${file} missing (install libjs-janus-gateway, libjs-webrtc-adapter; npm ci)`);
+  }
+  const server = http.createServer((req, res) => {
+    const route = ROUTES[new URL(req.url, 'http://x').pathname];
+    if (!route) {
+      res.writeHead(404).end('not found');
+      return;
+    }
+    res.writeHead(200, { 'Content-Type': route[1], 'Cache-Control': 'no-store' });
+    fs.createReadStream(route[0]).pipe(res);
+  });
+  return new Promise((resolve, reject) => {
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      resolve({ base: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(r)) });
+    });
+  });
+}
+
+// Flags from the testing notes: fake devices and auto-granted media, no GPU, and nothing
+// that makes Chromium reach the internet from a machine without one.
+const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--autoplay-policy=no-user-gesture-required',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks',
+];
+
+async function launchChromium() {
+  const { chromium } = require('playwright-core');
+  // launch() gives Chromium a fresh temporary --user-data-dir of its own (playwright
+  // refuses the flag in args) and deletes it on close.
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_ARGS,
+    timeout: 30000,
+  });
+  return { browser, close: () => browser.close().catch(() => {}) };
+}
+
+/** A page in its own browser context, with its console captured for failure reports. */
+async function newPartyPage(browser, base, gen, label) {
+  const context = await browser.newContext();
+  await context.grantPermissions(['camera', 'microphone'], { origin: base });
+  const page = await context.newPage();
+  const consoleLines = [];
+  page.on('console', (m) => consoleLines.push(`[${label} ${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`[${label} pageerror] ${e.message}`));
+  await page.goto(`${base}/g/${gen}/call.html`, { timeout: 15000 });
+  await page.waitForFunction(() => window.callPageReady === true, null, { timeout: 10000 });
+  return {
+    page,
+    context,
+    label,
+    consoleLines,
+    dumpConsole: () => `----- console ${label}\n${consoleLines.slice(-300).join('\n')}\n----- end console ${label}`,
+    close: () => context.close().catch(() => {}),
+  };
+}
+
+module.exports = { startStaticServer, launchChromium, newPartyPage, JANUS, CHROMIUM_ARGS };

@@ -1,0 +1,374 @@
+/* callrelay browser test client: one party of a Mattermost-style videocall, run through
+ * the stock janus.js (1.1.2 or 0.2.3) against the gateway. Driven from Node through
+ * playwright (`window.party.*`); everything it observes is recorded for assertions.
+ *
+ * Loaded after adapter.js and BEFORE janus.js, so the two wrappers below are what
+ * janus.js finds as `RTCPeerConnection` and `WebSocket`.
+ */
+'use strict';
+
+(function () {
+  const t0 = performance.now();
+  const now = () => Math.round(performance.now() - t0);
+
+  const rec = {
+    events: [], // {t, kind, ...}: everything janus.js or the plugin reported
+    wsIn: [], // every JSON message janus.js received over its WebSocket
+    wsOut: [], // every JSON message janus.js sent
+    pcs: [], // {passedPolicy, forcedPolicy, iceServers} per RTCPeerConnection created
+  };
+  function event(kind, data) {
+    rec.events.push(Object.assign({ t: now(), kind }, data || {}));
+  }
+
+  // ---- Relay-only guard -------------------------------------------------------------
+  // Tests must stay on loopback: without iceTransportPolicy "relay" Chromium would also
+  // gather (and probe from) the machine's interface address. Both janus.js generations
+  // pass `iceTransportPolicy` from `new Janus({...})` into the RTCPeerConnection config
+  // (0.2.3: pc_config in streamsDone; 1.1.2: pc_config in prepareWebrtcPeer), and the
+  // page passes "relay" there. This wrapper records what janus.js passed (the tests
+  // assert it was "relay") and forces "relay" anyway, so a regression in a library can
+  // never leak a non-loopback candidate.
+  const NativePC = window.RTCPeerConnection;
+  class RelayOnlyPeerConnection extends NativePC {
+    constructor(config, ...rest) {
+      const passed = config ? config.iceTransportPolicy : undefined;
+      const forced = Object.assign({}, config || {}, { iceTransportPolicy: 'relay' });
+      super(forced, ...rest);
+      rec.pcs.push({ passedPolicy: passed, forcedPolicy: this.getConfiguration().iceTransportPolicy, iceServers: (config && config.iceServers) || [] });
+    }
+  }
+  window.RTCPeerConnection = RelayOnlyPeerConnection;
+  window.webkitRTCPeerConnection = RelayOnlyPeerConnection;
+
+  // ---- WebSocket recorder -------------------------------------------------------------
+  const NativeWS = window.WebSocket;
+  class RecordingWebSocket extends NativeWS {
+    constructor(url, protocols) {
+      super(url, protocols);
+      event('ws-open-requested', { url: String(url), protocols });
+      this.addEventListener('message', (e) => {
+        try {
+          rec.wsIn.push(Object.assign({ t: now() }, JSON.parse(e.data)));
+        } catch (err) {
+          rec.wsIn.push({ t: now(), unparsable: String(e.data).slice(0, 200) });
+        }
+      });
+      this.addEventListener('close', (e) => event('ws-close', { code: e.code }));
+    }
+    send(data) {
+      try {
+        rec.wsOut.push(Object.assign({ t: now() }, JSON.parse(data)));
+      } catch (err) {
+        rec.wsOut.push({ t: now(), unparsable: String(data).slice(0, 200) });
+      }
+      return super.send(data);
+    }
+  }
+  window.WebSocket = RecordingWebSocket;
+
+  // ---- The party ----------------------------------------------------------------------
+  let janus = null;
+  let handle = null;
+  let opts = null;
+  let gen = null;
+
+  function fail(where, err) {
+    event('error', { where, error: typeof err === 'string' ? err : (err && (err.message || JSON.stringify(err))) || String(err) });
+  }
+
+  // Media the Mattermost webapp asked for (audio + video both ways, no data channel),
+  // in each generation's own API: 0.2.x `media`, 1.x `tracks` (`media` is deprecated
+  // there and only translated).
+  function mediaOptions() {
+    if (gen === '0.2.3') {
+      return { media: { audioSend: true, videoSend: true, audioRecv: true, videoRecv: true, data: false } };
+    }
+    return { tracks: [{ type: 'audio', capture: true, recv: true }, { type: 'video', capture: true, recv: true }] };
+  }
+
+  function doCall() {
+    event('creating-offer');
+    handle.createOffer(Object.assign(mediaOptions(), {
+      success(jsep) {
+        event('offer-created', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length });
+        handle.send({ message: { request: 'call', username: opts.peerId }, jsep });
+      },
+      error(err) {
+        fail('createOffer', err);
+      },
+    }));
+  }
+
+  function onMessage(msg, jsep) {
+    const data = msg || {};
+    const result = data.result || {};
+    if (data.error_code !== undefined || data.error) {
+      event('plugin-error', { code: data.error_code, error: data.error });
+      return;
+    }
+    const ev = result.event;
+    event('plugin-event', { event: ev, username: result.username, reason: result.reason, hasJsep: !!jsep, jsepType: jsep && jsep.type });
+    if (ev === 'registered') {
+      // Mattermost's webapp: the caller calls 750 ms after its registration.
+      if (opts.role === 'caller') setTimeout(doCall, 750);
+    } else if (ev === 'incomingcall') {
+      if (!jsep) {
+        fail('incomingcall', 'no offer jsep');
+        return;
+      }
+      event('incoming-offer', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length, relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length });
+      handle.createAnswer(Object.assign(mediaOptions(), {
+        jsep,
+        success(answer) {
+          event('answer-created');
+          handle.send({ message: { request: 'accept' }, jsep: answer });
+        },
+        error(err) {
+          fail('createAnswer', err);
+        },
+      }));
+    } else if (ev === 'accepted') {
+      if (opts.role === 'caller') {
+        if (!jsep) {
+          fail('accepted', 'no answer jsep');
+          return;
+        }
+        event('accepted-answer', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length, relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length });
+        handle.handleRemoteJsep({ jsep, error: (err) => fail('handleRemoteJsep', err) });
+      }
+    } else if (ev === 'hangup') {
+      // The webapp ends the call on the plugin's hangup event: close the PeerConnection.
+      handle.hangup();
+    }
+  }
+
+  let plainPc = null;
+
+  async function addFakeMedia(pc) {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+    for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  }
+
+  function gatheringDone(pc) {
+    return new Promise((resolve, reject) => {
+      if (pc.iceGatheringState === 'complete') return resolve();
+      const timer = setTimeout(() => reject(new Error('ICE gathering not complete after 10 s')), 10000);
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+  }
+
+  /** Inbound bytes per kind and the selected candidate pair of `pc`. */
+  async function pcStats(pc) {
+    if (!pc) return { pc: false };
+    const report = await pc.getStats();
+    const out = { pc: true, iceConnectionState: pc.iceConnectionState, connectionState: pc.connectionState, inbound: {}, pair: null, localCandidates: [] };
+    let selectedPairId = null;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp') {
+        const kind = s.kind || s.mediaType;
+        out.inbound[kind] = (out.inbound[kind] || 0) + (s.bytesReceived || 0);
+      } else if (s.type === 'transport' && s.selectedCandidatePairId) {
+        selectedPairId = s.selectedCandidatePairId;
+      } else if (s.type === 'local-candidate') {
+        out.localCandidates.push({ candidateType: s.candidateType, address: s.address, port: s.port, relayProtocol: s.relayProtocol, url: s.url });
+      }
+    });
+    if (selectedPairId) {
+      const p = report.get(selectedPairId);
+      const l = report.get(p.localCandidateId);
+      const r = report.get(p.remoteCandidateId);
+      out.pair = {
+        state: p.state,
+        bytesSent: p.bytesSent,
+        bytesReceived: p.bytesReceived,
+        local: l && { candidateType: l.candidateType, address: l.address, port: l.port, protocol: l.protocol, relayProtocol: l.relayProtocol, url: l.url },
+        remote: r && { candidateType: r.candidateType, address: r.address, port: r.port, protocol: r.protocol },
+      };
+    }
+    return out;
+  }
+
+  window.callPageInit = function () {
+    gen = typeof Janus.isWebrtcSupported === 'function' && typeof Janus.mediaToTracks === 'function' ? '1.1.2' : '0.2.3';
+    window.party = {
+      rec,
+      generation: () => gen,
+
+      /** Fetches TURN credentials from the gateway (GET /turn-credentials?token=). */
+      async turnCredentials(base, token) {
+        const res = await fetch(`${base}/turn-credentials?token=${encodeURIComponent(token)}`);
+        const text = await res.text();
+        let json = null;
+        try {
+          json = JSON.parse(text);
+        } catch (e) {
+          /* keep null */
+        }
+        return { status: res.status, json, text: text.slice(0, 500), acao: res.headers.get('access-control-allow-origin') };
+      },
+
+      /** new Janus + attach videocall + register; resolves once `registered` arrives. */
+      start(o) {
+        opts = o;
+        return new Promise((resolve, reject) => {
+          Janus.init({
+            debug: o.debug ? 'all' : ['warn', 'error'],
+            callback() {
+              janus = new Janus({
+                server: o.server,
+                token: o.token,
+                iceServers: o.iceServers,
+                iceTransportPolicy: 'relay',
+                success() {
+                  event('session-created', { sessionId: janus.getSessionId() });
+                  janus.attach({
+                    plugin: 'janus.plugin.videocall',
+                    opaqueId: 'callrelay-test-' + Janus.randomString(12),
+                    success(h) {
+                      handle = h;
+                      event('attached', { handleId: h.getId() });
+                      handle.send({ message: { request: 'register', username: o.userId } });
+                    },
+                    error(err) {
+                      fail('attach', err);
+                      reject(new Error('attach failed: ' + JSON.stringify(err)));
+                    },
+                    onmessage(msg, jsep) {
+                      onMessage(msg, jsep);
+                      if (msg && msg.result && msg.result.event === 'registered') resolve(msg.result);
+                      if (msg && msg.error_code !== undefined) reject(new Error('register failed: ' + msg.error_code + ' ' + msg.error));
+                    },
+                    iceState(state) {
+                      event('ice-state', { state });
+                    },
+                    webrtcState(on, reason) {
+                      event('webrtc-state', { on, reason });
+                    },
+                    // 0.2.x reports whole remote streams, 1.x single tracks.
+                    onlocalstream(stream) {
+                      event('local-stream', { tracks: stream.getTracks().map((tr) => tr.kind) });
+                    },
+                    onremotestream(stream) {
+                      event('remote-stream', { tracks: stream.getTracks().map((tr) => tr.kind) });
+                      const v = document.getElementById('remote');
+                      v.srcObject = stream;
+                    },
+                    onlocaltrack(track, on) {
+                      event('local-track', { kind: track.kind, on });
+                    },
+                    onremotetrack(track, mid, on) {
+                      event('remote-track', { kind: track.kind, mid, on });
+                    },
+                    oncleanup() {
+                      event('cleanup');
+                    },
+                    ondetached() {
+                      event('detached');
+                    },
+                  });
+                },
+                error(err) {
+                  fail('session', err);
+                  reject(new Error('Janus session failed: ' + (typeof err === 'string' ? err : JSON.stringify(err))));
+                },
+                destroyed() {
+                  event('destroyed');
+                },
+              });
+            },
+          });
+        });
+      },
+
+      /** getStats of janus.js' PeerConnection: inbound bytes per kind, selected pair. */
+      stats() {
+        return pcStats(handle && handle.webrtcStuff && handle.webrtcStuff.pc);
+      },
+
+      /** The Mattermost hang-up: plugin `hangup` request, then close the PeerConnection. */
+      hangup() {
+        handle.send({ message: { request: 'hangup' } });
+        handle.hangup();
+      },
+
+      /** detach the handle, then destroy the session; resolves when both are done. */
+      finish() {
+        return new Promise((resolve, reject) => {
+          handle.detach({
+            success() {
+              event('detach-done');
+              janus.destroy({
+                success() {
+                  event('destroy-done');
+                  resolve();
+                },
+                error(err) {
+                  fail('destroy', err);
+                  reject(new Error('destroy failed: ' + JSON.stringify(err)));
+                },
+              });
+            },
+            error(err) {
+              fail('detach', err);
+              reject(new Error('detach failed: ' + JSON.stringify(err)));
+            },
+          });
+        });
+      },
+
+      // ---- Plain RTCPeerConnection pair (no gateway, no janus.js): isolates the relay.
+      async plainOffer(iceServers) {
+        plainPc = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
+        await addFakeMedia(plainPc);
+        await plainPc.setLocalDescription(await plainPc.createOffer());
+        await gatheringDone(plainPc);
+        return { type: 'offer', sdp: plainPc.localDescription.sdp };
+      },
+      async plainAnswer(iceServers, offer) {
+        plainPc = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
+        await addFakeMedia(plainPc);
+        await plainPc.setRemoteDescription(offer);
+        await plainPc.setLocalDescription(await plainPc.createAnswer());
+        await gatheringDone(plainPc);
+        return { type: 'answer', sdp: plainPc.localDescription.sdp };
+      },
+      async plainAccept(answer) {
+        await plainPc.setRemoteDescription(answer);
+      },
+      plainStats() {
+        return pcStats(plainPc);
+      },
+      plainClose() {
+        if (plainPc) plainPc.close();
+      },
+
+      /** A raw Janus `create` over a fresh WebSocket; resolves with the reply. */
+      rawCreate(server, token) {
+        return new Promise((resolve, reject) => {
+          const ws = new NativeWS(server, 'janus-protocol');
+          const timer = setTimeout(() => {
+            ws.close();
+            reject(new Error('no reply to create within 5 s'));
+          }, 5000);
+          ws.onopen = () => ws.send(JSON.stringify({ janus: 'create', transaction: 'raw-create-' + Date.now(), token }));
+          ws.onmessage = (e) => {
+            clearTimeout(timer);
+            ws.close();
+            resolve(JSON.parse(e.data));
+          };
+          ws.onerror = () => {
+            clearTimeout(timer);
+            reject(new Error('websocket error'));
+          };
+        });
+      },
+    };
+    window.callPageReady = true;
+  };
+})();
