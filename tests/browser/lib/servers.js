@@ -7,7 +7,7 @@ const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { freePorts, waitUntil, tcpConnects, withTimeout } = require('./util');
+const { fatal, freePorts, waitUntil, tcpConnects, withTimeout } = require('./util');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const BIN_DIR = process.env.CALLRELAY_BIN_DIR || path.join(REPO, 'target', 'debug');
@@ -97,7 +97,7 @@ async function startTurnServer({ secret, realm = 'callrelay-test' }) {
   }
   try {
     await waitUntil(`${proc.name} to accept TCP on 127.0.0.1:${port}`, async () => {
-      if (!proc.alive()) throw new Error(`${proc.name} exited early`);
+      if (!proc.alive()) throw fatal(`${proc.name} exited early`);
       return tcpConnects(port);
     }, { timeoutMs: 15000 });
   } catch (e) {
@@ -125,7 +125,7 @@ async function startGateway({ adminSecret, turnSecret, turnUris }) {
   const adminUrl = `http://127.0.0.1:${admin}/admin`;
   try {
     await waitUntil(`gateway admin info on ${adminUrl}`, async () => {
-      if (!proc.alive()) throw new Error('gateway exited early');
+      if (!proc.alive()) throw fatal('gateway exited early');
       const res = await fetch(adminUrl, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },

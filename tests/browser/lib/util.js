@@ -25,7 +25,10 @@ async function freePorts(n) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `fn` (async, returns truthy when done) every `every` ms until `timeoutMs`. */
+/**
+ * Polls `fn` (async, returns truthy when done) every `every` ms until `timeoutMs`.
+ * An error with `fatal: true` stops the wait at once.
+ */
 async function waitUntil(what, fn, { timeoutMs = 10000, every = 100 } = {}) {
   const deadline = Date.now() + timeoutMs;
   let lastErr;
@@ -34,6 +37,7 @@ async function waitUntil(what, fn, { timeoutMs = 10000, every = 100 } = {}) {
       const v = await fn();
       if (v) return v;
     } catch (e) {
+      if (e.fatal) throw e; // e.g. the server under test died: no point waiting
       lastErr = e;
     }
     await sleep(every);
@@ -66,4 +70,9 @@ function withTimeout(p, ms, what) {
   ]);
 }
 
-module.exports = { freePort, freePorts, sleep, waitUntil, tcpConnects, withTimeout };
+/** An error that makes waitUntil give up immediately. */
+function fatal(message) {
+  return Object.assign(new Error(message), { fatal: true });
+}
+
+module.exports = { fatal, freePort, freePorts, sleep, waitUntil, tcpConnects, withTimeout };

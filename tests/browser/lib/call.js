@@ -1,0 +1,229 @@
+'use strict';
+// One Mattermost-style videocall, start to finish, as the Mattermost server and webapp
+// do it: add_token → both browsers new Janus({token, iceServers}) → attach videocall →
+// register with 26-char user ids → caller calls 750 ms after `registered` → callee
+// accepts → media both ways → hangup → detach → destroy → remove_token → token dead.
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const { newId, newGatewayToken, adminPost, mintTurnCredentials } = require('./mattermost');
+const { newPartyPage } = require('./web');
+const { assertRelayedMedia } = require('./media');
+const { waitUntil, withTimeout } = require('./util');
+
+/** Waits for an event in the page's record matching `pred`; returns it. */
+async function waitEvent(party, what, pred, timeoutMs = 15000) {
+  return waitUntil(`${party.label}: ${what}`, async () => {
+    const events = await party.page.evaluate(() => window.party.rec.events);
+    return events.find(pred);
+  }, { timeoutMs, every: 100 });
+}
+
+async function pageRecord(party) {
+  return party.page.evaluate(() => window.party.rec);
+}
+
+/** The gateway's /turn-credentials, fetched by the page (cross-origin, as a browser would). */
+async function gatewayCredentials(party, base, token, turnSecret) {
+  const r = await party.page.evaluate(([b, t]) => window.party.turnCredentials(b, t), [base, token]);
+  const ctx = JSON.stringify(r);
+  assert.equal(r.status, 200, `GET /turn-credentials must answer 200 for a valid token: ${ctx}`);
+  assert.equal(r.acao, '*', `/turn-credentials must send Access-Control-Allow-Origin: * ${ctx}`);
+  const j = r.json;
+  assert.ok(j && typeof j.username === 'string' && typeof j.password === 'string', `username/password: ${ctx}`);
+  const [expiry, user] = j.username.split(/:(.*)/s);
+  assert.match(expiry, /^\d+$/, `username must be "<expiry>:<user>": ${ctx}`);
+  const left = Number(expiry) - Date.now() / 1000;
+  assert.ok(left > 60 && left <= j.ttl + 60, `expiry must lie ~ttl in the future (left ${left}s, ttl ${j.ttl}): ${ctx}`);
+  assert.ok(user && !j.username.includes(token), `user part must exist and never be the raw token: ${ctx}`);
+  if (turnSecret !== undefined) {
+    const want = crypto.createHmac('sha1', Buffer.from(turnSecret)).update(j.username).digest('base64');
+    assert.equal(j.password, want, `password must be base64(HMAC-SHA1(turn_secret, username)): ${ctx}`);
+  }
+  assert.ok(Array.isArray(j.iceServers) && Array.isArray(j.uris), `iceServers and uris arrays: ${ctx}`);
+  const turnEntry = j.iceServers.find((s) => [].concat(s.urls).some((u) => /^turns?:/.test(u)));
+  assert.ok(turnEntry, `iceServers must carry a turn: entry: ${ctx}`);
+  assert.equal(turnEntry.username, j.username, ctx);
+  assert.equal(turnEntry.credential, j.password, ctx);
+  return j;
+}
+
+/** Keeps only the TURN URLs of the wanted transport (so the test decides UDP vs TCP). */
+function pickTransport(iceServers, transport) {
+  const out = [];
+  for (const s of iceServers) {
+    const urls = [].concat(s.urls).filter((u) => /^turn:/.test(u) && (transport === 'tcp' ? /\?transport=tcp$/.test(u) : !/\?transport=tcp$/.test(u)));
+    if (urls.length) out.push(Object.assign({}, s, { urls }));
+  }
+  assert.ok(out.length, `no turn: URL for transport ${transport} in ${JSON.stringify(iceServers)}`);
+  return out;
+}
+
+/**
+ * Runs the whole call. `stack` = {gw: {wsUrl, wsHttpBase, httpBase, adminUrl}, adminSecret,
+ * turnSecret, turn: {port, uri}}; `creds` = 'gateway' | 'mattermost' | 'none';
+ * `media` false only for the developer check against real Janus (signaling only).
+ * Returns timings and observations; throws with page consoles appended on failure.
+ */
+async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', transport = 'udp', media = true }) {
+  const timings = {};
+  const t0 = Date.now();
+  const mark = (k) => {
+    timings[k] = Date.now() - t0;
+  };
+  const { gw } = stack;
+  const token = newGatewayToken();
+  assert.equal(token.length, 36);
+  assert.equal((token.match(/=/g) || []).length, 1);
+  const callerId = newId();
+  const calleeId = newId();
+
+  // The Mattermost server: add_token, as sent on every call (a repeat must succeed too).
+  for (let i = 0; i < 2; i++) {
+    const r = await adminPost(gw.adminUrl, stack.adminSecret, 'add_token', token);
+    assert.ok(r.status < 300, `add_token HTTP status ${r.status}: ${r.text}`);
+    assert.equal(r.json && r.json.janus, 'success', `add_token #${i + 1} must answer janus:"success": ${r.text}`);
+  }
+  mark('tokenAdded');
+
+  const callee = await newPartyPage(browser, web.base, gen, `callee/${gen}`);
+  const caller = await newPartyPage(browser, web.base, gen, `caller/${gen}`);
+  const parties = [callee, caller];
+  try {
+    assert.equal(await caller.page.evaluate(() => window.party.generation()), gen, 'page must run the requested janus.js');
+
+    // iceServers as each browser would get them.
+    const ice = {};
+    for (const p of parties) {
+      if (creds === 'gateway') {
+        const j = await gatewayCredentials(p, gw.wsHttpBase, token, stack.turnSecret);
+        ice[p.label] = pickTransport(j.iceServers, transport);
+      } else if (creds === 'mattermost') {
+        // Mattermost's webapp: {urls:[turn_uri], username, credential} from the server,
+        // minted from TurnUsername + TurnSharedKey (= our turn-server's secret).
+        const c = mintTurnCredentials('mattermost', stack.turnSecret);
+        const uri = transport === 'tcp' ? `${stack.turn.uri}?transport=tcp` : stack.turn.uri;
+        ice[p.label] = [{ urls: [uri], username: c.username, credential: c.password }];
+      } else {
+        ice[p.label] = [];
+      }
+    }
+    mark('credentials');
+
+    // Callee registers first, then the caller; the caller calls 750 ms after `registered`.
+    const start = (p, role, userId, peerId) =>
+      withTimeout(p.page.evaluate((o) => window.party.start(o), { server: gw.wsUrl, token, iceServers: ice[p.label], userId, peerId, role }), 15000, `${p.label} registered`);
+    const regCallee = await start(callee, 'callee', calleeId, callerId);
+    assert.equal(regCallee.username, calleeId, `registered must echo the user id: ${JSON.stringify(regCallee)}`);
+    const regCaller = await start(caller, 'caller', callerId, calleeId);
+    assert.equal(regCaller.username, callerId, `registered must echo the user id: ${JSON.stringify(regCaller)}`);
+    mark('registered');
+
+    const incoming = await waitEvent(callee, 'incomingcall with offer', (e) => e.kind === 'plugin-event' && e.event === 'incomingcall');
+    assert.equal(incoming.username, callerId, 'incomingcall names the caller');
+    assert.equal(incoming.jsepType, 'offer', 'incomingcall carries the offer');
+    mark('incomingcall');
+    const accepted = await waitEvent(caller, 'accepted with answer', (e) => e.kind === 'plugin-event' && e.event === 'accepted');
+    assert.equal(accepted.jsepType, 'answer', 'accepted at the caller carries the answer');
+    assert.equal(accepted.username, calleeId, 'accepted at the caller names the callee');
+    mark('accepted');
+    await waitEvent(callee, 'accepted (own accept confirmed)', (e) => e.kind === 'plugin-event' && e.event === 'accepted');
+
+    const result = { timings, gen, creds, transport };
+    if (media) {
+      // Old janus.js ignores server trickle: the SDP each side receives must already
+      // carry the other side's (relay) candidates.
+      const offerSeen = await waitEvent(callee, 'incoming offer stats', (e) => e.kind === 'incoming-offer');
+      assert.ok(offerSeen.relayCandidates > 0, `the offer forwarded to the callee must contain the caller's relay candidates: ${JSON.stringify(offerSeen)}`);
+      const answerSeen = await waitEvent(caller, 'answer stats', (e) => e.kind === 'accepted-answer');
+      assert.ok(answerSeen.relayCandidates > 0, `the answer forwarded to the caller must contain the callee's relay candidates: ${JSON.stringify(answerSeen)}`);
+
+      const turnPort = creds === 'none' ? undefined : stack.turn.port;
+      const mc = await assertRelayedMedia(caller.label, () => caller.page.evaluate(() => window.party.stats()), { transport, turnPort });
+      mark('mediaCaller');
+      const me = await assertRelayedMedia(callee.label, () => callee.page.evaluate(() => window.party.stats()), { transport, turnPort });
+      mark('mediaCallee');
+      result.caller = mc.second;
+      result.callee = me.second;
+      for (const p of parties) {
+        const rec = await pageRecord(p);
+        const callPcs = rec.pcs.filter((x) => x.iceServers.length > 0);
+        assert.ok(callPcs.length >= 1, `${p.label}: janus.js must have created the call's RTCPeerConnection`);
+        for (const pc of callPcs) assert.equal(pc.passedPolicy, 'relay', `${p.label}: janus.js ${gen} must pass iceTransportPolicy "relay" through to RTCPeerConnection`);
+        const remote = rec.events.filter((e) => e.kind === 'remote-track' || e.kind === 'remote-stream');
+        assert.ok(remote.length > 0, `${p.label}: janus.js must report the remote media (onremotestream/onremotetrack)`);
+      }
+    }
+
+    // Hang up the Mattermost way (caller): both sides must see the plugin's hangup.
+    await caller.page.evaluate(() => window.party.hangup());
+    const hc = await waitEvent(caller, 'hangup at caller', (e) => e.kind === 'plugin-event' && e.event === 'hangup');
+    const he = await waitEvent(callee, 'hangup at callee', (e) => e.kind === 'plugin-event' && e.event === 'hangup');
+    result.hangupReasons = { caller: hc.reason, callee: he.reason };
+    mark('hangup');
+    if (media) {
+      await waitUntil(`${callee.label}: PeerConnection closed after remote hangup`, async () => {
+        const s = await callee.page.evaluate(() => window.party.stats());
+        return !s.pc || s.connectionState === 'closed';
+      }, { timeoutMs: 5000 });
+    }
+
+    // detach, then destroy: the gateway must answer both with success.
+    for (const p of parties) {
+      await withTimeout(p.page.evaluate(() => window.party.finish()), 10000, `${p.label} detach+destroy`);
+    }
+    for (const p of parties) {
+      const rec = await pageRecord(p);
+      for (const verb of ['detach', 'destroy']) {
+        const sent = rec.wsOut.find((m) => m.janus === verb);
+        assert.ok(sent, `${p.label}: janus.js sent ${verb}`);
+        await waitUntil(`${p.label}: success reply to ${verb}`, async () => {
+          const r = await pageRecord(p);
+          return r.wsIn.find((m) => m.transaction === sent.transaction && m.janus === 'success');
+        }, { timeoutMs: 5000 });
+      }
+      const errs = rec.events.filter((e) => e.kind === 'error' || e.kind === 'plugin-error');
+      assert.deepEqual(errs, [], `${p.label}: no janus.js or plugin errors during the call`);
+    }
+    mark('destroyed');
+
+    // The Mattermost server: remove_token; the token must stop working everywhere.
+    const rm = await adminPost(gw.adminUrl, stack.adminSecret, 'remove_token', token);
+    assert.ok(rm.status < 300, `remove_token HTTP status ${rm.status}: ${rm.text}`);
+    assert.equal(rm.json && rm.json.janus, 'success', `remove_token: ${rm.text}`);
+    const ws403 = await caller.page.evaluate(([u, t]) => window.party.rawCreate(u, t), [gw.wsUrl, token]);
+    assert.equal(ws403.janus, 'error', `create over WebSocket with a removed token must fail: ${JSON.stringify(ws403)}`);
+    assert.equal(ws403.error && ws403.error.code, 403, `…with 403: ${JSON.stringify(ws403)}`);
+    if (gw.httpBase) {
+      const res = await fetch(`${gw.httpBase}/janus`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ janus: 'create', transaction: newId(), token }),
+        signal: AbortSignal.timeout(5000),
+      });
+      const j = await res.json();
+      assert.equal(j.error && j.error.code, 403, `create over HTTP with a removed token must fail with 403: ${JSON.stringify(j)}`);
+    }
+    if (creds === 'gateway') {
+      const r = await caller.page.evaluate(([b, t]) => window.party.turnCredentials(b, t), [gw.wsHttpBase, token]);
+      assert.equal(r.status, 403, `/turn-credentials with a removed token must answer 403: ${JSON.stringify(r)}`);
+    }
+    mark('tokenRemoved');
+    return result;
+  } catch (e) {
+    for (const p of parties) {
+      try {
+        const rec = await pageRecord(p);
+        e.message += `\n----- ${p.label} events\n${rec.events.map((x) => JSON.stringify(x)).join('\n')}`;
+        e.message += `\n----- ${p.label} websocket in (last 40)\n${rec.wsIn.slice(-40).map((x) => JSON.stringify(x).slice(0, 600)).join('\n')}`;
+      } catch {
+        /* page gone */
+      }
+      e.message += `\n${p.dumpConsole()}`;
+    }
+    throw e;
+  } finally {
+    for (const p of parties) await p.close();
+  }
+}
+
+module.exports = { runMattermostCall };
