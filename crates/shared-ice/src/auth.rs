@@ -1,0 +1,403 @@
+//! Credentials: the STUN long-term key and TURN REST shared-secret credentials.
+//!
+//! * Long-term key ([RFC 8489 §9.2.2](https://www.rfc-editor.org/rfc/rfc8489#section-9.2.2)):
+//!   `MD5(username ":" realm ":" password)`.
+//! * TURN REST (draft-uberti-behave-turn-rest-00, coturn `use-auth-secret`, and what
+//!   Mattermost mints): username `"<expiry unix seconds>:<user>"`, password
+//!   `base64(HMAC-SHA1(secret, username))`. A server holding the same secret
+//!   recomputes the password and from it the long-term key; with several live
+//!   secrets (rotation) it tries each.
+//!
+//! Secrets and keys are zeroized on drop and never printed by `Debug`. Nothing here
+//! reads the clock: `unix_now` is passed in.
+
+use core::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::stun::Message;
+
+/// `MD5(username ":" realm ":" password)`, the long-term key of RFC 8489 §9.2.2.
+#[must_use]
+pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+/// A long-term key (the HMAC key of MESSAGE-INTEGRITY), zeroized on drop, redacted
+/// in `Debug`, compared in constant time.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct LongTermKey([u8; 16]);
+
+impl LongTermKey {
+    /// Derives the key from username, realm and password.
+    #[must_use]
+    pub fn new(username: &str, realm: &str, password: &str) -> Self {
+        Self(long_term_key(username, realm, password))
+    }
+
+    /// Wraps an already-derived key.
+    #[must_use]
+    pub const fn from_bytes(key: [u8; 16]) -> Self {
+        Self(key)
+    }
+
+    /// The key bytes (pass to [`Message::verify_integrity`] or a `finish_with_integrity`).
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for LongTermKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq for LongTermKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for LongTermKey {}
+
+impl fmt::Debug for LongTermKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LongTermKey(<redacted>)")
+    }
+}
+
+/// A TURN REST shared secret (raw bytes, never base64-decoded), zeroized on drop and
+/// redacted in `Debug`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct RestSecret(Vec<u8>);
+
+impl RestSecret {
+    /// Wraps secret bytes (e.g. `"my shared key".into()`).
+    #[must_use]
+    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The REST password for `username`: `base64(HMAC-SHA1(secret, username))`.
+    #[must_use]
+    pub fn password(&self, username: &str) -> RestPassword {
+        // Infallible: HMAC accepts keys of any length.
+        #[allow(clippy::expect_used)]
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&self.0).expect("any key length");
+        mac.update(username.as_bytes());
+        let digest = Zeroizing::new(<[u8; 20]>::from(mac.finalize().into_bytes()));
+        let mut out = [0u8; 28];
+        // 20 bytes always encode to exactly 28 base64 characters.
+        let n = BASE64.encode_slice(*digest, &mut out).unwrap_or(0);
+        debug_assert_eq!(n, 28);
+        RestPassword(out)
+    }
+}
+
+impl fmt::Debug for RestSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RestSecret(<redacted>)")
+    }
+}
+
+impl From<&str> for RestSecret {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for RestSecret {
+    fn from(s: String) -> Self {
+        Self::new(s)
+    }
+}
+
+/// A TURN REST password (28 base64 characters), zeroized on drop, redacted in `Debug`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct RestPassword([u8; 28]);
+
+impl RestPassword {
+    /// The password text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The long-term key for this password.
+    #[must_use]
+    pub fn long_term_key(&self, username: &str, realm: &str) -> LongTermKey {
+        LongTermKey::new(username, realm, self.as_str())
+    }
+}
+
+impl PartialEq for RestPassword {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for RestPassword {}
+
+impl fmt::Debug for RestPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RestPassword(<redacted>)")
+    }
+}
+
+/// The live shared secrets, current first. Keep the previous secret(s) here during a
+/// rotation so credentials minted with them keep working until they expire.
+#[derive(Clone, Debug, Default)]
+pub struct RestSecrets(Vec<RestSecret>);
+
+impl RestSecrets {
+    /// From secrets, current first.
+    #[must_use]
+    pub fn new(secrets: impl IntoIterator<Item = RestSecret>) -> Self {
+        Self(secrets.into_iter().collect())
+    }
+
+    /// The secret new credentials are minted with.
+    #[must_use]
+    pub fn current(&self) -> Option<&RestSecret> {
+        self.0.first()
+    }
+
+    /// All live secrets, current first.
+    pub fn iter(&self) -> impl Iterator<Item = &RestSecret> {
+        self.0.iter()
+    }
+
+    /// Number of live secrets.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no secrets (then nothing verifies).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The long-term key `username` would have under each live secret, in order.
+    /// Check MESSAGE-INTEGRITY against each (see [`authenticate`](Self::authenticate)).
+    pub fn candidate_keys<'s>(
+        &'s self,
+        username: &'s str,
+        realm: &'s str,
+    ) -> impl Iterator<Item = LongTermKey> + 's {
+        self.0
+            .iter()
+            .map(move |s| s.password(username).long_term_key(username, realm))
+    }
+
+    /// Authenticates a request with TURN REST credentials: USERNAME must be a
+    /// well-formed, unexpired REST username (see [`verify`]) and MESSAGE-INTEGRITY must
+    /// verify with the key from one of the live secrets. Returns that key, to sign the
+    /// response with.
+    pub fn authenticate(
+        &self,
+        msg: &Message<'_>,
+        realm: &str,
+        unix_now: u64,
+        skew_secs: u64,
+    ) -> Result<RestAuthenticated, RestError> {
+        if !msg.has_integrity() {
+            return Err(RestError::MissingIntegrity);
+        }
+        let username = msg
+            .username()
+            .map_err(|_| RestError::BadUsername)?
+            .ok_or(RestError::MissingUsername)?;
+        let (expiry, _) = check_expiry(username, unix_now, skew_secs)?;
+        if self.0.is_empty() {
+            return Err(RestError::NoSecrets);
+        }
+        self.candidate_keys(username, realm)
+            .enumerate()
+            .find(|(_, key)| msg.verify_integrity(key.as_bytes()))
+            .map(|(secret_index, key)| RestAuthenticated {
+                key,
+                secret_index,
+                expiry,
+            })
+            .ok_or(RestError::BadIntegrity)
+    }
+}
+
+/// The result of [`RestSecrets::authenticate`].
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RestAuthenticated {
+    /// The long-term key that verified (sign the response with it).
+    pub key: LongTermKey,
+    /// Which secret matched (0 = current).
+    pub secret_index: usize,
+    /// The username's expiry, Unix seconds.
+    pub expiry: u64,
+}
+
+/// Credentials handed to a client.
+#[derive(Clone, Eq, PartialEq)]
+pub struct RestCredentials {
+    /// `"<expiry>:<user>"`.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub password: String,
+}
+
+impl fmt::Debug for RestCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Drop for RestCredentials {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
+}
+
+/// Mints credentials for `user` that expire at `expiry_unix`. An empty `user` gives
+/// a username that is just the expiry.
+#[must_use]
+pub fn mint(secret: &RestSecret, user: &str, expiry_unix: u64) -> RestCredentials {
+    let username = if user.is_empty() {
+        expiry_unix.to_string()
+    } else {
+        format!("{expiry_unix}:{user}")
+    };
+    let password = secret.password(&username).as_str().to_owned();
+    RestCredentials { username, password }
+}
+
+/// Mints credentials valid for `ttl_secs` from `unix_now`.
+#[must_use]
+pub fn mint_with_ttl(
+    secret: &RestSecret,
+    user: &str,
+    unix_now: u64,
+    ttl_secs: u64,
+) -> RestCredentials {
+    mint(secret, user, unix_now.saturating_add(ttl_secs))
+}
+
+/// Splits a REST username into `(expiry, user)`: `"<digits>:<user>"` or just
+/// `"<digits>"` (then `user` is empty). The user part may itself contain `:`.
+pub fn parse_rest_username(username: &str) -> Result<(u64, &str), RestError> {
+    let (expiry, user) = username.split_once(':').unwrap_or((username, ""));
+    if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RestError::BadUsername);
+    }
+    let expiry = expiry.parse::<u64>().map_err(|_| RestError::BadUsername)?;
+    Ok((expiry, user))
+}
+
+fn check_expiry(username: &str, unix_now: u64, skew_secs: u64) -> Result<(u64, &str), RestError> {
+    let (expiry, user) = parse_rest_username(username)?;
+    if expiry.saturating_add(skew_secs) < unix_now {
+        return Err(RestError::Expired {
+            expiry,
+            now: unix_now,
+        });
+    }
+    Ok((expiry, user))
+}
+
+/// The outcome of [`verify`]: the username is well-formed and unexpired.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RestVerified<'u> {
+    /// Expiry, Unix seconds.
+    pub expiry: u64,
+    /// The user part (after the first `:`), possibly empty.
+    pub user: &'u str,
+    /// The password under the current (first) secret.
+    pub password: RestPassword,
+}
+
+/// Checks a REST `username` at `unix_now`: well-formed, not expired by more than
+/// `skew_secs`, and at least one live secret. Returns the password under the current
+/// secret. This alone proves nothing about the client: the proof is its
+/// MESSAGE-INTEGRITY, checked against every secret by
+/// [`RestSecrets::candidate_keys`] / [`RestSecrets::authenticate`].
+pub fn verify<'u>(
+    secrets: &RestSecrets,
+    username: &'u str,
+    unix_now: u64,
+    skew_secs: u64,
+) -> Result<RestVerified<'u>, RestError> {
+    let (expiry, user) = check_expiry(username, unix_now, skew_secs)?;
+    let secret = secrets.current().ok_or(RestError::NoSecrets)?;
+    Ok(RestVerified {
+        expiry,
+        user,
+        password: secret.password(username),
+    })
+}
+
+/// The expiry Mattermost puts in TURN usernames: 23:59:59 of the day after
+/// `unix_now`, in the fixed UTC offset `utc_offset_secs` (its server's local time).
+#[must_use]
+pub fn mattermost_expiry(unix_now: u64, utc_offset_secs: i32) -> u64 {
+    const DAY: i64 = 86_400;
+    let now = i64::try_from(unix_now).unwrap_or(i64::MAX / 2);
+    let local = now.saturating_add(i64::from(utc_offset_secs));
+    let local_midnight = local.div_euclid(DAY) * DAY;
+    let expiry_local = local_midnight + 2 * DAY - 1;
+    u64::try_from(expiry_local - i64::from(utc_offset_secs)).unwrap_or(0)
+}
+
+/// Why TURN REST credentials were rejected.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+#[non_exhaustive]
+pub enum RestError {
+    /// No USERNAME attribute.
+    MissingUsername,
+    /// The username is not `<expiry>[:<user>]` (or not valid UTF-8).
+    BadUsername,
+    /// The username expired (beyond the allowed skew).
+    Expired {
+        /// Its expiry, Unix seconds.
+        expiry: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
+    /// No shared secret is configured.
+    NoSecrets,
+    /// The request has no MESSAGE-INTEGRITY.
+    MissingIntegrity,
+    /// MESSAGE-INTEGRITY matches no live secret.
+    BadIntegrity,
+}
+
+impl fmt::Display for RestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::MissingUsername => f.write_str("no USERNAME"),
+            Self::BadUsername => f.write_str("username is not <expiry>:<user>"),
+            Self::Expired { expiry, now } => {
+                write!(f, "credentials expired at {expiry} (now {now})")
+            }
+            Self::NoSecrets => f.write_str("no shared secret configured"),
+            Self::MissingIntegrity => f.write_str("no MESSAGE-INTEGRITY"),
+            Self::BadIntegrity => f.write_str("MESSAGE-INTEGRITY matches no live secret"),
+        }
+    }
+}
+
+impl std::error::Error for RestError {}
