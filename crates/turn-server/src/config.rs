@@ -1,0 +1,657 @@
+//! Configuration: TOML file + command-line flags, validated into [`Config`].
+//!
+//! Every flag has a TOML key of the same name with `-` replaced by `_`; a flag given on the
+//! command line replaces the key from the file. Errors name the key and say how to fix it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::policy::{Cidr, PeerPolicy};
+
+/// Command-line flags (see docs/turn-server.md).
+#[derive(Debug, Default, Parser)]
+#[command(name = "turn-server", version, about = "callrelay STUN/TURN relay")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// UDP+TCP listen address (repeatable). Default 0.0.0.0:3478 and [::]:3478.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+    /// TLS listen address (repeatable). Default 0.0.0.0:5349 and [::]:5349 when a cert is set.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub tls_listen: Vec<String>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Realm sent in 401 challenges.
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// TURN REST shared secret (repeatable; all are accepted, first is current).
+    #[arg(long, value_name = "SECRET")]
+    pub auth_secret: Vec<String>,
+    /// Static long-term user NAME:PASSWORD (repeatable, for testing).
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    pub user: Vec<String>,
+    /// Local IP relay sockets bind to (repeatable: at most one IPv4 and one IPv6).
+    #[arg(long, value_name = "IP")]
+    pub relay_ip: Vec<String>,
+    /// Public IP advertised in XOR-RELAYED-ADDRESS (1:1 NAT), per family (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub external_ip: Vec<String>,
+    /// Relay port range MIN-MAX.
+    #[arg(long, value_name = "MIN-MAX")]
+    pub relay_ports: Option<String>,
+    /// Open a peer range the default policy denies (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_peer: Vec<String>,
+    /// Deny a peer range; wins over --allow-peer (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub deny_peer: Vec<String>,
+    /// Prometheus /metrics listen address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Default allocation lifetime in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub default_lifetime: Option<u32>,
+    /// Maximum allocation lifetime in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub max_lifetime: Option<u32>,
+    /// Maximum allocations per username (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub user_quota: Option<u32>,
+    /// Maximum allocations on this server (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub total_quota: Option<u32>,
+    /// Relay bandwidth per allocation in bytes/s, both directions together (0 = unlimited).
+    #[arg(long, value_name = "BYTES")]
+    pub bandwidth: Option<u64>,
+    /// Unauthenticated requests per second per source address.
+    #[arg(long, value_name = "N")]
+    pub unauth_rate: Option<u32>,
+    /// Enforce TURN REST expiry on every request, not only at Allocate.
+    #[arg(long)]
+    pub strict_expiry: bool,
+    /// Nonce lifetime in seconds (stale nonces get 438).
+    #[arg(long, value_name = "SECS")]
+    pub nonce_lifetime: Option<u32>,
+    /// Largest accepted TCP/TLS frame in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame: Option<u32>,
+    /// Worker threads (each owns a shard: its own sockets and allocation table).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Seconds SIGTERM waits for active allocations before exiting.
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+}
+
+/// The TOML file. Keys mirror the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    tls_listen: Vec<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    realm: Option<String>,
+    #[serde(default)]
+    auth_secret: Vec<String>,
+    #[serde(default)]
+    user: Vec<String>,
+    #[serde(default)]
+    relay_ip: Vec<String>,
+    #[serde(default)]
+    external_ip: Vec<String>,
+    relay_ports: Option<String>,
+    #[serde(default)]
+    allow_peer: Vec<String>,
+    #[serde(default)]
+    deny_peer: Vec<String>,
+    metrics_listen: Option<String>,
+    default_lifetime: Option<u32>,
+    max_lifetime: Option<u32>,
+    user_quota: Option<u32>,
+    total_quota: Option<u32>,
+    bandwidth: Option<u64>,
+    unauth_rate: Option<u32>,
+    #[serde(default)]
+    strict_expiry: bool,
+    nonce_lifetime: Option<u32>,
+    max_frame: Option<u32>,
+    workers: Option<usize>,
+    drain_timeout: Option<u64>,
+}
+
+/// A configuration error naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has a bad value.
+    #[error("config key `{key}`: {msg}")]
+    Key {
+        /// The TOML key / flag name.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        msg: String,
+    },
+    /// The file cannot be read or parsed.
+    #[error("config file {path}: {msg}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The reader/parser message (names the unknown or mistyped key).
+        msg: String,
+    },
+}
+
+fn key_err(key: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key,
+        msg: msg.into(),
+    }
+}
+
+/// A static long-term user.
+#[derive(Clone)]
+pub struct StaticUser {
+    /// Username.
+    pub name: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+impl std::fmt::Debug for StaticUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticUser({}, <redacted>)", self.name)
+    }
+}
+
+/// Secrets, wrapped so `Debug` never prints them.
+#[derive(Clone, Default)]
+pub struct Secrets(pub Vec<String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets(<{} redacted>)", self.0.len())
+    }
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// UDP+TCP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate path.
+    pub cert: Option<PathBuf>,
+    /// Key path.
+    pub key: Option<PathBuf>,
+    /// Realm.
+    pub realm: String,
+    /// TURN REST secrets.
+    pub auth_secrets: Secrets,
+    /// Static users.
+    pub users: Vec<StaticUser>,
+    /// Relay bind IPv4.
+    pub relay_ip4: Option<IpAddr>,
+    /// Relay bind IPv6.
+    pub relay_ip6: Option<IpAddr>,
+    /// Advertised IPv4.
+    pub external_ip4: Option<IpAddr>,
+    /// Advertised IPv6.
+    pub external_ip6: Option<IpAddr>,
+    /// Relay port range (inclusive).
+    pub relay_ports: (u16, u16),
+    /// Peer policy.
+    pub policy: PeerPolicy,
+    /// Metrics listener.
+    pub metrics_listen: SocketAddr,
+    /// Default allocation lifetime.
+    pub default_lifetime: u32,
+    /// Max allocation lifetime.
+    pub max_lifetime: u32,
+    /// Allocations per user (0 unlimited).
+    pub user_quota: u32,
+    /// Total allocations (0 unlimited).
+    pub total_quota: u32,
+    /// Bytes/s per allocation (0 unlimited).
+    pub bandwidth: u64,
+    /// Unauthenticated requests/s per source.
+    pub unauth_rate: u32,
+    /// Strict REST expiry.
+    pub strict_expiry: bool,
+    /// Nonce lifetime.
+    pub nonce_lifetime: u32,
+    /// Max TCP/TLS frame.
+    pub max_frame: u32,
+    /// Worker threads.
+    pub workers: usize,
+    /// Drain bound.
+    pub drain_timeout: Duration,
+}
+
+fn pick<T>(cli: Option<T>, file: Option<T>, default: T) -> T {
+    cli.or(file).unwrap_or(default)
+}
+
+fn pick_list(cli: &[String], file: &[String]) -> Vec<String> {
+    if cli.is_empty() {
+        file.to_vec()
+    } else {
+        cli.to_vec()
+    }
+}
+
+fn addrs(key: &'static str, v: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    v.iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| key_err(key, format!("`{s}` is not ADDR:PORT (IPv6 as [::1]:3478)")))
+        })
+        .collect()
+}
+
+fn ips(key: &'static str, v: &[String]) -> Result<(Option<IpAddr>, Option<IpAddr>), ConfigError> {
+    let (mut v4, mut v6) = (None, None);
+    for s in v {
+        let ip: IpAddr = s
+            .parse()
+            .map_err(|_| key_err(key, format!("`{s}` is not an IP address")))?;
+        let slot = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+        if slot.replace(ip).is_some() {
+            return Err(key_err(key, "give at most one IPv4 and one IPv6 address"));
+        }
+    }
+    Ok((v4, v6))
+}
+
+fn cidrs(key: &'static str, v: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    v.iter()
+        .map(|s| s.parse::<Cidr>().map_err(|e| key_err(key, e.to_string())))
+        .collect()
+}
+
+impl Config {
+    /// Loads `cli.config` (if any) and merges the flags over it.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    /// Merges flags over a parsed file and validates.
+    pub fn merge(cli: &Cli, f: FileConfig) -> Result<Self, ConfigError> {
+        let listen = {
+            let l = pick_list(&cli.listen, &f.listen);
+            if l.is_empty() {
+                vec![
+                    "0.0.0.0:3478".parse().expect("literal"),
+                    "[::]:3478".parse().expect("literal"),
+                ]
+            } else {
+                addrs("listen", &l)?
+            }
+        };
+        let cert = cli.cert.clone().or(f.cert);
+        let key = cli.key.clone().or(f.key);
+        match (&cert, &key) {
+            (Some(_), None) => {
+                return Err(key_err(
+                    "key",
+                    "`cert` is set: also set `key` (PEM private key)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(key_err("cert", "`key` is set: also set `cert` (PEM chain)"));
+            }
+            _ => {}
+        }
+        let tls_listen = {
+            let l = pick_list(&cli.tls_listen, &f.tls_listen);
+            if l.is_empty() && cert.is_some() {
+                vec![
+                    "0.0.0.0:5349".parse().expect("literal"),
+                    "[::]:5349".parse().expect("literal"),
+                ]
+            } else {
+                addrs("tls_listen", &l)?
+            }
+        };
+        if !tls_listen.is_empty() && cert.is_none() {
+            return Err(key_err(
+                "tls_listen",
+                "TLS needs `cert` and `key` (PEM files)",
+            ));
+        }
+        let realm = cli
+            .realm
+            .clone()
+            .or(f.realm)
+            .unwrap_or_else(|| "callrelay".into());
+        if realm.is_empty() || realm.len() > 127 || realm.contains('"') {
+            return Err(key_err("realm", "use 1-127 characters without quotes"));
+        }
+        let auth_secrets = pick_list(&cli.auth_secret, &f.auth_secret);
+        if auth_secrets.iter().any(String::is_empty) {
+            return Err(key_err("auth_secret", "a secret must not be empty"));
+        }
+        let users = pick_list(&cli.user, &f.user)
+            .into_iter()
+            .map(|u| match u.split_once(':') {
+                Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok(StaticUser {
+                    name: n.into(),
+                    password: p.into(),
+                }),
+                _ => Err(key_err("user", "write NAME:PASSWORD")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if auth_secrets.is_empty() && users.is_empty() {
+            return Err(key_err(
+                "auth_secret",
+                "no credentials configured: set `auth_secret` (TURN REST shared secret, the TURN Shared Key in Mattermost) or `user`",
+            ));
+        }
+        let (mut relay_ip4, mut relay_ip6) =
+            ips("relay_ip", &pick_list(&cli.relay_ip, &f.relay_ip))?;
+        if relay_ip4.is_none() && relay_ip6.is_none() {
+            // Default: the first specific listen address of each family.
+            relay_ip4 = listen
+                .iter()
+                .map(|a| a.ip())
+                .find(|i| i.is_ipv4() && !i.is_unspecified());
+            relay_ip6 = listen
+                .iter()
+                .map(|a| a.ip())
+                .find(|i| i.is_ipv6() && !i.is_unspecified());
+            if relay_ip4.is_none() && relay_ip6.is_none() {
+                return Err(key_err(
+                    "relay_ip",
+                    "listening on a wildcard address: set `relay_ip` to the local address relay sockets bind to",
+                ));
+            }
+        }
+        for ip in [relay_ip4, relay_ip6].into_iter().flatten() {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(key_err(
+                    "relay_ip",
+                    format!("{ip} cannot be a relay address: use a unicast local IP"),
+                ));
+            }
+        }
+        let (external_ip4, external_ip6) =
+            ips("external_ip", &pick_list(&cli.external_ip, &f.external_ip))?;
+        if external_ip4.is_some() && relay_ip4.is_none() {
+            return Err(key_err(
+                "external_ip",
+                "an IPv4 external_ip needs an IPv4 relay_ip",
+            ));
+        }
+        if external_ip6.is_some() && relay_ip6.is_none() {
+            return Err(key_err(
+                "external_ip",
+                "an IPv6 external_ip needs an IPv6 relay_ip",
+            ));
+        }
+        let relay_ports = {
+            let s = cli
+                .relay_ports
+                .clone()
+                .or(f.relay_ports)
+                .unwrap_or_else(|| "49152-65535".into());
+            let bad = || {
+                key_err(
+                    "relay_ports",
+                    format!("`{s}` is not MIN-MAX with 1024 <= MIN <= MAX <= 65535"),
+                )
+            };
+            let (a, b) = s.split_once('-').ok_or_else(bad)?;
+            let a: u16 = a.trim().parse().map_err(|_| bad())?;
+            let b: u16 = b.trim().parse().map_err(|_| bad())?;
+            if a < 1024 || a > b {
+                return Err(bad());
+            }
+            (a, b)
+        };
+        let policy = PeerPolicy::new(
+            cidrs("allow_peer", &pick_list(&cli.allow_peer, &f.allow_peer))?,
+            cidrs("deny_peer", &pick_list(&cli.deny_peer, &f.deny_peer))?,
+        );
+        let metrics_listen = {
+            let s = cli
+                .metrics_listen
+                .clone()
+                .or(f.metrics_listen)
+                .unwrap_or_else(|| "127.0.0.1:9641".into());
+            s.parse()
+                .map_err(|_| key_err("metrics_listen", format!("`{s}` is not ADDR:PORT")))?
+        };
+        let default_lifetime = pick(cli.default_lifetime, f.default_lifetime, 600);
+        let max_lifetime = pick(cli.max_lifetime, f.max_lifetime, 3600);
+        if default_lifetime < 60 {
+            return Err(key_err("default_lifetime", "must be at least 60 seconds"));
+        }
+        if max_lifetime < default_lifetime {
+            return Err(key_err("max_lifetime", "must be >= default_lifetime"));
+        }
+        let nonce_lifetime = pick(cli.nonce_lifetime, f.nonce_lifetime, 600);
+        if nonce_lifetime < 10 {
+            return Err(key_err("nonce_lifetime", "must be at least 10 seconds"));
+        }
+        let max_frame = pick(cli.max_frame, f.max_frame, 16384);
+        if !(1500..=65540).contains(&max_frame) {
+            return Err(key_err("max_frame", "must be between 1500 and 65540 bytes"));
+        }
+        let workers = match cli.workers.or(f.workers) {
+            Some(0) => return Err(key_err("workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(16),
+        };
+        let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
+        if span < workers {
+            return Err(key_err(
+                "relay_ports",
+                format!("the range needs at least {workers} ports (one shard per worker)"),
+            ));
+        }
+        Ok(Self {
+            listen,
+            tls_listen,
+            cert,
+            key,
+            realm,
+            auth_secrets: Secrets(auth_secrets),
+            users,
+            relay_ip4,
+            relay_ip6,
+            external_ip4,
+            external_ip6,
+            relay_ports,
+            policy,
+            metrics_listen,
+            default_lifetime,
+            max_lifetime,
+            user_quota: pick(cli.user_quota, f.user_quota, 10),
+            total_quota: pick(cli.total_quota, f.total_quota, 0),
+            bandwidth: pick(cli.bandwidth, f.bandwidth, 2_000_000),
+            unauth_rate: pick(cli.unauth_rate, f.unauth_rate, 50).max(1),
+            strict_expiry: cli.strict_expiry || f.strict_expiry,
+            nonce_lifetime,
+            max_frame,
+            workers,
+            drain_timeout: Duration::from_secs(pick(cli.drain_timeout, f.drain_timeout, 30)),
+        })
+    }
+}
+
+/// Reads and parses a TOML file (unknown keys rejected).
+pub fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+        path: p.into(),
+        msg: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: p.into(),
+        msg: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["turn-server"];
+        v.extend_from_slice(args);
+        Cli::parse_from(v)
+    }
+
+    fn err_key(c: &Cli) -> &'static str {
+        match Config::load(c) {
+            Err(ConfigError::Key { key, .. }) => key,
+            other => panic!("expected key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typical_test_invocation() {
+        let c = Config::load(&cli(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ports",
+            "40000-40999",
+            "--auth-secret",
+            "S",
+            "--realm",
+            "test",
+            "--allow-peer",
+            "127.0.0.1/32",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]))
+        .unwrap();
+        assert_eq!(c.relay_ports, (40000, 40999));
+        assert_eq!(c.realm, "test");
+        assert!(c.policy.check("127.0.0.1".parse().unwrap()).is_ok());
+        assert_eq!(c.default_lifetime, 600);
+        assert_eq!(c.max_lifetime, 3600);
+        assert!(!format!("{c:?}").contains("\"S\""));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(err_key(&cli(&["--listen", "127.0.0.1:0"])), "auth_secret");
+        assert_eq!(err_key(&cli(&["--auth-secret", "s"])), "relay_ip");
+        assert_eq!(
+            err_key(&cli(&["--auth-secret", "s", "--listen", "nope"])),
+            "listen"
+        );
+        assert_eq!(
+            err_key(&cli(&[
+                "--auth-secret",
+                "s",
+                "--relay-ip",
+                "127.0.0.1",
+                "--relay-ports",
+                "9-1"
+            ])),
+            "relay_ports"
+        );
+        assert_eq!(
+            err_key(&cli(&[
+                "--auth-secret",
+                "s",
+                "--relay-ip",
+                "127.0.0.1",
+                "--allow-peer",
+                "x"
+            ])),
+            "allow_peer"
+        );
+        assert_eq!(
+            err_key(&cli(&[
+                "--auth-secret",
+                "s",
+                "--relay-ip",
+                "127.0.0.1",
+                "--cert",
+                "c.pem"
+            ])),
+            "key"
+        );
+        assert_eq!(
+            err_key(&cli(&[
+                "--auth-secret",
+                "s",
+                "--relay-ip",
+                "127.0.0.1",
+                "--tls-listen",
+                "127.0.0.1:5349"
+            ])),
+            "tls_listen"
+        );
+        assert_eq!(
+            err_key(&cli(&["--user", "nopassword", "--relay-ip", "127.0.0.1"])),
+            "user"
+        );
+        assert_eq!(
+            err_key(&cli(&[
+                "--auth-secret",
+                "s",
+                "--relay-ip",
+                "127.0.0.1",
+                "--max-lifetime",
+                "100"
+            ])),
+            "max_lifetime"
+        );
+    }
+
+    #[test]
+    fn file_and_flag_override() {
+        let dir = std::env::temp_dir().join(format!("turn-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.toml");
+        std::fs::write(&p, "realm = \"file\"\nauth_secret = [\"a\", \"b\"]\nrelay_ip = [\"127.0.0.1\"]\nuser_quota = 3\n").unwrap();
+        let c = Config::load(&cli(&["--config", p.to_str().unwrap(), "--realm", "flag"])).unwrap();
+        assert_eq!(c.realm, "flag");
+        assert_eq!(c.auth_secrets.0.len(), 2);
+        assert_eq!(c.user_quota, 3);
+        std::fs::write(&p, "realmm = \"x\"\n").unwrap();
+        let e = Config::load(&cli(&["--config", p.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("realmm"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("turn-server") && n.ends_with(".toml"))
+            {
+                read_file(&p).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+}

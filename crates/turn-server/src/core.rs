@@ -1,0 +1,1761 @@
+//! Sans-IO TURN core: allocations, permissions, channels, auth, quotas.
+//!
+//! Driven by the runtime (or a test) with `(now, unix_now, from, bytes)`; never reads a clock,
+//! never touches a socket. After every `handle_*` call drain `poll_transmit` and
+//! `poll_command` until they return `None`.
+//!
+//! The two relay directions are the fast path: [`Core::handle_input`] on a ChannelData or Send
+//! indication and [`Core::handle_peer_data`] return a [`Relay`] that tells the runtime to send
+//! bytes that are already in its own receive buffer; nothing is allocated or copied.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha1::Sha1;
+
+use crate::auth::{Credentials, Key, Lookup};
+use crate::policy::{DenyClass, PeerPolicy};
+use crate::stun::{self, Builder, Class, Message, TransactionId, attr, method};
+
+/// Permission lifetime (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Channel binding lifetime (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a channel binding expires its number and peer stay reserved this long (RFC 8656 §12).
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// How long answers to retransmitted requests are kept (RFC 8489 §6.3.1: 40 s).
+pub const TRANSACTION_CACHE: Duration = Duration::from_secs(40);
+/// RESERVATION-TOKEN lifetime (RFC 8656 §14.9, 30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_TX_CACHE: usize = 65_536;
+const MAX_RATE_SOURCES: usize = 65_536;
+/// Value of the SOFTWARE attribute in authenticated answers.
+pub const SOFTWARE: &str = concat!("callrelay turn-server ", env!("CARGO_PKG_VERSION"));
+
+/// Transport of a client connection.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum Proto {
+    /// UDP.
+    Udp,
+    /// TCP (RFC 6544 framing).
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Proto {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+    fn index(self) -> usize {
+        match self {
+            Self::Udp => 0,
+            Self::Tcp => 1,
+            Self::Tls => 2,
+        }
+    }
+    /// All transports, in metric order.
+    pub const ALL: [Self; 3] = [Self::Udp, Self::Tcp, Self::Tls];
+}
+
+/// A client's 5-tuple as seen by the server.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct FiveTuple {
+    /// Transport.
+    pub proto: Proto,
+    /// Our listening address.
+    pub local: SocketAddr,
+    /// The client's address.
+    pub remote: SocketAddr,
+}
+
+/// Handle of one relay socket: allocation slot, generation and family.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct RelayToken {
+    slot: u32,
+    generation: u32,
+    v6: bool,
+}
+
+/// Fast-path verdict: where the runtime sends bytes it already holds.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Relay {
+    /// Send `buf[payload]` from relay socket `relay` to `peer`.
+    ToPeer {
+        /// The allocation's relay socket.
+        relay: RelayToken,
+        /// Destination.
+        peer: SocketAddr,
+        /// Range of the input buffer to send.
+        payload: Range<usize>,
+    },
+    /// Prefix the peer's payload with `header` (ChannelData) and send it to `client`.
+    /// Over TCP/TLS pad the frame to a multiple of 4 (`padding` bytes of zeros).
+    ToClient {
+        /// Destination.
+        client: FiveTuple,
+        /// ChannelData header.
+        header: [u8; 4],
+        /// Zero bytes to append (stream transports only).
+        padding: usize,
+    },
+}
+
+/// A message the core built (responses, Data indications).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Transmit {
+    /// Send to a client over its 5-tuple.
+    ToClient {
+        /// Destination.
+        client: FiveTuple,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+}
+
+/// Socket work for the runtime.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Command {
+    /// Bind a UDP socket at `bind`, then call [`Core::relay_opened`].
+    OpenRelaySocket {
+        /// Token to pass back and to `handle_peer_data`.
+        relay: RelayToken,
+        /// Address to bind.
+        bind: SocketAddr,
+    },
+    /// Close the relay socket.
+    CloseRelaySocket {
+        /// The socket.
+        relay: RelayToken,
+    },
+    /// Close a TCP/TLS client connection (its allocation is gone or it misbehaved).
+    CloseConnection {
+        /// The connection.
+        client: FiveTuple,
+    },
+}
+
+/// Counters the runtime exports as Prometheus metrics (monotonic).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Allocate results: ok, unauthorized, quota, capacity, mismatch, bad_request, forbidden.
+    pub allocations: [u64; 7],
+    /// Auth failures: missing, bad_integrity, unknown_user, expired, stale_nonce, bad_username.
+    pub auth_failures: [u64; 6],
+    /// Packets relayed [direction to_peer=0,to_client=1][transport].
+    pub packets: [[u64; 3]; 2],
+    /// Bytes relayed [direction][transport].
+    pub bytes: [[u64; 3]; 2],
+    /// Denied peers by [`DenyClass::index`].
+    pub denied: [u64; 9],
+    /// Quota rejections: user_allocations, total_allocations, bandwidth, rate_limit, relay_ports.
+    pub quota: [u64; 5],
+    /// Requests: binding, allocate, refresh, create_permission, channel_bind, connect, connection_bind.
+    pub requests: [u64; 7],
+}
+
+/// Label tables matching [`Stats`] indexes.
+pub mod labels {
+    /// `callrelay_turn_allocations_total{result}`.
+    pub const ALLOC_RESULT: [&str; 7] = [
+        "ok",
+        "unauthorized",
+        "quota",
+        "capacity",
+        "mismatch",
+        "bad_request",
+        "forbidden",
+    ];
+    /// `callrelay_turn_auth_failures_total{reason}`.
+    pub const AUTH_REASON: [&str; 6] = [
+        "missing",
+        "bad_integrity",
+        "unknown_user",
+        "expired",
+        "stale_nonce",
+        "bad_username",
+    ];
+    /// `direction`.
+    pub const DIRECTION: [&str; 2] = ["to_peer", "to_client"];
+    /// `callrelay_turn_quota_rejections_total{kind}`.
+    pub const QUOTA_KIND: [&str; 5] = [
+        "user_allocations",
+        "total_allocations",
+        "bandwidth",
+        "rate_limit",
+        "relay_ports",
+    ];
+    /// `callrelay_turn_requests_total{method}`.
+    pub const METHOD: [&str; 7] = [
+        "binding",
+        "allocate",
+        "refresh",
+        "create_permission",
+        "channel_bind",
+        "connect",
+        "connection_bind",
+    ];
+}
+
+#[derive(Clone, Copy)]
+enum AllocResult {
+    Ok = 0,
+    Unauthorized = 1,
+    Quota = 2,
+    Capacity = 3,
+    Mismatch = 4,
+    BadRequest = 5,
+    Forbidden = 6,
+}
+
+#[derive(Clone, Copy)]
+enum AuthFail {
+    Missing = 0,
+    BadIntegrity = 1,
+    UnknownUser = 2,
+    Expired = 3,
+    StaleNonce = 4,
+    BadUsername = 5,
+}
+
+#[derive(Clone, Copy)]
+enum QuotaKind {
+    User = 0,
+    Total = 1,
+    Bandwidth = 2,
+    RateLimit = 3,
+    RelayPorts = 4,
+}
+
+/// Gauges computed on demand.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct Gauges {
+    /// Active allocations per transport.
+    pub allocations: [u64; 3],
+    /// Active permissions.
+    pub permissions: u64,
+    /// Active channel bindings.
+    pub channels: u64,
+    /// Free relay ports of this shard.
+    pub relay_ports_free: u64,
+}
+
+/// Allocation limits shared by every worker (touched only on allocate/free, never per packet).
+#[derive(Debug, Default)]
+pub struct SharedQuota {
+    user_limit: u32,
+    total_limit: u32,
+    total: AtomicU32,
+    per_user: Mutex<HashMap<String, u32>>,
+}
+
+impl SharedQuota {
+    /// `0` means unlimited.
+    pub fn new(user_limit: u32, total_limit: u32) -> Self {
+        Self {
+            user_limit,
+            total_limit,
+            ..Self::default()
+        }
+    }
+
+    fn acquire(&self, user: &str) -> Result<(), QuotaKind> {
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.get(user).copied().unwrap_or(0);
+        if self.user_limit != 0 && n >= self.user_limit {
+            return Err(QuotaKind::User);
+        }
+        if self.total_limit != 0 && self.total.load(Ordering::Relaxed) >= self.total_limit {
+            return Err(QuotaKind::Total);
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        map.insert(user.to_owned(), n + 1);
+        Ok(())
+    }
+
+    fn release(&self, user: &str) {
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(user);
+            }
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Allocations across all workers.
+    pub fn total(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Static settings of one core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Realm.
+    pub realm: String,
+    /// Relay bind IPv4 address.
+    pub relay_ip4: Option<IpAddr>,
+    /// Relay bind IPv6 address.
+    pub relay_ip6: Option<IpAddr>,
+    /// Advertised IPv4 address.
+    pub external_ip4: Option<IpAddr>,
+    /// Advertised IPv6 address.
+    pub external_ip6: Option<IpAddr>,
+    /// This shard's relay ports (inclusive).
+    pub ports: (u16, u16),
+    /// Default lifetime (s).
+    pub default_lifetime: u32,
+    /// Max lifetime (s).
+    pub max_lifetime: u32,
+    /// Bytes/s per allocation, 0 unlimited.
+    pub bandwidth: u64,
+    /// Unauthenticated requests per second per source IP.
+    pub unauth_rate: u32,
+    /// Enforce REST expiry on every request.
+    pub strict_expiry: bool,
+    /// Nonce lifetime (s).
+    pub nonce_lifetime: u32,
+}
+
+/// A token bucket in bytes or requests.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            last: now,
+        }
+    }
+    fn take(&mut self, now: Instant, rate: f64, burst: f64, n: f64) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RelaySlot {
+    bind: SocketAddr,
+    advertised: SocketAddr,
+    open: bool,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    generation: u32,
+    client: FiveTuple,
+    username: String,
+    key: Key,
+    rest_expiry: Option<u64>,
+    expires: Instant,
+    relays: [Option<RelaySlot>; 2],
+    permissions: Vec<(IpAddr, Instant)>,
+    channels: Vec<Channel>,
+    bucket: Bucket,
+    /// The Allocate answer waits for the relay sockets to be open.
+    pending: Option<PendingAllocate>,
+    reservation: Option<u64>,
+}
+
+#[derive(Debug)]
+struct PendingAllocate {
+    tid: TransactionId,
+    lifetime: u32,
+    fingerprint: bool,
+    reservation_token: Option<u64>,
+    v6_error: bool,
+}
+
+impl Allocation {
+    fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.iter().any(|(p, e)| *p == ip && *e > now)
+    }
+    fn relay_for(&self, peer: SocketAddr) -> Option<usize> {
+        let i = usize::from(peer.is_ipv6());
+        self.relays.get(i).and_then(|r| r.as_ref()).map(|_| i)
+    }
+}
+
+/// Fast, non-cryptographic hasher for 5-tuples (keys come from the kernel, and one
+/// allocation per 5-tuple is authenticated, so HashDoS needs credentials).
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Relay-port pool of one shard (bitset, random probing).
+#[derive(Debug)]
+struct PortPool {
+    lo: u16,
+    used: Vec<bool>,
+    free: usize,
+    /// Reserved by RESERVATION-TOKEN: token → (port, expiry).
+    reserved: HashMap<u64, (u16, Instant)>,
+}
+
+impl PortPool {
+    fn new(lo: u16, hi: u16) -> Self {
+        let n = usize::from(hi - lo) + 1;
+        Self {
+            lo,
+            used: vec![false; n],
+            free: n,
+            reserved: HashMap::new(),
+        }
+    }
+    fn is_free(&self, p: u16) -> bool {
+        p.checked_sub(self.lo)
+            .and_then(|i| self.used.get(usize::from(i)))
+            .is_some_and(|u| !u)
+    }
+    fn take(&mut self, p: u16) {
+        if let Some(u) = p
+            .checked_sub(self.lo)
+            .and_then(|i| self.used.get_mut(usize::from(i)))
+            && !*u
+        {
+            *u = true;
+            self.free -= 1;
+        }
+    }
+    fn release(&mut self, p: u16) {
+        if let Some(u) = p
+            .checked_sub(self.lo)
+            .and_then(|i| self.used.get_mut(usize::from(i)))
+            && *u
+        {
+            *u = false;
+            self.free += 1;
+        }
+    }
+    /// A random free port; `even` also requires port+1 free when `pair`.
+    fn pick(&mut self, rng: &mut impl RngCore, even: bool, pair: bool) -> Option<u16> {
+        let n = self.used.len();
+        if self.free == 0 {
+            return None;
+        }
+        let ok = |s: &Self, p: u16| {
+            s.is_free(p)
+                && (!even || p.is_multiple_of(2))
+                && (!pair || p.checked_add(1).is_some_and(|q| s.is_free(q)))
+        };
+        for _ in 0..32 {
+            let p = self.lo + (rng.next_u32() as usize % n) as u16;
+            if ok(self, p) {
+                return Some(p);
+            }
+        }
+        let start = rng.next_u32() as usize % n;
+        (0..n)
+            .map(|i| self.lo + ((start + i) % n) as u16)
+            .find(|p| ok(self, *p))
+    }
+}
+
+/// The sans-IO TURN server state of one shard.
+pub struct Core<R> {
+    cfg: CoreConfig,
+    rng: R,
+    creds: Credentials,
+    policy: PeerPolicy,
+    quota: Arc<SharedQuota>,
+    nonce_key: [u8; 20],
+    slots: Vec<Option<Allocation>>,
+    free_slots: Vec<u32>,
+    next_generation: u32,
+    by_client: FxMap<FiveTuple, u32>,
+    ports: PortPool,
+    tx_cache: HashMap<(FiveTuple, TransactionId), (Instant, Vec<u8>)>,
+    rate: FxMap<IpAddr, Bucket>,
+    transmits: VecDeque<Transmit>,
+    commands: VecDeque<Command>,
+    next_sweep: Option<Instant>,
+    draining: bool,
+    stats: Stats,
+    scratch: Vec<u16>,
+}
+
+struct Authed {
+    username: String,
+    key: Key,
+    rest_expiry: Option<u64>,
+}
+
+impl<R: RngCore> Core<R> {
+    /// A new core; `quota` is shared across workers.
+    pub fn new(
+        cfg: CoreConfig,
+        mut rng: R,
+        secrets: Vec<String>,
+        users: Vec<crate::config::StaticUser>,
+        policy: PeerPolicy,
+        quota: Arc<SharedQuota>,
+    ) -> Self {
+        let mut nonce_key = [0u8; 20];
+        rng.fill_bytes(&mut nonce_key);
+        let ports = PortPool::new(cfg.ports.0, cfg.ports.1);
+        Self {
+            cfg,
+            rng,
+            creds: Credentials {
+                secrets: secrets.into_iter().map(String::into_bytes).collect(),
+                users,
+            },
+            policy,
+            quota,
+            nonce_key,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            next_generation: 1,
+            by_client: FxMap::default(),
+            ports,
+            tx_cache: HashMap::new(),
+            rate: FxMap::default(),
+            transmits: VecDeque::new(),
+            commands: VecDeque::new(),
+            next_sweep: None,
+            draining: false,
+            stats: Stats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Replaces secrets and static users (SIGHUP). Existing allocations keep their keys.
+    pub fn set_credentials(&mut self, secrets: Vec<String>, users: Vec<crate::config::StaticUser>) {
+        self.creds = Credentials {
+            secrets: secrets.into_iter().map(String::into_bytes).collect(),
+            users,
+        };
+    }
+
+    /// Replaces the peer policy (SIGHUP). Existing permissions stay until they expire.
+    pub fn set_policy(&mut self, policy: PeerPolicy) {
+        self.policy = policy;
+    }
+
+    /// Stop accepting new allocations (SIGTERM drain); existing ones keep working.
+    pub fn set_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// Current gauge values.
+    pub fn gauges(&self, now: Instant) -> Gauges {
+        let mut g = Gauges {
+            relay_ports_free: self.ports.free as u64,
+            ..Gauges::default()
+        };
+        for a in self.slots.iter().flatten() {
+            if a.pending.is_some() {
+                continue;
+            }
+            g.allocations[a.client.proto.index()] += 1;
+            g.permissions += a.permissions.iter().filter(|(_, e)| *e > now).count() as u64;
+            g.channels += a.channels.iter().filter(|c| c.expires > now).count() as u64;
+        }
+        g
+    }
+
+    /// Next time [`Self::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Next datagram/frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next socket command.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Expires allocations, permissions, channels, cached answers and rate-limit state.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.as_ref().filter(|a| a.expires <= now).map(|_| i as u32))
+            .collect();
+        for slot in expired {
+            self.delete(slot);
+        }
+        for a in self.slots.iter_mut().flatten() {
+            a.permissions.retain(|(_, e)| *e > now);
+            a.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
+        }
+        self.tx_cache.retain(|_, (t, _)| *t > now);
+        self.rate
+            .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
+        self.ports.reserved.retain(|_, (_, e)| *e > now);
+        let reserved: Vec<u16> = self.ports.reserved.values().map(|(p, _)| *p).collect();
+        let _ = reserved;
+        self.next_sweep = if self.slots.iter().any(Option::is_some)
+            || !self.tx_cache.is_empty()
+            || !self.rate.is_empty()
+            || !self.ports.reserved.is_empty()
+        {
+            Some(now + SWEEP_INTERVAL)
+        } else {
+            None
+        };
+    }
+
+    fn arm(&mut self, now: Instant) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+        }
+    }
+
+    /// The runtime's answer to [`Command::OpenRelaySocket`].
+    pub fn relay_opened(&mut self, now: Instant, relay: RelayToken, ok: bool) {
+        let Some(a) = self.alloc_mut(relay) else {
+            return;
+        };
+        let idx = usize::from(relay.v6);
+        if ok {
+            if let Some(Some(r)) = a.relays.get_mut(idx) {
+                r.open = true;
+            }
+            if a.relays.iter().flatten().all(|r| r.open) {
+                self.answer_allocate(now, relay.slot);
+            }
+            return;
+        }
+        // The port is busy on this host: try another one.
+        let port = a
+            .relays
+            .get(idx)
+            .and_then(|r| r.as_ref())
+            .map(|r| r.bind.port());
+        let fp_even = a
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.reservation_token.is_some());
+        if let Some(p) = port {
+            // Keep the busy port marked used so we do not pick it again soon.
+            let _ = p;
+        }
+        match self.ports.pick(&mut self.rng, fp_even, false) {
+            Some(p) => {
+                self.ports.take(p);
+                let Some(a) = self
+                    .slots
+                    .get_mut(relay.slot as usize)
+                    .and_then(Option::as_mut)
+                else {
+                    return;
+                };
+                if let Some(Some(r)) = a.relays.get_mut(idx) {
+                    r.bind.set_port(p);
+                    r.advertised.set_port(p);
+                    self.commands.push_back(Command::OpenRelaySocket {
+                        relay,
+                        bind: r.bind,
+                    });
+                }
+            }
+            None => {
+                self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
+                self.stats.allocations[AllocResult::Capacity as usize] += 1;
+                let a = self.slots.get(relay.slot as usize).and_then(Option::as_ref);
+                if let Some((client, p)) = a.and_then(|a| {
+                    a.pending
+                        .as_ref()
+                        .map(|p| (a.client, (p.tid, p.fingerprint)))
+                }) {
+                    let mut out = Vec::new();
+                    let mut b = Builder::new(&mut out, method::ALLOCATE, Class::Error, p.0);
+                    b.error(508, "Insufficient Capacity");
+                    b.finish(None, p.1);
+                    self.transmits
+                        .push_back(Transmit::ToClient { client, data: out });
+                }
+                self.delete(relay.slot);
+            }
+        }
+    }
+
+    /// A TCP/TLS client connection closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn connection_closed(&mut self, client: FiveTuple) {
+        if let Some(&slot) = self.by_client.get(&client) {
+            self.delete(slot);
+        }
+    }
+
+    fn alloc_mut(&mut self, t: RelayToken) -> Option<&mut Allocation> {
+        self.slots
+            .get_mut(t.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|a| a.generation == t.generation)
+    }
+
+    fn delete(&mut self, slot: u32) {
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        for (i, r) in a.relays.iter().enumerate() {
+            if let Some(r) = r {
+                self.ports.release(r.bind.port());
+                self.commands.push_back(Command::CloseRelaySocket {
+                    relay: RelayToken {
+                        slot,
+                        generation: a.generation,
+                        v6: i == 1,
+                    },
+                });
+            }
+        }
+        if let Some(tok) = a.reservation {
+            // The reserved odd port stays reserved until its token expires.
+            let _ = tok;
+        }
+        self.by_client.remove(&a.client);
+        self.quota.release(&a.username);
+        self.free_slots.push(slot);
+    }
+
+    /// Data from a peer arrived on relay socket `relay`. `payload` is the datagram.
+    pub fn handle_peer_data(
+        &mut self,
+        now: Instant,
+        relay: RelayToken,
+        peer: SocketAddr,
+        payload: &[u8],
+    ) -> Option<Relay> {
+        let bandwidth = self.cfg.bandwidth;
+        let a = self
+            .slots
+            .get_mut(relay.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|a| a.generation == relay.generation)?;
+        if a.expires <= now || !a.permitted(peer.ip(), now) {
+            return None;
+        }
+        if bandwidth != 0
+            && !a.bucket.take(
+                now,
+                bandwidth as f64,
+                bandwidth as f64,
+                payload.len() as f64,
+            )
+        {
+            self.stats.quota[QuotaKind::Bandwidth as usize] += 1;
+            return None;
+        }
+        let client = a.client;
+        let t = client.proto.index();
+        self.stats.packets[1][t] += 1;
+        self.stats.bytes[1][t] += payload.len() as u64;
+        if let Some(ch) = a
+            .channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now)
+        {
+            let len = payload.len() as u16;
+            let n = ch.number.to_be_bytes();
+            let l = len.to_be_bytes();
+            let padding = if client.proto == Proto::Udp {
+                0
+            } else {
+                (4 - payload.len() % 4) % 4
+            };
+            return Some(Relay::ToClient {
+                client,
+                header: [n[0], n[1], l[0], l[1]],
+                padding,
+            });
+        }
+        // No channel: Data indication (RFC 8656 §11.3), built in our own buffer.
+        let mut out = Vec::with_capacity(payload.len() + 48);
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let mut b = Builder::new(
+            &mut out,
+            method::DATA,
+            Class::Indication,
+            TransactionId(tid),
+        );
+        b.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+        b.attr(attr::DATA, payload);
+        b.finish(None, false);
+        self.transmits
+            .push_back(Transmit::ToClient { client, data: out });
+        None
+    }
+
+    /// Bytes from a client (one UDP datagram or one TCP/TLS frame).
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        from: FiveTuple,
+        buf: &[u8],
+    ) -> Option<Relay> {
+        let first = *buf.first()?;
+        if first & 0xC0 == 0x40 {
+            return self.channel_data(now, from, buf);
+        }
+        let Ok(msg) = Message::parse(buf) else {
+            tracing::trace!(target: "wire", client = ?from.remote, "not STUN/ChannelData, dropped");
+            return None;
+        };
+        if from.proto == Proto::Udp && msg.raw().len() != buf.len() {
+            return None;
+        }
+        if !msg.fingerprint_ok() {
+            return None;
+        }
+        match msg.class {
+            Class::Request => {
+                self.request(now, unix_now, from, &msg);
+                None
+            }
+            Class::Indication if msg.method == method::SEND => {
+                self.send_indication(now, from, &msg, buf)
+            }
+            _ => None,
+        }
+    }
+
+    fn channel_data(&mut self, now: Instant, from: FiveTuple, buf: &[u8]) -> Option<Relay> {
+        let (number, payload) = stun::parse_channel_data(buf)?;
+        let bandwidth = self.cfg.bandwidth;
+        let slot = *self.by_client.get(&from)?;
+        let a = self.slots.get_mut(slot as usize)?.as_mut()?;
+        if a.expires <= now {
+            return None;
+        }
+        let ch = a
+            .channels
+            .iter()
+            .find(|c| c.number == number && c.expires > now)?;
+        let peer = ch.peer;
+        if !a.permitted(peer.ip(), now) {
+            return None;
+        }
+        if bandwidth != 0
+            && !a.bucket.take(
+                now,
+                bandwidth as f64,
+                bandwidth as f64,
+                payload.len() as f64,
+            )
+        {
+            self.stats.quota[QuotaKind::Bandwidth as usize] += 1;
+            return None;
+        }
+        let v6 = a.relay_for(peer)? == 1;
+        let t = from.proto.index();
+        self.stats.packets[0][t] += 1;
+        self.stats.bytes[0][t] += payload.len() as u64;
+        Some(Relay::ToPeer {
+            relay: RelayToken {
+                slot,
+                generation: a.generation,
+                v6,
+            },
+            peer,
+            payload: 4..4 + payload.len(),
+        })
+    }
+
+    fn send_indication(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        buf: &[u8],
+    ) -> Option<Relay> {
+        let bandwidth = self.cfg.bandwidth;
+        let slot = *self.by_client.get(&from)?;
+        let peer = msg.xor_addr(attr::XOR_PEER_ADDRESS)?;
+        let data = msg.get(attr::DATA)?;
+        let a = self.slots.get_mut(slot as usize)?.as_mut()?;
+        if a.expires <= now || !a.permitted(peer.ip(), now) {
+            return None;
+        }
+        if bandwidth != 0
+            && !a
+                .bucket
+                .take(now, bandwidth as f64, bandwidth as f64, data.len() as f64)
+        {
+            self.stats.quota[QuotaKind::Bandwidth as usize] += 1;
+            return None;
+        }
+        let v6 = a.relay_for(peer)? == 1;
+        // Offset of DATA's value inside `buf` (both borrow the same allocation).
+        let start = (data.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+        let t = from.proto.index();
+        self.stats.packets[0][t] += 1;
+        self.stats.bytes[0][t] += data.len() as u64;
+        Some(Relay::ToPeer {
+            relay: RelayToken {
+                slot,
+                generation: a.generation,
+                v6,
+            },
+            peer,
+            payload: start..start + data.len(),
+        })
+    }
+
+    fn rate_ok(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let rate = f64::from(self.cfg.unauth_rate);
+        if self.rate.len() >= MAX_RATE_SOURCES && !self.rate.contains_key(&ip) {
+            self.stats.quota[QuotaKind::RateLimit as usize] += 1;
+            return false;
+        }
+        let b = self
+            .rate
+            .entry(ip)
+            .or_insert_with(|| Bucket::new(now, rate * 2.0));
+        if b.take(now, rate, rate * 2.0, 1.0) {
+            self.arm(now);
+            true
+        } else {
+            self.stats.quota[QuotaKind::RateLimit as usize] += 1;
+            false
+        }
+    }
+
+    fn count_method(&mut self, m: u16) {
+        let i = match m {
+            method::BINDING => 0,
+            method::ALLOCATE => 1,
+            method::REFRESH => 2,
+            method::CREATE_PERMISSION => 3,
+            method::CHANNEL_BIND => 4,
+            method::CONNECT => 5,
+            method::CONNECTION_BIND => 6,
+            _ => return,
+        };
+        self.stats.requests[i] += 1;
+    }
+
+    fn request(&mut self, now: Instant, unix_now: u64, from: FiveTuple, msg: &Message<'_>) {
+        self.count_method(msg.method);
+        // Never answer sources that cannot be real (reflection targets): port 0,
+        // unspecified, broadcast, multicast.
+        let ip = from.remote.ip();
+        let bogus = from.remote.port() == 0
+            || ip.is_unspecified()
+            || ip.is_multicast()
+            || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+        if bogus {
+            if msg.method == method::ALLOCATE {
+                self.stats.allocations[AllocResult::Forbidden as usize] += 1;
+            }
+            return;
+        }
+        if let Some((_, cached)) = self.tx_cache.get(&(from, msg.tid)) {
+            self.transmits.push_back(Transmit::ToClient {
+                client: from,
+                data: cached.clone(),
+            });
+            return;
+        }
+        let fp = msg.has_fingerprint();
+        if msg.method == method::BINDING {
+            if !self.rate_ok(now, from.remote.ip()) {
+                return;
+            }
+            let mut out = Vec::with_capacity(48);
+            let mut b = Builder::new(&mut out, method::BINDING, Class::Success, msg.tid);
+            b.xor_addr(attr::XOR_MAPPED_ADDRESS, from.remote);
+            b.finish(None, fp);
+            self.transmits.push_back(Transmit::ToClient {
+                client: from,
+                data: out,
+            });
+            return;
+        }
+        if !matches!(
+            msg.method,
+            method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND
+        ) {
+            if self.rate_ok(now, from.remote.ip()) {
+                self.error_plain(from, msg, 400, fp);
+            }
+            return;
+        }
+        // Unknown comprehension-required attributes → 420 (RFC 8489 §6.3.1).
+        let mut unknown = std::mem::take(&mut self.scratch);
+        unknown.clear();
+        msg.unknown_required(KNOWN, &mut unknown);
+        if !unknown.is_empty() {
+            if self.rate_ok(now, from.remote.ip()) {
+                let mut out = Vec::new();
+                let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
+                b.error(420, "Unknown Attribute");
+                let mut v = Vec::with_capacity(unknown.len() * 2);
+                for t in &unknown {
+                    v.extend_from_slice(&t.to_be_bytes());
+                }
+                b.attr(attr::UNKNOWN_ATTRIBUTES, &v);
+                b.finish(None, fp);
+                self.transmits.push_back(Transmit::ToClient {
+                    client: from,
+                    data: out,
+                });
+            }
+            self.scratch = unknown;
+            return;
+        }
+        self.scratch = unknown;
+        let Ok(authed) = self.authenticate(now, unix_now, from, msg) else {
+            if msg.method == method::ALLOCATE {
+                self.stats.allocations[AllocResult::Unauthorized as usize] += 1;
+            }
+            return;
+        };
+        match msg.method {
+            method::ALLOCATE => self.allocate(now, from, msg, authed),
+            method::REFRESH => self.refresh(now, from, msg, &authed),
+            method::CREATE_PERMISSION => self.create_permission(now, from, msg, &authed),
+            method::CHANNEL_BIND => self.channel_bind(now, from, msg, &authed),
+            // RFC 6062 TCP allocations are not implemented: Connect/ConnectionBind → 400
+            // (Allocate with REQUESTED-TRANSPORT=TCP already gets 442).
+            _ => self.reply_error(now, from, msg, &authed, 400, "Bad Request"),
+        }
+    }
+
+    fn nonce(&self, unix_now: u64, client: IpAddr) -> String {
+        let expiry = (unix_now + u64::from(self.cfg.nonce_lifetime)) as u32;
+        let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("any key");
+        mac.update(&expiry.to_be_bytes());
+        match client {
+            IpAddr::V4(v) => mac.update(&v.octets()),
+            IpAddr::V6(v) => mac.update(&v.octets()),
+        }
+        let tag = mac.finalize().into_bytes();
+        let mut s = format!("{expiry:08x}");
+        for b in tag.iter().take(8) {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    fn nonce_valid(&self, nonce: &[u8], unix_now: u64, client: IpAddr) -> bool {
+        let Ok(s) = std::str::from_utf8(nonce) else {
+            return false;
+        };
+        if s.len() != 24 {
+            return false;
+        }
+        let Some(Ok(expiry)) = s.get(..8).map(|h| u32::from_str_radix(h, 16)) else {
+            return false;
+        };
+        if u64::from(expiry) <= unix_now {
+            return false;
+        }
+        let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("any key");
+        mac.update(&expiry.to_be_bytes());
+        match client {
+            IpAddr::V4(v) => mac.update(&v.octets()),
+            IpAddr::V6(v) => mac.update(&v.octets()),
+        }
+        let tag = mac.finalize().into_bytes();
+        let mut want = String::with_capacity(16);
+        for b in tag.iter().take(8) {
+            want.push_str(&format!("{b:02x}"));
+        }
+        use subtle::ConstantTimeEq as _;
+        s.get(8..)
+            .is_some_and(|got| bool::from(got.as_bytes().ct_eq(want.as_bytes())))
+    }
+
+    /// 401 / 438 challenge: only mandatory attributes, no SOFTWARE (keeps the answer small).
+    fn challenge(&mut self, unix_now: u64, from: FiveTuple, msg: &Message<'_>, code: u16) {
+        let nonce = self.nonce(unix_now, from.remote.ip());
+        let mut out = Vec::with_capacity(80);
+        let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
+        b.error(
+            code,
+            if code == 438 {
+                "Stale Nonce"
+            } else {
+                "Unauthorized"
+            },
+        );
+        b.attr(attr::REALM, self.cfg.realm.as_bytes());
+        b.attr(attr::NONCE, nonce.as_bytes());
+        b.finish(None, msg.has_fingerprint());
+        self.transmits.push_back(Transmit::ToClient {
+            client: from,
+            data: out,
+        });
+    }
+
+    fn error_plain(&mut self, from: FiveTuple, msg: &Message<'_>, code: u16, fp: bool) {
+        let mut out = Vec::with_capacity(40);
+        let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
+        b.error(code, "");
+        b.finish(None, fp);
+        self.transmits.push_back(Transmit::ToClient {
+            client: from,
+            data: out,
+        });
+    }
+
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        from: FiveTuple,
+        msg: &Message<'_>,
+    ) -> Result<Authed, ()> {
+        let ip = from.remote.ip();
+        if !msg.has(attr::MESSAGE_INTEGRITY) {
+            self.stats.auth_failures[AuthFail::Missing as usize] += 1;
+            if self.rate_ok(now, ip) {
+                self.challenge(unix_now, from, msg, 401);
+            }
+            return Err(());
+        }
+        let (Some(user), Some(realm), Some(nonce)) = (
+            msg.get(attr::USERNAME),
+            msg.get(attr::REALM),
+            msg.get(attr::NONCE),
+        ) else {
+            self.stats.auth_failures[AuthFail::Missing as usize] += 1;
+            if self.rate_ok(now, ip) {
+                self.error_plain(from, msg, 400, msg.has_fingerprint());
+            }
+            return Err(());
+        };
+        if !self.nonce_valid(nonce, unix_now, ip) {
+            self.stats.auth_failures[AuthFail::StaleNonce as usize] += 1;
+            if self.rate_ok(now, ip) {
+                self.challenge(unix_now, from, msg, 438);
+            }
+            return Err(());
+        }
+        let Ok(username) = std::str::from_utf8(user) else {
+            self.stats.auth_failures[AuthFail::BadUsername as usize] += 1;
+            if self.rate_ok(now, ip) {
+                self.challenge(unix_now, from, msg, 401);
+            }
+            return Err(());
+        };
+        if realm != self.cfg.realm.as_bytes() {
+            self.stats.auth_failures[AuthFail::BadIntegrity as usize] += 1;
+            if self.rate_ok(now, ip) {
+                self.challenge(unix_now, from, msg, 401);
+            }
+            return Err(());
+        }
+        // An existing allocation keeps its key: the call outlives its credentials.
+        if let Some(a) = self
+            .by_client
+            .get(&from)
+            .and_then(|s| self.slots.get(*s as usize))
+            .and_then(Option::as_ref)
+            && a.username == username
+            && msg.integrity_ok(&a.key.0)
+        {
+            if self.cfg.strict_expiry && a.rest_expiry.is_some_and(|e| e < unix_now) {
+                self.stats.auth_failures[AuthFail::Expired as usize] += 1;
+                self.challenge(unix_now, from, msg, 401);
+                return Err(());
+            }
+            return Ok(Authed {
+                username: username.to_owned(),
+                key: a.key,
+                rest_expiry: a.rest_expiry,
+            });
+        }
+        match self.creds.lookup(username, &self.cfg.realm, unix_now) {
+            Lookup::Keys(keys, rest_expiry) => {
+                if let Some(key) = keys.into_iter().find(|k| msg.integrity_ok(&k.0)) {
+                    return Ok(Authed {
+                        username: username.to_owned(),
+                        key,
+                        rest_expiry,
+                    });
+                }
+                self.stats.auth_failures[AuthFail::BadIntegrity as usize] += 1;
+            }
+            Lookup::Expired => self.stats.auth_failures[AuthFail::Expired as usize] += 1,
+            Lookup::BadUsername => {
+                let reason = if self.creds.secrets.is_empty() {
+                    AuthFail::UnknownUser
+                } else {
+                    AuthFail::BadUsername
+                };
+                self.stats.auth_failures[reason as usize] += 1;
+            }
+        }
+        if self.rate_ok(now, ip) {
+            self.challenge(unix_now, from, msg, 401);
+        }
+        Err(())
+    }
+
+    /// Authenticated answer: SOFTWARE, MESSAGE-INTEGRITY, FINGERPRINT when the client uses it;
+    /// cached for retransmissions.
+    fn send_authed(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        key: &Key,
+        out: Vec<u8>,
+    ) {
+        let _ = (msg, key);
+        if self.tx_cache.len() < MAX_TX_CACHE {
+            self.tx_cache
+                .insert((from, msg.tid), (now + TRANSACTION_CACHE, out.clone()));
+            self.arm(now);
+        }
+        self.transmits.push_back(Transmit::ToClient {
+            client: from,
+            data: out,
+        });
+    }
+
+    fn reply_error(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+        code: u16,
+        reason: &str,
+    ) {
+        let mut out = Vec::with_capacity(96);
+        let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
+        b.error(code, reason);
+        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
+        b.finish(Some(&authed.key.0), msg.has_fingerprint());
+        self.send_authed(now, from, msg, &authed.key, out);
+    }
+
+    fn reply_ok(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+        lifetime: Option<u32>,
+    ) {
+        let mut out = Vec::with_capacity(96);
+        let mut b = Builder::new(&mut out, msg.method, Class::Success, msg.tid);
+        if let Some(l) = lifetime {
+            b.u32_attr(attr::LIFETIME, l);
+        }
+        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
+        b.finish(Some(&authed.key.0), msg.has_fingerprint());
+        self.send_authed(now, from, msg, &authed.key, out);
+    }
+
+    /// Allocate: the requested lifetime capped at the maximum, never below the default
+    /// (RFC 8656 §7.2). Refresh: capped at the maximum only (RFC 8656 §7.3).
+    fn lifetime(&self, msg: &Message<'_>, floor: bool) -> u32 {
+        match msg.u32_attr(attr::LIFETIME) {
+            Some(l) if floor => l.min(self.cfg.max_lifetime).max(self.cfg.default_lifetime),
+            Some(l) => l.min(self.cfg.max_lifetime),
+            None => self.cfg.default_lifetime,
+        }
+    }
+
+    fn allocate(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>, authed: Authed) {
+        let bad = |s: &mut Self, code: u16, reason: &str, result: AllocResult| {
+            s.stats.allocations[result as usize] += 1;
+            s.reply_error(now, from, msg, &authed, code, reason);
+        };
+        if let Some(&slot) = self.by_client.get(&from) {
+            let live = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|a| a.expires > now);
+            if live {
+                return bad(self, 437, "Allocation Mismatch", AllocResult::Mismatch);
+            }
+            self.delete(slot);
+        }
+        match msg
+            .get(attr::REQUESTED_TRANSPORT)
+            .and_then(|v| v.first().copied())
+        {
+            None => {
+                return bad(
+                    self,
+                    400,
+                    "Missing REQUESTED-TRANSPORT",
+                    AllocResult::BadRequest,
+                );
+            }
+            Some(17) => {}
+            Some(_) => {
+                return bad(
+                    self,
+                    442,
+                    "Unsupported Transport Protocol",
+                    AllocResult::BadRequest,
+                );
+            }
+        }
+        let even = msg.get(attr::EVEN_PORT);
+        let token = msg.get(attr::RESERVATION_TOKEN);
+        let raf = msg
+            .get(attr::REQUESTED_ADDRESS_FAMILY)
+            .map(|v| v.first().copied().unwrap_or(0));
+        let aaf = msg
+            .get(attr::ADDITIONAL_ADDRESS_FAMILY)
+            .map(|v| v.first().copied().unwrap_or(0));
+        if (even.is_some() && token.is_some())
+            || (raf.is_some() && token.is_some())
+            || (raf.is_some() && aaf.is_some())
+        {
+            return bad(self, 400, "Conflicting attributes", AllocResult::BadRequest);
+        }
+        if aaf.is_some_and(|f| f != 2) {
+            return bad(
+                self,
+                400,
+                "ADDITIONAL-ADDRESS-FAMILY must be IPv6",
+                AllocResult::BadRequest,
+            );
+        }
+        if self.draining {
+            return bad(self, 508, "Server Draining", AllocResult::Capacity);
+        }
+        // Which relay families: requested (default IPv4), plus IPv6 for dual-stack.
+        let (want4, want6) = match raf {
+            None | Some(1) => (true, aaf.is_some()),
+            Some(2) => (false, true),
+            Some(_) => {
+                return bad(
+                    self,
+                    440,
+                    "Address Family not Supported",
+                    AllocResult::BadRequest,
+                );
+            }
+        };
+        let have4 = self.cfg.relay_ip4.is_some();
+        let have6 = self.cfg.relay_ip6.is_some();
+        let mut v6_error = false;
+        let (use4, use6) = if aaf.is_some() {
+            v6_error = !have6;
+            (have4, have6)
+        } else {
+            (want4 && have4, want6 && have6)
+        };
+        if (want4 && !have4 && raf.is_some()) || (raf == Some(2) && !have6) || (!use4 && !use6) {
+            return bad(
+                self,
+                440,
+                "Address Family not Supported",
+                AllocResult::BadRequest,
+            );
+        }
+        // Port selection.
+        let mut port4 = None;
+        let mut reservation_token = None;
+        if let Some(t) = token {
+            let Ok(t) = <[u8; 8]>::try_from(t) else {
+                return bad(self, 400, "Bad RESERVATION-TOKEN", AllocResult::BadRequest);
+            };
+            match self.ports.reserved.remove(&u64::from_be_bytes(t)) {
+                Some((p, e)) if e > now => port4 = Some(p),
+                _ => return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
+            }
+        }
+        if let Err(kind) = self.quota.acquire(&authed.username) {
+            if let Some(p) = port4 {
+                self.ports.release(p);
+            }
+            self.stats.quota[kind as usize] += 1;
+            return match kind {
+                QuotaKind::User => bad(self, 486, "Allocation Quota Reached", AllocResult::Quota),
+                _ => bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
+            };
+        }
+        let reserve_next = even.and_then(|v| v.first()).is_some_and(|b| b & 0x80 != 0);
+        let pick = |s: &mut Self, even: bool, pair: bool| {
+            let p = s.ports.pick(&mut s.rng, even, pair)?;
+            s.ports.take(p);
+            Some(p)
+        };
+        let p_main = match port4 {
+            Some(p) => Some(p),
+            None => pick(self, even.is_some(), reserve_next),
+        };
+        let Some(p_main) = p_main else {
+            self.quota.release(&authed.username);
+            self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
+            return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+        };
+        if reserve_next {
+            let next = p_main + 1;
+            self.ports.take(next);
+            let t = self.rng.next_u64();
+            self.ports
+                .reserved
+                .insert(t, (next, now + RESERVATION_LIFETIME));
+            reservation_token = Some(t);
+        }
+        let mut relays = [None, None];
+        let mk = |ip: Option<IpAddr>, ext: Option<IpAddr>, port: u16| {
+            ip.map(|ip| RelaySlot {
+                bind: SocketAddr::new(ip, port),
+                advertised: SocketAddr::new(ext.unwrap_or(ip), port),
+                open: false,
+            })
+        };
+        if use4 {
+            relays[0] = mk(self.cfg.relay_ip4, self.cfg.external_ip4, p_main);
+        }
+        if use6 {
+            let p6 = if use4 {
+                pick(self, false, false)
+            } else {
+                Some(p_main)
+            };
+            let Some(p6) = p6 else {
+                self.ports.release(p_main);
+                self.quota.release(&authed.username);
+                self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
+                return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+            };
+            relays[1] = mk(self.cfg.relay_ip6, self.cfg.external_ip6, p6);
+        }
+        let lifetime = self.lifetime(msg, true);
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            (self.slots.len() - 1) as u32
+        });
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let burst = self.cfg.bandwidth as f64;
+        let alloc = Allocation {
+            generation,
+            client: from,
+            username: authed.username,
+            key: authed.key,
+            rest_expiry: authed.rest_expiry,
+            expires: now + Duration::from_secs(u64::from(lifetime)),
+            relays,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            bucket: Bucket::new(now, burst),
+            pending: Some(PendingAllocate {
+                tid: msg.tid,
+                lifetime,
+                fingerprint: msg.has_fingerprint(),
+                reservation_token,
+                v6_error,
+            }),
+            reservation: reservation_token,
+        };
+        for (i, r) in alloc.relays.iter().enumerate() {
+            if let Some(r) = r {
+                self.commands.push_back(Command::OpenRelaySocket {
+                    relay: RelayToken {
+                        slot,
+                        generation,
+                        v6: i == 1,
+                    },
+                    bind: r.bind,
+                });
+            }
+        }
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Some(alloc);
+        }
+        self.by_client.insert(from, slot);
+        self.arm(now);
+    }
+
+    fn answer_allocate(&mut self, now: Instant, slot: u32) {
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(p) = a.pending.take() else { return };
+        let mut out = Vec::with_capacity(128);
+        let mut b = Builder::new(&mut out, method::ALLOCATE, Class::Success, p.tid);
+        for r in a.relays.iter().flatten() {
+            b.xor_addr(attr::XOR_RELAYED_ADDRESS, r.advertised);
+        }
+        if p.v6_error {
+            // ADDRESS-ERROR-CODE (RFC 8656 §18.11): family 0x02, 440.
+            b.attr(0x8001, &[0x02, 0, 4, 40]);
+        }
+        b.u32_attr(attr::LIFETIME, p.lifetime);
+        if let Some(t) = p.reservation_token {
+            b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+        }
+        b.xor_addr(attr::XOR_MAPPED_ADDRESS, a.client.remote);
+        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
+        b.finish(Some(&a.key.0), p.fingerprint);
+        let client = a.client;
+        self.stats.allocations[AllocResult::Ok as usize] += 1;
+        tracing::debug!(relay = ?a.relays.iter().flatten().map(|r| r.bind).collect::<Vec<_>>(), proto = client.proto.label(), "allocation created");
+        if self.tx_cache.len() < MAX_TX_CACHE {
+            // The transaction cache keeps retransmitted Allocates from hitting 437.
+            self.tx_cache
+                .insert((client, p.tid), (now + TRANSACTION_CACHE, out.clone()));
+        }
+        self.transmits
+            .push_back(Transmit::ToClient { client, data: out });
+    }
+
+    fn own_allocation(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) -> Option<u32> {
+        let slot = self.by_client.get(&from).copied();
+        match slot
+            .and_then(|s| self.slots.get(s as usize))
+            .and_then(Option::as_ref)
+        {
+            Some(a) if a.expires > now && a.pending.is_none() => {
+                if a.username != authed.username {
+                    self.reply_error(now, from, msg, authed, 441, "Wrong Credentials");
+                    return None;
+                }
+                slot
+            }
+            _ => {
+                self.reply_error(now, from, msg, authed, 437, "Allocation Mismatch");
+                None
+            }
+        }
+    }
+
+    fn refresh(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>, authed: &Authed) {
+        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
+            return;
+        };
+        let requested = msg.u32_attr(attr::LIFETIME);
+        if requested == Some(0) {
+            self.delete(slot);
+            self.reply_ok(now, from, msg, authed, Some(0));
+            return;
+        }
+        let lifetime = self.lifetime(msg, false);
+        if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            a.expires = now + Duration::from_secs(u64::from(lifetime));
+        }
+        self.reply_ok(now, from, msg, authed, Some(lifetime));
+    }
+
+    /// Family and policy checks for a peer address. `Err((code, reason))` to answer.
+    fn check_peer(&mut self, slot: u32, peer: SocketAddr) -> Result<(), (u16, &'static str)> {
+        let a = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .ok_or((437, "Allocation Mismatch"))?;
+        if a.relay_for(peer).is_none() {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
+        if let Err(class) = self.policy.check(peer.ip()) {
+            self.stats.denied[class.index()] += 1;
+            tracing::debug!(class = class.label(), "peer denied by policy");
+            return Err((403, "Forbidden"));
+        }
+        Ok(())
+    }
+
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) {
+        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
+            return;
+        };
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        for p in msg.xor_addrs(attr::XOR_PEER_ADDRESS) {
+            match p {
+                Some(p) => peers.push(p),
+                None => {
+                    return self.reply_error(now, from, msg, authed, 400, "Bad XOR-PEER-ADDRESS");
+                }
+            }
+        }
+        if peers.is_empty() {
+            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        }
+        for p in &peers {
+            if let Err((code, reason)) = self.check_peer(slot, *p) {
+                return self.reply_error(now, from, msg, authed, code, reason);
+            }
+        }
+        if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            for p in peers {
+                install_permission(a, p.ip(), now);
+            }
+        }
+        self.reply_ok(now, from, msg, authed, None);
+    }
+
+    fn channel_bind(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>, authed: &Authed) {
+        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
+            return;
+        };
+        let number = msg
+            .get(attr::CHANNEL_NUMBER)
+            .and_then(|v| v.get(..2))
+            .map(|v| u16::from_be_bytes([v[0], v[1]]));
+        let Some(number) = number.filter(|n| (0x4000..=0x4FFF).contains(n)) else {
+            return self.reply_error(now, from, msg, authed, 400, "Bad CHANNEL-NUMBER");
+        };
+        let Some(peer) = msg.xor_addr(attr::XOR_PEER_ADDRESS) else {
+            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        };
+        if let Err((code, reason)) = self.check_peer(slot, peer) {
+            return self.reply_error(now, from, msg, authed, code, reason);
+        }
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        // Entries linger CHANNEL_COOLDOWN after expiry: the same pairing may be rebound,
+        // a different pairing of either the number or the peer may not (RFC 8656 §12).
+        let conflict = a
+            .channels
+            .iter()
+            .any(|c| (c.number == number) != (c.peer == peer));
+        if conflict {
+            return self.reply_error(now, from, msg, authed, 400, "Channel or peer already bound");
+        }
+        let expires = now + CHANNEL_LIFETIME;
+        match a.channels.iter_mut().find(|c| c.number == number) {
+            Some(c) => c.expires = expires,
+            None => a.channels.push(Channel {
+                number,
+                peer,
+                expires,
+            }),
+        }
+        install_permission(a, peer.ip(), now);
+        self.reply_ok(now, from, msg, authed, None);
+    }
+}
+
+fn install_permission(a: &mut Allocation, ip: IpAddr, now: Instant) {
+    let expires = now + PERMISSION_LIFETIME;
+    match a.permissions.iter_mut().find(|(p, _)| *p == ip) {
+        Some(p) => p.1 = expires,
+        None => a.permissions.push((ip, expires)),
+    }
+}
+
+/// Comprehension-required attributes we understand.
+const KNOWN: &[u16] = &[
+    attr::MAPPED_ADDRESS,
+    attr::USERNAME,
+    attr::MESSAGE_INTEGRITY,
+    attr::ERROR_CODE,
+    attr::UNKNOWN_ATTRIBUTES,
+    attr::CHANNEL_NUMBER,
+    attr::LIFETIME,
+    attr::XOR_PEER_ADDRESS,
+    attr::DATA,
+    attr::REALM,
+    attr::NONCE,
+    attr::XOR_RELAYED_ADDRESS,
+    attr::REQUESTED_ADDRESS_FAMILY,
+    attr::EVEN_PORT,
+    attr::REQUESTED_TRANSPORT,
+    attr::DONT_FRAGMENT,
+    attr::XOR_MAPPED_ADDRESS,
+    attr::RESERVATION_TOKEN,
+    attr::PRIORITY,
+    attr::USE_CANDIDATE,
+    attr::PADDING,
+    attr::RESPONSE_PORT,
+    attr::CONNECTION_ID,
+];
+
+/// Exposes deny classes for the metrics registry.
+pub fn deny_labels() -> impl Iterator<Item = &'static str> {
+    DenyClass::ALL.iter().map(|c| c.label())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,882 @@
+//! Deterministic scenario tests of the sans-IO core with a simulated clock.
+use std::collections::HashMap;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::*;
+use crate::auth::rest_credentials;
+use crate::stun::{Builder, Class, Message, TransactionId, attr, method};
+
+const UNIX0: u64 = 1_800_000_000;
+
+struct Sim {
+    core: Core<StdRng>,
+    start: Instant,
+    now: Instant,
+    out: Vec<Vec<u8>>,
+    relays: HashMap<RelayToken, SocketAddr>,
+    closed: Vec<RelayToken>,
+    fail_next_open: usize,
+    tid: u8,
+}
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        realm: "test".into(),
+        relay_ip4: Some("192.0.2.1".parse().unwrap()),
+        relay_ip6: None,
+        external_ip4: None,
+        external_ip6: None,
+        ports: (40000, 40009),
+        default_lifetime: 600,
+        max_lifetime: 3600,
+        bandwidth: 0,
+        unauth_rate: 1000,
+        strict_expiry: false,
+        nonce_lifetime: 600,
+    }
+}
+
+impl Sim {
+    fn new(cfg: CoreConfig, policy: PeerPolicy) -> Self {
+        Self::with_quota(cfg, policy, Arc::new(SharedQuota::new(0, 0)))
+    }
+    fn with_quota(cfg: CoreConfig, policy: PeerPolicy, q: Arc<SharedQuota>) -> Self {
+        let now = Instant::now();
+        let core = Core::new(
+            cfg,
+            StdRng::seed_from_u64(7),
+            vec!["s3cret".into(), "old".into()],
+            vec![],
+            policy,
+            q,
+        );
+        Self {
+            core,
+            start: now,
+            now,
+            out: Vec::new(),
+            relays: HashMap::new(),
+            closed: Vec::new(),
+            fail_next_open: 0,
+            tid: 0,
+        }
+    }
+    fn unix(&self) -> u64 {
+        UNIX0 + self.now.duration_since(self.start).as_secs()
+    }
+    fn advance(&mut self, secs: u64) {
+        let target = self.now + Duration::from_secs(secs);
+        // Step through every timeout like a runtime would.
+        while let Some(t) = self.core.poll_timeout().filter(|t| *t <= target) {
+            self.now = t.max(self.now);
+            self.core.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = target;
+    }
+    fn drain(&mut self) {
+        loop {
+            let mut any = false;
+            while let Some(Transmit::ToClient { data, .. }) = self.core.poll_transmit() {
+                self.out.push(data);
+                any = true;
+            }
+            while let Some(c) = self.core.poll_command() {
+                any = true;
+                match c {
+                    Command::OpenRelaySocket { relay, bind } => {
+                        let ok = if self.fail_next_open > 0 {
+                            self.fail_next_open -= 1;
+                            false
+                        } else {
+                            true
+                        };
+                        if ok {
+                            self.relays.insert(relay, bind);
+                        }
+                        self.core.relay_opened(self.now, relay, ok);
+                    }
+                    Command::CloseRelaySocket { relay } => {
+                        self.relays.remove(&relay);
+                        self.closed.push(relay);
+                    }
+                    Command::CloseConnection { .. } => {}
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+    fn input(&mut self, from: FiveTuple, buf: &[u8]) -> Option<Relay> {
+        let unix = self.unix();
+        let r = self.core.handle_input(self.now, unix, from, buf);
+        self.drain();
+        r
+    }
+    fn next_tid(&mut self) -> TransactionId {
+        self.tid += 1;
+        TransactionId([self.tid; 12])
+    }
+}
+
+fn client(port: u16) -> FiveTuple {
+    FiveTuple {
+        proto: Proto::Udp,
+        local: "192.0.2.1:3478".parse().unwrap(),
+        remote: SocketAddr::new("198.51.100.7".parse().unwrap(), port),
+    }
+}
+
+#[derive(Clone)]
+struct Creds {
+    user: String,
+    pass: String,
+    nonce: Option<Vec<u8>>,
+}
+
+impl Creds {
+    fn rest(secret: &[u8], expiry: u64) -> Self {
+        let (user, pass) = rest_credentials(secret, expiry, "alice");
+        Self {
+            user,
+            pass,
+            nonce: None,
+        }
+    }
+    fn key(&self) -> [u8; 16] {
+        crate::auth::long_term_key(&self.user, "test", &self.pass).0
+    }
+}
+
+/// Builds a request; `attrs` adds method attributes; auth added when creds have a nonce.
+fn request(
+    tid: TransactionId,
+    m: u16,
+    creds: Option<&Creds>,
+    fp: bool,
+    attrs: impl FnOnce(&mut Builder<'_>),
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = Builder::new(&mut out, m, Class::Request, tid);
+    attrs(&mut b);
+    let mut key = None;
+    if let Some(c) = creds
+        && let Some(n) = &c.nonce
+    {
+        b.attr(attr::USERNAME, c.user.as_bytes());
+        b.attr(attr::REALM, b"test");
+        b.attr(attr::NONCE, n);
+        key = Some(c.key());
+    }
+    b.finish(key.as_ref().map(|k| &k[..]), fp);
+    out
+}
+
+fn last(sim: &mut Sim) -> Vec<u8> {
+    assert!(!sim.out.is_empty(), "no answer");
+    sim.out.remove(0)
+}
+
+fn error_code(m: &Message<'_>) -> Option<u16> {
+    m.get(attr::ERROR_CODE)
+        .map(|v| u16::from(v[2]) * 100 + u16::from(v[3]))
+}
+
+/// Full Allocate with the 401 round trip; returns the relayed address.
+fn allocate(sim: &mut Sim, from: FiveTuple, creds: &mut Creds) -> SocketAddr {
+    let tid = sim.next_tid();
+    let r = request(tid, method::ALLOCATE, None, true, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    sim.input(from, &r);
+    let ans = last(sim);
+    let m = Message::parse(&ans).unwrap();
+    assert_eq!(error_code(&m), Some(401));
+    assert!(m.has(attr::FINGERPRINT), "client used FINGERPRINT");
+    assert_eq!(m.get(attr::REALM), Some(&b"test"[..]));
+    creds.nonce = Some(m.get(attr::NONCE).unwrap().to_vec());
+    let tid = sim.next_tid();
+    let r = request(tid, method::ALLOCATE, Some(creds), true, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    sim.input(from, &r);
+    let ans = last(sim);
+    let m = Message::parse(&ans).unwrap();
+    assert_eq!(
+        m.class,
+        Class::Success,
+        "allocate failed: {:?}",
+        error_code(&m)
+    );
+    assert!(m.integrity_ok(&creds.key()));
+    assert!(m.fingerprint_ok() && m.has(attr::FINGERPRINT));
+    assert_eq!(m.u32_attr(attr::LIFETIME), Some(600));
+    assert_eq!(m.xor_addr(attr::XOR_MAPPED_ADDRESS), Some(from.remote));
+    // Retransmission gets the identical answer.
+    sim.input(from, &r);
+    assert_eq!(last(sim), ans);
+    m.xor_addr(attr::XOR_RELAYED_ADDRESS).unwrap()
+}
+
+fn simple(
+    sim: &mut Sim,
+    from: FiveTuple,
+    creds: &Creds,
+    m: u16,
+    attrs: impl FnOnce(&mut Builder<'_>),
+) -> Option<u16> {
+    let tid = sim.next_tid();
+    let r = request(tid, m, Some(creds), false, attrs);
+    sim.input(from, &r);
+    let ans = last(sim);
+    let msg = Message::parse(&ans).unwrap();
+    assert_eq!(msg.tid, tid);
+    if msg.class == Class::Success {
+        assert!(msg.integrity_ok(&creds.key()));
+        None
+    } else {
+        error_code(&msg)
+    }
+}
+
+fn peer() -> SocketAddr {
+    "203.0.113.9:5000".parse().unwrap()
+}
+
+fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = ch.to_be_bytes().to_vec();
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn allocate_refresh_expiry_channel_rebind() {
+    let mut c0 = cfg();
+    c0.nonce_lifetime = 7200;
+    let mut sim = Sim::new(c0, PeerPolicy::default());
+    let c = client(1111);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    let relayed = allocate(&mut sim, c, &mut creds);
+    assert_eq!(relayed.ip(), "192.0.2.1".parse::<IpAddr>().unwrap());
+    assert!((40000..=40009).contains(&relayed.port()));
+    let token = *sim.relays.keys().next().unwrap();
+
+    // No permission yet: data from the peer is dropped, ChannelData on an unbound channel too.
+    assert_eq!(
+        sim.core.handle_peer_data(sim.now, token, peer(), b"hi"),
+        None
+    );
+    assert_eq!(sim.input(c, &channel_data(0x4000, b"x")), None);
+
+    // ChannelBind installs channel + permission.
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    let cd = channel_data(0x4000, b"hello");
+    assert_eq!(
+        sim.input(c, &cd),
+        Some(Relay::ToPeer {
+            relay: token,
+            peer: peer(),
+            payload: 4..9
+        })
+    );
+    assert_eq!(
+        sim.core.handle_peer_data(sim.now, token, peer(), b"abc"),
+        Some(Relay::ToClient {
+            client: c,
+            header: [0x40, 0, 0, 3],
+            padding: 0
+        })
+    );
+    assert_eq!(sim.core.stats().packets[0][0], 1);
+    assert_eq!(sim.core.stats().packets[1][0], 1);
+
+    // Refresh at 500 s keeps the allocation past 600 s.
+    sim.advance(500);
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::REFRESH, |b| {
+            b.u32_attr(attr::LIFETIME, 3600);
+        }),
+        None
+    );
+    // The channel (600 s) still works at 550 s, permission (300 s) was not refreshed → dropped.
+    sim.advance(50);
+    assert_eq!(sim.input(c, &cd), None, "permission expired at 300 s");
+    // Rebinding the same channel refreshes the permission.
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    assert!(sim.input(c, &cd).is_some());
+    // Channel 0x4000 is bound to peer(): binding it to another peer fails; so does binding
+    // peer() to another number.
+    let other: SocketAddr = "203.0.113.10:5000".parse().unwrap();
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, other);
+        }),
+        Some(400)
+    );
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4001_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        Some(400)
+    );
+    // Let the channel expire (600 s after the rebind) but stay within the 300 s cool-down:
+    // still reserved for its peer.
+    sim.advance(610);
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::REFRESH, |b| {
+            b.u32_attr(attr::LIFETIME, 3600);
+        }),
+        None
+    );
+    assert_eq!(sim.input(c, &cd), None, "channel expired");
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, other);
+        }),
+        Some(400),
+        "number reserved during cool-down"
+    );
+    // After the cool-down the number can be bound to a new peer.
+    sim.advance(300);
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, other);
+        }),
+        None
+    );
+
+    // Refresh 0 deletes: the relay socket closes and the port returns.
+    let free_before = sim.core.gauges(sim.now).relay_ports_free;
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::REFRESH, |b| {
+            b.u32_attr(attr::LIFETIME, 0);
+        }),
+        None
+    );
+    assert_eq!(sim.closed, vec![token]);
+    assert_eq!(sim.core.gauges(sim.now).relay_ports_free, free_before + 1);
+    assert_eq!(sim.core.allocation_count(), 0);
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::REFRESH, |b| {
+            b.u32_attr(attr::LIFETIME, 600);
+        }),
+        Some(437)
+    );
+}
+
+#[test]
+fn allocation_expires_without_refresh() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let c = client(1);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    allocate(&mut sim, c, &mut creds);
+    sim.advance(599);
+    assert_eq!(sim.core.allocation_count(), 1);
+    assert!(sim.closed.is_empty());
+    sim.advance(2);
+    assert_eq!(sim.core.allocation_count(), 0);
+    assert_eq!(sim.closed.len(), 1);
+    assert_eq!(sim.core.gauges(sim.now).relay_ports_free, 10);
+}
+
+#[test]
+fn call_outlives_its_credentials_unless_strict() {
+    for strict in [false, true] {
+        let mut c2 = cfg();
+        c2.strict_expiry = strict;
+        c2.nonce_lifetime = 3600;
+        let mut sim = Sim::new(c2, PeerPolicy::default());
+        let c = client(2);
+        // Credentials valid for 100 s more.
+        let mut creds = Creds::rest(b"old", UNIX0 + 100);
+        allocate(&mut sim, c, &mut creds);
+        sim.advance(200);
+        let r = simple(&mut sim, c, &creds, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        });
+        if strict {
+            assert_eq!(r, Some(401));
+        } else {
+            assert_eq!(
+                r, None,
+                "expired REST credentials keep working on their allocation"
+            );
+            assert_eq!(
+                simple(&mut sim, c, &creds, method::REFRESH, |b| {
+                    b.u32_attr(attr::LIFETIME, 600);
+                }),
+                None
+            );
+        }
+        // A new allocation with the expired username is refused.
+        let c3 = client(3);
+        let tid = sim.next_tid();
+        sim.input(
+            c3,
+            &request(tid, method::ALLOCATE, Some(&creds), false, |b| {
+                b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            }),
+        );
+        let ans = last(&mut sim);
+        assert_eq!(error_code(&Message::parse(&ans).unwrap()), Some(401));
+        assert!(sim.core.stats().auth_failures[AuthFail::Expired as usize] >= 1);
+    }
+}
+
+#[test]
+fn auth_failures() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let c = client(4);
+    let mut good = Creds::rest(b"s3cret", UNIX0 + 1000);
+    // Get a nonce.
+    let tid = sim.next_tid();
+    sim.input(
+        c,
+        &request(tid, method::ALLOCATE, None, false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+    );
+    let ans = last(&mut sim);
+    let m = Message::parse(&ans).unwrap();
+    assert!(
+        !m.has(attr::FINGERPRINT),
+        "no FINGERPRINT when the client does not use it"
+    );
+    assert!(!m.has(attr::SOFTWARE));
+    good.nonce = Some(m.get(attr::NONCE).unwrap().to_vec());
+    let alloc = |sim: &mut Sim, cr: &Creds| {
+        let tid = sim.next_tid();
+        sim.input(
+            c,
+            &request(tid, method::ALLOCATE, Some(cr), false, |b| {
+                b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            }),
+        );
+        let a = last(sim);
+        error_code(&Message::parse(&a).unwrap())
+    };
+    let mut wrong = good.clone();
+    wrong.pass = "nope".into();
+    assert_eq!(alloc(&mut sim, &wrong), Some(401));
+    let mut unknown_secret = Creds::rest(b"other", UNIX0 + 1000);
+    unknown_secret.nonce = good.nonce.clone();
+    assert_eq!(alloc(&mut sim, &unknown_secret), Some(401));
+    let mut bad_user = good.clone();
+    bad_user.user = "alice".into();
+    assert_eq!(alloc(&mut sim, &bad_user), Some(401));
+    let mut stale = good.clone();
+    stale.nonce = Some(b"00000001aaaaaaaaaaaaaaaa".to_vec());
+    assert_eq!(alloc(&mut sim, &stale), Some(438));
+    // Nonces expire: after nonce_lifetime the same nonce gets 438, with a fresh one in it.
+    sim.advance(601);
+    assert_eq!(alloc(&mut sim, &good), Some(438));
+    let s = sim.core.stats();
+    assert_eq!(s.auth_failures[AuthFail::BadIntegrity as usize], 2);
+    assert_eq!(s.auth_failures[AuthFail::BadUsername as usize], 1);
+    assert_eq!(s.auth_failures[AuthFail::StaleNonce as usize], 2);
+    assert_eq!(s.allocations[AllocResult::Unauthorized as usize], 6);
+    // The old (second) secret still works: rotation does not drop anyone.
+    let mut rotated = Creds::rest(b"old", UNIX0 + 5000);
+    allocate(&mut sim, c, &mut rotated);
+}
+
+#[test]
+fn error_codes() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let c = client(5);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, c, &mut creds);
+    // 437: second Allocate on the same 5-tuple.
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        Some(437)
+    );
+    let c2 = client(6);
+    let a2 = |sim: &mut Sim, f: &dyn Fn(&mut Builder<'_>)| {
+        simple(sim, c2, &creds, method::ALLOCATE, |b| f(b))
+    };
+    // 400 missing REQUESTED-TRANSPORT; 442 TCP; 440 IPv6 without an IPv6 relay; 400 conflicts.
+    assert_eq!(a2(&mut sim, &|_| {}), Some(400));
+    assert_eq!(
+        a2(&mut sim, &|b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        }),
+        Some(442)
+    );
+    assert_eq!(
+        a2(&mut sim, &|b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        }),
+        Some(440)
+    );
+    assert_eq!(
+        a2(&mut sim, &|b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::EVEN_PORT, &[0x80]);
+            b.attr(attr::RESERVATION_TOKEN, &[0; 8]);
+        }),
+        Some(400)
+    );
+    // 420 unknown comprehension-required attribute.
+    assert_eq!(
+        a2(&mut sim, &|b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(0x7777, &[1, 2, 3, 4]);
+        }),
+        Some(420)
+    );
+    // 441: another user on this allocation's 5-tuple.
+    let mut other = Creds::rest(b"s3cret", UNIX0 + 999);
+    other.nonce = creds.nonce.clone();
+    assert_eq!(
+        simple(&mut sim, c, &other, method::REFRESH, |_| {}),
+        Some(441)
+    );
+    // 443 family mismatch, 403 forbidden peers, 400 bad channel numbers.
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, "[2001:db8::1]:1".parse().unwrap());
+        }),
+        Some(443)
+    );
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, "127.0.0.1:1".parse().unwrap());
+        }),
+        Some(403)
+    );
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+            b.xor_addr(
+                attr::XOR_PEER_ADDRESS,
+                "169.254.169.254:80".parse().unwrap(),
+            );
+        }),
+        Some(403),
+        "one denied peer fails the whole request"
+    );
+    assert_eq!(sim.core.gauges(sim.now).permissions, 0);
+    for n in [0x3FFFu32, 0x5000, 0x7FFF] {
+        assert_eq!(
+            simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+                b.u32_attr(attr::CHANNEL_NUMBER, n << 16);
+                b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+            }),
+            Some(400)
+        );
+    }
+    assert_eq!(sim.core.stats().denied[DenyClass::Loopback.index()], 1);
+    assert_eq!(sim.core.stats().denied[DenyClass::LinkLocal.index()], 1);
+    // RFC 6062 Connect is not implemented.
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CONNECT, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        Some(400)
+    );
+}
+
+#[test]
+fn quotas_and_capacity() {
+    let q = Arc::new(SharedQuota::new(2, 3));
+    let mut c = cfg();
+    c.ports = (40000, 40001);
+    let mut sim = Sim::with_quota(c, PeerPolicy::default(), q.clone());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, client(10), &mut a);
+    allocate(&mut sim, client(11), &mut a);
+    // Third for the same user → 486.
+    assert_eq!(
+        simple(&mut sim, client(12), &a, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        Some(486)
+    );
+    // Another user: ports exhausted → 508.
+    let (u, p) = rest_credentials(b"s3cret", UNIX0 + 1000, "bob");
+    let bob = Creds {
+        user: u,
+        pass: p,
+        nonce: a.nonce.clone(),
+    };
+    assert_eq!(
+        simple(&mut sim, client(13), &bob, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        Some(508)
+    );
+    assert_eq!(q.total(), 2, "a refused allocation gives its quota back");
+    let s = sim.core.stats();
+    assert_eq!(s.quota[QuotaKind::User as usize], 1);
+    assert_eq!(s.quota[QuotaKind::RelayPorts as usize], 1);
+    assert_eq!(s.allocations[AllocResult::Quota as usize], 1);
+    assert_eq!(s.allocations[AllocResult::Capacity as usize], 1);
+}
+
+#[test]
+fn busy_port_retries_and_even_port_reservation() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    sim.fail_next_open = 2;
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, client(20), &mut a);
+    assert_eq!(sim.relays.len(), 1);
+    // EVEN-PORT with R bit: even port, token reserving port+1.
+    let c = client(21);
+    let tid = sim.next_tid();
+    sim.input(
+        c,
+        &request(tid, method::ALLOCATE, Some(&a), false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::EVEN_PORT, &[0x80]);
+        }),
+    );
+    let ans = last(&mut sim);
+    let m = Message::parse(&ans).unwrap();
+    let port = m.xor_addr(attr::XOR_RELAYED_ADDRESS).unwrap().port();
+    assert_eq!(port % 2, 0);
+    let token = m.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    let c2 = client(22);
+    let tid = sim.next_tid();
+    sim.input(
+        c2,
+        &request(tid, method::ALLOCATE, Some(&a), false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::RESERVATION_TOKEN, &token);
+        }),
+    );
+    let ans = last(&mut sim);
+    let m = Message::parse(&ans).unwrap();
+    assert_eq!(
+        m.xor_addr(attr::XOR_RELAYED_ADDRESS).unwrap().port(),
+        port + 1
+    );
+}
+
+#[test]
+fn send_and_data_indications_and_external_ip() {
+    let mut c = cfg();
+    c.external_ip4 = Some("203.0.113.200".parse().unwrap());
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let cl = client(30);
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let relayed = allocate(&mut sim, cl, &mut a);
+    assert_eq!(relayed.ip(), "203.0.113.200".parse::<IpAddr>().unwrap());
+    let token = *sim.relays.keys().next().unwrap();
+    assert_eq!(
+        sim.relays[&token].ip(),
+        "192.0.2.1".parse::<IpAddr>().unwrap()
+    );
+    let send = |sim: &mut Sim| {
+        let tid = sim.next_tid();
+        let mut out = Vec::new();
+        let mut b = Builder::new(&mut out, method::SEND, Class::Indication, tid);
+        b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        b.attr(attr::DATA, b"payload!");
+        b.finish(None, true);
+        let r = sim.input(cl, &out);
+        (r, out)
+    };
+    assert_eq!(send(&mut sim).0, None, "no permission");
+    assert_eq!(
+        simple(&mut sim, cl, &a, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    let (r, buf) = send(&mut sim);
+    let Some(Relay::ToPeer { payload, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(&buf[payload], b"payload!");
+    // Peer data without a channel becomes a Data indication.
+    assert_eq!(
+        sim.core.handle_peer_data(sim.now, token, peer(), b"back"),
+        None
+    );
+    sim.drain();
+    let di = last(&mut sim);
+    let m = Message::parse(&di).unwrap();
+    assert_eq!((m.method, m.class), (method::DATA, Class::Indication));
+    assert_eq!(m.xor_addr(attr::XOR_PEER_ADDRESS), Some(peer()));
+    assert_eq!(m.get(attr::DATA), Some(&b"back"[..]));
+    // Other IPs have no permission.
+    assert_eq!(
+        sim.core
+            .handle_peer_data(sim.now, token, "203.0.113.99:1".parse().unwrap(), b"x"),
+        None
+    );
+    assert!(sim.out.is_empty());
+}
+
+#[test]
+fn binding_and_garbage() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let c = client(40);
+    let tid = sim.next_tid();
+    sim.input(c, &request(tid, method::BINDING, None, true, |_| {}));
+    let ans = last(&mut sim);
+    let m = Message::parse(&ans).unwrap();
+    assert_eq!(m.class, Class::Success);
+    assert_eq!(m.xor_addr(attr::XOR_MAPPED_ADDRESS), Some(c.remote));
+    assert!(m.fingerprint_ok() && m.has(attr::FINGERPRINT));
+    for junk in [
+        &b""[..],
+        b"\x00",
+        b"\x00\x01\x00\x00\x21\x12\xa4",
+        b"\x40\x00\xff\xff",
+        &[0xff; 64],
+        &[0u8; 20],
+    ] {
+        assert_eq!(sim.input(c, junk), None);
+    }
+    assert!(sim.out.is_empty());
+    // Bad FINGERPRINT is dropped silently.
+    let mut r = request(TransactionId([9; 12]), method::BINDING, None, true, |_| {});
+    let n = r.len();
+    r[n - 1] ^= 1;
+    sim.input(c, &r);
+    assert!(sim.out.is_empty());
+}
+
+#[test]
+fn unauthenticated_rate_limit_and_small_answers() {
+    let mut c = cfg();
+    c.unauth_rate = 5;
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let cl = client(50);
+    let mut answered = 0;
+    for i in 0..100u8 {
+        let r = request(TransactionId([i; 12]), method::ALLOCATE, None, false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        sim.input(cl, &r);
+        if let Some(a) = sim.out.pop() {
+            answered += 1;
+            // The challenge carries only ERROR-CODE, REALM, NONCE.
+            assert!(a.len() <= 80, "{}", a.len());
+        }
+    }
+    assert_eq!(answered, 10, "burst of 2x rate");
+    sim.advance(1);
+    sim.input(
+        cl,
+        &request(
+            TransactionId([200; 12]),
+            method::BINDING,
+            None,
+            false,
+            |_| {},
+        ),
+    );
+    assert_eq!(sim.out.len(), 1, "tokens refill with time");
+    assert_eq!(sim.core.stats().quota[QuotaKind::RateLimit as usize], 90);
+}
+
+#[test]
+fn bandwidth_bucket() {
+    let mut c = cfg();
+    c.bandwidth = 1000;
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let cl = client(60);
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, cl, &mut a);
+    assert_eq!(
+        simple(&mut sim, cl, &a, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    let cd = channel_data(0x4000, &[0u8; 100]);
+    let passed = (0..20).filter(|_| sim.input(cl, &cd).is_some()).count();
+    assert_eq!(passed, 10);
+    assert_eq!(sim.core.stats().quota[QuotaKind::Bandwidth as usize], 10);
+}
+
+#[test]
+fn tcp_connection_close_frees_allocation() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let mut cl = client(70);
+    cl.proto = Proto::Tcp;
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, cl, &mut a);
+    assert_eq!(sim.core.gauges(sim.now).allocations, [0, 1, 0]);
+    sim.core.connection_closed(cl);
+    sim.drain();
+    assert_eq!(sim.core.allocation_count(), 0);
+    assert_eq!(sim.closed.len(), 1);
+}
+
+#[test]
+fn draining_refuses_new_allocations() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, client(80), &mut a);
+    sim.core.set_draining();
+    assert_eq!(
+        simple(&mut sim, client(81), &a, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        Some(508)
+    );
+    assert_eq!(
+        simple(&mut sim, client(80), &a, method::REFRESH, |_| {}),
+        None,
+        "existing allocations keep working"
+    );
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), port in 1u16..) {
+            let mut sim = Sim::new(cfg(), PeerPolicy::default());
+            let _ = sim.input(client(port), &bytes);
+            let mut b = bytes.clone();
+            if b.len() >= 8 {
+                b[0] = 0; b[1] = 3; b[4..8].copy_from_slice(&stun::MAGIC_COOKIE.to_be_bytes());
+                let _ = sim.input(client(port), &b);
+            }
+        }
+
+        #[test]
+        fn any_lifetime_is_capped(l in any::<u32>()) {
+            let mut sim = Sim::new(cfg(), PeerPolicy::default());
+            let c = client(9);
+            let mut a = Creds::rest(b"s3cret", UNIX0 + 10_000);
+            allocate(&mut sim, c, &mut a);
+            let tid = sim.next_tid();
+            sim.input(c, &request(tid, method::REFRESH, Some(&a), false, |b| { b.u32_attr(attr::LIFETIME, l); }));
+            let ans = last(&mut sim);
+            let m = Message::parse(&ans).unwrap();
+            prop_assert_eq!(m.u32_attr(attr::LIFETIME), Some(l.min(3600)));
+        }
+    }
+}
