@@ -1,1 +1,18 @@
 //! The callrelay gateway: Janus API + janus.plugin.videocall, sans-IO core plus axum shell.
+//!
+//! * [`core`] — the sans-IO state machine (sessions, handles, tokens, videocall, admin).
+//! * [`sdp`] — merging trickled candidates into forwarded SDP.
+//! * [`store`] — token store and videocall user registry traits (+ in-memory impls).
+//! * [`server`] — the tokio/axum shell (WebSocket, HTTP long poll, Admin API, TLS).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod core;
+pub mod metrics;
+pub mod sdp;
+pub mod server;
+pub mod store;
+pub mod turn;
+
+pub use config::{CliConfig, Config, ConfigError, FileConfig};
+pub use server::{Listeners, ServeError, serve};

@@ -1,4 +1,182 @@
-fn main() {
-    eprintln!("gateway: not built yet");
-    std::process::exit(2);
+//! `gateway`: callrelay's Janus-compatible signaling gateway.
+use anyhow::Context as _;
+use clap::Parser;
+use gateway::{CliConfig, Config, FileConfig, Listeners};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Janus API (WebSocket, HTTP, Admin) gateway with janus.plugin.videocall and TURN REST
+/// credentials. Flags override the TOML file given with --config.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about)]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Janus WebSocket listener (subprotocol janus-protocol) [default: 0.0.0.0:8188].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Janus HTTP REST + long-poll listener [default: 0.0.0.0:8088].
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_listen: Option<SocketAddr>,
+    /// Admin API (/admin, WS janus-admin-protocol) and /metrics [default: 127.0.0.1:7088].
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<SocketAddr>,
+    /// Admin API secret (Mattermost's "Gateway Admin Secret").
+    #[arg(
+        long,
+        value_name = "S",
+        env = "CALLRELAY_GATEWAY_ADMIN_SECRET",
+        hide_env_values = true
+    )]
+    admin_secret: Option<String>,
+    /// Require a token added through the Admin API on every request.
+    #[arg(long)]
+    token_auth: bool,
+    /// Janus api_secret accepted instead of a token.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "CALLRELAY_GATEWAY_API_SECRET",
+        hide_env_values = true
+    )]
+    api_secret: Option<String>,
+    /// TLS certificate chain (PEM); with --key every listener speaks TLS.
+    #[arg(long, value_name = "PEM")]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// STUN URI handed out by /turn-credentials (stun:host:port).
+    #[arg(long, value_name = "URI")]
+    stun_uri: Option<String>,
+    /// TURN URI handed out by /turn-credentials (repeatable).
+    #[arg(long = "turn-uri", value_name = "URI")]
+    turn_uri: Vec<String>,
+    /// TURN REST shared secret (the turn-server's --auth-secret).
+    #[arg(
+        long,
+        value_name = "S",
+        env = "CALLRELAY_GATEWAY_TURN_SECRET",
+        hide_env_values = true
+    )]
+    turn_secret: Option<String>,
+    /// Lifetime of minted TURN credentials in seconds [default: 86400].
+    #[arg(long, value_name = "SECS")]
+    turn_ttl: Option<u64>,
+    /// Directory for tokens.json [default: /var/lib/callrelay-gateway].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Session idle timeout in seconds, 0 = never [default: 60].
+    #[arg(long, value_name = "SECS")]
+    session_timeout: Option<u64>,
+    /// How long an offer/answer waits for trickled candidates, ms [default: 1000].
+    #[arg(long, value_name = "MS")]
+    candidate_wait_ms: Option<u64>,
+}
+
+impl Cli {
+    fn into_config(self) -> CliConfig {
+        CliConfig {
+            config: self.config,
+            values: FileConfig {
+                listen: self.listen,
+                http_listen: self.http_listen,
+                admin_listen: self.admin_listen,
+                admin_secret: self.admin_secret,
+                token_auth: self.token_auth.then_some(true),
+                api_secret: self.api_secret,
+                cert: self.cert,
+                key: self.key,
+                stun_uri: self.stun_uri,
+                turn_uris: (!self.turn_uri.is_empty()).then_some(self.turn_uri),
+                turn_secret: self.turn_secret,
+                turn_ttl: self.turn_ttl,
+                state_dir: self.state_dir,
+                session_timeout: self.session_timeout,
+                candidate_wait_ms: self.candidate_wait_ms,
+                ..FileConfig::default()
+            },
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.into_config()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&cfg).await.context("binding listeners")?;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("signal received, shutting down");
+        s.cancel();
+    });
+    let ready = shutdown.clone();
+    tokio::spawn(async move {
+        // listeners are bound; tell systemd once the server loop is running
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if !ready.is_cancelled() {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        }
+    });
+    gateway::serve(cfg, listeners, shutdown).await?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    Ok(())
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,0 +1,361 @@
+//! Gateway configuration: TOML file + command-line flags (flags win), validated at start.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration error: names the key and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config: cannot read {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, …).
+    #[error("config: {0}")]
+    Parse(String),
+    /// A key has an unusable value.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key (as in the TOML file; the flag is `--key-with-dashes`).
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The TOML file schema. Every key is optional; see docs/configuration.md.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// WebSocket (`janus-protocol`) listener.
+    pub listen: Option<SocketAddr>,
+    /// HTTP REST + long-poll listener.
+    pub http_listen: Option<SocketAddr>,
+    /// Admin API + /metrics listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Admin API secret.
+    pub admin_secret: Option<String>,
+    /// Require stored tokens.
+    pub token_auth: Option<bool>,
+    /// Janus api_secret.
+    pub api_secret: Option<String>,
+    /// TLS certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub key: Option<PathBuf>,
+    /// STUN URI handed to browsers.
+    pub stun_uri: Option<String>,
+    /// TURN URIs handed to browsers.
+    pub turn_uris: Option<Vec<String>>,
+    /// TURN REST shared secret.
+    pub turn_secret: Option<String>,
+    /// Lifetime of minted TURN credentials, seconds.
+    pub turn_ttl: Option<u64>,
+    /// Directory for tokens.json.
+    pub state_dir: Option<PathBuf>,
+    /// Session idle timeout, seconds (0 = never).
+    pub session_timeout: Option<u64>,
+    /// Seconds a session of a closed WebSocket waits for `claim` (0 = destroy at once).
+    pub reclaim_session_timeout: Option<u64>,
+    /// Milliseconds an offer/answer waits for trickled candidates.
+    pub candidate_wait_ms: Option<u64>,
+    /// Seconds after which an unused token is dropped (0 = never).
+    pub token_max_idle: Option<u64>,
+    /// Seconds a long poll waits before answering `keepalive`.
+    pub longpoll_timeout: Option<u64>,
+    /// Largest accepted WebSocket message / HTTP body, bytes.
+    pub max_message_bytes: Option<usize>,
+    /// Outgoing messages queued per WebSocket before the client is dropped as too slow.
+    pub ws_queue: Option<usize>,
+    /// `Access-Control-Allow-Origin` value of the HTTP transport.
+    pub cors_allow_origin: Option<String>,
+}
+
+/// Command-line values (None = not given). Mirrors [`FileConfig`].
+#[derive(Debug, Default, Clone)]
+pub struct CliConfig {
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// Everything else, same meaning as the TOML keys.
+    pub values: FileConfig,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// WebSocket listener.
+    pub listen: SocketAddr,
+    /// HTTP listener.
+    pub http_listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Admin secret.
+    pub admin_secret: Option<String>,
+    /// token_auth.
+    pub token_auth: bool,
+    /// api_secret.
+    pub api_secret: Option<String>,
+    /// TLS cert + key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// STUN URI.
+    pub stun_uri: Option<String>,
+    /// TURN URIs.
+    pub turn_uris: Vec<String>,
+    /// TURN secret.
+    pub turn_secret: Option<String>,
+    /// TURN credential lifetime.
+    pub turn_ttl: Duration,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Session timeout.
+    pub session_timeout: Duration,
+    /// Reclaim timeout.
+    pub reclaim_timeout: Duration,
+    /// Candidate wait.
+    pub candidate_wait: Duration,
+    /// Token idle expiry.
+    pub token_max_idle: Duration,
+    /// Long poll timeout.
+    pub longpoll_timeout: Duration,
+    /// Max message size.
+    pub max_message_bytes: usize,
+    /// Per-WebSocket queue length.
+    pub ws_queue: usize,
+    /// CORS origin.
+    pub cors_allow_origin: String,
+}
+
+/// Default state directory (systemd's `StateDirectory=callrelay-gateway`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/callrelay-gateway";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::resolve(FileConfig::default(), FileConfig::default()).expect("defaults are valid")
+    }
+}
+
+macro_rules! pick {
+    ($cli:expr, $file:expr, $field:ident) => {
+        $cli.$field.clone().or_else(|| $file.$field.clone())
+    };
+}
+
+impl Config {
+    /// Reads the TOML file (if any) and overlays the flags.
+    pub fn load(cli: CliConfig) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Self::parse_toml(&text)?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(cli.values, file)
+    }
+
+    /// Parses the TOML text.
+    pub fn parse_toml(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim().to_string()))
+    }
+
+    /// Merges flags over file values over defaults and validates.
+    pub fn resolve(cli: FileConfig, file: FileConfig) -> Result<Self, ConfigError> {
+        let listen =
+            pick!(cli, file, listen).unwrap_or_else(|| "0.0.0.0:8188".parse().expect("addr"));
+        let http_listen =
+            pick!(cli, file, http_listen).unwrap_or_else(|| "0.0.0.0:8088".parse().expect("addr"));
+        let admin_listen = pick!(cli, file, admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:7088".parse().expect("addr"));
+        let admin_secret = pick!(cli, file, admin_secret).filter(|s| !s.is_empty());
+        let api_secret = pick!(cli, file, api_secret).filter(|s| !s.is_empty());
+        let token_auth = cli.token_auth.or(file.token_auth).unwrap_or(false);
+        let tls = match (pick!(cli, file, cert), pick!(cli, file, key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "key",
+                    "cert is set but key is not; give both --cert and --key (PEM files)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "cert",
+                    "key is set but cert is not; give both --cert and --key (PEM files)",
+                ));
+            }
+        };
+        let stun_uri = pick!(cli, file, stun_uri).filter(|s| !s.is_empty());
+        if let Some(s) = &stun_uri
+            && !(s.starts_with("stun:") || s.starts_with("stuns:"))
+        {
+            return Err(invalid(
+                "stun_uri",
+                format!("{s:?} must start with stun: or stuns:"),
+            ));
+        }
+        let turn_uris = pick!(cli, file, turn_uris).unwrap_or_default();
+        for u in &turn_uris {
+            if !(u.starts_with("turn:") || u.starts_with("turns:")) {
+                return Err(invalid(
+                    "turn_uris",
+                    format!("{u:?} must start with turn: or turns:"),
+                ));
+            }
+        }
+        let turn_secret = pick!(cli, file, turn_secret).filter(|s| !s.is_empty());
+        if !turn_uris.is_empty() && turn_secret.is_none() {
+            return Err(invalid(
+                "turn_secret",
+                "turn URIs are configured but no TURN shared secret; set --turn-secret (the turn-server's --auth-secret)",
+            ));
+        }
+        let turn_ttl = pick!(cli, file, turn_ttl).unwrap_or(86400);
+        if !(60..=7 * 86400).contains(&turn_ttl) {
+            return Err(invalid(
+                "turn_ttl",
+                format!("{turn_ttl} is out of range; use 60..=604800 seconds"),
+            ));
+        }
+        let state_dir =
+            pick!(cli, file, state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let session_timeout = pick!(cli, file, session_timeout).unwrap_or(60);
+        let reclaim = pick!(cli, file, reclaim_session_timeout).unwrap_or(0);
+        let candidate_wait_ms = pick!(cli, file, candidate_wait_ms).unwrap_or(1000);
+        if candidate_wait_ms > 10_000 {
+            return Err(invalid(
+                "candidate_wait_ms",
+                format!("{candidate_wait_ms} ms would stall call set-up; use 0..=10000"),
+            ));
+        }
+        let token_max_idle = pick!(cli, file, token_max_idle).unwrap_or(7 * 86400);
+        let longpoll = pick!(cli, file, longpoll_timeout).unwrap_or(30);
+        if !(1..=300).contains(&longpoll) {
+            return Err(invalid(
+                "longpoll_timeout",
+                format!("{longpoll} is out of range; use 1..=300 seconds"),
+            ));
+        }
+        let max_message_bytes = pick!(cli, file, max_message_bytes).unwrap_or(256 * 1024);
+        if !(4096..=16 * 1024 * 1024).contains(&max_message_bytes) {
+            return Err(invalid(
+                "max_message_bytes",
+                format!("{max_message_bytes} is out of range; use 4096..=16777216"),
+            ));
+        }
+        let ws_queue = pick!(cli, file, ws_queue).unwrap_or(1024);
+        if !(16..=65536).contains(&ws_queue) {
+            return Err(invalid(
+                "ws_queue",
+                format!("{ws_queue} is out of range; use 16..=65536"),
+            ));
+        }
+        let cors_allow_origin =
+            pick!(cli, file, cors_allow_origin).unwrap_or_else(|| "*".to_string());
+        if !admin_listen.ip().is_loopback() && admin_secret.is_none() {
+            return Err(invalid(
+                "admin_secret",
+                format!(
+                    "the Admin API listens on {admin_listen} (not loopback) without a secret; set --admin-secret"
+                ),
+            ));
+        }
+        Ok(Self {
+            listen,
+            http_listen,
+            admin_listen,
+            admin_secret,
+            token_auth,
+            api_secret,
+            tls,
+            stun_uri,
+            turn_uris,
+            turn_secret,
+            turn_ttl: Duration::from_secs(turn_ttl),
+            state_dir,
+            session_timeout: Duration::from_secs(session_timeout),
+            reclaim_timeout: Duration::from_secs(reclaim),
+            candidate_wait: Duration::from_millis(candidate_wait_ms),
+            token_max_idle: Duration::from_secs(token_max_idle),
+            longpoll_timeout: Duration::from_secs(longpoll),
+            max_message_bytes,
+            ws_queue,
+            cors_allow_origin,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_janus_ports() {
+        let c = Config::default();
+        assert_eq!(c.listen.port(), 8188);
+        assert_eq!(c.http_listen.port(), 8088);
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7088");
+        assert_eq!(c.session_timeout, Duration::from_secs(60));
+        assert_eq!(c.turn_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let e = Config::parse_toml("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file_and_validation_names_keys() {
+        let file = Config::parse_toml("session_timeout = 5\ntoken_auth = true\n").unwrap();
+        let cli = FileConfig {
+            session_timeout: Some(7),
+            ..FileConfig::default()
+        };
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.session_timeout, Duration::from_secs(7));
+        assert!(c.token_auth);
+        let bad = FileConfig {
+            turn_uris: Some(vec!["turn:x:3478".into()]),
+            ..FileConfig::default()
+        };
+        let e = Config::resolve(bad, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().starts_with("turn_secret:"), "{e}");
+        let bad = FileConfig {
+            cert: Some("c.pem".into()),
+            ..FileConfig::default()
+        };
+        assert!(
+            Config::resolve(bad, FileConfig::default())
+                .unwrap_err()
+                .to_string()
+                .starts_with("key:")
+        );
+        let bad = FileConfig {
+            admin_listen: Some("0.0.0.0:7088".parse().unwrap()),
+            ..FileConfig::default()
+        };
+        assert!(
+            Config::resolve(bad, FileConfig::default())
+                .unwrap_err()
+                .to_string()
+                .starts_with("admin_secret:")
+        );
+    }
+}

@@ -1,0 +1,1759 @@
+//! Sans-IO Janus core: sessions, handles, token auth, Admin API and the
+//! `janus.plugin.videocall` plugin. Fed with `(now, source, request)`; returns the reply
+//! and queues events addressed to the transport that owns each session. No sockets, no
+//! timers, no tokio: the shell calls [`Core::poll_timeout`] / [`Core::handle_timeout`].
+
+use crate::metrics::Metrics;
+use crate::sdp::{self, Candidate};
+use crate::store::{TokenFile, TokenStore, UserRegistry};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// The only plugin this gateway implements.
+pub const VIDEOCALL: &str = "janus.plugin.videocall";
+/// Janus API version reported in `server_info` (the API level we are compatible with).
+pub const JANUS_VERSION: u64 = 1102;
+const MAX_ID: u64 = 1 << 53;
+const UNAUTHORIZED: &str = "Unauthorized request (wrong or missing secret/token)";
+
+/// Identifies one transport connection (a WebSocket) in the shell.
+pub type ConnId = u64;
+
+/// Where a request came from / which transport owns a session's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A WebSocket connection.
+    Ws(ConnId),
+    /// The HTTP transport (events are queued per session for long polls).
+    Http,
+}
+
+/// Something the shell must deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// An event for the transport that owns `session_id`.
+    Event {
+        /// Owner of the session.
+        owner: Source,
+        /// Session the event belongs to.
+        session_id: u64,
+        /// The JSON message.
+        msg: Value,
+    },
+    /// A session is gone; the shell may drop its queues.
+    SessionClosed {
+        /// Last owner of the session.
+        owner: Source,
+        /// The session.
+        session_id: u64,
+    },
+}
+
+/// Settings of the core (subset of the gateway configuration).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Idle time after which a session is destroyed (0 = never).
+    pub session_timeout: Duration,
+    /// How long a session whose WebSocket closed waits for a `claim` (0 = destroy now).
+    pub reclaim_timeout: Duration,
+    /// How long an offer/answer waits for trickled candidates before it is forwarded.
+    pub candidate_wait: Duration,
+    /// Require a stored token on every request (Janus `token_auth`).
+    pub token_auth: bool,
+    /// Optional Janus `api_secret`.
+    pub api_secret: Option<String>,
+    /// Admin API secret; without one every admin request is refused.
+    pub admin_secret: Option<String>,
+    /// Tokens not used or re-added for this long are dropped (0 = never).
+    pub token_max_idle: Duration,
+    /// Candidates buffered per handle before the SDP is forwarded.
+    pub max_candidates: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(60),
+            reclaim_timeout: Duration::ZERO,
+            candidate_wait: Duration::from_millis(1000),
+            token_auth: false,
+            api_secret: None,
+            admin_secret: None,
+            token_max_idle: Duration::from_secs(7 * 86400),
+            max_candidates: 100,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    owner: Source,
+    last_activity: Instant,
+    handles: BTreeSet<u64>,
+    /// Set when the owning WebSocket closed and a reclaim timeout is configured.
+    orphaned_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    Idle,
+    Outgoing,
+    Incoming,
+    Connected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForwardKind {
+    IncomingCall,
+    Accepted,
+    Update,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: ForwardKind,
+    jsep_type: String,
+    sdp: String,
+    e2ee: bool,
+    since: Instant,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Handle {
+    session_id: u64,
+    username: Option<String>,
+    peer: Option<u64>,
+    call: CallState,
+    /// Candidates trickled by this handle and not yet forwarded.
+    cands: Vec<Candidate>,
+    completed: bool,
+    /// This handle's first SDP of the current call has gone to the peer.
+    forwarded: bool,
+    pending: Option<Pending>,
+    /// An offer was forwarded to this handle (so an answer from it is expected).
+    got_offer: bool,
+    /// A PeerConnection exists on the browser side as far as we can tell.
+    has_pc: bool,
+}
+
+impl Handle {
+    fn new(session_id: u64) -> Self {
+        Self {
+            session_id,
+            username: None,
+            peer: None,
+            call: CallState::Idle,
+            cands: Vec::new(),
+            completed: false,
+            forwarded: false,
+            pending: None,
+            got_offer: false,
+            has_pc: false,
+        }
+    }
+
+    fn reset_call(&mut self) {
+        self.peer = None;
+        self.call = CallState::Idle;
+        self.cands.clear();
+        self.completed = false;
+        self.forwarded = false;
+        self.pending = None;
+        self.got_offer = false;
+        self.has_pc = false;
+    }
+}
+
+/// Parsed addressing of a request.
+struct Req<'a> {
+    root: &'a Map<String, Value>,
+    verb: String,
+    tx: &'a str,
+    session_id: u64,
+}
+
+/// Outcome of an Admin API request.
+#[derive(Debug)]
+pub struct AdminReply {
+    /// The JSON reply.
+    pub reply: Value,
+    /// The token store changed and should be persisted.
+    pub tokens_changed: bool,
+}
+
+/// Why a long poll was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongPollError {
+    /// Wrong or missing token/apisecret (HTTP 403).
+    Unauthorized,
+    /// No such session (HTTP 404).
+    NoSession,
+}
+
+/// The Janus core state machine.
+pub struct Core {
+    cfg: CoreConfig,
+    sessions: HashMap<u64, Session>,
+    handles: HashMap<u64, Handle>,
+    tokens: Box<dyn TokenStore>,
+    registry: Box<dyn UserRegistry>,
+    rng: StdRng,
+    outbox: Vec<Output>,
+    metrics: Metrics,
+    next_token_sweep: Option<Instant>,
+    tokens_dirty: bool,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("sessions", &self.sessions.len())
+            .field("handles", &self.handles.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Janus-style error reply.
+pub fn error_reply(session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
+    let mut m = Map::new();
+    m.insert("janus".into(), "error".into());
+    if session_id != 0 {
+        m.insert("session_id".into(), session_id.into());
+    }
+    if let Some(t) = tx {
+        m.insert("transaction".into(), t.into());
+    }
+    m.insert("error".into(), json!({"code": code, "reason": reason}));
+    Value::Object(m)
+}
+
+impl Core {
+    /// A new core with the given stores.
+    pub fn new(
+        cfg: CoreConfig,
+        tokens: Box<dyn TokenStore>,
+        registry: Box<dyn UserRegistry>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            cfg,
+            sessions: HashMap::new(),
+            handles: HashMap::new(),
+            tokens,
+            registry,
+            rng: StdRng::from_os_rng(),
+            outbox: Vec::new(),
+            metrics,
+            next_token_sweep: None,
+            tokens_dirty: false,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Takes the queued outputs (events and closed sessions), in order.
+    pub fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// (sessions, handles, registered users, tokens) for gauges.
+    pub fn stats(&self) -> (usize, usize, usize, usize) {
+        (
+            self.sessions.len(),
+            self.handles.len(),
+            self.registry.len(),
+            self.tokens.len(),
+        )
+    }
+
+    /// Snapshot of the token store if it changed since the last call.
+    pub fn take_token_snapshot(&mut self) -> Option<TokenFile> {
+        if self.tokens_dirty {
+            self.tokens_dirty = false;
+            Some(self.tokens.snapshot())
+        } else {
+            None
+        }
+    }
+
+    /// Snapshot of the token store.
+    pub fn token_snapshot(&self) -> TokenFile {
+        self.tokens.snapshot()
+    }
+
+    /// Owner of a session, if it exists.
+    pub fn session_owner(&self, session_id: u64) -> Option<Source> {
+        self.sessions.get(&session_id).map(|s| s.owner)
+    }
+
+    /// True when a token or api secret is needed for requests.
+    pub fn auth_required(&self) -> bool {
+        self.cfg.token_auth || self.cfg.api_secret.is_some()
+    }
+
+    /// Checks credentials the way the core does for requests (used by `/turn-credentials`
+    /// and long polls): a valid apisecret or a valid stored token.
+    pub fn check_credentials(
+        &mut self,
+        token: Option<&str>,
+        apisecret: Option<&str>,
+        unix: u64,
+    ) -> bool {
+        if !self.auth_required() {
+            return true;
+        }
+        if let (Some(secret), Some(given)) = (self.cfg.api_secret.as_deref(), apisecret)
+            && ct_eq(secret, given)
+        {
+            return true;
+        }
+        if self.cfg.token_auth
+            && let Some(t) = token
+            && self.tokens.check(t, unix).is_some()
+        {
+            return true;
+        }
+        false
+    }
+
+    fn new_id(&mut self) -> u64 {
+        loop {
+            let id = self.rng.random_range(1..MAX_ID);
+            if !self.sessions.contains_key(&id) && !self.handles.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn err(&self, session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
+        self.metrics.error(code);
+        error_reply(session_id, tx, code, reason)
+    }
+
+    fn emit(&mut self, session_id: u64, msg: Value) {
+        if let Some(s) = self.sessions.get(&session_id) {
+            self.outbox.push(Output::Event {
+                owner: s.owner,
+                session_id,
+                msg,
+            });
+        }
+    }
+
+    fn emit_to_handle(&mut self, handle_id: u64, mut msg: Value) {
+        let Some(h) = self.handles.get(&handle_id) else {
+            return;
+        };
+        let sid = h.session_id;
+        if let Value::Object(m) = &mut msg {
+            m.insert("session_id".into(), sid.into());
+            m.insert("sender".into(), handle_id.into());
+        }
+        self.emit(sid, msg);
+    }
+
+    fn plugin_event(&mut self, handle_id: u64, tx: Option<&str>, data: Value, jsep: Option<Value>) {
+        let mut m = Map::new();
+        m.insert("janus".into(), "event".into());
+        if let Some(t) = tx {
+            m.insert("transaction".into(), t.into());
+        }
+        m.insert(
+            "plugindata".into(),
+            json!({"plugin": VIDEOCALL, "data": data}),
+        );
+        if let Some(j) = jsep {
+            m.insert("jsep".into(), j);
+        }
+        self.emit_to_handle(handle_id, Value::Object(m));
+    }
+
+    fn plugin_result(&mut self, handle_id: u64, tx: Option<&str>, result: Value) {
+        self.plugin_event(
+            handle_id,
+            tx,
+            json!({"videocall": "event", "result": result}),
+            None,
+        );
+    }
+
+    fn plugin_error(&mut self, handle_id: u64, tx: &str, code: u16, reason: &str) {
+        self.plugin_event(
+            handle_id,
+            Some(tx),
+            json!({"videocall": "event", "error_code": code, "error": reason}),
+            None,
+        );
+    }
+
+    fn core_hangup(&mut self, handle_id: u64, reason: &str) {
+        self.emit_to_handle(handle_id, json!({"janus": "hangup", "reason": reason}));
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    /// Handles one Janus API request given as text (WebSocket frame).
+    pub fn handle_text(&mut self, now: Instant, unix: u64, source: Source, text: &str) -> Value {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => self.handle_value(now, unix, source, v),
+            Err(e) => {
+                self.metrics.request("other");
+                self.err(
+                    0,
+                    None,
+                    454,
+                    &format!("JSON error: on line {}: {}", e.line(), e),
+                )
+            }
+        }
+    }
+
+    /// Handles one parsed Janus API request.
+    pub fn handle_value(&mut self, now: Instant, unix: u64, source: Source, v: Value) -> Value {
+        let empty = Map::new();
+        let root = v.as_object().unwrap_or(&empty);
+        let (mut session_id, mut bad_session) = (0u64, false);
+        match root.get("session_id") {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(x) => session_id = x,
+                None => bad_session = n.is_i64(),
+            },
+            Some(_) => {}
+        }
+        let (mut handle_id, mut handle_given) = (0u64, false);
+        match root.get("handle_id") {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => {
+                handle_given = true;
+                handle_id = n.as_u64().unwrap_or(0);
+            }
+            Some(_) => {}
+        }
+        let tx = match root.get("transaction") {
+            None => {
+                self.metrics.request("other");
+                return self.err(
+                    session_id,
+                    None,
+                    456,
+                    "Missing mandatory element (transaction)",
+                );
+            }
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => {
+                self.metrics.request("other");
+                return self.err(
+                    session_id,
+                    None,
+                    467,
+                    "Invalid element type (transaction should be a string)",
+                );
+            }
+        };
+        let verb = match root.get("janus") {
+            None => {
+                self.metrics.request("other");
+                return self.err(session_id, None, 456, "Missing mandatory element (janus)");
+            }
+            Some(Value::String(s)) => s.to_ascii_lowercase(),
+            Some(_) => {
+                self.metrics.request("other");
+                return self.err(
+                    session_id,
+                    None,
+                    467,
+                    "Invalid element type (janus should be a string)",
+                );
+            }
+        };
+        self.metrics.request(&verb);
+        let req = Req {
+            root,
+            verb,
+            tx,
+            session_id,
+        };
+        if session_id == 0 && handle_id == 0 && !bad_session && !handle_given {
+            return self.root_request(now, unix, source, &req);
+        }
+        if session_id == 0 || bad_session {
+            return self.err(session_id, Some(tx), 458, "Session not found");
+        }
+        if handle_given && handle_id < 1 {
+            return self.err(session_id, Some(tx), 459, "Handle not found");
+        }
+        if !self.check_secret(&req, unix) {
+            return self.err(session_id, Some(tx), 403, UNAUTHORIZED);
+        }
+        let Some(sess) = self.sessions.get_mut(&session_id) else {
+            return self.err(
+                session_id,
+                Some(tx),
+                458,
+                &format!("No such session {session_id}"),
+            );
+        };
+        sess.last_activity = now;
+        let handle = if handle_id > 0 {
+            if !sess.handles.contains(&handle_id) {
+                return self.err(
+                    session_id,
+                    Some(tx),
+                    459,
+                    &format!("No such handle {handle_id} in session {session_id}"),
+                );
+            }
+            Some(handle_id)
+        } else {
+            None
+        };
+        self.session_request(now, unix, source, &req, handle)
+    }
+
+    fn check_secret(&mut self, req: &Req<'_>, unix: u64) -> bool {
+        let token = req.root.get("token").and_then(Value::as_str);
+        let secret = req.root.get("apisecret").and_then(Value::as_str);
+        self.check_credentials(token, secret, unix)
+    }
+
+    fn server_info(&self, tx: &str) -> Value {
+        json!({
+            "janus": "server_info",
+            "transaction": tx,
+            "name": "callrelay gateway (Janus API compatible)",
+            "version": JANUS_VERSION,
+            "version_string": "1.1.2",
+            "author": "callrelay",
+            "commit-hash": "not-janus",
+            "compile-time": "",
+            "callrelay-version": env!("CARGO_PKG_VERSION"),
+            "log-to-stdout": true,
+            "log-to-file": false,
+            "data_channels": true,
+            "accepting-new-sessions": true,
+            "session-timeout": self.cfg.session_timeout.as_secs(),
+            "reclaim-session-timeout": self.cfg.reclaim_timeout.as_secs(),
+            "candidates-timeout": 45,
+            "server-name": "callrelay",
+            "local-ip": "0.0.0.0",
+            "ipv6": false,
+            "ice-lite": false,
+            "ice-tcp": false,
+            "full-trickle": false,
+            "mdns-enabled": false,
+            "api_secret": self.cfg.api_secret.is_some(),
+            "auth_token": self.cfg.token_auth,
+            "event_handlers": false,
+            "opaqueid_in_api": false,
+            "dependencies": {},
+            "transports": {
+                "janus.transport.http": {"name": "JANUS REST (HTTP/HTTPS) transport plugin", "author": "callrelay", "description": "HTTP REST and long poll", "version_string": "0.0.2", "version": 2},
+                "janus.transport.websockets": {"name": "JANUS WebSockets transport plugin", "author": "callrelay", "description": "WebSocket janus-protocol", "version_string": "0.0.1", "version": 1}
+            },
+            "events": {},
+            "loggers": {},
+            "plugins": {
+                VIDEOCALL: {
+                    "name": "JANUS VideoCall plugin",
+                    "author": "callrelay",
+                    "description": "One-to-one calls; SDP forwarded between the browsers with their ICE candidates merged in.",
+                    "version_string": "0.0.6",
+                    "version": 6
+                }
+            }
+        })
+    }
+
+    fn root_request(&mut self, now: Instant, unix: u64, source: Source, req: &Req<'_>) -> Value {
+        match req.verb.as_str() {
+            "info" => self.server_info(req.tx),
+            "ping" => json!({"janus": "pong", "transaction": req.tx}),
+            "create" => {
+                if !self.check_secret(req, unix) {
+                    return self.err(0, Some(req.tx), 403, UNAUTHORIZED);
+                }
+                let wanted = req.root.get("id").and_then(Value::as_u64).unwrap_or(0);
+                let id = if wanted > 0 {
+                    if self.sessions.contains_key(&wanted) || self.handles.contains_key(&wanted) {
+                        return self.err(wanted, Some(req.tx), 468, "Session ID already in use");
+                    }
+                    wanted
+                } else {
+                    self.new_id()
+                };
+                self.sessions.insert(
+                    id,
+                    Session {
+                        owner: source,
+                        last_activity: now,
+                        handles: BTreeSet::new(),
+                        orphaned_until: None,
+                    },
+                );
+                json!({"janus": "success", "transaction": req.tx, "data": {"id": id}})
+            }
+            v => self.err(
+                0,
+                Some(req.tx),
+                457,
+                &format!("Unhandled request '{v}' at this path"),
+            ),
+        }
+    }
+
+    fn wrong_path(&self, req: &Req<'_>) -> Value {
+        self.err(
+            req.session_id,
+            Some(req.tx),
+            457,
+            &format!("Unhandled request '{}' at this path", req.verb),
+        )
+    }
+
+    fn session_request(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        source: Source,
+        req: &Req<'_>,
+        handle: Option<u64>,
+    ) -> Value {
+        let sid = req.session_id;
+        let tx = req.tx;
+        let ack = json!({"janus": "ack", "session_id": sid, "transaction": tx});
+        let success = json!({"janus": "success", "session_id": sid, "transaction": tx});
+        match req.verb.as_str() {
+            "keepalive" => ack,
+            "attach" => {
+                if handle.is_some() {
+                    return self.wrong_path(req);
+                }
+                let plugin = match req.root.get("plugin") {
+                    None => {
+                        return self.err(sid, Some(tx), 456, "Missing mandatory element (plugin)");
+                    }
+                    Some(Value::String(p)) => p.clone(),
+                    Some(_) => {
+                        return self.err(
+                            sid,
+                            Some(tx),
+                            467,
+                            "Invalid element type (plugin should be a string)",
+                        );
+                    }
+                };
+                if plugin != VIDEOCALL {
+                    return self.err(sid, Some(tx), 460, &format!("No such plugin '{plugin}'"));
+                }
+                if self.cfg.token_auth
+                    && let Some(t) = req.root.get("token").and_then(Value::as_str)
+                {
+                    let allowed = self.tokens.check(t, unix);
+                    if let Some(list) = allowed
+                        && !list.iter().any(|p| p == VIDEOCALL)
+                    {
+                        return self.err(
+                            sid,
+                            Some(tx),
+                            405,
+                            &format!("Provided token can't access plugin '{plugin}'"),
+                        );
+                    }
+                }
+                let hid = self.new_id();
+                self.handles.insert(hid, Handle::new(sid));
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.handles.insert(hid);
+                }
+                json!({"janus": "success", "session_id": sid, "transaction": tx, "data": {"id": hid}})
+            }
+            "destroy" => {
+                if handle.is_some() {
+                    return self.wrong_path(req);
+                }
+                self.destroy_session(now, sid, "hangup", false);
+                success
+            }
+            "detach" => {
+                let Some(hid) = handle else {
+                    return self.wrong_path(req);
+                };
+                self.detach_handle(now, hid, "detached");
+                self.emit(
+                    sid,
+                    json!({"janus": "detached", "session_id": sid, "sender": hid}),
+                );
+                success
+            }
+            "hangup" => {
+                let Some(hid) = handle else {
+                    return self.wrong_path(req);
+                };
+                let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
+                self.teardown_call(now, hid, "Remote WebRTC hangup", "hangup");
+                if had_pc {
+                    self.core_hangup(hid, "Janus API");
+                }
+                success
+            }
+            "claim" => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.owner = source;
+                    s.orphaned_until = None;
+                }
+                success
+            }
+            "message" => {
+                let Some(hid) = handle else {
+                    return self.wrong_path(req);
+                };
+                self.message(now, req, hid)
+            }
+            "trickle" => {
+                let Some(hid) = handle else {
+                    return self.wrong_path(req);
+                };
+                let candidate = req.root.get("candidate");
+                let candidates = req.root.get("candidates");
+                match (candidate, candidates) {
+                    (None, None) => self.err(
+                        sid,
+                        Some(tx),
+                        456,
+                        "Missing mandatory element (candidate|candidates)",
+                    ),
+                    (Some(_), Some(_)) => self.err(
+                        sid,
+                        Some(tx),
+                        454,
+                        "Can't have both candidate and candidates",
+                    ),
+                    (Some(c), None) => {
+                        let c = c.clone();
+                        self.trickle(now, hid, std::slice::from_ref(&c));
+                        ack
+                    }
+                    (None, Some(Value::Array(list))) => {
+                        let list = list.clone();
+                        self.trickle(now, hid, &list);
+                        ack
+                    }
+                    (None, Some(_)) => self.err(
+                        sid,
+                        Some(tx),
+                        467,
+                        "Invalid element type (candidates should be an array)",
+                    ),
+                }
+            }
+            v => self.err(sid, Some(tx), 453, &format!("Unknown request '{v}'")),
+        }
+    }
+
+    // ------------------------------------------------------------------ lifetimes
+
+    fn destroy_session(&mut self, now: Instant, sid: u64, reason: &str, notify_detached: bool) {
+        let Some(sess) = self.sessions.get(&sid) else {
+            return;
+        };
+        let handles: Vec<u64> = sess.handles.iter().copied().collect();
+        for hid in handles {
+            self.detach_handle(now, hid, reason);
+            if notify_detached {
+                self.emit(
+                    sid,
+                    json!({"janus": "detached", "session_id": sid, "sender": hid}),
+                );
+            }
+        }
+        if let Some(s) = self.sessions.remove(&sid) {
+            self.outbox.push(Output::SessionClosed {
+                owner: s.owner,
+                session_id: sid,
+            });
+        }
+    }
+
+    fn detach_handle(&mut self, now: Instant, hid: u64, reason: &str) {
+        self.teardown_call(now, hid, "Remote WebRTC hangup", reason);
+        if let Some(h) = self.handles.remove(&hid) {
+            if let Some(name) = &h.username {
+                self.registry.unregister(name, hid);
+            }
+            if let Some(s) = self.sessions.get_mut(&h.session_id) {
+                s.handles.remove(&hid);
+            }
+        }
+    }
+
+    /// Ends the call `hid` is in (if any): the peer gets a plugin `hangup` with
+    /// `peer_reason` and a core `hangup`. Resets both handles' call state.
+    fn teardown_call(&mut self, _now: Instant, hid: u64, peer_reason: &str, metric: &str) {
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
+        let peer = h.peer;
+        let own_name = h.username.clone();
+        h.reset_call();
+        if let Some(p) = peer
+            && let Some(ph) = self.handles.get_mut(&p)
+            && ph.peer == Some(hid)
+        {
+            let peer_had_pc = ph.has_pc;
+            ph.reset_call();
+            self.plugin_result(
+                p,
+                None,
+                json!({"event": "hangup", "username": own_name, "reason": peer_reason}),
+            );
+            if peer_had_pc {
+                self.core_hangup(p, "Close PC");
+            }
+            self.metrics.calls_ended.with_label_values(&[metric]).inc();
+        }
+    }
+
+    /// Called by the shell when a WebSocket closed.
+    pub fn connection_closed(&mut self, now: Instant, conn: ConnId) {
+        let owned: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.owner == Source::Ws(conn))
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in owned {
+            if self.cfg.reclaim_timeout.is_zero() {
+                self.destroy_session(now, sid, "disconnect", false);
+            } else if let Some(s) = self.sessions.get_mut(&sid) {
+                s.orphaned_until = Some(now + self.cfg.reclaim_timeout);
+            }
+        }
+    }
+
+    /// Keepalive from an HTTP long poll; checks credentials and the session.
+    pub fn longpoll(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        session_id: u64,
+        token: Option<&str>,
+        apisecret: Option<&str>,
+    ) -> Result<(), LongPollError> {
+        self.metrics.request("longpoll");
+        if !self.check_credentials(token, apisecret, unix) {
+            return Err(LongPollError::Unauthorized);
+        }
+        let s = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or(LongPollError::NoSession)?;
+        s.last_activity = now;
+        Ok(())
+    }
+
+    /// The earliest instant at which [`Core::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = self.next_token_sweep;
+        let mut take = |x: Instant| {
+            t = Some(t.map_or(x, |y| y.min(x)));
+        };
+        if !self.cfg.session_timeout.is_zero() {
+            for s in self.sessions.values() {
+                take(s.last_activity + self.cfg.session_timeout);
+            }
+        }
+        for s in self.sessions.values() {
+            if let Some(o) = s.orphaned_until {
+                take(o);
+            }
+        }
+        for h in self.handles.values() {
+            if let Some(p) = &h.pending {
+                take(p.deadline);
+            }
+        }
+        t
+    }
+
+    /// Runs everything that is due at `now`: candidate deadlines, session timeouts,
+    /// reclaim timeouts, token expiry.
+    pub fn handle_timeout(&mut self, now: Instant, unix: u64) {
+        let due: Vec<u64> = self
+            .handles
+            .iter()
+            .filter(|(_, h)| h.pending.as_ref().is_some_and(|p| p.deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for hid in due {
+            self.flush_pending(now, hid);
+        }
+        if !self.cfg.session_timeout.is_zero() {
+            let expired: Vec<(u64, Source)> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| {
+                    now.saturating_duration_since(s.last_activity) >= self.cfg.session_timeout
+                })
+                .map(|(id, s)| (*id, s.owner))
+                .collect();
+            for (sid, _) in expired {
+                self.emit(sid, json!({"janus": "timeout", "session_id": sid}));
+                self.destroy_session(now, sid, "timeout", true);
+            }
+        }
+        let orphans: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.orphaned_until.is_some_and(|o| o <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in orphans {
+            self.destroy_session(now, sid, "disconnect", false);
+        }
+        if !self.cfg.token_max_idle.is_zero() {
+            match self.next_token_sweep {
+                None => self.next_token_sweep = Some(now + Duration::from_secs(3600)),
+                Some(t) if t <= now => {
+                    if self.tokens.expire(unix, self.cfg.token_max_idle.as_secs()) > 0 {
+                        self.tokens_dirty = true;
+                    }
+                    self.next_token_sweep = Some(now + Duration::from_secs(3600));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Drops tokens idle for longer than `token_max_idle` (run once at start too).
+    pub fn expire_tokens(&mut self, unix: u64) -> usize {
+        if self.cfg.token_max_idle.is_zero() {
+            return 0;
+        }
+        let n = self.tokens.expire(unix, self.cfg.token_max_idle.as_secs());
+        if n > 0 {
+            self.tokens_dirty = true;
+        }
+        n
+    }
+
+    // ------------------------------------------------------------------ videocall
+
+    fn message(&mut self, now: Instant, req: &Req<'_>, hid: u64) -> Value {
+        let sid = req.session_id;
+        let tx = req.tx;
+        let body = match req.root.get("body") {
+            None => return self.err(sid, Some(tx), 456, "Missing mandatory element (body)"),
+            Some(Value::Object(b)) => b.clone(),
+            Some(_) => {
+                return self.err(
+                    sid,
+                    Some(tx),
+                    467,
+                    "Invalid element type (body should be an object)",
+                );
+            }
+        };
+        let mut jsep: Option<(String, String, bool)> = None;
+        if let Some(j) = req.root.get("jsep") {
+            let Some(j) = j.as_object() else {
+                return self.err(sid, Some(tx), 455, "Invalid jsep object");
+            };
+            let jtype = match j.get("type") {
+                None => {
+                    return self.err(
+                        sid,
+                        Some(tx),
+                        456,
+                        "JSEP error: missing mandatory element (type)",
+                    );
+                }
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => {
+                    return self.err(
+                        sid,
+                        Some(tx),
+                        467,
+                        "JSEP error: invalid element type (type should be a string)",
+                    );
+                }
+            };
+            let sdp_text = match j.get("sdp") {
+                None => {
+                    return self.err(
+                        sid,
+                        Some(tx),
+                        456,
+                        "JSEP error: missing mandatory element (sdp)",
+                    );
+                }
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => {
+                    return self.err(
+                        sid,
+                        Some(tx),
+                        467,
+                        "JSEP error: invalid element type (sdp should be a string)",
+                    );
+                }
+            };
+            let lower = jtype.to_ascii_lowercase();
+            if lower != "offer" && lower != "answer" {
+                return self.err(
+                    sid,
+                    Some(tx),
+                    464,
+                    &format!("JSEP error: unknown message type '{jtype}'"),
+                );
+            }
+            if !sdp::looks_like_sdp(&sdp_text) {
+                return self.err(sid, Some(tx), 465, "Invalid SDP (doesn't start with v=)");
+            }
+            if lower == "answer" && !self.handles.get(&hid).is_some_and(|h| h.got_offer) {
+                return self.err(sid, Some(tx), 469, "Unexpected ANSWER (no OFFER)");
+            }
+            let e2ee = j.get("e2ee").and_then(Value::as_bool).unwrap_or(false);
+            jsep = Some((lower, sdp_text, e2ee));
+        }
+        self.videocall(now, hid, tx, &body, jsep);
+        json!({"janus": "ack", "session_id": sid, "transaction": tx})
+    }
+
+    fn videocall(
+        &mut self,
+        now: Instant,
+        hid: u64,
+        tx: &str,
+        body: &Map<String, Value>,
+        jsep: Option<(String, String, bool)>,
+    ) {
+        let request = match body.get("request") {
+            None => return self.plugin_error(hid, tx, 475, "Missing mandatory element (request)"),
+            Some(Value::String(r)) => r.to_ascii_lowercase(),
+            Some(_) => {
+                return self.plugin_error(
+                    hid,
+                    tx,
+                    474,
+                    "Invalid element type (request should be a string)",
+                );
+            }
+        };
+        let (username, peer, call) = match self.handles.get(&hid) {
+            Some(h) => (h.username.clone(), h.peer, h.call),
+            None => return,
+        };
+        match request.as_str() {
+            "list" => {
+                let list = self.registry.usernames();
+                self.plugin_result(hid, Some(tx), json!({"list": list}));
+            }
+            "register" => {
+                if let Some(u) = username {
+                    return self.plugin_error(hid, tx, 477, &format!("Already registered ({u})"));
+                }
+                let name = match body.get("username") {
+                    None => {
+                        return self.plugin_error(
+                            hid,
+                            tx,
+                            475,
+                            "Missing mandatory element (username)",
+                        );
+                    }
+                    Some(Value::String(s)) => s.clone(),
+                    Some(_) => {
+                        return self.plugin_error(
+                            hid,
+                            tx,
+                            474,
+                            "Invalid element type (username should be a string)",
+                        );
+                    }
+                };
+                if !self.registry.register(&name, hid) {
+                    return self.plugin_error(
+                        hid,
+                        tx,
+                        476,
+                        &format!("Username '{name}' already taken"),
+                    );
+                }
+                if let Some(h) = self.handles.get_mut(&hid) {
+                    h.username = Some(name.clone());
+                }
+                self.plugin_result(
+                    hid,
+                    Some(tx),
+                    json!({"event": "registered", "username": name}),
+                );
+            }
+            "call" => {
+                let Some(own) = username else {
+                    return self.plugin_error(hid, tx, 473, "Register a username first");
+                };
+                if peer.is_some() || call != CallState::Idle {
+                    return self.plugin_error(hid, tx, 480, "Already in a call");
+                }
+                let target = match body.get("username") {
+                    None => {
+                        return self.plugin_error(
+                            hid,
+                            tx,
+                            475,
+                            "Missing mandatory element (username)",
+                        );
+                    }
+                    Some(Value::String(s)) => s.clone(),
+                    Some(_) => {
+                        return self.plugin_error(
+                            hid,
+                            tx,
+                            474,
+                            "Invalid element type (username should be a string)",
+                        );
+                    }
+                };
+                if target == own {
+                    return self.plugin_error(
+                        hid,
+                        tx,
+                        479,
+                        "You can't call yourself... use the EchoTest for that",
+                    );
+                }
+                let Some(callee) = self
+                    .registry
+                    .lookup(&target)
+                    .filter(|c| self.handles.contains_key(c))
+                else {
+                    return self.plugin_error(
+                        hid,
+                        tx,
+                        478,
+                        &format!("Username '{target}' doesn't exist"),
+                    );
+                };
+                self.metrics.calls_started.inc();
+                let callee_busy = self
+                    .handles
+                    .get(&callee)
+                    .is_some_and(|c| c.peer.is_some() || c.call != CallState::Idle);
+                if callee_busy {
+                    self.metrics.calls_ended.with_label_values(&["busy"]).inc();
+                    self.plugin_result(
+                        hid,
+                        Some(tx),
+                        json!({"event": "hangup", "username": own, "reason": "User busy"}),
+                    );
+                    if jsep.is_some() {
+                        self.core_hangup(hid, "Close PC");
+                    }
+                    if let Some(h) = self.handles.get_mut(&hid) {
+                        // the candidates of this attempt are useless now
+                        h.reset_call();
+                    }
+                    return;
+                }
+                let Some((jtype, sdp_text, e2ee)) = jsep else {
+                    self.metrics.calls_ended.with_label_values(&["error"]).inc();
+                    return self.plugin_error(hid, tx, 482, "Missing SDP");
+                };
+                if jtype != "offer" {
+                    self.metrics.calls_ended.with_label_values(&["error"]).inc();
+                    return self.plugin_error(hid, tx, 483, "Error parsing offer: not an offer");
+                }
+                if let Some(h) = self.handles.get_mut(&hid) {
+                    h.peer = Some(callee);
+                    h.call = CallState::Outgoing;
+                    h.has_pc = true;
+                }
+                if let Some(c) = self.handles.get_mut(&callee) {
+                    c.reset_call();
+                    c.peer = Some(hid);
+                    c.call = CallState::Incoming;
+                }
+                self.plugin_result(hid, Some(tx), json!({"event": "calling"}));
+                self.queue_forward(now, hid, ForwardKind::IncomingCall, jtype, sdp_text, e2ee);
+            }
+            "accept" => {
+                if username.is_none() {
+                    return self.plugin_error(hid, tx, 473, "Register a username first");
+                }
+                let Some(p) = peer.filter(|_| call == CallState::Incoming) else {
+                    return self.plugin_error(hid, tx, 481, "No incoming call to accept");
+                };
+                let Some((jtype, sdp_text, e2ee)) = jsep else {
+                    return self.plugin_error(hid, tx, 482, "Missing SDP");
+                };
+                if jtype != "answer" {
+                    return self.plugin_error(hid, tx, 483, "Error parsing answer: not an answer");
+                }
+                if let Some(h) = self.handles.get_mut(&hid) {
+                    h.call = CallState::Connected;
+                    h.has_pc = true;
+                    h.got_offer = false;
+                }
+                if let Some(ph) = self.handles.get_mut(&p) {
+                    ph.call = CallState::Connected;
+                }
+                self.metrics.calls_connected.inc();
+                self.plugin_result(hid, Some(tx), json!({"event": "accepted"}));
+                self.queue_forward(now, hid, ForwardKind::Accepted, jtype, sdp_text, e2ee);
+            }
+            "set" => {
+                if username.is_none() {
+                    return self.plugin_error(hid, tx, 473, "Register a username first");
+                }
+                for key in ["audio", "video", "record"] {
+                    if let Some(v) = body.get(key)
+                        && !v.is_boolean()
+                    {
+                        return self.plugin_error(
+                            hid,
+                            tx,
+                            474,
+                            &format!("Invalid element type ({key} should be a boolean)"),
+                        );
+                    }
+                }
+                if let Some(v) = body.get("filename")
+                    && !v.is_string()
+                {
+                    return self.plugin_error(
+                        hid,
+                        tx,
+                        474,
+                        "Invalid element type (filename should be a string)",
+                    );
+                }
+                if let Some(v) = body.get("bitrate")
+                    && v.as_u64().is_none()
+                {
+                    return self.plugin_error(
+                        hid,
+                        tx,
+                        474,
+                        "Invalid element type (bitrate should be a positive integer)",
+                    );
+                }
+                for key in ["substream", "temporal"] {
+                    if let Some(v) = body.get(key)
+                        && v.as_u64().is_none_or(|x| x > 2)
+                    {
+                        return self.plugin_error(
+                            hid,
+                            tx,
+                            474,
+                            &format!("Invalid value ({key} should be 0, 1 or 2)"),
+                        );
+                    }
+                }
+                if let Some(v) = body.get("fallback")
+                    && v.as_u64().is_none()
+                {
+                    return self.plugin_error(
+                        hid,
+                        tx,
+                        474,
+                        "Invalid value (fallback should be a positive integer)",
+                    );
+                }
+                self.plugin_result(hid, Some(tx), json!({"event": "set"}));
+                if let (Some((jtype, sdp_text, e2ee)), Some(_)) = (jsep, peer) {
+                    if jtype == "answer"
+                        && let Some(h) = self.handles.get_mut(&hid)
+                    {
+                        h.got_offer = false;
+                    }
+                    if let Some(h) = self.handles.get_mut(&hid) {
+                        h.has_pc = true;
+                    }
+                    self.queue_forward(now, hid, ForwardKind::Update, jtype, sdp_text, e2ee);
+                }
+            }
+            "hangup" => {
+                let reason = body
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("We did the hangup")
+                    .to_string();
+                let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
+                self.teardown_call(now, hid, &reason, "hangup");
+                self.plugin_result(
+                    hid,
+                    Some(tx),
+                    json!({"event": "hangup", "username": username, "reason": "Explicit hangup"}),
+                );
+                if had_pc {
+                    self.core_hangup(hid, "Close PC");
+                }
+            }
+            other => {
+                self.plugin_error(hid, tx, 472, &format!("Unknown request ({other})"));
+            }
+        }
+    }
+
+    /// Holds an SDP from `hid` until its candidates are complete or the deadline passes
+    /// (first SDP of a call), or forwards it right away (renegotiation).
+    fn queue_forward(
+        &mut self,
+        now: Instant,
+        hid: u64,
+        kind: ForwardKind,
+        jsep_type: String,
+        sdp_text: String,
+        e2ee: bool,
+    ) {
+        let wait = self.cfg.candidate_wait;
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
+        let immediate = h.forwarded || h.completed || wait.is_zero();
+        h.pending = Some(Pending {
+            kind,
+            jsep_type,
+            sdp: sdp_text,
+            e2ee,
+            since: now,
+            deadline: now + wait,
+        });
+        if immediate {
+            self.flush_pending(now, hid);
+        }
+    }
+
+    fn flush_pending(&mut self, now: Instant, hid: u64) {
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
+        let Some(p) = h.pending.take() else {
+            return;
+        };
+        let Some(peer) = h.peer else {
+            return;
+        };
+        let merged = if h.forwarded && h.cands.is_empty() {
+            p.sdp
+        } else {
+            sdp::merge_candidates(&p.sdp, &h.cands, h.completed)
+        };
+        h.cands.clear();
+        h.forwarded = true;
+        let username = h.username.clone();
+        let waited = now.saturating_duration_since(p.since);
+        self.metrics
+            .candidate_wait_ms
+            .inc_by(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+        let mut jsep = json!({"type": p.jsep_type, "sdp": merged});
+        if p.e2ee {
+            jsep["e2ee"] = true.into();
+        }
+        let result = match p.kind {
+            ForwardKind::IncomingCall => json!({"event": "incomingcall", "username": username}),
+            ForwardKind::Accepted => json!({"event": "accepted", "username": username}),
+            ForwardKind::Update => json!({"event": "update"}),
+        };
+        if p.jsep_type == "offer"
+            && let Some(ph) = self.handles.get_mut(&peer)
+        {
+            ph.got_offer = true;
+            if p.kind != ForwardKind::IncomingCall {
+                ph.has_pc = true;
+            }
+        }
+        self.plugin_event(
+            peer,
+            None,
+            json!({"videocall": "event", "result": result}),
+            Some(jsep),
+        );
+    }
+
+    fn trickle(&mut self, now: Instant, hid: u64, items: &[Value]) {
+        let max = self.cfg.max_candidates;
+        let mut to_peer: Vec<Value> = Vec::new();
+        let mut flush = false;
+        let peer;
+        {
+            let Some(h) = self.handles.get_mut(&hid) else {
+                return;
+            };
+            peer = h.peer;
+            for item in items {
+                let Some(obj) = item.as_object() else {
+                    continue;
+                };
+                let completed = obj.get("completed").is_some()
+                    || obj
+                        .get("candidate")
+                        .and_then(Value::as_str)
+                        .is_some_and(str::is_empty);
+                if completed {
+                    if h.forwarded {
+                        to_peer.push(json!({"completed": true}));
+                    } else {
+                        h.completed = true;
+                        flush = h.pending.is_some();
+                    }
+                    continue;
+                }
+                let Some(c) = obj.get("candidate").and_then(Value::as_str) else {
+                    continue;
+                };
+                if h.forwarded {
+                    to_peer.push(item.clone());
+                } else if h.cands.len() < max {
+                    h.cands.push(Candidate {
+                        candidate: c.to_string(),
+                        sdp_mid: obj
+                            .get("sdpMid")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        sdp_mline_index: obj.get("sdpMLineIndex").and_then(Value::as_u64),
+                    });
+                }
+            }
+        }
+        if flush {
+            self.flush_pending(now, hid);
+        }
+        if let Some(p) = peer {
+            for c in to_peer {
+                self.emit_to_handle(p, json!({"janus": "trickle", "candidate": c}));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ admin API
+
+    /// Handles one Admin API request given as text.
+    pub fn admin_text(&mut self, now: Instant, unix: u64, text: &str) -> AdminReply {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => self.admin_value(now, unix, v, None),
+            Err(e) => AdminReply {
+                reply: self.err(
+                    0,
+                    None,
+                    454,
+                    &format!("JSON error: on line {}: {}", e.line(), e),
+                ),
+                tokens_changed: false,
+            },
+        }
+    }
+
+    /// Handles one parsed Admin API request; `path_session` is the session id from an
+    /// HTTP path `/admin/<session>`.
+    pub fn admin_value(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        v: Value,
+        path_session: Option<u64>,
+    ) -> AdminReply {
+        let r = self.admin_inner(now, unix, v, path_session);
+        let changed = r.1;
+        if changed {
+            self.tokens_dirty = true;
+        }
+        AdminReply {
+            reply: r.0,
+            tokens_changed: changed,
+        }
+    }
+
+    fn admin_inner(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        v: Value,
+        path_session: Option<u64>,
+    ) -> (Value, bool) {
+        self.metrics.request("admin");
+        let empty = Map::new();
+        let root = v.as_object().unwrap_or(&empty);
+        let session_id = path_session
+            .or_else(|| root.get("session_id").and_then(Value::as_u64))
+            .unwrap_or(0);
+        let tx = match root.get("transaction") {
+            None => {
+                return (
+                    self.err(
+                        session_id,
+                        None,
+                        456,
+                        "Missing mandatory element (transaction)",
+                    ),
+                    false,
+                );
+            }
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
+                return (
+                    self.err(
+                        session_id,
+                        None,
+                        467,
+                        "Invalid element type (transaction should be a string)",
+                    ),
+                    false,
+                );
+            }
+        };
+        let verb = match root.get("janus") {
+            None => {
+                return (
+                    self.err(session_id, None, 456, "Missing mandatory element (janus)"),
+                    false,
+                );
+            }
+            Some(Value::String(s)) => s.to_ascii_lowercase(),
+            Some(_) => {
+                return (
+                    self.err(
+                        session_id,
+                        None,
+                        467,
+                        "Invalid element type (janus should be a string)",
+                    ),
+                    false,
+                );
+            }
+        };
+        let tx = tx.as_str();
+        if session_id == 0 {
+            match verb.as_str() {
+                "info" => return (self.server_info(tx), false),
+                "ping" => return (json!({"janus": "pong", "transaction": tx}), false),
+                _ => {}
+            }
+        }
+        let secret_ok = match (
+            &self.cfg.admin_secret,
+            root.get("admin_secret").and_then(Value::as_str),
+        ) {
+            (Some(s), Some(given)) => ct_eq(s, given),
+            _ => false,
+        };
+        if !secret_ok {
+            return (self.err(session_id, Some(tx), 403, UNAUTHORIZED), false);
+        }
+        let ok = |extra: Value| {
+            let mut m = Map::new();
+            m.insert("janus".into(), "success".into());
+            m.insert("transaction".into(), tx.into());
+            if let Value::Object(e) = extra {
+                m.extend(e);
+            }
+            Value::Object(m)
+        };
+        if session_id != 0 {
+            if !self.sessions.contains_key(&session_id) {
+                return (
+                    self.err(
+                        session_id,
+                        Some(tx),
+                        458,
+                        &format!("No such session {session_id}"),
+                    ),
+                    false,
+                );
+            }
+            return match verb.as_str() {
+                "list_handles" => {
+                    let handles: Vec<u64> = self
+                        .sessions
+                        .get(&session_id)
+                        .map(|s| s.handles.iter().copied().collect())
+                        .unwrap_or_default();
+                    (
+                        ok(json!({"session_id": session_id, "handles": handles})),
+                        false,
+                    )
+                }
+                "destroy_session" => {
+                    self.destroy_session(now, session_id, "hangup", false);
+                    (ok(json!({"session_id": session_id})), false)
+                }
+                v => (
+                    self.err(
+                        session_id,
+                        Some(tx),
+                        457,
+                        &format!("Unhandled request '{v}' at this path"),
+                    ),
+                    false,
+                ),
+            };
+        }
+        let token_arg = |core: &Self| -> Result<String, Value> {
+            match root.get("token") {
+                None => Err(core.err(0, Some(tx), 456, "Missing mandatory element (token)")),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(core.err(
+                    0,
+                    Some(tx),
+                    467,
+                    "Invalid element type (token should be a string)",
+                )),
+            }
+        };
+        let plugins_arg = |core: &Self, required: bool| -> Result<Option<Vec<String>>, Value> {
+            match root.get("plugins") {
+                None if required => {
+                    Err(core.err(0, Some(tx), 456, "Missing mandatory element (plugins)"))
+                }
+                None => Ok(None),
+                Some(Value::Array(a)) => {
+                    if required && a.is_empty() {
+                        return Err(core.err(
+                            0,
+                            Some(tx),
+                            456,
+                            "Missing mandatory element (plugins)",
+                        ));
+                    }
+                    let mut out = Vec::new();
+                    for p in a {
+                        match p.as_str() {
+                            Some(s) => out.push(s.to_string()),
+                            None => {
+                                return Err(core.err(
+                                    0,
+                                    Some(tx),
+                                    467,
+                                    "Invalid element type (plugins should be an array of strings)",
+                                ));
+                            }
+                        }
+                    }
+                    Ok(Some(out))
+                }
+                Some(_) => Err(core.err(
+                    0,
+                    Some(tx),
+                    467,
+                    "Invalid element type (plugins should be an array)",
+                )),
+            }
+        };
+        match verb.as_str() {
+            "add_token" => {
+                let token = match token_arg(self) {
+                    Ok(t) => t,
+                    Err(e) => return (e, false),
+                };
+                let plugins = match plugins_arg(self, false) {
+                    Ok(p) => p,
+                    Err(e) => return (e, false),
+                };
+                let allowed: Vec<String> = match plugins {
+                    None => vec![VIDEOCALL.to_string()],
+                    Some(list) if list.is_empty() => vec![VIDEOCALL.to_string()],
+                    // unknown plugins are skipped silently, like Janus
+                    Some(list) => list.into_iter().filter(|p| p == VIDEOCALL).collect(),
+                };
+                let now_allowed = self.tokens.add(&token, &allowed, unix);
+                (ok(json!({"data": {"plugins": now_allowed}})), true)
+            }
+            "list_tokens" => {
+                let tokens: Vec<Value> = self
+                    .tokens
+                    .list()
+                    .into_iter()
+                    .filter(|(_, p)| !p.is_empty())
+                    .map(|(t, p)| json!({"token": t, "allowed_plugins": p}))
+                    .collect();
+                (ok(json!({"data": {"tokens": tokens}})), false)
+            }
+            "allow_token" | "disallow_token" => {
+                let token = match token_arg(self) {
+                    Ok(t) => t,
+                    Err(e) => return (e, false),
+                };
+                let plugins = match plugins_arg(self, true) {
+                    Ok(p) => p.unwrap_or_default(),
+                    Err(e) => return (e, false),
+                };
+                if let Some(bad) = plugins.iter().find(|p| *p != VIDEOCALL) {
+                    return (
+                        self.err(
+                            0,
+                            Some(tx),
+                            467,
+                            &format!("Invalid element type (no such plugin '{bad}')"),
+                        ),
+                        false,
+                    );
+                }
+                let r = if verb == "allow_token" {
+                    self.tokens.allow(&token, &plugins)
+                } else {
+                    self.tokens.disallow(&token, &plugins)
+                };
+                match r {
+                    Some(list) => (ok(json!({"data": {"plugins": list}})), true),
+                    None => (self.err(0, Some(tx), 470, "Token not found"), false),
+                }
+            }
+            "remove_token" => {
+                let token = match token_arg(self) {
+                    Ok(t) => t,
+                    Err(e) => return (e, false),
+                };
+                if self.tokens.remove(&token) {
+                    (ok(json!({})), true)
+                } else {
+                    (self.err(0, Some(tx), 490, "Error removing token"), false)
+                }
+            }
+            "list_sessions" => {
+                let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
+                ids.sort_unstable();
+                (ok(json!({"sessions": ids})), false)
+            }
+            "get_status" => (
+                ok(json!({"status": {
+                    "token_auth": self.cfg.token_auth,
+                    "session_timeout": self.cfg.session_timeout.as_secs(),
+                    "reclaim_session_timeout": self.cfg.reclaim_timeout.as_secs(),
+                    "candidate_wait_ms": u64::try_from(self.cfg.candidate_wait.as_millis()).unwrap_or(u64::MAX),
+                    "sessions": self.sessions.len(),
+                    "handles": self.handles.len(),
+                    "tokens": self.tokens.len(),
+                }})),
+                false,
+            ),
+            v => (
+                self.err(
+                    0,
+                    Some(tx),
+                    457,
+                    &format!("Unhandled request '{v}' at this path"),
+                ),
+                false,
+            ),
+        }
+    }
+
+    /// Session ids with their handle ids (for debugging/tests).
+    pub fn sessions(&self) -> BTreeMap<u64, Vec<u64>> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| (*id, s.handles.iter().copied().collect()))
+            .collect()
+    }
+}

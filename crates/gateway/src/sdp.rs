@@ -1,0 +1,259 @@
+//! Merging trickled ICE candidates into an SDP before it is forwarded.
+//!
+//! janus.js before 0.5 ignores server `trickle` events, so the SDP the gateway forwards
+//! to the other browser must already carry the sender's candidates (janus-api.md §11).
+
+/// One trickled candidate as received in a Janus `trickle` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The `candidate:` attribute value (with or without a leading `a=`).
+    pub candidate: String,
+    /// `sdpMid`, when the browser sent one.
+    pub sdp_mid: Option<String>,
+    /// `sdpMLineIndex`, when the browser sent one.
+    pub sdp_mline_index: Option<u64>,
+}
+
+/// True when `sdp` looks like an SDP body (starts with `v=`).
+pub fn looks_like_sdp(sdp: &str) -> bool {
+    sdp.trim_start().starts_with("v=")
+}
+
+fn normalise(candidate: &str) -> Option<String> {
+    let c = candidate.trim();
+    let c = c.strip_prefix("a=").unwrap_or(c);
+    if !c.starts_with("candidate:") || c.len() <= "candidate:".len() {
+        return None;
+    }
+    // A candidate line must stay one SDP line.
+    if c.contains('\r') || c.contains('\n') {
+        return None;
+    }
+    Some(format!("a={c}"))
+}
+
+/// Adds `candidates` as `a=candidate:` lines to the m-sections they belong to and, when
+/// `end_of_candidates` is set, an `a=end-of-candidates` line to every m-section.
+///
+/// The m-section is chosen by `sdpMid` (matched against `a=mid:`), else by
+/// `sdpMLineIndex`, else the first m-section (with BUNDLE all media share it). Lines
+/// already present are not duplicated. The line ending of the input (CRLF or LF) is kept.
+pub fn merge_candidates(sdp: &str, candidates: &[Candidate], end_of_candidates: bool) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let lines: Vec<&str> = sdp
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .collect();
+    // Section 0 is the session part; section i+1 is m-line i.
+    let mut sections: Vec<Vec<String>> = vec![Vec::new()];
+    for l in lines {
+        if l.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(last) = sections.last_mut() {
+            last.push(l.to_string());
+        }
+    }
+    let media_count = sections.len() - 1;
+    if media_count > 0 {
+        let mids: Vec<Option<String>> = sections[1..]
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .find_map(|l| l.strip_prefix("a=mid:").map(|m| m.trim().to_string()))
+            })
+            .collect();
+        for c in candidates {
+            let Some(line) = normalise(&c.candidate) else {
+                continue;
+            };
+            let by_mid = c
+                .sdp_mid
+                .as_deref()
+                .and_then(|m| mids.iter().position(|x| x.as_deref() == Some(m)));
+            let by_index = c
+                .sdp_mline_index
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|i| *i < media_count);
+            let idx = by_mid.or(by_index).unwrap_or(0) + 1;
+            let section = &mut sections[idx];
+            if !section.contains(&line) {
+                // Keep candidates before an existing end-of-candidates marker.
+                let pos = section
+                    .iter()
+                    .position(|l| l == "a=end-of-candidates")
+                    .unwrap_or(section.len());
+                section.insert(pos, line);
+            }
+        }
+        if end_of_candidates {
+            for section in &mut sections[1..] {
+                if !section.iter().any(|l| l == "a=end-of-candidates") {
+                    section.push("a=end-of-candidates".to_string());
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(sdp.len() + candidates.len() * 100 + 64);
+    for section in &sections {
+        for l in section {
+            out.push_str(l);
+            out.push_str(eol);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUNDLE_CRLF: &str = "v=0\r\no=- 46117 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\na=msid-semantic: WMS\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=mid:1\r\na=sendrecv\r\na=rtpmap:96 VP8/90000\r\n";
+
+    fn cand(c: &str, mid: Option<&str>, idx: Option<u64>) -> Candidate {
+        Candidate {
+            candidate: c.to_string(),
+            sdp_mid: mid.map(str::to_string),
+            sdp_mline_index: idx,
+        }
+    }
+
+    fn section_of<'a>(sdp: &'a str, line: &str) -> Option<&'a str> {
+        // returns the mid of the section that holds `line`
+        let mut mid = None;
+        let mut found = false;
+        for l in sdp.split("\r\n").chain(std::iter::once("m=end")) {
+            if l.starts_with("m=") {
+                if found {
+                    return mid;
+                }
+                mid = None;
+            }
+            if let Some(m) = l.strip_prefix("a=mid:") {
+                mid = Some(m);
+            }
+            if l == line {
+                found = true;
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn by_mid_into_right_section_crlf_kept() {
+        let c1 = "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host generation 0";
+        let c2 = "candidate:2 1 udp 2122260223 127.0.0.1 50002 typ host generation 0";
+        let out = merge_candidates(
+            BUNDLE_CRLF,
+            &[cand(c1, Some("1"), Some(0)), cand(c2, Some("0"), None)],
+            true,
+        );
+        assert!(
+            !out.replace("\r\n", "").contains('\n'),
+            "mixed line endings"
+        );
+        assert!(out.ends_with("\r\n"));
+        assert_eq!(section_of(&out, &format!("a={c1}")), Some("1"), "{out}");
+        assert_eq!(section_of(&out, &format!("a={c2}")), Some("0"), "{out}");
+        assert_eq!(out.matches("a=end-of-candidates").count(), 2);
+        // everything from the input is still there, in order
+        let kept: Vec<&str> = out
+            .split("\r\n")
+            .filter(|l| !l.starts_with("a=candidate") && *l != "a=end-of-candidates")
+            .collect();
+        let orig: Vec<&str> = BUNDLE_CRLF.split("\r\n").collect();
+        assert_eq!(kept, orig);
+    }
+
+    #[test]
+    fn mid_missing_falls_back_to_index() {
+        let c = "candidate:3 1 udp 1 127.0.0.1 4 typ host";
+        let out = merge_candidates(BUNDLE_CRLF, &[cand(c, None, Some(1))], false);
+        assert_eq!(section_of(&out, &format!("a={c}")), Some("1"));
+        assert!(!out.contains("end-of-candidates"));
+        // unknown mid, valid index
+        let out = merge_candidates(BUNDLE_CRLF, &[cand(c, Some("video"), Some(1))], false);
+        assert_eq!(section_of(&out, &format!("a={c}")), Some("1"));
+        // neither usable: first m-section
+        let out = merge_candidates(BUNDLE_CRLF, &[cand(c, Some("x"), Some(9))], false);
+        assert_eq!(section_of(&out, &format!("a={c}")), Some("0"));
+    }
+
+    #[test]
+    fn lf_only_input_keeps_lf_and_prefixed_candidates_and_dedup() {
+        let sdp = BUNDLE_CRLF.replace("\r\n", "\n");
+        let c = "a=candidate:5 1 udp 1 127.0.0.1 6 typ host";
+        let out = merge_candidates(
+            &sdp,
+            &[cand(c, Some("0"), None), cand(c, Some("0"), None)],
+            true,
+        );
+        assert!(!out.contains('\r'));
+        assert_eq!(out.matches(c).count(), 1);
+        // merging again is idempotent
+        let again = merge_candidates(&out, &[cand(c, Some("0"), None)], true);
+        assert_eq!(again, out);
+    }
+
+    #[test]
+    fn garbage_candidates_are_ignored() {
+        let out = merge_candidates(
+            BUNDLE_CRLF,
+            &[
+                cand("", Some("0"), Some(0)),
+                cand("foo", Some("0"), Some(0)),
+                cand(
+                    "candidate:1 1 udp 1 1.2.3.4 5 typ host\r\na=evil",
+                    Some("0"),
+                    None,
+                ),
+            ],
+            false,
+        );
+        assert_eq!(out, BUNDLE_CRLF);
+    }
+
+    #[test]
+    fn existing_end_of_candidates_stays_last() {
+        let sdp = "v=0\r\ns=-\r\nm=audio 9 RTP/AVP 0\r\na=mid:a\r\na=end-of-candidates\r\n";
+        let out = merge_candidates(
+            sdp,
+            &[cand(
+                "candidate:1 1 udp 1 127.0.0.1 5 typ host",
+                Some("a"),
+                None,
+            )],
+            true,
+        );
+        assert_eq!(
+            out,
+            "v=0\r\ns=-\r\nm=audio 9 RTP/AVP 0\r\na=mid:a\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=end-of-candidates\r\n"
+        );
+    }
+
+    #[test]
+    fn no_media_sections_is_unchanged() {
+        let sdp = "v=0\r\ns=-\r\nt=0 0\r\n";
+        assert_eq!(
+            merge_candidates(
+                sdp,
+                &[cand(
+                    "candidate:1 1 udp 1 1.1.1.1 1 typ host",
+                    None,
+                    Some(0)
+                )],
+                true
+            ),
+            sdp
+        );
+    }
+
+    #[test]
+    fn looks_like_sdp_checks_v_line() {
+        assert!(looks_like_sdp("v=0\r\n"));
+        assert!(!looks_like_sdp("hello"));
+    }
+}

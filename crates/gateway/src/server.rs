@@ -1,0 +1,1074 @@
+//! The tokio/axum shell around [`Core`]: WebSocket, HTTP REST + long poll, Admin API,
+//! `/metrics`, `/turn-credentials`, TLS, timers and token persistence.
+//!
+//! The core lives behind one `std::sync::Mutex`; every handler locks it, feeds one
+//! request, pushes the reply and the resulting events into bounded per-connection queues
+//! with `try_send`, and unlocks — the lock is never held across an `.await`.
+
+use crate::config::Config;
+use crate::core::{ConnId, Core, CoreConfig, LongPollError, Output, Source, error_reply};
+use crate::metrics::Metrics;
+use crate::store::{MemoryRegistry, MemoryTokenStore, TokenFile};
+use crate::turn;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Errors starting the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// state_dir unusable.
+    #[error("state_dir: {0}")]
+    StateDir(String),
+    /// TLS files unusable.
+    #[error("cert/key: {0}")]
+    Tls(String),
+    /// I/O error.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The three bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// WebSocket (`janus-protocol`) + `/turn-credentials`.
+    pub ws: TcpListener,
+    /// HTTP REST/long poll + `/turn-credentials`.
+    pub http: TcpListener,
+    /// Admin API + `/metrics`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(cfg: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            ws: TcpListener::bind(cfg.listen).await?,
+            http: TcpListener::bind(cfg.http_listen).await?,
+            admin: TcpListener::bind(cfg.admin_listen).await?,
+        })
+    }
+}
+
+const HTTP_QUEUE_MAX: usize = 1000;
+
+#[derive(Default)]
+struct HttpQueue {
+    events: VecDeque<Value>,
+    notify: Arc<Notify>,
+}
+
+struct ConnHandle {
+    tx: mpsc::Sender<String>,
+    kill: CancellationToken,
+}
+
+struct Inner {
+    core: Core,
+    conns: HashMap<ConnId, ConnHandle>,
+    http: HashMap<u64, HttpQueue>,
+    next_conn: ConnId,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    timer: Notify,
+    metrics: Metrics,
+    cfg: Config,
+    persist_lock: tokio::sync::Mutex<()>,
+    tokens_path: PathBuf,
+}
+
+type App = Arc<Shared>;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    fn send_conn(&mut self, conn: ConnId, text: String) {
+        let full = match self.conns.get(&conn) {
+            Some(c) => c.tx.try_send(text).is_err(),
+            None => false,
+        };
+        if full && let Some(c) = self.conns.remove(&conn) {
+            tracing::warn!(
+                conn,
+                "WebSocket client too slow (queue full); disconnecting"
+            );
+            c.kill.cancel();
+        }
+    }
+
+    fn deliver(&mut self) {
+        for out in self.core.drain() {
+            match out {
+                Output::Event {
+                    owner: Source::Ws(c),
+                    msg,
+                    ..
+                } => self.send_conn(c, msg.to_string()),
+                Output::Event {
+                    owner: Source::Http,
+                    session_id,
+                    msg,
+                } => {
+                    let q = self.http.entry(session_id).or_default();
+                    if q.events.len() >= HTTP_QUEUE_MAX {
+                        q.events.pop_front();
+                    }
+                    q.events.push_back(msg);
+                    q.notify.notify_waiters();
+                }
+                Output::SessionClosed { session_id, .. } => {
+                    if let Some(q) = self.http.remove(&session_id) {
+                        q.notify.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn load_tokens(path: &Path) -> Result<TokenFile, ServeError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            ServeError::StateDir(format!(
+                "{} is not a valid token file ({e}); fix or remove it",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile {
+            version: 1,
+            tokens: Vec::new(),
+        }),
+        Err(e) => Err(ServeError::StateDir(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn write_tokens(path: &Path, file: &TokenFile) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let data = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Writes the current token store to disk (serialised with other writers; always the
+/// newest state wins).
+async fn persist_tokens(app: &App) {
+    let _guard = app.persist_lock.lock().await;
+    let snap = {
+        let mut inner = app.lock();
+        let _ = inner.core.take_token_snapshot();
+        inner.core.token_snapshot()
+    };
+    let path = app.tokens_path.clone();
+    let res = tokio::task::spawn_blocking(move || write_tokens(&path, &snap)).await;
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, path = %app.tokens_path.display(), "cannot persist tokens")
+        }
+        Err(e) => tracing::error!(error = %e, "token persistence task failed"),
+    }
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(sc)))
+}
+
+/// Runs the gateway on already-bound listeners until `shutdown` is cancelled; then
+/// persists the tokens and returns.
+pub async fn serve(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        ServeError::StateDir(format!(
+            "cannot create {}: {e}; set --state-dir to a writable directory",
+            cfg.state_dir.display()
+        ))
+    })?;
+    let tokens_path = cfg.state_dir.join("tokens.json");
+    let file = load_tokens(&tokens_path)?;
+    // fail early if the directory is not writable
+    write_tokens(&tokens_path, &file).map_err(|e| {
+        ServeError::StateDir(format!(
+            "cannot write {}: {e}; set --state-dir to a writable directory",
+            tokens_path.display()
+        ))
+    })?;
+    let tls = match &cfg.tls {
+        Some((c, k)) => Some(load_tls(c, k)?),
+        None => None,
+    };
+    let metrics = Metrics::new();
+    let core_cfg = CoreConfig {
+        session_timeout: cfg.session_timeout,
+        reclaim_timeout: cfg.reclaim_timeout,
+        candidate_wait: cfg.candidate_wait,
+        token_auth: cfg.token_auth,
+        api_secret: cfg.api_secret.clone(),
+        admin_secret: cfg.admin_secret.clone(),
+        token_max_idle: cfg.token_max_idle,
+        max_candidates: 100,
+    };
+    let loaded = file.tokens.len();
+    let mut core = Core::new(
+        core_cfg,
+        Box::new(MemoryTokenStore::from_file(file)),
+        Box::new(MemoryRegistry::new()),
+        metrics.clone(),
+    );
+    let expired = core.expire_tokens(unix_now());
+    tracing::info!(loaded, expired, path = %tokens_path.display(), "tokens loaded");
+    if cfg.admin_secret.is_none() {
+        tracing::warn!("no admin_secret configured: every Admin API request will be refused (403)");
+    }
+    let app: App = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            core,
+            conns: HashMap::new(),
+            http: HashMap::new(),
+            next_conn: 1,
+        }),
+        timer: Notify::new(),
+        metrics,
+        cfg: cfg.clone(),
+        persist_lock: tokio::sync::Mutex::new(()),
+        tokens_path,
+    });
+    if expired > 0 {
+        persist_tokens(&app).await;
+    }
+
+    let ws_router = Router::new()
+        .route("/turn-credentials", any(turn_credentials))
+        .fallback(ws_entry)
+        .with_state(app.clone());
+    let http_router = Router::new()
+        .route("/turn-credentials", any(turn_credentials))
+        .fallback(http_entry)
+        .with_state(app.clone());
+    let admin_router = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .fallback(admin_entry)
+        .with_state(app.clone());
+
+    for (name, l) in [
+        ("websocket", &listeners.ws),
+        ("http", &listeners.http),
+        ("admin", &listeners.admin),
+    ] {
+        tracing::info!(listener = name, addr = %l.local_addr()?, tls = tls.is_some(), "listening");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(accept_loop(
+        listeners.ws,
+        ws_router,
+        tls.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(accept_loop(
+        listeners.http,
+        http_router,
+        tls.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(accept_loop(
+        listeners.admin,
+        admin_router,
+        tls,
+        shutdown.clone(),
+    ));
+    tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
+    shutdown.cancelled().await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    {
+        let mut inner = app.lock();
+        for (_, c) in inner.conns.drain() {
+            c.kill.cancel();
+        }
+    }
+    persist_tokens(&app).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+async fn timer_loop(app: App, shutdown: CancellationToken) {
+    loop {
+        let next = app.lock().core.poll_timeout();
+        let cap = Instant::now() + Duration::from_secs(5);
+        let at = next.map_or(cap, |t| t.min(cap));
+        tokio::select! {
+            () = tokio::time::sleep_until(at.into()) => {}
+            () = app.timer.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let dirty = {
+            let mut inner = app.lock();
+            inner.core.handle_timeout(Instant::now(), unix_now());
+            inner.deliver();
+            inner.core.take_token_snapshot().is_some()
+        };
+        if dirty {
+            persist_tokens(&app).await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => serve_conn(s, router, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+                None => serve_conn(stream, router, shutdown).await,
+            }
+        });
+    }
+}
+
+async fn serve_conn<S>(io: S, router: Router, shutdown: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        router.clone().oneshot(req.map(Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(1024 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::select! {
+        r = conn => { if let Err(e) = r { tracing::debug!(error = %e, "http connection ended"); } }
+        () = shutdown.cancelled() => {}
+    }
+}
+
+// ---------------------------------------------------------------------------- helpers
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn cors(app: &Shared, mut resp: Response, req_headers: &HeaderMap) -> Response {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&app.cfg.cors_allow_origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    let allow_headers = req_headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_static(
+                "Origin, X-Requested-With, Content-Type, Accept, Authorization",
+            )
+        });
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    if req_headers.contains_key("access-control-request-private-network") {
+        h.insert(
+            "access-control-allow-private-network",
+            HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+fn query_params(q: Option<&str>) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        m.insert(percent_decode(k), percent_decode(v));
+    }
+    m
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(x) => {
+                        out.push(x);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ()> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|_| ())
+}
+
+// ---------------------------------------------------------------------------- /turn-credentials
+
+async fn turn_credentials(State(app): State<App>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    if req.method() == Method::OPTIONS {
+        return cors(&app, StatusCode::OK.into_response(), &headers);
+    }
+    if req.method() != Method::GET {
+        return cors(
+            &app,
+            json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method not allowed"}),
+            ),
+            &headers,
+        );
+    }
+    let q = query_params(req.uri().query());
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").map(str::trim).map(str::to_string));
+    let token = q.get("token").cloned().or(bearer);
+    let apisecret = q.get("apisecret").cloned();
+    let ok = app
+        .lock()
+        .core
+        .check_credentials(token.as_deref(), apisecret.as_deref(), unix_now());
+    if !ok {
+        return cors(
+            &app,
+            json_response(StatusCode::FORBIDDEN, &json!({"error": "unauthorized"})),
+            &headers,
+        );
+    }
+    let Some(secret) = app.cfg.turn_secret.as_deref() else {
+        return cors(
+            &app,
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "turn credentials not configured (no turn_secret)"}),
+            ),
+            &headers,
+        );
+    };
+    let user = match &token {
+        Some(t) => turn::user_for_token(secret, t),
+        None => {
+            let r: u64 = rand::random();
+            format!("{r:016x}")
+        }
+    };
+    let body = turn::credentials_json(
+        secret,
+        &user,
+        app.cfg.turn_ttl.as_secs(),
+        unix_now(),
+        app.cfg.stun_uri.as_deref(),
+        &app.cfg.turn_uris,
+    );
+    app.metrics.turn_credentials_issued.inc();
+    let mut resp = json_response(StatusCode::OK, &body);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    cors(&app, resp, &headers)
+}
+
+// ---------------------------------------------------------------------------- WebSocket
+
+fn wants_protocol(headers: &HeaderMap, proto: &str) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case(proto))
+}
+
+async fn ws_entry(State(app): State<App>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let headers = parts.headers.clone();
+    let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "this port speaks WebSocket (subprotocol janus-protocol); /turn-credentials is also served here"}),
+        );
+    };
+    let max = app.cfg.max_message_bytes;
+    let mut upgrade = upgrade.max_message_size(max).max_frame_size(max);
+    if wants_protocol(&headers, "janus-protocol") {
+        upgrade = upgrade.protocols(["janus-protocol"]);
+    }
+    upgrade.on_upgrade(move |socket| ws_session(app, socket, false))
+}
+
+async fn ws_session(app: App, socket: WebSocket, admin: bool) {
+    let (tx, mut rx) = mpsc::channel::<String>(app.cfg.ws_queue);
+    let kill = CancellationToken::new();
+    let conn = {
+        let mut inner = app.lock();
+        let id = inner.next_conn;
+        inner.next_conn += 1;
+        inner.conns.insert(
+            id,
+            ConnHandle {
+                tx,
+                kill: kill.clone(),
+            },
+        );
+        id
+    };
+    app.metrics.websocket_connections.inc();
+    let (mut sink, mut stream) = socket.split();
+    let writer_kill = kill.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(text) => {
+                        if sink.send(Message::Text(text.into())).await.is_err() { break; }
+                    }
+                    None => break,
+                },
+                () = writer_kill.cancelled() => break,
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            () = kill.cancelled() => None,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+        };
+        let persist = {
+            let mut inner = app.lock();
+            let now = Instant::now();
+            let unix = unix_now();
+            let (reply, persist) = if admin {
+                let r = inner.core.admin_text(now, unix, &text);
+                (r.reply, r.tokens_changed)
+            } else {
+                (
+                    inner.core.handle_text(now, unix, Source::Ws(conn), &text),
+                    false,
+                )
+            };
+            inner.send_conn(conn, reply.to_string());
+            inner.deliver();
+            persist
+        };
+        app.timer.notify_one();
+        if persist {
+            persist_tokens(&app).await;
+        }
+    }
+    kill.cancel();
+    {
+        let mut inner = app.lock();
+        inner.conns.remove(&conn);
+        if !admin {
+            inner.core.connection_closed(Instant::now(), conn);
+            inner.deliver();
+        }
+    }
+    app.timer.notify_one();
+    app.metrics.websocket_connections.dec();
+    let _ = writer.await;
+}
+
+// ---------------------------------------------------------------------------- HTTP transport
+
+async fn http_entry(State(app): State<App>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let resp = http_inner(&app, req).await;
+    cors(&app, resp, &headers)
+}
+
+fn empty(status: StatusCode) -> Response {
+    status.into_response()
+}
+
+async fn http_inner(app: &App, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let Some(rest) = path.strip_prefix("/janus") else {
+        return empty(StatusCode::NOT_FOUND);
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return empty(StatusCode::NOT_FOUND);
+    }
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    if method == Method::OPTIONS {
+        return empty(StatusCode::OK);
+    }
+    if segs.len() > 2 {
+        return empty(StatusCode::NOT_FOUND);
+    }
+    if segs.first() == Some(&"info") {
+        if method == Method::GET {
+            let v = app.lock().core.handle_value(
+                Instant::now(),
+                unix_now(),
+                Source::Http,
+                json!({"janus": "info", "transaction": query_params(query.as_deref()).get("transaction").cloned().unwrap_or_default()}),
+            );
+            return json_response(StatusCode::OK, &v);
+        }
+        return empty(StatusCode::BAD_REQUEST);
+    }
+    let session = match segs.first() {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(x) if x > 0 => Some(x),
+            _ => {
+                return json_response(
+                    StatusCode::OK,
+                    &error_reply(0, None, 458, &format!("Invalid session {s}")),
+                );
+            }
+        },
+    };
+    let handle = match segs.get(1) {
+        None => None,
+        Some(h) => match h.parse::<u64>() {
+            Ok(x) if x > 0 => Some(x),
+            _ => {
+                return json_response(
+                    StatusCode::OK,
+                    &error_reply(0, None, 459, &format!("Invalid handle {h}")),
+                );
+            }
+        },
+    };
+    if method == Method::GET {
+        let Some(sid) = session else {
+            return json_response(
+                StatusCode::OK,
+                &error_reply(
+                    0,
+                    None,
+                    450,
+                    "GET on the root path is not supported (use POST)",
+                ),
+            );
+        };
+        if handle.is_some() {
+            let mut r = empty(StatusCode::FOUND);
+            if let Ok(v) = HeaderValue::from_str(&format!("/janus/{sid}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+        return long_poll(app, sid, query.as_deref()).await;
+    }
+    if method != Method::POST {
+        return json_response(
+            StatusCode::OK,
+            &error_reply(
+                0,
+                None,
+                450,
+                "Transport specific error (unsupported method)",
+            ),
+        );
+    }
+    let Ok(body) = read_body(req.into_body(), app.cfg.max_message_bytes).await else {
+        app.metrics.error(454);
+        return json_response(
+            StatusCode::OK,
+            &error_reply(0, None, 454, "JSON error: request body too large"),
+        );
+    };
+    let mut v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            app.metrics.error(454);
+            return json_response(
+                StatusCode::OK,
+                &error_reply(
+                    0,
+                    None,
+                    454,
+                    &format!("JSON error: on line {}: {}", e.line(), e),
+                ),
+            );
+        }
+    };
+    let Some(obj) = v.as_object_mut() else {
+        app.metrics.error(455);
+        return json_response(
+            StatusCode::OK,
+            &error_reply(0, None, 455, "JSON error: not an object"),
+        );
+    };
+    for (key, from_path, what) in [
+        ("session_id", session, "session"),
+        ("handle_id", handle, "handle"),
+    ] {
+        let Some(p) = from_path else { continue };
+        match obj.get(key) {
+            None | Some(Value::Null) => {
+                obj.insert(key.to_string(), p.into());
+            }
+            Some(b) if b.as_u64() == Some(p) => {}
+            Some(_) => {
+                app.metrics.error(457);
+                return json_response(
+                    StatusCode::OK,
+                    &error_reply(
+                        0,
+                        None,
+                        457,
+                        &format!("Conflicting {what} ID (payload and path)"),
+                    ),
+                );
+            }
+        }
+    }
+    if session.is_none() && handle.is_none() {
+        // POST /janus: ids in the body are not allowed to address a session here
+    }
+    let reply = {
+        let mut inner = app.lock();
+        let r = inner
+            .core
+            .handle_value(Instant::now(), unix_now(), Source::Http, v);
+        inner.deliver();
+        r
+    };
+    app.timer.notify_one();
+    json_response(StatusCode::OK, &reply)
+}
+
+async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
+    let q = query_params(query);
+    let maxev = q
+        .get("maxev")
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 1000);
+    let deadline = tokio::time::Instant::now() + app.cfg.longpoll_timeout;
+    {
+        let mut inner = app.lock();
+        if let Err(e) = inner.core.longpoll(
+            Instant::now(),
+            unix_now(),
+            sid,
+            q.get("token").map(String::as_str),
+            q.get("apisecret").map(String::as_str),
+        ) {
+            return match e {
+                LongPollError::Unauthorized => empty(StatusCode::FORBIDDEN),
+                LongPollError::NoSession => empty(StatusCode::NOT_FOUND),
+            };
+        }
+    }
+    app.timer.notify_one();
+    loop {
+        let (events, notify, alive) = {
+            let mut inner = app.lock();
+            let alive = inner.core.session_owner(sid).is_some();
+            let q = inner.http.entry(sid).or_default();
+            let n = q.events.len().min(maxev);
+            let ev: Vec<Value> = q.events.drain(..n).collect();
+            let notify = q.notify.clone();
+            if !alive && q.events.is_empty() {
+                inner.http.remove(&sid);
+            }
+            (ev, notify, alive)
+        };
+        if !events.is_empty() {
+            let body = if maxev > 1 {
+                Value::Array(events)
+            } else {
+                events.into_iter().next().unwrap_or(Value::Null)
+            };
+            return json_response(StatusCode::OK, &body);
+        }
+        if !alive {
+            return empty(StatusCode::NOT_FOUND);
+        }
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // re-check after registering interest so no event slips between check and wait
+        let has = app
+            .lock()
+            .http
+            .get(&sid)
+            .is_some_and(|q| !q.events.is_empty());
+        if has {
+            continue;
+        }
+        tokio::select! {
+            () = notified => continue,
+            () = tokio::time::sleep_until(deadline) => {
+                let ka = json!({"janus": "keepalive"});
+                let body = if maxev > 1 { json!([ka]) } else { ka };
+                return json_response(StatusCode::OK, &body);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- Admin API
+
+async fn metrics_handler(State(app): State<App>) -> Response {
+    let (s, h, u, t) = app.lock().core.stats();
+    let to_i = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+    app.metrics.sessions.set(to_i(s));
+    app.metrics.handles.set(to_i(h));
+    app.metrics.registered_users.set(to_i(u));
+    app.metrics.tokens.set(to_i(t));
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn admin_entry(State(app): State<App>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_upgrade {
+        let (mut parts, _b) = req.into_parts();
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(u) => {
+                let max = app.cfg.max_message_bytes;
+                let mut u = u.max_message_size(max).max_frame_size(max);
+                if wants_protocol(&headers, "janus-admin-protocol") {
+                    u = u.protocols(["janus-admin-protocol"]);
+                }
+                u.on_upgrade(move |socket| ws_session(app, socket, true))
+            }
+            Err(e) => e.into_response(),
+        };
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = admin_http(&app, method, &path, req.into_body()).await;
+    cors(&app, resp, &headers)
+}
+
+async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Response {
+    let Some(rest) = path.strip_prefix("/admin") else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not found; the Admin API is at /admin, metrics at /metrics"}),
+        );
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
+    }
+    if method == Method::OPTIONS {
+        return empty(StatusCode::OK);
+    }
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    if method != Method::POST {
+        return json_response(
+            StatusCode::OK,
+            &error_reply(0, None, 450, "Transport specific error (use POST)"),
+        );
+    }
+    if segs.len() > 1 {
+        return json_response(
+            StatusCode::OK,
+            &error_reply(0, None, 457, "Invalid path for this request"),
+        );
+    }
+    let path_session = match segs.first() {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(x) if x > 0 => Some(x),
+            _ => {
+                return json_response(
+                    StatusCode::OK,
+                    &error_reply(0, None, 458, &format!("Invalid session {s}")),
+                );
+            }
+        },
+    };
+    let Ok(bytes) = read_body(body, app.cfg.max_message_bytes).await else {
+        return json_response(
+            StatusCode::OK,
+            &error_reply(0, None, 454, "JSON error: request body too large"),
+        );
+    };
+    let v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            app.metrics.error(454);
+            return json_response(
+                StatusCode::OK,
+                &error_reply(
+                    0,
+                    None,
+                    454,
+                    &format!("JSON error: on line {}: {}", e.line(), e),
+                ),
+            );
+        }
+    };
+    if !v.is_object() {
+        app.metrics.error(455);
+        return json_response(
+            StatusCode::OK,
+            &error_reply(0, None, 455, "JSON error: not an object"),
+        );
+    }
+    let r = {
+        let mut inner = app.lock();
+        let r = inner
+            .core
+            .admin_value(Instant::now(), unix_now(), v, path_session);
+        inner.deliver();
+        r
+    };
+    app.timer.notify_one();
+    if r.tokens_changed {
+        persist_tokens(app).await;
+    }
+    json_response(StatusCode::OK, &r.reply)
+}
