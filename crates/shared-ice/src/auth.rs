@@ -34,6 +34,29 @@ pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
     h.finalize().into()
 }
 
+/// `SHA-256(username ":" realm ":" password)`, the long-term key when
+/// PASSWORD-ALGORITHM is SHA-256 (RFC 8489 §9.2.2, §18.5.1.2).
+#[must_use]
+pub fn long_term_key_sha256(username: &str, realm: &str, password: &str) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+/// `SHA-256(username ":" realm)`, the USERHASH value (RFC 8489 §14.4).
+#[must_use]
+pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.finalize().into()
+}
+
 /// A long-term key (the HMAC key of MESSAGE-INTEGRITY), zeroized on drop, redacted
 /// in `Debug`, compared in constant time.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -401,3 +424,211 @@ impl fmt::Display for RestError {
 }
 
 impl std::error::Error for RestError {}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use hex_literal::hex;
+
+    use super::*;
+    use crate::stun::{Class, MessageBuilder, Method, TransactionId};
+
+    #[test]
+    fn long_term_key_is_md5_of_user_realm_password() {
+        // `printf 'user:realm:pass' | md5sum`
+        assert_eq!(
+            long_term_key("user", "realm", "pass"),
+            hex!("8493fbc53ba582fb4c044c456bdc40eb")
+        );
+        let k = LongTermKey::new("user", "realm", "pass");
+        assert_eq!(
+            k,
+            LongTermKey::from_bytes(hex!("8493fbc53ba582fb4c044c456bdc40eb"))
+        );
+        assert_eq!(format!("{k:?}"), "LongTermKey(<redacted>)");
+    }
+
+    #[test]
+    fn rest_password_matches_coturn_formula() {
+        // base64(HMAC-SHA1("secret", "1700000000:alice")), computed independently with
+        // `printf %s 1700000000:alice | openssl dgst -sha1 -hmac secret -binary | base64`.
+        let s = RestSecret::new("secret");
+        let c = mint(&s, "alice", 1_700_000_000);
+        assert_eq!(c.username, "1700000000:alice");
+        assert_eq!(c.password, "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+        assert_eq!(c.password, s.password("1700000000:alice").as_str());
+        assert_eq!(c.password.len(), 28);
+        assert_eq!(format!("{s:?}"), "RestSecret(<redacted>)");
+        assert!(!format!("{c:?}").contains(&c.password));
+        assert_eq!(mint(&s, "", 5).username, "5");
+        assert_eq!(mint_with_ttl(&s, "bob", 100, 86_400).username, "86500:bob");
+        assert_eq!(
+            mint_with_ttl(&s, "bob", u64::MAX, 10).username,
+            format!("{}:bob", u64::MAX)
+        );
+    }
+
+    #[test]
+    fn parse_and_verify_usernames() {
+        assert_eq!(parse_rest_username("123:alice"), Ok((123, "alice")));
+        assert_eq!(parse_rest_username("123:a:b"), Ok((123, "a:b")));
+        assert_eq!(parse_rest_username("123"), Ok((123, "")));
+        assert_eq!(parse_rest_username("123:"), Ok((123, "")));
+        for bad in [
+            "",
+            ":alice",
+            "alice:123",
+            "12a:x",
+            "-1:x",
+            "+1:x",
+            " 1:x",
+            "99999999999999999999999:x",
+        ] {
+            assert_eq!(
+                parse_rest_username(bad),
+                Err(RestError::BadUsername),
+                "{bad}"
+            );
+        }
+        let secrets = RestSecrets::new([RestSecret::new("new"), RestSecret::new("old")]);
+        let v = verify(&secrets, "1000:alice", 1000, 0).unwrap();
+        assert_eq!((v.expiry, v.user), (1000, "alice"));
+        assert_eq!(
+            v.password,
+            secrets.current().unwrap().password("1000:alice")
+        );
+        assert!(verify(&secrets, "1000:alice", 1060, 60).is_ok());
+        assert_eq!(
+            verify(&secrets, "1000:alice", 1061, 60),
+            Err(RestError::Expired {
+                expiry: 1000,
+                now: 1061
+            })
+        );
+        assert_eq!(
+            verify(&RestSecrets::default(), "1000", 0, 0),
+            Err(RestError::NoSecrets)
+        );
+        assert_eq!(verify(&secrets, "nope", 0, 0), Err(RestError::BadUsername));
+    }
+
+    fn request(username: &str, key: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        MessageBuilder::new(
+            &mut buf,
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([4; 12]),
+        )
+        .requested_transport(17)
+        .username(username)
+        .realm("r")
+        .nonce("n")
+        .finish_with_integrity_and_fingerprint(key)
+        .unwrap();
+        buf
+    }
+
+    #[test]
+    fn authenticate_accepts_every_live_secret_and_nothing_else() {
+        let old = RestSecret::new("old");
+        let new = RestSecret::new("new");
+        let secrets = RestSecrets::new([new.clone(), old.clone()]);
+        let now = 10_000;
+        for (idx, s) in [(0, &new), (1, &old)] {
+            let c = mint_with_ttl(s, "u", now, 600);
+            let bytes = request(&c.username, &long_term_key(&c.username, "r", &c.password));
+            let m = Message::parse(&bytes).unwrap();
+            let a = secrets.authenticate(&m, "r", now, 0).unwrap();
+            assert_eq!(a.secret_index, idx);
+            assert_eq!(a.expiry, now + 600);
+            assert_eq!(
+                a.key.as_bytes(),
+                &long_term_key(&c.username, "r", &c.password)
+            );
+            // Wrong realm → different key → rejected.
+            assert_eq!(
+                secrets.authenticate(&m, "other", now, 0),
+                Err(RestError::BadIntegrity)
+            );
+            // Expired.
+            assert_eq!(
+                secrets.authenticate(&m, "r", now + 601, 0),
+                Err(RestError::Expired {
+                    expiry: now + 600,
+                    now: now + 601
+                })
+            );
+            assert_eq!(secrets.candidate_keys(&c.username, "r").count(), 2);
+        }
+        let stranger = mint_with_ttl(&RestSecret::new("stranger"), "u", now, 600);
+        let bytes = request(
+            &stranger.username,
+            &long_term_key(&stranger.username, "r", &stranger.password),
+        );
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(
+            secrets.authenticate(&m, "r", now, 0),
+            Err(RestError::BadIntegrity)
+        );
+        assert_eq!(
+            RestSecrets::default().authenticate(&m, "r", now, 0),
+            Err(RestError::NoSecrets)
+        );
+
+        let mut buf = Vec::new();
+        MessageBuilder::new(
+            &mut buf,
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([4; 12]),
+        )
+        .username("1:x")
+        .finish()
+        .unwrap();
+        let m = Message::parse(&buf).unwrap();
+        assert_eq!(
+            secrets.authenticate(&m, "r", now, 0),
+            Err(RestError::MissingIntegrity)
+        );
+        let mut buf = Vec::new();
+        MessageBuilder::new(
+            &mut buf,
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([4; 12]),
+        )
+        .finish_with_integrity(b"k")
+        .unwrap();
+        let m = Message::parse(&buf).unwrap();
+        assert_eq!(
+            secrets.authenticate(&m, "r", now, 0),
+            Err(RestError::MissingUsername)
+        );
+    }
+
+    #[test]
+    fn mattermost_expiry_is_end_of_tomorrow_local_time() {
+        // Reference values from GNU date:
+        // `date -u -d 2026-11-25T15:00:00Z +%s` = 1795618800,
+        // `date -u -d 2026-11-26T23:59:59Z +%s` = 1795737599,
+        // `TZ=Pacific/Honolulu date -d '2026-11-26 23:59:59' +%s` = 1795773599 (UTC-10),
+        // `TZ=Australia/Brisbane date -d '2026-11-27 23:59:59' +%s` = 1795787999 (UTC+10).
+        let now = 1_795_618_800;
+        assert_eq!(mattermost_expiry(now, 0), 1_795_737_599);
+        // UTC+2: local 17:00 on the 25th → 2026-11-26T23:59:59+02:00 = 21:59:59Z.
+        assert_eq!(mattermost_expiry(now, 7200), 1_795_737_599 - 7200);
+        // UTC-10: local 05:00 on the 25th → 2026-11-26T23:59:59-10:00.
+        assert_eq!(mattermost_expiry(now, -36_000), 1_795_773_599);
+        // UTC+10: local 01:00 on the 26th → end of the 27th local.
+        assert_eq!(mattermost_expiry(now, 36_000), 1_795_787_999);
+        // Always between 24 h and 48 h ahead.
+        for off in (-12 * 3600..=14 * 3600).step_by(1800) {
+            let e = mattermost_expiry(now, off);
+            assert!(
+                e > now + 86_400 - 1 && e <= now + 2 * 86_400,
+                "offset {off}"
+            );
+        }
+    }
+}

@@ -152,3 +152,159 @@ impl Framer {
         }))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::channel::{ChannelData, ChannelNumber, Padding, encode};
+    use crate::stun::{Class, Message, MessageBuilder, Method, TransactionId};
+
+    fn stun_msg(n: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        MessageBuilder::new(
+            &mut b,
+            Class::Request,
+            Method::REFRESH,
+            TransactionId([n; 12]),
+        )
+        .lifetime(u32::from(n))
+        .finish_with_fingerprint()
+        .unwrap();
+        b
+    }
+
+    #[test]
+    fn frames_stun_and_channel_data() {
+        let f = Framer::default();
+        let s = stun_msg(1);
+        assert_eq!(
+            f.next_frame(&s),
+            Ok(Some(Frame {
+                kind: FrameKind::Stun,
+                len: s.len()
+            }))
+        );
+        for cut in 0..s.len() {
+            assert_eq!(f.next_frame(&s[..cut]), Ok(None), "cut {cut}");
+        }
+        let mut cd = Vec::new();
+        encode(
+            &mut cd,
+            ChannelNumber::new(0x4001).unwrap(),
+            b"abcde",
+            Padding::Stream,
+        )
+        .unwrap();
+        assert_eq!(
+            f.next_frame(&cd),
+            Ok(Some(Frame {
+                kind: FrameKind::ChannelData,
+                len: 12
+            }))
+        );
+        assert_eq!(
+            f.next_frame(&cd[..9]),
+            Ok(None),
+            "padding is part of the frame"
+        );
+        // A reserved channel number still frames (then ChannelData::parse rejects it).
+        let reserved = [0x7F, 0xFF, 0x00, 0x01, 9, 0, 0, 0];
+        assert_eq!(
+            f.next_frame(&reserved),
+            Ok(Some(Frame {
+                kind: FrameKind::ChannelData,
+                len: 8
+            }))
+        );
+    }
+
+    #[test]
+    fn frame_errors_are_exact() {
+        let f = Framer::new(100);
+        assert_eq!(
+            f.next_frame(&[0x80]),
+            Err(FrameError::InvalidFirstByte { byte: 0x80 })
+        );
+        assert_eq!(
+            f.next_frame(&[0xC0, 0, 0]),
+            Err(FrameError::InvalidFirstByte { byte: 0xC0 })
+        );
+        assert_eq!(
+            f.next_frame(&[0x00, 0x01, 0x00, 0x02]),
+            Err(FrameError::UnalignedLength { len: 2 })
+        );
+        assert_eq!(
+            f.next_frame(&[0x00, 0x01, 0x00, 0x00, 1, 2, 3, 4]),
+            Err(FrameError::BadMagicCookie {
+                cookie: 0x0102_0304
+            })
+        );
+        // Too large is reported as soon as the length is known, before the body arrives.
+        assert_eq!(
+            f.next_frame(&[0x00, 0x01, 0x00, 84]),
+            Err(FrameError::TooLarge { len: 104, max: 100 })
+        );
+        assert_eq!(
+            f.next_frame(&[0x40, 0x00, 0x00, 97]),
+            Err(FrameError::TooLarge { len: 104, max: 100 })
+        );
+        assert_eq!(f.next_frame(&[0x40, 0x00, 0x00, 96]), Ok(None));
+        assert_eq!(f.next_frame(&[]), Ok(None));
+        assert_eq!(f.next_frame(&[0x00, 0x01, 0x00]), Ok(None));
+    }
+
+    proptest! {
+        /// A stream of frames delivered in arbitrary chunks is reassembled exactly.
+        #[test]
+        fn reassembles_random_splits(
+            frames in proptest::collection::vec((any::<bool>(), 0u8..=255, proptest::collection::vec(any::<u8>(), 0..70)), 1..12),
+            chunks in proptest::collection::vec(1usize..40, 1..200),
+        ) {
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            for (is_stun, n, data) in &frames {
+                if *is_stun {
+                    let m = stun_msg(*n);
+                    expected.push((FrameKind::Stun, m.clone()));
+                    stream.extend_from_slice(&m);
+                } else {
+                    let ch = ChannelNumber::new(0x4000 + u16::from(*n)).unwrap();
+                    let start = stream.len();
+                    encode(&mut stream, ch, data, Padding::Stream).unwrap();
+                    expected.push((FrameKind::ChannelData, stream[start..].to_vec()));
+                }
+            }
+            let framer = Framer::default();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut chunk = chunks.iter().cycle();
+            while pos < stream.len() {
+                let n = (*chunk.next().unwrap()).min(stream.len() - pos);
+                buf.extend_from_slice(&stream[pos..pos + n]);
+                pos += n;
+                while let Some(frame) = framer.next_frame(&buf).unwrap() {
+                    let bytes: Vec<u8> = buf.drain(..frame.len).collect();
+                    match frame.kind {
+                        FrameKind::Stun => prop_assert!(Message::parse(&bytes).unwrap().check_fingerprint()),
+                        FrameKind::ChannelData => { ChannelData::parse(&bytes).unwrap(); }
+                    }
+                    got.push((frame.kind, bytes));
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..70_000) {
+            let f = Framer::new(max);
+            if let Ok(Some(frame)) = f.next_frame(&bytes) {
+                prop_assert!(frame.len <= bytes.len() && frame.len <= max);
+            }
+        }
+    }
+}

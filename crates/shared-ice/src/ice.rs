@@ -101,3 +101,48 @@ impl fmt::Debug for TurnRestResponse {
             .finish()
     }
 }
+
+#[cfg(all(test, feature = "serde"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::auth::{RestSecret, mint};
+
+    #[test]
+    fn serializes_like_rtc_ice_server() {
+        let stun = IceServer::stun(["stun:turn.example.org:3478".to_owned()]);
+        assert_eq!(
+            serde_json::to_string(&stun).unwrap(),
+            r#"{"urls":["stun:turn.example.org:3478"]}"#
+        );
+        let c = mint(&RestSecret::new("s"), "u", 10);
+        let turn = IceServer::turn(
+            [
+                "turn:h:3478".to_owned(),
+                "turn:h:3478?transport=tcp".to_owned(),
+            ],
+            &c,
+        );
+        let v: serde_json::Value = serde_json::to_value(&turn).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"urls": ["turn:h:3478", "turn:h:3478?transport=tcp"],
+                               "username": "10:u", "credential": c.password})
+        );
+        assert!(!format!("{turn:?}").contains(&c.password));
+        let back: IceServer = serde_json::from_value(v).unwrap();
+        assert_eq!(back, turn);
+    }
+
+    #[test]
+    fn serializes_turn_rest_response() {
+        let c = mint(&RestSecret::new("s"), "u", 10);
+        let r = TurnRestResponse::new(&c, 86_400, vec!["turn:h:3478".to_owned()]);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"username": "10:u", "password": c.password, "ttl": 86400, "uris": ["turn:h:3478"]})
+        );
+        assert!(!format!("{r:?}").contains(&c.password));
+    }
+}
