@@ -651,17 +651,20 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
     let writer_kill = kill.clone();
     let writer = tokio::spawn(async move {
         loop {
-            tokio::select! {
+            let text = tokio::select! {
                 m = rx.recv() => match m {
-                    Some(text) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() { break; }
-                    }
+                    Some(text) => text,
                     None => break,
                 },
                 () = writer_kill.cancelled() => break,
+            };
+            tokio::select! {
+                r = sink.send(Message::Text(text.into())) => if r.is_err() { break },
+                () = writer_kill.cancelled() => break,
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        // a client that stopped reading must not pin this task
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
     });
     loop {
         let msg = tokio::select! {

@@ -1,0 +1,629 @@
+//! janus.plugin.videocall between real WebSocket clients: registration, a full call with
+//! trickled candidates merged into the forwarded SDP, busy, hangup, errors, teardown on
+//! disconnect and on session timeout.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "bW0tc2Vzc2lvbi1pZC0yNi1jaGFycy14eHg=";
+
+struct Party {
+    c: Client,
+    s: u64,
+    h: u64,
+}
+
+impl Party {
+    async fn new(gw: &Gw) -> Self {
+        let mut c = gw.client().await;
+        let (s, h) = c.session_handle(Some(TOKEN)).await;
+        Self { c, s, h }
+    }
+
+    fn base(&self, janus: &str) -> Value {
+        json!({"janus": janus, "session_id": self.s, "handle_id": self.h, "token": TOKEN})
+    }
+
+    /// Sends a videocall message; returns (ack, event with the same transaction).
+    async fn vc(&mut self, body: Value, jsep: Option<Value>) -> (Value, Value) {
+        let mut m = self.base("message");
+        m["body"] = body;
+        if let Some(j) = jsep {
+            m["jsep"] = j;
+        }
+        let ack = self.c.req(m).await;
+        assert_eq!(ack["janus"], "ack", "{ack}");
+        let tx = ack["transaction"].as_str().unwrap().to_string();
+        let ev = self
+            .c
+            .wait("plugin event", |v| {
+                v["janus"] == "event" && v["transaction"] == tx.as_str()
+            })
+            .await;
+        assert_eq!(ev["sender"], self.h);
+        (ack, ev)
+    }
+
+    async fn trickle(&mut self, field: &str, v: Value) {
+        let mut m = self.base("trickle");
+        m[field] = v;
+        let r = self.c.req(m).await;
+        assert_eq!(r["janus"], "ack", "{r}");
+    }
+
+    async fn register(&mut self, name: &str) {
+        let (_, ev) = self
+            .vc(json!({"request": "register", "username": name}), None)
+            .await;
+        assert_eq!(
+            ev["plugindata"]["data"]["result"],
+            json!({"event": "registered", "username": name}),
+            "{ev}"
+        );
+    }
+
+    async fn unsolicited(&mut self, what: &str, event: &str) -> Value {
+        let e = event.to_string();
+        self.c
+            .wait(what, move |v| {
+                v["janus"] == "event"
+                    && v.get("transaction").is_none()
+                    && v["plugindata"]["data"]["result"]["event"] == e.as_str()
+            })
+            .await
+    }
+}
+
+fn result(ev: &Value) -> &Value {
+    &ev["plugindata"]["data"]["result"]
+}
+
+fn plugin_error(ev: &Value) -> (i64, String) {
+    let d = &ev["plugindata"]["data"];
+    (
+        d["error_code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no error: {ev}")),
+        d["error"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Lines of the m-section with `a=mid:<mid>`.
+fn section(sdp: &str, mid: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Vec<String> = Vec::new();
+    for l in sdp.split("\r\n").filter(|l| !l.is_empty()) {
+        if l.starts_with("m=") {
+            if cur.iter().any(|x| x == &format!("a=mid:{mid}")) {
+                out = cur.clone();
+            }
+            cur.clear();
+        }
+        cur.push(l.to_string());
+    }
+    if cur.iter().any(|x| x == &format!("a=mid:{mid}")) {
+        out = cur;
+    }
+    out
+}
+
+async fn setup() -> (Gw, Party, Party) {
+    let dir = temp_dir();
+    let gw = Gw::start(base_config(&dir)).await;
+    gw.add_token(TOKEN).await;
+    let mut a = Party::new(&gw).await;
+    let mut b = Party::new(&gw).await;
+    a.register("alice").await;
+    b.register("bob").await;
+    (gw, a, b)
+}
+
+#[tokio::test]
+async fn full_call_with_merged_candidates_busy_and_hangup() {
+    let (gw, mut alice, mut bob) = setup().await;
+
+    // list shows both
+    let (_, ev) = alice.vc(json!({"request": "list"}), None).await;
+    let mut list: Vec<String> = serde_json::from_value(result(&ev)["list"].clone()).unwrap();
+    list.sort();
+    assert_eq!(list, vec!["alice", "bob"]);
+
+    // Like janus.js: one candidate may be trickled before the call message ...
+    alice.trickle("candidate", cand(1, "0", 0)).await;
+    let t0 = Instant::now();
+    let (_, ev) = alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    assert_eq!(result(&ev), &json!({"event": "calling"}));
+    // ... the rest right after it: an array (mid missing → index) and completed.
+    alice
+        .trickle(
+            "candidates",
+            json!([
+                {"candidate": "candidate:2 1 udp 1686052607 127.0.0.1 40000 typ srflx raddr 0.0.0.0 rport 0 generation 0", "sdpMLineIndex": 1},
+                cand(3, "1", 1),
+            ]),
+        )
+        .await;
+    alice.trickle("candidate", json!({"completed": true})).await;
+
+    let inc = bob.unsolicited("incomingcall", "incomingcall").await;
+    let setup_latency = t0.elapsed();
+    assert_eq!(
+        result(&inc),
+        &json!({"event": "incomingcall", "username": "alice"})
+    );
+    assert_eq!(inc["sender"], bob.h);
+    assert_eq!(inc["session_id"], bob.s);
+    assert_eq!(inc["jsep"]["type"], "offer");
+    let sdp = inc["jsep"]["sdp"].as_str().unwrap();
+    let audio = section(sdp, "0");
+    let video = section(sdp, "1");
+    assert!(
+        audio.iter().any(|l| l.starts_with("a=candidate:1 1 udp")),
+        "{sdp}"
+    );
+    assert!(
+        video.iter().any(|l| l.starts_with("a=candidate:2 1 udp")),
+        "{sdp}"
+    );
+    assert!(
+        video.iter().any(|l| l.starts_with("a=candidate:3 1 udp")),
+        "{sdp}"
+    );
+    assert!(audio.iter().any(|l| l == "a=end-of-candidates"));
+    assert!(video.iter().any(|l| l == "a=end-of-candidates"));
+    // completed arrived: no waiting for the deadline (300 ms in the test config)
+    assert!(
+        setup_latency < Duration::from_millis(250),
+        "offer held {setup_latency:?}"
+    );
+
+    // A third user calling bob now gets "User busy" (+ core hangup).
+    let mut carol = Party::new(&gw).await;
+    carol.register("carol").await;
+    let (_, ev) = carol
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    assert_eq!(
+        result(&ev),
+        &json!({"event": "hangup", "username": "carol", "reason": "User busy"})
+    );
+    let hu = carol
+        .c
+        .wait("core hangup", |v| v["janus"] == "hangup")
+        .await;
+    assert_eq!(hu["sender"], carol.h);
+
+    // bob answers; his candidates trickle after accept without `completed` → deadline.
+    let t1 = Instant::now();
+    let (_, ev) = bob
+        .vc(
+            json!({"request": "accept"}),
+            Some(json!({"type": "answer", "sdp": answer_sdp()})),
+        )
+        .await;
+    assert_eq!(result(&ev), &json!({"event": "accepted"}));
+    bob.trickle("candidate", cand(7, "0", 0)).await;
+    let acc = alice.unsolicited("accepted at caller", "accepted").await;
+    let answer_latency = t1.elapsed();
+    assert_eq!(
+        result(&acc),
+        &json!({"event": "accepted", "username": "bob"})
+    );
+    assert_eq!(acc["jsep"]["type"], "answer");
+    let asdp = acc["jsep"]["sdp"].as_str().unwrap();
+    assert!(
+        section(asdp, "0")
+            .iter()
+            .any(|l| l.starts_with("a=candidate:7 1 udp")),
+        "{asdp}"
+    );
+    assert!(
+        !asdp.contains("a=end-of-candidates"),
+        "no completed → no end-of-candidates"
+    );
+    assert!(
+        answer_latency >= Duration::from_millis(250),
+        "answer should wait for the deadline: {answer_latency:?}"
+    );
+    assert!(answer_latency < Duration::from_millis(1500));
+
+    // Late candidates go out as server trickle events (sender = receiving handle).
+    bob.trickle("candidate", cand(8, "1", 1)).await;
+    let tr = alice
+        .c
+        .wait("server trickle", |v| v["janus"] == "trickle")
+        .await;
+    assert_eq!(tr["sender"], alice.h);
+    assert_eq!(tr["session_id"], alice.s);
+    assert_eq!(tr["candidate"]["sdpMid"], "1");
+    assert!(
+        tr["candidate"]["candidate"]
+            .as_str()
+            .unwrap()
+            .starts_with("candidate:8 ")
+    );
+    bob.trickle("candidate", json!({"completed": true})).await;
+    let tr = alice
+        .c
+        .wait("trickle completed", |v| v["janus"] == "trickle")
+        .await;
+    assert_eq!(tr["candidate"], json!({"completed": true}));
+
+    // renegotiation: set + jsep → update at the peer (forwarded at once)
+    let (_, ev) = alice
+        .vc(
+            json!({"request": "set", "bitrate": 256000}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    assert_eq!(result(&ev), &json!({"event": "set"}));
+    let up = bob.unsolicited("update", "update").await;
+    assert_eq!(up["jsep"]["type"], "offer");
+
+    // alice hangs up with a reason
+    let (_, ev) = alice
+        .vc(json!({"request": "hangup", "reason": "Bye"}), None)
+        .await;
+    assert_eq!(
+        result(&ev),
+        &json!({"event": "hangup", "username": "alice", "reason": "Explicit hangup"})
+    );
+    let hb = bob.unsolicited("hangup at peer", "hangup").await;
+    assert_eq!(
+        result(&hb),
+        &json!({"event": "hangup", "username": "alice", "reason": "Bye"})
+    );
+    let core_b = bob
+        .c
+        .wait("core hangup at peer", |v| v["janus"] == "hangup")
+        .await;
+    assert_eq!(core_b["sender"], bob.h);
+    alice
+        .c
+        .wait("core hangup at alice", |v| v["janus"] == "hangup")
+        .await;
+
+    // hangup when not in a call is not an error
+    let (_, ev) = bob.vc(json!({"request": "hangup"}), None).await;
+    assert_eq!(
+        result(&ev),
+        &json!({"event": "hangup", "username": "bob", "reason": "Explicit hangup"})
+    );
+
+    let (_, m) = (0, http(gw.admin, "GET", "/metrics", None, &[]).await);
+    let metrics = m.2;
+    assert!(
+        metrics.contains("callrelay_gateway_calls_started_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("callrelay_gateway_calls_connected_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("callrelay_gateway_calls_ended_total{reason=\"busy\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("callrelay_gateway_calls_ended_total{reason=\"hangup\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("callrelay_gateway_registered_users 3"),
+        "{metrics}"
+    );
+    eprintln!(
+        "set-up latency: offer with completed {setup_latency:?}, answer without completed {answer_latency:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn candidates_before_the_peer_has_a_handle_are_kept() {
+    // The callee's browser may trickle before `accept`, and the caller before `call`
+    // — even before the callee has attached at all.
+    let dir = temp_dir();
+    let gw = Gw::start(base_config(&dir)).await;
+    gw.add_token(TOKEN).await;
+    let mut alice = Party::new(&gw).await;
+    alice.register("alice").await;
+    alice.trickle("candidate", cand(1, "0", 0)).await;
+    alice
+        .trickle("candidates", json!([cand(2, "1", 1), {"completed": true}]))
+        .await;
+    let mut bob = Party::new(&gw).await;
+    bob.register("bob").await;
+    alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    let inc = bob.unsolicited("incomingcall", "incomingcall").await;
+    let sdp = inc["jsep"]["sdp"].as_str().unwrap();
+    assert!(
+        section(sdp, "0")
+            .iter()
+            .any(|l| l.starts_with("a=candidate:1 ")),
+        "{sdp}"
+    );
+    assert!(
+        section(sdp, "1")
+            .iter()
+            .any(|l| l.starts_with("a=candidate:2 ")),
+        "{sdp}"
+    );
+    // callee trickles everything before accept
+    bob.trickle("candidates", json!([cand(5, "0", 0), {"completed": true}]))
+        .await;
+    bob.vc(
+        json!({"request": "accept"}),
+        Some(json!({"type": "answer", "sdp": answer_sdp()})),
+    )
+    .await;
+    let acc = alice.unsolicited("accepted", "accepted").await;
+    let sdp = acc["jsep"]["sdp"].as_str().unwrap();
+    assert!(
+        section(sdp, "0")
+            .iter()
+            .any(|l| l.starts_with("a=candidate:5 ")),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=end-of-candidates"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn plugin_errors_have_janus_codes_and_texts() {
+    let (gw, mut alice, mut bob) = setup().await;
+    let mut anon = Party::new(&gw).await;
+    let offer = || Some(json!({"type": "offer", "sdp": OFFER}));
+    let cases: Vec<(&mut Party, Value, Option<Value>, i64, &str)> = vec![];
+    drop(cases);
+    let (_, ev) = anon
+        .vc(json!({"request": "call", "username": "bob"}), offer())
+        .await;
+    assert_eq!(plugin_error(&ev), (473, "Register a username first".into()));
+    let (_, ev) = anon.vc(json!({}), None).await;
+    assert_eq!(
+        plugin_error(&ev),
+        (475, "Missing mandatory element (request)".into())
+    );
+    let (_, ev) = anon.vc(json!({"request": "dance"}), None).await;
+    assert_eq!(plugin_error(&ev), (472, "Unknown request (dance)".into()));
+    let (_, ev) = anon.vc(json!({"request": "register"}), None).await;
+    assert_eq!(
+        plugin_error(&ev),
+        (475, "Missing mandatory element (username)".into())
+    );
+    let (_, ev) = anon
+        .vc(json!({"request": "register", "username": "alice"}), None)
+        .await;
+    assert_eq!(
+        plugin_error(&ev),
+        (476, "Username 'alice' already taken".into())
+    );
+    let (_, ev) = bob
+        .vc(json!({"request": "register", "username": "robert"}), None)
+        .await;
+    assert_eq!(plugin_error(&ev), (477, "Already registered (bob)".into()));
+    let (_, ev) = alice
+        .vc(json!({"request": "call", "username": "carol"}), offer())
+        .await;
+    assert_eq!(
+        plugin_error(&ev),
+        (478, "Username 'carol' doesn't exist".into())
+    );
+    let (_, ev) = alice
+        .vc(json!({"request": "call", "username": "alice"}), offer())
+        .await;
+    assert_eq!(plugin_error(&ev).0, 479);
+    let (_, ev) = alice
+        .vc(json!({"request": "call", "username": "bob"}), None)
+        .await;
+    assert_eq!(plugin_error(&ev), (482, "Missing SDP".into()));
+    let (_, ev) = bob
+        .vc(
+            json!({"request": "accept"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    assert_eq!(
+        plugin_error(&ev),
+        (481, "No incoming call to accept".into())
+    );
+    let (_, ev) = bob
+        .vc(json!({"request": "set", "bitrate": "fast"}), None)
+        .await;
+    assert_eq!(
+        plugin_error(&ev),
+        (
+            474,
+            "Invalid element type (bitrate should be a positive integer)".into()
+        )
+    );
+    // accept without SDP while really called → 482
+    alice
+        .vc(json!({"request": "call", "username": "bob"}), offer())
+        .await;
+    bob.unsolicited("incomingcall", "incomingcall").await;
+    let (_, ev) = bob.vc(json!({"request": "accept"}), None).await;
+    assert_eq!(plugin_error(&ev), (482, "Missing SDP".into()));
+    let (_, ev) = alice
+        .vc(json!({"request": "call", "username": "bob"}), offer())
+        .await;
+    assert_eq!(plugin_error(&ev), (480, "Already in a call".into()));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_close_tears_down_the_call_and_session() {
+    let (gw, mut alice, mut bob) = setup().await;
+    alice.trickle("candidate", json!({"completed": true})).await;
+    alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    bob.unsolicited("incomingcall", "incomingcall").await;
+    bob.trickle("candidate", json!({"completed": true})).await;
+    bob.vc(
+        json!({"request": "accept"}),
+        Some(json!({"type": "answer", "sdp": answer_sdp()})),
+    )
+    .await;
+    alice.unsolicited("accepted", "accepted").await;
+    let alice_session = alice.s;
+    alice.c.close().await;
+    let hb = bob.unsolicited("hangup after disconnect", "hangup").await;
+    assert_eq!(
+        result(&hb),
+        &json!({"event": "hangup", "username": "alice", "reason": "Remote WebRTC hangup"})
+    );
+    bob.c.wait("core hangup", |v| v["janus"] == "hangup").await;
+    let r = gw
+        .admin(json!({"janus": "list_sessions", "transaction": "t", "admin_secret": ADMIN_SECRET}))
+        .await;
+    let sessions: Vec<u64> = serde_json::from_value(r["sessions"].clone()).unwrap();
+    assert!(!sessions.contains(&alice_session), "{r}");
+    assert!(sessions.contains(&bob.s));
+    // alice's name is free again
+    let mut alice2 = Party::new(&gw).await;
+    alice2.register("alice").await;
+    let m = http(gw.admin, "GET", "/metrics", None, &[]).await.2;
+    assert!(
+        m.contains("callrelay_gateway_calls_ended_total{reason=\"disconnect\"} 1"),
+        "{m}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn detach_in_call_hangs_up_the_peer() {
+    let (gw, mut alice, mut bob) = setup().await;
+    alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    // no completed: incomingcall comes after the deadline
+    bob.unsolicited("incomingcall", "incomingcall").await;
+    let r = bob.c.req(bob.base("detach")).await;
+    assert_eq!(r["janus"], "success");
+    let ha = alice.unsolicited("hangup", "hangup").await;
+    assert_eq!(result(&ha)["username"], "bob");
+    alice
+        .c
+        .wait("core hangup", |v| v["janus"] == "hangup")
+        .await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn session_timeout_sends_timeout_and_hangs_up_the_peer() {
+    let dir = temp_dir();
+    let mut cfg = base_config(&dir);
+    cfg.session_timeout = Some(1);
+    let gw = Gw::start(cfg).await;
+    gw.add_token(TOKEN).await;
+    let mut alice = Party::new(&gw).await;
+    let mut bob = Party::new(&gw).await;
+    alice.register("alice").await;
+    bob.register("bob").await;
+    alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    // alice's last request was the call: the 1 s timeout counts from here
+    let started = Instant::now();
+    bob.unsolicited("incomingcall", "incomingcall").await;
+    // bob keeps alive, alice goes silent
+    let mut alice_timeout = None;
+    let mut bob_hangup = None;
+    while started.elapsed() < Duration::from_secs(4)
+        && (alice_timeout.is_none() || bob_hangup.is_none())
+    {
+        let r = bob
+            .c
+            .req(json!({"janus": "keepalive", "session_id": bob.s, "token": TOKEN}))
+            .await;
+        assert_eq!(r["janus"], "ack", "bob must stay alive: {r}");
+        if alice_timeout.is_none()
+            && let Some(v) = alice.c.next_within(300).await
+            && v["janus"] == "timeout"
+        {
+            assert_eq!(v, json!({"janus": "timeout", "session_id": alice.s}));
+            alice_timeout = Some(started.elapsed());
+        }
+        if bob_hangup.is_none()
+            && let Some(i) = bob
+                .c
+                .backlog
+                .iter()
+                .position(|v| result(v)["event"] == "hangup")
+        {
+            bob_hangup = Some(bob.c.backlog.remove(i));
+        }
+    }
+    let t = alice_timeout.expect("alice got the timeout event");
+    assert!(
+        t >= Duration::from_millis(950) && t < Duration::from_millis(3500),
+        "{t:?}"
+    );
+    let hb = bob_hangup.expect("bob got a hangup");
+    assert_eq!(result(&hb)["username"], "alice");
+    let r = alice
+        .c
+        .req(json!({"janus": "keepalive", "session_id": alice.s, "token": TOKEN}))
+        .await;
+    assert_eq!(r["error"]["code"], 458);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn claim_moves_a_session_to_a_new_websocket() {
+    let dir = temp_dir();
+    let mut cfg = base_config(&dir);
+    cfg.reclaim_session_timeout = Some(5);
+    let gw = Gw::start(cfg).await;
+    gw.add_token(TOKEN).await;
+    let mut alice = Party::new(&gw).await;
+    let mut bob = Party::new(&gw).await;
+    alice.register("alice").await;
+    bob.register("bob").await;
+    let (s, h) = (alice.s, alice.h);
+    alice.c.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c2 = gw.client().await;
+    let r = c2
+        .req(json!({"janus": "claim", "session_id": s, "token": TOKEN}))
+        .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    // events for the claimed session now arrive on the new socket
+    bob.vc(
+        json!({"request": "call", "username": "alice"}),
+        Some(json!({"type": "offer", "sdp": OFFER})),
+    )
+    .await;
+    let inc = c2
+        .wait("incomingcall on new socket", |v| {
+            v["plugindata"]["data"]["result"]["event"] == "incomingcall"
+        })
+        .await;
+    assert_eq!(inc["sender"], h);
+    gw.stop().await;
+}
