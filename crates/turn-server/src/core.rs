@@ -254,22 +254,37 @@ pub struct Gauges {
 }
 
 /// Allocation limits shared by every worker (touched only on allocate/free, never per packet).
-#[derive(Debug, Default)]
+///
+/// It also holds the relay-port pool, so EVEN-PORT reservations work whichever worker the
+/// second Allocate reaches.
+#[derive(Debug)]
 pub struct SharedQuota {
     user_limit: u32,
     total_limit: u32,
     total: AtomicU32,
     per_user: Mutex<HashMap<String, u32>>,
+    ports: Mutex<PortPool>,
 }
 
 impl SharedQuota {
     /// `0` means unlimited.
-    pub fn new(user_limit: u32, total_limit: u32) -> Self {
+    pub fn new(user_limit: u32, total_limit: u32, ports: (u16, u16)) -> Self {
         Self {
             user_limit,
             total_limit,
-            ..Self::default()
+            total: AtomicU32::new(0),
+            per_user: Mutex::new(HashMap::new()),
+            ports: Mutex::new(PortPool::new(ports.0, ports.1)),
         }
+    }
+
+    fn ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Free relay ports.
+    pub fn ports_free(&self) -> usize {
+        self.ports().free
     }
 
     fn acquire(&self, user: &str) -> Result<(), QuotaKind> {
@@ -316,8 +331,6 @@ pub struct CoreConfig {
     pub external_ip4: Option<IpAddr>,
     /// Advertised IPv6 address.
     pub external_ip6: Option<IpAddr>,
-    /// This shard's relay ports (inclusive).
-    pub ports: (u16, u16),
     /// Default lifetime (s).
     pub default_lifetime: u32,
     /// Max lifetime (s).
@@ -523,7 +536,6 @@ pub struct Core<R> {
     free_slots: Vec<u32>,
     next_generation: u32,
     by_client: FxMap<FiveTuple, u32>,
-    ports: PortPool,
     tx_cache: HashMap<(FiveTuple, TransactionId), (Instant, Vec<u8>)>,
     rate: FxMap<IpAddr, Bucket>,
     transmits: VecDeque<Transmit>,
@@ -552,7 +564,6 @@ impl<R: RngCore> Core<R> {
     ) -> Self {
         let mut nonce_key = [0u8; 20];
         rng.fill_bytes(&mut nonce_key);
-        let ports = PortPool::new(cfg.ports.0, cfg.ports.1);
         Self {
             cfg,
             rng,
@@ -567,7 +578,6 @@ impl<R: RngCore> Core<R> {
             free_slots: Vec::new(),
             next_generation: 1,
             by_client: FxMap::default(),
-            ports,
             tx_cache: HashMap::new(),
             rate: FxMap::default(),
             transmits: VecDeque::new(),
@@ -610,7 +620,7 @@ impl<R: RngCore> Core<R> {
     /// Current gauge values.
     pub fn gauges(&self, now: Instant) -> Gauges {
         let mut g = Gauges {
-            relay_ports_free: self.ports.free as u64,
+            relay_ports_free: self.quota.ports().free as u64,
             ..Gauges::default()
         };
         for a in self.slots.iter().flatten() {
@@ -627,6 +637,11 @@ impl<R: RngCore> Core<R> {
     /// Next time [`Self::handle_timeout`] wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_sweep
+    }
+
+    /// Whether `poll_transmit`/`poll_command` have something (cheap check for the fast path).
+    pub fn has_pending(&self) -> bool {
+        !self.transmits.is_empty() || !self.commands.is_empty()
     }
 
     /// Next datagram/frame to send.
@@ -657,13 +672,25 @@ impl<R: RngCore> Core<R> {
         self.tx_cache.retain(|_, (t, _)| *t > now);
         self.rate
             .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
-        self.ports.reserved.retain(|_, (_, e)| *e > now);
-        let reserved: Vec<u16> = self.ports.reserved.values().map(|(p, _)| *p).collect();
-        let _ = reserved;
+        let reservations = {
+            let mut pool = self.quota.ports();
+            let expired: Vec<u64> = pool
+                .reserved
+                .iter()
+                .filter(|(_, (_, e))| *e <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in expired {
+                if let Some((p, _)) = pool.reserved.remove(&t) {
+                    pool.release(p);
+                }
+            }
+            !pool.reserved.is_empty()
+        };
         self.next_sweep = if self.slots.iter().any(Option::is_some)
             || !self.tx_cache.is_empty()
             || !self.rate.is_empty()
-            || !self.ports.reserved.is_empty()
+            || reservations
         {
             Some(now + SWEEP_INTERVAL)
         } else {
@@ -706,9 +733,16 @@ impl<R: RngCore> Core<R> {
             // Keep the busy port marked used so we do not pick it again soon.
             let _ = p;
         }
-        match self.ports.pick(&mut self.rng, fp_even, false) {
+        let picked = {
+            let mut pool = self.quota.ports();
+            let p = pool.pick(&mut self.rng, fp_even, false);
+            if let Some(p) = p {
+                pool.take(p);
+            }
+            p
+        };
+        match picked {
             Some(p) => {
-                self.ports.take(p);
                 let Some(a) = self
                     .slots
                     .get_mut(relay.slot as usize)
@@ -766,7 +800,7 @@ impl<R: RngCore> Core<R> {
         };
         for (i, r) in a.relays.iter().enumerate() {
             if let Some(r) = r {
-                self.ports.release(r.bind.port());
+                self.quota.ports().release(r.bind.port());
                 self.commands.push_back(Command::CloseRelaySocket {
                     relay: RelayToken {
                         slot,
@@ -1434,14 +1468,15 @@ impl<R: RngCore> Core<R> {
             let Ok(t) = <[u8; 8]>::try_from(t) else {
                 return bad(self, 400, "Bad RESERVATION-TOKEN", AllocResult::BadRequest);
             };
-            match self.ports.reserved.remove(&u64::from_be_bytes(t)) {
+            let r = self.quota.ports().reserved.remove(&u64::from_be_bytes(t));
+            match r {
                 Some((p, e)) if e > now => port4 = Some(p),
                 _ => return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
             }
         }
         if let Err(kind) = self.quota.acquire(&authed.username) {
             if let Some(p) = port4 {
-                self.ports.release(p);
+                self.quota.ports().release(p);
             }
             self.stats.quota[kind as usize] += 1;
             return match kind {
@@ -1451,8 +1486,9 @@ impl<R: RngCore> Core<R> {
         }
         let reserve_next = even.and_then(|v| v.first()).is_some_and(|b| b & 0x80 != 0);
         let pick = |s: &mut Self, even: bool, pair: bool| {
-            let p = s.ports.pick(&mut s.rng, even, pair)?;
-            s.ports.take(p);
+            let mut pool = s.quota.ports();
+            let p = pool.pick(&mut s.rng, even, pair)?;
+            pool.take(p);
             Some(p)
         };
         let p_main = match port4 {
@@ -1466,11 +1502,10 @@ impl<R: RngCore> Core<R> {
         };
         if reserve_next {
             let next = p_main + 1;
-            self.ports.take(next);
             let t = self.rng.next_u64();
-            self.ports
-                .reserved
-                .insert(t, (next, now + RESERVATION_LIFETIME));
+            let mut pool = self.quota.ports();
+            pool.take(next);
+            pool.reserved.insert(t, (next, now + RESERVATION_LIFETIME));
             reservation_token = Some(t);
         }
         let mut relays = [None, None];
@@ -1491,7 +1526,7 @@ impl<R: RngCore> Core<R> {
                 Some(p_main)
             };
             let Some(p6) = p6 else {
-                self.ports.release(p_main);
+                self.quota.ports().release(p_main);
                 self.quota.release(&authed.username);
                 self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
                 return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
@@ -1682,7 +1717,7 @@ impl<R: RngCore> Core<R> {
             .get(attr::CHANNEL_NUMBER)
             .and_then(|v| v.get(..2))
             .map(|v| u16::from_be_bytes([v[0], v[1]]));
-        let Some(number) = number.filter(|n| (0x4000..=0x4FFF).contains(n)) else {
+        let Some(number) = number.filter(|n| stun::CHANNEL_NUMBERS.contains(n)) else {
             return self.reply_error(now, from, msg, authed, 400, "Bad CHANNEL-NUMBER");
         };
         let Some(peer) = msg.xor_addr(attr::XOR_PEER_ADDRESS) else {

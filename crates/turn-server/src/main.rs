@@ -1,4 +1,186 @@
+//! `turn-server` binary: config, logging, worker threads, signals, metrics endpoint.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use turn_server::config::{Cli, Config};
+use turn_server::core::SharedQuota;
+use turn_server::metrics::Metrics;
+use turn_server::runtime::{self, Control, SharedTls, WorkerArgs};
+
 fn main() {
-    eprintln!("turn-server: not built yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cfg = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("turn-server: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(cli, cfg) {
+        eprintln!("turn-server: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
+    let tls: SharedTls = Arc::new(RwLock::new(None));
+    if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
+        *tls.write().expect("fresh lock") = Some(runtime::load_tls(c, k)?);
+    }
+    let metrics_std = std::net::TcpListener::bind(cfg.metrics_listen).with_context(|| {
+        format!(
+            "config key `metrics_listen`: cannot bind {}",
+            cfg.metrics_listen
+        )
+    })?;
+    metrics_std.set_nonblocking(true)?;
+    let (sockets, bound, tls_bound) = runtime::bind_all(&cfg)?;
+    let metrics = Metrics::new();
+    let quota = Arc::new(SharedQuota::new(
+        cfg.user_quota,
+        cfg.total_quota,
+        cfg.relay_ports,
+    ));
+    let shutdown = CancellationToken::new();
+    let mut controls = Vec::new();
+    let mut threads = Vec::new();
+    for (index, sockets) in sockets.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        controls.push(tx);
+        let args = WorkerArgs {
+            index,
+            cfg: cfg.clone(),
+            sockets,
+            quota: quota.clone(),
+            metrics: metrics.clone(),
+            tls: tls.clone(),
+            control: rx,
+            shutdown: shutdown.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("turn-worker-{index}"))
+                .spawn(move || runtime::run_worker(args))
+                .context("spawning worker thread")?,
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let metrics_listener = tokio::net::TcpListener::from_std(metrics_std)?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let m = metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+                }
+            }),
+        );
+        let stop_metrics = shutdown.clone();
+        let metrics_task = tokio::spawn(async move {
+            axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(async move { stop_metrics.cancelled().await })
+                .await
+        });
+        tracing::info!(
+            listen = ?bound,
+            tls_listen = ?tls_bound,
+            metrics = %metrics_addr,
+            relay_ports = ?cfg.relay_ports,
+            workers = cfg.workers,
+            realm = %cfg.realm,
+            secrets = cfg.auth_secrets.0.len(),
+            "turn-server ready"
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => reload(&cli, &tls, &controls),
+            }
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        for c in &controls {
+            let _ = c.send(Control::Drain);
+        }
+        let deadline = Instant::now() + cfg.drain_timeout;
+        let active = quota.total();
+        if active > 0 {
+            tracing::info!(active, timeout = ?cfg.drain_timeout, "draining: no new allocations, waiting for active ones");
+        }
+        while quota.total() > 0 && Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        shutdown.cancel();
+        let _ = metrics_task.await;
+        anyhow::Ok(())
+    })?;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
+            Err(_) => tracing::error!("worker panicked"),
+        }
+    }
+    tracing::info!("turn-server stopped");
+    Ok(())
+}
+
+/// SIGHUP: re-read the config file; swap secrets, users, peer policy and the TLS cert.
+/// Allocations, permissions and channels stay. A bad file keeps the old settings.
+fn reload(cli: &Cli, tls: &SharedTls, controls: &[mpsc::UnboundedSender<Control>]) {
+    let cfg = match Config::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed, keeping the running configuration");
+            return;
+        }
+    };
+    if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
+        match runtime::load_tls(c, k) {
+            Ok(a) => {
+                if let Ok(mut g) = tls.write() {
+                    *g = Some(a);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "TLS reload failed, keeping the old certificate"),
+        }
+    }
+    for c in controls {
+        let _ = c.send(Control::Reload {
+            secrets: cfg.auth_secrets.0.clone(),
+            users: cfg.users.clone(),
+            policy: cfg.policy.clone(),
+        });
+    }
+    tracing::info!(
+        secrets = cfg.auth_secrets.0.len(),
+        users = cfg.users.len(),
+        "configuration reloaded"
+    );
 }

@@ -1,1 +1,255 @@
-//! placeholder
+//! Prometheus metrics (names fixed in CONTRACTS.md, documented in docs/turn-server.md).
+//!
+//! The relay path never touches these: each worker's core counts in plain `u64` fields
+//! ([`Stats`]) and the worker adds the deltas here once a second.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::core::{Gauges, Proto, Stats, labels};
+use crate::policy::DenyClass;
+
+/// All turn-server metrics, with label handles resolved once.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    allocations_active: [IntGauge; 3],
+    allocations_total: Vec<IntCounter>,
+    auth_failures: Vec<IntCounter>,
+    packets: [[IntCounter; 3]; 2],
+    bytes: [[IntCounter; 3]; 2],
+    permissions: IntGauge,
+    channels: IntGauge,
+    denied: Vec<IntCounter>,
+    quota: Vec<IntCounter>,
+    relay_ports_free: IntGauge,
+    requests: Vec<IntCounter>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    r.register(Box::new(v.clone())).expect("unique metric");
+    v
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric with all label values pre-created (so they show as 0).
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "callrelay_turn_allocations_active",
+                "Active allocations by client transport",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(active.clone())).expect("unique metric");
+        let allocations_active = Proto::ALL.map(|p| active.with_label_values(&[p.label()]));
+        let res = counter_vec(
+            &r,
+            "callrelay_turn_allocations_total",
+            "Allocate requests by result",
+            "result",
+        );
+        let allocations_total = labels::ALLOC_RESULT
+            .iter()
+            .map(|l| res.with_label_values(&[*l]))
+            .collect();
+        let af = counter_vec(
+            &r,
+            "callrelay_turn_auth_failures_total",
+            "Authentication failures by reason",
+            "reason",
+        );
+        let auth_failures = labels::AUTH_REASON
+            .iter()
+            .map(|l| af.with_label_values(&[*l]))
+            .collect();
+        let pk = IntCounterVec::new(
+            Opts::new("callrelay_turn_relayed_packets_total", "Packets relayed"),
+            &["direction", "transport"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(pk.clone())).expect("unique metric");
+        let by = IntCounterVec::new(
+            Opts::new(
+                "callrelay_turn_relayed_bytes_total",
+                "Payload bytes relayed",
+            ),
+            &["direction", "transport"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(by.clone())).expect("unique metric");
+        let packets = [0, 1]
+            .map(|d| Proto::ALL.map(|p| pk.with_label_values(&[labels::DIRECTION[d], p.label()])));
+        let bytes = [0, 1]
+            .map(|d| Proto::ALL.map(|p| by.with_label_values(&[labels::DIRECTION[d], p.label()])));
+        let permissions = gauge(
+            &r,
+            "callrelay_turn_permissions_active",
+            "Active permissions",
+        );
+        let channels = gauge(
+            &r,
+            "callrelay_turn_channels_active",
+            "Active channel bindings",
+        );
+        let dn = counter_vec(
+            &r,
+            "callrelay_turn_denied_peers_total",
+            "Peers denied by the peer policy",
+            "class",
+        );
+        let denied = DenyClass::ALL
+            .iter()
+            .map(|c| dn.with_label_values(&[c.label()]))
+            .collect();
+        let qt = counter_vec(
+            &r,
+            "callrelay_turn_quota_rejections_total",
+            "Quota and rate-limit rejections",
+            "kind",
+        );
+        let quota = labels::QUOTA_KIND
+            .iter()
+            .map(|l| qt.with_label_values(&[*l]))
+            .collect();
+        let relay_ports_free = gauge(&r, "callrelay_turn_relay_ports_free", "Free relay ports");
+        let rq = counter_vec(
+            &r,
+            "callrelay_turn_requests_total",
+            "STUN/TURN requests by method",
+            "method",
+        );
+        let requests = labels::METHOD
+            .iter()
+            .map(|l| rq.with_label_values(&[*l]))
+            .collect();
+        let bi = IntGaugeVec::new(
+            Opts::new("callrelay_turn_build_info", "Build information"),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(bi.clone())).expect("unique metric");
+        bi.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            registry: r,
+            allocations_active,
+            allocations_total,
+            auth_failures,
+            packets,
+            bytes,
+            permissions,
+            channels,
+            denied,
+            quota,
+            relay_ports_free,
+            requests,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+
+    /// Adds what changed since `prev` (one worker's previous report) and remembers `now`.
+    pub fn report(&self, prev: &mut (Stats, Gauges), stats: &Stats, gauges: Gauges) {
+        let (ps, pg) = prev;
+        fn add(c: &[IntCounter], now: &[u64], before: &[u64]) {
+            for ((c, n), b) in c.iter().zip(now).zip(before) {
+                c.inc_by(n.saturating_sub(*b));
+            }
+        }
+        add(&self.allocations_total, &stats.allocations, &ps.allocations);
+        add(&self.auth_failures, &stats.auth_failures, &ps.auth_failures);
+        for d in 0..2 {
+            add(&self.packets[d], &stats.packets[d], &ps.packets[d]);
+            add(&self.bytes[d], &stats.bytes[d], &ps.bytes[d]);
+        }
+        add(&self.denied, &stats.denied, &ps.denied);
+        add(&self.quota, &stats.quota, &ps.quota);
+        add(&self.requests, &stats.requests, &ps.requests);
+        let delta = |g: &IntGauge, now: u64, before: u64| g.add(now as i64 - before as i64);
+        for i in 0..3 {
+            delta(
+                &self.allocations_active[i],
+                gauges.allocations[i],
+                pg.allocations[i],
+            );
+        }
+        delta(&self.permissions, gauges.permissions, pg.permissions);
+        delta(&self.channels, gauges.channels, pg.channels);
+        // The pool is shared by all workers: absolute value, not a delta.
+        self.relay_ports_free.set(gauges.relay_ports_free as i64);
+        *ps = stats.clone();
+        *pg = gauges;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_exported() {
+        let m = Metrics::new();
+        let mut prev = Default::default();
+        let mut s = Stats::default();
+        s.packets[1][2] = 5;
+        s.denied[DenyClass::Cgnat.index()] = 2;
+        m.report(
+            &mut prev,
+            &s,
+            Gauges {
+                allocations: [1, 0, 0],
+                permissions: 3,
+                channels: 1,
+                relay_ports_free: 9,
+            },
+        );
+        s.packets[1][2] = 7;
+        m.report(
+            &mut prev,
+            &s,
+            Gauges {
+                allocations: [0, 0, 0],
+                permissions: 3,
+                channels: 1,
+                relay_ports_free: 10,
+            },
+        );
+        let t = m.render();
+        for needle in [
+            "callrelay_turn_allocations_active{transport=\"udp\"} 0",
+            "callrelay_turn_allocations_total{result=\"forbidden\"} 0",
+            "callrelay_turn_auth_failures_total{reason=\"stale_nonce\"} 0",
+            "callrelay_turn_relayed_packets_total{direction=\"to_client\",transport=\"tls\"} 7",
+            "callrelay_turn_relayed_bytes_total{direction=\"to_peer\",transport=\"udp\"} 0",
+            "callrelay_turn_permissions_active 3",
+            "callrelay_turn_channels_active 1",
+            "callrelay_turn_denied_peers_total{class=\"cgnat\"} 2",
+            "callrelay_turn_denied_peers_total{class=\"other_reserved\"} 0",
+            "callrelay_turn_quota_rejections_total{kind=\"relay_ports\"} 0",
+            "callrelay_turn_relay_ports_free 10",
+            "callrelay_turn_requests_total{method=\"connection_bind\"} 0",
+            "callrelay_turn_build_info{version=\"",
+        ] {
+            assert!(t.contains(needle), "missing {needle} in\n{t}");
+        }
+    }
+}

@@ -1,1 +1,715 @@
-//! placeholder
+//! The tokio shell around [`crate::core::Core`]: sockets, TLS, timers, signals, metrics.
+//!
+//! Sharding: `workers` OS threads, each with a single-threaded tokio runtime that owns one
+//! `Core` (its own allocation table and its own slice of the relay port range). Every worker
+//! binds its own UDP socket and TCP/TLS listeners on each listen address with `SO_REUSEPORT`,
+//! so the kernel spreads clients over workers by 5-tuple hash and a client always reaches
+//! the worker that holds its allocation; a relay socket belongs to the worker that opened it.
+//! There is no lock and no cross-thread hand-off on the relay path. The core sits in a
+//! `RefCell` that is borrowed only between awaits.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, StaticUser};
+use crate::core::{
+    Command, Core, CoreConfig, FiveTuple, Gauges, Proto, Relay, RelayToken, SharedQuota, Stats,
+    Transmit,
+};
+use crate::metrics::Metrics;
+use crate::policy::PeerPolicy;
+
+/// Largest UDP datagram we read.
+const MAX_DATAGRAM: usize = 65_536;
+/// Frames queued per TCP/TLS client before we drop (a slow reader must not grow memory).
+const STREAM_QUEUE: usize = 512;
+
+/// A runtime error (startup only; after start errors are logged and the server keeps going).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A socket could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Listener kind.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: io::Error,
+    },
+    /// TLS certificate or key unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Anything else at start.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Live settings a SIGHUP replaces.
+#[derive(Clone, Debug)]
+pub enum Control {
+    /// New secrets, users and peer policy.
+    Reload {
+        /// TURN REST secrets.
+        secrets: Vec<String>,
+        /// Static users.
+        users: Vec<StaticUser>,
+        /// Peer policy.
+        policy: PeerPolicy,
+    },
+    /// Stop accepting allocations.
+    Drain,
+}
+
+/// Loads a rustls acceptor (ring provider) from PEM files.
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, RuntimeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| RuntimeError::Tls(format!("cert {}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| RuntimeError::Tls(format!("cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(RuntimeError::Tls(format!(
+            "cert {}: no CERTIFICATE in PEM",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| RuntimeError::Tls(format!("key {}: {e}", key.display())))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| RuntimeError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| RuntimeError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Shared, reloadable TLS acceptor.
+pub type SharedTls = Arc<RwLock<Option<tokio_rustls::TlsAcceptor>>>;
+
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn relay_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Per-worker sockets, bound UDP/TCP addresses, bound TLS addresses.
+pub type Bound = (Vec<WorkerSockets>, Vec<SocketAddr>, Vec<SocketAddr>);
+
+type RelayMap = HashMap<RelayToken, (Rc<UdpSocket>, JoinHandle<()>)>;
+
+/// Sockets of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerSockets {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+}
+
+/// Binds every listener once per worker (SO_REUSEPORT); port 0 resolves to one port shared
+/// by UDP, TCP and all workers. Returns the sockets and the bound addresses.
+pub fn bind_all(cfg: &Config) -> Result<Bound, RuntimeError> {
+    let mut workers: Vec<WorkerSockets> =
+        (0..cfg.workers).map(|_| WorkerSockets::default()).collect();
+    let mut bound = Vec::new();
+    for &addr in &cfg.listen {
+        let mut last_err = None;
+        let mut done = false;
+        for _ in 0..20 {
+            match bind_pair(addr, cfg.workers) {
+                Ok((udps, tcps, a)) => {
+                    for (w, (u, t)) in workers.iter_mut().zip(udps.into_iter().zip(tcps)) {
+                        w.udp.push(u);
+                        w.tcp.push(t);
+                    }
+                    bound.push(a);
+                    done = true;
+                    break;
+                }
+                Err(e) => {
+                    last_err = Some(e);
+                    if addr.port() != 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        if !done {
+            let e = last_err.unwrap_or_else(|| io::Error::other("bind failed"));
+            if addr.is_ipv6() && addr.ip().is_unspecified() && cfg.listen.len() > 1 {
+                tracing::warn!(%addr, error = %e, "IPv6 listener unavailable, continuing without it");
+                continue;
+            }
+            return Err(RuntimeError::Bind {
+                what: "listen",
+                addr,
+                source: e,
+            });
+        }
+    }
+    let mut tls_bound = Vec::new();
+    for &addr in &cfg.tls_listen {
+        let first = tcp_listener(addr).map_err(|source| RuntimeError::Bind {
+            what: "tls_listen",
+            addr,
+            source,
+        })?;
+        let a = first.local_addr()?;
+        let mut ls = vec![first];
+        for _ in 1..cfg.workers {
+            ls.push(tcp_listener(a).map_err(|source| RuntimeError::Bind {
+                what: "tls_listen",
+                addr,
+                source,
+            })?);
+        }
+        for (w, l) in workers.iter_mut().zip(ls) {
+            w.tls.push(l);
+        }
+        tls_bound.push(a);
+    }
+    Ok((workers, bound, tls_bound))
+}
+
+type Pair = (
+    Vec<std::net::UdpSocket>,
+    Vec<std::net::TcpListener>,
+    SocketAddr,
+);
+
+fn bind_pair(addr: SocketAddr, n: usize) -> io::Result<Pair> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would silently share the port with another running instance (same
+        // user): probe without it first so a second server fails loudly instead.
+        drop(std::net::UdpSocket::bind(addr)?);
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let first = udp_socket(addr)?;
+    let a = first.local_addr()?;
+    let mut udps = vec![first];
+    for _ in 1..n {
+        udps.push(udp_socket(a)?);
+    }
+    let mut tcps = Vec::new();
+    for _ in 0..n {
+        tcps.push(tcp_listener(a)?);
+    }
+    Ok((udps, tcps, a))
+}
+
+/// Everything a worker thread needs.
+pub struct WorkerArgs {
+    /// Shard index.
+    pub index: usize,
+    /// Validated config.
+    pub cfg: Config,
+    /// Sockets.
+    pub sockets: WorkerSockets,
+    /// Shared allocation quota.
+    pub quota: Arc<SharedQuota>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// TLS acceptor.
+    pub tls: SharedTls,
+    /// Reload/drain messages.
+    pub control: mpsc::UnboundedReceiver<Control>,
+    /// Shutdown.
+    pub shutdown: CancellationToken,
+}
+
+struct Worker {
+    core: RefCell<Core<StdRng>>,
+    udp: HashMap<SocketAddr, Rc<UdpSocket>>,
+    relays: RefCell<RelayMap>,
+    streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
+    /// One receive buffer shared by all relay sockets of this worker (read synchronously after
+    /// readiness), so an idle allocation costs no buffer memory.
+    relay_buf: RefCell<Vec<u8>>,
+    max_frame: usize,
+    shutdown: CancellationToken,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs one worker until shutdown (blocking; call on its own thread).
+pub fn run_worker(args: WorkerArgs) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, worker_main(args))
+}
+
+async fn worker_main(args: WorkerArgs) -> io::Result<()> {
+    let WorkerArgs {
+        index: _,
+        cfg,
+        sockets,
+        quota,
+        metrics,
+        tls,
+        mut control,
+        shutdown,
+    } = args;
+    let core_cfg = CoreConfig {
+        realm: cfg.realm.clone(),
+        relay_ip4: cfg.relay_ip4,
+        relay_ip6: cfg.relay_ip6,
+        external_ip4: cfg.external_ip4,
+        external_ip6: cfg.external_ip6,
+        default_lifetime: cfg.default_lifetime,
+        max_lifetime: cfg.max_lifetime,
+        bandwidth: cfg.bandwidth,
+        unauth_rate: cfg.unauth_rate,
+        strict_expiry: cfg.strict_expiry,
+        nonce_lifetime: cfg.nonce_lifetime,
+    };
+    let core = Core::new(
+        core_cfg,
+        StdRng::from_os_rng(),
+        cfg.auth_secrets.0.clone(),
+        cfg.users.clone(),
+        cfg.policy.clone(),
+        quota,
+    );
+    let mut udp = HashMap::new();
+    let mut udp_list = Vec::new();
+    for s in sockets.udp {
+        let s = Rc::new(UdpSocket::from_std(s)?);
+        udp.insert(s.local_addr()?, s.clone());
+        udp_list.push(s);
+    }
+    let w = Rc::new(Worker {
+        core: RefCell::new(core),
+        udp,
+        relays: RefCell::new(HashMap::new()),
+        streams: RefCell::new(HashMap::new()),
+        relay_buf: RefCell::new(vec![0u8; MAX_DATAGRAM + 4]),
+        max_frame: cfg.max_frame as usize,
+        shutdown: shutdown.clone(),
+    });
+    for s in udp_list {
+        tokio::task::spawn_local(udp_loop(w.clone(), s));
+    }
+    for l in sockets.tcp {
+        let l = TcpListener::from_std(l)?;
+        tokio::task::spawn_local(accept_loop(w.clone(), l, Proto::Tcp, tls.clone()));
+    }
+    for l in sockets.tls {
+        let l = TcpListener::from_std(l)?;
+        tokio::task::spawn_local(accept_loop(w.clone(), l, Proto::Tls, tls.clone()));
+    }
+    let mut prev: (Stats, Gauges) = Default::default();
+    let mut report_at = Instant::now();
+    loop {
+        let now = Instant::now();
+        let wake = w
+            .core
+            .borrow()
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(1))
+            .min(now + Duration::from_secs(1));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = control.recv() => match msg {
+                Some(Control::Reload { secrets, users, policy }) => {
+                    let mut c = w.core.borrow_mut();
+                    c.set_credentials(secrets, users);
+                    c.set_policy(policy);
+                }
+                Some(Control::Drain) => w.core.borrow_mut().set_draining(),
+                None => {}
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                w.core.borrow_mut().handle_timeout(now);
+                flush(&w, now);
+            }
+        }
+        let now = Instant::now();
+        if now >= report_at {
+            let c = w.core.borrow();
+            metrics.report(&mut prev, c.stats(), c.gauges(now));
+            report_at = now + Duration::from_millis(500);
+        }
+    }
+    let c = w.core.borrow();
+    metrics.report(&mut prev, c.stats(), Gauges::default());
+    Ok(())
+}
+
+/// Drains the core's transmits and commands.
+fn flush(w: &Rc<Worker>, now: Instant) {
+    loop {
+        let (t, c) = {
+            let mut core = w.core.borrow_mut();
+            (core.poll_transmit(), core.poll_command())
+        };
+        if t.is_none() && c.is_none() {
+            return;
+        }
+        if let Some(Transmit::ToClient { client, data }) = t {
+            send_to_client(w, client, data);
+        }
+        match c {
+            Some(Command::OpenRelaySocket { relay, bind }) => {
+                let ok = match relay_socket(bind).and_then(UdpSocket::from_std) {
+                    Ok(sock) => {
+                        let sock = Rc::new(sock);
+                        let task =
+                            tokio::task::spawn_local(relay_loop(w.clone(), relay, sock.clone()));
+                        w.relays.borrow_mut().insert(relay, (sock, task));
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(%bind, error = %e, "relay port busy, trying another");
+                        false
+                    }
+                };
+                w.core.borrow_mut().relay_opened(now, relay, ok);
+            }
+            Some(Command::CloseRelaySocket { relay }) => {
+                if let Some((_, task)) = w.relays.borrow_mut().remove(&relay) {
+                    task.abort();
+                }
+            }
+            Some(Command::CloseConnection { client }) => {
+                w.streams.borrow_mut().remove(&client);
+            }
+            None => {}
+        }
+    }
+}
+
+fn send_to_client(w: &Worker, client: FiveTuple, data: Vec<u8>) {
+    match client.proto {
+        Proto::Udp => {
+            if let Some(s) = w.udp.get(&client.local) {
+                let _ = s.try_send_to(&data, client.remote);
+            }
+        }
+        Proto::Tcp | Proto::Tls => {
+            if let Some(tx) = w.streams.borrow().get(&client) {
+                let _ = tx.try_send(data);
+            }
+        }
+    }
+}
+
+fn relay_to_peer(w: &Worker, relay: RelayToken, peer: SocketAddr, bytes: &[u8]) {
+    if let Some((s, _)) = w.relays.borrow().get(&relay) {
+        // Non-blocking: a full socket buffer drops the datagram, as a router would.
+        let _ = s.try_send_to(bytes, peer);
+    }
+}
+
+async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
+    let Ok(local) = sock.local_addr() else { return };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, remote) = tokio::select! {
+            _ = w.shutdown.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors surface as ECONNREFUSED etc. on Linux: not fatal.
+                    tracing::debug!(error = %e, "udp recv");
+                    continue;
+                }
+            },
+        };
+        let now = Instant::now();
+        let from = FiveTuple {
+            proto: Proto::Udp,
+            local,
+            remote,
+        };
+        let Some(data) = buf.get(..n) else { continue };
+        let (relay, pending) = {
+            let mut core = w.core.borrow_mut();
+            let r = core.handle_input(now, unix_now(), from, data);
+            (r, core.has_pending())
+        };
+        if let Some(Relay::ToPeer {
+            relay,
+            peer,
+            payload,
+        }) = relay
+            && let Some(bytes) = data.get(payload)
+        {
+            relay_to_peer(&w, relay, peer, bytes);
+        }
+        if pending {
+            flush(&w, now);
+        }
+    }
+}
+
+async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        // Drain everything that is queued, reading into the worker's shared buffer.
+        loop {
+            let mut buf = w.relay_buf.borrow_mut();
+            let (n, peer) = match buf.get_mut(4..).map(|b| sock.try_recv_from(b)) {
+                Some(Ok(x)) => x,
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Some(Err(_)) | None => break,
+            };
+            let now = Instant::now();
+            let (r, pending) = {
+                let mut core = w.core.borrow_mut();
+                let r = buf
+                    .get(4..4 + n)
+                    .and_then(|p| core.handle_peer_data(now, token, peer, p));
+                (r, core.has_pending())
+            };
+            if let Some(Relay::ToClient {
+                client,
+                header,
+                padding,
+            }) = r
+                && let Some(h) = buf.get_mut(..4)
+            {
+                h.copy_from_slice(&header);
+                match client.proto {
+                    Proto::Udp => {
+                        if let (Some(s), Some(frame)) = (w.udp.get(&client.local), buf.get(..4 + n))
+                        {
+                            let _ = s.try_send_to(frame, client.remote);
+                        }
+                    }
+                    _ => {
+                        let mut frame = Vec::with_capacity(4 + n + padding);
+                        frame.extend_from_slice(buf.get(..4 + n).unwrap_or_default());
+                        frame.resize(4 + n + padding, 0);
+                        drop(buf);
+                        send_to_client(&w, client, frame);
+                    }
+                }
+            }
+            if pending {
+                flush(&w, now);
+            }
+        }
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls) {
+    let Ok(local) = l.local_addr() else { return };
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = w.shutdown.cancelled() => return,
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let five = FiveTuple {
+            proto,
+            local,
+            remote,
+        };
+        let w = w.clone();
+        match proto {
+            Proto::Tls => {
+                let acceptor = tls.read().ok().and_then(|g| g.clone());
+                let Some(acceptor) = acceptor else { continue };
+                tokio::task::spawn_local(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => serve_stream(w, s, five).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+            _ => {
+                tokio::task::spawn_local(serve_stream(w, stream, five));
+            }
+        }
+    }
+}
+
+/// Length of the next frame in `buf` (RFC 8656 §12.5 / RFC 6544 framing by first bits).
+/// `Err(())` when the stream is not TURN (garbage): the connection is closed.
+fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let (Some(&b0), Some(&l0), Some(&l1)) = (buf.first(), buf.get(2), buf.get(3)) else {
+        return if buf
+            .first()
+            .is_some_and(|b| b & 0xC0 == 0x80 || b & 0xC0 == 0xC0)
+        {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    let len = usize::from(u16::from_be_bytes([l0, l1]));
+    match b0 & 0xC0 {
+        0x00 => Ok(Some(20 + len)),
+        0x40 => Ok(Some(4 + len.div_ceil(4) * 4)),
+        _ => Err(()),
+    }
+}
+
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    w: Rc<Worker>,
+    stream: S,
+    five: FiveTuple,
+) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    w.streams.borrow_mut().insert(five, tx);
+    let writer = tokio::task::spawn_local(async move {
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            // Coalesce whatever else is queued into one write.
+            while batch.len() < 64 * 1024 {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    'conn: loop {
+        let n = tokio::select! {
+            _ = w.shutdown.cancelled() => break,
+            r = tokio::time::timeout(Duration::from_secs(3600), rd.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => n,
+            },
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        let mut off = 0;
+        loop {
+            let rest = buf.get(off..).unwrap_or_default();
+            let len = match frame_len(rest) {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(()) => {
+                    tracing::debug!(client = ?five.remote, "garbage on stream, closing");
+                    break 'conn;
+                }
+            };
+            if len > w.max_frame {
+                tracing::debug!(client = ?five.remote, len, "oversized frame, closing");
+                break 'conn;
+            }
+            let Some(frame) = rest.get(..len) else { break };
+            let now = Instant::now();
+            let (relay, pending) = {
+                let mut core = w.core.borrow_mut();
+                let r = core.handle_input(now, unix_now(), five, frame);
+                (r, core.has_pending())
+            };
+            if let Some(Relay::ToPeer {
+                relay,
+                peer,
+                payload,
+            }) = relay
+                && let Some(bytes) = frame.get(payload)
+            {
+                relay_to_peer(&w, relay, peer, bytes);
+            }
+            if pending {
+                flush(&w, now);
+            }
+            off += len;
+        }
+        buf.drain(..off);
+    }
+    w.streams.borrow_mut().remove(&five);
+    w.core.borrow_mut().connection_closed(five);
+    flush(&w, Instant::now());
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing() {
+        assert_eq!(frame_len(&[]), Ok(None));
+        assert_eq!(frame_len(&[0x00, 0x01]), Ok(None));
+        assert_eq!(frame_len(&[0x00, 0x01, 0x00, 0x08]), Ok(Some(28)));
+        assert_eq!(frame_len(&[0x40, 0x00, 0x00, 0x05]), Ok(Some(12)));
+        assert_eq!(frame_len(&[0x80, 0x00, 0x00, 0x05]), Err(()));
+        assert_eq!(frame_len(&[0xC0]), Err(()));
+        // "GET " parses as a huge ChannelData frame: the max-frame check closes it.
+        assert_eq!(frame_len(b"GET / HTTP/1.1"), Ok(Some(4 + 0x5420)));
+    }
+}

@@ -441,10 +441,15 @@ impl<'b> Builder<'b> {
     }
 }
 
+/// Valid channel numbers, decided here once. RFC 8656 §12 narrowed the range to
+/// 0x4000-0x4FFF, but RFC 5766 clients (coturn's `turnutils_uclient` among them) still pick
+/// numbers up to 0x7FFF, so we accept the RFC 5766 range (as coturn does).
+pub(crate) const CHANNEL_NUMBERS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
+
 /// ChannelData (RFC 8656 §12.4): returns `(channel, payload)`; `buf` may carry padding.
 pub(crate) fn parse_channel_data(buf: &[u8]) -> Option<(u16, &[u8])> {
     let ch = be16(buf, 0)?;
-    if !(0x4000..=0x4FFF).contains(&ch) {
+    if !CHANNEL_NUMBERS.contains(&ch) {
         return None;
     }
     let len = be16(buf, 2)? as usize;
@@ -547,6 +552,10 @@ mod tests {
             Some((0x4001, &b"abc"[..]))
         );
         assert_eq!(parse_channel_data(&hex!("40010009616263")), None);
-        assert_eq!(parse_channel_data(&hex!("5001000161")), None);
+        assert_eq!(
+            parse_channel_data(&hex!("7001000161")),
+            Some((0x7001, &b"a"[..]))
+        );
+        assert_eq!(parse_channel_data(&hex!("8001000161")), None);
     }
 }
