@@ -15,4 +15,4 @@ pub mod store;
 pub mod turn;
 
 pub use config::{CliConfig, Config, ConfigError, FileConfig};
-pub use server::{Listeners, ServeError, serve};
+pub use server::{Listeners, ServeError, serve, serve_with_reload};

@@ -103,8 +103,10 @@ impl Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -140,6 +142,19 @@ fn main() -> std::process::ExitCode {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&cfg).await.context("binding listeners")?;
     let shutdown = CancellationToken::new();
+    let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let reload = reload.clone();
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                reload.notify_one();
+            }
+        });
+    }
     let s = shutdown.clone();
     tokio::spawn(async move {
         wait_signal().await;
@@ -154,7 +169,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         }
     });
-    gateway::serve(cfg, listeners, shutdown).await?;
+    gateway::serve_with_reload(cfg, listeners, shutdown, reload).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
 }

@@ -245,11 +245,22 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
 }
 
 /// Runs the gateway on already-bound listeners until `shutdown` is cancelled; then
-/// persists the tokens and returns.
+/// closes the WebSockets, persists the tokens and returns.
 pub async fn serve(
     cfg: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    serve_with_reload(cfg, listeners, shutdown, Arc::new(Notify::new())).await
+}
+
+/// Like [`serve`]; each notification on `reload` re-reads the TLS certificate and key
+/// (new connections use them; a bad file keeps the old ones and logs an error).
+pub async fn serve_with_reload(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
         ServeError::StateDir(format!(
@@ -266,10 +277,10 @@ pub async fn serve(
             tokens_path.display()
         ))
     })?;
-    let tls = match &cfg.tls {
+    let tls: SharedTls = Arc::new(std::sync::RwLock::new(match &cfg.tls {
         Some((c, k)) => Some(load_tls(c, k)?),
         None => None,
-    };
+    }));
     let metrics = Metrics::new();
     let core_cfg = CoreConfig {
         session_timeout: cfg.session_timeout,
@@ -328,7 +339,7 @@ pub async fn serve(
         ("http", &listeners.http),
         ("admin", &listeners.admin),
     ] {
-        tracing::info!(listener = name, addr = %l.local_addr()?, tls = tls.is_some(), "listening");
+        tracing::info!(listener = name, addr = %l.local_addr()?, tls = cfg.tls.is_some(), "listening");
     }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(
@@ -346,10 +357,29 @@ pub async fn serve(
     tasks.spawn(accept_loop(
         listeners.admin,
         admin_router,
-        tls,
+        tls.clone(),
         shutdown.clone(),
     ));
     tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
+    if let Some((cert, key)) = cfg.tls.clone() {
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = reload.notified() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                match load_tls(&cert, &key) {
+                    Ok(a) => {
+                        *tls.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
+                        tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+                }
+            }
+        });
+    }
     shutdown.cancelled().await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -358,6 +388,11 @@ pub async fn serve(
         for (_, c) in inner.conns.drain() {
             c.kill.cancel();
         }
+    }
+    // give the WebSocket writers a moment to send their close frames
+    let t = Instant::now();
+    while app.metrics.websocket_connections.get() > 0 && t.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     persist_tokens(&app).await;
     tracing::info!("gateway stopped");
@@ -386,10 +421,12 @@ async fn timer_loop(app: App, shutdown: CancellationToken) {
     }
 }
 
+type SharedTls = Arc<std::sync::RwLock<Option<TlsAcceptor>>>;
+
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
-    tls: Option<TlsAcceptor>,
+    tls: SharedTls,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -407,7 +444,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let tls = tls.clone();
+        let tls = tls.read().unwrap_or_else(|p| p.into_inner()).clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             match tls {

@@ -2,36 +2,36 @@
 //! `username = "<expiry unix secs>:<user>"`, `password = base64(HMAC-SHA1(secret, username))`.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha1::Sha1;
+use shared_ice::auth::{RestSecret, mint_with_ttl};
+use shared_ice::ice::{IceServer, TurnRestResponse};
 
-type HmacSha1 = Hmac<Sha1>;
-
-fn hmac_sha1(key: &[u8], msg: &[u8]) -> [u8; 20] {
-    let mut mac = HmacSha1::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(msg);
-    mac.finalize().into_bytes().into()
-}
-
-/// Mints `(username, password)` valid until `now_unix + ttl_secs`.
+/// Mints `(username, password)` valid until `now_unix + ttl_secs` (shared-ice's minting,
+/// the same code the turn-server verifies with).
 pub fn mint(secret: &str, user: &str, ttl_secs: u64, now_unix: u64) -> (String, String) {
-    let username = format!("{}:{}", now_unix.saturating_add(ttl_secs), user);
-    let password = STANDARD.encode(hmac_sha1(secret.as_bytes(), username.as_bytes()));
-    (username, password)
+    let c = mint_with_ttl(
+        &RestSecret::new(secret.as_bytes()),
+        user,
+        now_unix,
+        ttl_secs,
+    );
+    (c.username.clone(), c.password.clone())
 }
 
 /// A stable, non-reversible user id for a Janus token (never the token itself).
 pub fn user_for_token(secret: &str, token: &str) -> String {
-    let mac = hmac_sha1(
-        secret.as_bytes(),
-        format!("callrelay-user:{token}").as_bytes(),
-    );
+    let mut mac =
+        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("callrelay-user:{token}").as_bytes());
+    let mac = mac.finalize().into_bytes();
     URL_SAFE_NO_PAD.encode(&mac[..9])
 }
 
-/// The `/turn-credentials` reply body (CONTRACTS.md).
+/// The `/turn-credentials` reply body (CONTRACTS.md): the TURN REST API fields plus
+/// `iceServers` in the form `RTCPeerConnection` takes.
 pub fn credentials_json(
     secret: &str,
     user: &str,
@@ -40,21 +40,23 @@ pub fn credentials_json(
     stun_uri: Option<&str>,
     turn_uris: &[String],
 ) -> Value {
-    let (username, password) = mint(secret, user, ttl_secs, now_unix);
+    let creds = mint_with_ttl(
+        &RestSecret::new(secret.as_bytes()),
+        user,
+        now_unix,
+        ttl_secs,
+    );
     let mut ice = Vec::new();
     if let Some(s) = stun_uri {
-        ice.push(json!({"urls": [s]}));
+        ice.push(IceServer::stun([s.to_string()]));
     }
     if !turn_uris.is_empty() {
-        ice.push(json!({"urls": turn_uris, "username": username, "credential": password}));
+        ice.push(IceServer::turn(turn_uris.iter().cloned(), &creds));
     }
-    json!({
-        "username": username,
-        "password": password,
-        "ttl": ttl_secs,
-        "uris": turn_uris,
-        "iceServers": ice,
-    })
+    let rest = TurnRestResponse::new(&creds, ttl_secs, turn_uris.to_vec());
+    let mut v = serde_json::to_value(&rest).unwrap_or_else(|_| json!({}));
+    v["iceServers"] = serde_json::to_value(&ice).unwrap_or_else(|_| json!([]));
+    v
 }
 
 #[cfg(test)]

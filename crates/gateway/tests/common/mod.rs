@@ -36,6 +36,7 @@ pub struct Gw {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub state_dir: PathBuf,
+    pub reload: std::sync::Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -79,12 +80,15 @@ impl Gw {
         );
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
+        let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+        let r = reload.clone();
         let task = tokio::spawn(async move {
-            gateway::serve(cfg, Listeners { ws, http, admin }, s)
+            gateway::serve_with_reload(cfg, Listeners { ws, http, admin }, s, r)
                 .await
                 .unwrap();
         });
         Self {
+            reload,
             ws: wa,
             http: ha,
             admin: aa,

@@ -1,0 +1,179 @@
+//! TLS on every listener (wss, https) with rustls, and certificate reload.
+
+mod common;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn connector() -> TlsConnector {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for f in ["cert1.pem", "cert2.pem"] {
+        roots
+            .add(CertificateDer::from_pem_file(fixture(f)).unwrap())
+            .unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+async fn tls(addr: std::net::SocketAddr) -> TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector().connect(name, tcp).await.unwrap()
+}
+
+fn presented_cn(s: &TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+async fn https_post(addr: std::net::SocketAddr, path: &str, body: &Value) -> (Vec<u8>, Value) {
+    let mut s = tls(addr).await;
+    let cert = presented_cn(&s);
+    let b = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+        b.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let json_start = body.find('{').unwrap();
+    let json_end = body.rfind('}').unwrap();
+    (
+        cert,
+        serde_json::from_str(&body[json_start..=json_end]).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn every_listener_speaks_tls_and_sighup_style_reload_swaps_the_certificate() {
+    let dir = temp_dir();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(fixture("cert1.pem"), &cert).unwrap();
+    std::fs::copy(fixture("key1.pem"), &key).unwrap();
+    let mut cfg = base_config(&dir);
+    cfg.cert = Some(cert.clone());
+    cfg.key = Some(key.clone());
+    let gw = Gw::start(cfg).await;
+    let der1 = {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        CertificateDer::from_pem_file(fixture("cert1.pem"))
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+
+    // https admin + Mattermost add_token
+    let (c, r) = https_post(gw.admin, "/admin", &json!({"janus": "add_token", "token": "tlstoken", "transaction": "t", "admin_secret": ADMIN_SECRET})).await;
+    assert_eq!(c, der1);
+    assert_eq!(r["janus"], "success", "{r}");
+    // https Janus REST
+    let (_, r) = https_post(
+        gw.http,
+        "/janus",
+        &json!({"janus": "create", "token": "tlstoken", "transaction": "c"}),
+    )
+    .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    // wss with janus-protocol
+    let stream = tls(gw.ws).await;
+    let mut req = format!("wss://127.0.0.1:{}/", gw.ws.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "janus-protocol"
+    );
+    ws.send(Message::Text(
+        json!({"janus": "create", "token": "tlstoken", "transaction": "w"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let reply = loop {
+        if let Some(Ok(Message::Text(t))) = ws.next().await {
+            break serde_json::from_str::<Value>(&t).unwrap();
+        }
+    };
+    assert_eq!(reply["janus"], "success");
+    // plain HTTP on a TLS port is refused (no JSON leaks in clear text)
+    let (st, _, _) = {
+        let f = http(gw.admin, "GET", "/metrics", None, &[]);
+        tokio::time::timeout(std::time::Duration::from_secs(15), f)
+            .await
+            .unwrap()
+    };
+    assert_ne!(st, 200);
+
+    // swap the files and reload: new connections get the new certificate, the open
+    // WebSocket keeps working
+    std::fs::copy(fixture("cert2.pem"), &cert).unwrap();
+    std::fs::copy(fixture("key2.pem"), &key).unwrap();
+    gw.reload.notify_one();
+    let der2 = {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        CertificateDer::from_pem_file(fixture("cert2.pem"))
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    let mut swapped = false;
+    for _ in 0..50 {
+        let (c, _) = https_post(
+            gw.admin,
+            "/admin",
+            &json!({"janus": "ping", "transaction": "p"}),
+        )
+        .await;
+        if c == der2 {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(swapped, "certificate was not reloaded");
+    ws.send(Message::Text(
+        json!({"janus": "ping", "transaction": "p2"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let reply = loop {
+        if let Some(Ok(Message::Text(t))) = ws.next().await {
+            break serde_json::from_str::<Value>(&t).unwrap();
+        }
+    };
+    assert_eq!(reply["janus"], "pong");
+    gw.stop().await;
+}
