@@ -74,6 +74,24 @@ struct Cli {
     /// How long an offer/answer waits for trickled candidates, ms [default: 1000].
     #[arg(long, value_name = "MS")]
     candidate_wait_ms: Option<u64>,
+    /// Seconds a closed WebSocket's sessions wait for a claim, 0 = none [default: 0].
+    #[arg(long, value_name = "SECS")]
+    reclaim_session_timeout: Option<u64>,
+    /// Drop tokens unused for this many seconds, 0 = never [default: 604800].
+    #[arg(long, value_name = "SECS")]
+    token_max_idle: Option<u64>,
+    /// HTTP long-poll wait before a keepalive answer, seconds [default: 30].
+    #[arg(long, value_name = "SECS")]
+    longpoll_timeout: Option<u64>,
+    /// Largest WebSocket message / HTTP body in bytes [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Outgoing messages queued per WebSocket before a slow client is dropped [default: 1024].
+    #[arg(long, value_name = "N")]
+    ws_queue: Option<usize>,
+    /// Access-Control-Allow-Origin of the HTTP transport [default: *].
+    #[arg(long, value_name = "ORIGIN")]
+    cors_allow_origin: Option<String>,
 }
 
 impl Cli {
@@ -96,7 +114,12 @@ impl Cli {
                 state_dir: self.state_dir,
                 session_timeout: self.session_timeout,
                 candidate_wait_ms: self.candidate_wait_ms,
-                ..FileConfig::default()
+                reclaim_session_timeout: self.reclaim_session_timeout,
+                token_max_idle: self.token_max_idle,
+                longpoll_timeout: self.longpoll_timeout,
+                max_message_bytes: self.max_message_bytes,
+                ws_queue: self.ws_queue,
+                cors_allow_origin: self.cors_allow_origin,
             },
         }
     }
