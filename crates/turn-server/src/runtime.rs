@@ -624,13 +624,16 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
     w.streams.borrow_mut().insert(five, tx);
+    // Plain TCP: coalesce queued frames into one write (one syscall). TLS: one record per
+    // frame, because some clients (coturn's uclient) handle only one TURN frame per
+    // SSL_read; the records still leave in as few TCP segments as the kernel likes.
+    let coalesce = five.proto == Proto::Tcp;
     let writer = tokio::task::spawn_local(async move {
         let mut batch = Vec::new();
         while let Some(first) = rx.recv().await {
             batch.clear();
             batch.extend_from_slice(&first);
-            // Coalesce whatever else is queued into one write.
-            while batch.len() < 64 * 1024 {
+            while coalesce && batch.len() < 64 * 1024 {
                 match rx.try_recv() {
                     Ok(more) => batch.extend_from_slice(&more),
                     Err(_) => break,
