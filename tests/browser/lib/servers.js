@@ -93,6 +93,9 @@ async function startTurnServer({ secret, realm = 'callrelay-test' }) {
     proc = new Proc('turn-server', binary('turn-server'), [
       '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--allow-peer', '127.0.0.1/32',
       '--auth-secret', secret, '--realm', realm, '--metrics-listen', `127.0.0.1:${metrics}`,
+      // SIGTERM waits for active allocations (default 30 s); allocations of browsers that
+      // just closed may still be listed, and the tests should not wait that long.
+      '--drain-timeout', '2',
     ]);
   }
   try {

@@ -31,6 +31,10 @@ function startStaticServer() {
   }
   const server = http.createServer((req, res) => {
     const route = ROUTES[new URL(req.url, 'http://x').pathname];
+    if (req.url === '/favicon.ico') {
+      res.writeHead(204).end();
+      return;
+    }
     if (!route) {
       res.writeHead(404).end('not found');
       return;

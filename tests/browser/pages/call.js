@@ -210,7 +210,7 @@
         } catch (e) {
           /* keep null */
         }
-        return { status: res.status, json, text: text.slice(0, 500), acao: res.headers.get('access-control-allow-origin') };
+        return { status: res.status, json, text: text.slice(0, 500) };
       },
 
       /** new Janus + attach videocall + register; resolves once `registered` arrives. */
@@ -260,10 +260,10 @@
                       v.srcObject = stream;
                     },
                     onlocaltrack(track, on) {
-                      event('local-track', { kind: track.kind, on });
+                      event('local-track', { trackKind: track.kind, on });
                     },
                     onremotetrack(track, mid, on) {
-                      event('remote-track', { kind: track.kind, mid, on });
+                      event('remote-track', { trackKind: track.kind, mid, on });
                     },
                     oncleanup() {
                       event('cleanup');
