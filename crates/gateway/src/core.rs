@@ -1350,6 +1350,15 @@ impl Core {
         } else {
             sdp::merge_candidates(&p.sdp, &h.cands, h.completed)
         };
+        tracing::info!(
+            handle = hid,
+            peer,
+            kind = ?p.kind,
+            candidates = h.cands.len(),
+            completed = h.completed,
+            waited_ms = u64::try_from(now.saturating_duration_since(p.since).as_millis()).unwrap_or(u64::MAX),
+            "forwarding SDP with merged candidates"
+        );
         h.cands.clear();
         h.forwarded = true;
         let username = h.username.clone();
