@@ -20,19 +20,27 @@ fn allocate_request(secrets: &RestSecrets) -> (Vec<u8>, [u8; 16]) {
     let creds = mint_with_ttl(secrets.current().unwrap(), "mattermost", NOW, 86_400);
     let key = long_term_key(&creds.username, REALM, &creds.password);
     let mut buf = Vec::new();
-    MessageBuilder::new(&mut buf, Class::Request, Method::ALLOCATE, TransactionId([0x5A; 12]))
-        .requested_transport(PROTOCOL_UDP)
-        .username(&creds.username)
-        .realm(REALM)
-        .nonce("c2b5d1e0a9f84b7c8d2e3f4a5b6c7d8e")
-        .software("Chrome WebRTC")
-        .finish_with_integrity_and_fingerprint(&key)
-        .unwrap();
+    MessageBuilder::new(
+        &mut buf,
+        Class::Request,
+        Method::ALLOCATE,
+        TransactionId([0x5A; 12]),
+    )
+    .requested_transport(PROTOCOL_UDP)
+    .username(&creds.username)
+    .realm(REALM)
+    .nonce("c2b5d1e0a9f84b7c8d2e3f4a5b6c7d8e")
+    .software("Chrome WebRTC")
+    .finish_with_integrity_and_fingerprint(&key)
+    .unwrap();
     (buf, key)
 }
 
 fn benches(c: &mut Criterion) {
-    let secrets = RestSecrets::new([RestSecret::new("current secret"), RestSecret::new("previous secret")]);
+    let secrets = RestSecrets::new([
+        RestSecret::new("current secret"),
+        RestSecret::new("previous secret"),
+    ]);
     let (req, key) = allocate_request(&secrets);
 
     c.bench_function("stun/parse_only_allocate", |b| {
@@ -44,7 +52,11 @@ fn benches(c: &mut Criterion) {
             let m = Message::parse(black_box(&req)).unwrap();
             assert!(m.check_fingerprint());
             assert_eq!(m.unknown_comprehension_required().count(), 0);
-            let _ = black_box((m.username().unwrap(), m.realm().unwrap(), m.nonce().unwrap()));
+            let _ = black_box((
+                m.username().unwrap(),
+                m.realm().unwrap(),
+                m.nonce().unwrap(),
+            ));
             assert_eq!(m.requested_transport().unwrap(), Some(PROTOCOL_UDP));
             assert!(m.verify_integrity(black_box(&key)));
         })
@@ -55,7 +67,10 @@ fn benches(c: &mut Criterion) {
     c.bench_function("auth/rest_authenticate_allocate", |b| {
         b.iter(|| {
             let m = Message::parse(black_box(&req)).unwrap();
-            secrets.authenticate(&m, REALM, NOW, 60).unwrap().secret_index
+            secrets
+                .authenticate(&m, REALM, NOW, 60)
+                .unwrap()
+                .secret_index
         })
     });
 

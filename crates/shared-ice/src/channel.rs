@@ -6,10 +6,15 @@
 //!
 //! ## Channel number range (decided here, once)
 //! RFC 5766 allowed channels 0x4000..=0x7FFF; RFC 8656 §12 narrowed that to
-//! 0x4000..=0x4FFF and reserves 0x5000..=0x7FFF. [`ChannelNumber`] accepts only the
-//! RFC 8656 range, so a ChannelBind outside it gets 400 and ChannelData on a reserved
-//! number is dropped. The stream [framer](crate::framing) still treats every first
-//! byte 0x40..=0x7F as ChannelData, so a TCP stream stays in sync across such a frame.
+//! 0x4000..=0x4FFF and reserved 0x5000..=0x7FFF (so that TURN channels do not collide
+//! with DTLS-SRTP/QUIC demultiplexing, RFC 7983). Clients in the field still use the
+//! old range: coturn's `turnutils_uclient` picks random channels up to 0x7FFF (seen in
+//! `tests/coturn_client.rs`) and libwebrtc's `kMaxChannelNumber` is 0x7FFF. A TURN
+//! server port carries no DTLS-SRTP or QUIC, so the collision RFC 8656 avoids cannot
+//! happen there, and rejecting those clients would break calls. [`ChannelNumber`]
+//! therefore accepts the RFC 5766 range 0x4000..=0x7FFF (as coturn does); a client
+//! that follows RFC 8656 only ever uses a subset of it. The stream
+//! [framer](crate::framing) treats every first byte 0x40..=0x7F as ChannelData.
 #![deny(clippy::indexing_slicing)]
 
 use core::fmt;
@@ -20,17 +25,18 @@ use crate::reader::Reader;
 /// Size of the ChannelData header.
 pub const HEADER_LEN: usize = 4;
 
-/// A TURN channel number, validated to the RFC 8656 range 0x4000..=0x4FFF.
+/// A TURN channel number, validated to 0x4000..=0x7FFF (see the module docs for why not
+/// RFC 8656's 0x4FFF).
 #[derive(Clone, Copy, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
-    /// Lowest valid channel number (RFC 8656 §12).
+    /// Lowest valid channel number (RFC 8656 §12, RFC 5766 §11).
     pub const MIN: u16 = 0x4000;
-    /// Highest valid channel number (RFC 8656 §12; RFC 5766 allowed up to 0x7FFF).
-    pub const MAX: u16 = 0x4FFF;
+    /// Highest accepted channel number (RFC 5766 §11; RFC 8656 §12 would stop at 0x4FFF).
+    pub const MAX: u16 = 0x7FFF;
 
-    /// A channel number, or `None` outside 0x4000..=0x4FFF.
+    /// A channel number, or `None` outside 0x4000..=0x7FFF.
     #[must_use]
     pub const fn new(n: u16) -> Option<Self> {
         if n >= Self::MIN && n <= Self::MAX {
@@ -186,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn channel_number_range_is_rfc8656() {
+    fn channel_number_range_is_rfc5766() {
         assert!(ChannelNumber::new(0x3FFF).is_none());
         assert_eq!(
             ChannelNumber::new(0x4000).map(ChannelNumber::get),
@@ -196,11 +202,19 @@ mod tests {
             ChannelNumber::new(0x4FFF).map(ChannelNumber::get),
             Some(0x4FFF)
         );
-        assert!(ChannelNumber::new(0x5000).is_none());
-        assert!(ChannelNumber::new(0x7FFF).is_none());
+        // coturn's uclient used 0x77CA in tests/coturn_client.rs.
         assert_eq!(
-            ChannelNumber::try_from(0x7FFF),
-            Err(DecodeError::BadChannelNumber { channel: 0x7FFF })
+            ChannelNumber::new(0x77CA).map(ChannelNumber::get),
+            Some(0x77CA)
+        );
+        assert_eq!(
+            ChannelNumber::new(0x7FFF).map(ChannelNumber::get),
+            Some(0x7FFF)
+        );
+        assert!(ChannelNumber::new(0x8000).is_none());
+        assert_eq!(
+            ChannelNumber::try_from(0x8000),
+            Err(DecodeError::BadChannelNumber { channel: 0x8000 })
         );
         assert_eq!(format!("{:?}", ch(0x4001)), "ChannelNumber(0x4001)");
     }
@@ -228,8 +242,8 @@ mod tests {
             Err(DecodeError::Truncated { needed: 9, got: 6 })
         );
         assert_eq!(
-            ChannelData::parse(&[0x50, 0x00, 0x00, 0x00]),
-            Err(DecodeError::BadChannelNumber { channel: 0x5000 })
+            ChannelData::parse(&[0x80, 0x00, 0x00, 0x00]),
+            Err(DecodeError::BadChannelNumber { channel: 0x8000 })
         );
         assert_eq!(
             ChannelData::parse(&[0x00, 0x01, 0x00, 0x00]),

@@ -81,7 +81,7 @@ pub enum DecodeError {
         /// The number (0..=255 on the wire, must be < 100).
         number: u8,
     },
-    /// A channel number outside 0x4000..=0x4FFF (RFC 8656 §12).
+    /// A channel number outside 0x4000..=0x7FFF (see [`ChannelNumber`](crate::channel::ChannelNumber)).
     BadChannelNumber {
         /// The channel number found.
         channel: u16,
@@ -175,7 +175,7 @@ impl fmt::Display for DecodeError {
                 AttrName(ty)
             ),
             Self::BadChannelNumber { channel } => {
-                write!(f, "channel number {channel:#06x} outside 0x4000..=0x4FFF")
+                write!(f, "channel number {channel:#06x} outside 0x4000..=0x7FFF")
             }
         }
     }

@@ -210,7 +210,7 @@ mod tests {
             Ok(None),
             "padding is part of the frame"
         );
-        // A reserved channel number still frames (then ChannelData::parse rejects it).
+        // The highest channel number (RFC 5766 range) frames too.
         let reserved = [0x7F, 0xFF, 0x00, 0x01, 9, 0, 0, 0];
         assert_eq!(
             f.next_frame(&reserved),

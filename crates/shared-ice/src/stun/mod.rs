@@ -599,7 +599,7 @@ impl<'a> Message<'a> {
         self.attribute(attr::USE_CANDIDATE).is_some()
     }
 
-    /// CHANNEL-NUMBER (RFC 8656 §18.1), validated to 0x4000..=0x4FFF.
+    /// CHANNEL-NUMBER (RFC 8656 §18.1), validated to 0x4000..=0x7FFF ([`ChannelNumber`]).
     pub fn channel_number(&self) -> Result<Option<ChannelNumber>, DecodeError> {
         let Some([hi, lo, _, _]) = self.fixed::<4>(attr::CHANNEL_NUMBER)? else {
             return Ok(None);
@@ -1545,11 +1545,11 @@ mod tests {
             })
         );
 
-        let m = raw(0x0009, tid, &[(attr::CHANNEL_NUMBER, &[0x50, 0x00, 0, 0])]);
+        let m = raw(0x0009, tid, &[(attr::CHANNEL_NUMBER, &[0x80, 0x00, 0, 0])]);
         let m = Message::parse(&m).unwrap();
         assert_eq!(
             m.channel_number(),
-            Err(DecodeError::BadChannelNumber { channel: 0x5000 })
+            Err(DecodeError::BadChannelNumber { channel: 0x8000 })
         );
         assert_eq!(m.channel_number().unwrap_err().error_code(), Some(400));
 
