@@ -69,13 +69,18 @@ function pickTransport(iceServers, transport) {
  * `media` false only for the developer check against real Janus (signaling only).
  * Returns timings and observations; throws with page consoles appended on failure.
  */
-async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', transport = 'udp', media = true }) {
+async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', transport = 'udp', media = true, api = 'ws' }) {
   const timings = {};
   const t0 = Date.now();
   const mark = (k) => {
     timings[k] = Date.now() - t0;
   };
   const { gw } = stack;
+  // Mattermost only ever gives janus.js the WebSocket URL; `api: 'http'` runs the same
+  // call over the Janus HTTP REST + long-poll transport (credentials then come from
+  // the HTTP listener's /turn-credentials).
+  const server = api === 'http' ? `${gw.httpBase}/janus` : gw.wsUrl;
+  const credBase = api === 'http' ? gw.httpBase : gw.wsHttpBase;
   const token = newGatewayToken();
   assert.equal(token.length, 36);
   assert.equal((token.match(/=/g) || []).length, 1);
@@ -100,7 +105,7 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
     const ice = {};
     for (const p of parties) {
       if (creds === 'gateway') {
-        const j = await gatewayCredentials(p, gw.wsHttpBase, token, stack.turnSecret);
+        const j = await gatewayCredentials(p, credBase, token, stack.turnSecret);
         ice[p.label] = pickTransport(j.iceServers, transport);
       } else if (creds === 'mattermost') {
         // Mattermost's webapp: {urls:[turn_uri], username, credential} from the server,
@@ -116,7 +121,7 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
 
     // Callee registers first, then the caller; the caller calls 750 ms after `registered`.
     const start = (p, role, userId, peerId) =>
-      withTimeout(p.page.evaluate((o) => window.party.start(o), { server: gw.wsUrl, token, iceServers: ice[p.label], userId, peerId, role }), 15000, `${p.label} registered`);
+      withTimeout(p.page.evaluate((o) => window.party.start(o), { server, token, iceServers: ice[p.label], userId, peerId, role }), 15000, `${p.label} registered`);
     const regCallee = await start(callee, 'callee', calleeId, callerId);
     assert.equal(regCallee.username, calleeId, `registered must echo the user id: ${JSON.stringify(regCallee)}`);
     const regCaller = await start(caller, 'caller', callerId, calleeId);
@@ -133,7 +138,7 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
     mark('accepted');
     await waitEvent(callee, 'accepted (own accept confirmed)', (e) => e.kind === 'plugin-event' && e.event === 'accepted');
 
-    const result = { timings, gen, creds, transport };
+    const result = { timings, gen, creds, transport, api };
     if (media) {
       // Old janus.js ignores server trickle: the SDP each side receives must already
       // carry the other side's (relay) candidates.
@@ -183,11 +188,11 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
     for (const p of parties) {
       const rec = await pageRecord(p);
       for (const verb of ['detach', 'destroy']) {
-        const sent = rec.wsOut.find((m) => m.janus === verb);
-        assert.ok(sent, `${p.label}: janus.js sent ${verb}`);
+        const sent = rec[`${api}Out`].find((m) => m.janus === verb);
+        assert.ok(sent, `${p.label}: janus.js sent ${verb} over ${api}`);
         await waitUntil(`${p.label}: success reply to ${verb}`, async () => {
           const r = await pageRecord(p);
-          return r.wsIn.find((m) => m.transaction === sent.transaction && m.janus === 'success');
+          return r[`${api}In`].find((m) => m.transaction === sent.transaction && m.janus === 'success');
         }, { timeoutMs: 5000 });
       }
       const errs = rec.events.filter((e) => e.kind === 'error' || e.kind === 'plugin-error');
@@ -213,7 +218,7 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
       assert.equal(j.error && j.error.code, 403, `create over HTTP with a removed token must fail with 403: ${JSON.stringify(j)}`);
     }
     if (creds === 'gateway') {
-      const r = await caller.page.evaluate(([b, t]) => window.party.turnCredentials(b, t), [gw.wsHttpBase, token]);
+      const r = await caller.page.evaluate(([b, t]) => window.party.turnCredentials(b, t), [credBase, token]);
       assert.equal(r.status, 403, `/turn-credentials with a removed token must answer 403: ${JSON.stringify(r)}`);
     }
     mark('tokenRemoved');
@@ -223,7 +228,7 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
       try {
         const rec = await pageRecord(p);
         e.message += `\n----- ${p.label} events\n${rec.events.map((x) => JSON.stringify(x)).join('\n')}`;
-        e.message += `\n----- ${p.label} websocket in (last 40)\n${rec.wsIn.slice(-40).map((x) => JSON.stringify(x).slice(0, 600)).join('\n')}`;
+        e.message += `\n----- ${p.label} ${api} in (last 40)\n${rec[`${api}In`].slice(-40).map((x) => JSON.stringify(x).slice(0, 600)).join('\n')}`;
       } catch {
         /* page gone */
       }

@@ -15,6 +15,8 @@
     events: [], // {t, kind, ...}: everything janus.js or the plugin reported
     wsIn: [], // every JSON message janus.js received over its WebSocket
     wsOut: [], // every JSON message janus.js sent
+    httpIn: [], // every JSON reply/event janus.js received over HTTP (long-poll arrays flattened)
+    httpOut: [], // every JSON request janus.js POSTed
     pcs: [], // {passedPolicy, forcedPolicy, iceServers} per RTCPeerConnection created
   };
   function event(kind, data) {
@@ -66,6 +68,46 @@
     }
   }
   window.WebSocket = RecordingWebSocket;
+
+  // ---- HTTP recorder (REST + long poll): janus.js 1.1.2 uses fetch, 0.2.3 XMLHttpRequest.
+  function recordHttpOut(url, body) {
+    if (typeof body !== 'string') return;
+    try {
+      rec.httpOut.push(Object.assign({ t: now(), url: String(url) }, JSON.parse(body)));
+    } catch (err) {
+      /* not JSON: not a Janus request */
+    }
+  }
+  function recordHttpIn(url, text) {
+    let j;
+    try {
+      j = JSON.parse(text);
+    } catch (err) {
+      return;
+    }
+    for (const m of Array.isArray(j) ? j : [j]) rec.httpIn.push(Object.assign({ t: now(), url: String(url) }, m));
+  }
+  const nativeFetch = window.fetch.bind(window);
+  window.fetch = async function (input, init) {
+    const url = typeof input === 'string' ? input : input.url;
+    recordHttpOut(url, init && init.body);
+    const res = await nativeFetch(input, init);
+    res.clone().text().then((text) => recordHttpIn(url, text), () => {});
+    return res;
+  };
+  const NativeXHR = window.XMLHttpRequest;
+  class RecordingXHR extends NativeXHR {
+    open(method, url, ...rest) {
+      this.__url = url;
+      this.addEventListener('load', () => recordHttpIn(url, this.responseText));
+      return super.open(method, url, ...rest);
+    }
+    send(body) {
+      recordHttpOut(this.__url, body);
+      return super.send(body);
+    }
+  }
+  window.XMLHttpRequest = RecordingXHR;
 
   // ---- The party ----------------------------------------------------------------------
   let janus = null;
