@@ -1,0 +1,263 @@
+//! Helpers for tests that start the real `turn-server` binary on loopback.
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const SECRET: &str = "test-secret";
+pub const REALM: &str = "test";
+
+/// A loopback port free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// A free range of `n` consecutive UDP ports (checked now; relay ports of one test).
+pub fn free_range(n: u16) -> (u16, u16) {
+    'outer: for _ in 0..200 {
+        let base = 20000 + (rand_u16() % 30000);
+        for p in base..base + n {
+            if UdpSocket::bind(("127.0.0.1", p)).is_err() {
+                continue 'outer;
+            }
+        }
+        return (base, base + n - 1);
+    }
+    panic!("no free range");
+}
+
+fn rand_u16() -> u16 {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (n ^ (std::process::id() << 7)) as u16
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A running `turn-server`; killed with SIGTERM on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub metrics: SocketAddr,
+    pub relay: (u16, u16),
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts with the typical test flags plus `extra`; waits for "turn-server ready".
+    pub fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let mport = free_port();
+        let relay = free_range(40);
+        let listen = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{mport}");
+        let ports = format!("{}-{}", relay.0, relay.1);
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ports",
+            &ports,
+            "--realm",
+            REALM,
+            "--metrics-listen",
+            &metrics,
+            "--drain-timeout",
+            "2",
+        ];
+        let has_auth = extra
+            .iter()
+            .any(|a| *a == "--auth-secret" || *a == "--user" || *a == "--config");
+        if !has_auth {
+            args.extend_from_slice(&["--auth-secret", SECRET]);
+        }
+        args.extend_from_slice(extra);
+        Self::spawn(&args, port, mport, relay)
+    }
+
+    pub fn spawn(args: &[&str], port: u16, mport: u16, relay: (u16, u16)) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_turn-server"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start turn-server");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("turn-server ready") {
+                    let _ = tx.send(());
+                }
+                l2.lock().unwrap().push_str(&line);
+                l2.lock().unwrap().push('\n');
+            }
+        });
+        let s = Self {
+            child,
+            port,
+            metrics: SocketAddr::from(([127, 0, 0, 1], mport)),
+            relay,
+            log,
+        };
+        if rx.recv_timeout(Duration::from_secs(15)).is_err() {
+            panic!(
+                "turn-server did not become ready:\n{}",
+                s.log.lock().unwrap()
+            );
+        }
+        s
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Prometheus text from /metrics.
+    pub fn metrics_text(&self) -> String {
+        let mut s = TcpStream::connect(self.metrics).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// Value of one sample line (`name{labels}`), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics_text(), series)
+    }
+
+    /// Waits (bounded) until `series` satisfies `pred` (metrics are flushed twice a second).
+    pub fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(series);
+            if pred(v) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns the exit status code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("turn-server did not exit on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|r| r.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A UDP echo peer on loopback (bounded lifetime: stops when dropped).
+pub struct EchoPeer {
+    pub addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EchoPeer {
+    pub fn start() -> Self {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = s.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Self { addr, stop }
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "turn-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_u16()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

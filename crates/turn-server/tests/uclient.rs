@@ -1,0 +1,316 @@
+//! coturn's own client (`turnutils_uclient`) against our server and `turnutils_peer`, all on
+//! loopback: UDP, TCP, TLS; channels and Send/Data indications; REST credentials; wrong and
+//! expired credentials fail. CI installs Debian `coturn`.
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{REALM, SECRET, Server, TempDir, free_port, unix_now};
+
+struct Peer(Child, u16);
+
+impl Peer {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnutils_peer (Debian package coturn) must be installed");
+        std::thread::sleep(Duration::from_millis(200));
+        Self(child, port)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs uclient (bounded to 40 s) and returns (success, combined output).
+fn uclient(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new("turnutils_uclient")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("turnutils_uclient (Debian package coturn) must be installed");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
+    (status.is_some_and(|s| s.success()), text)
+}
+
+/// Last "tot_send_msgs=N, tot_recv_msgs=M" of the run.
+fn totals(out: &str) -> (u64, u64) {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && l.contains("tot_recv_msgs="))
+        .unwrap_or("");
+    let num = |key: &str| {
+        line.split(key)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("tot_send_msgs="), num("tot_recv_msgs="))
+}
+
+fn assert_zero_loss(ok: bool, out: &str, expected: u64) {
+    let (sent, recv) = totals(out);
+    assert!(ok, "uclient failed:\n{out}");
+    assert_eq!(sent, expected, "sent\n{out}");
+    assert_eq!(recv, sent, "lost packets\n{out}");
+    assert!(out.contains("Total lost packets 0 (0.000000%)"), "{out}");
+}
+
+fn run(server: &Server, peer: &Peer, extra: &[&str], n: u64, m: u64) -> (bool, String) {
+    let port = server.port.to_string();
+    let peer_port = peer.1.to_string();
+    let n_s = n.to_string();
+    let m_s = m.to_string();
+    let mut args = vec![
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port,
+        "-p",
+        &port,
+        "-n",
+        &n_s,
+        "-m",
+        &m_s,
+        "-z",
+        "5",
+        "-W",
+        SECRET,
+        "-u",
+        "alice",
+    ];
+    args.extend_from_slice(extra);
+    args.push("127.0.0.1");
+    uclient(&args)
+}
+
+#[test]
+fn udp_channels_and_indications_zero_loss() {
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
+    let peer = Peer::start();
+    // Channel mode (default): 2 clients x (RTP + RTCP) x 20 messages.
+    let (ok, out) = run(&server, &peer, &[], 20, 2);
+    assert_zero_loss(ok, &out, 40);
+    // Send/Data indication mode.
+    let (ok, out) = run(&server, &peer, &["-s"], 20, 2);
+    assert_zero_loss(ok, &out, 40);
+    let to_peer = server.wait_metric(
+        "callrelay_turn_relayed_packets_total{direction=\"to_peer\",transport=\"udp\"}",
+        |v| v >= 80.0,
+    );
+    assert!(to_peer >= 80.0, "{to_peer}");
+    assert!(server.metric("callrelay_turn_requests_total{method=\"channel_bind\"}") >= 4.0);
+    let text = server.metrics_text();
+    assert!(
+        common::metric_value(&text, "callrelay_turn_allocations_total{result=\"ok\"}") >= 4.0,
+        "{text}"
+    );
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn tcp_channels_and_indications_zero_loss() {
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
+    let peer = Peer::start();
+    let (ok, out) = run(&server, &peer, &["-t"], 20, 2);
+    assert_zero_loss(ok, &out, 40);
+    let (ok, out) = run(&server, &peer, &["-t", "-s"], 20, 2);
+    assert_zero_loss(ok, &out, 40);
+    let v = server.wait_metric(
+        "callrelay_turn_relayed_packets_total{direction=\"to_client\",transport=\"tcp\"}",
+        |v| v >= 80.0,
+    );
+    assert!(v >= 80.0, "{v}");
+    // uclient closes its TCP connections: their allocations are gone.
+    let active = server.wait_metric(
+        "callrelay_turn_allocations_active{transport=\"tcp\"}",
+        |v| v == 0.0,
+    );
+    assert_eq!(active, 0.0);
+}
+
+/// Self-signed certificate via the openssl CLI (test only; the server itself uses rustls).
+pub fn self_signed(dir: &TempDir) -> (String, String) {
+    let cert = dir.0.join("cert.pem");
+    let key = dir.0.join("key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl CLI must be installed to make a test certificate")
+        .success();
+    assert!(ok);
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+#[test]
+fn tls_channels_and_indications_zero_loss() {
+    let dir = TempDir::new("tls");
+    let (cert, key) = self_signed(&dir);
+    let tls_port = free_port();
+    let tls = format!("127.0.0.1:{tls_port}");
+    let server = Server::start(&[
+        "--allow-peer",
+        "127.0.0.1/32",
+        "--tls-listen",
+        &tls,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    let peer = Peer::start();
+    let port = tls_port.to_string();
+    let peer_port = peer.1.to_string();
+    for mode in [&[][..], &["-s"][..]] {
+        let mut args = vec![
+            "-t",
+            "-S",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port,
+            "-p",
+            &port,
+            "-n",
+            "20",
+            "-m",
+            "2",
+            "-z",
+            "5",
+            "-W",
+            SECRET,
+            "-u",
+            "alice",
+        ];
+        args.extend_from_slice(mode);
+        args.push("127.0.0.1");
+        let (ok, out) = uclient(&args);
+        assert_zero_loss(ok, &out, 40);
+    }
+    let v = server.wait_metric(
+        "callrelay_turn_relayed_packets_total{direction=\"to_client\",transport=\"tls\"}",
+        |v| v >= 80.0,
+    );
+    assert!(v >= 80.0, "{v}");
+}
+
+#[test]
+fn wrong_and_expired_credentials_fail() {
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
+    let peer = Peer::start();
+    let port = server.port.to_string();
+    let peer_port = peer.1.to_string();
+    let base = |user: &str, auth: &[&str]| {
+        let mut a: Vec<String> = [
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port,
+            "-p",
+            &port,
+            "-n",
+            "5",
+            "-m",
+            "1",
+            "-z",
+            "5",
+            "-c",
+            "-u",
+            user,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(auth.iter().map(|s| s.to_string()));
+        a.push("127.0.0.1".into());
+        a
+    };
+    let call = |a: Vec<String>| uclient(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Wrong shared secret.
+    let (ok, out) = call(base("alice", &["-W", "not-the-secret"]));
+    assert!(!ok, "wrong secret must fail:\n{out}");
+    assert!(
+        server.wait_metric(
+            "callrelay_turn_auth_failures_total{reason=\"bad_integrity\"}",
+            |v| v >= 1.0
+        ) >= 1.0
+    );
+
+    // REST credentials minted by hand (uclient -u/-w): valid ones work (control) ...
+    let good_user = format!("{}:alice", unix_now() + 3600);
+    let good_pw = turn_server::auth::rest_password(SECRET.as_bytes(), &good_user);
+    let (ok, out) = call(base(&good_user, &["-w", &good_pw]));
+    assert!(ok, "valid REST credentials must work:\n{out}");
+    assert_eq!(totals(&out).0, totals(&out).1, "{out}");
+    // ... the same kind of credentials, expired, fail.
+    let old_user = format!("{}:alice", unix_now() - 10);
+    let old_pw = turn_server::auth::rest_password(SECRET.as_bytes(), &old_user);
+    let (ok, out) = call(base(&old_user, &["-w", &old_pw]));
+    assert!(!ok, "expired credentials must fail:\n{out}");
+    assert!(
+        server.wait_metric(
+            "callrelay_turn_auth_failures_total{reason=\"expired\"}",
+            |v| v >= 1.0
+        ) >= 1.0
+    );
+    let _ = REALM;
+}
