@@ -37,7 +37,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// The TOML file schema. Every key is optional; see docs/configuration.md.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// WebSocket (`janus-protocol`) listener.
@@ -84,6 +84,13 @@ pub struct FileConfig {
     pub cors_allow_origin: Option<String>,
 }
 
+impl std::fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // secrets never reach logs or panic messages
+        f.debug_struct("FileConfig").finish_non_exhaustive()
+    }
+}
+
 /// Command-line values (None = not given). Mirrors [`FileConfig`].
 #[derive(Debug, Default, Clone)]
 pub struct CliConfig {
@@ -93,8 +100,8 @@ pub struct CliConfig {
     pub values: FileConfig,
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone)]
+/// The validated configuration. `Debug` redacts the secrets.
+#[derive(Clone)]
 pub struct Config {
     /// WebSocket listener.
     pub listen: SocketAddr,
@@ -136,6 +143,34 @@ pub struct Config {
     pub ws_queue: usize,
     /// CORS origin.
     pub cors_allow_origin: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("http_listen", &self.http_listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_secret", &redact(&self.admin_secret))
+            .field("token_auth", &self.token_auth)
+            .field("api_secret", &redact(&self.api_secret))
+            .field("tls", &self.tls)
+            .field("stun_uri", &self.stun_uri)
+            .field("turn_uris", &self.turn_uris)
+            .field("turn_secret", &redact(&self.turn_secret))
+            .field("turn_ttl", &self.turn_ttl)
+            .field("state_dir", &self.state_dir)
+            .field("session_timeout", &self.session_timeout)
+            .field("reclaim_timeout", &self.reclaim_timeout)
+            .field("candidate_wait", &self.candidate_wait)
+            .field("token_max_idle", &self.token_max_idle)
+            .field("longpoll_timeout", &self.longpoll_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("ws_queue", &self.ws_queue)
+            .field("cors_allow_origin", &self.cors_allow_origin)
+            .finish()
+    }
 }
 
 /// Default state directory (systemd's `StateDirectory=callrelay-gateway`).
@@ -304,6 +339,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let cli = FileConfig {
+            admin_secret: Some("adm1nS3cret".into()),
+            turn_secret: Some("turnS3cret".into()),
+            turn_uris: Some(vec!["turn:x:3478".into()]),
+            api_secret: Some("ap1S3cret".into()),
+            ..FileConfig::default()
+        };
+        let dbg = format!(
+            "{cli:?} {:?}",
+            Config::resolve(cli.clone(), FileConfig::default()).unwrap()
+        );
+        for secret in ["adm1nS3cret", "turnS3cret", "ap1S3cret"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+    }
 
     #[test]
     fn defaults_match_janus_ports() {

@@ -389,6 +389,7 @@ impl Core {
     }
 
     fn plugin_error(&mut self, handle_id: u64, tx: &str, code: u16, reason: &str) {
+        self.metrics.error(code);
         self.plugin_event(
             handle_id,
             Some(tx),
@@ -1375,12 +1376,11 @@ impl Core {
             ForwardKind::Accepted => json!({"event": "accepted", "username": username}),
             ForwardKind::Update => json!({"event": "update"}),
         };
-        if p.jsep_type == "offer"
-            && let Some(ph) = self.handles.get_mut(&peer)
-        {
-            ph.got_offer = true;
-            if p.kind != ForwardKind::IncomingCall {
-                ph.has_pc = true;
+        if let Some(ph) = self.handles.get_mut(&peer) {
+            // the peer's browser now negotiates a PeerConnection for this call
+            ph.has_pc = true;
+            if p.jsep_type == "offer" {
+                ph.got_offer = true;
             }
         }
         self.plugin_event(

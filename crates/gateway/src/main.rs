@@ -184,15 +184,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("signal received, shutting down");
         s.cancel();
     });
-    let ready = shutdown.clone();
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    let r = ready.clone();
     tokio::spawn(async move {
-        // listeners are bound; tell systemd once the server loop is running
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        if !ready.is_cancelled() {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        }
+        r.notified().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     });
-    gateway::serve_with_reload(cfg, listeners, shutdown, reload).await?;
+    gateway::serve_with_reload(cfg, listeners, shutdown, reload, ready).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
 }

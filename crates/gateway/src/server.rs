@@ -251,16 +251,26 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    serve_with_reload(cfg, listeners, shutdown, Arc::new(Notify::new())).await
+    serve_with_reload(
+        cfg,
+        listeners,
+        shutdown,
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    )
+    .await
 }
 
 /// Like [`serve`]; each notification on `reload` re-reads the TLS certificate and key
 /// (new connections use them; a bad file keeps the old ones and logs an error).
+/// `ready` is notified once the tokens are loaded and every listener is being served
+/// (the binary tells systemd READY=1 then).
 pub async fn serve_with_reload(
     cfg: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
     reload: Arc<Notify>,
+    ready: Arc<Notify>,
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
         ServeError::StateDir(format!(
@@ -380,6 +390,7 @@ pub async fn serve_with_reload(
             }
         });
     }
+    ready.notify_one();
     shutdown.cancelled().await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}

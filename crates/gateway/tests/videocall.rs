@@ -463,6 +463,57 @@ async fn plugin_errors_have_janus_codes_and_texts() {
         .vc(json!({"request": "call", "username": "bob"}), offer())
         .await;
     assert_eq!(plugin_error(&ev), (480, "Already in a call".into()));
+    // plugin errors are counted by code too (the alert rules ignore 476/477)
+    let m = http(gw.admin, "GET", "/metrics", None, &[]).await.2;
+    assert!(
+        m.contains("callrelay_gateway_errors_total{code=\"476\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("callrelay_gateway_errors_total{code=\"482\"} 2"),
+        "{m}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn caller_hangup_while_ringing_reaches_the_callee() {
+    let (gw, mut alice, mut bob) = setup().await;
+    alice.trickle("candidate", json!({"completed": true})).await;
+    alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    bob.unsolicited("incomingcall", "incomingcall").await;
+    let (_, ev) = alice.vc(json!({"request": "hangup"}), None).await;
+    assert_eq!(result(&ev)["reason"], "Explicit hangup");
+    let hb = bob.unsolicited("hangup while ringing", "hangup").await;
+    assert_eq!(
+        result(&hb),
+        &json!({"event": "hangup", "username": "alice", "reason": "We did the hangup"})
+    );
+    let core = bob
+        .c
+        .wait("core hangup while ringing", |v| v["janus"] == "hangup")
+        .await;
+    assert_eq!(core["sender"], bob.h);
+    // bob is free again: accept now fails (the offer is gone: 469 for an answer, 481
+    // without one), a new call works
+    let mut m = bob.base("message");
+    m["body"] = json!({"request": "accept"});
+    m["jsep"] = json!({"type": "answer", "sdp": answer_sdp()});
+    assert_eq!(bob.c.req(m).await["error"]["code"], 469);
+    let (_, ev) = bob.vc(json!({"request": "accept"}), None).await;
+    assert_eq!(ev["plugindata"]["data"]["error_code"], 481);
+    alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    bob.unsolicited("second incomingcall", "incomingcall").await;
     gw.stop().await;
 }
 

@@ -83,9 +83,15 @@ impl Gw {
         let reload = std::sync::Arc::new(tokio::sync::Notify::new());
         let r = reload.clone();
         let task = tokio::spawn(async move {
-            gateway::serve_with_reload(cfg, Listeners { ws, http, admin }, s, r)
-                .await
-                .unwrap();
+            gateway::serve_with_reload(
+                cfg,
+                Listeners { ws, http, admin },
+                s,
+                r,
+                std::sync::Arc::new(tokio::sync::Notify::new()),
+            )
+            .await
+            .unwrap();
         });
         Self {
             reload,
