@@ -108,11 +108,12 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
         const j = await gatewayCredentials(p, credBase, token, stack.turnSecret);
         ice[p.label] = pickTransport(j.iceServers, transport);
       } else if (creds === 'mattermost') {
-        // Mattermost's webapp: {urls:[turn_uri], username, credential} from the server,
-        // minted from TurnUsername + TurnSharedKey (= our turn-server's secret).
+        // Mattermost's webapp: [{urls:[stun_uri]}, {urls:[turn_uri], username, credential}]
+        // from the server, minted from TurnUsername + TurnSharedKey (= our turn-server's
+        // secret); StunURI points at the turn-server too.
         const c = mintTurnCredentials('mattermost', stack.turnSecret);
         const uri = transport === 'tcp' ? `${stack.turn.uri}?transport=tcp` : stack.turn.uri;
-        ice[p.label] = [{ urls: [uri], username: c.username, credential: c.password }];
+        ice[p.label] = [{ urls: [stack.turn.uri.replace(/^turn:/, 'stun:')] }, { urls: [uri], username: c.username, credential: c.password }];
       } else {
         ice[p.label] = [];
       }
