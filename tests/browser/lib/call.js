@@ -69,7 +69,7 @@ function pickTransport(iceServers, transport) {
  * `media` false only for the developer check against real Janus (signaling only).
  * Returns timings and observations; throws with page consoles appended on failure.
  */
-async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', transport = 'udp', media = true, api = 'ws' }) {
+async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', transport = 'udp', media = true, api = 'ws', end = 'hangup' }) {
   const timings = {};
   const t0 = Date.now();
   const mark = (k) => {
@@ -139,7 +139,7 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
     mark('accepted');
     await waitEvent(callee, 'accepted (own accept confirmed)', (e) => e.kind === 'plugin-event' && e.event === 'accepted');
 
-    const result = { timings, gen, creds, transport, api };
+    const result = { timings, gen, creds, transport, api, end };
     if (media) {
       // Old janus.js ignores server trickle: the SDP each side receives must already
       // carry the other side's (relay) candidates.
@@ -169,24 +169,43 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
       }
     }
 
-    // Hang up the Mattermost way (caller): both sides must see the plugin's hangup.
-    await caller.page.evaluate(() => window.party.hangup());
-    const hc = await waitEvent(caller, 'hangup at caller', (e) => e.kind === 'plugin-event' && e.event === 'hangup');
-    const he = await waitEvent(callee, 'hangup at callee', (e) => e.kind === 'plugin-event' && e.event === 'hangup');
-    result.hangupReasons = { caller: hc.reason, callee: he.reason };
-    mark('hangup');
-    if (media) {
-      await waitUntil(`${callee.label}: PeerConnection closed after remote hangup`, async () => {
-        const s = await callee.page.evaluate(() => window.party.stats());
-        return !s.pc || s.connectionState === 'closed';
-      }, { timeoutMs: 5000 });
+    let finishing = parties;
+    if (end === 'hangup') {
+      // Hang up the Mattermost way (caller): both sides must see the plugin's hangup.
+      await caller.page.evaluate(() => window.party.hangup());
+      const hc = await waitEvent(caller, 'hangup at caller', (e) => e.kind === 'plugin-event' && e.event === 'hangup');
+      const he = await waitEvent(callee, 'hangup at callee', (e) => e.kind === 'plugin-event' && e.event === 'hangup');
+      result.hangupReasons = { caller: hc.reason, callee: he.reason };
+      mark('hangup');
+      if (media) {
+        await waitUntil(`${callee.label}: PeerConnection closed after remote hangup`, async () => {
+          const s = await callee.page.evaluate(() => window.party.stats());
+          return !s.pc || s.connectionState === 'closed';
+        }, { timeoutMs: 5000 });
+      }
+    } else if (end === 'callee-closes') {
+      // The callee closes the tab mid-call (WebSocket gone, no hangup/detach/destroy):
+      // the gateway must tear the call down and tell the caller with a plugin hangup.
+      await callee.close();
+      const hc = await waitEvent(caller, 'hangup at caller after the callee vanished', (e) => e.kind === 'plugin-event' && e.event === 'hangup', 10000);
+      result.hangupReasons = { caller: hc.reason };
+      mark('hangup');
+      if (media) {
+        await waitUntil(`${caller.label}: PeerConnection closed after the peer vanished`, async () => {
+          const s = await caller.page.evaluate(() => window.party.stats());
+          return !s.pc || s.connectionState === 'closed';
+        }, { timeoutMs: 5000 });
+      }
+      finishing = [caller];
+    } else {
+      throw new Error(`unknown end ${end}`);
     }
 
     // detach, then destroy: the gateway must answer both with success.
-    for (const p of parties) {
+    for (const p of finishing) {
       await withTimeout(p.page.evaluate(() => window.party.finish()), 10000, `${p.label} detach+destroy`);
     }
-    for (const p of parties) {
+    for (const p of finishing) {
       const rec = await pageRecord(p);
       for (const verb of ['detach', 'destroy']) {
         const sent = rec[`${api}Out`].find((m) => m.janus === verb);

@@ -53,15 +53,19 @@ describe('Mattermost-style videocall through gateway + turn-server', { timeout: 
     // must work: the same call over the Janus HTTP REST + long-poll transport.
     { gen: '1.1.2', creds: 'gateway', transport: 'udp', api: 'http' },
     { gen: '0.2.3', creds: 'gateway', transport: 'udp', api: 'http' },
+    // A user closes the tab mid-call: the other side's UI must end the call.
+    { gen: '0.2.3', creds: 'gateway', transport: 'udp', end: 'callee-closes' },
+    { gen: '1.1.2', creds: 'gateway', transport: 'udp', end: 'callee-closes' },
   ];
   for (const c of cases) {
     const credsText = c.creds === 'gateway' ? 'TURN credentials from the gateway' : 'TURN credentials minted as Mattermost mints them';
     const apiText = c.api === 'http' ? ' (Janus HTTP long-poll transport)' : '';
-    it(`janus.js ${c.gen}${apiText}: call, media both ways relay-only over TURN/${c.transport}, ${credsText}, hangup, remove_token`, { timeout: 60000 }, async () => {
+    const endText = c.end === 'callee-closes' ? 'callee closes its page mid-call → caller gets hangup' : 'hangup';
+    it(`janus.js ${c.gen}${apiText}: call, media both ways relay-only over TURN/${c.transport}, ${credsText}, ${endText}, remove_token`, { timeout: 60000 }, async () => {
       const t = Date.now();
       try {
-        const r = await runMattermostCall({ browser: chrome.browser, web, gen: c.gen, stack, creds: c.creds, transport: c.transport, api: c.api || 'ws' });
-        console.log(`# janus.js ${c.gen} ${c.api || 'ws'} ${c.creds}/${c.transport}: ${Date.now() - t} ms; timings ${JSON.stringify(r.timings)}; ` +
+        const r = await runMattermostCall({ browser: chrome.browser, web, gen: c.gen, stack, creds: c.creds, transport: c.transport, api: c.api || 'ws', end: c.end || 'hangup' });
+        console.log(`# janus.js ${c.gen} ${c.api || 'ws'} ${c.creds}/${c.transport} ${c.end || 'hangup'}: ${Date.now() - t} ms; timings ${JSON.stringify(r.timings)}; ` +
           `caller got audio ${r.caller.inbound.audio} B video ${r.caller.inbound.video} B, callee got audio ${r.callee.inbound.audio} B video ${r.callee.inbound.video} B; ` +
           `hangup reasons ${JSON.stringify(r.hangupReasons)}`);
       } catch (e) {
