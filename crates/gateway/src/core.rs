@@ -486,7 +486,8 @@ impl Core {
             tx,
             session_id,
         };
-        if session_id == 0 && handle_id == 0 && !bad_session && !handle_given {
+        // like Janus: a zero handle_id does not leave the root level
+        if session_id == 0 && handle_id == 0 && !bad_session {
             return self.root_request(now, unix, source, &req);
         }
         if session_id == 0 || bad_session {
@@ -927,9 +928,9 @@ impl Core {
             match self.next_token_sweep {
                 None => self.next_token_sweep = Some(now + Duration::from_secs(3600)),
                 Some(t) if t <= now => {
-                    if self.tokens.expire(unix, self.cfg.token_max_idle.as_secs()) > 0 {
-                        self.tokens_dirty = true;
-                    }
+                    self.tokens.expire(unix, self.cfg.token_max_idle.as_secs());
+                    // also persists the last-seen times refreshed by token use
+                    self.tokens_dirty = true;
                     self.next_token_sweep = Some(now + Duration::from_secs(3600));
                 }
                 Some(_) => {}
@@ -1322,6 +1323,26 @@ impl Core {
         let Some(h) = self.handles.get_mut(&hid) else {
             return;
         };
+        if !h.forwarded {
+            // Candidates (and their `completed`) left over from an earlier
+            // PeerConnection of this handle — e.g. trickled after a busy reply — carry
+            // another ufrag: drop them, and do not trust a `completed` that no current
+            // candidate backs.
+            let ufrags = sdp::sdp_ufrags(&sdp_text);
+            let before = h.cands.len();
+            h.cands
+                .retain(|c| sdp::candidate_ufrag(&c.candidate).is_none_or(|u| ufrags.contains(&u)));
+            if h.completed && h.cands.is_empty() {
+                h.completed = false;
+            }
+            if before != h.cands.len() {
+                tracing::debug!(
+                    handle = hid,
+                    dropped = before - h.cands.len(),
+                    "dropped stale candidates"
+                );
+            }
+        }
         let immediate = h.forwarded || h.completed || wait.is_zero();
         h.pending = Some(Pending {
             kind,
@@ -1346,6 +1367,11 @@ impl Core {
         let Some(peer) = h.peer else {
             return;
         };
+        if !h.forwarded {
+            let ufrags = sdp::sdp_ufrags(&p.sdp);
+            h.cands
+                .retain(|c| sdp::candidate_ufrag(&c.candidate).is_none_or(|u| ufrags.contains(&u)));
+        }
         let merged = if h.forwarded && h.cands.is_empty() {
             p.sdp
         } else {

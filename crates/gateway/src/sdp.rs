@@ -14,6 +14,25 @@ pub struct Candidate {
     pub sdp_mline_index: Option<u64>,
 }
 
+/// The `ufrag` extension attribute of a candidate line (Chrome adds `ufrag XXXX`).
+pub fn candidate_ufrag(candidate: &str) -> Option<&str> {
+    let mut it = candidate.split_ascii_whitespace();
+    while let Some(t) = it.next() {
+        if t == "ufrag" {
+            return it.next();
+        }
+    }
+    None
+}
+
+/// Every `a=ice-ufrag:` value in the SDP (session level and all m-sections).
+pub fn sdp_ufrags(sdp: &str) -> Vec<&str> {
+    sdp.split('\n')
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+        .collect()
+}
+
 /// True when `sdp` looks like an SDP body (starts with `v=`).
 pub fn looks_like_sdp(sdp: &str) -> bool {
     sdp.trim_start().starts_with("v=")
@@ -249,6 +268,21 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=mid:
             ),
             sdp
         );
+    }
+
+    #[test]
+    fn ufrags_of_candidates_and_sdp() {
+        assert_eq!(
+            candidate_ufrag(
+                "candidate:1 1 udp 1 127.0.0.1 5 typ host generation 0 ufrag EsAw network-id 1"
+            ),
+            Some("EsAw")
+        );
+        assert_eq!(
+            candidate_ufrag("candidate:1 1 udp 1 127.0.0.1 5 typ host"),
+            None
+        );
+        assert_eq!(sdp_ufrags(BUNDLE_CRLF), vec!["abcd", "abcd"]);
     }
 
     #[test]

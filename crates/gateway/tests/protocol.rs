@@ -257,6 +257,18 @@ async fn session_and_handle_requests_with_check_order() {
         (err_code(&r), reason(&r)),
         (468, "Session ID already in use")
     );
+    // a zero handle_id stays at the root level (as in Janus)
+    let r = c
+        .req(json!({"janus": "create", "handle_id": 0, "token": token}))
+        .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    // handle_id 0 at session level → 459
+    let r = c
+        .req(t(
+            json!({"janus": "keepalive", "session_id": s, "handle_id": 0}),
+        ))
+        .await;
+    assert_eq!((err_code(&r), reason(&r)), (459, "Handle not found"));
     // create with a free id works
     let r = c
         .req(json!({"janus": "create", "id": 4242, "token": token}))

@@ -212,7 +212,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
         )
         .await;
     assert_eq!(result(&ev), &json!({"event": "accepted"}));
-    bob.trickle("candidate", cand(7, "0", 0)).await;
+    bob.trickle("candidate", cand_u(7, "0", 0, "AnSw")).await;
     let acc = alice.unsolicited("accepted at caller", "accepted").await;
     let answer_latency = t1.elapsed();
     assert_eq!(
@@ -238,7 +238,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
     assert!(answer_latency < Duration::from_millis(1500));
 
     // Late candidates go out as server trickle events (sender = receiving handle).
-    bob.trickle("candidate", cand(8, "1", 1)).await;
+    bob.trickle("candidate", cand_u(8, "1", 1, "AnSw")).await;
     let tr = alice
         .c
         .wait("server trickle", |v| v["janus"] == "trickle")
@@ -364,8 +364,11 @@ async fn candidates_before_the_peer_has_a_handle_are_kept() {
         "{sdp}"
     );
     // callee trickles everything before accept
-    bob.trickle("candidates", json!([cand(5, "0", 0), {"completed": true}]))
-        .await;
+    bob.trickle(
+        "candidates",
+        json!([cand_u(5, "0", 0, "AnSw"), {"completed": true}]),
+    )
+    .await;
     bob.vc(
         json!({"request": "accept"}),
         Some(json!({"type": "answer", "sdp": answer_sdp()})),
@@ -380,6 +383,44 @@ async fn candidates_before_the_peer_has_a_handle_are_kept() {
         "{sdp}"
     );
     assert!(sdp.contains("a=end-of-candidates"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn stale_candidates_of_an_earlier_peerconnection_are_not_merged() {
+    let (gw, mut alice, mut bob) = setup().await;
+    // leftovers of an earlier attempt (another ufrag), including its `completed`
+    alice
+        .trickle(
+            "candidates",
+            json!([cand_u(1, "0", 0, "OLD1"), {"completed": true}]),
+        )
+        .await;
+    let t0 = Instant::now();
+    alice
+        .vc(
+            json!({"request": "call", "username": "bob"}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await;
+    alice
+        .trickle("candidates", json!([cand(2, "0", 0), {"completed": true}]))
+        .await;
+    let inc = bob.unsolicited("incomingcall", "incomingcall").await;
+    let waited = t0.elapsed();
+    let sdp = inc["jsep"]["sdp"].as_str().unwrap();
+    assert!(!sdp.contains("ufrag OLD1"), "stale candidate merged: {sdp}");
+    assert!(
+        section(sdp, "0")
+            .iter()
+            .any(|l| l.starts_with("a=candidate:2 ")),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=end-of-candidates"));
+    assert!(
+        waited < Duration::from_millis(250),
+        "forwarded on the fresh completed: {waited:?}"
+    );
     gw.stop().await;
 }
 

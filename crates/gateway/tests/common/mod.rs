@@ -364,9 +364,15 @@ pub fn answer_sdp() -> String {
         .replace("EsAw", "AnSw")
 }
 
+/// A Chrome-style host candidate of the caller (ufrag of [`OFFER`]).
 pub fn cand(i: u32, mid: &str, idx: u32) -> Value {
+    cand_u(i, mid, idx, "EsAw")
+}
+
+/// A Chrome-style host candidate with the given ufrag (`AnSw` = [`answer_sdp`]).
+pub fn cand_u(i: u32, mid: &str, idx: u32, ufrag: &str) -> Value {
     json!({
-        "candidate": format!("candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host generation 0 ufrag EsAw network-id 1", 50000 + i),
+        "candidate": format!("candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host generation 0 ufrag {ufrag} network-id 1", 50000 + i),
         "sdpMid": mid,
         "sdpMLineIndex": idx,
     })
