@@ -138,6 +138,15 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
     assert.equal(accepted.username, calleeId, 'accepted at the caller names the callee');
     mark('accepted');
     await waitEvent(callee, 'accepted (own accept confirmed)', (e) => e.kind === 'plugin-event' && e.event === 'accepted');
+    // Signaling latency through the gateway (both pages share this machine's clock):
+    // offer created at the caller → incomingcall at the callee, answer created at the
+    // callee → accepted at the caller. Includes the gateway's candidate gathering.
+    {
+      const offerMade = await waitEvent(caller, 'offer-created', (e) => e.kind === 'offer-created');
+      const answerMade = await waitEvent(callee, 'answer-created', (e) => e.kind === 'answer-created');
+      timings.offerToIncomingcallMs = incoming.wall - offerMade.wall;
+      timings.answerToAcceptedMs = accepted.wall - answerMade.wall;
+    }
 
     const result = { timings, gen, creds, transport, api, end };
     if (media) {

@@ -20,7 +20,7 @@
     pcs: [], // {passedPolicy, forcedPolicy, iceServers} per RTCPeerConnection created
   };
   function event(kind, data) {
-    rec.events.push(Object.assign({ t: now(), kind }, data || {}));
+    rec.events.push(Object.assign({ t: now(), wall: Date.now(), kind }, data || {}));
   }
 
   // ---- Relay-only guard -------------------------------------------------------------
