@@ -439,8 +439,11 @@ impl Config {
         };
         let default_lifetime = pick(cli.default_lifetime, f.default_lifetime, 600);
         let max_lifetime = pick(cli.max_lifetime, f.max_lifetime, 3600);
-        if default_lifetime < 60 {
-            return Err(key_err("default_lifetime", "must be at least 60 seconds"));
+        if default_lifetime < 2 {
+            return Err(key_err(
+                "default_lifetime",
+                "must be at least 2 seconds (600 is the RFC default)",
+            ));
         }
         if max_lifetime < default_lifetime {
             return Err(key_err("max_lifetime", "must be >= default_lifetime"));

@@ -1332,6 +1332,7 @@ impl<R: RngCore> Core<R> {
         code: u16,
         reason: &str,
     ) {
+        tracing::debug!(method = msg.method, code, reason, tid = ?msg.tid, "request rejected");
         let mut out = Vec::with_capacity(96);
         let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
         b.error(code, reason);

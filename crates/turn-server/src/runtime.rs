@@ -441,7 +441,7 @@ fn send_to_client(w: &Worker, client: FiveTuple, data: Vec<u8>) {
     match client.proto {
         Proto::Udp => {
             if let Some(s) = w.udp.get(&client.local) {
-                let _ = s.try_send_to(&data, client.remote);
+                let _ = send_now(s, &data, client.remote);
             }
         }
         Proto::Tcp | Proto::Tls => {
@@ -452,10 +452,17 @@ fn send_to_client(w: &Worker, client: FiveTuple, data: Vec<u8>) {
     }
 }
 
+/// One non-blocking `sendto`, straight to the kernel. tokio's `try_send_to` first consults
+/// its cached readiness, which a freshly registered relay socket does not have yet, and
+/// then refuses with `WouldBlock` without trying: the first packet of every allocation was
+/// lost that way. A full socket buffer still drops the datagram, as a router would.
+fn send_now(sock: &UdpSocket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(buf, &to.into())
+}
+
 fn relay_to_peer(w: &Worker, relay: RelayToken, peer: SocketAddr, bytes: &[u8]) {
     if let Some((s, _)) = w.relays.borrow().get(&relay) {
-        // Non-blocking: a full socket buffer drops the datagram, as a router would.
-        let _ = s.try_send_to(bytes, peer);
+        let _ = send_now(s, bytes, peer);
     }
 }
 
@@ -534,7 +541,7 @@ async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
                     Proto::Udp => {
                         if let (Some(s), Some(frame)) = (w.udp.get(&client.local), buf.get(..4 + n))
                         {
-                            let _ = s.try_send_to(frame, client.remote);
+                            let _ = send_now(s, frame, client.remote);
                         }
                     }
                     _ => {

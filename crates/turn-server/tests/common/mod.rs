@@ -98,7 +98,10 @@ impl Server {
     pub fn spawn(args: &[&str], port: u16, mport: u16, relay: (u16, u16)) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_turn-server"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TURN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -108,7 +111,11 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let l2 = log.clone();
         std::thread::spawn(move || {
+            let echo = std::env::var("TURN_TEST_LOG").is_ok();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("server: {line}");
+                }
                 if line.contains("turn-server ready") {
                     let _ = tx.send(());
                 }
