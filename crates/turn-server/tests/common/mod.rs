@@ -1,6 +1,8 @@
 //! Helpers for tests that start the real `turn-server` binary on loopback.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -74,8 +76,6 @@ impl Server {
         let mut args = vec![
             "--listen",
             &listen,
-            "--relay-ip",
-            "127.0.0.1",
             "--relay-ports",
             &ports,
             "--realm",
@@ -85,6 +85,9 @@ impl Server {
             "--drain-timeout",
             "2",
         ];
+        if !extra.contains(&"--relay-ip") {
+            args.extend_from_slice(&["--relay-ip", "127.0.0.1"]);
+        }
         let has_auth = extra
             .iter()
             .any(|a| *a == "--auth-secret" || *a == "--user" || *a == "--config");
