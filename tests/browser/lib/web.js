@@ -4,6 +4,7 @@
 // into the repository), plus headless Debian Chromium via playwright-core.
 const http = require('node:http');
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 
 const JANUS = {
@@ -66,9 +67,27 @@ const CHROMIUM_ARGS = [
   '--disable-component-update',
   '--disable-sync',
   '--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks',
+  '--allow-loopback-in-peer-connection',
 ];
 
+/**
+ * Refuses to start Chromium where a non-loopback interface address exists: Chromium binds
+ * its WebRTC sockets to every interface address, relay-only or not, so the tests must run
+ * in a namespace with only `lo` (npm test does that through run-in-netns.sh).
+ */
+function assertOnlyLoopback() {
+  const found = [];
+  for (const [name, addrs] of Object.entries(os.networkInterfaces())) {
+    for (const a of addrs || []) if (!a.internal) found.push(`${name} ${a.address}`);
+  }
+  if (found.length) {
+    throw new Error(`refusing to run WebRTC with non-loopback addresses present (${found.join(', ')}): ` +
+      'run the tests through `npm test` (run-in-netns.sh gives them a network namespace with only loopback)');
+  }
+}
+
 async function launchChromium() {
+  assertOnlyLoopback();
   const { chromium } = require('playwright-core');
   // launch() gives Chromium a fresh temporary --user-data-dir of its own (playwright
   // refuses the flag in args) and deletes it on close.
@@ -101,4 +120,4 @@ async function newPartyPage(browser, base, gen, label) {
   };
 }
 
-module.exports = { startStaticServer, launchChromium, newPartyPage, JANUS, CHROMIUM_ARGS };
+module.exports = { assertOnlyLoopback, startStaticServer, launchChromium, newPartyPage, JANUS, CHROMIUM_ARGS };

@@ -7,7 +7,7 @@ const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const { startTurnServer } = require('../lib/servers');
-const { startStaticServer, launchChromium, newPartyPage } = require('../lib/web');
+const { assertOnlyLoopback, startStaticServer, launchChromium, newPartyPage } = require('../lib/web');
 const { mintTurnCredentials } = require('../lib/mattermost');
 const { assertRelayedMedia } = require('../lib/media');
 const { withTimeout } = require('../lib/util');
@@ -19,6 +19,7 @@ describe('turn-server relays a plain WebRTC call (Mattermost-minted credentials)
   let chrome;
 
   before(async () => {
+    assertOnlyLoopback(); // before anything starts: see run-in-netns.sh
     turn = await startTurnServer({ secret });
     web = await startStaticServer();
     chrome = await launchChromium();

@@ -8,7 +8,7 @@ const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const { startTurnServer, startGateway } = require('../lib/servers');
-const { startStaticServer, launchChromium } = require('../lib/web');
+const { assertOnlyLoopback, startStaticServer, launchChromium } = require('../lib/web');
 const { runMattermostCall } = require('../lib/call');
 
 describe('Mattermost-style videocall through gateway + turn-server', { timeout: 420000 }, () => {
@@ -22,6 +22,7 @@ describe('Mattermost-style videocall through gateway + turn-server', { timeout: 
   const logs = () => [stack.turn && stack.turn.proc.dump(), stack.gw && stack.gw.proc.dump()].filter(Boolean).join('\n');
 
   before(async () => {
+    assertOnlyLoopback(); // before anything starts: see run-in-netns.sh
     stack.turn = await startTurnServer({ secret: stack.turnSecret });
     stack.gw = await startGateway({
       adminSecret: stack.adminSecret,
