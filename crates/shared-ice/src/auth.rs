@@ -124,7 +124,7 @@ impl RestSecret {
         let digest = Zeroizing::new(<[u8; 20]>::from(mac.finalize().into_bytes()));
         let mut out = [0u8; 28];
         // 20 bytes always encode to exactly 28 base64 characters.
-        let n = BASE64.encode_slice(&*digest, &mut out).unwrap_or(0);
+        let n = BASE64.encode_slice(digest.as_slice(), &mut out).unwrap_or(0);
         debug_assert_eq!(n, 28);
         RestPassword(out)
     }
