@@ -1,4 +1,293 @@
-//! `callrelay-bench`: side-by-side benchmarks of our servers against coturn and Janus.
-fn main() -> anyhow::Result<()> {
+//! `callrelay-bench`: side-by-side benchmarks of our servers against the references
+//! (coturn 4.6.1, Janus 1.1.2) in the same run. See docs/performance.md.
+//!
+//! * `callrelay-bench turn` — turn-server vs coturn vs a bare UDP forwarder.
+//! * `callrelay-bench gateway` — gateway vs Janus (videocall signalling).
+//! * `callrelay-bench all --smoke` — both, in a few seconds (CI).
+#![allow(clippy::print_stdout)]
+
+mod forwarder;
+mod gateway;
+mod load;
+mod procfs;
+mod report;
+mod servers;
+mod stats;
+mod stunc;
+mod turn;
+mod udp;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::servers::{ScratchDir, command_output};
+use crate::turn::{Target, TurnOpts};
+
+/// Set when a target that was present failed; the command then exits non-zero after
+/// printing what it measured.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn mark_failed() {
+    FAILED.store(true, Ordering::Relaxed);
+}
+
+/// Whether an executable exists; a missing reference server is skipped with a note.
+pub(crate) fn present(bin: &Path, what: &str) -> bool {
+    if bin.is_file() {
+        return true;
+    }
+    eprintln!(
+        "note: {what} not found at {} — skipping that column",
+        bin.display()
+    );
+    false
+}
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Side-by-side benchmarks: turn-server vs coturn, gateway vs Janus"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// TURN relay bench: coturn vs turn-server vs bare forwarder.
+    Turn {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        turn: TurnArgs,
+    },
+    /// Gateway signalling bench: Janus vs gateway.
+    Gateway {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        gateway: gateway::GatewayArgs,
+    },
+    /// Both benches.
+    All {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        turn: TurnArgs,
+        #[command(flatten)]
+        gateway: gateway::GatewayArgs,
+    },
+    /// (internal) the bare UDP forwarder, started as a separate process by `turn`.
+    #[command(hide = true)]
+    Forwarder {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        peer: SocketAddr,
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+}
+
+/// Flags shared by both benches.
+#[derive(Args, Clone, Copy)]
+pub(crate) struct Common {
+    /// Runs per figure (the table shows the median).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// A few seconds in total: 1 run, short steps, small counts (CI).
+    #[arg(long)]
+    pub(crate) smoke: bool,
+}
+
+#[derive(Args, Clone)]
+struct TurnArgs {
+    /// Which TURN targets to run (comma separated): coturn, ours, forwarder.
+    #[arg(long, value_delimiter = ',', default_value = "coturn,ours,forwarder")]
+    targets: Vec<String>,
+    /// Our turn-server binary (release build). Default: next to this binary.
+    #[arg(long)]
+    turn_server: Option<PathBuf>,
+    /// coturn's turnserver binary.
+    #[arg(long, default_value = "/usr/bin/turnserver")]
+    coturn: PathBuf,
+    /// Seconds per load step.
+    #[arg(long, default_value_t = 2.0)]
+    step_secs: f64,
+    /// Load steps per max-pps search (doubling, then bisection).
+    #[arg(long, default_value_t = 9)]
+    search_steps: usize,
+    /// First rate of the max-pps search, relayed packets/s.
+    #[arg(long, default_value_t = 20_000.0)]
+    start_rate: f64,
+    /// Upper bound of the max-pps search, relayed packets/s.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    max_rate: f64,
+    /// Allocation counts for the max-pps search.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    alloc_counts: Vec<usize>,
+    /// ChannelData payload sizes for CPU per packet.
+    #[arg(long, value_delimiter = ',', default_value = "100,172,1200")]
+    sizes: Vec<usize>,
+    /// Relayed packets/s during the CPU-per-packet steps.
+    #[arg(long, default_value_t = 20_000.0)]
+    cpu_rate: f64,
+    /// Allocations carrying the CPU-per-packet load.
+    #[arg(long, default_value_t = 10)]
+    cpu_allocs: usize,
+    /// Seconds of allocation cycles for allocations/s.
+    #[arg(long, default_value_t = 3.0)]
+    alloc_secs: f64,
+    /// Concurrent allocation cycles.
+    #[arg(long, default_value_t = 32)]
+    alloc_concurrency: usize,
+    /// Idle allocations for RSS per allocation.
+    #[arg(long, default_value_t = 10_000)]
+    rss_allocs: usize,
+}
+
+fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize)> {
+    let turn_server = a
+        .turn_server
+        .clone()
+        .unwrap_or_else(TurnOpts::default_turn_server);
+    let mut targets = Vec::new();
+    for t in &a.targets {
+        let t = match t.as_str() {
+            "coturn" => Target::Coturn,
+            "ours" | "turn-server" => Target::Ours,
+            "forwarder" | "bare" => Target::Forwarder,
+            other => bail!("--targets: unknown target {other:?} (coturn, ours, forwarder)"),
+        };
+        let ok = match t {
+            Target::Coturn => present(&a.coturn, "coturn (Debian package coturn)"),
+            Target::Ours => present(
+                &turn_server,
+                "turn-server (cargo build --release -p turn-server)",
+            ),
+            Target::Forwarder => true,
+        };
+        if ok {
+            targets.push(t);
+        }
+    }
+    let mut o = TurnOpts {
+        targets,
+        turn_server,
+        coturn: a.coturn.clone(),
+        step: Duration::from_secs_f64(a.step_secs),
+        search_steps: a.search_steps,
+        start_rate: a.start_rate,
+        max_rate: a.max_rate,
+        alloc_counts: a.alloc_counts.clone(),
+        sizes: a.sizes.clone(),
+        cpu_rate: a.cpu_rate,
+        cpu_allocs: a.cpu_allocs,
+        alloc_secs: a.alloc_secs,
+        alloc_concurrency: a.alloc_concurrency,
+        rss_allocs: a.rss_allocs,
+        latency_allocs: 10,
+        scratch: scratch.to_path_buf(),
+    };
+    let mut runs = c.runs.max(1);
+    if c.smoke {
+        runs = 1;
+        o.step = Duration::from_millis(250);
+        o.search_steps = 2;
+        o.start_rate = 5_000.0;
+        o.alloc_counts = vec![1, 10];
+        o.sizes = vec![172];
+        o.cpu_rate = 5_000.0;
+        o.alloc_secs = 0.5;
+        o.rss_allocs = 200;
+    }
+    Ok((o, runs))
+}
+
+pub(crate) fn print_header(title: &str) {
+    println!("## {title}");
+    println!();
+    println!("machine: {}", procfs::machine());
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+}
+
+pub(crate) fn first_line(s: &str) -> String {
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
+    let scratch = ScratchDir::new("turn")?;
+    let (opts, runs) = turn_opts(c, a, &scratch.0)?;
+    print_header("TURN relay: turn-server vs coturn");
+    println!(
+        "versions: coturn {} ({}); turn-server {} ({})",
+        first_line(&command_output(
+            &opts.coturn.to_string_lossy(),
+            &["--version"]
+        )),
+        opts.coturn.display(),
+        first_line(&command_output(
+            &opts.turn_server.to_string_lossy(),
+            &["--version"]
+        )),
+        opts.turn_server.display(),
+    );
+    println!(
+        "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} rss_allocs={}",
+        opts.step, opts.alloc_counts, opts.sizes, opts.cpu_rate, opts.rss_allocs
+    );
+    println!();
+    let results = turn::bench(&opts, runs)?;
+    let cols: Vec<(&str, &[report::Figures])> = results
+        .iter()
+        .map(|(t, f)| (t.column(), f.as_slice()))
+        .collect();
+    println!(
+        "{}",
+        report::table(&cols, Target::Ours.column(), Target::Coturn.column(), "",)
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Forwarder {
+            listen,
+            peer,
+            max_secs,
+        } => {
+            if !listen.ip().is_loopback() || !peer.ip().is_loopback() {
+                bail!("the forwarder only relays between loopback addresses");
+            }
+            return forwarder::run(listen, peer, max_secs);
+        }
+        Cmd::Turn { common, turn } => run_turn(common, &turn),
+        Cmd::Gateway { common, gateway } => gateway::run(common, &gateway),
+        Cmd::All {
+            common,
+            turn,
+            gateway,
+        } => {
+            run_turn(common, &turn)?;
+            gateway::run(common, &gateway)
+        }
+    }?;
+    if FAILED.load(Ordering::Relaxed) {
+        bail!("at least one target failed (see the messages above)");
+    }
     Ok(())
 }
