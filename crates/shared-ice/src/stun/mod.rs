@@ -1222,6 +1222,66 @@ mod tests {
         assert!(!m.verify_integrity(&key));
     }
 
+    /// Captured from Chromium 156 (headless, `iceTransportPolicy: "relay"`, TURN REST
+    /// credentials minted with secret "fixture-secret" for user "mattermost", expiry
+    /// 1800000000) talking to a UDP socket on 127.0.0.1 that answered the first
+    /// Allocate with 401 (REALM "callrelay", NONCE "4f2d1a0b9c8e7d6f"). Note that
+    /// Chrome sends no FINGERPRINT on TURN requests.
+    const CHROME_BINDING: [u8; 20] = hex!("000100002112a4424574507066784c68644f4456");
+    const CHROME_ALLOCATE_1: [u8; 28] =
+        hex!("000300082112a4424d5331794a456d5a595879620019000411000000");
+    const CHROME_ALLOCATE_2: [u8; 116] = hex!(
+        "000300602112a442304e39627330473641534572"
+        "0019000411000000"
+        "00060015313830303030303030303a6d61747465726d6f7374000000"
+        "0014000963616c6c72656c6179000000"
+        "0015001034663264316130623963386537643666"
+        "00080014e992f64be6131faea32458720fe1b224ea1f297f"
+    );
+
+    #[test]
+    fn chromium_allocate_fixtures() {
+        let b = Message::parse(&CHROME_BINDING).unwrap();
+        assert_eq!(
+            (b.class(), b.method(), b.attributes().count()),
+            (Class::Request, Method::BINDING, 0)
+        );
+
+        let a1 = Message::parse(&CHROME_ALLOCATE_1).unwrap();
+        assert_eq!(
+            (a1.class(), a1.method()),
+            (Class::Request, Method::ALLOCATE)
+        );
+        assert_eq!(a1.requested_transport().unwrap(), Some(PROTOCOL_UDP));
+        assert!(!a1.has_integrity() && !a1.has_fingerprint());
+
+        let a2 = Message::parse(&CHROME_ALLOCATE_2).unwrap();
+        let username = a2.username().unwrap().unwrap();
+        assert_eq!(username, "1800000000:mattermost");
+        assert_eq!(a2.realm().unwrap(), Some("callrelay"));
+        assert_eq!(a2.nonce().unwrap(), Some("4f2d1a0b9c8e7d6f"));
+        assert_eq!(a2.requested_transport().unwrap(), Some(PROTOCOL_UDP));
+        assert!(!a2.has_fingerprint());
+        let secrets = crate::auth::RestSecrets::new([
+            crate::auth::RestSecret::new("new-secret"),
+            crate::auth::RestSecret::new("fixture-secret"),
+        ]);
+        let password = secrets.iter().nth(1).unwrap().password(username);
+        assert_eq!(password.as_str(), "uhC/FM3PYYxilEfCC2mthz5q0b4=");
+        assert!(a2.verify_integrity(&long_term_key(username, "callrelay", password.as_str())));
+        let auth = secrets
+            .authenticate(&a2, "callrelay", 1_799_999_999, 0)
+            .unwrap();
+        assert_eq!(auth.secret_index, 1);
+        assert_eq!(
+            secrets.authenticate(&a2, "callrelay", 1_800_000_001, 0),
+            Err(crate::auth::RestError::Expired {
+                expiry: 1_800_000_000,
+                now: 1_800_000_001
+            })
+        );
+    }
+
     /// Rebuilding the RFC 5769 messages with our builder gives the same integrity
     /// and fingerprint (the vectors pad USERNAME and SOFTWARE with spaces, we pad
     /// with zeros, so compare the decoded result rather than bytes).
