@@ -124,7 +124,9 @@ impl RestSecret {
         let digest = Zeroizing::new(<[u8; 20]>::from(mac.finalize().into_bytes()));
         let mut out = [0u8; 28];
         // 20 bytes always encode to exactly 28 base64 characters.
-        let n = BASE64.encode_slice(digest.as_slice(), &mut out).unwrap_or(0);
+        let n = BASE64
+            .encode_slice(digest.as_slice(), &mut out)
+            .unwrap_or(0);
         debug_assert_eq!(n, 28);
         RestPassword(out)
     }
@@ -604,6 +606,31 @@ mod tests {
         assert_eq!(
             secrets.authenticate(&m, "r", now, 0),
             Err(RestError::MissingUsername)
+        );
+    }
+
+    /// Credentials as the Mattermost server mints them (TurnUsername "mattermost",
+    /// TurnSharedKey used as raw bytes, expiry 23:59:59 tomorrow in its local time)
+    /// authenticate a TURN request until that expiry (plus skew) and not after.
+    #[test]
+    fn mattermost_minted_credentials_authenticate() {
+        let shared_key = RestSecret::new("TurnSharedKey from config.json");
+        let now = 1_795_618_800;
+        let expiry = mattermost_expiry(now, 3600);
+        let c = mint(&shared_key, "mattermost", expiry);
+        assert_eq!(c.username, format!("{expiry}:mattermost"));
+        let bytes = request(&c.username, &long_term_key(&c.username, "r", &c.password));
+        let m = Message::parse(&bytes).unwrap();
+        let secrets = RestSecrets::new([shared_key]);
+        assert!(secrets.authenticate(&m, "r", now, 0).is_ok());
+        assert!(secrets.authenticate(&m, "r", expiry, 0).is_ok());
+        assert!(secrets.authenticate(&m, "r", expiry + 30, 30).is_ok());
+        assert_eq!(
+            secrets.authenticate(&m, "r", expiry + 31, 30),
+            Err(RestError::Expired {
+                expiry,
+                now: expiry + 31
+            })
         );
     }
 
