@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = Vec::new();
     let mut b = MessageBuilder::new(&mut buf, m1.class(), m1.method(), m1.transaction_id());
     for (ty, value) in m1.attributes() {
-        if !matches!(ty, attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT) {
+        if !matches!(
+            ty,
+            attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT
+        ) {
             b = b.attribute(ty, value);
         }
     }
@@ -33,7 +36,12 @@ fuzz_target!(|data: &[u8]| {
     );
     let plain = |m: &Message<'_>| -> Vec<(u16, Vec<u8>)> {
         m.attributes()
-            .filter(|(t, _)| !matches!(*t, attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT))
+            .filter(|(t, _)| {
+                !matches!(
+                    *t,
+                    attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT
+                )
+            })
             .map(|(t, v)| (t, v.to_vec()))
             .collect()
     };
@@ -43,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(m1.nonce(), m2.nonce());
     assert_eq!(m1.lifetime(), m2.lifetime());
     assert_eq!(m1.channel_number(), m2.channel_number());
-    assert_eq!(m1.xor_peer_addresses().collect::<Vec<_>>(), m2.xor_peer_addresses().collect::<Vec<_>>());
+    assert_eq!(
+        m1.xor_peer_addresses().collect::<Vec<_>>(),
+        m2.xor_peer_addresses().collect::<Vec<_>>()
+    );
     assert_eq!(m1.xor_mapped_address(), m2.xor_mapped_address());
     assert_eq!(m1.xor_relayed_address(), m2.xor_relayed_address());
     assert_eq!(m1.error_code(), m2.error_code());

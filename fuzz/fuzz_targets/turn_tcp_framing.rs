@@ -41,7 +41,9 @@ fn run(framer: &Framer, stream: &[u8], chunk: usize) -> (Vec<(FrameKind, Vec<u8>
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&[a, b, c], stream)) = data.split_first_chunk::<3>() else { return };
+    let Some((&[a, b, c], stream)) = data.split_first_chunk::<3>() else {
+        return;
+    };
     let max = usize::from(u16::from_be_bytes([a, b])) * 2;
     let framer = Framer::new(max);
     let whole = run(&framer, stream, stream.len());
