@@ -649,8 +649,11 @@ mod tests {
         // The annotated deploy example must parse (unknown keys are rejected) and, once it
         // has a secret, validate.
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/turn-server.toml");
-        let Ok(text) = std::fs::read_to_string(&p) else { return };
-        let f: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            return;
+        };
+        let f: FileConfig =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let c = cli(&["--auth-secret", "s"]);
         Config::merge(&c, f).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }

@@ -466,44 +466,83 @@ fn relay_to_peer(w: &Worker, relay: RelayToken, peer: SocketAddr, bytes: &[u8]) 
     }
 }
 
+/// Datagrams read per `recvmmsg` on a listener socket.
+const RECV_BATCH: usize = if quinn_udp::BATCH_SIZE < 16 {
+    quinn_udp::BATCH_SIZE
+} else {
+    16
+};
+
 async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
     let Ok(local) = sock.local_addr() else { return };
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // quinn-udp gives recvmmsg (up to RECV_BATCH datagrams per syscall) and GRO (several
+    // datagrams of one flow in one buffer, split at `stride`), without unsafe code here.
+    let state = match quinn_udp::UdpSocketState::new((&*sock).into()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, %local, "UDP listener setup failed");
+            return;
+        }
+    };
+    let mut storage = vec![0u8; MAX_DATAGRAM * RECV_BATCH];
+    let mut metas = [quinn_udp::RecvMeta::default(); RECV_BATCH];
     loop {
-        let (n, remote) = tokio::select! {
+        tokio::select! {
             _ = w.shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
+            r = sock.readable() => if r.is_err() { return },
+        }
+        // Drain the socket: one recvmmsg per batch until it would block.
+        loop {
+            let res = {
+                let mut chunks = storage.chunks_mut(MAX_DATAGRAM);
+                let mut iovs: [io::IoSliceMut<'_>; RECV_BATCH] =
+                    std::array::from_fn(|_| io::IoSliceMut::new(chunks.next().unwrap_or_default()));
+                sock.try_io(tokio::io::Interest::READABLE, || {
+                    state.recv((&*sock).into(), &mut iovs, &mut metas)
+                })
+            };
+            let n = match res {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP errors surface as ECONNREFUSED etc. on Linux: not fatal.
                     tracing::debug!(error = %e, "udp recv");
-                    continue;
+                    break;
                 }
-            },
-        };
-        let now = Instant::now();
-        let from = FiveTuple {
-            proto: Proto::Udp,
-            local,
-            remote,
-        };
-        let Some(data) = buf.get(..n) else { continue };
-        let (relay, pending) = {
-            let mut core = w.core.borrow_mut();
-            let r = core.handle_input(now, unix_now(), from, data);
-            (r, core.has_pending())
-        };
-        if let Some(Relay::ToPeer {
-            relay,
-            peer,
-            payload,
-        }) = relay
-            && let Some(bytes) = data.get(payload)
-        {
-            relay_to_peer(&w, relay, peer, bytes);
-        }
-        if pending {
-            flush(&w, now);
+            };
+            let now = Instant::now();
+            let unix = unix_now();
+            let mut pending = false;
+            for (meta, chunk) in metas.iter().zip(storage.chunks(MAX_DATAGRAM)).take(n) {
+                let Some(filled) = chunk.get(..meta.len) else {
+                    continue;
+                };
+                let from = FiveTuple {
+                    proto: Proto::Udp,
+                    local,
+                    remote: meta.addr,
+                };
+                for data in filled.chunks(meta.stride.max(1)) {
+                    let relay = {
+                        let mut core = w.core.borrow_mut();
+                        let r = core.handle_input(now, unix, from, data);
+                        pending |= core.has_pending();
+                        r
+                    };
+                    if let Some(Relay::ToPeer {
+                        relay,
+                        peer,
+                        payload,
+                    }) = relay
+                        && let Some(bytes) = data.get(payload)
+                    {
+                        relay_to_peer(&w, relay, peer, bytes);
+                    }
+                }
+            }
+            if pending {
+                flush(&w, now);
+            }
         }
     }
 }
