@@ -221,6 +221,14 @@ fn ct_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// A videocall `hangup` result; `username` is omitted when unknown (as Janus does).
+fn hangup_result(username: Option<&str>, reason: &str) -> Value {
+    match username {
+        Some(u) => json!({"event": "hangup", "username": u, "reason": reason}),
+        None => json!({"event": "hangup", "reason": reason}),
+    }
+}
+
 /// Janus-style error reply.
 pub fn error_reply(session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
     let mut m = Map::new();
@@ -414,7 +422,12 @@ impl Core {
                     0,
                     None,
                     454,
-                    &format!("JSON error: on line {}: {}", e.line(), e),
+                    &format!(
+                        "Invalid Janus API request - <string>({},{}): {}",
+                        e.line(),
+                        e.column(),
+                        e
+                    ),
                 )
             }
         }
@@ -704,9 +717,17 @@ impl Core {
                     return self.wrong_path(req);
                 };
                 let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
-                self.teardown_call(now, hid, "Remote WebRTC hangup", "hangup");
+                let peer = self.teardown_call(now, hid, "Remote WebRTC hangup", "hangup", false);
                 if had_pc {
                     self.core_hangup(hid, "Janus API");
+                    if let Some(peer_name) = peer {
+                        // Janus closes the peer's PeerConnection too, which reports back
+                        self.plugin_result(
+                            hid,
+                            None,
+                            hangup_result(peer_name.as_deref(), "Remote WebRTC hangup"),
+                        );
+                    }
                 }
                 success
             }
@@ -752,12 +773,8 @@ impl Core {
                         self.trickle(now, hid, &list);
                         ack
                     }
-                    (None, Some(_)) => self.err(
-                        sid,
-                        Some(tx),
-                        467,
-                        "Invalid element type (candidates should be an array)",
-                    ),
+                    // Janus 1.1.2 acks (and ignores) a non-array `candidates`
+                    (None, Some(_)) => ack,
                 }
             }
             v => self.err(sid, Some(tx), 453, &format!("Unknown request '{v}'")),
@@ -789,7 +806,7 @@ impl Core {
     }
 
     fn detach_handle(&mut self, now: Instant, hid: u64, reason: &str) {
-        self.teardown_call(now, hid, "Remote WebRTC hangup", reason);
+        self.teardown_call(now, hid, "Remote WebRTC hangup", reason, false);
         if let Some(h) = self.handles.remove(&hid) {
             if let Some(name) = &h.username {
                 self.registry.unregister(name, hid);
@@ -801,30 +818,43 @@ impl Core {
     }
 
     /// Ends the call `hid` is in (if any): the peer gets a plugin `hangup` with
-    /// `peer_reason` and a core `hangup`. Resets both handles' call state.
-    fn teardown_call(&mut self, _now: Instant, hid: u64, peer_reason: &str, metric: &str) {
-        let Some(h) = self.handles.get_mut(&hid) else {
-            return;
-        };
+    /// `peer_reason` and, if its browser holds a PeerConnection for the call, a core
+    /// `hangup` — plus, with `peer_extra`, the "Remote WebRTC hangup" event Janus sends when
+    /// it closes that PeerConnection. Resets both handles' call state. Returns the peer's
+    /// username when there was a peer.
+    fn teardown_call(
+        &mut self,
+        _now: Instant,
+        hid: u64,
+        peer_reason: &str,
+        metric: &str,
+        peer_extra: bool,
+    ) -> Option<Option<String>> {
+        let h = self.handles.get_mut(&hid)?;
         let peer = h.peer;
         let own_name = h.username.clone();
         h.reset_call();
-        if let Some(p) = peer
-            && let Some(ph) = self.handles.get_mut(&p)
-            && ph.peer == Some(hid)
-        {
-            let peer_had_pc = ph.has_pc;
-            ph.reset_call();
-            self.plugin_result(
-                p,
-                None,
-                json!({"event": "hangup", "username": own_name, "reason": peer_reason}),
-            );
-            if peer_had_pc {
-                self.core_hangup(p, "Close PC");
-            }
-            self.metrics.calls_ended.with_label_values(&[metric]).inc();
+        let p = peer?;
+        let ph = self.handles.get_mut(&p)?;
+        if ph.peer != Some(hid) {
+            return None;
         }
+        let peer_had_pc = ph.has_pc;
+        let peer_name = ph.username.clone();
+        ph.reset_call();
+        self.plugin_result(p, None, hangup_result(own_name.as_deref(), peer_reason));
+        if peer_had_pc {
+            self.core_hangup(p, "Close PC");
+            if peer_extra {
+                self.plugin_result(
+                    p,
+                    None,
+                    hangup_result(own_name.as_deref(), "Remote WebRTC hangup"),
+                );
+            }
+        }
+        self.metrics.calls_ended.with_label_values(&[metric]).inc();
+        Some(peer_name)
     }
 
     /// Called by the shell when a WebSocket closed.
@@ -1023,7 +1053,7 @@ impl Core {
                 return self.err(sid, Some(tx), 465, "Invalid SDP (doesn't start with v=)");
             }
             if lower == "answer" && !self.handles.get(&hid).is_some_and(|h| h.got_offer) {
-                return self.err(sid, Some(tx), 469, "Unexpected ANSWER (no OFFER)");
+                return self.err(sid, Some(tx), 469, "Unexpected ANSWER (did we offer?)");
             }
             let e2ee = j.get("e2ee").and_then(Value::as_bool).unwrap_or(false);
             jsep = Some((lower, sdp_text, e2ee));
@@ -1190,9 +1220,6 @@ impl Core {
                 self.queue_forward(now, hid, ForwardKind::IncomingCall, jtype, sdp_text, e2ee);
             }
             "accept" => {
-                if username.is_none() {
-                    return self.plugin_error(hid, tx, 473, "Register a username first");
-                }
                 let Some(p) = peer.filter(|_| call == CallState::Incoming) else {
                     return self.plugin_error(hid, tx, 481, "No incoming call to accept");
                 };
@@ -1215,9 +1242,6 @@ impl Core {
                 self.queue_forward(now, hid, ForwardKind::Accepted, jtype, sdp_text, e2ee);
             }
             "set" => {
-                if username.is_none() {
-                    return self.plugin_error(hid, tx, 473, "Register a username first");
-                }
                 for key in ["audio", "video", "record"] {
                     if let Some(v) = body.get(key)
                         && !v.is_boolean()
@@ -1292,13 +1316,20 @@ impl Core {
                     .unwrap_or("We did the hangup")
                     .to_string();
                 let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
-                self.teardown_call(now, hid, &reason, "hangup");
+                let peer = self.teardown_call(now, hid, &reason, "hangup", true);
                 self.plugin_result(
                     hid,
                     Some(tx),
-                    json!({"event": "hangup", "username": username, "reason": "Explicit hangup"}),
+                    hangup_result(username.as_deref(), "Explicit hangup"),
                 );
                 if had_pc {
+                    if let Some(peer_name) = peer {
+                        self.plugin_result(
+                            hid,
+                            None,
+                            hangup_result(peer_name.as_deref(), "Remote WebRTC hangup"),
+                        );
+                    }
                     self.core_hangup(hid, "Close PC");
                 }
             }
@@ -1648,17 +1679,20 @@ impl Core {
         };
         let plugins_arg = |core: &Self, required: bool| -> Result<Option<Vec<String>>, Value> {
             match root.get("plugins") {
-                None if required => {
-                    Err(core.err(0, Some(tx), 456, "Missing mandatory element (plugins)"))
-                }
+                None if required => Err(core.err(
+                    0,
+                    Some(tx),
+                    467,
+                    "Invalid element type (plugins should be a non-empty array)",
+                )),
                 None => Ok(None),
                 Some(Value::Array(a)) => {
                     if required && a.is_empty() {
                         return Err(core.err(
                             0,
                             Some(tx),
-                            456,
-                            "Missing mandatory element (plugins)",
+                            467,
+                            "Invalid element type (plugins should be a non-empty array)",
                         ));
                     }
                     let mut out = Vec::new();
@@ -1723,13 +1757,13 @@ impl Core {
                     Ok(p) => p.unwrap_or_default(),
                     Err(e) => return (e, false),
                 };
-                if let Some(bad) = plugins.iter().find(|p| *p != VIDEOCALL) {
+                if plugins.iter().any(|p| p != VIDEOCALL) {
                     return (
                         self.err(
                             0,
                             Some(tx),
                             467,
-                            &format!("Invalid element type (no such plugin '{bad}')"),
+                            "Invalid element type (some of the provided plugins are invalid)",
                         ),
                         false,
                     );
@@ -1741,7 +1775,10 @@ impl Core {
                 };
                 match r {
                     Some(list) => (ok(json!({"data": {"plugins": list}})), true),
-                    None => (self.err(0, Some(tx), 470, "Token not found"), false),
+                    None => (
+                        self.err(0, Some(tx), 470, &format!("Token {token} not found")),
+                        false,
+                    ),
                 }
             }
             "remove_token" => {

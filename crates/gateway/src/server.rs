@@ -533,6 +533,15 @@ fn cors(app: &Shared, mut resp: Response, req_headers: &HeaderMap) -> Response {
     resp
 }
 
+fn random_transaction() -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect()
+}
+
 fn query_params(q: Option<&str>) -> HashMap<String, String> {
     let mut m = HashMap::new();
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -796,36 +805,21 @@ async fn http_inner(app: &App, req: Request) -> Response {
                 Instant::now(),
                 unix_now(),
                 Source::Http,
-                json!({"janus": "info", "transaction": query_params(query.as_deref()).get("transaction").cloned().unwrap_or_default()}),
+                json!({"janus": "info", "transaction": query_params(query.as_deref()).get("transaction").cloned().unwrap_or_else(random_transaction)}),
             );
             return json_response(StatusCode::OK, &v);
         }
         return empty(StatusCode::BAD_REQUEST);
     }
-    let session = match segs.first() {
-        None => None,
-        Some(s) => match s.parse::<u64>() {
-            Ok(x) if x > 0 => Some(x),
-            _ => {
-                return json_response(
-                    StatusCode::OK,
-                    &error_reply(0, None, 458, &format!("Invalid session {s}")),
-                );
-            }
-        },
-    };
-    let handle = match segs.get(1) {
-        None => None,
-        Some(h) => match h.parse::<u64>() {
-            Ok(x) if x > 0 => Some(x),
-            _ => {
-                return json_response(
-                    StatusCode::OK,
-                    &error_reply(0, None, 459, &format!("Invalid handle {h}")),
-                );
-            }
-        },
-    };
+    // like Janus (strtoull): a non-numeric path component counts as "no id"
+    let session = segs
+        .first()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|x| *x > 0);
+    let handle = segs
+        .get(1)
+        .and_then(|h| h.parse::<u64>().ok())
+        .filter(|x| *x > 0);
     if method == Method::GET {
         let Some(sid) = session else {
             return json_response(

@@ -332,9 +332,22 @@ async fn mattermost_add_token_remove_token_flow() {
     let v = gw.admin(json!({"janus": "disallow_token", "token": "limited", "plugins": ["janus.plugin.videocall"], "transaction": "t", "admin_secret": ADMIN_SECRET})).await;
     assert_eq!(v["data"]["plugins"], json!([]));
     let v = gw.admin(json!({"janus": "allow_token", "token": "nope", "plugins": ["janus.plugin.videocall"], "transaction": "t", "admin_secret": ADMIN_SECRET})).await;
-    assert_eq!(v["error"]["code"], 470);
+    assert_eq!(
+        v["error"],
+        json!({"code": 470, "reason": "Token nope not found"})
+    );
     let v = gw.admin(json!({"janus": "allow_token", "token": "limited", "plugins": ["janus.plugin.nope"], "transaction": "t", "admin_secret": ADMIN_SECRET})).await;
-    assert_eq!(v["error"]["code"], 467);
+    assert_eq!(
+        v["error"],
+        json!({"code": 467, "reason": "Invalid element type (some of the provided plugins are invalid)"})
+    );
+    let v = gw
+        .admin(json!({"janus": "allow_token", "token": "limited", "transaction": "t", "admin_secret": ADMIN_SECRET}))
+        .await;
+    assert_eq!(
+        v["error"],
+        json!({"code": 467, "reason": "Invalid element type (plugins should be a non-empty array)"})
+    );
 
     // Admin API over WebSocket (janus-admin-protocol)
     let mut a = Client::connect(gw.admin, "janus-admin-protocol").await;

@@ -292,6 +292,22 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
         .c
         .wait("core hangup at alice", |v| v["janus"] == "hangup")
         .await;
+    // as Janus, once the PeerConnections close both sides also get "Remote WebRTC hangup"
+    // naming the other side
+    let ra = alice
+        .c
+        .wait("remote hangup at alice", |v| {
+            result(v)["reason"] == "Remote WebRTC hangup"
+        })
+        .await;
+    assert_eq!(result(&ra)["username"], "bob");
+    let rb = bob
+        .c
+        .wait("remote hangup at bob", |v| {
+            result(v)["reason"] == "Remote WebRTC hangup"
+        })
+        .await;
+    assert_eq!(result(&rb)["username"], "alice");
 
     // hangup when not in a call is not an error
     let (_, ev) = bob.vc(json!({"request": "hangup"}), None).await;
@@ -439,6 +455,21 @@ async fn plugin_errors_have_janus_codes_and_texts() {
     assert_eq!(
         plugin_error(&ev),
         (475, "Missing mandatory element (request)".into())
+    );
+    // like Janus 1.1.2: only `call` needs a registered name
+    let (_, ev) = anon.vc(json!({"request": "accept"}), None).await;
+    assert_eq!(
+        plugin_error(&ev),
+        (481, "No incoming call to accept".into())
+    );
+    let (_, ev) = anon
+        .vc(json!({"request": "set", "audio": false}), None)
+        .await;
+    assert_eq!(result(&ev), &json!({"event": "set"}));
+    let (_, ev) = anon.vc(json!({"request": "hangup"}), None).await;
+    assert_eq!(
+        result(&ev),
+        &json!({"event": "hangup", "reason": "Explicit hangup"})
     );
     let (_, ev) = anon.vc(json!({"request": "dance"}), None).await;
     assert_eq!(plugin_error(&ev), (472, "Unknown request (dance)".into()));
