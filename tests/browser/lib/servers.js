@@ -13,6 +13,13 @@ const REPO = path.resolve(__dirname, '..', '..', '..');
 const BIN_DIR = process.env.CALLRELAY_BIN_DIR || path.join(REPO, 'target', 'debug');
 const LOG_LIMIT = 256 * 1024;
 
+// Every server started, so none outlives the test process even if it is torn down
+// without its after() hooks (timeout, Ctrl-C).
+const started = new Set();
+process.on('exit', () => {
+  for (const p of started) if (p.alive()) p.child.kill('SIGKILL');
+});
+
 class Proc {
   constructor(name, bin, args, env = {}) {
     this.name = name;
@@ -29,6 +36,7 @@ class Proc {
     };
     this.child.stdout.on('data', append);
     this.child.stderr.on('data', append);
+    started.add(this);
     this.exited = new Promise((resolve) => {
       this.child.on('exit', (code, signal) => {
         this.exit = { code, signal };
