@@ -1,14 +1,12 @@
 //! Long-term credentials: TURN REST shared secrets (several live at once) and static users.
 //!
-//! Local helper (shared-ice::auth was not available when this was written); the formats are
-//! the standard ones: REST username `"<expiry unix secs>:<user>"`, password
-//! `base64(HMAC-SHA1(secret, username))`, long-term key `MD5(username ":" realm ":" password)`
-//! (RFC 8489 §9.2.2). Secrets are never `Debug`-printed.
+//! The formulas come from `shared_ice::auth` (the gateway mints with the same code): REST
+//! username `"<expiry unix secs>:<user>"`, password `base64(HMAC-SHA1(secret, username))`,
+//! long-term key `MD5(username ":" realm ":" password)` (RFC 8489 §9.2.2). This module keeps
+//! the server's lookup policy: static users first, then every live secret. Secrets are never
+//! `Debug`-printed.
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use md5::{Digest, Md5};
-use sha1::Sha1;
+use shared_ice::auth::{RestSecret, parse_rest_username};
 
 use crate::config::StaticUser;
 
@@ -24,9 +22,10 @@ impl std::fmt::Debug for Key {
 
 /// TURN REST password for `username` under `secret`.
 pub fn rest_password(secret: &[u8], username: &str) -> String {
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("hmac accepts any key length");
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    RestSecret::new(secret)
+        .password(username)
+        .as_str()
+        .to_owned()
 }
 
 /// Mints TURN REST credentials (username, password) the way Mattermost and coturn do.
@@ -37,22 +36,12 @@ pub fn rest_credentials(secret: &[u8], expiry_unix: u64, user: &str) -> (String,
 }
 
 pub(crate) fn long_term_key(username: &str, realm: &str, password: &str) -> Key {
-    let mut h = Md5::new();
-    h.update(username.as_bytes());
-    h.update(b":");
-    h.update(realm.as_bytes());
-    h.update(b":");
-    h.update(password.as_bytes());
-    Key(h.finalize().into())
+    Key(shared_ice::auth::long_term_key(username, realm, password))
 }
 
 /// Expiry of a REST username: the decimal number before the first `:` (or the whole name).
 pub(crate) fn rest_expiry(username: &str) -> Option<u64> {
-    let ts = username.split_once(':').map_or(username, |(t, _)| t);
-    if ts.is_empty() || ts.len() > 20 || !ts.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    ts.parse().ok()
+    parse_rest_username(username).ok().map(|(expiry, _)| expiry)
 }
 
 /// The credential store of one core: reloadable on SIGHUP.
@@ -121,11 +110,15 @@ mod tests {
         assert_eq!(rest_expiry("1700000000"), Some(1_700_000_000));
         assert_eq!(rest_expiry("alice:1700000000"), None);
         assert_eq!(rest_expiry(":x"), None);
-        // HMAC-SHA1("secret", "1700000000:mattermost"), computed independently with openssl.
+        // base64(HMAC-SHA1("secret", "1700000000:mattermost")), computed with the openssl CLI.
         let (u, p) = rest_credentials(b"secret", 1_700_000_000, "mattermost");
         assert_eq!(u, "1700000000:mattermost");
-        assert_eq!(p.len(), 28);
-        assert_eq!(p, rest_password(b"secret", &u));
+        assert_eq!(p, "ExdB0SrMi6xMz8B12beJ8D6yLQg=");
+        // MD5("u:r:p"), computed independently with md5sum.
+        assert_eq!(
+            long_term_key("u", "r", "p").0,
+            hex_literal::hex!("44add22b6f3179b751eafd68ee370f7d")
+        );
     }
 
     #[test]

@@ -771,7 +771,9 @@ impl<R: RngCore> Core<R> {
                     let mut out = Vec::new();
                     let mut b = Builder::new(&mut out, method::ALLOCATE, Class::Error, p.0);
                     b.error(508, "Insufficient Capacity");
-                    b.finish(None, p.1);
+                    if !b.finish(None, p.1) {
+                        return;
+                    }
                     self.transmits
                         .push_back(Transmit::ToClient { client, data: out });
                 }
@@ -882,7 +884,9 @@ impl<R: RngCore> Core<R> {
         );
         b.xor_addr(attr::XOR_PEER_ADDRESS, peer);
         b.attr(attr::DATA, payload);
-        b.finish(None, false);
+        if !b.finish(None, false) {
+            return None;
+        }
         self.transmits
             .push_back(Transmit::ToClient { client, data: out });
         None
@@ -904,9 +908,6 @@ impl<R: RngCore> Core<R> {
             tracing::trace!(target: "wire", client = ?from.remote, "not STUN/ChannelData, dropped");
             return None;
         };
-        if from.proto == Proto::Udp && msg.raw().len() != buf.len() {
-            return None;
-        }
         if !msg.fingerprint_ok() {
             return None;
         }
@@ -973,7 +974,7 @@ impl<R: RngCore> Core<R> {
     ) -> Option<Relay> {
         let bandwidth = self.cfg.bandwidth;
         let slot = *self.by_client.get(&from)?;
-        let peer = msg.xor_addr(attr::XOR_PEER_ADDRESS)?;
+        let peer = msg.peer_address()?;
         let data = msg.get(attr::DATA)?;
         let a = self.slots.get_mut(slot as usize)?.as_mut()?;
         if a.expires <= now || !a.permitted(peer.ip(), now) {
@@ -1067,7 +1068,9 @@ impl<R: RngCore> Core<R> {
             let mut out = Vec::with_capacity(48);
             let mut b = Builder::new(&mut out, method::BINDING, Class::Success, msg.tid);
             b.xor_addr(attr::XOR_MAPPED_ADDRESS, from.remote);
-            b.finish(None, fp);
+            if !b.finish(None, fp) {
+                return;
+            }
             self.transmits.push_back(Transmit::ToClient {
                 client: from,
                 data: out,
@@ -1091,7 +1094,7 @@ impl<R: RngCore> Core<R> {
         // Unknown comprehension-required attributes → 420 (RFC 8489 §6.3.1).
         let mut unknown = std::mem::take(&mut self.scratch);
         unknown.clear();
-        msg.unknown_required(KNOWN, &mut unknown);
+        msg.unknown_required(&mut unknown);
         if !unknown.is_empty() {
             if self.rate_ok(now, from.remote.ip()) {
                 let mut out = Vec::new();
@@ -1102,7 +1105,9 @@ impl<R: RngCore> Core<R> {
                     v.extend_from_slice(&t.to_be_bytes());
                 }
                 b.attr(attr::UNKNOWN_ATTRIBUTES, &v);
-                b.finish(None, fp);
+                if !b.finish(None, fp) {
+                    return;
+                }
                 self.transmits.push_back(Transmit::ToClient {
                     client: from,
                     data: out,
@@ -1189,7 +1194,9 @@ impl<R: RngCore> Core<R> {
         );
         b.attr(attr::REALM, self.cfg.realm.as_bytes());
         b.attr(attr::NONCE, nonce.as_bytes());
-        b.finish(None, msg.has_fingerprint());
+        if !b.finish(None, msg.has_fingerprint()) {
+            return;
+        }
         self.transmits.push_back(Transmit::ToClient {
             client: from,
             data: out,
@@ -1200,7 +1207,9 @@ impl<R: RngCore> Core<R> {
         let mut out = Vec::with_capacity(40);
         let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
         b.error(code, "");
-        b.finish(None, fp);
+        if !b.finish(None, fp) {
+            return;
+        }
         self.transmits.push_back(Transmit::ToClient {
             client: from,
             data: out,
@@ -1337,7 +1346,9 @@ impl<R: RngCore> Core<R> {
         let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
         b.error(code, reason);
         b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
-        b.finish(Some(&authed.key.0), msg.has_fingerprint());
+        if !b.finish(Some(&authed.key.0), msg.has_fingerprint()) {
+            return;
+        }
         self.send_authed(now, from, msg, &authed.key, out);
     }
 
@@ -1355,7 +1366,9 @@ impl<R: RngCore> Core<R> {
             b.u32_attr(attr::LIFETIME, l);
         }
         b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
-        b.finish(Some(&authed.key.0), msg.has_fingerprint());
+        if !b.finish(Some(&authed.key.0), msg.has_fingerprint()) {
+            return;
+        }
         self.send_authed(now, from, msg, &authed.key, out);
     }
 
@@ -1593,7 +1606,7 @@ impl<R: RngCore> Core<R> {
         }
         if p.v6_error {
             // ADDRESS-ERROR-CODE (RFC 8656 §18.11): family 0x02, 440.
-            b.attr(0x8001, &[0x02, 0, 4, 40]);
+            b.ipv6_not_supported();
         }
         b.u32_attr(attr::LIFETIME, p.lifetime);
         if let Some(t) = p.reservation_token {
@@ -1601,7 +1614,9 @@ impl<R: RngCore> Core<R> {
         }
         b.xor_addr(attr::XOR_MAPPED_ADDRESS, a.client.remote);
         b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
-        b.finish(Some(&a.key.0), p.fingerprint);
+        if !b.finish(Some(&a.key.0), p.fingerprint) {
+            return;
+        }
         let client = a.client;
         self.stats.allocations[AllocResult::Ok as usize] += 1;
         tracing::debug!(relay = ?a.relays.iter().flatten().map(|r| r.bind).collect::<Vec<_>>(), proto = client.proto.label(), "allocation created");
@@ -1686,7 +1701,7 @@ impl<R: RngCore> Core<R> {
             return;
         };
         let mut peers: Vec<SocketAddr> = Vec::new();
-        for p in msg.xor_addrs(attr::XOR_PEER_ADDRESS) {
+        for p in msg.peer_addresses() {
             match p {
                 Some(p) => peers.push(p),
                 None => {
@@ -1718,10 +1733,10 @@ impl<R: RngCore> Core<R> {
             .get(attr::CHANNEL_NUMBER)
             .and_then(|v| v.get(..2))
             .map(|v| u16::from_be_bytes([v[0], v[1]]));
-        let Some(number) = number.filter(|n| stun::CHANNEL_NUMBERS.contains(n)) else {
+        let Some(number) = number.filter(|n| stun::valid_channel(*n)) else {
             return self.reply_error(now, from, msg, authed, 400, "Bad CHANNEL-NUMBER");
         };
-        let Some(peer) = msg.xor_addr(attr::XOR_PEER_ADDRESS) else {
+        let Some(peer) = msg.peer_address() else {
             return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
         };
         if let Err((code, reason)) = self.check_peer(slot, peer) {
@@ -1760,33 +1775,6 @@ fn install_permission(a: &mut Allocation, ip: IpAddr, now: Instant) {
         None => a.permissions.push((ip, expires)),
     }
 }
-
-/// Comprehension-required attributes we understand.
-const KNOWN: &[u16] = &[
-    attr::MAPPED_ADDRESS,
-    attr::USERNAME,
-    attr::MESSAGE_INTEGRITY,
-    attr::ERROR_CODE,
-    attr::UNKNOWN_ATTRIBUTES,
-    attr::CHANNEL_NUMBER,
-    attr::LIFETIME,
-    attr::XOR_PEER_ADDRESS,
-    attr::DATA,
-    attr::REALM,
-    attr::NONCE,
-    attr::XOR_RELAYED_ADDRESS,
-    attr::REQUESTED_ADDRESS_FAMILY,
-    attr::EVEN_PORT,
-    attr::REQUESTED_TRANSPORT,
-    attr::DONT_FRAGMENT,
-    attr::XOR_MAPPED_ADDRESS,
-    attr::RESERVATION_TOKEN,
-    attr::PRIORITY,
-    attr::USE_CANDIDATE,
-    attr::PADDING,
-    attr::RESPONSE_PORT,
-    attr::CONNECTION_ID,
-];
 
 /// Exposes deny classes for the metrics registry.
 pub fn deny_labels() -> impl Iterator<Item = &'static str> {

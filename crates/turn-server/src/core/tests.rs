@@ -174,7 +174,7 @@ fn request(
         b.attr(attr::NONCE, n);
         key = Some(c.key());
     }
-    b.finish(key.as_ref().map(|k| &k[..]), fp);
+    assert!(b.finish(key.as_ref().map(|k| &k[..]), fp));
     out
 }
 
@@ -697,7 +697,7 @@ fn send_and_data_indications_and_external_ip() {
         let mut b = Builder::new(&mut out, method::SEND, Class::Indication, tid);
         b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
         b.attr(attr::DATA, b"payload!");
-        b.finish(None, true);
+        assert!(b.finish(None, true));
         let r = sim.input(cl, &out);
         (r, out)
     };
