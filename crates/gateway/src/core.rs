@@ -698,7 +698,7 @@ impl Core {
                 if handle.is_some() {
                     return self.wrong_path(req);
                 }
-                self.destroy_session(now, sid, "hangup", false);
+                self.destroy_session(now, sid, "hangup");
                 success
             }
             "detach" => {
@@ -783,19 +783,13 @@ impl Core {
 
     // ------------------------------------------------------------------ lifetimes
 
-    fn destroy_session(&mut self, now: Instant, sid: u64, reason: &str, notify_detached: bool) {
+    fn destroy_session(&mut self, now: Instant, sid: u64, reason: &str) {
         let Some(sess) = self.sessions.get(&sid) else {
             return;
         };
         let handles: Vec<u64> = sess.handles.iter().copied().collect();
         for hid in handles {
             self.detach_handle(now, hid, reason);
-            if notify_detached {
-                self.emit(
-                    sid,
-                    json!({"janus": "detached", "session_id": sid, "sender": hid}),
-                );
-            }
         }
         if let Some(s) = self.sessions.remove(&sid) {
             self.outbox.push(Output::SessionClosed {
@@ -867,7 +861,7 @@ impl Core {
             .collect();
         for sid in owned {
             if self.cfg.reclaim_timeout.is_zero() {
-                self.destroy_session(now, sid, "disconnect", false);
+                self.destroy_session(now, sid, "disconnect");
             } else if let Some(s) = self.sessions.get_mut(&sid) {
                 s.orphaned_until = Some(now + self.cfg.reclaim_timeout);
             }
@@ -942,7 +936,7 @@ impl Core {
                 .collect();
             for (sid, _) in expired {
                 self.emit(sid, json!({"janus": "timeout", "session_id": sid}));
-                self.destroy_session(now, sid, "timeout", true);
+                self.destroy_session(now, sid, "timeout");
             }
         }
         let orphans: Vec<u64> = self
@@ -952,7 +946,7 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for sid in orphans {
-            self.destroy_session(now, sid, "disconnect", false);
+            self.destroy_session(now, sid, "disconnect");
         }
         if !self.cfg.token_max_idle.is_zero() {
             match self.next_token_sweep {
@@ -1651,7 +1645,7 @@ impl Core {
                     )
                 }
                 "destroy_session" => {
-                    self.destroy_session(now, session_id, "hangup", false);
+                    self.destroy_session(now, session_id, "hangup");
                     (ok(json!({"session_id": session_id})), false)
                 }
                 v => (

@@ -703,6 +703,11 @@ async fn session_timeout_sends_timeout_and_hangs_up_the_peer() {
         }
     }
     let t = alice_timeout.expect("alice got the timeout event");
+    // like Janus: only `timeout`, no `detached` events follow
+    assert!(
+        alice.c.next_within(300).await.is_none(),
+        "nothing after the timeout event"
+    );
     assert!(
         t >= Duration::from_millis(950) && t < Duration::from_millis(3500),
         "{t:?}"
