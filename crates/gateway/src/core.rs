@@ -1823,3 +1823,160 @@ impl Core {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The core without sockets or tokio: time is a parameter.
+    use super::*;
+    use crate::store::{MemoryRegistry, MemoryTokenStore};
+
+    const OFFER: &str =
+        "v=0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:u1\r\na=mid:0\r\n";
+
+    fn core(cfg: CoreConfig) -> Core {
+        Core::new(
+            cfg,
+            Box::new(MemoryTokenStore::new()),
+            Box::new(MemoryRegistry::new()),
+            Metrics::new(),
+        )
+    }
+
+    fn req(c: &mut Core, now: Instant, conn: ConnId, v: Value) -> Value {
+        c.handle_value(now, 0, Source::Ws(conn), v)
+    }
+
+    fn events(c: &mut Core) -> Vec<(Source, Value)> {
+        c.drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Event { owner, msg, .. } => Some((owner, msg)),
+                Output::SessionClosed { .. } => None,
+            })
+            .collect()
+    }
+
+    /// (session, handle) registered as `name` on connection `conn`.
+    fn party(c: &mut Core, now: Instant, conn: ConnId, name: &str) -> (u64, u64) {
+        let s = req(c, now, conn, json!({"janus": "create", "transaction": "c"}))["data"]["id"]
+            .as_u64()
+            .unwrap();
+        let h = req(
+            c,
+            now,
+            conn,
+            json!({"janus": "attach", "transaction": "a", "session_id": s, "plugin": VIDEOCALL}),
+        )["data"]["id"]
+            .as_u64()
+            .unwrap();
+        let r = req(
+            c,
+            now,
+            conn,
+            json!({"janus": "message", "transaction": "r", "session_id": s, "handle_id": h, "body": {"request": "register", "username": name}}),
+        );
+        assert_eq!(r["janus"], "ack");
+        events(c);
+        (s, h)
+    }
+
+    #[test]
+    fn session_timeout_is_driven_by_poll_timeout() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig::default());
+        let (s, _) = party(&mut c, t0, 1, "alice");
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        c.handle_timeout(t0 + Duration::from_secs(59), 0);
+        assert!(events(&mut c).is_empty());
+        let r = req(
+            &mut c,
+            t0 + Duration::from_secs(59),
+            1,
+            json!({"janus": "keepalive", "transaction": "k", "session_id": s}),
+        );
+        assert_eq!(r["janus"], "ack");
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(119)));
+        c.handle_timeout(t0 + Duration::from_secs(119), 0);
+        let ev = events(&mut c);
+        assert_eq!(
+            ev,
+            vec![(Source::Ws(1), json!({"janus": "timeout", "session_id": s}))]
+        );
+        assert_eq!(
+            c.stats(),
+            (0, 0, 0, 0),
+            "session, handle and username are gone"
+        );
+    }
+
+    #[test]
+    fn offer_waits_for_candidates_until_completed_or_deadline() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            candidate_wait: Duration::from_millis(500),
+            ..CoreConfig::default()
+        });
+        let (sa, ha) = party(&mut c, t0, 1, "alice");
+        let (_sb, hb) = party(&mut c, t0, 2, "bob");
+        let call = json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
+            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER}});
+        assert_eq!(req(&mut c, t0, 1, call)["janus"], "ack");
+        let ev = events(&mut c);
+        assert_eq!(ev.len(), 1, "only `calling` to alice: {ev:?}");
+        assert_eq!(ev[0].1["plugindata"]["data"]["result"]["event"], "calling");
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        // a candidate arrives; still held
+        let tr = json!({"janus": "trickle", "transaction": "t", "session_id": sa, "handle_id": ha,
+            "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1", "sdpMid": "0", "sdpMLineIndex": 0}});
+        req(&mut c, t0 + Duration::from_millis(100), 1, tr);
+        c.handle_timeout(t0 + Duration::from_millis(499), 0);
+        assert!(events(&mut c).is_empty());
+        // deadline: forwarded with the candidate, without end-of-candidates
+        c.handle_timeout(t0 + Duration::from_millis(500), 0);
+        let ev = events(&mut c);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].0, Source::Ws(2));
+        assert_eq!(ev[0].1["sender"], hb);
+        let sdp = ev[0].1["jsep"]["sdp"].as_str().unwrap();
+        assert!(sdp.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1\r\n"));
+        assert!(!sdp.contains("end-of-candidates"));
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn closing_a_connection_hangs_up_the_peer_and_frees_the_name() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            candidate_wait: Duration::ZERO,
+            ..CoreConfig::default()
+        });
+        let (sa, ha) = party(&mut c, t0, 1, "alice");
+        let (_sb, hb) = party(&mut c, t0, 2, "bob");
+        req(
+            &mut c,
+            t0,
+            1,
+            json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
+            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER}}),
+        );
+        events(&mut c);
+        c.connection_closed(t0, 1);
+        let ev = events(&mut c);
+        let to_bob: Vec<&Value> = ev
+            .iter()
+            .filter(|(o, _)| *o == Source::Ws(2))
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(to_bob.len(), 2, "{ev:?}");
+        assert_eq!(
+            to_bob[0]["plugindata"]["data"]["result"],
+            json!({"event": "hangup", "username": "alice", "reason": "Remote WebRTC hangup"})
+        );
+        assert_eq!(
+            to_bob[1],
+            &json!({"janus": "hangup", "session_id": to_bob[1]["session_id"], "sender": hb, "reason": "Close PC"})
+        );
+        let (_, _, users, _) = c.stats();
+        assert_eq!(users, 1, "alice's name is free");
+    }
+}

@@ -285,6 +285,67 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=mid:
         assert_eq!(sdp_ufrags(BUNDLE_CRLF), vec!["abcd", "abcd"]);
     }
 
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn sdp_with(mids: &[String], crlf: bool) -> String {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut s = format!("v=0{eol}o=- 1 2 IN IP4 127.0.0.1{eol}s=-{eol}t=0 0{eol}");
+            for m in mids {
+                s.push_str(&format!("m=audio 9 UDP/TLS/RTP/SAVPF 111{eol}a=ice-ufrag:x{eol}a=mid:{m}{eol}a=sendrecv{eol}"));
+            }
+            s
+        }
+
+        proptest! {
+            #[test]
+            fn merge_keeps_input_and_places_every_candidate_once(
+                n in 1usize..5,
+                crlf in any::<bool>(),
+                cands in proptest::collection::vec((0u32..50, proptest::option::of(0usize..6), proptest::option::of(0u64..6)), 0..20),
+                eoc in any::<bool>(),
+            ) {
+                let mids: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+                let sdp = sdp_with(&mids, crlf);
+                // distinct candidates (a repeated one is covered by the idempotence check)
+                let cs: Vec<Candidate> = cands
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (f, mid, idx))| Candidate {
+                        candidate: format!("candidate:{f} 1 udp 1 127.0.0.1 {} typ host", 1000 + i),
+                        sdp_mid: mid.map(|m| format!("m{m}")),
+                        sdp_mline_index: *idx,
+                    })
+                    .collect();
+                let out = merge_candidates(&sdp, &cs, eoc);
+                if crlf {
+                    prop_assert!(!out.replace("\r\n", "").contains('\n'));
+                } else {
+                    prop_assert!(!out.contains('\r'));
+                }
+                let eol = if crlf { "\r\n" } else { "\n" };
+                let kept: Vec<&str> = out
+                    .split(eol)
+                    .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
+                    .collect();
+                prop_assert_eq!(kept, sdp.split(eol).collect::<Vec<_>>());
+                prop_assert_eq!(out.matches("a=end-of-candidates").count(), if eoc { n } else { 0 });
+                // each distinct candidate once, in the right m-section
+                let sections: Vec<&str> = out.split("m=audio").skip(1).collect();
+                for c in &cs {
+                    let line = format!("a={}{eol}", c.candidate);
+                    prop_assert_eq!(out.matches(&line).count(), 1);
+                    let by_mid = c.sdp_mid.as_ref().and_then(|m| mids.iter().position(|x| x == m));
+                    let by_idx = c.sdp_mline_index.map(|i| i as usize).filter(|i| *i < n);
+                    let want = by_mid.or(by_idx).unwrap_or(0);
+                    prop_assert!(sections[want].contains(&line));
+                }
+                prop_assert_eq!(merge_candidates(&out, &cs, eoc), out.clone());
+            }
+        }
+    }
+
     #[test]
     fn looks_like_sdp_checks_v_line() {
         assert!(looks_like_sdp("v=0\r\n"));
