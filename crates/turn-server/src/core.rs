@@ -343,6 +343,10 @@ pub struct CoreConfig {
     pub strict_expiry: bool,
     /// Nonce lifetime (s).
     pub nonce_lifetime: u32,
+    /// Key of the stateless nonces. Give every worker the same one so a nonce from one
+    /// connection works on another (a client's TCP connections may reach different
+    /// workers); `None` draws one from the RNG.
+    pub nonce_key: Option<[u8; 20]>,
 }
 
 /// A token bucket in bytes or requests.
@@ -562,8 +566,11 @@ impl<R: RngCore> Core<R> {
         policy: PeerPolicy,
         quota: Arc<SharedQuota>,
     ) -> Self {
-        let mut nonce_key = [0u8; 20];
-        rng.fill_bytes(&mut nonce_key);
+        let nonce_key = cfg.nonce_key.unwrap_or_else(|| {
+            let mut k = [0u8; 20];
+            rng.fill_bytes(&mut k);
+            k
+        });
         Self {
             cfg,
             rng,

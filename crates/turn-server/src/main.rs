@@ -53,6 +53,8 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         cfg.relay_ports,
     ));
     let shutdown = CancellationToken::new();
+    let mut nonce_key = [0u8; 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce_key);
     let mut controls = Vec::new();
     let mut threads = Vec::new();
     for (index, sockets) in sockets.into_iter().enumerate() {
@@ -63,6 +65,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             cfg: cfg.clone(),
             sockets,
             quota: quota.clone(),
+            nonce_key,
             metrics: metrics.clone(),
             tls: tls.clone(),
             control: rx,

@@ -258,6 +258,8 @@ pub struct WorkerArgs {
     pub sockets: WorkerSockets,
     /// Shared allocation quota.
     pub quota: Arc<SharedQuota>,
+    /// Nonce key shared by all workers.
+    pub nonce_key: [u8; 20],
     /// Metrics.
     pub metrics: Metrics,
     /// TLS acceptor.
@@ -299,6 +301,7 @@ pub fn run_worker(args: WorkerArgs) -> io::Result<()> {
 async fn worker_main(args: WorkerArgs) -> io::Result<()> {
     let WorkerArgs {
         index: _,
+        nonce_key,
         cfg,
         sockets,
         quota,
@@ -319,6 +322,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         unauth_rate: cfg.unauth_rate,
         strict_expiry: cfg.strict_expiry,
         nonce_lifetime: cfg.nonce_lifetime,
+        nonce_key: Some(nonce_key),
     };
     let core = Core::new(
         core_cfg,

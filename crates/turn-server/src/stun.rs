@@ -157,6 +157,23 @@ impl<'a> Message<'a> {
     }
 
     /// Whether the message carries FINGERPRINT (shared-ice's parser guarantees it is last).
+    /// Every XOR-RELAYED-ADDRESS (dual-stack answers) and the ADDRESS-ERROR-CODE, if any.
+    #[cfg(test)]
+    pub(crate) fn relayed_addresses(&self) -> (Vec<SocketAddr>, Option<u16>) {
+        let addrs = self
+            .inner
+            .xor_relayed_addresses()
+            .filter_map(Result::ok)
+            .collect();
+        let err = self
+            .inner
+            .address_error_code()
+            .ok()
+            .flatten()
+            .map(|e| e.code);
+        (addrs, err)
+    }
+
     pub(crate) fn has_fingerprint(&self) -> bool {
         let b = self.inner.as_bytes();
         let start = b.len().checked_sub(8).filter(|s| *s >= si::HEADER_LEN);

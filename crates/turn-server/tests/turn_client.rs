@@ -280,3 +280,42 @@ async fn rotated_secrets_and_sighup_reload() {
     }
     assert_eq!(server.stop(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_exits() {
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32", "--drain-timeout", "20"]);
+    let peer = EchoPeer::start();
+    let (u, p) = rest(unix_now() + 3600, "dave");
+    let c = client(&server, &u, &p).await;
+    let relay = c.allocate().await.unwrap();
+    assert_eq!(echo(&relay, peer.addr, 3).await, 3);
+    server.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: the running call keeps relaying, new allocations get 508.
+    assert_eq!(echo(&relay, peer.addr, 3).await, 3);
+    let c2 = client(&server, &u, &p).await;
+    assert!(c2.allocate().await.is_err());
+    assert!(
+        server.wait_metric(
+            "callrelay_turn_allocations_total{result=\"capacity\"}",
+            |v| v >= 1.0
+        ) >= 1.0
+    );
+    // When the last allocation goes, the server exits at once (long before 20 s), cleanly.
+    let started = std::time::Instant::now();
+    relay.close().await.unwrap();
+    let mut server = server;
+    let status = loop {
+        if let Some(st) = server.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    c2.close().await.unwrap();
+    c.close().await.unwrap();
+}

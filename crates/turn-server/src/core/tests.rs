@@ -34,6 +34,7 @@ fn cfg() -> CoreConfig {
         unauth_rate: 1000,
         strict_expiry: false,
         nonce_lifetime: 600,
+        nonce_key: None,
     }
 }
 
@@ -849,6 +850,82 @@ fn draining_refuses_new_allocations() {
         None,
         "existing allocations keep working"
     );
+}
+
+#[test]
+fn dual_stack_and_ipv6_allocations() {
+    let mut c = cfg();
+    c.relay_ip6 = Some("2001:db8::1".parse().unwrap());
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let cl = client(90);
+    allocate(&mut sim, cl, &mut a);
+    sim.relays.clear();
+    // ADDITIONAL-ADDRESS-FAMILY: one IPv4 and one IPv6 relayed address, two relay sockets.
+    let c2 = client(91);
+    let tid = sim.next_tid();
+    sim.input(
+        c2,
+        &request(tid, method::ALLOCATE, Some(&a), false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        }),
+    );
+    let ans = last(&mut sim);
+    let m = Message::parse(&ans).unwrap();
+    let (addrs, err) = m.relayed_addresses();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
+    assert_eq!(err, None);
+    assert_eq!(sim.relays.len(), 2);
+    // Both families are reachable; ChannelData to an IPv6 peer leaves the IPv6 relay.
+    let p6: SocketAddr = "[2001:db8:ffff::9]:7".parse().unwrap();
+    assert_eq!(
+        simple(&mut sim, c2, &a, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4002_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, p6);
+        }),
+        None
+    );
+    let Some(Relay::ToPeer { relay, peer, .. }) = sim.input(c2, &channel_data(0x4002, b"v6"))
+    else {
+        panic!()
+    };
+    assert_eq!(peer, p6);
+    assert!(sim.relays[&relay].is_ipv6());
+    // REQUESTED-ADDRESS-FAMILY IPv6 only.
+    let c3 = client(92);
+    let tid = sim.next_tid();
+    sim.input(
+        c3,
+        &request(tid, method::ALLOCATE, Some(&a), false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        }),
+    );
+    let ans = last(&mut sim);
+    let (addrs, _) = Message::parse(&ans).unwrap().relayed_addresses();
+    assert_eq!(addrs.len(), 1);
+    assert!(addrs[0].is_ipv6());
+    // Without an IPv6 relay address, dual-stack degrades to IPv4 + ADDRESS-ERROR-CODE 440.
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, client(93), &mut a);
+    let c4 = client(94);
+    let tid = sim.next_tid();
+    sim.input(
+        c4,
+        &request(tid, method::ALLOCATE, Some(&a), false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        }),
+    );
+    let ans = last(&mut sim);
+    let m = Message::parse(&ans).unwrap();
+    assert_eq!(m.class, Class::Success);
+    let (addrs, err) = m.relayed_addresses();
+    assert_eq!(addrs.len(), 1);
+    assert_eq!(err, Some(440));
 }
 
 mod prop {

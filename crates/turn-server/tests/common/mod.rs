@@ -82,9 +82,10 @@ impl Server {
             REALM,
             "--metrics-listen",
             &metrics,
-            "--drain-timeout",
-            "2",
         ];
+        if !extra.contains(&"--drain-timeout") {
+            args.extend_from_slice(&["--drain-timeout", "2"]);
+        }
         if !extra.contains(&"--relay-ip") {
             args.extend_from_slice(&["--relay-ip", "127.0.0.1"]);
         }
