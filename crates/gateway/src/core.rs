@@ -71,6 +71,10 @@ pub struct CoreConfig {
     pub token_max_idle: Duration,
     /// Candidates buffered per handle before the SDP is forwarded.
     pub max_candidates: usize,
+    /// Sessions alive at once; `create` beyond this gets 490.
+    pub max_sessions: usize,
+    /// Handles per session; `attach` beyond this gets 461.
+    pub max_handles_per_session: usize,
 }
 
 impl Default for CoreConfig {
@@ -84,6 +88,8 @@ impl Default for CoreConfig {
             admin_secret: None,
             token_max_idle: Duration::from_secs(7 * 86400),
             max_candidates: 100,
+            max_sessions: 10_000,
+            max_handles_per_session: 64,
         }
     }
 }
@@ -600,6 +606,9 @@ impl Core {
                     return self.err(0, Some(req.tx), 403, UNAUTHORIZED);
                 }
                 let wanted = req.root.get("id").and_then(Value::as_u64).unwrap_or(0);
+                if self.sessions.len() >= self.cfg.max_sessions {
+                    return self.err(0, Some(req.tx), 490, "Maximum number of sessions reached");
+                }
                 let id = if wanted > 0 {
                     if self.sessions.contains_key(&wanted) || self.handles.contains_key(&wanted) {
                         return self.err(wanted, Some(req.tx), 468, "Session ID already in use");
@@ -686,6 +695,18 @@ impl Core {
                             &format!("Provided token can't access plugin '{plugin}'"),
                         );
                     }
+                }
+                if self
+                    .sessions
+                    .get(&sid)
+                    .is_some_and(|s| s.handles.len() >= self.cfg.max_handles_per_session)
+                {
+                    return self.err(
+                        sid,
+                        Some(tx),
+                        461,
+                        "Couldn't attach to plugin: error 'too many handles in this session'",
+                    );
                 }
                 let hid = self.new_id();
                 self.handles.insert(hid, Handle::new(sid));
@@ -1941,6 +1962,48 @@ mod tests {
         assert!(sdp.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1\r\n"));
         assert!(!sdp.contains("end-of-candidates"));
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn session_and_handle_caps_answer_errors() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            max_sessions: 2,
+            max_handles_per_session: 1,
+            ..CoreConfig::default()
+        });
+        let (s, _) = party(&mut c, t0, 1, "alice");
+        party(&mut c, t0, 1, "bob");
+        let r = req(
+            &mut c,
+            t0,
+            1,
+            json!({"janus": "create", "transaction": "c3"}),
+        );
+        assert_eq!(
+            r["error"],
+            json!({"code": 490, "reason": "Maximum number of sessions reached"})
+        );
+        let r = req(
+            &mut c,
+            t0,
+            1,
+            json!({"janus": "attach", "transaction": "a2", "session_id": s, "plugin": VIDEOCALL}),
+        );
+        assert_eq!(r["error"]["code"], 461);
+        req(
+            &mut c,
+            t0,
+            1,
+            json!({"janus": "destroy", "transaction": "d", "session_id": s}),
+        );
+        let r = req(
+            &mut c,
+            t0,
+            1,
+            json!({"janus": "create", "transaction": "c4"}),
+        );
+        assert_eq!(r["janus"], "success");
     }
 
     #[test]

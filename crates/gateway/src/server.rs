@@ -300,7 +300,7 @@ pub async fn serve_with_reload(
         api_secret: cfg.api_secret.clone(),
         admin_secret: cfg.admin_secret.clone(),
         token_max_idle: cfg.token_max_idle,
-        max_candidates: 100,
+        ..CoreConfig::default()
     };
     let loaded = file.tokens.len();
     let mut core = Core::new(
@@ -482,6 +482,9 @@ where
         router.clone().oneshot(req.map(Body::new))
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        // slow-loris: the request head must arrive within 10 s
+        .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(1024 * 1024)
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
         .with_upgrades();
