@@ -50,6 +50,8 @@ pub(crate) struct LoadSpec {
     pub(crate) duration: Duration,
     /// Time to wait for stragglers after the last send.
     pub(crate) drain: Duration,
+    /// A flow sends once this many packets are due, in one GSO call (1 = every tick).
+    pub(crate) burst: u64,
 }
 
 /// What happened.
@@ -190,6 +192,9 @@ pub(crate) async fn run(
             let due = (per_flow * t) as u64;
             for (i, f) in flows.iter().enumerate() {
                 let mut need = due.saturating_sub(due_sent[i]);
+                if need < spec.burst {
+                    continue;
+                }
                 if need > cap {
                     late += 1;
                     skipped += need - cap;

@@ -147,6 +147,10 @@ struct TurnArgs {
     /// Concurrent allocation cycles.
     #[arg(long, default_value_t = 32)]
     alloc_concurrency: usize,
+    /// Packets a flow sends back to back in one GSO call (a video-frame-like burst);
+    /// batching keeps the load generator cheaper than the server it drives.
+    #[arg(long, default_value_t = 8)]
+    burst: u64,
     /// Idle allocations for RSS per allocation.
     #[arg(long, default_value_t = 10_000)]
     rss_allocs: usize,
@@ -193,6 +197,7 @@ fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize
         alloc_concurrency: a.alloc_concurrency,
         rss_allocs: a.rss_allocs,
         latency_allocs: 10,
+        burst: a.burst.max(1),
         scratch: scratch.to_path_buf(),
     };
     let mut runs = c.runs.max(1);
@@ -246,8 +251,8 @@ fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
         opts.turn_server.display(),
     );
     println!(
-        "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} rss_allocs={}",
-        opts.step, opts.alloc_counts, opts.sizes, opts.cpu_rate, opts.rss_allocs
+        "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} burst={} rss_allocs={}",
+        opts.step, opts.alloc_counts, opts.sizes, opts.cpu_rate, opts.burst, opts.rss_allocs
     );
     println!();
     let results = turn::bench(&opts, runs)?;
@@ -264,6 +269,9 @@ fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Forwarder { .. }) {
+        servers::install_signal_watchdog()?;
+    }
     match cli.cmd {
         Cmd::Forwarder {
             listen,

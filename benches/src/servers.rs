@@ -4,9 +4,49 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+/// PIDs of the servers alive right now, for the signal watchdog.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// On SIGINT/SIGTERM (where no destructor runs) kill every server we started, then
+/// exit. Panics unwind and drop the [`Server`] guards themselves.
+pub(crate) fn install_signal_watchdog() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("signal-watchdog".into())
+        .spawn(move || {
+            rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            });
+            let pids = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+            for pid in pids {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            eprintln!("interrupted: stopped every server this bench started");
+            std::process::exit(130);
+        })?;
+    Ok(())
+}
 
 /// A child process that is terminated (SIGTERM, then SIGKILL) when dropped.
 pub(crate) struct Server {
@@ -21,9 +61,14 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
+        let mut children = CHILDREN
+            .lock()
+            .map_err(|_| anyhow::anyhow!("child registry poisoned"))?;
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        children.push(child.id());
+        drop(children);
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -43,8 +88,8 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    fn terminate(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -53,6 +98,7 @@ impl Drop for Server {
             .arg(self.child.id().to_string())
             .stderr(Stdio::null())
             .status();
+        // turn-server drains allocations on SIGTERM; a bench server need not wait.
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -62,6 +108,16 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+        let pid = self.child.id();
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.retain(|p| *p != pid);
+        }
     }
 }
 

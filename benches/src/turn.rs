@@ -54,6 +54,7 @@ pub(crate) struct TurnOpts {
     pub(crate) alloc_concurrency: usize,
     pub(crate) rss_allocs: usize,
     pub(crate) latency_allocs: usize,
+    pub(crate) burst: u64,
     pub(crate) scratch: PathBuf,
 }
 
@@ -211,6 +212,7 @@ async fn search_max(
             payload: 172,
             duration: opts.step,
             drain: Duration::from_millis(200),
+            burst: opts.burst,
         };
         let s = step(server_pid, sockets, flows, peer, spec).await?;
         let ok = s.r.loss() <= 0.001 && !s.r.client_bound();
@@ -294,6 +296,7 @@ async fn data_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figur
             payload: size,
             duration: opts.step,
             drain: Duration::from_millis(200),
+            burst: opts.burst,
         };
         let s = step(pid, &sockets, &cpu_flows, Some(&peer), spec).await?;
         let relayed = s.r.relayed().max(1) as f64;
@@ -345,6 +348,7 @@ async fn data_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figur
             payload: 172,
             duration: opts.step,
             drain: Duration::from_millis(200),
+            burst: opts.burst,
         };
         let s = step(pid, &socks, &flows, None, spec).await?;
         let delivered = s.r.received.max(1) as f64;
@@ -484,6 +488,8 @@ async fn latency_session(
         payload: 172,
         duration: opts.step,
         drain: Duration::from_millis(200),
+        // Paced every millisecond: no self-inflicted burst queueing in the latency.
+        burst: 1,
     };
     let s = step(srv.server.pid(), &sockets, &flows, Some(&peer), spec).await?;
     let p50 = s.r.hist.quantile_us(0.5).unwrap_or(f64::NAN);
