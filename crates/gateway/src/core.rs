@@ -144,6 +144,8 @@ struct Handle {
     got_offer: bool,
     /// A PeerConnection exists on the browser side as far as we can tell.
     has_pc: bool,
+    /// The SDP of the current message carries all its candidates (no trickle).
+    jsep_complete: bool,
 }
 
 impl Handle {
@@ -159,6 +161,7 @@ impl Handle {
             pending: None,
             got_offer: false,
             has_pc: false,
+            jsep_complete: false,
         }
     }
 
@@ -1071,9 +1074,19 @@ impl Core {
                 return self.err(sid, Some(tx), 469, "Unexpected ANSWER (did we offer?)");
             }
             let e2ee = j.get("e2ee").and_then(Value::as_bool).unwrap_or(false);
+            // A client that does not trickle (janus.js sends `"trickle": false`) or whose
+            // SDP already ends its candidates must not wait for the candidate deadline.
+            let complete = j.get("trickle").and_then(Value::as_bool) == Some(false)
+                || sdp_text.contains("a=end-of-candidates");
+            if let Some(h) = self.handles.get_mut(&hid) {
+                h.jsep_complete = complete;
+            }
             jsep = Some((lower, sdp_text, e2ee));
         }
         self.videocall(now, hid, tx, &body, jsep);
+        if let Some(h) = self.handles.get_mut(&hid) {
+            h.jsep_complete = false;
+        }
         json!({"janus": "ack", "session_id": sid, "transaction": tx})
     }
 
@@ -1389,7 +1402,8 @@ impl Core {
                 );
             }
         }
-        let immediate = h.forwarded || h.completed || wait.is_zero();
+        let immediate = h.forwarded || h.completed || h.jsep_complete || wait.is_zero();
+        h.jsep_complete = false;
         h.pending = Some(Pending {
             kind,
             jsep_type,
@@ -1962,6 +1976,23 @@ mod tests {
         assert!(sdp.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1\r\n"));
         assert!(!sdp.contains("end-of-candidates"));
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn non_trickle_offers_are_forwarded_at_once() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig::default());
+        let (sa, ha) = party(&mut c, t0, 1, "alice");
+        party(&mut c, t0, 2, "bob");
+        let call = json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
+            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER, "trickle": false}});
+        req(&mut c, t0, 1, call);
+        let ev = events(&mut c);
+        assert!(
+            ev.iter().any(|(o, m)| *o == Source::Ws(2)
+                && m["plugindata"]["data"]["result"]["event"] == "incomingcall"),
+            "{ev:?}"
+        );
     }
 
     #[test]
