@@ -146,6 +146,32 @@ pub enum Command {
         /// The connection.
         client: FiveTuple,
     },
+    /// RFC 6062: listen for peer TCP connections on `bind`, then call
+    /// [`Core::relay_opened`]; incoming ones go to [`Core::tcp_peer_incoming`].
+    OpenTcpRelay {
+        /// Token of the allocation's relay.
+        relay: RelayToken,
+        /// Address to listen on (reuse-address/port: outgoing connects bind it too).
+        bind: SocketAddr,
+    },
+    /// RFC 6062 Connect: open a TCP connection from `bind` to `peer`, then call
+    /// [`Core::tcp_peer_connected`]; keep the stream under `conn_id` for 30 s.
+    ConnectPeer {
+        /// Connection id.
+        conn_id: u32,
+        /// Relay address to bind.
+        bind: SocketAddr,
+        /// Peer.
+        peer: SocketAddr,
+    },
+    /// RFC 6062 ConnectionBind succeeded: after the queued answer, `client`'s connection
+    /// carries raw bytes to and from the peer connection `conn_id`.
+    SpliceData {
+        /// The client's data connection.
+        client: FiveTuple,
+        /// The peer connection.
+        conn_id: u32,
+    },
 }
 
 /// Counters the runtime exports as Prometheus metrics (monotonic).
@@ -264,6 +290,9 @@ pub struct SharedQuota {
     total: AtomicU32,
     per_user: Mutex<HashMap<String, u32>>,
     ports: Mutex<PortPool>,
+    /// RFC 6062 peer connections waiting for ConnectionBind: id → (username, deadline).
+    /// Shared because the data connection may reach another worker.
+    tcp_conns: Mutex<HashMap<u32, (String, Instant)>>,
 }
 
 impl SharedQuota {
@@ -275,7 +304,12 @@ impl SharedQuota {
             total: AtomicU32::new(0),
             per_user: Mutex::new(HashMap::new()),
             ports: Mutex::new(PortPool::new(ports.0, ports.1)),
+            tcp_conns: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn tcp_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (String, Instant)>> {
+        self.tcp_conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
@@ -405,7 +439,24 @@ struct Allocation {
     /// The Allocate answer waits for the relay sockets to be open.
     pending: Option<PendingAllocate>,
     reservation: Option<u64>,
+    /// RFC 6062 TCP allocation.
+    tcp: bool,
+    /// Peers with a connection or a pending Connect (446 on a second Connect).
+    tcp_peers: Vec<SocketAddr>,
 }
+
+/// A Connect waiting for the runtime's TCP connect.
+#[derive(Debug)]
+struct PendingConnect {
+    slot: u32,
+    generation: u32,
+    peer: SocketAddr,
+    tid: TransactionId,
+    fingerprint: bool,
+}
+
+/// How long a peer TCP connection waits for its ConnectionBind (RFC 6062 §5.3).
+pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct PendingAllocate {
@@ -548,6 +599,7 @@ pub struct Core<R> {
     draining: bool,
     stats: Stats,
     scratch: Vec<u16>,
+    pending_connects: HashMap<u32, PendingConnect>,
 }
 
 struct Authed {
@@ -593,6 +645,7 @@ impl<R: RngCore> Core<R> {
             draining: false,
             stats: Stats::default(),
             scratch: Vec::new(),
+            pending_connects: HashMap::new(),
         }
     }
 
@@ -677,6 +730,9 @@ impl<R: RngCore> Core<R> {
             a.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
         }
         self.tx_cache.retain(|_, (t, _)| *t > now);
+        self.quota
+            .tcp_conns()
+            .retain(|_, (_, deadline)| *deadline > now);
         self.rate
             .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
         let reservations = {
@@ -757,12 +813,20 @@ impl<R: RngCore> Core<R> {
                 else {
                     return;
                 };
+                let tcp = a.tcp;
                 if let Some(Some(r)) = a.relays.get_mut(idx) {
                     r.bind.set_port(p);
                     r.advertised.set_port(p);
-                    self.commands.push_back(Command::OpenRelaySocket {
-                        relay,
-                        bind: r.bind,
+                    self.commands.push_back(if tcp {
+                        Command::OpenTcpRelay {
+                            relay,
+                            bind: r.bind,
+                        }
+                    } else {
+                        Command::OpenRelaySocket {
+                            relay,
+                            bind: r.bind,
+                        }
                     });
                 }
             }
@@ -1135,8 +1199,8 @@ impl<R: RngCore> Core<R> {
             method::REFRESH => self.refresh(now, from, msg, &authed),
             method::CREATE_PERMISSION => self.create_permission(now, from, msg, &authed),
             method::CHANNEL_BIND => self.channel_bind(now, from, msg, &authed),
-            // RFC 6062 TCP allocations are not implemented: Connect/ConnectionBind → 400
-            // (Allocate with REQUESTED-TRANSPORT=TCP already gets 442).
+            method::CONNECT => self.connect(now, from, msg, &authed),
+            method::CONNECTION_BIND => self.connection_bind(now, from, msg, &authed),
             _ => self.reply_error(now, from, msg, &authed, 400, "Bad Request"),
         }
     }
@@ -1418,6 +1482,30 @@ impl<R: RngCore> Core<R> {
                 );
             }
             Some(17) => {}
+            // RFC 6062 §5.1: TCP relaying only for clients on TCP/TLS, without the UDP-only
+            // options.
+            Some(6) if from.proto == Proto::Udp => {
+                return bad(
+                    self,
+                    400,
+                    "TCP relay needs a TCP/TLS connection",
+                    AllocResult::BadRequest,
+                );
+            }
+            Some(6) => {
+                if msg.has(attr::EVEN_PORT)
+                    || msg.has(attr::RESERVATION_TOKEN)
+                    || msg.has(attr::DONT_FRAGMENT)
+                    || msg.has(attr::ADDITIONAL_ADDRESS_FAMILY)
+                {
+                    return bad(
+                        self,
+                        400,
+                        "Option not valid for a TCP relay",
+                        AllocResult::BadRequest,
+                    );
+                }
+            }
             Some(_) => {
                 return bad(
                     self,
@@ -1427,6 +1515,10 @@ impl<R: RngCore> Core<R> {
                 );
             }
         }
+        let tcp = msg
+            .get(attr::REQUESTED_TRANSPORT)
+            .and_then(|v| v.first().copied())
+            == Some(6);
         let even = msg.get(attr::EVEN_PORT);
         let token = msg.get(attr::RESERVATION_TOKEN);
         let raf = msg
@@ -1581,16 +1673,26 @@ impl<R: RngCore> Core<R> {
                 v6_error,
             }),
             reservation: reservation_token,
+            tcp,
+            tcp_peers: Vec::new(),
         };
         for (i, r) in alloc.relays.iter().enumerate() {
             if let Some(r) = r {
-                self.commands.push_back(Command::OpenRelaySocket {
-                    relay: RelayToken {
-                        slot,
-                        generation,
-                        v6: i == 1,
-                    },
-                    bind: r.bind,
+                let relay = RelayToken {
+                    slot,
+                    generation,
+                    v6: i == 1,
+                };
+                self.commands.push_back(if tcp {
+                    Command::OpenTcpRelay {
+                        relay,
+                        bind: r.bind,
+                    }
+                } else {
+                    Command::OpenRelaySocket {
+                        relay,
+                        bind: r.bind,
+                    }
                 });
             }
         }
@@ -1772,6 +1874,192 @@ impl<R: RngCore> Core<R> {
         }
         install_permission(a, peer.ip(), now);
         self.reply_ok(now, from, msg, authed, None);
+    }
+}
+
+impl<R: RngCore> Core<R> {
+    fn new_conn_id(&mut self) -> u32 {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0
+                && !self.pending_connects.contains_key(&id)
+                && !self.quota.tcp_conns().contains_key(&id)
+            {
+                return id;
+            }
+        }
+    }
+
+    /// RFC 6062 §5.2 Connect.
+    fn connect(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>, authed: &Authed) {
+        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
+            return;
+        };
+        let Some(peer) = msg.peer_address() else {
+            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        };
+        let (tcp, busy, generation) = match self.slots.get(slot as usize).and_then(Option::as_ref) {
+            Some(a) => (a.tcp, a.tcp_peers.contains(&peer), a.generation),
+            None => return,
+        };
+        if !tcp {
+            return self.reply_error(now, from, msg, authed, 400, "Not a TCP allocation");
+        }
+        if busy {
+            return self.reply_error(now, from, msg, authed, 446, "Connection Already Exists");
+        }
+        if let Err((code, reason)) = self.check_peer(slot, peer) {
+            return self.reply_error(now, from, msg, authed, code, reason);
+        }
+        let Some(bind) = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .and_then(|a| {
+                a.relay_for(peer)
+                    .and_then(|i| a.relays.get(i).copied().flatten())
+            })
+            .map(|r| r.bind)
+        else {
+            return self.reply_error(now, from, msg, authed, 443, "Peer Address Family Mismatch");
+        };
+        let conn_id = self.new_conn_id();
+        if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            a.tcp_peers.push(peer);
+        }
+        self.pending_connects.insert(
+            conn_id,
+            PendingConnect {
+                slot,
+                generation,
+                peer,
+                tid: msg.tid,
+                fingerprint: msg.has_fingerprint(),
+            },
+        );
+        self.commands.push_back(Command::ConnectPeer {
+            conn_id,
+            bind,
+            peer,
+        });
+    }
+
+    /// The runtime's answer to [`Command::ConnectPeer`]: success (the stream is kept under
+    /// `conn_id`) or failure (447).
+    pub fn tcp_peer_connected(&mut self, now: Instant, conn_id: u32, ok: bool) {
+        let Some(p) = self.pending_connects.remove(&conn_id) else {
+            return;
+        };
+        let Some(a) = self
+            .slots
+            .get_mut(p.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|a| a.generation == p.generation)
+        else {
+            return;
+        };
+        let mut out = Vec::with_capacity(96);
+        let mut b = Builder::new(
+            &mut out,
+            method::CONNECT,
+            if ok { Class::Success } else { Class::Error },
+            p.tid,
+        );
+        if ok {
+            install_permission(a, p.peer.ip(), now);
+            b.u32_attr(attr::CONNECTION_ID, conn_id);
+            self.quota
+                .tcp_conns()
+                .insert(conn_id, (a.username.clone(), now + CONNECTION_BIND_TIMEOUT));
+        } else {
+            a.tcp_peers.retain(|x| *x != p.peer);
+            b.error(447, "Connection Timeout or Failure");
+        }
+        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
+        let client = a.client;
+        if b.finish(Some(&a.key.0), p.fingerprint) {
+            self.transmits
+                .push_back(Transmit::ToClient { client, data: out });
+        }
+    }
+
+    /// RFC 6062 §5.3: a peer connected to a TCP relay. `Some(conn_id)` when its IP has a
+    /// permission (the runtime keeps the stream for ConnectionBind); `None` → close it.
+    pub fn tcp_peer_incoming(
+        &mut self,
+        now: Instant,
+        relay: RelayToken,
+        peer: SocketAddr,
+    ) -> Option<u32> {
+        let a = self.alloc_mut(relay)?;
+        if !a.tcp || a.expires <= now || !a.permitted(peer.ip(), now) {
+            return None;
+        }
+        let (client, username) = (a.client, a.username.clone());
+        let conn_id = self.new_conn_id();
+        self.quota
+            .tcp_conns()
+            .insert(conn_id, (username, now + CONNECTION_BIND_TIMEOUT));
+        let mut out = Vec::with_capacity(64);
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let mut b = Builder::new(
+            &mut out,
+            method::CONNECTION_ATTEMPT,
+            Class::Indication,
+            TransactionId(tid),
+        );
+        b.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+        b.u32_attr(attr::CONNECTION_ID, conn_id);
+        if b.finish(None, false) {
+            self.transmits
+                .push_back(Transmit::ToClient { client, data: out });
+        }
+        Some(conn_id)
+    }
+
+    /// RFC 6062 §5.4 ConnectionBind, on a new TCP/TLS connection without allocation.
+    fn connection_bind(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) {
+        if from.proto == Proto::Udp || self.by_client.contains_key(&from) {
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                400,
+                "ConnectionBind needs a new TCP connection",
+            );
+        }
+        let Some(conn_id) = msg.u32_attr(attr::CONNECTION_ID) else {
+            return self.reply_error(now, from, msg, authed, 400, "Missing CONNECTION-ID");
+        };
+        let entry = {
+            let mut conns = self.quota.tcp_conns();
+            match conns.get(&conn_id) {
+                Some((user, deadline)) if *deadline > now && *user == authed.username => {
+                    conns.remove(&conn_id)
+                }
+                Some((_, deadline)) if *deadline > now => None,
+                _ => {
+                    conns.remove(&conn_id);
+                    None
+                }
+            }
+        };
+        if entry.is_none() {
+            return self.reply_error(now, from, msg, authed, 400, "Unknown CONNECTION-ID");
+        }
+        self.reply_ok(now, from, msg, authed, None);
+        self.commands.push_back(Command::SpliceData {
+            client: from,
+            conn_id,
+        });
     }
 }
 

@@ -53,6 +53,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         cfg.relay_ports,
     ));
     let shutdown = CancellationToken::new();
+    let peer_streams: runtime::PeerStreams = Arc::default();
     let mut nonce_key = [0u8; 20];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce_key);
     let mut controls = Vec::new();
@@ -66,6 +67,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             sockets,
             quota: quota.clone(),
             nonce_key,
+            peer_streams: peer_streams.clone(),
             metrics: metrics.clone(),
             tls: tls.clone(),
             control: rx,

@@ -260,6 +260,8 @@ pub struct WorkerArgs {
     pub quota: Arc<SharedQuota>,
     /// Nonce key shared by all workers.
     pub nonce_key: [u8; 20],
+    /// RFC 6062 peer connections, shared by all workers.
+    pub peer_streams: PeerStreams,
     /// Metrics.
     pub metrics: Metrics,
     /// TLS acceptor.
@@ -280,6 +282,21 @@ struct Worker {
     relay_buf: RefCell<Vec<u8>>,
     max_frame: usize,
     shutdown: CancellationToken,
+    /// RFC 6062 relay listeners of this worker.
+    tcp_relays: RefCell<HashMap<RelayToken, JoinHandle<()>>>,
+    /// Data connections whose ConnectionBind succeeded, waiting to switch to raw bytes.
+    splices: RefCell<HashMap<FiveTuple, u32>>,
+    peer_streams: PeerStreams,
+}
+
+/// RFC 6062 peer connections waiting for their ConnectionBind, shared by all workers
+/// (the client's data connection may reach another worker than its control connection).
+pub type PeerStreams = Arc<std::sync::Mutex<HashMap<u32, (std::net::TcpStream, Instant)>>>;
+
+fn peer_streams_lock(
+    p: &PeerStreams,
+) -> std::sync::MutexGuard<'_, HashMap<u32, (std::net::TcpStream, Instant)>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unix_now() -> u64 {
@@ -302,6 +319,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
     let WorkerArgs {
         index: _,
         nonce_key,
+        peer_streams,
         cfg,
         sockets,
         quota,
@@ -347,6 +365,9 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         relay_buf: RefCell::new(vec![0u8; MAX_DATAGRAM + 4]),
         max_frame: cfg.max_frame as usize,
         shutdown: shutdown.clone(),
+        tcp_relays: RefCell::new(HashMap::new()),
+        splices: RefCell::new(HashMap::new()),
+        peer_streams,
     });
     for s in udp_list {
         tokio::task::spawn_local(udp_loop(w.clone(), s));
@@ -384,6 +405,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
                 let now = Instant::now();
                 w.core.borrow_mut().handle_timeout(now);
                 flush(&w, now);
+                expire_peer_streams(&w.peer_streams, now);
             }
         }
         let now = Instant::now();
@@ -432,13 +454,102 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 if let Some((_, task)) = w.relays.borrow_mut().remove(&relay) {
                     task.abort();
                 }
+                if let Some(task) = w.tcp_relays.borrow_mut().remove(&relay) {
+                    task.abort();
+                }
             }
             Some(Command::CloseConnection { client }) => {
                 w.streams.borrow_mut().remove(&client);
             }
+            Some(Command::OpenTcpRelay { relay, bind }) => {
+                let ok = match tcp_relay_listener(bind).and_then(TcpListener::from_std) {
+                    Ok(l) => {
+                        let task = tokio::task::spawn_local(tcp_relay_loop(w.clone(), relay, l));
+                        w.tcp_relays.borrow_mut().insert(relay, task);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(%bind, error = %e, "TCP relay port busy, trying another");
+                        false
+                    }
+                };
+                w.core.borrow_mut().relay_opened(now, relay, ok);
+            }
+            Some(Command::ConnectPeer {
+                conn_id,
+                bind,
+                peer,
+            }) => {
+                tokio::task::spawn_local(connect_peer(w.clone(), conn_id, bind, peer));
+            }
+            Some(Command::SpliceData { client, conn_id }) => {
+                w.splices.borrow_mut().insert(client, conn_id);
+            }
             None => {}
         }
     }
+}
+
+/// RFC 6062 relay listener; reuse-address/port so outgoing Connects can bind the same
+/// relayed address.
+fn tcp_relay_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    tcp_listener(addr)
+}
+
+async fn tcp_relay_loop(w: Rc<Worker>, relay: RelayToken, l: TcpListener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = w.shutdown.cancelled() => return,
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let now = Instant::now();
+        let id = w.core.borrow_mut().tcp_peer_incoming(now, relay, peer);
+        if let (Some(id), Ok(std)) = (id, stream.into_std()) {
+            peer_streams_lock(&w.peer_streams).insert(id, (std, now));
+        }
+        flush(&w, now);
+    }
+}
+
+async fn connect_peer(w: Rc<Worker>, conn_id: u32, bind: SocketAddr, peer: SocketAddr) {
+    let attempt = async {
+        let sock = if bind.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(bind)?;
+        sock.connect(peer).await
+    };
+    let res = tokio::time::timeout(Duration::from_secs(10), attempt).await;
+    let now = Instant::now();
+    let ok = match res {
+        Ok(Ok(stream)) => match stream.into_std() {
+            Ok(std) => {
+                peer_streams_lock(&w.peer_streams).insert(conn_id, (std, now));
+                true
+            }
+            Err(_) => false,
+        },
+        _ => false,
+    };
+    w.core.borrow_mut().tcp_peer_connected(now, conn_id, ok);
+    flush(&w, now);
+}
+
+/// Drops peer connections nobody bound within 30 s (RFC 6062 §5.3).
+fn expire_peer_streams(p: &PeerStreams, now: Instant) {
+    peer_streams_lock(p).retain(|_, (_, at)| {
+        now.saturating_duration_since(*at) < crate::core::CONNECTION_BIND_TIMEOUT
+    });
 }
 
 fn send_to_client(w: &Worker, client: FiveTuple, data: Vec<u8>) {
@@ -693,8 +804,10 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 break;
             }
         }
-        let _ = wr.shutdown().await;
+        // Hand the write half back: closed by the caller, or spliced (RFC 6062).
+        wr
     });
+    let mut splice: Option<(u32, Vec<u8>)> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     'conn: loop {
@@ -741,13 +854,55 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 flush(&w, now);
             }
             off += len;
+            // RFC 6062: after a successful ConnectionBind the rest of the stream is raw data.
+            if let Some(id) = w.splices.borrow_mut().remove(&five) {
+                splice = Some((id, buf.get(off..).unwrap_or_default().to_vec()));
+                break 'conn;
+            }
         }
         buf.drain(..off);
     }
+    // Dropping the sender lets the writer send what is queued and return the write half.
     w.streams.borrow_mut().remove(&five);
+    if let Some((id, leftover)) = splice {
+        let Ok(wr) = writer.await else { return };
+        let peer = peer_streams_lock(&w.peer_streams)
+            .remove(&id)
+            .map(|(s, _)| s);
+        if let Some(peer) = peer {
+            splice_data(&w, rd.unsplit(wr), peer, &leftover).await;
+        }
+        return;
+    }
     w.core.borrow_mut().connection_closed(five);
     flush(&w, Instant::now());
-    let _ = writer.await;
+    if let Ok(mut wr) = writer.await {
+        let _ = wr.shutdown().await;
+    }
+}
+
+/// Pipes a client data connection and a peer TCP connection (RFC 6062) until either side
+/// closes or the server shuts down.
+async fn splice_data<S: AsyncRead + AsyncWrite + Unpin>(
+    w: &Worker,
+    mut client: S,
+    peer: std::net::TcpStream,
+    leftover: &[u8],
+) {
+    let Ok(mut peer) = tokio::net::TcpStream::from_std(peer) else {
+        return;
+    };
+    if peer.write_all(leftover).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = w.shutdown.cancelled() => {}
+        r = tokio::io::copy_bidirectional(&mut client, &mut peer) => {
+            if let Ok((up, down)) = r {
+                tracing::debug!(up, down, "TCP relay connection closed");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub(crate) mod method {
     pub(crate) const CHANNEL_BIND: u16 = 0x009;
     pub(crate) const CONNECT: u16 = 0x00A;
     pub(crate) const CONNECTION_BIND: u16 = 0x00B;
+    pub(crate) const CONNECTION_ATTEMPT: u16 = 0x00C;
 }
 
 /// Attribute types (shared-ice's constants, re-exported under the names the core uses).
@@ -34,10 +35,10 @@ pub(crate) mod attr {
     #[cfg(test)]
     pub(crate) use shared_ice::stun::attr::ERROR_CODE;
     pub(crate) use shared_ice::stun::attr::{
-        ADDITIONAL_ADDRESS_FAMILY, CHANNEL_NUMBER, DATA, EVEN_PORT, FINGERPRINT, LIFETIME,
-        MESSAGE_INTEGRITY, NONCE, REALM, REQUESTED_ADDRESS_FAMILY, REQUESTED_TRANSPORT,
-        RESERVATION_TOKEN, SOFTWARE, UNKNOWN_ATTRIBUTES, USERNAME, XOR_MAPPED_ADDRESS,
-        XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
+        ADDITIONAL_ADDRESS_FAMILY, CHANNEL_NUMBER, CONNECTION_ID, DATA, DONT_FRAGMENT, EVEN_PORT,
+        FINGERPRINT, LIFETIME, MESSAGE_INTEGRITY, NONCE, REALM, REQUESTED_ADDRESS_FAMILY,
+        REQUESTED_TRANSPORT, RESERVATION_TOKEN, SOFTWARE, UNKNOWN_ATTRIBUTES, USERNAME,
+        XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
     };
 }
 

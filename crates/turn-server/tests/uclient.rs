@@ -314,3 +314,61 @@ fn wrong_and_expired_credentials_fail() {
     );
     let _ = REALM;
 }
+
+#[test]
+fn rfc6062_tcp_relay_zero_loss() {
+    // -T: TCP relay (RFC 6062), client-to-client: one client Connects to the other's
+    // relayed address, which sees a ConnectionAttempt; both ConnectionBind a data connection.
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
+    let port = server.port.to_string();
+    let (ok, out) = uclient(&[
+        "-T",
+        "-p",
+        &port,
+        "-n",
+        "20",
+        "-m",
+        "2",
+        "-z",
+        "5",
+        "-W",
+        SECRET,
+        "-u",
+        "alice",
+        "127.0.0.1",
+    ]);
+    assert_zero_loss(ok, &out, 40);
+    assert!(
+        server.wait_metric("callrelay_turn_requests_total{method=\"connect\"}", |v| v
+            >= 1.0)
+            >= 1.0
+    );
+    assert!(server.metric("callrelay_turn_requests_total{method=\"connection_bind\"}") >= 2.0);
+    // Without the loopback exception the Connect is forbidden and nothing flows.
+    let closed = Server::start(&[]);
+    let port = closed.port.to_string();
+    let (ok, out) = uclient(&[
+        "-T",
+        "-p",
+        &port,
+        "-n",
+        "5",
+        "-m",
+        "1",
+        "-z",
+        "5",
+        "-W",
+        SECRET,
+        "-u",
+        "alice",
+        "127.0.0.1",
+    ]);
+    let (_, recv) = totals(&out);
+    assert!(!ok || recv == 0, "loopback peer must be denied:\n{out}");
+    assert!(
+        closed.wait_metric(
+            "callrelay_turn_denied_peers_total{class=\"loopback\"}",
+            |v| v >= 1.0
+        ) >= 1.0
+    );
+}

@@ -19,6 +19,8 @@ struct Sim {
     closed: Vec<RelayToken>,
     fail_next_open: usize,
     tid: u8,
+    connects: Vec<(u32, SocketAddr)>,
+    splices: Vec<(FiveTuple, u32)>,
 }
 
 fn cfg() -> CoreConfig {
@@ -65,6 +67,8 @@ impl Sim {
             closed: Vec::new(),
             fail_next_open: 0,
             tid: 0,
+            connects: Vec::new(),
+            splices: Vec::new(),
         }
     }
     fn unix(&self) -> u64 {
@@ -107,6 +111,14 @@ impl Sim {
                         self.closed.push(relay);
                     }
                     Command::CloseConnection { .. } => {}
+                    Command::OpenTcpRelay { relay, bind } => {
+                        self.relays.insert(relay, bind);
+                        self.core.relay_opened(self.now, relay, true);
+                    }
+                    Command::ConnectPeer { conn_id, peer, .. } => {
+                        self.connects.push((conn_id, peer))
+                    }
+                    Command::SpliceData { client, conn_id } => self.splices.push((client, conn_id)),
                 }
             }
             if !any {
@@ -521,11 +533,18 @@ fn error_codes() {
     let a2 = |sim: &mut Sim, f: &dyn Fn(&mut Builder<'_>)| {
         simple(sim, c2, &creds, method::ALLOCATE, |b| f(b))
     };
-    // 400 missing REQUESTED-TRANSPORT; 442 TCP; 440 IPv6 without an IPv6 relay; 400 conflicts.
+    // 400 missing REQUESTED-TRANSPORT; 442 SCTP; 400 TCP relay over UDP (RFC 6062 §5.1);
+    // 440 IPv6 without an IPv6 relay; 400 conflicts.
     assert_eq!(a2(&mut sim, &|_| {}), Some(400));
     assert_eq!(
         a2(&mut sim, &|b| {
             b.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        }),
+        Some(400)
+    );
+    assert_eq!(
+        a2(&mut sim, &|b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
         }),
         Some(442)
     );
@@ -595,7 +614,7 @@ fn error_codes() {
     }
     assert_eq!(sim.core.stats().denied[DenyClass::Loopback.index()], 1);
     assert_eq!(sim.core.stats().denied[DenyClass::LinkLocal.index()], 1);
-    // RFC 6062 Connect is not implemented.
+    // Connect on a UDP allocation.
     assert_eq!(
         simple(&mut sim, c, &creds, method::CONNECT, |b| {
             b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
@@ -926,6 +945,113 @@ fn dual_stack_and_ipv6_allocations() {
     let (addrs, err) = m.relayed_addresses();
     assert_eq!(addrs.len(), 1);
     assert_eq!(err, Some(440));
+}
+
+#[test]
+fn rfc6062_connect_connection_attempt_and_bind() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let tcp_alloc = |sim: &mut Sim, cl: FiveTuple, a: &Creds| {
+        simple(sim, cl, a, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        })
+    };
+    // Prime the nonce with a UDP allocation, then: TCP relaying over UDP is refused.
+    allocate(&mut sim, client(100), &mut a);
+    let udp2 = client(101);
+    assert_eq!(tcp_alloc(&mut sim, udp2, &a), Some(400));
+    let mut ctl = client(102);
+    ctl.proto = Proto::Tcp;
+    assert_eq!(tcp_alloc(&mut sim, ctl, &a), None);
+    let relay = *sim.relays.keys().max_by_key(|t| t.slot).unwrap();
+    let connect = |sim: &mut Sim, p: SocketAddr| {
+        simple(sim, ctl, &a, method::CONNECT, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, p);
+        })
+    };
+    // Forbidden peers, then a public one: the runtime is asked to connect.
+    assert_eq!(
+        connect(&mut sim, "127.0.0.1:80".parse().unwrap()),
+        Some(403)
+    );
+    let tid = sim.next_tid();
+    sim.input(
+        ctl,
+        &request(tid, method::CONNECT, Some(&a), false, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+    );
+    assert!(sim.out.is_empty(), "answer waits for the TCP connect");
+    let (id, p) = sim.connects.pop().unwrap();
+    assert_eq!(p, peer());
+    sim.core.tcp_peer_connected(sim.now, id, true);
+    sim.drain();
+    let ans = last(&mut sim);
+    let m = Message::parse(&ans).unwrap();
+    assert_eq!((m.class, m.tid), (Class::Success, tid));
+    assert_eq!(m.u32_attr(attr::CONNECTION_ID), Some(id));
+    assert_eq!(
+        connect(&mut sim, peer()),
+        Some(446),
+        "one connection per peer"
+    );
+    // A failed connect → 447.
+    let other: SocketAddr = "203.0.113.50:443".parse().unwrap();
+    let tid = sim.next_tid();
+    sim.input(
+        ctl,
+        &request(tid, method::CONNECT, Some(&a), false, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, other);
+        }),
+    );
+    let (id2, _) = sim.connects.pop().unwrap();
+    sim.core.tcp_peer_connected(sim.now, id2, false);
+    sim.drain();
+    assert_eq!(
+        error_code(&Message::parse(&last(&mut sim)).unwrap()),
+        Some(447)
+    );
+    // ConnectionBind on a new TCP connection splices it to the peer connection, once.
+    let mut data = client(103);
+    data.proto = Proto::Tcp;
+    let bind = |sim: &mut Sim, from: FiveTuple, id: u32| {
+        simple(sim, from, &a, method::CONNECTION_BIND, |b| {
+            b.u32_attr(attr::CONNECTION_ID, id);
+        })
+    };
+    assert_eq!(
+        bind(&mut sim, ctl, id),
+        Some(400),
+        "not on the control connection"
+    );
+    assert_eq!(bind(&mut sim, data, id), None);
+    assert_eq!(sim.splices, vec![(data, id)]);
+    let mut data2 = client(104);
+    data2.proto = Proto::Tcp;
+    assert_eq!(bind(&mut sim, data2, id), Some(400), "an id binds once");
+    // Incoming peer connections: only from permitted IPs, announced by ConnectionAttempt.
+    assert_eq!(
+        sim.core
+            .tcp_peer_incoming(sim.now, relay, "198.51.100.99:5555".parse().unwrap()),
+        None
+    );
+    let from_peer: SocketAddr = SocketAddr::new(peer().ip(), 6000);
+    let id3 = sim
+        .core
+        .tcp_peer_incoming(sim.now, relay, from_peer)
+        .expect("permitted by the Connect");
+    sim.drain();
+    let ind = last(&mut sim);
+    let m = Message::parse(&ind).unwrap();
+    assert_eq!(
+        (m.method, m.class),
+        (method::CONNECTION_ATTEMPT, Class::Indication)
+    );
+    assert_eq!(m.u32_attr(attr::CONNECTION_ID), Some(id3));
+    assert_eq!(m.xor_addr(attr::XOR_PEER_ADDRESS), Some(from_peer));
+    // Unbound for 30 s: gone.
+    sim.advance(31);
+    assert_eq!(bind(&mut sim, data2, id3), Some(400));
 }
 
 mod prop {
