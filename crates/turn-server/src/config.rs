@@ -19,10 +19,10 @@ pub struct Cli {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// UDP+TCP listen address (repeatable). Default 0.0.0.0:3478 and [::]:3478.
+    /// UDP+TCP listen address (repeatable). Default `0.0.0.0:3478` and `[::]:3478`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
-    /// TLS listen address (repeatable). Default 0.0.0.0:5349 and [::]:5349 when a cert is set.
+    /// TLS listen address (repeatable). Default `0.0.0.0:5349` and `[::]:5349` when a cert is set.
     #[arg(long, value_name = "ADDR:PORT")]
     pub tls_listen: Vec<String>,
     /// PEM certificate chain for TLS.

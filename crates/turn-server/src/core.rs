@@ -181,9 +181,9 @@ pub struct Stats {
     pub allocations: [u64; 7],
     /// Auth failures: missing, bad_integrity, unknown_user, expired, stale_nonce, bad_username.
     pub auth_failures: [u64; 6],
-    /// Packets relayed [direction to_peer=0,to_client=1][transport].
+    /// Packets relayed, indexed `[direction: to_peer=0, to_client=1][transport]`.
     pub packets: [[u64; 3]; 2],
-    /// Bytes relayed [direction][transport].
+    /// Bytes relayed, indexed `[direction][transport]`.
     pub bytes: [[u64; 3]; 2],
     /// Denied peers by [`DenyClass::index`].
     pub denied: [u64; 9],
