@@ -480,7 +480,7 @@ impl Allocation {
 /// Fast, non-cryptographic hasher for 5-tuples (keys come from the kernel, and one
 /// allocation per 5-tuple is authenticated, so HashDoS needs credentials).
 #[derive(Default)]
-struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
@@ -508,7 +508,7 @@ impl Hasher for FxHasher {
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Relay-port pool of one shard (bitset, random probing).
 #[derive(Debug)]

@@ -147,7 +147,7 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// Per-worker sockets, bound UDP/TCP addresses, bound TLS addresses.
 pub type Bound = (Vec<WorkerSockets>, Vec<SocketAddr>, Vec<SocketAddr>);
 
-type RelayMap = HashMap<RelayToken, (Rc<UdpSocket>, JoinHandle<()>)>;
+type RelayMap = crate::core::FxMap<RelayToken, (Rc<UdpSocket>, JoinHandle<()>)>;
 
 /// Sockets of one worker.
 #[derive(Debug, Default)]
@@ -274,12 +274,15 @@ pub struct WorkerArgs {
 
 struct Worker {
     core: RefCell<Core<StdRng>>,
-    udp: HashMap<SocketAddr, Rc<UdpSocket>>,
+    udp: crate::core::FxMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<RelayMap>,
     streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
     /// One receive buffer shared by all relay sockets of this worker (read synchronously after
     /// readiness), so an idle allocation costs no buffer memory.
     relay_buf: RefCell<Vec<u8>>,
+    /// Used only for its `recvmmsg` on relay sockets (which get no GRO: each datagram
+    /// needs its own 4 bytes of headroom for the ChannelData header).
+    recv_state: quinn_udp::UdpSocketState,
     max_frame: usize,
     shutdown: CancellationToken,
     /// RFC 6062 relay listeners of this worker.
@@ -350,7 +353,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         cfg.policy.clone(),
         quota,
     );
-    let mut udp = HashMap::new();
+    let mut udp = crate::core::FxMap::default();
     let mut udp_list = Vec::new();
     for s in sockets.udp {
         let s = Rc::new(UdpSocket::from_std(s)?);
@@ -360,9 +363,14 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
     let w = Rc::new(Worker {
         core: RefCell::new(core),
         udp,
-        relays: RefCell::new(HashMap::new()),
+        relays: RefCell::new(RelayMap::default()),
         streams: RefCell::new(HashMap::new()),
-        relay_buf: RefCell::new(vec![0u8; MAX_DATAGRAM + 4]),
+        relay_buf: RefCell::new(vec![0u8; RELAY_SLOT * RELAY_BATCH]),
+        recv_state: {
+            // Configured on a throwaway unbound socket: relay sockets must not get GRO.
+            let probe = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            quinn_udp::UdpSocketState::new((&probe).into())?
+        },
         max_frame: cfg.max_frame as usize,
         shutdown: shutdown.clone(),
         tcp_relays: RefCell::new(HashMap::new()),
@@ -612,13 +620,10 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
                 let mut chunks = storage.chunks_mut(MAX_DATAGRAM);
                 let mut iovs: [io::IoSliceMut<'_>; RECV_BATCH] =
                     std::array::from_fn(|_| io::IoSliceMut::new(chunks.next().unwrap_or_default()));
-                sock.try_io(tokio::io::Interest::READABLE, || {
-                    state.recv((&*sock).into(), &mut iovs, &mut metas)
-                })
+                recv_batch(&sock, &state, &mut iovs, &mut metas)
             };
-            let n = match res {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            let (n, more) = match res {
+                Ok(x) => x,
                 Err(e) => {
                     // ICMP errors surface as ECONNREFUSED etc. on Linux: not fatal.
                     tracing::debug!(error = %e, "udp recv");
@@ -658,57 +663,111 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
             if pending {
                 flush(&w, now);
             }
+            if !more {
+                break;
+            }
         }
     }
 }
 
+/// Datagrams read per `recvmmsg` on a relay socket, and the size of one slot of the
+/// worker's relay buffer (4 bytes of headroom for the ChannelData header + a datagram).
+const RELAY_BATCH: usize = 8;
+const RELAY_SLOT: usize = MAX_DATAGRAM + 4;
+
+/// One non-blocking `recvmmsg` inside tokio's readiness protocol. When it returns fewer
+/// datagrams than buffers the queue was empty at that instant, so readiness is cleared
+/// right away (reported as `WouldBlock` to `try_io`, the count kept aside) instead of
+/// paying one more syscall just to see `EAGAIN`. Safe: a datagram arriving afterwards
+/// raises a new readiness event that this clear does not erase.
+fn recv_batch(
+    sock: &UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    bufs: &mut [io::IoSliceMut<'_>],
+    metas: &mut [quinn_udp::RecvMeta],
+) -> io::Result<(usize, bool)> {
+    let mut got = 0;
+    let res = sock.try_io(tokio::io::Interest::READABLE, || {
+        got = state.recv(sock.into(), bufs, metas)?;
+        if got < bufs.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match res {
+        Ok(()) => Ok((got, true)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((got, false)),
+        Err(e) => Err(e),
+    }
+}
+
 async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
+    let mut metas = [quinn_udp::RecvMeta::default(); RELAY_BATCH];
     loop {
         if sock.readable().await.is_err() {
             return;
         }
-        // Drain everything that is queued, reading into the worker's shared buffer.
         loop {
             let mut buf = w.relay_buf.borrow_mut();
-            let (n, peer) = match buf.get_mut(4..).map(|b| sock.try_recv_from(b)) {
-                Some(Ok(x)) => x,
-                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Some(Err(_)) | None => break,
+            let res = {
+                let mut slots = buf.chunks_mut(RELAY_SLOT);
+                let mut iovs: [io::IoSliceMut<'_>; RELAY_BATCH] = std::array::from_fn(|_| {
+                    io::IoSliceMut::new(
+                        slots
+                            .next()
+                            .and_then(|s| s.get_mut(4..))
+                            .unwrap_or_default(),
+                    )
+                });
+                recv_batch(&sock, &w.recv_state, &mut iovs, &mut metas)
             };
+            let Ok((n, more)) = res else { break };
             let now = Instant::now();
-            let (r, pending) = {
-                let mut core = w.core.borrow_mut();
-                let r = buf
-                    .get(4..4 + n)
-                    .and_then(|p| core.handle_peer_data(now, token, peer, p));
-                (r, core.has_pending())
-            };
-            if let Some(Relay::ToClient {
-                client,
-                header,
-                padding,
-            }) = r
-                && let Some(h) = buf.get_mut(..4)
-            {
+            let mut pending = false;
+            for (meta, slot) in metas.iter().zip(buf.chunks_mut(RELAY_SLOT)).take(n) {
+                let len = meta.len;
+                let r = {
+                    let mut core = w.core.borrow_mut();
+                    let r = slot
+                        .get(4..4 + len)
+                        .and_then(|p| core.handle_peer_data(now, token, meta.addr, p));
+                    pending |= core.has_pending();
+                    r
+                };
+                let Some(Relay::ToClient {
+                    client,
+                    header,
+                    padding,
+                }) = r
+                else {
+                    continue;
+                };
+                let Some(h) = slot.get_mut(..4) else { continue };
                 h.copy_from_slice(&header);
+                let Some(frame) = slot.get(..4 + len) else {
+                    continue;
+                };
                 match client.proto {
                     Proto::Udp => {
-                        if let (Some(s), Some(frame)) = (w.udp.get(&client.local), buf.get(..4 + n))
-                        {
+                        if let Some(s) = w.udp.get(&client.local) {
                             let _ = send_now(s, frame, client.remote);
                         }
                     }
                     _ => {
-                        let mut frame = Vec::with_capacity(4 + n + padding);
-                        frame.extend_from_slice(buf.get(..4 + n).unwrap_or_default());
-                        frame.resize(4 + n + padding, 0);
-                        drop(buf);
-                        send_to_client(&w, client, frame);
+                        let mut v = Vec::with_capacity(4 + len + padding);
+                        v.extend_from_slice(frame);
+                        v.resize(4 + len + padding, 0);
+                        send_to_client(&w, client, v);
                     }
                 }
             }
+            drop(buf);
             if pending {
                 flush(&w, now);
+            }
+            if !more {
+                break;
             }
         }
     }
