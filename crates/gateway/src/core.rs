@@ -1996,6 +1996,31 @@ mod tests {
     }
 
     #[test]
+    fn orphaned_sessions_wait_for_claim_then_die() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            reclaim_timeout: Duration::from_secs(5),
+            ..CoreConfig::default()
+        });
+        let (s1, _) = party(&mut c, t0, 1, "alice");
+        let (s2, _) = party(&mut c, t0, 1, "bob");
+        c.connection_closed(t0, 1);
+        assert_eq!(c.stats().0, 2, "kept for a claim");
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+        // one is claimed by a new connection in time
+        let r = req(
+            &mut c,
+            t0 + Duration::from_secs(2),
+            7,
+            json!({"janus": "claim", "transaction": "c", "session_id": s1}),
+        );
+        assert_eq!(r["janus"], "success");
+        c.handle_timeout(t0 + Duration::from_secs(5), 0);
+        assert_eq!(c.session_owner(s1), Some(Source::Ws(7)));
+        assert_eq!(c.session_owner(s2), None, "unclaimed session destroyed");
+    }
+
+    #[test]
     fn session_and_handle_caps_answer_errors() {
         let t0 = Instant::now();
         let mut c = core(CoreConfig {

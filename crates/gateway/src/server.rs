@@ -71,6 +71,8 @@ const HTTP_QUEUE_MAX: usize = 1000;
 struct HttpQueue {
     events: VecDeque<Value>,
     notify: Arc<Notify>,
+    /// The session is gone; its last events (e.g. `timeout`) wait for one more poll.
+    closed_at: Option<Instant>,
 }
 
 struct ConnHandle {
@@ -145,7 +147,16 @@ impl Inner {
                     q.notify.notify_waiters();
                 }
                 Output::SessionClosed { session_id, .. } => {
-                    if let Some(q) = self.http.remove(&session_id) {
+                    let keep = self
+                        .http
+                        .get(&session_id)
+                        .is_some_and(|q| !q.events.is_empty());
+                    if keep {
+                        if let Some(q) = self.http.get_mut(&session_id) {
+                            q.closed_at = Some(Instant::now());
+                            q.notify.notify_waiters();
+                        }
+                    } else if let Some(q) = self.http.remove(&session_id) {
                         q.notify.notify_waiters();
                     }
                 }
@@ -424,6 +435,11 @@ async fn timer_loop(app: App, shutdown: CancellationToken) {
             let mut inner = app.lock();
             inner.core.handle_timeout(Instant::now(), unix_now());
             inner.deliver();
+            // last events of ended HTTP sessions that nobody fetched
+            inner.http.retain(|_, q| {
+                q.closed_at
+                    .is_none_or(|t| t.elapsed() < Duration::from_secs(60))
+            });
             inner.core.take_token_snapshot().is_some()
         };
         if dirty {
@@ -940,10 +956,18 @@ async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
             q.get("token").map(String::as_str),
             q.get("apisecret").map(String::as_str),
         ) {
-            return match e {
-                LongPollError::Unauthorized => empty(StatusCode::FORBIDDEN),
-                LongPollError::NoSession => empty(StatusCode::NOT_FOUND),
-            };
+            let leftover = e == LongPollError::NoSession
+                && inner
+                    .http
+                    .get(&sid)
+                    .is_some_and(|q| q.closed_at.is_some() && !q.events.is_empty());
+            if !leftover {
+                return match e {
+                    LongPollError::Unauthorized => empty(StatusCode::FORBIDDEN),
+                    LongPollError::NoSession => empty(StatusCode::NOT_FOUND),
+                };
+            }
+            // the session just ended: hand out its last events (e.g. `timeout`) first
         }
     }
     app.timer.notify_one();
@@ -951,6 +975,9 @@ async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
         let (events, notify, alive) = {
             let mut inner = app.lock();
             let alive = inner.core.session_owner(sid).is_some();
+            if !alive && !inner.http.contains_key(&sid) {
+                return empty(StatusCode::NOT_FOUND);
+            }
             let q = inner.http.entry(sid).or_default();
             let n = q.events.len().min(maxev);
             let ev: Vec<Value> = q.events.drain(..n).collect();

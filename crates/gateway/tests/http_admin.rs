@@ -736,3 +736,62 @@ fn binary_rejects_bad_config_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("turn_secret"));
 }
+
+#[tokio::test]
+async fn http_session_timeout_is_delivered_to_the_next_long_poll() {
+    let dir = temp_dir();
+    let mut cfg = base_config(&dir);
+    cfg.session_timeout = Some(1);
+    let gw = Gw::start(cfg).await;
+    gw.add_token(TOKEN).await;
+    let v = post_json(
+        gw.http,
+        "/janus",
+        &json!({"janus": "create", "transaction": "c", "token": TOKEN}),
+    )
+    .await;
+    let s = v["data"]["id"].as_u64().unwrap();
+    // no requests, no polls: the session times out after ~1 s
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (st, _, b) = http(
+        gw.http,
+        "GET",
+        &format!("/janus/{s}?token={TOKEN}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).unwrap(),
+        json!({"janus": "timeout", "session_id": s})
+    );
+    let (st, _, _) = http(
+        gw.http,
+        "GET",
+        &format!("/janus/{s}?token={TOKEN}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(st, 404);
+    // the last events are not given to someone without a valid token
+    let v = post_json(
+        gw.http,
+        "/janus",
+        &json!({"janus": "create", "transaction": "c", "token": TOKEN}),
+    )
+    .await;
+    let s2 = v["data"]["id"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (st, _, _) = http(
+        gw.http,
+        "GET",
+        &format!("/janus/{s2}?token=bogus"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(st, 403);
+    gw.stop().await;
+}
