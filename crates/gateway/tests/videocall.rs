@@ -178,9 +178,9 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
     );
     assert!(audio.iter().any(|l| l == "a=end-of-candidates"));
     assert!(video.iter().any(|l| l == "a=end-of-candidates"));
-    // completed arrived: no waiting for the deadline (300 ms in the test config)
+    // completed arrived: no waiting for the deadline (500 ms in the test config)
     assert!(
-        setup_latency < Duration::from_millis(250),
+        setup_latency < Duration::from_millis(400),
         "offer held {setup_latency:?}"
     );
 
@@ -232,10 +232,10 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
         "no completed → no end-of-candidates"
     );
     assert!(
-        answer_latency >= Duration::from_millis(250),
+        answer_latency >= Duration::from_millis(490),
         "answer should wait for the deadline: {answer_latency:?}"
     );
-    assert!(answer_latency < Duration::from_millis(1500));
+    assert!(answer_latency < Duration::from_millis(2000));
 
     // Late candidates go out as server trickle events (sender = receiving handle).
     bob.trickle("candidate", cand_u(8, "1", 1, "AnSw")).await;
@@ -434,7 +434,7 @@ async fn stale_candidates_of_an_earlier_peerconnection_are_not_merged() {
     );
     assert!(sdp.contains("a=end-of-candidates"));
     assert!(
-        waited < Duration::from_millis(250),
+        waited < Duration::from_millis(400),
         "forwarded on the fresh completed: {waited:?}"
     );
     gw.stop().await;

@@ -53,7 +53,7 @@ pub fn base_config(state_dir: &std::path::Path) -> FileConfig {
         ]),
         stun_uri: Some("stun:127.0.0.1:3478".into()),
         state_dir: Some(state_dir.to_path_buf()),
-        candidate_wait_ms: Some(300),
+        candidate_wait_ms: Some(500),
         longpoll_timeout: Some(2),
         ..FileConfig::default()
     }
