@@ -272,6 +272,18 @@ impl Config {
             pick!(cli, file, state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let session_timeout = pick!(cli, file, session_timeout).unwrap_or(60);
         let reclaim = pick!(cli, file, reclaim_session_timeout).unwrap_or(0);
+        if session_timeout > 365 * 86400 {
+            return Err(invalid(
+                "session_timeout",
+                format!("{session_timeout} is out of range; use 0..=31536000 seconds (0 = never)"),
+            ));
+        }
+        if reclaim > 86400 {
+            return Err(invalid(
+                "reclaim_session_timeout",
+                format!("{reclaim} is out of range; use 0..=86400 seconds"),
+            ));
+        }
         let candidate_wait_ms = pick!(cli, file, candidate_wait_ms).unwrap_or(1000);
         if candidate_wait_ms > 10_000 {
             return Err(invalid(
@@ -280,6 +292,12 @@ impl Config {
             ));
         }
         let token_max_idle = pick!(cli, file, token_max_idle).unwrap_or(7 * 86400);
+        if token_max_idle > 10 * 365 * 86400 {
+            return Err(invalid(
+                "token_max_idle",
+                format!("{token_max_idle} is out of range; use 0..=315360000 seconds (0 = never)"),
+            ));
+        }
         let longpoll = pick!(cli, file, longpoll_timeout).unwrap_or(30);
         if !(1..=300).contains(&longpoll) {
             return Err(invalid(
@@ -339,6 +357,38 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_timeouts_are_rejected_not_overflowed() {
+        for (f, key) in [
+            (
+                FileConfig {
+                    session_timeout: Some(u64::MAX),
+                    ..FileConfig::default()
+                },
+                "session_timeout:",
+            ),
+            (
+                FileConfig {
+                    reclaim_session_timeout: Some(u64::MAX),
+                    ..FileConfig::default()
+                },
+                "reclaim_session_timeout:",
+            ),
+            (
+                FileConfig {
+                    token_max_idle: Some(u64::MAX),
+                    ..FileConfig::default()
+                },
+                "token_max_idle:",
+            ),
+        ] {
+            let e = Config::resolve(f, FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
 
     #[test]
     fn debug_output_redacts_secrets() {
