@@ -372,3 +372,66 @@ fn rfc6062_tcp_relay_zero_loss() {
         ) >= 1.0
     );
 }
+
+/// SHA-256 fingerprint of the certificate a TLS listener serves (openssl CLI).
+fn served_fingerprint(port: u16) -> String {
+    let connect = format!("127.0.0.1:{port}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo | timeout 10 openssl s_client -connect {connect} 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn file_fingerprint(cert: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", cert])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn sighup_reloads_the_tls_certificate() {
+    let dir = TempDir::new("tls-reload");
+    let (cert, key) = self_signed(&dir);
+    let first = file_fingerprint(&cert);
+    let tls_port = free_port();
+    let tls = format!("127.0.0.1:{tls_port}");
+    let cfg = dir.0.join("turn.toml");
+    std::fs::write(
+        &cfg,
+        format!("auth_secret = [\"{SECRET}\"]\ncert = \"{cert}\"\nkey = \"{key}\"\n"),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let server = Server::start(&["--config", &cfg_s, "--tls-listen", &tls]);
+    assert_eq!(served_fingerprint(tls_port), first);
+    // Renew the certificate in place (as an ACME hook would), then SIGHUP.
+    let renewed = TempDir::new("tls-renewed");
+    let (c2, k2) = self_signed(&renewed);
+    std::fs::copy(&c2, &cert).unwrap();
+    std::fs::copy(&k2, &key).unwrap();
+    let second = file_fingerprint(&cert);
+    assert_ne!(first, second);
+    server.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .contains("configuration reloaded")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        served_fingerprint(tls_port),
+        second,
+        "new connections get the renewed certificate"
+    );
+    assert_eq!(server.stop(), Some(0));
+}
