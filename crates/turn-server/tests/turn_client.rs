@@ -319,3 +319,44 @@ async fn sigterm_drains_then_exits() {
     c2.close().await.unwrap();
     c.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_client_transport() {
+    // An IPv6 listener next to the IPv4 one; the client speaks TURN over [::1] and gets
+    // the default (IPv4) relayed address.
+    let p6 = common::free_port();
+    let l6 = format!("[::1]:{p6}");
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32", "--listen", &l6]);
+    let peer = EchoPeer::start();
+    let (u, p) = rest(unix_now() + 3600, "erin");
+    let conn = Arc::new(UdpSocket::bind("[::1]:0").await.unwrap());
+    let addr = format!("[::1]:{p6}");
+    let c = Client::new(ClientConfig {
+        stun_serv_addr: addr.clone(),
+        turn_serv_addr: addr,
+        username: u,
+        password: p,
+        realm: common::REALM.into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    c.listen().await.unwrap();
+    let mapped = c.send_binding_request().await.unwrap();
+    assert_eq!(mapped.ip().to_string(), "::1");
+    let relay = c.allocate().await.unwrap();
+    assert!(relay.local_addr().unwrap().is_ipv4());
+    assert_eq!(echo(&relay, peer.addr, 5).await, 5);
+    assert_eq!(
+        server.wait_metric(
+            "callrelay_turn_allocations_active{transport=\"udp\"}",
+            |v| v == 1.0
+        ),
+        1.0
+    );
+    relay.close().await.unwrap();
+    c.close().await.unwrap();
+}
