@@ -89,7 +89,6 @@ struct Inner {
 
 struct Shared {
     inner: Mutex<Inner>,
-    timer: Notify,
     metrics: Metrics,
     cfg: Config,
     persist_lock: tokio::sync::Mutex<()>,
@@ -332,7 +331,6 @@ pub async fn serve_with_reload(
             http: HashMap::new(),
             next_conn: 1,
         }),
-        timer: Notify::new(),
         metrics,
         cfg: cfg.clone(),
         persist_lock: tokio::sync::Mutex::new(()),
@@ -421,14 +419,19 @@ pub async fn serve_with_reload(
     Ok(())
 }
 
+/// Longest sleep of the timer task (granularity of new deadlines).
+const TIMER_TICK: Duration = Duration::from_millis(50);
+
 async fn timer_loop(app: App, shutdown: CancellationToken) {
     loop {
+        // Wake at the core's next deadline, and at least every TIMER_TICK so that
+        // deadlines created by requests in between are met within one tick. Requests
+        // never wake the timer: that would cost an O(sessions) scan per request.
         let next = app.lock().core.poll_timeout();
-        let cap = Instant::now() + Duration::from_secs(5);
+        let cap = Instant::now() + TIMER_TICK;
         let at = next.map_or(cap, |t| t.min(cap));
         tokio::select! {
             () = tokio::time::sleep_until(at.into()) => {}
-            () = app.timer.notified() => {}
             () = shutdown.cancelled() => return,
         }
         let dirty = {
@@ -770,7 +773,6 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
             inner.deliver();
             persist
         };
-        app.timer.notify_one();
         if persist {
             persist_tokens(&app).await;
         }
@@ -784,7 +786,6 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
             inner.deliver();
         }
     }
-    app.timer.notify_one();
     app.metrics.websocket_connections.dec();
     let _ = writer.await;
 }
@@ -935,7 +936,6 @@ async fn http_inner(app: &App, req: Request) -> Response {
         inner.deliver();
         r
     };
-    app.timer.notify_one();
     json_response(StatusCode::OK, &reply)
 }
 
@@ -970,7 +970,6 @@ async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
             // the session just ended: hand out its last events (e.g. `timeout`) first
         }
     }
-    app.timer.notify_one();
     loop {
         let (events, notify, alive) = {
             let mut inner = app.lock();
@@ -1141,7 +1140,6 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
         inner.deliver();
         r
     };
-    app.timer.notify_one();
     if r.tokens_changed {
         persist_tokens(app).await;
     }
