@@ -104,6 +104,9 @@ pub enum Relay {
     },
     /// Prefix the peer's payload with `header` (ChannelData) and send it to `client`.
     /// Over TCP/TLS pad the frame to a multiple of 4 (`padding` bytes of zeros).
+    /// From `handle_peer_data` the payload is the peer datagram; from `handle_input` (in-process
+    /// delivery between two allocations) it is the input ChannelData's payload at offset 4,
+    /// whose 4 header bytes are to be overwritten.
     ToClient {
         /// Destination.
         client: FiveTuple,
@@ -591,6 +594,9 @@ pub struct Core<R> {
     free_slots: Vec<u32>,
     next_generation: u32,
     by_client: FxMap<FiveTuple, u32>,
+    /// Advertised relayed addresses of this shard's UDP relays, for in-process delivery
+    /// between two allocations of the same worker (the common one-to-one call).
+    by_relay_addr: FxMap<SocketAddr, RelayToken>,
     tx_cache: HashMap<(FiveTuple, TransactionId), (Instant, Vec<u8>)>,
     rate: FxMap<IpAddr, Bucket>,
     transmits: VecDeque<Transmit>,
@@ -637,6 +643,7 @@ impl<R: RngCore> Core<R> {
             free_slots: Vec::new(),
             next_generation: 1,
             by_client: FxMap::default(),
+            by_relay_addr: FxMap::default(),
             tx_cache: HashMap::new(),
             rate: FxMap::default(),
             transmits: VecDeque::new(),
@@ -774,10 +781,17 @@ impl<R: RngCore> Core<R> {
         };
         let idx = usize::from(relay.v6);
         if ok {
+            let udp = !a.tcp;
+            let mut advertised = None;
             if let Some(Some(r)) = a.relays.get_mut(idx) {
                 r.open = true;
+                advertised = Some(r.advertised);
             }
-            if a.relays.iter().flatten().all(|r| r.open) {
+            let complete = a.relays.iter().flatten().all(|r| r.open);
+            if let (true, Some(addr)) = (udp, advertised) {
+                self.by_relay_addr.insert(addr, relay);
+            }
+            if complete {
                 self.answer_allocate(now, relay.slot);
             }
             return;
@@ -873,6 +887,7 @@ impl<R: RngCore> Core<R> {
         };
         for (i, r) in a.relays.iter().enumerate() {
             if let Some(r) = r {
+                self.by_relay_addr.remove(&r.advertised);
                 self.quota.ports().release(r.bind.port());
                 self.commands.push_back(Command::CloseRelaySocket {
                     relay: RelayToken {
@@ -1022,15 +1037,30 @@ impl<R: RngCore> Core<R> {
             return None;
         }
         let v6 = a.relay_for(peer)? == 1;
+        let relay = RelayToken {
+            slot,
+            generation: a.generation,
+            v6,
+        };
+        let src = a
+            .relays
+            .get(usize::from(v6))
+            .copied()
+            .flatten()
+            .map(|r| r.advertised);
         let t = from.proto.index();
         self.stats.packets[0][t] += 1;
         self.stats.bytes[0][t] += payload.len() as u64;
+        // The peer is another allocation's relayed address on this worker: deliver in
+        // process, as if the datagram had left our relay socket and come back in on theirs
+        // (their permission and bandwidth checks still apply). The runtime rewrites the
+        // 4-byte ChannelData header in place, so this costs no copy and no syscall but the
+        // final send. A missing channel on their side yields a Data indication instead.
+        if let (Some(&dst), Some(src)) = (self.by_relay_addr.get(&peer), src) {
+            return self.handle_peer_data(now, dst, src, payload);
+        }
         Some(Relay::ToPeer {
-            relay: RelayToken {
-                slot,
-                generation: a.generation,
-                v6,
-            },
+            relay,
             peer,
             payload: 4..4 + payload.len(),
         })

@@ -560,6 +560,36 @@ fn expire_peer_streams(p: &PeerStreams, now: Instant) {
     });
 }
 
+/// Sends a relayed payload to a client as ChannelData: `buf` holds 4 spare bytes followed by
+/// the payload; the header is written in place (no copy for UDP clients).
+fn deliver_channel_data(
+    w: &Worker,
+    client: FiveTuple,
+    header: [u8; 4],
+    padding: usize,
+    buf: &mut [u8],
+) {
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let Some(h) = buf.get_mut(..4) else { return };
+    h.copy_from_slice(&header);
+    let Some(frame) = buf.get(..4 + len) else {
+        return;
+    };
+    match client.proto {
+        Proto::Udp => {
+            if let Some(s) = w.udp.get(&client.local) {
+                let _ = send_now(s, frame, client.remote);
+            }
+        }
+        Proto::Tcp | Proto::Tls => {
+            let mut v = Vec::with_capacity(4 + len + padding);
+            v.extend_from_slice(frame);
+            v.resize(4 + len + padding, 0);
+            send_to_client(w, client, v);
+        }
+    }
+}
+
 fn send_to_client(w: &Worker, client: FiveTuple, data: Vec<u8>) {
     match client.proto {
         Proto::Udp => {
@@ -633,8 +663,8 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
             let now = Instant::now();
             let unix = unix_now();
             let mut pending = false;
-            for (meta, chunk) in metas.iter().zip(storage.chunks(MAX_DATAGRAM)).take(n) {
-                let Some(filled) = chunk.get(..meta.len) else {
+            for (meta, chunk) in metas.iter().zip(storage.chunks_mut(MAX_DATAGRAM)).take(n) {
+                let Some(filled) = chunk.get_mut(..meta.len) else {
                     continue;
                 };
                 let from = FiveTuple {
@@ -642,21 +672,32 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
                     local,
                     remote: meta.addr,
                 };
-                for data in filled.chunks(meta.stride.max(1)) {
+                for data in filled.chunks_mut(meta.stride.max(1)) {
                     let relay = {
                         let mut core = w.core.borrow_mut();
                         let r = core.handle_input(now, unix, from, data);
                         pending |= core.has_pending();
                         r
                     };
-                    if let Some(Relay::ToPeer {
-                        relay,
-                        peer,
-                        payload,
-                    }) = relay
-                        && let Some(bytes) = data.get(payload)
-                    {
-                        relay_to_peer(&w, relay, peer, bytes);
+                    match relay {
+                        Some(Relay::ToPeer {
+                            relay,
+                            peer,
+                            payload,
+                        }) => {
+                            if let Some(bytes) = data.get(payload) {
+                                relay_to_peer(&w, relay, peer, bytes);
+                            }
+                        }
+                        // In-process delivery to another allocation of this worker.
+                        Some(Relay::ToClient {
+                            client,
+                            header,
+                            padding,
+                        }) => {
+                            deliver_channel_data(&w, client, header, padding, data);
+                        }
+                        None => {}
                     }
                 }
             }
@@ -743,24 +784,7 @@ async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
                 else {
                     continue;
                 };
-                let Some(h) = slot.get_mut(..4) else { continue };
-                h.copy_from_slice(&header);
-                let Some(frame) = slot.get(..4 + len) else {
-                    continue;
-                };
-                match client.proto {
-                    Proto::Udp => {
-                        if let Some(s) = w.udp.get(&client.local) {
-                            let _ = send_now(s, frame, client.remote);
-                        }
-                    }
-                    _ => {
-                        let mut v = Vec::with_capacity(4 + len + padding);
-                        v.extend_from_slice(frame);
-                        v.resize(4 + len + padding, 0);
-                        send_to_client(&w, client, v);
-                    }
-                }
+                deliver_channel_data(&w, client, header, padding, slot);
             }
             drop(buf);
             if pending {
@@ -900,14 +924,26 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 let r = core.handle_input(now, unix_now(), five, frame);
                 (r, core.has_pending())
             };
-            if let Some(Relay::ToPeer {
-                relay,
-                peer,
-                payload,
-            }) = relay
-                && let Some(bytes) = frame.get(payload)
-            {
-                relay_to_peer(&w, relay, peer, bytes);
+            match relay {
+                Some(Relay::ToPeer {
+                    relay,
+                    peer,
+                    payload,
+                }) => {
+                    if let Some(bytes) = frame.get(payload) {
+                        relay_to_peer(&w, relay, peer, bytes);
+                    }
+                }
+                // In-process delivery to another allocation of this worker.
+                Some(Relay::ToClient {
+                    client,
+                    header,
+                    padding,
+                }) => {
+                    let mut copy = frame.to_vec();
+                    deliver_channel_data(&w, client, header, padding, &mut copy);
+                }
+                None => {}
             }
             if pending {
                 flush(&w, now);

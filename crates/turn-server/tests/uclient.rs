@@ -435,3 +435,21 @@ fn sighup_reloads_the_tls_certificate() {
     );
     assert_eq!(server.stop(), Some(0));
 }
+
+#[test]
+fn client_to_client_through_two_relays() {
+    // -y: each client sends to the other client's relayed address, the one-to-one call
+    // shape (delivered in process when both allocations sit on the same worker).
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
+    let port = server.port.to_string();
+    for extra in [&[][..], &["-s"][..]] {
+        let mut args = vec![
+            "-y", "-p", &port, "-n", "20", "-m", "2", "-z", "5", "-W", SECRET, "-u", "alice",
+        ];
+        args.extend_from_slice(extra);
+        args.push("127.0.0.1");
+        let (ok, out) = uclient(&args);
+        // 2 pairs of clients, each with an RTP and an RTCP allocation, 20 messages each.
+        assert_zero_loss(ok, &out, 80);
+    }
+}

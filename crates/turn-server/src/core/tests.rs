@@ -1054,6 +1054,73 @@ fn rfc6062_connect_connection_attempt_and_bind() {
     assert_eq!(bind(&mut sim, data2, id3), Some(400));
 }
 
+#[test]
+fn relay_to_relay_is_delivered_in_process() {
+    let mut sim = Sim::new(
+        cfg(),
+        PeerPolicy::new(vec!["192.0.2.1/32".parse().unwrap()], vec![]),
+    );
+    let (ca, cb) = (client(110), client(111));
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let mut b = a.clone();
+    let ra = allocate(&mut sim, ca, &mut a);
+    let rb = allocate(&mut sim, cb, &mut b);
+    let bind = |sim: &mut Sim, c: FiveTuple, cr: &Creds, n: u32, p: SocketAddr| {
+        simple(sim, c, cr, method::CHANNEL_BIND, |bb| {
+            bb.u32_attr(attr::CHANNEL_NUMBER, n << 16);
+            bb.xor_addr(attr::XOR_PEER_ADDRESS, p);
+        })
+    };
+    // A talks to B's relayed address on channel 0x4000; B has no permission for A yet.
+    assert_eq!(bind(&mut sim, ca, &a, 0x4000, rb), None);
+    assert_eq!(
+        sim.input(ca, &channel_data(0x4000, b"hi")),
+        None,
+        "B's permission is still enforced"
+    );
+    // B binds channel 0x4567 to A's relayed address: A's ChannelData now reaches B in
+    // process, re-headed with B's channel number, without touching a relay socket.
+    assert_eq!(bind(&mut sim, cb, &b, 0x4567, ra), None);
+    assert_eq!(
+        sim.input(ca, &channel_data(0x4000, b"hello")),
+        Some(Relay::ToClient {
+            client: cb,
+            header: [0x45, 0x67, 0, 5],
+            padding: 0
+        })
+    );
+    let st = sim.core.stats();
+    // The refused first datagram left A's relay (to_peer) like on the wire; B dropped it.
+    assert_eq!(
+        (st.packets[0][0], st.packets[1][0]),
+        (2, 1),
+        "counted both ways"
+    );
+    // Without a channel on B's side, B gets a Data indication from A's relayed address.
+    let mut sim2 = Sim::new(
+        cfg(),
+        PeerPolicy::new(vec!["192.0.2.1/32".parse().unwrap()], vec![]),
+    );
+    let mut a2 = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let mut b2 = a2.clone();
+    let ra2 = allocate(&mut sim2, ca, &mut a2);
+    let rb2 = allocate(&mut sim2, cb, &mut b2);
+    assert_eq!(bind(&mut sim2, ca, &a2, 0x4000, rb2), None);
+    assert_eq!(
+        simple(&mut sim2, cb, &b2, method::CREATE_PERMISSION, |bb| {
+            bb.xor_addr(attr::XOR_PEER_ADDRESS, ra2);
+        }),
+        None
+    );
+    assert_eq!(sim2.input(ca, &channel_data(0x4000, b"x")), None);
+    let di = last(&mut sim2);
+    let m = Message::parse(&di).unwrap();
+    assert_eq!(
+        (m.method, m.xor_addr(attr::XOR_PEER_ADDRESS)),
+        (method::DATA, Some(ra2))
+    );
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
