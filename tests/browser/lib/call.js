@@ -23,16 +23,15 @@ async function pageRecord(party) {
 }
 
 /** The gateway's /turn-credentials, fetched by the page (cross-origin, as a browser would). */
-async function gatewayCredentials(party, base, token, turnSecret) {
+async function gatewayCredentials(party, base, token, turnSecret, httpFetch = nodeFetch) {
   const r = await party.page.evaluate(([b, t]) => window.party.turnCredentials(b, t), [base, token]);
   const ctx = JSON.stringify(r);
   assert.equal(r.status, 200, `GET /turn-credentials must answer 200 for a valid token: ${ctx}`);
   // The page's origin is another port: the cross-origin fetch succeeding proves CORS lets
   // browsers read it. The header itself is not readable from the page (not safelisted),
   // so check it from Node as well.
-  const direct = await fetch(`${base}/turn-credentials?token=${encodeURIComponent(token)}`, { headers: { Origin: 'http://127.0.0.1:1' }, signal: AbortSignal.timeout(5000) });
-  await direct.arrayBuffer();
-  assert.equal(direct.headers.get('access-control-allow-origin'), '*', `/turn-credentials must send Access-Control-Allow-Origin: * ${ctx}`);
+  const direct = await httpFetch({ url: `${base}/turn-credentials?token=${encodeURIComponent(token)}`, headers: { Origin: 'http://127.0.0.1:1' } });
+  assert.equal(direct.headers['access-control-allow-origin'], '*', `/turn-credentials must send Access-Control-Allow-Origin: * ${ctx}`);
   const j = r.json;
   assert.ok(j && typeof j.username === 'string' && typeof j.password === 'string', `username/password: ${ctx}`);
   const [expiry, user] = j.username.split(/:(.*)/s);
@@ -52,6 +51,12 @@ async function gatewayCredentials(party, base, token, turnSecret) {
   return j;
 }
 
+/** fetch() from this process, in the shape lib/ns-agent.js answers: {status, headers, text}. */
+async function nodeFetch({ url, method = 'GET', headers = {}, body, timeoutMs = 5000 }) {
+  const res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(timeoutMs) });
+  return { status: res.status, headers: Object.fromEntries(res.headers), text: await res.text() };
+}
+
 /** Keeps only the TURN URLs of the wanted transport (so the test decides UDP vs TCP). */
 function pickTransport(iceServers, transport) {
   const out = [];
@@ -63,13 +68,34 @@ function pickTransport(iceServers, transport) {
   return out;
 }
 
+/** The default media check of a relay-only loopback call: relay↔relay both ways. */
+async function relayOnlyMediaCheck({ caller, callee, offerSeen, answerSeen, stack, creds, transport }) {
+  // Old janus.js ignores server trickle: the SDP each side receives must already
+  // carry the other side's (relay) candidates.
+  assert.ok(offerSeen.relayCandidates > 0, `the offer forwarded to the callee must contain the caller's relay candidates: ${JSON.stringify(offerSeen)}`);
+  assert.ok(answerSeen.relayCandidates > 0, `the answer forwarded to the caller must contain the callee's relay candidates: ${JSON.stringify(answerSeen)}`);
+  const turnPort = creds === 'none' ? undefined : stack.turn.port;
+  // Both sides sampled concurrently; connectMs = from `accepted` to media flowing.
+  const [mc, me] = await Promise.all([
+    assertRelayedMedia(caller.label, () => caller.page.evaluate(() => window.party.stats()), { transport, turnPort }),
+    assertRelayedMedia(callee.label, () => callee.page.evaluate(() => window.party.stats()), { transport, turnPort }),
+  ]);
+  return { caller: mc, callee: me, remoteMediaExpected: true };
+}
+
 /**
  * Runs the whole call. `stack` = {gw: {wsUrl, wsHttpBase, httpBase, adminUrl}, adminSecret,
- * turnSecret, turn: {port, uri}}; `creds` = 'gateway' | 'mattermost' | 'none';
+ * turnSecret, turn: {port, uri}, mattermost?: {stunUri, turnUri, turnUsername,
+ * turnSharedKey}}; `creds` = 'gateway' | 'mattermost' | 'none';
  * `media` false only for the developer check against real Janus (signaling only).
+ * `browsers` {caller, callee} (default: `browser` for both), `policy` the
+ * iceTransportPolicy the pages pass to janus.js ('relay'; 'all' only inside the NAT lab),
+ * `httpFetch` how this process reaches the gateway (default fetch; the NAT lab's agent),
+ * `iceFilter` picks the iceServers a page uses from the gateway's (default: TURN URLs of
+ * `transport`), `mediaCheck` asserts the media (default relayOnlyMediaCheck).
  * Returns timings and observations; throws with page consoles appended on failure.
  */
-async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', transport = 'udp', media = true, api = 'ws', end = 'hangup' }) {
+async function runMattermostCall({ browser, browsers, web, gen, stack, creds = 'gateway', transport = 'udp', media = true, api = 'ws', end = 'hangup', policy = 'relay', httpFetch = nodeFetch, iceFilter, mediaCheck = relayOnlyMediaCheck }) {
   const timings = {};
   const t0 = Date.now();
   const mark = (k) => {
@@ -89,14 +115,14 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
 
   // The Mattermost server: add_token, as sent on every call (a repeat must succeed too).
   for (let i = 0; i < 2; i++) {
-    const r = await adminPost(gw.adminUrl, stack.adminSecret, 'add_token', token);
+    const r = await adminPost(gw.adminUrl, stack.adminSecret, 'add_token', token, httpFetch);
     assert.ok(r.status < 300, `add_token HTTP status ${r.status}: ${r.text}`);
     assert.equal(r.json && r.json.janus, 'success', `add_token #${i + 1} must answer janus:"success": ${r.text}`);
   }
   mark('tokenAdded');
 
-  const callee = await newPartyPage(browser, web.base, gen, `callee/${gen}`);
-  const caller = await newPartyPage(browser, web.base, gen, `caller/${gen}`);
+  const callee = await newPartyPage((browsers && browsers.callee) || browser, web.base, gen, `callee/${gen}`, { policy });
+  const caller = await newPartyPage((browsers && browsers.caller) || browser, web.base, gen, `caller/${gen}`, { policy });
   const parties = [callee, caller];
   try {
     assert.equal(await caller.page.evaluate(() => window.party.generation()), gen, 'page must run the requested janus.js');
@@ -105,8 +131,17 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
     const ice = {};
     for (const p of parties) {
       if (creds === 'gateway') {
-        const j = await gatewayCredentials(p, credBase, token, stack.turnSecret);
-        ice[p.label] = pickTransport(j.iceServers, transport);
+        const j = await gatewayCredentials(p, credBase, token, stack.turnSecret, httpFetch);
+        ice[p.label] = iceFilter ? iceFilter(j.iceServers) : pickTransport(j.iceServers, transport);
+      } else if (creds === 'mattermost' && stack.mattermost) {
+        // The eight settings as an admin pasted them (test/up.test.js): the webapp builds
+        // [{urls:[StunURI]}, {urls:[TurnURI], username, credential}], credentials minted
+        // by the Mattermost server from TurnUsername + TurnSharedKey.
+        const m = stack.mattermost;
+        const c = mintTurnCredentials(m.turnUsername, m.turnSharedKey);
+        ice[p.label] = [];
+        if (m.stunUri) ice[p.label].push({ urls: [m.stunUri] });
+        ice[p.label].push({ urls: m.turnUri.split(' ').filter(Boolean), username: c.username, credential: c.password });
       } else if (creds === 'mattermost') {
         // Mattermost's webapp: [{urls:[stun_uri]}, {urls:[turn_uri], username, credential}]
         // from the server, minted from TurnUsername + TurnSharedKey (= our turn-server's
@@ -122,7 +157,7 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
 
     // Callee registers first, then the caller; the caller calls 750 ms after `registered`.
     const start = (p, role, userId, peerId) =>
-      withTimeout(p.page.evaluate((o) => window.party.start(o), { server, token, iceServers: ice[p.label], userId, peerId, role }), 15000, `${p.label} registered`);
+      withTimeout(p.page.evaluate((o) => window.party.start(o), { server, token, iceServers: ice[p.label], userId, peerId, role, policy }), 15000, `${p.label} registered`);
     const regCallee = await start(callee, 'callee', calleeId, callerId);
     assert.equal(regCallee.username, calleeId, `registered must echo the user id: ${JSON.stringify(regCallee)}`);
     const regCaller = await start(caller, 'caller', callerId, calleeId);
@@ -150,31 +185,24 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
 
     const result = { timings, gen, creds, transport, api, end };
     if (media) {
-      // Old janus.js ignores server trickle: the SDP each side receives must already
-      // carry the other side's (relay) candidates.
       const offerSeen = await waitEvent(callee, 'incoming offer stats', (e) => e.kind === 'incoming-offer');
-      assert.ok(offerSeen.relayCandidates > 0, `the offer forwarded to the callee must contain the caller's relay candidates: ${JSON.stringify(offerSeen)}`);
       const answerSeen = await waitEvent(caller, 'answer stats', (e) => e.kind === 'accepted-answer');
-      assert.ok(answerSeen.relayCandidates > 0, `the answer forwarded to the caller must contain the callee's relay candidates: ${JSON.stringify(answerSeen)}`);
-
-      const turnPort = creds === 'none' ? undefined : stack.turn.port;
-      // Both sides sampled concurrently; connectMs = from `accepted` to media flowing.
-      const [mc, me] = await Promise.all([
-        assertRelayedMedia(caller.label, () => caller.page.evaluate(() => window.party.stats()), { transport, turnPort }),
-        assertRelayedMedia(callee.label, () => callee.page.evaluate(() => window.party.stats()), { transport, turnPort }),
-      ]);
-      timings.mediaCallerAfterAccepted = mc.connectMs;
-      timings.mediaCalleeAfterAccepted = me.connectMs;
+      const m = await mediaCheck({ caller, callee, offerSeen, answerSeen, stack, creds, transport, gen });
+      timings.mediaCallerAfterAccepted = m.caller.connectMs;
+      timings.mediaCalleeAfterAccepted = m.callee.connectMs;
       mark('mediaAsserted');
-      result.caller = mc.second;
-      result.callee = me.second;
+      result.caller = m.caller.second;
+      result.callee = m.callee.second;
+      result.media = m;
       for (const p of parties) {
         const rec = await pageRecord(p);
         const callPcs = rec.pcs.filter((x) => x.iceServers.length > 0);
         assert.ok(callPcs.length >= 1, `${p.label}: janus.js must have created the call's RTCPeerConnection`);
-        for (const pc of callPcs) assert.equal(pc.passedPolicy, 'relay', `${p.label}: janus.js ${gen} must pass iceTransportPolicy "relay" through to RTCPeerConnection`);
-        const remote = rec.events.filter((e) => e.kind === 'remote-track' || e.kind === 'remote-stream');
-        assert.ok(remote.length > 0, `${p.label}: janus.js must report the remote media (onremotestream/onremotetrack)`);
+        for (const pc of callPcs) assert.equal(pc.passedPolicy, policy, `${p.label}: janus.js ${gen} must pass iceTransportPolicy "${policy}" through to RTCPeerConnection`);
+        if (m.remoteMediaExpected) {
+          const remote = rec.events.filter((e) => e.kind === 'remote-track' || e.kind === 'remote-stream');
+          assert.ok(remote.length > 0, `${p.label}: janus.js must report the remote media (onremotestream/onremotetrack)`);
+        }
       }
     }
 
@@ -230,20 +258,20 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
     mark('destroyed');
 
     // The Mattermost server: remove_token; the token must stop working everywhere.
-    const rm = await adminPost(gw.adminUrl, stack.adminSecret, 'remove_token', token);
+    const rm = await adminPost(gw.adminUrl, stack.adminSecret, 'remove_token', token, httpFetch);
     assert.ok(rm.status < 300, `remove_token HTTP status ${rm.status}: ${rm.text}`);
     assert.equal(rm.json && rm.json.janus, 'success', `remove_token: ${rm.text}`);
     const ws403 = await caller.page.evaluate(([u, t]) => window.party.rawCreate(u, t), [gw.wsUrl, token]);
     assert.equal(ws403.janus, 'error', `create over WebSocket with a removed token must fail: ${JSON.stringify(ws403)}`);
     assert.equal(ws403.error && ws403.error.code, 403, `…with 403: ${JSON.stringify(ws403)}`);
     if (gw.httpBase) {
-      const res = await fetch(`${gw.httpBase}/janus`, {
+      const res = await httpFetch({
+        url: `${gw.httpBase}/janus`,
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
         body: JSON.stringify({ janus: 'create', transaction: newId(), token }),
-        signal: AbortSignal.timeout(5000),
       });
-      const j = await res.json();
+      const j = JSON.parse(res.text);
       assert.equal(j.error && j.error.code, 403, `create over HTTP with a removed token must fail with 403: ${JSON.stringify(j)}`);
     }
     if (creds === 'gateway') {
@@ -269,4 +297,4 @@ async function runMattermostCall({ browser, web, gen, stack, creds = 'gateway', 
   }
 }
 
-module.exports = { runMattermostCall };
+module.exports = { runMattermostCall, relayOnlyMediaCheck, nodeFetch, waitEvent };

@@ -164,4 +164,4 @@ async function startGateway({ adminSecret, turnSecret, turnUris }) {
   };
 }
 
-module.exports = { Proc, startTurnServer, startGateway, BIN_DIR, REPO };
+module.exports = { Proc, binary, startTurnServer, startGateway, BIN_DIR, REPO };

@@ -26,7 +26,8 @@ for (const [gen, file] of Object.entries(JANUS)) {
   ROUTES[`/g/${gen}/janus.js`] = [file, JS];
 }
 
-function startStaticServer() {
+/** Serves the pages on `host`:`port` (default 127.0.0.1, ephemeral port). */
+function startStaticServer({ host = '127.0.0.1', port = 0 } = {}) {
   for (const [, [file]] of Object.entries(ROUTES)) {
     if (!fs.existsSync(file)) throw new Error(`${file} missing (install libjs-janus-gateway, libjs-webrtc-adapter; npm ci)`);
   }
@@ -45,9 +46,9 @@ function startStaticServer() {
   });
   return new Promise((resolve, reject) => {
     server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      resolve({ base: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(r)) });
+    server.listen(port, host, () => {
+      const bound = server.address().port;
+      resolve({ base: `http://${host}:${bound}`, close: () => new Promise((r) => server.close(r)) });
     });
   });
 }
@@ -86,29 +87,41 @@ function assertOnlyLoopback() {
   }
 }
 
-async function launchChromium() {
-  assertOnlyLoopback();
+/**
+ * Headless Debian Chromium. Without `netns` it runs in the test's own loopback-only
+ * namespace. With `netns` (test/nat.test.js) it runs inside that network namespace of
+ * the test's lab, started through lib/netns-chromium.sh (`ip netns exec`); `secureOrigin`
+ * then names the lab's page origin, which Chromium must treat as secure for getUserMedia.
+ */
+async function launchChromium({ netns, secureOrigin } = {}) {
+  if (!netns) assertOnlyLoopback();
   const { chromium } = require('playwright-core');
+  // Inside the lab the callers have a real interface: no loopback candidates (they would
+  // only ever reach the caller's own namespace).
+  const args = netns ? CHROMIUM_ARGS.filter((a) => a !== '--allow-loopback-in-peer-connection') : [...CHROMIUM_ARGS];
+  if (secureOrigin) args.push(`--unsafely-treat-insecure-origin-as-secure=${secureOrigin}`);
   // launch() gives Chromium a fresh temporary --user-data-dir of its own (playwright
   // refuses the flag in args) and deletes it on close.
   const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    executablePath: netns ? path.join(__dirname, 'netns-chromium.sh') : process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    env: netns ? { ...process.env, CALLRELAY_CHROMIUM_NETNS: netns } : undefined,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args,
     timeout: 30000,
   });
   return { browser, close: () => browser.close().catch(() => {}) };
 }
 
 /** A page in its own browser context, with its console captured for failure reports. */
-async function newPartyPage(browser, base, gen, label) {
+async function newPartyPage(browser, base, gen, label, { policy = 'relay' } = {}) {
   const context = await browser.newContext();
   await context.grantPermissions(['camera', 'microphone'], { origin: base });
   const page = await context.newPage();
   const consoleLines = [];
   page.on('console', (m) => consoleLines.push(`[${label} ${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => consoleLines.push(`[${label} pageerror] ${e.message}`));
-  await page.goto(`${base}/g/${gen}/call.html`, { timeout: 15000 });
+  // `policy` reaches pages/call.js before janus.js loads (its RTCPeerConnection guard).
+  await page.goto(`${base}/g/${gen}/call.html${policy === 'relay' ? '' : `?policy=${policy}`}`, { timeout: 15000 });
   await page.waitForFunction(() => window.callPageReady === true, null, { timeout: 10000 });
   return {
     page,

@@ -31,11 +31,16 @@
   // page passes "relay" there. This wrapper records what janus.js passed (the tests
   // assert it was "relay") and forces "relay" anyway, so a regression in a library can
   // never leak a non-loopback candidate.
+  //
+  // The one exception is `?policy=all`, used only by test/nat.test.js, whose browsers run
+  // inside the test's lab namespaces where every address that exists is the test's own:
+  // there host and server-reflexive candidates must be tried, to show the NATs stop them.
+  const forcedPolicy = new URLSearchParams(location.search).get('policy') === 'all' ? 'all' : 'relay';
   const NativePC = window.RTCPeerConnection;
   class RelayOnlyPeerConnection extends NativePC {
     constructor(config, ...rest) {
       const passed = config ? config.iceTransportPolicy : undefined;
-      const forced = Object.assign({}, config || {}, { iceTransportPolicy: 'relay' });
+      const forced = Object.assign({}, config || {}, { iceTransportPolicy: forcedPolicy });
       super(forced, ...rest);
       rec.pcs.push({ passedPolicy: passed, forcedPolicy: this.getConfiguration().iceTransportPolicy, iceServers: (config && config.iceServers) || [] });
     }
@@ -159,7 +164,7 @@
         fail('incomingcall', 'no offer jsep');
         return;
       }
-      event('incoming-offer', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length, relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length });
+      event('incoming-offer', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length, relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length, srflxCandidates: (jsep.sdp.match(/typ srflx/g) || []).length, hostCandidates: (jsep.sdp.match(/typ host/g) || []).length, lines: jsep.sdp.split(/\r?\n/).filter((l) => /^(m=|a=mid|a=candidate|a=end-of-candidates)/.test(l)) });
       handle.createAnswer(Object.assign(mediaOptions(), {
         jsep,
         success(answer) {
@@ -176,7 +181,7 @@
           fail('accepted', 'no answer jsep');
           return;
         }
-        event('accepted-answer', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length, relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length });
+        event('accepted-answer', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length, relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length, srflxCandidates: (jsep.sdp.match(/typ srflx/g) || []).length, hostCandidates: (jsep.sdp.match(/typ host/g) || []).length, lines: jsep.sdp.split(/\r?\n/).filter((l) => /^(m=|a=mid|a=candidate|a=end-of-candidates)/.test(l)) });
         handle.handleRemoteJsep({ jsep, error: (err) => fail('handleRemoteJsep', err) });
       }
     } else if (ev === 'hangup') {
@@ -209,8 +214,9 @@
   async function pcStats(pc) {
     if (!pc) return { pc: false };
     const report = await pc.getStats();
-    const out = { pc: true, iceConnectionState: pc.iceConnectionState, connectionState: pc.connectionState, inbound: {}, pair: null, localCandidates: [] };
+    const out = { pc: true, iceConnectionState: pc.iceConnectionState, connectionState: pc.connectionState, inbound: {}, pair: null, localCandidates: [], remoteCandidates: [], pairs: [] };
     let selectedPairId = null;
+    const pairIds = [];
     report.forEach((s) => {
       if (s.type === 'inbound-rtp') {
         const kind = s.kind || s.mediaType;
@@ -219,8 +225,26 @@
         selectedPairId = s.selectedCandidatePairId;
       } else if (s.type === 'local-candidate') {
         out.localCandidates.push({ candidateType: s.candidateType, address: s.address, port: s.port, relayProtocol: s.relayProtocol, url: s.url });
+      } else if (s.type === 'remote-candidate') {
+        out.remoteCandidates.push({ candidateType: s.candidateType, address: s.address, port: s.port });
+      } else if (s.type === 'candidate-pair') {
+        pairIds.push(s.id);
       }
     });
+    // Every pair ICE tried (state, checks sent/answered), for the NAT lab's evidence.
+    for (const id of pairIds) {
+      const p = report.get(id);
+      const l = report.get(p.localCandidateId);
+      const r = report.get(p.remoteCandidateId);
+      out.pairs.push({
+        state: p.state,
+        requestsSent: p.requestsSent,
+        responsesReceived: p.responsesReceived,
+        requestsReceived: p.requestsReceived,
+        local: l && `${l.candidateType} ${l.address}:${l.port}`,
+        remote: r && `${r.candidateType} ${r.address}:${r.port}`,
+      });
+    }
     if (selectedPairId) {
       const p = report.get(selectedPairId);
       const l = report.get(p.localCandidateId);
@@ -266,7 +290,7 @@
                 server: o.server,
                 token: o.token,
                 iceServers: o.iceServers,
-                iceTransportPolicy: 'relay',
+                iceTransportPolicy: o.policy || 'relay',
                 success() {
                   event('session-created', { sessionId: janus.getSessionId() });
                   janus.attach({
