@@ -679,6 +679,14 @@ impl<R: RngCore> Core<R> {
         &self.stats
     }
 
+    /// Adds the bytes of a finished RFC 6062 data connection to the relayed-bytes counters
+    /// (byte streams have no packets to count).
+    pub fn count_stream_relay(&mut self, proto: Proto, to_peer: u64, to_client: u64) {
+        let t = proto.index();
+        self.stats.bytes[0][t] += to_peer;
+        self.stats.bytes[1][t] += to_client;
+    }
+
     /// Number of live allocations.
     pub fn allocation_count(&self) -> usize {
         self.by_client.len()

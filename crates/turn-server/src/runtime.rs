@@ -965,7 +965,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             .remove(&id)
             .map(|(s, _)| s);
         if let Some(peer) = peer {
-            splice_data(&w, rd.unsplit(wr), peer, &leftover).await;
+            splice_data(&w, five.proto, rd.unsplit(wr), peer, &leftover).await;
         }
         return;
     }
@@ -980,6 +980,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
 /// closes or the server shuts down.
 async fn splice_data<S: AsyncRead + AsyncWrite + Unpin>(
     w: &Worker,
+    proto: Proto,
     mut client: S,
     peer: std::net::TcpStream,
     leftover: &[u8],
@@ -995,6 +996,7 @@ async fn splice_data<S: AsyncRead + AsyncWrite + Unpin>(
         r = tokio::io::copy_bidirectional(&mut client, &mut peer) => {
             if let Ok((up, down)) = r {
                 tracing::debug!(up, down, "TCP relay connection closed");
+                w.core.borrow_mut().count_stream_relay(proto, up + leftover.len() as u64, down);
             }
         }
     }

@@ -344,6 +344,12 @@ fn rfc6062_tcp_relay_zero_loss() {
             >= 1.0
     );
     assert!(server.metric("callrelay_turn_requests_total{method=\"connection_bind\"}") >= 2.0);
+    // uclient closed its data connections: their bytes are counted (40 x 100 each way).
+    let up = server.wait_metric(
+        "callrelay_turn_relayed_bytes_total{direction=\"to_peer\",transport=\"tcp\"}",
+        |v| v >= 4000.0,
+    );
+    assert!(up >= 4000.0, "{up}");
     // Without the loopback exception the Connect is forbidden and nothing flows.
     let closed = Server::start(&[]);
     let port = closed.port.to_string();
