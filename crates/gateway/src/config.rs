@@ -56,6 +56,14 @@ pub struct FileConfig {
     pub cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub key: Option<PathBuf>,
+    /// TLS on the WebSocket listener (default: on when cert/key are set).
+    pub ws_tls: Option<bool>,
+    /// TLS on the HTTP listener (default: on when cert/key are set).
+    pub http_tls: Option<bool>,
+    /// TLS on the admin listener (default: on when cert/key are set).
+    pub admin_tls: Option<bool>,
+    /// WebSocket URL the test call page connects to (default: derived from the page's host).
+    pub test_page_ws_url: Option<String>,
     /// STUN URI handed to browsers.
     pub stun_uri: Option<String>,
     /// TURN URIs handed to browsers.
@@ -117,6 +125,10 @@ pub struct Config {
     pub api_secret: Option<String>,
     /// TLS cert + key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Which listeners speak TLS (all false without cert/key).
+    pub tls_on: TlsListeners,
+    /// WebSocket URL for the test call page (None = same host, WS listener port).
+    pub test_page_ws_url: Option<String>,
     /// STUN URI.
     pub stun_uri: Option<String>,
     /// TURN URIs.
@@ -156,6 +168,8 @@ impl std::fmt::Debug for Config {
             .field("token_auth", &self.token_auth)
             .field("api_secret", &redact(&self.api_secret))
             .field("tls", &self.tls)
+            .field("tls_on", &self.tls_on)
+            .field("test_page_ws_url", &self.test_page_ws_url)
             .field("stun_uri", &self.stun_uri)
             .field("turn_uris", &self.turn_uris)
             .field("turn_secret", &redact(&self.turn_secret))
@@ -171,6 +185,17 @@ impl std::fmt::Debug for Config {
             .field("cors_allow_origin", &self.cors_allow_origin)
             .finish()
     }
+}
+
+/// Which of the three listeners speak TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsListeners {
+    /// WebSocket listener (`wss://`).
+    pub ws: bool,
+    /// HTTP listener (`https://`).
+    pub http: bool,
+    /// Admin listener (`https://…/admin`, `/metrics`, `/test`).
+    pub admin: bool,
 }
 
 /// Default state directory (systemd's `StateDirectory=callrelay-gateway`).
@@ -236,6 +261,34 @@ impl Config {
                 ));
             }
         };
+        let tls_on = {
+            let mut on = TlsListeners::default();
+            for (key, v, slot) in [
+                ("ws_tls", pick!(cli, file, ws_tls), &mut on.ws),
+                ("http_tls", pick!(cli, file, http_tls), &mut on.http),
+                ("admin_tls", pick!(cli, file, admin_tls), &mut on.admin),
+            ] {
+                *slot = v.unwrap_or(tls.is_some());
+                if *slot && tls.is_none() {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{key} = true needs a certificate; set cert and key (PEM files) or {key} = false"
+                        ),
+                    ));
+                }
+            }
+            on
+        };
+        let test_page_ws_url = pick!(cli, file, test_page_ws_url).filter(|s| !s.is_empty());
+        if let Some(u) = &test_page_ws_url
+            && !(u.starts_with("ws://") || u.starts_with("wss://"))
+        {
+            return Err(invalid(
+                "test_page_ws_url",
+                format!("{u:?} must start with ws:// or wss:// (the URL browsers open)"),
+            ));
+        }
         let stun_uri = pick!(cli, file, stun_uri).filter(|s| !s.is_empty());
         if let Some(s) = &stun_uri
             && !(s.starts_with("stun:") || s.starts_with("stuns:"))
@@ -337,6 +390,8 @@ impl Config {
             token_auth,
             api_secret,
             tls,
+            tls_on,
+            test_page_ws_url,
             stun_uri,
             turn_uris,
             turn_secret,
@@ -416,6 +471,41 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7088");
         assert_eq!(c.session_timeout, Duration::from_secs(60));
         assert_eq!(c.turn_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn tls_per_listener() {
+        let file =
+            Config::parse_toml("cert = \"c.pem\"\nkey = \"k.pem\"\nadmin_tls = false\n").unwrap();
+        let c = Config::resolve(FileConfig::default(), file).unwrap();
+        assert_eq!(
+            c.tls_on,
+            TlsListeners {
+                ws: true,
+                http: true,
+                admin: false
+            }
+        );
+        let c = Config::default();
+        assert_eq!(c.tls_on, TlsListeners::default());
+        let e = Config::resolve(
+            FileConfig {
+                ws_tls: Some(true),
+                ..FileConfig::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("ws_tls:"), "{e}");
+        let e = Config::resolve(
+            FileConfig {
+                test_page_ws_url: Some("http://x".into()),
+                ..FileConfig::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("test_page_ws_url:"), "{e}");
     }
 
     #[test]

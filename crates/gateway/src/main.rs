@@ -48,6 +48,19 @@ struct Cli {
     /// TLS private key (PEM).
     #[arg(long, value_name = "PEM")]
     key: Option<PathBuf>,
+    /// TLS on the WebSocket listener (wss) [default: true when --cert/--key are set].
+    #[arg(long, value_name = "BOOL")]
+    ws_tls: Option<bool>,
+    /// TLS on the HTTP listener [default: true when --cert/--key are set].
+    #[arg(long, value_name = "BOOL")]
+    http_tls: Option<bool>,
+    /// TLS on the admin listener [default: true when --cert/--key are set].
+    #[arg(long, value_name = "BOOL")]
+    admin_tls: Option<bool>,
+    /// WebSocket URL the test call page (/test on the admin listener) connects to
+    /// [default: ws(s)://<page host>:<WebSocket listener port>].
+    #[arg(long, value_name = "URL")]
+    test_page_ws_url: Option<String>,
     /// STUN URI handed out by /turn-credentials (stun:host:port).
     #[arg(long, value_name = "URI")]
     stun_uri: Option<String>,
@@ -107,6 +120,10 @@ impl Cli {
                 api_secret: self.api_secret,
                 cert: self.cert,
                 key: self.key,
+                ws_tls: self.ws_tls,
+                http_tls: self.http_tls,
+                admin_tls: self.admin_tls,
+                test_page_ws_url: self.test_page_ws_url,
                 stun_uri: self.stun_uri,
                 turn_uris: (!self.turn_uri.is_empty()).then_some(self.turn_uri),
                 turn_secret: self.turn_secret,

@@ -65,6 +65,15 @@ const REQUESTS: &[&str] = &[
     "other",
 ];
 
+/// Every `code` label of `callrelay_gateway_errors_total` the gateway can emit (Janus
+/// core errors 403-490 and janus.plugin.videocall errors 472-483). All are registered at
+/// 0 at start so that `increase()`/`rate()` in alert rules see the first error after a
+/// restart. A unit test checks this list against the codes in the source.
+pub const ERROR_CODES: &[u16] = &[
+    403, 405, 450, 453, 454, 455, 456, 457, 458, 459, 460, 461, 464, 465, 467, 468, 469, 470, 472,
+    473, 474, 475, 476, 477, 478, 479, 480, 481, 482, 483, 490,
+];
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
@@ -154,6 +163,9 @@ impl Metrics {
         for r in REQUESTS {
             requests.with_label_values(&[r]);
         }
+        for code in ERROR_CODES {
+            errors.with_label_values(&[&code.to_string()]);
+        }
         Self {
             registry,
             sessions,
@@ -191,5 +203,49 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error code passed to `err(`, `plugin_error(`, `error_reply(` or
+    /// `metrics.error(` in the sources (the first 4xx/5xx integer argument of the call).
+    fn codes_in_source(src: &str) -> std::collections::BTreeSet<u16> {
+        let mut out = std::collections::BTreeSet::new();
+        for call in ["err(", "plugin_error(", "error_reply(", "metrics.error("] {
+            for (i, _) in src.match_indices(call) {
+                let rest = &src[i + call.len()..];
+                let end = rest.find(';').unwrap_or(rest.len());
+                for tok in rest[..end].split(|c: char| !c.is_ascii_digit()) {
+                    if tok.len() == 3
+                        && let Ok(n) = tok.parse::<u16>()
+                        && (400..600).contains(&n)
+                    {
+                        out.insert(n);
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_error_code_in_the_source_is_preregistered() {
+        let mut used = codes_in_source(include_str!("core.rs"));
+        used.extend(codes_in_source(include_str!("server.rs")));
+        for must in [403, 454, 456, 458, 459, 476, 477] {
+            assert!(used.contains(&must), "scanner missed {must}: {used:?}");
+        }
+        let listed: std::collections::BTreeSet<u16> = ERROR_CODES.iter().copied().collect();
+        let missing: Vec<_> = used.difference(&listed).collect();
+        assert!(missing.is_empty(), "add to ERROR_CODES: {missing:?}");
+        let text = Metrics::new().render();
+        for code in ERROR_CODES {
+            let line = format!("callrelay_gateway_errors_total{{code=\"{code}\"}} 0");
+            assert!(text.contains(&line), "missing {line}");
+        }
     }
 }

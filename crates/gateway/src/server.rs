@@ -358,25 +358,30 @@ pub async fn serve_with_reload(
         ("http", &listeners.http),
         ("admin", &listeners.admin),
     ] {
-        tracing::info!(listener = name, addr = %l.local_addr()?, tls = cfg.tls.is_some(), "listening");
+        let tls = match name {
+            "websocket" => cfg.tls_on.ws,
+            "http" => cfg.tls_on.http,
+            _ => cfg.tls_on.admin,
+        };
+        tracing::info!(listener = name, addr = %l.local_addr()?, tls, "listening");
     }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(
         listeners.ws,
         ws_router,
-        tls.clone(),
+        cfg.tls_on.ws.then(|| tls.clone()),
         shutdown.clone(),
     ));
     tasks.spawn(accept_loop(
         listeners.http,
         http_router,
-        tls.clone(),
+        cfg.tls_on.http.then(|| tls.clone()),
         shutdown.clone(),
     ));
     tasks.spawn(accept_loop(
         listeners.admin,
         admin_router,
-        tls.clone(),
+        cfg.tls_on.admin.then(|| tls.clone()),
         shutdown.clone(),
     ));
     tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
@@ -456,7 +461,7 @@ type SharedTls = Arc<std::sync::RwLock<Option<TlsAcceptor>>>;
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
-    tls: SharedTls,
+    tls: Option<SharedTls>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -474,7 +479,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let tls = tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let tls = tls
+            .as_ref()
+            .and_then(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             match tls {

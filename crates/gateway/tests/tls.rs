@@ -177,3 +177,43 @@ async fn every_listener_speaks_tls_and_sighup_style_reload_swaps_the_certificate
     assert_eq!(reply["janus"], "pong");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn admin_tls_false_keeps_the_admin_listener_plain_while_wss_stays_tls() {
+    let dir = temp_dir();
+    let mut cfg = base_config(&dir);
+    cfg.cert = Some(fixture("cert1.pem"));
+    cfg.key = Some(fixture("key1.pem"));
+    cfg.admin_tls = Some(false);
+    let gw = Gw::start(cfg).await;
+    // plain HTTP on the admin listener
+    let r = post_json(
+        gw.admin,
+        "/admin",
+        &json!({"janus": "add_token", "token": "plain", "transaction": "t", "admin_secret": ADMIN_SECRET}),
+    )
+    .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    // TLS on the WebSocket listener: a plain HTTP request gets no HTTP answer
+    let (status, _, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        http(gw.ws, "GET", "/turn-credentials?token=plain", None, &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 0, "the WebSocket listener answered plain HTTP");
+    let mut s = tls(gw.ws).await;
+    s.write_all(
+        b"GET /turn-credentials?token=plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    gw.stop().await;
+}
