@@ -92,10 +92,11 @@ async function relayOnlyMediaCheck({ caller, callee, offerSeen, answerSeen, stac
  * iceTransportPolicy the pages pass to janus.js ('relay'; 'all' only inside the NAT lab),
  * `httpFetch` how this process reaches the gateway (default fetch; the NAT lab's agent),
  * `iceFilter` picks the iceServers a page uses from the gateway's (default: TURN URLs of
- * `transport`), `mediaCheck` asserts the media (default relayOnlyMediaCheck).
+ * `transport`), `mediaCheck` asserts the media (default relayOnlyMediaCheck), `duringCall`
+ * runs once media flows, before the hang-up.
  * Returns timings and observations; throws with page consoles appended on failure.
  */
-async function runMattermostCall({ browser, browsers, web, gen, stack, creds = 'gateway', transport = 'udp', media = true, api = 'ws', end = 'hangup', policy = 'relay', httpFetch = nodeFetch, iceFilter, mediaCheck = relayOnlyMediaCheck }) {
+async function runMattermostCall({ browser, browsers, web, gen, stack, creds = 'gateway', transport = 'udp', media = true, api = 'ws', end = 'hangup', policy = 'relay', httpFetch = nodeFetch, iceFilter, mediaCheck = relayOnlyMediaCheck, duringCall }) {
   const timings = {};
   const t0 = Date.now();
   const mark = (k) => {
@@ -205,6 +206,9 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
         }
       }
     }
+
+    // Anything the case does while the call runs (e.g. renegotiation), after media flows.
+    if (duringCall) result.during = await duringCall({ caller, callee, stack, transport });
 
     let finishing = parties;
     if (end === 'hangup') {

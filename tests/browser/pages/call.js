@@ -147,6 +147,8 @@
     }));
   }
 
+  const ufragOf = (sdp) => (sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
+
   function onMessage(msg, jsep) {
     const data = msg || {};
     const result = data.result || {};
@@ -183,6 +185,28 @@
         }
         event('accepted-answer', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length, relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length, srflxCandidates: (jsep.sdp.match(/typ srflx/g) || []).length, hostCandidates: (jsep.sdp.match(/typ host/g) || []).length, lines: jsep.sdp.split(/\r?\n/).filter((l) => /^(m=|a=mid|a=candidate|a=end-of-candidates)/.test(l)) });
         handle.handleRemoteJsep({ jsep, error: (err) => fail('handleRemoteJsep', err) });
+      }
+    } else if (ev === 'update') {
+      // Renegotiation (janus.js 1.x videocall): `set` + jsep at one side reaches the other
+      // as `update` + jsep. An offer is answered with `set` + answer; an answer is applied.
+      if (!jsep) {
+        fail('update', 'no jsep');
+        return;
+      }
+      event('update-jsep', { jsepType: jsep.type, ufrag: ufragOf(jsep.sdp), relayCandidates: (jsep.sdp.match(/typ relay/g) || []).length });
+      if (jsep.type === 'answer') {
+        handle.handleRemoteJsep({ jsep, error: (err) => fail('handleRemoteJsep(update)', err) });
+      } else {
+        handle.createAnswer({
+          jsep,
+          success(answer) {
+            event('update-answer-created', { ufrag: ufragOf(answer.sdp) });
+            handle.send({ message: { request: 'set' }, jsep: answer });
+          },
+          error(err) {
+            fail('createAnswer(update)', err);
+          },
+        });
       }
     } else if (ev === 'hangup') {
       // The webapp ends the call on the plugin's hangup event: close the PeerConnection.
@@ -355,6 +379,31 @@
       /** getStats of janus.js' PeerConnection: inbound bytes per kind, selected pair. */
       stats() {
         return pcStats(handle && handle.webrtcStuff && handle.webrtcStuff.pc);
+      },
+
+      /** Renegotiates the running call with an ICE restart: `set` + new offer (1.x only). */
+      renegotiate() {
+        const before = handle.webrtcStuff.pc.localDescription.sdp;
+        return new Promise((resolve, reject) => {
+          handle.createOffer({
+            iceRestart: true,
+            success(jsep) {
+              event('renegotiation-offer-created', { ufrag: ufragOf(jsep.sdp), previousUfrag: ufragOf(before) });
+              handle.send({ message: { request: 'set' }, jsep });
+              resolve({ ufrag: ufragOf(jsep.sdp), previousUfrag: ufragOf(before) });
+            },
+            error(err) {
+              fail('createOffer(iceRestart)', err);
+              reject(new Error('renegotiation offer failed: ' + JSON.stringify(err)));
+            },
+          });
+        });
+      },
+
+      /** ICE ufrag of the current local/remote descriptions. */
+      ufrags() {
+        const pc = handle.webrtcStuff.pc;
+        return { local: ufragOf(pc.localDescription.sdp), remote: ufragOf(pc.remoteDescription.sdp) };
       },
 
       /** The Mattermost hang-up: plugin `hangup` request, then close the PeerConnection. */
