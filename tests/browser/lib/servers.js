@@ -123,7 +123,7 @@ async function startTurnServer({ secret, realm = 'callrelay-test' }) {
  * Starts our gateway with token auth, an admin secret and TURN REST credentials for
  * `turnUris` signed with `turnSecret`. Ready when Admin API `info` answers.
  */
-async function startGateway({ adminSecret, turnSecret, turnUris }) {
+async function startGateway({ adminSecret, turnSecret, turnUris, tls }) {
   const [ws, http, admin] = await freePorts(3);
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'callrelay-gw-'));
   const args = [
@@ -132,18 +132,19 @@ async function startGateway({ adminSecret, turnSecret, turnUris }) {
     '--turn-secret', turnSecret, '--state-dir', stateDir,
   ];
   for (const u of turnUris) args.push('--turn-uri', u);
+  // tls = {certPath, keyPath, fetch}: every listener speaks TLS (wss, https); `fetch`
+  // (lib/tls.js fetchTrusting) is how this process reaches them.
+  if (tls) args.push('--cert', tls.certPath, '--key', tls.keyPath);
+  const s = tls ? 's' : '';
   const proc = new Proc('gateway', binary('gateway'), args);
-  const adminUrl = `http://127.0.0.1:${admin}/admin`;
+  const adminUrl = `http${s}://127.0.0.1:${admin}/admin`;
   try {
     await waitUntil(`gateway admin info on ${adminUrl}`, async () => {
       if (!proc.alive()) throw fatal('gateway exited early');
-      const res = await fetch(adminUrl, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ janus: 'info', transaction: 'ready-probe' }),
-        signal: AbortSignal.timeout(1000),
-      });
-      const j = await res.json();
+      const probe = { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ janus: 'info', transaction: 'ready-probe' }) };
+      const j = tls
+        ? JSON.parse((await tls.fetch({ url: adminUrl, ...probe, timeoutMs: 1000 })).text)
+        : await (await fetch(adminUrl, { ...probe, signal: AbortSignal.timeout(1000) })).json();
       return j.janus === 'server_info' && (await tcpConnects(ws));
     }, { timeoutMs: 15000 });
   } catch (e) {
@@ -154,9 +155,9 @@ async function startGateway({ adminSecret, turnSecret, turnUris }) {
   return {
     proc,
     stateDir,
-    wsUrl: `ws://127.0.0.1:${ws}`,
-    wsHttpBase: `http://127.0.0.1:${ws}`,
-    httpBase: `http://127.0.0.1:${http}`,
+    wsUrl: `ws${s}://127.0.0.1:${ws}`,
+    wsHttpBase: `http${s}://127.0.0.1:${ws}`,
+    httpBase: `http${s}://127.0.0.1:${http}`,
     adminUrl,
     async cleanup() {
       fs.rmSync(stateDir, { recursive: true, force: true });

@@ -92,14 +92,17 @@ function assertOnlyLoopback() {
  * namespace. With `netns` (test/nat.test.js) it runs inside that network namespace of
  * the test's lab, started through lib/netns-chromium.sh (`ip netns exec`); `secureOrigin`
  * then names the lab's page origin, which Chromium must treat as secure for getUserMedia.
+ * `trustSpki` (lib/tls.js spkiHash) makes it accept the wss test's self-signed certificate.
  */
-async function launchChromium({ netns, secureOrigin } = {}) {
+async function launchChromium({ netns, secureOrigin, trustSpki } = {}) {
   if (!netns) assertOnlyLoopback();
   const { chromium } = require('playwright-core');
   // Inside the lab the callers have a real interface: no loopback candidates (they would
   // only ever reach the caller's own namespace).
   const args = netns ? CHROMIUM_ARGS.filter((a) => a !== '--allow-loopback-in-peer-connection') : [...CHROMIUM_ARGS];
   if (secureOrigin) args.push(`--unsafely-treat-insecure-origin-as-secure=${secureOrigin}`);
+  // Trust exactly one self-signed certificate (by its key), not every certificate.
+  if (trustSpki) args.push(`--ignore-certificate-errors-spki-list=${trustSpki}`);
   // launch() gives Chromium a fresh temporary --user-data-dir of its own (playwright
   // refuses the flag in args) and deletes it on close.
   const browser = await chromium.launch({
