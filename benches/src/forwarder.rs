@@ -5,7 +5,8 @@
 //! and sends the payload to the fixed peer from a per-client relay socket; what the
 //! peer sends to that relay socket goes back to the client with a header. No STUN,
 //! no auth, no permission checks. recvmmsg + GSO batching through quinn-udp,
-//! one thread.
+//! one thread. Its sockets have GRO off, so like a relay serving browsers it
+//! receives every datagram on its own even when the load generator sends bursts.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ pub(crate) fn run(listen: SocketAddr, peer: SocketAddr, max_secs: u64) -> Result
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let l = Rc::new(BatchSocket::bind(listen)?);
+        let l = Rc::new(BatchSocket::bind_with(listen, false)?);
         let deadline = Instant::now() + Duration::from_secs(max_secs);
         let scratch = Rc::new(RefCell::new(RecvScratch::default()));
         let mut relays: HashMap<SocketAddr, Rc<BatchSocket>> = HashMap::new();
@@ -59,7 +60,7 @@ pub(crate) fn run(listen: SocketAddr, peer: SocketAddr, max_secs: u64) -> Result
                 let relay = match relays.get(&client) {
                     Some(r) => r.clone(),
                     None => {
-                        let r = Rc::new(BatchSocket::bind(([127, 0, 0, 1], 0).into())?);
+                        let r = Rc::new(BatchSocket::bind_with(([127, 0, 0, 1], 0).into(), false)?);
                         relays.insert(client, r.clone());
                         tokio::task::spawn_local(back_to_client(
                             r.clone(),

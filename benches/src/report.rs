@@ -51,13 +51,32 @@ pub(crate) fn table(
             }
         }
     }
-    let med = |col: &str, name: &str| -> Option<f64> {
-        let runs = columns.iter().find(|(c, _)| *c == col)?.1;
-        let v: Vec<f64> = runs.iter().filter_map(|f| f.get(name)).collect();
-        median(&v)
+    let values = |col: &str, name: &str| -> Vec<f64> {
+        columns
+            .iter()
+            .find(|(c, _)| *c == col)
+            .map(|(_, runs)| {
+                runs.iter()
+                    .filter_map(|f| f.get(name))
+                    .filter(|x| x.is_finite())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let med = |col: &str, name: &str| median(&values(col, name));
+    // "median (min–max)" when there is more than one run, so noise shows.
+    let cell = |col: &str, name: &str| -> String {
+        let v = values(col, name);
+        let m = fmt(median(&v));
+        if v.len() < 2 {
+            return m;
+        }
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{m} ({}–{})", fmt(Some(lo)), fmt(Some(hi)))
     };
     let mut out = String::new();
-    out.push_str("| figure (median of runs) |");
+    out.push_str("| figure: median of runs (min–max) |");
     for (c, runs) in columns {
         out.push_str(&format!(" {c} (n={}) |", runs.len()));
     }
@@ -69,7 +88,7 @@ pub(crate) fn table(
     for n in &names {
         out.push_str(&format!("| {n} |"));
         for (c, _) in columns {
-            out.push_str(&format!(" {} |", fmt(med(c, n))));
+            out.push_str(&format!(" {} |", cell(c, n)));
         }
         let ratio = match (med(ours, n), med(reference, n)) {
             (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => {

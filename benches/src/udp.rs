@@ -21,13 +21,28 @@ pub(crate) struct BatchSocket {
 }
 
 impl BatchSocket {
-    /// Binds 127.0.0.1:0 (or `addr`); must be called inside a tokio runtime.
+    /// Binds `addr` with UDP GRO on (a GSO burst from a peer arrives as one
+    /// buffer); must be called inside a tokio runtime. For the load generator.
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_with(addr, true)
+    }
+
+    /// Binds `addr`; with `gro` false the socket sees every datagram separately,
+    /// as a relay does when real clients send one datagram per packet. (quinn-udp
+    /// turns GRO on for the socket its state is created from, so then the state
+    /// comes from a throwaway socket; recvmmsg and GSO sends work the same.)
+    pub(crate) fn bind_with(addr: SocketAddr, gro: bool) -> io::Result<Self> {
         let std_sock = std::net::UdpSocket::bind(addr)?;
         let sock2 = socket2::SockRef::from(&std_sock);
         let _ = sock2.set_recv_buffer_size(4 << 20);
         let _ = sock2.set_send_buffer_size(4 << 20);
-        let state = UdpSocketState::new((&std_sock).into())?;
+        let state = if gro {
+            UdpSocketState::new((&std_sock).into())?
+        } else {
+            std_sock.set_nonblocking(true)?;
+            let donor = std::net::UdpSocket::bind((addr.ip(), 0))?;
+            UdpSocketState::new((&donor).into())?
+        };
         let sock = UdpSocket::from_std(std_sock)?;
         Ok(Self { sock, state })
     }
