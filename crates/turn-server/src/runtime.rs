@@ -127,6 +127,11 @@ fn relay_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
         s.set_only_v6(true)?;
     }
     s.set_nonblocking(true)?;
+    // Room for bursts from the peer (a video keyframe is dozens of datagrams back to back)
+    // while the worker serves other sockets. These are limits, not allocations: an idle
+    // relay costs nothing. The kernel caps them at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(1 << 20);
+    let _ = s.set_send_buffer_size(1 << 20);
     s.bind(&addr.into())?;
     Ok(s.into())
 }
