@@ -6,11 +6,36 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+mod doctor;
+mod doctor_tcp;
+
 /// Janus API (WebSocket, HTTP, Admin) gateway with janus.plugin.videocall and TURN REST
-/// credentials. Flags override the TOML file given with --config.
+/// credentials. Without a subcommand it runs the server; flags override the TOML file
+/// given with --config.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about)]
+#[command(
+    name = "gateway",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Check a Mattermost WebRTC deployment end to end (Admin URL, WebSocket URL, STUN,
+    /// TURN) with Mattermost's eight settings; exit status 1 when a check fails.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Server flags.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
     /// TOML configuration file (see docs/configuration.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -107,7 +132,7 @@ struct Cli {
     cors_allow_origin: Option<String>,
 }
 
-impl Cli {
+impl RunArgs {
     fn into_config(self) -> CliConfig {
         CliConfig {
             config: self.config,
@@ -144,6 +169,10 @@ impl Cli {
 
 fn main() -> std::process::ExitCode {
     use std::io::IsTerminal as _;
+    let cli = Cli::parse();
+    if let Some(Command::Doctor(args)) = cli.command {
+        return run_doctor(&args);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -152,8 +181,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
-    let cfg = match Config::load(cli.into_config()) {
+    let cfg = match Config::load(cli.run.into_config()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gateway: configuration error: {e}");
@@ -176,6 +204,46 @@ fn main() -> std::process::ExitCode {
             eprintln!("gateway: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+fn run_doctor(args: &doctor::DoctorArgs) -> std::process::ExitCode {
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gateway doctor: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway doctor: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let checks = rt.block_on(doctor::run(args, &settings));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    // the report is the command's output: stdout, so `--json | jq` works
+    let text = if args.json {
+        format!("{}\n", doctor::render_json(&checks))
+    } else {
+        doctor::render_text(&checks)
+    };
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+    if checks.iter().all(|c| c.ok) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 

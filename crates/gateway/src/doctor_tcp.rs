@@ -1,0 +1,135 @@
+//! TURN over TCP for `gateway doctor`: the webrtc-rs `turn` client talks to a
+//! `webrtc_util::Conn`, which only exists for UDP; this adapter frames STUN messages and
+//! ChannelData on one TCP stream (RFC 8656 §12.5: ChannelData padded to 4 bytes over TCP).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Mutex;
+use webrtc_util::Conn;
+
+type Fut<'a, T> = Pin<Box<dyn Future<Output = webrtc_util::Result<T>> + Send + 'a>>;
+
+/// One TCP connection to a TURN server, seen as a datagram `Conn`.
+pub(crate) struct TcpConn {
+    rd: Mutex<OwnedReadHalf>,
+    wr: Mutex<OwnedWriteHalf>,
+    local: SocketAddr,
+    server: SocketAddr,
+}
+
+impl TcpConn {
+    /// Wraps a connected stream to `server`.
+    pub(crate) fn new(s: TcpStream, server: SocketAddr) -> Self {
+        let local = s.local_addr().unwrap_or(server);
+        let (r, w) = s.into_split();
+        Self {
+            rd: Mutex::new(r),
+            wr: Mutex::new(w),
+            local,
+            server,
+        }
+    }
+
+    async fn read_frame(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        let mut rd = self.rd.lock().await;
+        let mut head = [0u8; 4];
+        rd.read_exact(&mut head).await?;
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let (body, padded) = if head[0] & 0xC0 == 0 {
+            (16 + len, 16 + len) // STUN: 20-byte header, length excludes it
+        } else {
+            (len, len.div_ceil(4) * 4) // ChannelData
+        };
+        let mut frame = vec![0u8; padded];
+        rd.read_exact(&mut frame).await?;
+        let n = 4 + body;
+        if n > buf.len() {
+            return Err(webrtc_util::Error::Other("frame larger than buffer".into()));
+        }
+        buf[..4].copy_from_slice(&head);
+        buf[4..n].copy_from_slice(&frame[..body]);
+        Ok(n)
+    }
+
+    async fn write_frame(&self, p: &[u8]) -> webrtc_util::Result<usize> {
+        let mut wr = self.wr.lock().await;
+        wr.write_all(p).await?;
+        if p.first().is_some_and(|b| b & 0xC0 == 0x40) && !p.len().is_multiple_of(4) {
+            wr.write_all(&[0u8; 3][..4 - p.len() % 4]).await?;
+        }
+        Ok(p.len())
+    }
+}
+
+impl Conn for TcpConn {
+    fn connect<'a, 'b>(&'a self, _addr: SocketAddr) -> Fut<'b, ()>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn recv<'a, 'c, 'b>(&'a self, buf: &'c mut [u8]) -> Fut<'b, usize>
+    where
+        'a: 'b,
+        'c: 'b,
+        Self: 'b,
+    {
+        Box::pin(self.read_frame(buf))
+    }
+
+    fn recv_from<'a, 'c, 'b>(&'a self, buf: &'c mut [u8]) -> Fut<'b, (usize, SocketAddr)>
+    where
+        'a: 'b,
+        'c: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { Ok((self.read_frame(buf).await?, self.server)) })
+    }
+
+    fn send<'a, 'c, 'b>(&'a self, buf: &'c [u8]) -> Fut<'b, usize>
+    where
+        'a: 'b,
+        'c: 'b,
+        Self: 'b,
+    {
+        Box::pin(self.write_frame(buf))
+    }
+
+    fn send_to<'a, 'c, 'b>(&'a self, buf: &'c [u8], _target: SocketAddr) -> Fut<'b, usize>
+    where
+        'a: 'b,
+        'c: 'b,
+        Self: 'b,
+    {
+        Box::pin(self.write_frame(buf))
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.server)
+    }
+
+    fn close<'a, 'b>(&'a self) -> Fut<'b, ()>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let _ = self.wr.lock().await.shutdown().await;
+            Ok(())
+        })
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
