@@ -215,6 +215,10 @@ pub struct Core {
     metrics: Metrics,
     next_token_sweep: Option<Instant>,
     tokens_dirty: bool,
+    /// Short-lived tokens minted for the test call page: token → expiry (unix secs).
+    /// Not persisted and not in the Admin API's token list; they allow
+    /// janus.plugin.videocall only.
+    test_tokens: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for Core {
@@ -270,6 +274,7 @@ impl Core {
             outbox: Vec::new(),
             metrics,
             next_token_sweep: None,
+            test_tokens: HashMap::new(),
             tokens_dirty: false,
         }
     }
@@ -341,7 +346,29 @@ impl Core {
         {
             return true;
         }
-        false
+        token.is_some_and(|t| self.test_token_valid(t, unix))
+    }
+
+    /// Adds a test-page token valid until `expires_unix` (janus.plugin.videocall only).
+    pub fn add_test_token(&mut self, token: &str, expires_unix: u64, unix: u64) {
+        self.test_tokens.retain(|_, e| *e > unix);
+        self.test_tokens.insert(token.to_string(), expires_unix);
+    }
+
+    /// Number of live test-page tokens.
+    pub fn test_tokens(&self) -> usize {
+        self.test_tokens.len()
+    }
+
+    fn test_token_valid(&mut self, token: &str, unix: u64) -> bool {
+        match self.test_tokens.get(token) {
+            Some(&e) if e > unix => true,
+            Some(_) => {
+                self.test_tokens.remove(token);
+                false
+            }
+            None => false,
+        }
     }
 
     fn new_id(&mut self) -> u64 {
@@ -972,6 +999,7 @@ impl Core {
         for sid in orphans {
             self.destroy_session(now, sid, "disconnect");
         }
+        self.test_tokens.retain(|_, e| *e > unix);
         if !self.cfg.token_max_idle.is_zero() {
             match self.next_token_sweep {
                 None => self.next_token_sweep = Some(now + Duration::from_secs(3600)),
@@ -1913,6 +1941,36 @@ mod tests {
         assert_eq!(r["janus"], "ack");
         events(c);
         (s, h)
+    }
+
+    #[test]
+    fn test_page_tokens_work_until_they_expire_and_are_not_stored() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            token_auth: true,
+            ..CoreConfig::default()
+        });
+        let unix = 1_000_000;
+        c.add_test_token("test-abc", unix + 600, unix);
+        let create = |c: &mut Core, unix: u64, tok: &str| {
+            c.handle_value(
+                t0,
+                unix,
+                Source::Ws(1),
+                json!({"janus": "create", "transaction": "c", "token": tok}),
+            )
+        };
+        assert_eq!(create(&mut c, unix, "test-abc")["janus"], "success");
+        assert_eq!(create(&mut c, unix + 599, "test-abc")["janus"], "success");
+        assert_eq!(create(&mut c, unix, "test-other")["error"]["code"], 403);
+        // not in the persistent store nor the Admin API's list
+        assert_eq!(c.token_snapshot().tokens.len(), 0);
+        assert_eq!(c.test_tokens(), 1);
+        // expired: refused, and swept by the timer
+        assert_eq!(create(&mut c, unix + 600, "test-abc")["error"]["code"], 403);
+        c.add_test_token("test-def", unix + 10, unix);
+        c.handle_timeout(t0, unix + 11);
+        assert_eq!(c.test_tokens(), 0);
     }
 
     #[test]

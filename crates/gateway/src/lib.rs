@@ -4,6 +4,7 @@
 //! * [`sdp`] — merging trickled candidates into forwarded SDP.
 //! * [`store`] — token store and videocall user registry traits (+ in-memory impls).
 //! * [`server`] — the tokio/axum shell (WebSocket, HTTP long poll, Admin API, TLS).
+//! * [`testpage`] — the test call page served on the admin listener.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod sdp;
 pub mod server;
 pub mod store;
+pub mod testpage;
 pub mod turn;
 
 pub use config::{CliConfig, Config, ConfigError, FileConfig};

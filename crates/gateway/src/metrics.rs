@@ -31,6 +31,8 @@ pub struct Metrics {
     pub turn_credentials_issued: IntCounter,
     /// `callrelay_gateway_tokens`
     pub tokens: IntGauge,
+    /// `callrelay_gateway_test_tokens_issued_total`
+    pub test_tokens_issued: IntCounter,
     /// `callrelay_gateway_candidate_wait_seconds_total` — time offers/answers were held
     /// back waiting for trickled candidates.
     pub candidate_wait_ms: IntCounter,
@@ -137,6 +139,10 @@ impl Metrics {
             "TURN REST credentials issued at /turn-credentials",
         );
         let tokens = g("callrelay_gateway_tokens", "Stored Janus tokens");
+        let test_tokens_issued = c(
+            "callrelay_gateway_test_tokens_issued_total",
+            "Short-lived tokens minted for the test call page (POST /test/session)",
+        );
         let candidate_wait_ms = c(
             "callrelay_gateway_candidate_wait_milliseconds_total",
             "Milliseconds offers/answers were held back to merge trickled candidates",
@@ -179,6 +185,7 @@ impl Metrics {
             websocket_connections,
             turn_credentials_issued,
             tokens,
+            test_tokens_issued,
             candidate_wait_ms,
         }
     }

@@ -93,6 +93,8 @@ struct Shared {
     cfg: Config,
     persist_lock: tokio::sync::Mutex<()>,
     tokens_path: PathBuf,
+    /// Port of the WebSocket listener (for the test page's default WebSocket URL).
+    ws_port: u16,
 }
 
 type App = Arc<Shared>;
@@ -335,6 +337,7 @@ pub async fn serve_with_reload(
         cfg: cfg.clone(),
         persist_lock: tokio::sync::Mutex::new(()),
         tokens_path,
+        ws_port: listeners.ws.local_addr()?.port(),
     });
     if expired > 0 {
         persist_tokens(&app).await;
@@ -350,6 +353,9 @@ pub async fn serve_with_reload(
         .with_state(app.clone());
     let admin_router = Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/test", get(crate::testpage::page))
+        .route("/test/client.js", get(crate::testpage::script))
+        .route("/test/session", any(test_session))
         .fallback(admin_entry)
         .with_state(app.clone());
 
@@ -469,7 +475,7 @@ async fn accept_loop(
             r = listener.accept() => r,
             () = shutdown.cancelled() => return,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -489,23 +495,33 @@ async fn accept_loop(
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => serve_conn(s, router, shutdown).await,
+                        Ok(Ok(s)) => serve_conn(s, router, shutdown, peer).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 }
-                None => serve_conn(stream, router, shutdown).await,
+                None => serve_conn(stream, router, shutdown, peer).await,
             }
         });
     }
 }
 
-async fn serve_conn<S>(io: S, router: Router, shutdown: CancellationToken)
-where
+/// The TCP peer of a request (request extension), e.g. for loopback-only rules.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+async fn serve_conn<S>(
+    io: S,
+    router: Router,
+    shutdown: CancellationToken,
+    peer: std::net::SocketAddr,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        router.clone().oneshot(req.map(Body::new))
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(PeerAddr(peer));
+        router.clone().oneshot(req)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -1025,6 +1041,93 @@ async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------- test call page
+
+/// Lifetime of a test-page token and of its TURN credentials.
+const TEST_TOKEN_TTL: u64 = 600;
+
+/// `POST /test/session` on the admin listener: mints a short-lived videocall-only token
+/// and TURN credentials for the test call page (see docs/gateway.md § Test call page).
+async fn test_session(State(app): State<App>, req: Request) -> Response {
+    let nostore = |mut r: Response| {
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    };
+    if req.method() != Method::POST {
+        return nostore(json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "use POST"}),
+        ));
+    }
+    let h = req.headers();
+    // a custom header: a cross-site form or fetch cannot send it without a CORS
+    // preflight, which this endpoint never grants
+    if !h.contains_key("x-callrelay-test-page") {
+        return nostore(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "missing header X-Callrelay-Test-Page"}),
+        ));
+    }
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    let given = h.get("x-admin-secret").and_then(|v| v.to_str().ok());
+    if let Err(why) = crate::testpage::authorize(peer, host, given, app.cfg.admin_secret.as_deref())
+    {
+        app.metrics.error(403);
+        return nostore(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": why, "need_secret": true}),
+        ));
+    }
+    let now = unix_now();
+    let token = {
+        use base64::Engine as _;
+        let bytes: [u8; 24] = rand::random();
+        format!(
+            "test-{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
+    };
+    app.lock()
+        .core
+        .add_test_token(&token, now + TEST_TOKEN_TTL, now);
+    app.metrics.test_tokens_issued.inc();
+    let ws_url = app.cfg.test_page_ws_url.clone().unwrap_or_else(|| {
+        crate::testpage::default_ws_url(host, app.cfg.tls_on.ws, app.ws_port, app.cfg.admin_listen)
+    });
+    let ice = match app.cfg.turn_secret.as_deref() {
+        Some(secret) => {
+            let v = turn::credentials_json(
+                secret,
+                "test-page",
+                TEST_TOKEN_TTL,
+                now,
+                app.cfg.stun_uri.as_deref(),
+                &app.cfg.turn_uris,
+            );
+            app.metrics.turn_credentials_issued.inc();
+            v["iceServers"].clone()
+        }
+        None => match &app.cfg.stun_uri {
+            Some(u) => json!([{"urls": [u]}]),
+            None => json!([]),
+        },
+    };
+    nostore(json_response(
+        StatusCode::OK,
+        &json!({
+            "token": token,
+            "expires_in": TEST_TOKEN_TTL,
+            "expires_at": now + TEST_TOKEN_TTL,
+            "plugins": [crate::core::VIDEOCALL],
+            "ws_url": ws_url,
+            "iceServers": ice,
+            "relay_available": !app.cfg.turn_uris.is_empty() && app.cfg.turn_secret.is_some(),
+        }),
+    ))
 }
 
 // ---------------------------------------------------------------------------- Admin API
