@@ -5,6 +5,8 @@
 #   nat-lab.sh up ID     create the lab; prints nothing on success
 #   nat-lab.sh down ID   delete every namespace of lab ID (idempotent)
 #   nat-lab.sh reap      delete labs whose creator process (the number in ID) is gone
+#   nat-lab.sh masq ID NAT [FLAGS]   replace NAT's masquerade rule (FLAGS "" = port-
+#                        preserving, "fully-random" = symmetric)
 #
 # ID is "<pid>x<random>" so names are unique per run and leftovers of a killed run can
 # be recognised (its pid is dead) and reaped. Namespaces (NAME = crl<ID>-…):
@@ -24,7 +26,11 @@
 # its source (ENETUNREACH) instead of being sent. Deleting a namespace deletes its veths
 # and nftables rules, so `down` is just `ip netns del`.
 set -eu
-cmd=${1:?usage: nat-lab.sh up|down ID | reap}
+cmd=${1:?usage: nat-lab.sh up|down ID | reap | masq ID NAT [FLAGS]}
+
+# nssys NS KEY VALUE: a sysctl inside NS (/proc/sys/net shows the writer's namespace; no
+# dependency on procps' sysctl).
+nssys() { ip netns exec "$1" sh -c "echo $3 > /proc/sys/$2"; }
 
 names() { for n in pub nata natb a b; do echo "crl$1-$n"; done; }
 
@@ -46,8 +52,14 @@ down)
   down "${2:?ID}"
   exit 0
   ;;
+masq)
+  ns=crl${2:?ID}-${3:?NAT}
+  printf 'flush chain ip lab postrouting\nadd rule ip lab postrouting oifname "wan" masquerade %s\n' "${4:-}" |
+    ip netns exec "$ns" nft -f -
+  exit 0
+  ;;
 up) ;;
-*) echo "usage: nat-lab.sh up|down ID | reap" >&2; exit 2 ;;
+*) echo "usage: nat-lab.sh up|down ID | reap | masq ID NAT [FLAGS]" >&2; exit 2 ;;
 esac
 
 id=${2:?ID}
@@ -56,7 +68,8 @@ p=crl$id
 trap 'down "$id"' EXIT
 for ns in $(names "$id"); do
   ip netns add "$ns"
-  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  nssys "$ns" net/ipv6/conf/all/disable_ipv6 1
+  nssys "$ns" net/ipv6/conf/default/disable_ipv6 1
   ip -n "$ns" link set lo up
 done
 
@@ -64,7 +77,7 @@ done
 ip -n "$p-pub" link add br0 type bridge
 ip -n "$p-pub" addr add 203.0.113.1/24 dev br0
 ip -n "$p-pub" link set br0 up
-ip netns exec "$p-pub" sysctl -qw net.ipv4.ip_forward=0
+nssys "$p-pub" net/ipv4/ip_forward 0
 
 nat() { # nat NAME WAN_IP LAN_NET_PREFIX MASQ_FLAGS CALLER
   nat=$p-$1
@@ -78,7 +91,7 @@ nat() { # nat NAME WAN_IP LAN_NET_PREFIX MASQ_FLAGS CALLER
   ip -n "$p-$5" addr add "$3.2/24" dev eth0
   ip -n "$p-$5" link set eth0 up
   ip -n "$p-$5" route add 203.0.113.0/24 via "$3.1"
-  ip netns exec "$nat" sysctl -qw net.ipv4.ip_forward=1
+  nssys "$nat" net/ipv4/ip_forward 1
   ip netns exec "$nat" nft -f - <<EOF
 table ip lab {
   chain postrouting {

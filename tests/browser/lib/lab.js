@@ -48,6 +48,10 @@ function createLab() {
       execFileSync(LAB_SH, ['down', id], { stdio: 'ignore' });
       labs.delete(id);
     },
+    /** Replaces NAT `nat`'s masquerade flags ('' port-preserving, 'fully-random'). */
+    setMasquerade(nat, flags) {
+      execFileSync(LAB_SH, ['masq', id, nat, flags], { stdio: ['ignore', 'pipe', 'pipe'] });
+    },
     /** Namespaces of this lab that still exist (for the clean-up assertion). */
     remaining() {
       const list = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });

@@ -241,4 +241,34 @@ describe('calls between two NATed callers (real NAT namespaces)', { timeout: 150
       throw e;
     }
   });
+
+  // Control for the test above: the same STUN-only call, with NAT B switched to a
+  // port-preserving masquerade like NAT A, does connect directly (hole punching between two
+  // port-restricted cones). So the lab's plumbing carries calls, and the failure above is
+  // NAT B's port randomisation, which only TURN gets through.
+  it('control: with NAT B port-preserving instead, the STUN-only call connects directly (no relay)', { timeout: 60000 }, async () => {
+    lab.setMasquerade('natb', '');
+    try {
+      const r = await call('0.2.3', (servers) => servers.filter((s) => [].concat(s.urls).every((u) => u.startsWith('stun:'))), async ({ caller, callee, offerSeen, answerSeen }) => {
+        assertSdpCandidates(offerSeen, answerSeen, { relay: false });
+        const settled = await Promise.allSettled([mediaFlows(caller), mediaFlows(callee)]);
+        const failed = settled.filter((x) => x.status === 'rejected');
+        if (failed.length) throw new Error(failed.map((x) => x.reason.message).join('\n'));
+        const [mc, me] = settled.map((x) => x.value);
+        for (const [m, peerNat] of [[mc, ADDR.natb], [me, ADDR.nata]]) {
+          const { local, remote } = m.second.pair;
+          assert.ok(local.candidateType !== 'relay' && remote.candidateType !== 'relay', `no TURN: the pair is direct. ${m.ctx}`);
+          assert.equal(remote.address, peerNat, `media goes straight to the other NAT's public address. ${m.ctx}`);
+        }
+        return { caller: mc, callee: me, remoteMediaExpected: true };
+      });
+      const pair = (s) => `${s.pair.local.candidateType} ${s.pair.local.address}:${s.pair.local.port} ↔ ${s.pair.remote.candidateType} ${s.pair.remote.address}:${s.pair.remote.port}`;
+      console.log(`# NAT control (both NATs port-preserving), STUN only: media after accepted ${r.timings.mediaCallerAfterAccepted}/${r.timings.mediaCalleeAfterAccepted} ms; caller pair ${pair(r.caller)}, callee pair ${pair(r.callee)}`);
+    } catch (e) {
+      e.message += `\n${logs()}`;
+      throw e;
+    } finally {
+      lab.setMasquerade('natb', 'fully-random');
+    }
+  });
 });
