@@ -176,9 +176,10 @@ impl<'a> Message<'a> {
     }
 
     pub(crate) fn has_fingerprint(&self) -> bool {
-        let b = self.inner.as_bytes();
-        let start = b.len().checked_sub(8).filter(|s| *s >= si::HEADER_LEN);
-        start.and_then(|s| b.get(s..s + 2)) == Some(&attr::FINGERPRINT.to_be_bytes()[..])
+        // The parser knows whether the message's own last attribute is FINGERPRINT. Looking
+        // at the last 8 bytes instead is wrong: a Send indication whose DATA carries an ICE
+        // check ends with the *inner* message's FINGERPRINT (Chromium sends exactly that).
+        self.inner.has_fingerprint()
     }
 
     /// FINGERPRINT correct, or absent.
@@ -295,6 +296,32 @@ mod tests {
         let m = Message::parse(&bad).unwrap();
         assert!(m.has_fingerprint() && !m.fingerprint_ok());
         assert!(Message::parse(REQ.get(..50).unwrap()).is_err());
+    }
+
+    #[test]
+    fn send_indication_carrying_an_ice_check_has_no_outer_fingerprint() {
+        // Chromium's Send indications carry a whole ICE check (ending in its own
+        // FINGERPRINT) as DATA and no FINGERPRINT of their own. The DATA's last 8 bytes
+        // must not be mistaken for the indication's FINGERPRINT, or every ICE check
+        // through TURN is dropped as corrupt.
+        let mut buf = Vec::new();
+        let mut b = Builder::new(
+            &mut buf,
+            method::SEND,
+            Class::Indication,
+            TransactionId([3; 12]),
+        );
+        b.xor_addr(attr::XOR_PEER_ADDRESS, "127.0.0.1:40000".parse().unwrap());
+        b.attr(attr::DATA, &REQ);
+        assert!(b.finish(None, false));
+        assert_eq!(
+            buf.get(buf.len() - 8..buf.len() - 6),
+            Some(&[0x80, 0x28][..])
+        );
+        let m = Message::parse(&buf).unwrap();
+        assert!(!m.has_fingerprint());
+        assert!(m.fingerprint_ok());
+        assert_eq!(m.get(attr::DATA), Some(&REQ[..]));
     }
 
     #[test]
