@@ -32,14 +32,14 @@ pub(crate) mod method {
 
 /// Attribute types (shared-ice's constants, re-exported under the names the core uses).
 pub(crate) mod attr {
-    #[cfg(test)]
-    pub(crate) use shared_ice::stun::attr::ERROR_CODE;
     pub(crate) use shared_ice::stun::attr::{
         ADDITIONAL_ADDRESS_FAMILY, CHANNEL_NUMBER, CONNECTION_ID, DATA, DONT_FRAGMENT, EVEN_PORT,
-        FINGERPRINT, LIFETIME, MESSAGE_INTEGRITY, NONCE, REALM, REQUESTED_ADDRESS_FAMILY,
-        REQUESTED_TRANSPORT, RESERVATION_TOKEN, SOFTWARE, UNKNOWN_ATTRIBUTES, USERNAME,
-        XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
+        LIFETIME, MESSAGE_INTEGRITY, NONCE, REALM, REQUESTED_ADDRESS_FAMILY, REQUESTED_TRANSPORT,
+        RESERVATION_TOKEN, SOFTWARE, UNKNOWN_ATTRIBUTES, USERNAME, XOR_MAPPED_ADDRESS,
+        XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
     };
+    #[cfg(test)]
+    pub(crate) use shared_ice::stun::attr::{ERROR_CODE, FINGERPRINT};
 }
 
 /// STUN message classes (RFC 8489 §5).
