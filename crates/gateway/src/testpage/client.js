@@ -350,6 +350,10 @@
     }
   }
 
+  // for debugging from the console: every getStats entry of the current call
+  window.callrelayStats = async () => pc ? Array.from((await pc.getStats()).values()) : [];
+  window.callrelaySdp = () => pc ? { local: pc.localDescription && pc.localDescription.sdp, remote: pc.remoteDescription && pc.remoteDescription.sdp } : null;
+
   // ------------------------------------------------------------------ wiring
   $("register").onclick = register;
   $("name").onkeydown = (e) => { if (e.key === "Enter") register(); };
