@@ -93,8 +93,9 @@ function assertOnlyLoopback() {
  * the test's lab, started through lib/netns-chromium.sh (`ip netns exec`); `secureOrigin`
  * then names the lab's page origin, which Chromium must treat as secure for getUserMedia.
  * `trustSpki` (lib/tls.js spkiHash) makes it accept the wss test's self-signed certificate.
+ * `extraArgs` are appended to the command line.
  */
-async function launchChromium({ netns, secureOrigin, trustSpki } = {}) {
+async function launchChromium({ netns, secureOrigin, trustSpki, extraArgs = [] } = {}) {
   if (!netns) assertOnlyLoopback();
   const { chromium } = require('playwright-core');
   // Inside the lab the callers have a real interface: no loopback candidates (they would
@@ -103,6 +104,8 @@ async function launchChromium({ netns, secureOrigin, trustSpki } = {}) {
   if (secureOrigin) args.push(`--unsafely-treat-insecure-origin-as-secure=${secureOrigin}`);
   // Trust exactly one self-signed certificate (by its key), not every certificate.
   if (trustSpki) args.push(`--ignore-certificate-errors-spki-list=${trustSpki}`);
+  // e.g. --host-resolver-rules mapping a test host name to 127.0.0.1 (test/testpage.test.js)
+  args.push(...extraArgs);
   // launch() gives Chromium a fresh temporary --user-data-dir of its own (playwright
   // refuses the flag in args) and deletes it on close.
   const browser = await chromium.launch({
