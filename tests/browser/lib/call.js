@@ -89,10 +89,11 @@ async function relayOnlyMediaCheck({ caller, callee, offerSeen, answerSeen, stac
  * turnSharedKey}}; `creds` = 'gateway' | 'mattermost' | 'none';
  * `media` false only for the developer check against real Janus (signaling only).
  * `browsers` {caller, callee} (default: `browser` for both), `policy` the
- * iceTransportPolicy the pages pass to janus.js ('relay'; 'all' only inside the NAT lab),
+ * iceTransportPolicy the pages pass to janus.js ('relay'; 'all' only inside the NAT lab;
+ * or {caller, callee} for one each),
  * `httpFetch` how this process reaches the gateway (default fetch; the NAT lab's agent),
- * `iceFilter` picks the iceServers a page uses from the gateway's (default: TURN URLs of
- * `transport`), `mediaCheck` asserts the media (default relayOnlyMediaCheck), `duringCall`
+ * `iceFilter(iceServers, role)` picks the iceServers a page ('caller'/'callee') uses from
+ * the gateway's (default: TURN URLs of `transport`), `mediaCheck` asserts the media (default relayOnlyMediaCheck), `duringCall`
  * runs once media flows, before the hang-up.
  * Returns timings and observations; throws with page consoles appended on failure.
  */
@@ -103,6 +104,7 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
     timings[k] = Date.now() - t0;
   };
   const { gw } = stack;
+  const policyOf = (role) => (typeof policy === 'string' ? policy : policy[role]);
   // Mattermost only ever gives janus.js the WebSocket URL; `api: 'http'` runs the same
   // call over the Janus HTTP REST + long-poll transport (credentials then come from
   // the HTTP listener's /turn-credentials).
@@ -122,8 +124,8 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
   }
   mark('tokenAdded');
 
-  const callee = await newPartyPage((browsers && browsers.callee) || browser, web.base, gen, `callee/${gen}`, { policy });
-  const caller = await newPartyPage((browsers && browsers.caller) || browser, web.base, gen, `caller/${gen}`, { policy });
+  const callee = await newPartyPage((browsers && browsers.callee) || browser, web.base, gen, `callee/${gen}`, { policy: policyOf('callee') });
+  const caller = await newPartyPage((browsers && browsers.caller) || browser, web.base, gen, `caller/${gen}`, { policy: policyOf('caller') });
   const parties = [callee, caller];
   try {
     assert.equal(await caller.page.evaluate(() => window.party.generation()), gen, 'page must run the requested janus.js');
@@ -133,7 +135,7 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
     for (const p of parties) {
       if (creds === 'gateway') {
         const j = await gatewayCredentials(p, credBase, token, stack.turnSecret, httpFetch);
-        ice[p.label] = iceFilter ? iceFilter(j.iceServers) : pickTransport(j.iceServers, transport);
+        ice[p.label] = iceFilter ? iceFilter(j.iceServers, p === caller ? 'caller' : 'callee') : pickTransport(j.iceServers, transport);
       } else if (creds === 'mattermost' && stack.mattermost) {
         // The eight settings as an admin pasted them (test/up.test.js): the webapp builds
         // [{urls:[StunURI]}, {urls:[TurnURI], username, credential}], credentials minted
@@ -158,7 +160,7 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
 
     // Callee registers first, then the caller; the caller calls 750 ms after `registered`.
     const start = (p, role, userId, peerId) =>
-      withTimeout(p.page.evaluate((o) => window.party.start(o), { server, token, iceServers: ice[p.label], userId, peerId, role, policy }), 15000, `${p.label} registered`);
+      withTimeout(p.page.evaluate((o) => window.party.start(o), { server, token, iceServers: ice[p.label], userId, peerId, role, policy: policyOf(role) }), 15000, `${p.label} registered`);
     const regCallee = await start(callee, 'callee', calleeId, callerId);
     assert.equal(regCallee.username, calleeId, `registered must echo the user id: ${JSON.stringify(regCallee)}`);
     const regCaller = await start(caller, 'caller', callerId, calleeId);
@@ -199,7 +201,8 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
         const rec = await pageRecord(p);
         const callPcs = rec.pcs.filter((x) => x.iceServers.length > 0);
         assert.ok(callPcs.length >= 1, `${p.label}: janus.js must have created the call's RTCPeerConnection`);
-        for (const pc of callPcs) assert.equal(pc.passedPolicy, policy, `${p.label}: janus.js ${gen} must pass iceTransportPolicy "${policy}" through to RTCPeerConnection`);
+        const want = policyOf(p === caller ? 'caller' : 'callee');
+        for (const pc of callPcs) assert.equal(pc.passedPolicy, want, `${p.label}: janus.js ${gen} must pass iceTransportPolicy "${want}" through to RTCPeerConnection`);
         if (m.remoteMediaExpected) {
           const remote = rec.events.filter((e) => e.kind === 'remote-track' || e.kind === 'remote-stream');
           assert.ok(remote.length > 0, `${p.label}: janus.js must report the remote media (onremotestream/onremotetrack)`);

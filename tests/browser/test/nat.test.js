@@ -27,10 +27,10 @@ const TURN_PORT = 3478;
 const PAGE_PORT = 8080;
 
 /** Sum of a Prometheus counter's samples whose labels include `match`. */
-function metricSum(text, name, match = '') {
+function metricSum(text, name, match = '', match2 = '') {
   let sum = 0;
   for (const line of text.split('\n')) {
-    if (line.startsWith(`${name}{`) && line.includes(match)) sum += Number(line.trim().split(/\s+/).pop());
+    if (line.startsWith(`${name}{`) && line.includes(match) && line.includes(match2)) sum += Number(line.trim().split(/\s+/).pop());
   }
   return sum;
 }
@@ -88,7 +88,8 @@ describe('calls between two NATed callers (real NAT namespaces)', { timeout: 150
     const gwProc = nsProc(lab.ns.pub, 'gateway', binary('gateway'), [
       '--listen', `${ADDR.pub}:8188`, '--http-listen', `${ADDR.pub}:8088`, '--admin-listen', '127.0.0.1:7088',
       '--admin-secret', stack.adminSecret, '--token-auth', '--turn-secret', stack.turnSecret,
-      '--stun-uri', `stun:${ADDR.pub}:${TURN_PORT}`, '--turn-uri', stack.turn.uri, '--state-dir', stateDir,
+      '--stun-uri', `stun:${ADDR.pub}:${TURN_PORT}`, '--turn-uri', stack.turn.uri,
+      '--turn-uri', `${stack.turn.uri}?transport=tcp`, '--state-dir', stateDir,
     ]);
     stack.gw = {
       proc: gwProc,
@@ -133,13 +134,19 @@ describe('calls between two NATed callers (real NAT namespaces)', { timeout: 150
     }
   });
 
-  const call = (gen, iceFilter, mediaCheck) => runMattermostCall({
+  // iceServers filters (the gateway hands out stun:, turn: and turn:…?transport=tcp).
+  const urlsOf = (s) => [].concat(s.urls);
+  const stunOnly = (servers) => servers.filter((s) => urlsOf(s).every((u) => u.startsWith('stun:')));
+  const withoutTcp = (servers) => servers.map((s) => ({ ...s, urls: urlsOf(s).filter((u) => !u.endsWith('?transport=tcp')) })).filter((s) => s.urls.length);
+  const tcpTurnOnly = (servers) => servers.map((s) => ({ ...s, urls: urlsOf(s).filter((u) => /^turn:.*\?transport=tcp$/.test(u)) })).filter((s) => s.urls.length);
+
+  const call = (gen, iceFilter, mediaCheck, policy = 'all') => runMattermostCall({
     browsers: { caller: browsers.a.browser, callee: browsers.b.browser },
     web: { base: agent.base },
     gen,
     stack,
     creds: 'gateway',
-    policy: 'all',
+    policy,
     httpFetch: (req) => agent.fetch(req),
     iceFilter,
     mediaCheck,
@@ -163,7 +170,7 @@ describe('calls between two NATed callers (real NAT namespaces)', { timeout: 150
       const before = await metrics();
       const t = Date.now();
       try {
-        const r = await call(gen, (servers) => servers, async ({ caller, callee, offerSeen, answerSeen }) => {
+        const r = await call(gen, withoutTcp, async ({ caller, callee, offerSeen, answerSeen }) => {
           assertSdpCandidates(offerSeen, answerSeen, { relay: true });
           // Both sides sampled concurrently; on failure report both.
           const settled = await Promise.allSettled([mediaFlows(caller), mediaFlows(callee)]);
@@ -206,36 +213,88 @@ describe('calls between two NATed callers (real NAT namespaces)', { timeout: 150
     });
   }
 
-  it('janus.js 0.2.3: the same call with TURN left out (STUN only) gets no media — the NATs are real', { timeout: 60000 }, async () => {
+  // TURN over TCP (networks that block UDP): the caller behind NAT A is relay-only with
+  // only the gateway's `turn:…?transport=tcp` URI; the callee behind symmetric NAT B has
+  // STUN only. The caller's TCP relay is then the only way through (the STUN-only tests
+  // show the direct path fails), so the call must connect on it.
+  it('janus.js 0.2.3: TURN over TCP through NAT A (caller relay-only, TCP TURN only) ↔ callee behind symmetric NAT B (STUN only), media both ways', { timeout: 60000 }, async () => {
+    const before = await metrics();
+    try {
+      const r = await call('0.2.3', (servers, role) => (role === 'caller' ? tcpTurnOnly(servers) : stunOnly(servers)), async ({ caller, callee, offerSeen, answerSeen }) => {
+        assert.ok(offerSeen.relayCandidates > 0 && offerSeen.hostCandidates + offerSeen.srflxCandidates === 0, `the relay-only caller's offer carries relay candidates only: ${JSON.stringify(offerSeen)}`);
+        assert.ok(answerSeen.srflxCandidates > 0 && answerSeen.relayCandidates === 0, `the STUN-only callee's answer carries srflx, no relay: ${JSON.stringify(answerSeen)}`);
+        const settled = await Promise.allSettled([mediaFlows(caller), mediaFlows(callee)]);
+        const failed = settled.filter((x) => x.status === 'rejected');
+        if (failed.length) throw new Error(failed.map((x) => x.reason.message).join('\n'));
+        const [mc, me] = settled.map((x) => x.value);
+        const cl = mc.second.pair.local;
+        assert.equal(cl.candidateType, 'relay', `caller's selected local candidate is its relay. ${mc.ctx}`);
+        assert.equal(cl.relayProtocol, 'tcp', `caller's relay is allocated over TCP (relayProtocol). ${mc.ctx}`);
+        assert.equal(cl.address, ADDR.pub, `relay address on our turn-server's --relay-ip. ${mc.ctx}`);
+        assert.equal(String(cl.url), `turn:${ADDR.pub}:${TURN_PORT}?transport=tcp`, `relay candidate from the TCP TURN URI. ${mc.ctx}`);
+        for (const c of mc.second.localCandidates) assert.ok(c.candidateType === 'relay' && c.relayProtocol === 'tcp', `relay-only caller with TCP TURN only: every local candidate is a TCP relay. ${mc.ctx}`);
+        // The callee sees the caller's relay address as its remote end.
+        assert.equal(me.second.pair.remote.address, ADDR.pub, `callee's media goes to the caller's relay on ${ADDR.pub}. ${me.ctx}`);
+        assert.notEqual(me.second.pair.local.candidateType, 'relay', `callee has no TURN. ${me.ctx}`);
+        return { caller: mc, callee: me, remoteMediaExpected: true };
+      }, { caller: 'relay', callee: 'all' });
+      const afterText = await metrics();
+      const grew = (dir) => metricSum(afterText, 'callrelay_turn_relayed_bytes_total', `direction="${dir}"`, 'transport="tcp"') - metricSum(before, 'callrelay_turn_relayed_bytes_total', `direction="${dir}"`, 'transport="tcp"');
+      const relayed = { toPeer: grew('to_peer'), toClient: grew('to_client') };
+      assert.ok(relayed.toPeer > 20000 && relayed.toClient > 20000, `turn-server relayed the media for a TCP client: ${JSON.stringify(relayed)}\n${afterText.split('\n').filter((l) => l.startsWith('callrelay_turn_relayed_bytes_total')).join('\n')}`);
+      const pair = (s) => `${s.pair.local.candidateType}/${s.pair.local.relayProtocol || s.pair.local.protocol} ${s.pair.local.address}:${s.pair.local.port} ↔ ${s.pair.remote.candidateType} ${s.pair.remote.address}:${s.pair.remote.port}`;
+      console.log(`# NAT 0.2.3 TURN/TCP: media after accepted ${r.timings.mediaCallerAfterAccepted}/${r.timings.mediaCalleeAfterAccepted} ms; caller pair ${pair(r.caller)}, callee pair ${pair(r.callee)}; turn-server relayed over tcp ${JSON.stringify(relayed)} B`);
+    } catch (e) {
+      e.message += `\n${logs()}`;
+      throw e;
+    }
+  });
+
+  for (const gen of ['0.2.3', '1.1.2']) it(`janus.js ${gen}: the same call with TURN left out (STUN only) gets no media — the NATs are real`, { timeout: 60000 }, async () => {
     const WINDOW_MS = 15000;
     try {
-      const r = await call('0.2.3', (servers) => servers.filter((s) => [].concat(s.urls).every((u) => u.startsWith('stun:'))), async ({ caller, callee, offerSeen, answerSeen }) => {
+      const r = await call(gen, stunOnly, async ({ caller, callee, offerSeen, answerSeen }) => {
         assertSdpCandidates(offerSeen, answerSeen, { relay: false });
         const stats = async () => Promise.all([caller, callee].map((p) => p.page.evaluate(() => window.party.stats())));
         const deadline = Date.now() + WINDOW_MS;
+        // Evidence that ICE tried is gathered over the whole window, per side and pair: once
+        // ICE gives up (~15 s after checking started) Chromium drops the failed pairs from
+        // getStats(), so the last sample alone may list none (seen: "pairs":[] with
+        // connectionState "failed").
+        const tried = [new Map(), new Map()];
         let last;
         while (Date.now() < deadline) {
           last = await stats();
-          for (const s of last) {
+          last.forEach((s, i) => {
             const ctx = JSON.stringify(s);
             assert.ok(!s.inbound.audio && !s.inbound.video, `no media may arrive without TURN: ${ctx}`);
             assert.ok(!['connected', 'completed'].includes(s.iceConnectionState), `ICE must not connect without TURN: ${ctx}`);
             assert.ok(!s.pair || s.pair.state !== 'succeeded', `no candidate pair may succeed without TURN: ${ctx}`);
-          }
+            for (const p of s.pairs) {
+              const key = `${p.local} -> ${p.remote}`;
+              const o = tried[i].get(key) || { local: p.local, remote: p.remote, requestsSent: 0, responsesReceived: 0, states: [] };
+              o.requestsSent = Math.max(o.requestsSent, p.requestsSent || 0);
+              o.responsesReceived = Math.max(o.responsesReceived, p.responsesReceived || 0);
+              if (!o.states.includes(p.state)) o.states.push(p.state);
+              tried[i].set(key, o);
+            }
+          });
           await sleep(500);
         }
         // ICE did try: checks went out to the other side's NAT address and none came back.
         const [sc, se] = last;
-        for (const [s, peerNat] of [[sc, ADDR.natb], [se, ADDR.nata]]) {
-          const ctx = JSON.stringify(s);
-          const towardNat = s.pairs.filter((p) => p.remote && p.remote.includes(` ${peerNat}:`));
+        for (const [i, peerNat] of [[0, ADDR.natb], [1, ADDR.nata]]) {
+          const pairs = [...tried[i].values()];
+          const ctx = `${i ? 'callee' : 'caller'}: pairs seen during the window ${JSON.stringify(pairs)}; last stats ${JSON.stringify(last[i])}`;
+          const towardNat = pairs.filter((p) => p.remote && p.remote.includes(` ${peerNat}:`));
           assert.ok(towardNat.some((p) => p.requestsSent > 0), `ICE must have sent checks to the peer's NAT address ${peerNat}: ${ctx}`);
           assert.ok(towardNat.every((p) => !p.responsesReceived), `no check toward ${peerNat} may be answered: ${ctx}`);
+          assert.ok(pairs.every((p) => !p.states.includes('succeeded')), `no pair ever succeeded: ${ctx}`);
         }
-        const summary = (s) => ({ ice: s.iceConnectionState, pairs: s.pairs.length, checks: s.pairs.reduce((n, p) => n + (p.requestsSent || 0), 0) });
-        return { caller: { connectMs: null, second: summary(sc) }, callee: { connectMs: null, second: summary(se) }, remoteMediaExpected: false };
+        const summary = (s, i) => ({ ice: s.iceConnectionState, connection: s.connectionState, pairsTried: tried[i].size, checks: [...tried[i].values()].reduce((n, p) => n + p.requestsSent, 0) });
+        return { caller: { connectMs: null, second: summary(sc, 0) }, callee: { connectMs: null, second: summary(se, 1) }, remoteMediaExpected: false };
       });
-      console.log(`# NAT 0.2.3 without TURN: no media in ${WINDOW_MS} ms; caller ${JSON.stringify(r.caller)}, callee ${JSON.stringify(r.callee)}`);
+      console.log(`# NAT ${gen} without TURN: no media in ${WINDOW_MS} ms; caller ${JSON.stringify(r.caller)}, callee ${JSON.stringify(r.callee)}`);
     } catch (e) {
       e.message += `\n${logs()}`;
       throw e;
@@ -249,7 +308,7 @@ describe('calls between two NATed callers (real NAT namespaces)', { timeout: 150
   it('control: with NAT B port-preserving instead, the STUN-only call connects directly (no relay)', { timeout: 60000 }, async () => {
     lab.setMasquerade('natb', '');
     try {
-      const r = await call('0.2.3', (servers) => servers.filter((s) => [].concat(s.urls).every((u) => u.startsWith('stun:'))), async ({ caller, callee, offerSeen, answerSeen }) => {
+      const r = await call('0.2.3', stunOnly, async ({ caller, callee, offerSeen, answerSeen }) => {
         assertSdpCandidates(offerSeen, answerSeen, { relay: false });
         const settled = await Promise.allSettled([mediaFlows(caller), mediaFlows(callee)]);
         const failed = settled.filter((x) => x.status === 'rejected');
