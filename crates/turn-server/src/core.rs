@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,23 @@ pub enum Relay {
         /// Zero bytes to append (stream transports only).
         padding: usize,
     },
+    /// The peer is the relayed address of an allocation owned by another worker: hand
+    /// `buf[payload]` to worker `worker`, which feeds it to [`Core::handle_relayed`] (its
+    /// permission, channel and bandwidth checks apply there). If the hand-off is not
+    /// possible (queue full, payload too large) send it like [`Relay::ToPeer`] through
+    /// `relay` instead: the kernel delivers it to the same place.
+    ToWorker {
+        /// Index of the worker that owns `peer`.
+        worker: usize,
+        /// This allocation's relay socket (fallback path).
+        relay: RelayToken,
+        /// The other allocation's relayed address.
+        peer: SocketAddr,
+        /// This allocation's relayed address (the source B's client sees).
+        src: SocketAddr,
+        /// Range of the input buffer to hand over.
+        payload: Range<usize>,
+    },
 }
 
 /// A message the core built (responses, Data indications).
@@ -194,6 +211,9 @@ pub struct Stats {
     pub quota: [u64; 5],
     /// Requests: binding, allocate, refresh, create_permission, channel_bind, connect, connection_bind.
     pub requests: [u64; 7],
+    /// Packets delivered in process from one allocation to another, accepted by the
+    /// receiving allocation: `[same_worker, cross_worker]`.
+    pub in_process: [u64; 2],
 }
 
 /// Label tables matching [`Stats`] indexes.
@@ -296,6 +316,10 @@ pub struct SharedQuota {
     /// RFC 6062 peer connections waiting for ConnectionBind: id → (username, deadline).
     /// Shared because the data connection may reach another worker.
     tcp_conns: Mutex<HashMap<u32, (String, Instant)>>,
+    /// Owner of each open UDP relay port: worker index + 1, 0 = none. Lock-free (one
+    /// relaxed load per relay-to-relay packet); written on allocate/free only. A port is in
+    /// the pool at most once, so the port alone names the relayed address.
+    owners: Box<[AtomicU8]>,
 }
 
 impl SharedQuota {
@@ -308,6 +332,20 @@ impl SharedQuota {
             per_user: Mutex::new(HashMap::new()),
             ports: Mutex::new(PortPool::new(ports.0, ports.1)),
             tcp_conns: Mutex::new(HashMap::new()),
+            owners: (0..=u16::MAX).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+
+    /// The worker that owns UDP relay port `port`, if any.
+    fn owner(&self, port: u16) -> Option<usize> {
+        let v = self.owners.get(usize::from(port))?.load(Ordering::Relaxed);
+        (v != 0).then(|| usize::from(v - 1))
+    }
+
+    fn set_owner(&self, port: u16, worker: Option<usize>) {
+        let v = worker.map_or(0, |w| u8::try_from(w + 1).unwrap_or(0));
+        if let Some(o) = self.owners.get(usize::from(port)) {
+            o.store(v, Ordering::Relaxed);
         }
     }
 
@@ -384,6 +422,8 @@ pub struct CoreConfig {
     /// connection works on another (a client's TCP connections may reach different
     /// workers); `None` draws one from the RNG.
     pub nonce_key: Option<[u8; 20]>,
+    /// Index of this core's worker (shard), for relay-to-relay hand-off between workers.
+    pub worker: usize,
 }
 
 /// A token bucket in bytes or requests.
@@ -798,6 +838,7 @@ impl<R: RngCore> Core<R> {
             let complete = a.relays.iter().flatten().all(|r| r.open);
             if let (true, Some(addr)) = (udp, advertised) {
                 self.by_relay_addr.insert(addr, relay);
+                self.quota.set_owner(addr.port(), Some(self.cfg.worker));
             }
             if complete {
                 self.answer_allocate(now, relay.slot);
@@ -895,7 +936,9 @@ impl<R: RngCore> Core<R> {
         };
         for (i, r) in a.relays.iter().enumerate() {
             if let Some(r) = r {
-                self.by_relay_addr.remove(&r.advertised);
+                if self.by_relay_addr.remove(&r.advertised).is_some() {
+                    self.quota.set_owner(r.advertised.port(), None);
+                }
                 self.quota.ports().release(r.bind.port());
                 self.commands.push_back(Command::CloseRelaySocket {
                     relay: RelayToken {
@@ -1065,13 +1108,63 @@ impl<R: RngCore> Core<R> {
         // 4-byte ChannelData header in place, so this costs no copy and no syscall but the
         // final send. A missing channel on their side yields a Data indication instead.
         if let (Some(&dst), Some(src)) = (self.by_relay_addr.get(&peer), src) {
-            return self.handle_peer_data(now, dst, src, payload);
+            let before = self.stats.packets[1];
+            let r = self.handle_peer_data(now, dst, src, payload);
+            if self.stats.packets[1] != before {
+                self.stats.in_process[0] += 1;
+            }
+            return r;
+        }
+        // Another worker's allocation (the kernel hashed B's client to another shard):
+        // hand the payload to that worker instead of a send + receive through the kernel.
+        if let Some(src) = src
+            && self.is_relay_ip(peer.ip())
+            && let Some(worker) = self.quota.owner(peer.port())
+            && worker != self.cfg.worker
+        {
+            return Some(Relay::ToWorker {
+                worker,
+                relay,
+                peer,
+                src,
+                payload: 4..4 + payload.len(),
+            });
         }
         Some(Relay::ToPeer {
             relay,
             peer,
             payload: 4..4 + payload.len(),
         })
+    }
+
+    /// Is `ip` the address our relayed addresses carry (advertised or bound)?
+    fn is_relay_ip(&self, ip: IpAddr) -> bool {
+        let (ext, bind) = if ip.is_ipv4() {
+            (self.cfg.external_ip4, self.cfg.relay_ip4)
+        } else {
+            (self.cfg.external_ip6, self.cfg.relay_ip6)
+        };
+        ext.or(bind) == Some(ip)
+    }
+
+    /// Relay-to-relay hand-off from another worker ([`Relay::ToWorker`]): `payload` left the
+    /// allocation whose relayed address is `src` toward our relayed address `to`. Treated
+    /// exactly as a datagram from `src` arriving on `to`'s relay socket; a relayed address
+    /// that is gone by now drops it, as the kernel would.
+    pub fn handle_relayed(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        src: SocketAddr,
+        payload: &[u8],
+    ) -> Option<Relay> {
+        let dst = *self.by_relay_addr.get(&to)?;
+        let before = self.stats.packets[1];
+        let r = self.handle_peer_data(now, dst, src, payload);
+        if self.stats.packets[1] != before {
+            self.stats.in_process[1] += 1;
+        }
+        r
     }
 
     fn send_indication(

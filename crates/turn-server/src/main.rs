@@ -59,7 +59,8 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce_key);
     let mut controls = Vec::new();
     let mut threads = Vec::new();
-    for (index, sockets) in sockets.into_iter().enumerate() {
+    let (mesh, inboxes) = runtime::Mesh::new(sockets.len());
+    for ((index, sockets), inbox) in sockets.into_iter().enumerate().zip(inboxes) {
         let (tx, rx) = mpsc::unbounded_channel();
         controls.push(tx);
         let args = WorkerArgs {
@@ -73,6 +74,8 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             tls: tls.clone(),
             control: rx,
             shutdown: shutdown.clone(),
+            mesh: mesh.clone(),
+            inbox,
         };
         threads.push(
             std::thread::Builder::new()

@@ -23,6 +23,7 @@ pub struct Metrics {
     quota: Vec<IntCounter>,
     relay_ports_free: IntGauge,
     requests: Vec<IntCounter>,
+    in_process: Vec<IntCounter>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -137,6 +138,16 @@ impl Metrics {
             .iter()
             .map(|l| rq.with_label_values(&[*l]))
             .collect();
+        let ip = counter_vec(
+            &r,
+            "callrelay_turn_relayed_in_process_total",
+            "Relay-to-relay packets delivered in process (both allocations on this server)",
+            "path",
+        );
+        let in_process = ["same_worker", "cross_worker"]
+            .iter()
+            .map(|l| ip.with_label_values(&[*l]))
+            .collect();
         let bi = IntGaugeVec::new(
             Opts::new("callrelay_turn_build_info", "Build information"),
             &["version"],
@@ -157,6 +168,7 @@ impl Metrics {
             quota,
             relay_ports_free,
             requests,
+            in_process,
         }
     }
 
@@ -184,6 +196,7 @@ impl Metrics {
         add(&self.denied, &stats.denied, &ps.denied);
         add(&self.quota, &stats.quota, &ps.quota);
         add(&self.requests, &stats.requests, &ps.requests);
+        add(&self.in_process, &stats.in_process, &ps.in_process);
         let delta = |g: &IntGauge, now: u64, before: u64| g.add(now as i64 - before as i64);
         for i in 0..3 {
             delta(
@@ -223,6 +236,7 @@ mod tests {
             },
         );
         s.packets[1][2] = 7;
+        s.in_process[1] = 4;
         m.report(
             &mut prev,
             &s,
@@ -247,6 +261,8 @@ mod tests {
             "callrelay_turn_quota_rejections_total{kind=\"relay_ports\"} 0",
             "callrelay_turn_relay_ports_free 10",
             "callrelay_turn_requests_total{method=\"connection_bind\"} 0",
+            "callrelay_turn_relayed_in_process_total{path=\"same_worker\"} 0",
+            "callrelay_turn_relayed_in_process_total{path=\"cross_worker\"} 4",
             "callrelay_turn_build_info{version=\"",
         ] {
             assert!(t.contains(needle), "missing {needle} in\n{t}");

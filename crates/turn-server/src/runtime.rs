@@ -5,10 +5,11 @@
 //! binds its own UDP socket and TCP/TLS listeners on each listen address with `SO_REUSEPORT`,
 //! so the kernel spreads clients over workers by 5-tuple hash and a client always reaches
 //! the worker that holds its allocation; a relay socket belongs to the worker that opened it.
-//! There is no lock and no cross-thread hand-off on the relay path. The core sits in a
-//! `RefCell` that is borrowed only between awaits.
+//! There is no lock on the relay path. The one cross-thread hand-off is relay to relay
+//! between two workers ([`Mesh`]): a bounded, preallocated queue per worker. The core sits
+//! in a `RefCell` that is borrowed only between awaits.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -275,6 +276,53 @@ pub struct WorkerArgs {
     pub control: mpsc::UnboundedReceiver<Control>,
     /// Shutdown.
     pub shutdown: CancellationToken,
+    /// Relay-to-relay queues of every worker.
+    pub mesh: Mesh,
+    /// This worker's relay-to-relay queue.
+    pub inbox: Inbox,
+}
+
+/// Largest payload handed to another worker in process; larger datagrams take the kernel
+/// path (send from our relay socket to theirs), which delivers them to the same place.
+const HANDOFF_MAX: usize = 1500;
+/// Hand-offs queued per worker before the sender falls back to the kernel path.
+const HANDOFF_QUEUE: usize = 256;
+
+/// One relay-to-relay datagram on its way to the worker that owns the destination relayed
+/// address. Inline bytes (4 of headroom for the ChannelData header + payload): the queue is
+/// an array allocated once, so a hand-off allocates nothing.
+pub struct Handoff {
+    to: SocketAddr,
+    src: SocketAddr,
+    len: u16,
+    buf: [u8; 4 + HANDOFF_MAX],
+}
+
+/// The receiving end of one worker's relay-to-relay queue.
+pub type Inbox = std::sync::mpsc::Receiver<Handoff>;
+
+/// Senders and wake-ups for every worker's relay-to-relay queue.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    queues: Vec<std::sync::mpsc::SyncSender<Handoff>>,
+    wake: Vec<Arc<tokio::sync::Notify>>,
+}
+
+impl Mesh {
+    /// Queues for `n` workers; the i-th inbox belongs to worker i.
+    pub fn new(n: usize) -> (Self, Vec<Inbox>) {
+        let mut queues = Vec::with_capacity(n);
+        let mut inboxes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = std::sync::mpsc::sync_channel(HANDOFF_QUEUE);
+            queues.push(tx);
+            inboxes.push(rx);
+        }
+        let wake = (0..n)
+            .map(|_| Arc::new(tokio::sync::Notify::new()))
+            .collect();
+        (Self { queues, wake }, inboxes)
+    }
 }
 
 struct Worker {
@@ -295,6 +343,9 @@ struct Worker {
     /// Data connections whose ConnectionBind succeeded, waiting to switch to raw bytes.
     splices: RefCell<HashMap<FiveTuple, u32>>,
     peer_streams: PeerStreams,
+    mesh: Mesh,
+    /// Workers (bit i) that got hand-offs during the current batch and need a wake-up.
+    to_wake: Cell<u32>,
 }
 
 /// RFC 6062 peer connections waiting for their ConnectionBind, shared by all workers
@@ -325,8 +376,10 @@ pub fn run_worker(args: WorkerArgs) -> io::Result<()> {
 
 async fn worker_main(args: WorkerArgs) -> io::Result<()> {
     let WorkerArgs {
-        index: _,
+        index,
         nonce_key,
+        mesh,
+        inbox,
         peer_streams,
         cfg,
         sockets,
@@ -349,6 +402,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         strict_expiry: cfg.strict_expiry,
         nonce_lifetime: cfg.nonce_lifetime,
         nonce_key: Some(nonce_key),
+        worker: index,
     };
     let core = Core::new(
         core_cfg,
@@ -381,7 +435,12 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         tcp_relays: RefCell::new(HashMap::new()),
         splices: RefCell::new(HashMap::new()),
         peer_streams,
+        mesh,
+        to_wake: Cell::new(0),
     });
+    if let Some(wake) = w.mesh.wake.get(index).cloned() {
+        tokio::task::spawn_local(inbox_loop(w.clone(), inbox, wake));
+    }
     for s in udp_list {
         tokio::task::spawn_local(udp_loop(w.clone(), s));
     }
@@ -624,6 +683,94 @@ fn relay_to_peer(w: &Worker, relay: RelayToken, peer: SocketAddr, bytes: &[u8]) 
     }
 }
 
+/// [`Relay::ToWorker`]: queue the payload for the worker that owns `peer` (woken once per
+/// batch by [`wake_workers`]); when its queue is full or the payload too large, send it
+/// through our relay socket as an ordinary relayed datagram.
+fn hand_off(
+    w: &Worker,
+    worker: usize,
+    relay: RelayToken,
+    peer: SocketAddr,
+    src: SocketAddr,
+    bytes: &[u8],
+) {
+    if let (Some(q), Ok(len)) = (w.mesh.queues.get(worker), u16::try_from(bytes.len()))
+        && bytes.len() <= HANDOFF_MAX
+    {
+        let mut h = Handoff {
+            to: peer,
+            src,
+            len,
+            buf: [0; 4 + HANDOFF_MAX],
+        };
+        if let Some(dst) = h.buf.get_mut(4..4 + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            if q.try_send(h).is_ok() {
+                w.to_wake.set(w.to_wake.get() | 1 << worker);
+                return;
+            }
+        }
+    }
+    relay_to_peer(w, relay, peer, bytes);
+}
+
+/// Wakes the workers that got hand-offs since the last call (one wake-up per batch).
+fn wake_workers(w: &Worker) {
+    let mut bits = w.to_wake.replace(0);
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        if let Some(n) = w.mesh.wake.get(i) {
+            n.notify_one();
+        }
+    }
+}
+
+/// Relay-to-relay datagrams from other workers: each is checked by our core as if it had
+/// arrived on the destination's relay socket, then sent to its client as ChannelData.
+async fn inbox_loop(w: Rc<Worker>, inbox: Inbox, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::select! {
+            _ = w.shutdown.cancelled() => return,
+            () = wake.notified() => {}
+        }
+        // Bounded rounds so a busy sender cannot starve this worker's sockets.
+        loop {
+            let now = Instant::now();
+            let mut pending = false;
+            let mut n = 0;
+            while n < HANDOFF_QUEUE {
+                let Ok(mut h) = inbox.try_recv() else { break };
+                n += 1;
+                let r = {
+                    let mut core = w.core.borrow_mut();
+                    let r = h
+                        .buf
+                        .get(4..4 + usize::from(h.len))
+                        .and_then(|p| core.handle_relayed(now, h.to, h.src, p));
+                    pending |= core.has_pending();
+                    r
+                };
+                if let Some(Relay::ToClient {
+                    client,
+                    header,
+                    padding,
+                }) = r
+                {
+                    deliver_channel_data(&w, client, header, padding, &mut h.buf);
+                }
+            }
+            if pending {
+                flush(&w, now);
+            }
+            if n < HANDOFF_QUEUE {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Datagrams read per `recvmmsg` on a listener socket.
 const RECV_BATCH: usize = if quinn_udp::BATCH_SIZE < 16 {
     quinn_udp::BATCH_SIZE
@@ -702,10 +849,22 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
                         }) => {
                             deliver_channel_data(&w, client, header, padding, data);
                         }
+                        Some(Relay::ToWorker {
+                            worker,
+                            relay,
+                            peer,
+                            src,
+                            payload,
+                        }) => {
+                            if let Some(bytes) = data.get(payload) {
+                                hand_off(&w, worker, relay, peer, src, bytes);
+                            }
+                        }
                         None => {}
                     }
                 }
             }
+            wake_workers(&w);
             if pending {
                 flush(&w, now);
             }
@@ -947,6 +1106,18 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 }) => {
                     let mut copy = frame.to_vec();
                     deliver_channel_data(&w, client, header, padding, &mut copy);
+                }
+                Some(Relay::ToWorker {
+                    worker,
+                    relay,
+                    peer,
+                    src,
+                    payload,
+                }) => {
+                    if let Some(bytes) = frame.get(payload) {
+                        hand_off(&w, worker, relay, peer, src, bytes);
+                    }
+                    wake_workers(&w);
                 }
                 None => {}
             }

@@ -37,6 +37,7 @@ fn cfg() -> CoreConfig {
         strict_expiry: false,
         nonce_lifetime: 600,
         nonce_key: None,
+        worker: 0,
     }
 }
 
@@ -1096,6 +1097,7 @@ fn relay_to_relay_is_delivered_in_process() {
         (2, 1),
         "counted both ways"
     );
+    assert_eq!(st.in_process, [1, 0], "one accepted in-process delivery");
     // Without a channel on B's side, B gets a Data indication from A's relayed address.
     let mut sim2 = Sim::new(
         cfg(),
@@ -1119,6 +1121,79 @@ fn relay_to_relay_is_delivered_in_process() {
         (m.method, m.xor_addr(attr::XOR_PEER_ADDRESS)),
         (method::DATA, Some(ra2))
     );
+}
+
+#[test]
+fn relay_to_relay_across_workers_is_handed_off() {
+    // Two workers (shards) sharing the quota and the relay-port owner table, as in the
+    // runtime: A's allocation on worker 0, B's on worker 1.
+    let q = Arc::new(SharedQuota::new(0, 0, (40000, 40009)));
+    let pol = || PeerPolicy::new(vec!["192.0.2.1/32".parse().unwrap()], vec![]);
+    let mut w0 = Sim::with_quota(cfg(), pol(), q.clone());
+    let mut w1 = Sim::with_quota(CoreConfig { worker: 1, ..cfg() }, pol(), q.clone());
+    let (ca, cb) = (client(110), client(111));
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let mut b = a.clone();
+    let ra = allocate(&mut w0, ca, &mut a);
+    let rb = allocate(&mut w1, cb, &mut b);
+    let bind = |sim: &mut Sim, c: FiveTuple, cr: &Creds, n: u32, p: SocketAddr| {
+        simple(sim, c, cr, method::CHANNEL_BIND, |bb| {
+            bb.u32_attr(attr::CHANNEL_NUMBER, n << 16);
+            bb.xor_addr(attr::XOR_PEER_ADDRESS, p);
+        })
+    };
+    assert_eq!(bind(&mut w0, ca, &a, 0x4000, rb), None);
+    // Worker 0 does not own B's relayed address: it hands the payload to worker 1.
+    let r = w0.input(ca, &channel_data(0x4000, b"hello"));
+    let Some(Relay::ToWorker {
+        worker,
+        peer,
+        src,
+        payload,
+        ..
+    }) = r
+    else {
+        panic!("expected a hand-off to worker 1, got {r:?}");
+    };
+    assert_eq!((worker, peer, src, payload), (1, rb, ra, 4..9));
+    // B has no permission for A's relayed address yet: worker 1 drops it, sends nothing.
+    let now = w1.now;
+    assert_eq!(w1.core.handle_relayed(now, rb, ra, b"hello"), None);
+    assert!(w1.core.poll_transmit().is_none(), "nothing for B");
+    assert_eq!(w1.core.stats().packets[1][0], 0);
+    // B binds a channel to A: the hand-off becomes ChannelData with B's channel number.
+    assert_eq!(bind(&mut w1, cb, &b, 0x4567, ra), None);
+    assert_eq!(
+        w1.core.handle_relayed(now, rb, ra, b"hello"),
+        Some(Relay::ToClient {
+            client: cb,
+            header: [0x45, 0x67, 0, 5],
+            padding: 0
+        })
+    );
+    assert_eq!(w0.core.stats().packets[0][0], 1, "A counts to_peer");
+    let st = w1.core.stats();
+    assert_eq!(
+        (st.packets[1][0], st.in_process),
+        (1, [0, 1]),
+        "B counts to_client"
+    );
+    // A relayed address worker 1 does not hold (freed meanwhile): dropped.
+    let gone: SocketAddr = "192.0.2.1:40099".parse().unwrap();
+    assert_eq!(w1.core.handle_relayed(now, gone, ra, b"x"), None);
+    // B deletes its allocation: the owner table forgets the port, and A's packets to that
+    // address take the ordinary path through A's relay socket.
+    assert_eq!(
+        simple(&mut w1, cb, &b, method::REFRESH, |bb| {
+            bb.u32_attr(attr::LIFETIME, 0);
+        }),
+        None
+    );
+    assert_eq!(w1.core.handle_relayed(now, rb, ra, b"hello"), None);
+    assert!(matches!(
+        w0.input(ca, &channel_data(0x4000, b"hello")),
+        Some(Relay::ToPeer { peer, .. }) if peer == rb
+    ));
 }
 
 mod prop {

@@ -1,0 +1,103 @@
+//! Relay to relay through the real binary with several workers: both clients' allocations
+//! on this server (the one-to-one call), each sending ChannelData to the other's relayed
+//! address. With `--workers 2` the kernel spreads the clients over both workers, so some
+//! pairs straddle them: those packets are handed from worker to worker in process, with
+//! the receiving allocation's permission still enforced.
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::raw::{COOKIE, RawClient};
+use common::{REALM, SECRET, Server, unix_now};
+
+fn client(server: &Server) -> RawClient {
+    let (user, pass) =
+        turn_server::auth::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
+    RawClient::new(server.addr(), &user, &pass, REALM)
+}
+
+/// XOR-RELAYED-ADDRESS (IPv4) of an Allocate success.
+fn relayed(c: &mut RawClient) -> SocketAddr {
+    let a = c.allocate(1);
+    assert_eq!(a.class, 2, "allocate failed: {:?}", a.code);
+    let v = a.get(0x0016).expect("XOR-RELAYED-ADDRESS");
+    let port = u16::from_be_bytes([v[2], v[3]]) ^ (COOKIE >> 16) as u16;
+    let ip = u32::from_be_bytes([v[4], v[5], v[6], v[7]]) ^ COOKIE;
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)
+}
+
+fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = ch.to_be_bytes().to_vec();
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn relay_to_relay_across_workers_enforces_permissions() {
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32", "--workers", "2"]);
+    const PAIRS: usize = 16;
+    let mut keep = Vec::new();
+    for i in 0..PAIRS {
+        let (mut a, mut b) = (client(&server), client(&server));
+        let (ra, rb) = (relayed(&mut a), relayed(&mut b));
+        assert_eq!(a.channel_bind(0x4000, rb).class, 2);
+        // B has no permission for A's relayed address: the packet must not reach B.
+        b.sock
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        a.send_raw(&channel_data(0x4000, format!("probe {i}").as_bytes()));
+        assert_eq!(b.recv(), None, "pair {i}: delivered without B's permission");
+        b.sock
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        // With B's channel to A, both directions arrive re-headed with the receiver's channel.
+        assert_eq!(b.channel_bind(0x4001, ra).class, 2);
+        let msg = format!("hello {i}");
+        a.send_raw(&channel_data(0x4000, msg.as_bytes()));
+        assert_eq!(
+            b.recv().as_deref(),
+            Some(&channel_data(0x4001, msg.as_bytes())[..]),
+            "pair {i}: A → B"
+        );
+        b.send_raw(&channel_data(0x4001, b"back"));
+        assert_eq!(
+            a.recv().as_deref(),
+            Some(&channel_data(0x4000, b"back")[..]),
+            "pair {i}: B → A"
+        );
+        keep.push((a, b));
+    }
+    // Every accepted packet went in process (none through a relay socket and back), and
+    // some pairs straddled the two workers (all 16 on one worker: chance 2^-16).
+    let same = r#"callrelay_turn_relayed_in_process_total{path="same_worker"}"#;
+    let cross = r#"callrelay_turn_relayed_in_process_total{path="cross_worker"}"#;
+    let total = (2 * PAIRS) as f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (s, c) = loop {
+        let t = server.metrics_text();
+        let (s, c) = (
+            common::metric_value(&t, same),
+            common::metric_value(&t, cross),
+        );
+        if s + c >= total || std::time::Instant::now() > deadline {
+            break (s, c);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(s + c, total, "same {s} + cross {c} in-process deliveries");
+    assert!(
+        c >= 2.0,
+        "no pair straddled the workers (same {s}, cross {c})"
+    );
+    assert_eq!(
+        server.metric(
+            r#"callrelay_turn_relayed_packets_total{direction="to_client",transport="udp"}"#
+        ),
+        total,
+        "dropped probes are not counted as relayed"
+    );
+    drop(keep);
+    assert_eq!(server.stop(), Some(0));
+}
