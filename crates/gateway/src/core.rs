@@ -1529,7 +1529,11 @@ impl Core {
                         to_peer.push(json!({"completed": true}));
                     } else {
                         h.completed = true;
-                        flush = h.pending.is_some();
+                        // Over HTTP every trickle is its own request, so `completed` can
+                        // overtake the candidates it closes. A browser that finished
+                        // gathering has at least one candidate: with none buffered, keep
+                        // holding the SDP until one arrives (or the deadline passes).
+                        flush = h.pending.is_some() && !h.cands.is_empty();
                     }
                     continue;
                 }
@@ -1547,6 +1551,9 @@ impl Core {
                             .map(str::to_string),
                         sdp_mline_index: obj.get("sdpMLineIndex").and_then(Value::as_u64),
                     });
+                    // `completed` came first (reordered HTTP requests): this is the
+                    // candidate the held SDP was waiting for.
+                    flush |= h.completed && h.pending.is_some();
                 }
             }
         }
@@ -2034,6 +2041,39 @@ mod tests {
         assert!(sdp.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1\r\n"));
         assert!(!sdp.contains("end-of-candidates"));
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn completed_overtaking_the_last_candidate_does_not_empty_the_sdp() {
+        // janus.js over HTTP sends every trickle as its own POST; `completed` can be
+        // processed before the candidate it closes. The offer must still carry it.
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            candidate_wait: Duration::from_millis(1000),
+            ..CoreConfig::default()
+        });
+        let (sa, ha) = party(&mut c, t0, 1, "alice");
+        let (_sb, hb) = party(&mut c, t0, 2, "bob");
+        let call = json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
+            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER}});
+        req(&mut c, t0, 1, call);
+        events(&mut c);
+        let done = json!({"janus": "trickle", "transaction": "d", "session_id": sa, "handle_id": ha,
+            "candidate": {"completed": true}});
+        req(&mut c, t0 + Duration::from_millis(150), 1, done);
+        assert!(events(&mut c).is_empty(), "held: no candidate yet");
+        let tr = json!({"janus": "trickle", "transaction": "t", "session_id": sa, "handle_id": ha,
+            "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ relay ufrag u1", "sdpMid": "0", "sdpMLineIndex": 0}});
+        req(&mut c, t0 + Duration::from_millis(151), 1, tr);
+        let ev = events(&mut c);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].1["sender"], hb);
+        let sdp = ev[0].1["jsep"]["sdp"].as_str().unwrap();
+        assert!(
+            sdp.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ relay ufrag u1\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains("a=end-of-candidates"), "{sdp}");
     }
 
     #[test]
