@@ -101,6 +101,8 @@ describe('the gateway test call page (GET /test on the admin listener)', { timeo
   let chrome;
   let adminBase;
   const tabs = [];
+  // What the call test saw after hang-ups, for the known-defect checks below.
+  const observed = {};
 
   const logs = () => [stack.turn && stack.turn.proc.dump(), stack.gw && stack.gw.proc.dump()].filter(Boolean).join('\n');
   const dumpTabs = () => tabs.map((t) => `----- console ${t.label}\n${t.lines.slice(-200).join('\n')}`).join('\n');
@@ -141,7 +143,7 @@ describe('the gateway test call page (GET /test on the admin listener)', { timeo
     return tab;
   }
 
-  it('two tabs, relay only: register, call, accept; live stats show relay, the pair, bitrate, RTT, loss; hang up ends it on both sides', { timeout: 60000 }, async () => {
+  it('two tabs, relay only: register, call, accept; live stats show relay, the pair, bitrate, RTT, loss; hang up ends it on both sides; decline, call again', { timeout: 60000 }, async () => {
     const metricsUrl = `http://127.0.0.1:${stack.turn.metricsPort}/metrics`;
     const turnBefore = (await request(metricsUrl)).text;
     try {
@@ -258,6 +260,45 @@ describe('the gateway test call page (GET /test on the admin listener)', { timeo
       const ap = await readPage(a.page);
       const bp = await readPage(b.page);
       assert.notEqual(bp.stats.lastEnd, 'disconnected', `bob's call ended by the gateway's hangup, not a lost WebSocket: ${JSON.stringify(bp)}`);
+      // What the stats panel shows once the call is over (recorded for the report).
+      const afterEnd = await readPage(a.page);
+      const staleAfterHangup = { pair: afterEnd.pair, kbpsIn: afterEnd.kbpsIn, kbpsOut: afterEnd.kbpsOut, ice: afterEnd.stats.iceState, connection: afterEnd.stats.connectionState };
+      observed.afterHangup = { alice: afterEnd, bob: bp };
+
+      // The same tabs can call again, the other way round: bob calls, alice declines; bob
+      // calls again, alice accepts; media flows; bob hangs up.
+      const ring = async () => {
+        await b.page.click('#refresh');
+        await b.page.waitForSelector('button[data-call="alice"]', { timeout: 5000 });
+        await b.page.click('button[data-call="alice"]');
+        await a.page.waitForSelector('#incoming:not([hidden])', { timeout: 10000 });
+        assert.equal(await a.page.getAttribute('#caller', 'data-username'), 'bob');
+      };
+      await ring();
+      await a.page.click('#decline');
+      for (const t of [a, b]) await t.page.waitForSelector('#status[data-state="registered"]', { timeout: 10000 });
+      assert.equal(await a.page.isHidden('#incoming'), true, 'declined: the ringing box is gone');
+      await waitUntil('bob: PeerConnection gone after the decline', async () => (await b.page.evaluate(() => window.callrelayStats())).length === 0, { timeoutMs: 5000 });
+      const declined = { alice: (await readPage(a.page)).stats.lastEnd, bob: (await readPage(b.page)).stats.lastEnd };
+      await ring();
+      await a.page.click('#accept');
+      for (const t of [a, b]) await t.page.waitForSelector('#status[data-state="incall"]', { timeout: 10000 });
+      for (const t of [a, b]) {
+        await waitUntil(`${t.label}: second call connected with bitrate > 0 both ways`, async () => {
+          const [p, tr] = [await readPage(t.page), await truth(t.page)];
+          return ['connected', 'completed'].includes(p.stats.iceState) && Number(p.kbpsIn) > 0 && Number(p.kbpsOut) > 0 &&
+            tr.pair && tr.pair.state === 'succeeded' && p.pair.relayUrl === tr.pair.local.url && tr.bytesIn > 0;
+        }, { timeoutMs: 20000, every: 250 });
+        assert.equal(await t.page.getAttribute('#stat-local-types', 'data-types'), 'relay', `${t.label}: second call relay only too`);
+      }
+      assert.equal(await a.page.getAttribute('#peer', 'data-username'), 'bob');
+      await b.page.click('#hangup');
+      for (const t of [a, b]) {
+        await t.page.waitForSelector('#status[data-state="registered"]', { timeout: 10000 });
+        await waitUntil(`${t.label}: PeerConnection gone after the second hang-up`, async () => (await t.page.evaluate(() => window.callrelayStats())).length === 0, { timeoutMs: 5000 });
+      }
+      console.log(`# test page: after hang-up the stats panel still shows ${JSON.stringify(staleAfterHangup)}; decline ends: ${JSON.stringify(declined)}`);
+
       const fmt = (s) => `${s.page.pair.localType}⇄${s.page.pair.remoteType} via ${s.page.pair.relayUrl}, in/out ${s.page.kbpsIn}/${s.page.kbpsOut} kbit/s, rtt ${s.page.rttMs} ms, loss ${s.page.lossPercent} %`;
       console.log(`# console: ${JSON.stringify(tabs.flatMap((t) => t.lines).filter((l) => !/verbose/.test(l)))}`);
       console.log(`# test page call: stats shown ${shownAfter[0]}/${shownAfter[1]} ms after accept; alice ${fmt(seen.alice)}; bob ${fmt(seen.bob)}; turn relayed ${JSON.stringify(relayed)} B; ends: alice "${ap.stats.lastEnd}", bob "${bp.stats.lastEnd}"`);
@@ -267,6 +308,27 @@ describe('the gateway test call page (GET /test on the admin listener)', { timeo
     } finally {
       for (const t of tabs.splice(0)) await t.context.close().catch(() => {});
     }
+  });
+
+  // Known page defects (crates/gateway/src/testpage/client.js), kept strict as `todo` so
+  // they show in every run without failing the suite; drop `todo` once fixed.
+  it('after hang-up the stats panel does not show the ended call as live (ICE state, bitrate)', {
+    todo: 'page defect: endCall() closes the PC without updating #stats[data-ice-state]/[data-connection-state] (pc.close() fires no state events) and leaves the last bitrate, so a finished call still reads "connected", ~500 kbit/s',
+  }, () => {
+    assert.ok(observed.afterHangup, 'the call test ran');
+    for (const [who, p] of Object.entries(observed.afterHangup)) {
+      const ctx = `${who}: ${JSON.stringify({ stats: p.stats, kbpsIn: p.kbpsIn, kbpsOut: p.kbpsOut })}`;
+      assert.ok(!['connected', 'completed'].includes(p.stats.iceState), `no call, yet data-ice-state says ${p.stats.iceState}. ${ctx}`);
+      assert.notEqual(p.stats.connectionState, 'connected', ctx);
+      assert.ok(Number(p.kbpsIn) === 0 && Number(p.kbpsOut) === 0, `no call, yet bitrate shown. ${ctx}`);
+    }
+  });
+
+  it('#stats[data-last-end] keeps the reason the call ended for the side that hung up', {
+    todo: 'page defect: endCall() overwrites data-last-end on every later hangup event, also when no call is active; the gateway\'s core "hangup" (reason "Close PC") that follows the local hang-up replaces "hung up"',
+  }, () => {
+    assert.ok(observed.afterHangup, 'the call test ran');
+    assert.equal(observed.afterHangup.alice.stats.lastEnd, 'hung up', `alice hung up: ${JSON.stringify(observed.afterHangup.alice.stats)}`);
   });
 
   it('POST /test/session: short-lived videocall-only token with no admin powers; non-loopback Host needs the admin secret', { timeout: 30000 }, async () => {
