@@ -346,6 +346,125 @@ struct Worker {
     mesh: Mesh,
     /// Workers (bit i) that got hand-offs during the current batch and need a wake-up.
     to_wake: Cell<u32>,
+    /// Relayed datagrams of the current receive batch waiting to leave as one GSO send.
+    /// Borrowed only inside synchronous batch processing (never across an await).
+    gso: RefCell<SendBatch>,
+}
+
+/// Which of our sockets a batched datagram leaves from.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Via {
+    /// The allocation's relay socket (toward a peer).
+    Relay(RelayToken),
+    /// The UDP listener bound to this address (toward a client).
+    Listener(SocketAddr),
+}
+
+/// Consecutive datagrams from one socket to one destination, packed back to back for one
+/// `sendmsg` with `UDP_SEGMENT` (GSO): the kernel splits them into separate datagrams of
+/// `seg` bytes (the last may be shorter). A video frame arrives as a burst of equal-sized
+/// RTP packets (libwebrtc packetizes frames that way), so one receive batch usually holds
+/// several datagrams of one flow: one syscall for all of them instead of one each.
+#[derive(Debug)]
+struct SendBatch {
+    via: Option<Via>,
+    to: SocketAddr,
+    seg: usize,
+    n: usize,
+    /// A shorter datagram closes the batch (GSO allows only the last one shorter).
+    closed: bool,
+    /// Segments per send the kernel accepts (1 = no GSO: plain `sendto` each).
+    max: usize,
+    buf: Vec<u8>,
+}
+
+/// Largest GSO send (the kernel's limit is 64 KiB including headers).
+const GSO_BYTES: usize = 60_000;
+
+impl SendBatch {
+    fn new(max_segments: usize) -> Self {
+        Self {
+            via: None,
+            to: SocketAddr::from(([0, 0, 0, 0], 0)),
+            seg: 0,
+            n: 0,
+            closed: false,
+            max: max_segments.clamp(1, 64),
+            buf: Vec::with_capacity(GSO_BYTES),
+        }
+    }
+}
+
+/// Queues one relayed datagram: appended to the pending batch when it continues it (same
+/// socket and destination, not longer than the first), else the batch leaves first.
+fn send_batched(w: &Worker, via: Via, to: SocketAddr, bytes: &[u8]) {
+    let mut b = w.gso.borrow_mut();
+    if b.max <= 1 || bytes.len() > GSO_BYTES {
+        drop(b);
+        send_via(w, via, to, bytes, None);
+        return;
+    }
+    let fits = b.via == Some(via)
+        && b.to == to
+        && !b.closed
+        && bytes.len() <= b.seg
+        && b.n < b.max
+        && b.buf.len() + bytes.len() <= GSO_BYTES;
+    if !fits {
+        flush_batch(w, &mut b);
+        b.via = Some(via);
+        b.to = to;
+        b.seg = bytes.len();
+    } else if bytes.len() < b.seg {
+        b.closed = true;
+    }
+    b.buf.extend_from_slice(bytes);
+    b.n += 1;
+}
+
+/// Sends what [`send_batched`] holds; call before every await.
+fn flush_sends(w: &Worker) {
+    flush_batch(w, &mut w.gso.borrow_mut());
+}
+
+fn flush_batch(w: &Worker, b: &mut SendBatch) {
+    if let Some(via) = b.via.take() {
+        let seg = (b.n > 1).then_some(b.seg);
+        send_via(w, via, b.to, &b.buf, seg);
+    }
+    b.buf.clear();
+    b.n = 0;
+    b.closed = false;
+}
+
+/// One `sendto` (single datagram) or one GSO `sendmsg` (several of `seg` bytes).
+fn send_via(w: &Worker, via: Via, to: SocketAddr, bytes: &[u8], seg: Option<usize>) {
+    let relays;
+    let sock = match via {
+        Via::Relay(t) => {
+            relays = w.relays.borrow();
+            relays.get(&t).map(|(s, _)| s)
+        }
+        Via::Listener(local) => w.udp.get(&local),
+    };
+    let Some(sock) = sock else { return };
+    match seg {
+        None => {
+            let _ = send_now(sock, bytes, to);
+        }
+        Some(seg) => {
+            let t = quinn_udp::Transmit {
+                destination: to,
+                ecn: None,
+                contents: bytes,
+                segment_size: Some(seg),
+                src_ip: None,
+            };
+            if let Err(e) = w.recv_state.try_send((&**sock).into(), &t) {
+                tracing::trace!(target: "wire", error = %e, %to, "GSO send failed");
+            }
+        }
+    }
 }
 
 /// RFC 6062 peer connections waiting for their ConnectionBind, shared by all workers
@@ -419,17 +538,17 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         udp.insert(s.local_addr()?, s.clone());
         udp_list.push(s);
     }
+    // Configured on a throwaway unbound socket: relay sockets must not get GRO.
+    let probe = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let recv_state = quinn_udp::UdpSocketState::new((&probe).into())?;
+    let gso_segments = recv_state.max_gso_segments();
     let w = Rc::new(Worker {
         core: RefCell::new(core),
         udp,
         relays: RefCell::new(RelayMap::default()),
         streams: RefCell::new(HashMap::new()),
         relay_buf: RefCell::new(vec![0u8; RELAY_SLOT * RELAY_BATCH]),
-        recv_state: {
-            // Configured on a throwaway unbound socket: relay sockets must not get GRO.
-            let probe = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-            quinn_udp::UdpSocketState::new((&probe).into())?
-        },
+        recv_state,
         max_frame: cfg.max_frame as usize,
         shutdown: shutdown.clone(),
         tcp_relays: RefCell::new(HashMap::new()),
@@ -437,6 +556,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         peer_streams,
         mesh,
         to_wake: Cell::new(0),
+        gso: RefCell::new(SendBatch::new(gso_segments)),
     });
     if let Some(wake) = w.mesh.wake.get(index).cloned() {
         tokio::task::spawn_local(inbox_loop(w.clone(), inbox, wake));
@@ -640,11 +760,7 @@ fn deliver_channel_data(
         return;
     };
     match client.proto {
-        Proto::Udp => {
-            if let Some(s) = w.udp.get(&client.local) {
-                let _ = send_now(s, frame, client.remote);
-            }
-        }
+        Proto::Udp => send_batched(w, Via::Listener(client.local), client.remote, frame),
         Proto::Tcp | Proto::Tls => {
             let mut v = Vec::with_capacity(4 + len + padding);
             v.extend_from_slice(frame);
@@ -760,6 +876,7 @@ async fn inbox_loop(w: Rc<Worker>, inbox: Inbox, wake: Arc<tokio::sync::Notify>)
                     deliver_channel_data(&w, client, header, padding, &mut h.buf);
                 }
             }
+            flush_sends(&w);
             if pending {
                 flush(&w, now);
             }
@@ -838,7 +955,7 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
                             payload,
                         }) => {
                             if let Some(bytes) = data.get(payload) {
-                                relay_to_peer(&w, relay, peer, bytes);
+                                send_batched(&w, Via::Relay(relay), peer, bytes);
                             }
                         }
                         // In-process delivery to another allocation of this worker.
@@ -864,6 +981,7 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
                     }
                 }
             }
+            flush_sends(&w);
             wake_workers(&w);
             if pending {
                 flush(&w, now);
@@ -950,6 +1068,7 @@ async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
                 };
                 deliver_channel_data(&w, client, header, padding, slot);
             }
+            flush_sends(&w);
             drop(buf);
             if pending {
                 flush(&w, now);
@@ -1106,6 +1225,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 }) => {
                     let mut copy = frame.to_vec();
                     deliver_channel_data(&w, client, header, padding, &mut copy);
+                    flush_sends(&w);
                 }
                 Some(Relay::ToWorker {
                     worker,

@@ -101,3 +101,49 @@ fn relay_to_relay_across_workers_enforces_permissions() {
     drop(keep);
     assert_eq!(server.stop(), Some(0));
 }
+
+#[test]
+fn bursts_leave_as_separate_datagrams_in_order() {
+    // Bursts of equal-sized packets (a video frame) are what the server sends with one GSO
+    // `sendmsg`: the receiver must still see each datagram on its own, in order, with a
+    // shorter last one and a change of size inside the burst.
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let p = peer.local_addr().unwrap();
+    let mut c = client(&server);
+    let relay = relayed(&mut c);
+    assert_eq!(c.channel_bind(0x4000, p).class, 2);
+    let size = |i: usize| match i % 20 {
+        19 => 100,
+        _ if i < 40 => 1200,
+        _ => 172,
+    };
+    let payload = |i: usize| {
+        let mut v = vec![(i % 251) as u8; size(i)];
+        v[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        v
+    };
+    const N: usize = 60;
+    for i in 0..N {
+        c.send_raw(&channel_data(0x4000, &payload(i)));
+    }
+    let mut buf = [0u8; 2048];
+    for i in 0..N {
+        let (n, from) = peer.recv_from(&mut buf).expect("relayed to the peer");
+        assert_eq!(from, relay);
+        assert_eq!(&buf[..n], &payload(i)[..], "datagram {i} toward the peer");
+    }
+    // And back: the peer's burst reaches the client as ChannelData, one per datagram.
+    for i in 0..N {
+        peer.send_to(&payload(i), relay).unwrap();
+    }
+    for i in 0..N {
+        assert_eq!(
+            c.recv().as_deref(),
+            Some(&channel_data(0x4000, &payload(i))[..]),
+            "datagram {i} toward the client"
+        );
+    }
+    assert_eq!(server.stop(), Some(0));
+}
