@@ -53,7 +53,8 @@ pub(crate) struct GatewayArgs {
     /// Seconds of the call loop per run.
     #[arg(long, default_value_t = 5.0)]
     loop_secs: f64,
-    /// Idle sessions (create + attach videocall) for RSS per session.
+    /// Idle sessions (create + attach videocall) held at once for RSS per session,
+    /// including one warm-up session per connection.
     #[arg(long, default_value_t = 10_000)]
     idle_sessions: usize,
 }
@@ -474,11 +475,13 @@ async fn loop_session(
 ) -> Result<()> {
     let srv = start(gw, a, scratch, &format!("loop{run}")).await?;
     let meter = CpuMeter::start(srv.server.pid())?;
+    let client_meter = CpuMeter::start(std::process::id())?;
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(a.loop_secs);
     let pairs = join_all((0..a.pairs).map(|p| pair_loop(srv.ws, p, deadline))).await;
     let secs = t0.elapsed().as_secs_f64();
     let (cpu, _) = meter.stop()?;
+    let (client_cpu, _) = client_meter.stop()?;
     let mut lat = Histogram::default();
     let (mut calls, mut requests, mut frames, mut errors) = (0, 0, 0, 0);
     for p in &pairs {
@@ -494,9 +497,10 @@ async fn loop_session(
         }
     }
     eprintln!(
-        "  {}: {calls} call cycles, {requests} requests, {frames} WS messages in {secs:.2}s, {errors} failed pairs, server cpu {:.0}%",
+        "  {}: {calls} call cycles, {requests} requests, {frames} WS messages in {secs:.2}s, {errors} failed pairs, server cpu {:.0}%, load client cpu {:.0}%",
         gw.column(),
-        100.0 * cpu / secs
+        100.0 * cpu / secs,
+        100.0 * client_cpu / secs
     );
     if calls == 0 {
         bail!("{}: no call cycle completed", gw.column());
@@ -516,6 +520,10 @@ async fn loop_session(
         lat.quantile_us(0.99).unwrap_or(f64::NAN),
     );
     f.set("server CPU µs per call cycle", cpu * 1e6 / calls as f64);
+    f.set(
+        "  load client CPU µs per call cycle",
+        client_cpu * 1e6 / calls as f64,
+    );
     f.set("failed pairs", errors as f64);
     let _ = srv.admin;
     Ok(())
@@ -541,7 +549,8 @@ async fn idle_session(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = rss_kib(srv.server.pid())?;
-    let per_conn = a.idle_sessions / conns;
+    // The warm-up sessions count toward the total (our gateway caps sessions at 10,000).
+    let per_conn = a.idle_sessions.saturating_sub(conns) / conns;
     let t0 = Instant::now();
     let results = join_all(cs.iter_mut().map(|c| async move {
         let mut h = Histogram::default();
