@@ -356,6 +356,8 @@ pub async fn serve_with_reload(
         .route("/test", get(crate::testpage::page))
         .route("/test/client.js", get(crate::testpage::script))
         .route("/test/session", any(test_session))
+        // browsers ask for it when they open the test page; answer instead of a 404
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(admin_entry)
         .with_state(app.clone());
 

@@ -286,6 +286,8 @@
     endCall("hung up");
   }
   function endCall(reason) {
+    const s = $("status").dataset.state;
+    const active = pc !== null || s === "incall" || s === "calling" || s === "incoming";
     if (pc) { pc.close(); pc = null; log("call ended: " + reason); }
     clearInterval(statsTimer);
     pendingOffer = null;
@@ -293,9 +295,17 @@
     $("hangup").disabled = true;
     $("remote-video").srcObject = null;
     $("peer").textContent = ""; $("peer").dataset.username = "";
+    // The gateway's later hangup events for a call that already ended (core "Close PC",
+    // "Remote WebRTC hangup") must not replace the reason the call really ended with.
+    if (!active) return;
     $("stats").dataset.lastEnd = reason;
-    const s = $("status").dataset.state;
-    if (s === "incall" || s === "calling" || s === "incoming") setState("registered", "call ended (" + reason + ")");
+    // pc.close() fires no state events: show the call as over, not as still connected.
+    for (const id of ["stat-ice-state", "stat-connection-state"]) $(id).textContent = "closed";
+    $("stats").dataset.iceState = "closed";
+    $("stats").dataset.connectionState = "closed";
+    for (const id of ["stat-bitrate-in", "stat-bitrate-out"]) { $(id).textContent = "0"; $(id).dataset.kbps = "0"; }
+    lastStats = null;
+    setState("registered", "call ended (" + reason + ")");
   }
 
   // ------------------------------------------------------------------ stats
