@@ -206,7 +206,11 @@ async fn search_max(
     let mut rate = opts.start_rate;
     let (mut good_rate, mut best): (Option<f64>, f64) = (None, 0.0);
     let mut bad_rate: Option<f64> = None;
-    for _ in 0..opts.search_steps {
+    // A step where the pacer fell behind (the load generator was off the CPU) says
+    // nothing about the server: repeat it, at most twice per search.
+    let mut retries = 2;
+    let mut steps = 0;
+    while steps < opts.search_steps {
         let spec = LoadSpec {
             rate: rate * sends_per_relayed,
             payload: 172,
@@ -229,6 +233,12 @@ async fn search_max(
             100.0 * s.server_cpu / s.r.send_secs,
             100.0 * s.gen_cpu / s.r.send_secs,
         );
+        if !ok && s.r.client_bound() && retries > 0 {
+            retries -= 1;
+            eprintln!("    {label}: the pacer fell behind; repeating this step");
+            continue;
+        }
+        steps += 1;
         if ok {
             best = best.max(s.relayed_pps());
             good_rate = Some(rate);
