@@ -498,6 +498,9 @@ struct PendingConnect {
     fingerprint: bool,
 }
 
+/// Usernames whose verified key [`Core`] keeps (a few hundred bytes each).
+const KEY_CACHE_MAX: usize = 4096;
+
 /// How long a peer TCP connection waits for its ConnectionBind (RFC 6062 §5.3).
 pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -627,6 +630,12 @@ pub struct Core<R> {
     cfg: CoreConfig,
     rng: R,
     creds: Credentials,
+    /// Long-term keys that verified recently, per username, for the nonce lifetime: a TURN
+    /// REST key costs HMAC-SHA1 + base64 + MD5 per secret to derive, and Mattermost gives
+    /// every user of a day the same username. Used only when MESSAGE-INTEGRITY verifies
+    /// with it; emptied on SIGHUP (secrets may have changed) and when it reaches
+    /// `KEY_CACHE_MAX` entries.
+    key_cache: HashMap<String, (Key, Instant)>,
     policy: PeerPolicy,
     quota: Arc<SharedQuota>,
     nonce_key: [u8; 20],
@@ -672,6 +681,7 @@ impl<R: RngCore> Core<R> {
         Self {
             cfg,
             rng,
+            key_cache: HashMap::new(),
             creds: Credentials {
                 secrets: secrets.into_iter().map(String::into_bytes).collect(),
                 users,
@@ -702,6 +712,7 @@ impl<R: RngCore> Core<R> {
             secrets: secrets.into_iter().map(String::into_bytes).collect(),
             users,
         };
+        self.key_cache.clear();
     }
 
     /// Replaces the peer policy (SIGHUP). Existing permissions stay until they expire.
@@ -1485,9 +1496,33 @@ impl<R: RngCore> Core<R> {
                 rest_expiry: a.rest_expiry,
             });
         }
+        if let Some((key, until)) = self.key_cache.get(username)
+            && *until > now
+            && msg.integrity_ok(&key.0)
+        {
+            let key = *key;
+            // Same checks as the lookup below, minus the key derivation.
+            let rest_expiry = if self.creds.users.iter().any(|u| u.name == username) {
+                None
+            } else {
+                crate::auth::rest_expiry(username)
+            };
+            if rest_expiry.is_none_or(|e| e >= unix_now) {
+                return Ok(Authed {
+                    username: username.to_owned(),
+                    key,
+                    rest_expiry,
+                });
+            }
+        }
         match self.creds.lookup(username, &self.cfg.realm, unix_now) {
             Lookup::Keys(keys, rest_expiry) => {
                 if let Some(key) = keys.into_iter().find(|k| msg.integrity_ok(&k.0)) {
+                    if self.key_cache.len() >= KEY_CACHE_MAX {
+                        self.key_cache.clear();
+                    }
+                    let until = now + Duration::from_secs(u64::from(self.cfg.nonce_lifetime));
+                    self.key_cache.insert(username.to_owned(), (key, until));
                     return Ok(Authed {
                         username: username.to_owned(),
                         key,

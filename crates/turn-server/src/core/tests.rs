@@ -271,6 +271,73 @@ fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn cached_keys_follow_secrets_and_expiry() {
+    // The per-username key cache (one username shared by every Mattermost user of a day)
+    // must never outlive the secret that produced the key, nor the username's expiry.
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 100);
+    allocate(&mut sim, client(1), &mut a);
+    // Same username from another client: served (from the cache).
+    let mut b = Creds::rest(b"s3cret", UNIX0 + 100);
+    allocate(&mut sim, client(2), &mut b);
+    // A wrong password for the same username still fails with a cached key around.
+    let mut bad = Creds {
+        pass: "d3JvbmcK".into(),
+        ..Creds::rest(b"s3cret", UNIX0 + 100)
+    };
+    bad.nonce = b.nonce.clone();
+    let tid = sim.next_tid();
+    let r = request(tid, method::ALLOCATE, Some(&bad), false, |bb| {
+        bb.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    sim.input(client(3), &r);
+    assert_eq!(
+        error_code(&Message::parse(&last(&mut sim)).unwrap()),
+        Some(401)
+    );
+    // The username expires: a new allocation with the cached key is refused.
+    sim.advance(101);
+    let mut c = Creds::rest(b"s3cret", UNIX0 + 100);
+    c.nonce = None;
+    let tid = sim.next_tid();
+    let r = request(tid, method::ALLOCATE, None, false, |bb| {
+        bb.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    sim.input(client(4), &r);
+    c.nonce = Some(
+        Message::parse(&last(&mut sim))
+            .unwrap()
+            .get(attr::NONCE)
+            .unwrap()
+            .to_vec(),
+    );
+    let tid = sim.next_tid();
+    let r = request(tid, method::ALLOCATE, Some(&c), false, |bb| {
+        bb.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    sim.input(client(4), &r);
+    assert_eq!(
+        error_code(&Message::parse(&last(&mut sim)).unwrap()),
+        Some(401),
+        "expired username served from the cache"
+    );
+    // SIGHUP drops the secret: a key cached under it no longer opens anything.
+    let mut d = Creds::rest(b"s3cret", UNIX0 + 10_000);
+    allocate(&mut sim, client(5), &mut d);
+    sim.core.set_credentials(vec!["other".into()], vec![]);
+    let tid = sim.next_tid();
+    let r = request(tid, method::ALLOCATE, Some(&d), false, |bb| {
+        bb.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    sim.input(client(6), &r);
+    assert_eq!(
+        error_code(&Message::parse(&last(&mut sim)).unwrap()),
+        Some(401),
+        "removed secret's key served from the cache"
+    );
+}
+
+#[test]
 fn allocate_refresh_expiry_channel_rebind() {
     let mut c0 = cfg();
     c0.nonce_lifetime = 7200;
