@@ -2,9 +2,10 @@
 //! only) vs our gateway, driven by the same WebSocket client.
 //!
 //! Each pair of clients loops create → attach → register → call (offer) / trickle
-//! completed → incomingcall → accept (answer) / trickle completed → accepted →
-//! hangup → destroy, with the Chrome SDP fixtures in `benches/fixtures/` (no
-//! candidates, so nobody sends connectivity checks anywhere).
+//! an mDNS host candidate + completed → incomingcall → accept (answer) / trickle +
+//! completed → accepted → hangup → destroy, with the Chrome SDP fixtures in
+//! `benches/fixtures/` (no address candidates, so nobody sends connectivity checks
+//! anywhere).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -316,6 +317,17 @@ impl Conn {
     }
 }
 
+/// Host candidates as Chrome trickles them by default: an mDNS name instead of an
+/// address. Janus runs with `ignore_mdns`, so it never resolves or checks them; our
+/// gateway merges them into the SDP. No packet goes anywhere because of them.
+const CALLER_MDNS: &str = "candidate:1467250027 1 udp 2122260223 5f0c1c9e-2b7a-4d43-9a51-3c1d2e4f6a70.local 54400 typ host generation 0 ufrag Bc4x network-id 1";
+const CALLEE_MDNS: &str = "candidate:2999745851 1 udp 2122260223 8d2e4b61-7c3f-4e9a-b0d5-6a7b8c9d0e1f.local 54401 typ host generation 0 ufrag q9Zt network-id 1";
+
+fn trickle(sid: u64, hid: u64, candidate: &str) -> Value {
+    json!({"janus": "trickle", "session_id": sid, "handle_id": hid,
+        "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}})
+}
+
 fn msg(sid: u64, hid: u64, body: Value) -> Value {
     json!({"janus": "message", "session_id": sid, "handle_id": hid, "body": body})
 }
@@ -418,6 +430,7 @@ async fn pair_loop(ws: SocketAddr, pair: usize, deadline: Instant) -> PairStats 
             if plugin_event(&r) != Some("calling") {
                 bail!("call: expected calling, got {r}");
             }
+            a.request(trickle(sa, ha, CALLER_MDNS), lat).await?;
             a.request(
                 json!({"janus": "trickle", "session_id": sa, "handle_id": ha,
                     "candidate": {"completed": true}}),
@@ -433,6 +446,7 @@ async fn pair_loop(ws: SocketAddr, pair: usize, deadline: Instant) -> PairStats 
             let mut accept = msg(sb, hb, json!({"request": "accept"}));
             accept["jsep"] = json!({"type": "answer", "sdp": ANSWER});
             b.request(accept, lat).await?;
+            b.request(trickle(sb, hb, CALLEE_MDNS), lat).await?;
             b.request(
                 json!({"janus": "trickle", "session_id": sb, "handle_id": hb,
                     "candidate": {"completed": true}}),
@@ -454,7 +468,7 @@ async fn pair_loop(ws: SocketAddr, pair: usize, deadline: Instant) -> PairStats 
             b.request(json!({"janus": "destroy", "session_id": sb}), lat)
                 .await?;
             st.calls += 1;
-            st.requests += 13;
+            st.requests += 15;
         }
         st.frames = a.frames_in + a.frames_out + b.frames_in + b.frames_out;
         anyhow::Ok(())
