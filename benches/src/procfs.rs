@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-/// Clock ticks per second of `utime`/`stime` in /proc/<pid>/stat (USER_HZ).
+/// Clock ticks per second of `utime`/`stime` in `/proc/<pid>/stat` (USER_HZ).
 pub(crate) fn clk_tck() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -16,8 +16,8 @@ pub(crate) fn clk_tck() -> u64 {
 }
 
 /// CPU time of a process in seconds: the sum of its threads' run time from
-/// /proc/<pid>/task/*/schedstat (nanoseconds), falling back to utime + stime
-/// (10 ms ticks) from /proc/<pid>/stat. Threads that exited between two readings
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds), falling back to utime + stime
+/// (10 ms ticks) from `/proc/<pid>/stat`. Threads that exited between two readings
 /// are missed by the first; the servers under test keep their threads.
 pub(crate) fn cpu_secs(pid: u32) -> Result<f64> {
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
