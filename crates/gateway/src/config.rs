@@ -82,6 +82,8 @@ pub struct FileConfig {
     pub candidate_wait_ms: Option<u64>,
     /// Seconds after which an unused token is dropped (0 = never).
     pub token_max_idle: Option<u64>,
+    /// Most Janus sessions held at once (`create` beyond it gets 490).
+    pub max_sessions: Option<usize>,
     /// Seconds a long poll waits before answering `keepalive`.
     pub longpoll_timeout: Option<u64>,
     /// Largest accepted WebSocket message / HTTP body, bytes.
@@ -147,6 +149,8 @@ pub struct Config {
     pub candidate_wait: Duration,
     /// Token idle expiry.
     pub token_max_idle: Duration,
+    /// Session cap.
+    pub max_sessions: usize,
     /// Long poll timeout.
     pub longpoll_timeout: Duration,
     /// Max message size.
@@ -351,6 +355,13 @@ impl Config {
                 format!("{token_max_idle} is out of range; use 0..=315360000 seconds (0 = never)"),
             ));
         }
+        let max_sessions = pick!(cli, file, max_sessions).unwrap_or(100_000);
+        if !(1..=10_000_000).contains(&max_sessions) {
+            return Err(invalid(
+                "max_sessions",
+                format!("{max_sessions} is out of range; use 1..=10000000"),
+            ));
+        }
         let longpoll = pick!(cli, file, longpoll_timeout).unwrap_or(30);
         if !(1..=300).contains(&longpoll) {
             return Err(invalid(
@@ -401,6 +412,7 @@ impl Config {
             reclaim_timeout: Duration::from_secs(reclaim),
             candidate_wait: Duration::from_millis(candidate_wait_ms),
             token_max_idle: Duration::from_secs(token_max_idle),
+            max_sessions,
             longpoll_timeout: Duration::from_secs(longpoll),
             max_message_bytes,
             ws_queue,
@@ -436,6 +448,13 @@ mod tests {
                     ..FileConfig::default()
                 },
                 "token_max_idle:",
+            ),
+            (
+                FileConfig {
+                    max_sessions: Some(0),
+                    ..FileConfig::default()
+                },
+                "max_sessions:",
             ),
         ] {
             let e = Config::resolve(f, FileConfig::default())

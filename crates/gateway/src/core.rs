@@ -88,7 +88,7 @@ impl Default for CoreConfig {
             admin_secret: None,
             token_max_idle: Duration::from_secs(7 * 86400),
             max_candidates: 100,
-            max_sessions: 10_000,
+            max_sessions: 100_000,
             max_handles_per_session: 64,
         }
     }

@@ -118,6 +118,9 @@ struct RunArgs {
     /// Drop tokens unused for this many seconds, 0 = never [default: 604800].
     #[arg(long, value_name = "SECS")]
     token_max_idle: Option<u64>,
+    /// Most Janus sessions held at once; `create` beyond it gets 490 [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
     /// HTTP long-poll wait before a keepalive answer, seconds [default: 30].
     #[arg(long, value_name = "SECS")]
     longpoll_timeout: Option<u64>,
@@ -158,6 +161,7 @@ impl RunArgs {
                 candidate_wait_ms: self.candidate_wait_ms,
                 reclaim_session_timeout: self.reclaim_session_timeout,
                 token_max_idle: self.token_max_idle,
+                max_sessions: self.max_sessions,
                 longpoll_timeout: self.longpoll_timeout,
                 max_message_bytes: self.max_message_bytes,
                 ws_queue: self.ws_queue,

@@ -312,6 +312,7 @@ pub async fn serve_with_reload(
         api_secret: cfg.api_secret.clone(),
         admin_secret: cfg.admin_secret.clone(),
         token_max_idle: cfg.token_max_idle,
+        max_sessions: cfg.max_sessions,
         ..CoreConfig::default()
     };
     let loaded = file.tokens.len();
