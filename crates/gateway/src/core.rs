@@ -242,6 +242,57 @@ fn hangup_result(username: Option<&str>, reason: &str) -> Value {
     }
 }
 
+/// A videocall request refused: the `error_code` and `error` text of the plugin event.
+#[derive(Debug)]
+struct PluginError {
+    code: u16,
+    reason: String,
+}
+
+impl PluginError {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// 475, as Janus names a missing field.
+    fn missing(key: &str) -> Self {
+        Self::new(475, format!("Missing mandatory element ({key})"))
+    }
+
+    /// 474, as Janus names a field of the wrong type; `expected` reads "a string" etc.
+    fn wrong_type(key: &str, expected: &str) -> Self {
+        Self::new(
+            474,
+            format!("Invalid element type ({key} should be {expected})"),
+        )
+    }
+}
+
+/// A mandatory string field of a videocall request body.
+fn str_field(body: &Map<String, Value>, key: &str) -> Result<String, PluginError> {
+    match body.get(key) {
+        None => Err(PluginError::missing(key)),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(PluginError::wrong_type(key, "a string")),
+    }
+}
+
+/// An optional field of a videocall request body: absent is fine, present must pass `valid`.
+fn optional_field(
+    body: &Map<String, Value>,
+    key: &str,
+    valid: fn(&Value) -> bool,
+    expected: &str,
+) -> Result<(), PluginError> {
+    match body.get(key) {
+        Some(v) if !valid(v) => Err(PluginError::wrong_type(key, expected)),
+        _ => Ok(()),
+    }
+}
+
 /// Janus-style error reply.
 pub fn error_reply(session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
     let mut m = Map::new();
@@ -1126,21 +1177,24 @@ impl Core {
         body: &Map<String, Value>,
         jsep: Option<(String, String, bool)>,
     ) {
-        let request = match body.get("request") {
-            None => return self.plugin_error(hid, tx, 475, "Missing mandatory element (request)"),
-            Some(Value::String(r)) => r.to_ascii_lowercase(),
-            Some(_) => {
-                return self.plugin_error(
-                    hid,
-                    tx,
-                    474,
-                    "Invalid element type (request should be a string)",
-                );
-            }
-        };
+        if let Err(e) = self.videocall_request(now, hid, tx, body, jsep) {
+            self.plugin_error(hid, tx, e.code, &e.reason);
+        }
+    }
+
+    /// One videocall request; a refusal comes back as the plugin error to send.
+    fn videocall_request(
+        &mut self,
+        now: Instant,
+        hid: u64,
+        tx: &str,
+        body: &Map<String, Value>,
+        jsep: Option<(String, String, bool)>,
+    ) -> Result<(), PluginError> {
+        let request = str_field(body, "request")?.to_ascii_lowercase();
         let (username, peer, call) = match self.handles.get(&hid) {
             Some(h) => (h.username.clone(), h.peer, h.call),
-            None => return,
+            None => return Ok(()),
         };
         match request.as_str() {
             "list" => {
@@ -1149,34 +1203,14 @@ impl Core {
             }
             "register" => {
                 if let Some(u) = username {
-                    return self.plugin_error(hid, tx, 477, &format!("Already registered ({u})"));
+                    return Err(PluginError::new(477, format!("Already registered ({u})")));
                 }
-                let name = match body.get("username") {
-                    None => {
-                        return self.plugin_error(
-                            hid,
-                            tx,
-                            475,
-                            "Missing mandatory element (username)",
-                        );
-                    }
-                    Some(Value::String(s)) => s.clone(),
-                    Some(_) => {
-                        return self.plugin_error(
-                            hid,
-                            tx,
-                            474,
-                            "Invalid element type (username should be a string)",
-                        );
-                    }
-                };
+                let name = str_field(body, "username")?;
                 if !self.registry.register(&name, hid) {
-                    return self.plugin_error(
-                        hid,
-                        tx,
+                    return Err(PluginError::new(
                         476,
-                        &format!("Username '{name}' already taken"),
-                    );
+                        format!("Username '{name}' already taken"),
+                    ));
                 }
                 if let Some(h) = self.handles.get_mut(&hid) {
                     h.username = Some(name.clone());
@@ -1189,49 +1223,27 @@ impl Core {
             }
             "call" => {
                 let Some(own) = username else {
-                    return self.plugin_error(hid, tx, 473, "Register a username first");
+                    return Err(PluginError::new(473, "Register a username first"));
                 };
                 if peer.is_some() || call != CallState::Idle {
-                    return self.plugin_error(hid, tx, 480, "Already in a call");
+                    return Err(PluginError::new(480, "Already in a call"));
                 }
-                let target = match body.get("username") {
-                    None => {
-                        return self.plugin_error(
-                            hid,
-                            tx,
-                            475,
-                            "Missing mandatory element (username)",
-                        );
-                    }
-                    Some(Value::String(s)) => s.clone(),
-                    Some(_) => {
-                        return self.plugin_error(
-                            hid,
-                            tx,
-                            474,
-                            "Invalid element type (username should be a string)",
-                        );
-                    }
-                };
+                let target = str_field(body, "username")?;
                 if target == own {
-                    return self.plugin_error(
-                        hid,
-                        tx,
+                    return Err(PluginError::new(
                         479,
                         "You can't call yourself... use the EchoTest for that",
-                    );
+                    ));
                 }
                 let Some(callee) = self
                     .registry
                     .lookup(&target)
                     .filter(|c| self.handles.contains_key(c))
                 else {
-                    return self.plugin_error(
-                        hid,
-                        tx,
+                    return Err(PluginError::new(
                         478,
-                        &format!("Username '{target}' doesn't exist"),
-                    );
+                        format!("Username '{target}' doesn't exist"),
+                    ));
                 };
                 self.metrics.calls_started.inc();
                 let callee_busy = self
@@ -1252,15 +1264,15 @@ impl Core {
                         // the candidates of this attempt are useless now
                         h.reset_call();
                     }
-                    return;
+                    return Ok(());
                 }
                 let Some((jtype, sdp_text, e2ee)) = jsep else {
                     self.metrics.calls_ended.with_label_values(&["error"]).inc();
-                    return self.plugin_error(hid, tx, 482, "Missing SDP");
+                    return Err(PluginError::new(482, "Missing SDP"));
                 };
                 if jtype != "offer" {
                     self.metrics.calls_ended.with_label_values(&["error"]).inc();
-                    return self.plugin_error(hid, tx, 483, "Error parsing offer: not an offer");
+                    return Err(PluginError::new(483, "Error parsing offer: not an offer"));
                 }
                 if let Some(h) = self.handles.get_mut(&hid) {
                     h.peer = Some(callee);
@@ -1277,13 +1289,13 @@ impl Core {
             }
             "accept" => {
                 let Some(p) = peer.filter(|_| call == CallState::Incoming) else {
-                    return self.plugin_error(hid, tx, 481, "No incoming call to accept");
+                    return Err(PluginError::new(481, "No incoming call to accept"));
                 };
                 let Some((jtype, sdp_text, e2ee)) = jsep else {
-                    return self.plugin_error(hid, tx, 482, "Missing SDP");
+                    return Err(PluginError::new(482, "Missing SDP"));
                 };
                 if jtype != "answer" {
-                    return self.plugin_error(hid, tx, 483, "Error parsing answer: not an answer");
+                    return Err(PluginError::new(483, "Error parsing answer: not an answer"));
                 }
                 if let Some(h) = self.handles.get_mut(&hid) {
                     h.call = CallState::Connected;
@@ -1299,58 +1311,27 @@ impl Core {
             }
             "set" => {
                 for key in ["audio", "video", "record"] {
-                    if let Some(v) = body.get(key)
-                        && !v.is_boolean()
-                    {
-                        return self.plugin_error(
-                            hid,
-                            tx,
-                            474,
-                            &format!("Invalid element type ({key} should be a boolean)"),
-                        );
-                    }
+                    optional_field(body, key, Value::is_boolean, "a boolean")?;
                 }
-                if let Some(v) = body.get("filename")
-                    && !v.is_string()
-                {
-                    return self.plugin_error(
-                        hid,
-                        tx,
-                        474,
-                        "Invalid element type (filename should be a string)",
-                    );
-                }
-                if let Some(v) = body.get("bitrate")
-                    && v.as_u64().is_none()
-                {
-                    return self.plugin_error(
-                        hid,
-                        tx,
-                        474,
-                        "Invalid element type (bitrate should be a positive integer)",
-                    );
-                }
+                optional_field(body, "filename", Value::is_string, "a string")?;
+                optional_field(body, "bitrate", Value::is_u64, "a positive integer")?;
                 for key in ["substream", "temporal"] {
                     if let Some(v) = body.get(key)
                         && v.as_u64().is_none_or(|x| x > 2)
                     {
-                        return self.plugin_error(
-                            hid,
-                            tx,
+                        return Err(PluginError::new(
                             474,
-                            &format!("Invalid value ({key} should be 0, 1 or 2)"),
-                        );
+                            format!("Invalid value ({key} should be 0, 1 or 2)"),
+                        ));
                     }
                 }
                 if let Some(v) = body.get("fallback")
                     && v.as_u64().is_none()
                 {
-                    return self.plugin_error(
-                        hid,
-                        tx,
+                    return Err(PluginError::new(
                         474,
                         "Invalid value (fallback should be a positive integer)",
-                    );
+                    ));
                 }
                 self.plugin_result(hid, Some(tx), json!({"event": "set"}));
                 if let (Some((jtype, sdp_text, e2ee)), Some(_)) = (jsep, peer) {
@@ -1390,9 +1371,10 @@ impl Core {
                 }
             }
             other => {
-                self.plugin_error(hid, tx, 472, &format!("Unknown request ({other})"));
+                return Err(PluginError::new(472, format!("Unknown request ({other})")));
             }
         }
+        Ok(())
     }
 
     /// Holds an SDP from `hid` until its candidates are complete or the deadline passes
@@ -2195,5 +2177,90 @@ mod tests {
         );
         let (_, _, users, _) = c.stats();
         assert_eq!(users, 1, "alice's name is free");
+    }
+
+    #[test]
+    fn videocall_field_errors_keep_the_janus_codes_and_texts() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig::default());
+        let (s, h) = party(&mut c, t0, 1, "alice");
+        let cases = [
+            (json!({}), 475, "Missing mandatory element (request)"),
+            (
+                json!({"request": 1}),
+                474,
+                "Invalid element type (request should be a string)",
+            ),
+            (
+                json!({"request": "call"}),
+                475,
+                "Missing mandatory element (username)",
+            ),
+            (
+                json!({"request": "call", "username": []}),
+                474,
+                "Invalid element type (username should be a string)",
+            ),
+            (
+                json!({"request": "set", "audio": "yes"}),
+                474,
+                "Invalid element type (audio should be a boolean)",
+            ),
+            (
+                json!({"request": "set", "record": 1}),
+                474,
+                "Invalid element type (record should be a boolean)",
+            ),
+            (
+                json!({"request": "set", "filename": 1}),
+                474,
+                "Invalid element type (filename should be a string)",
+            ),
+            (
+                json!({"request": "set", "bitrate": -1}),
+                474,
+                "Invalid element type (bitrate should be a positive integer)",
+            ),
+            (
+                json!({"request": "set", "bitrate": 1.5}),
+                474,
+                "Invalid element type (bitrate should be a positive integer)",
+            ),
+            (
+                json!({"request": "set", "substream": 3}),
+                474,
+                "Invalid value (substream should be 0, 1 or 2)",
+            ),
+            (
+                json!({"request": "set", "fallback": "x"}),
+                474,
+                "Invalid value (fallback should be a positive integer)",
+            ),
+            (
+                json!({"request": "register", "username": "x"}),
+                477,
+                "Already registered (alice)",
+            ),
+        ];
+        for (body, code, reason) in cases {
+            let msg = json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": body});
+            assert_eq!(req(&mut c, t0, 1, msg)["janus"], "ack");
+            let ev = events(&mut c);
+            assert_eq!(ev.len(), 1, "{body}: {ev:?}");
+            let data = &ev[0].1["plugindata"]["data"];
+            assert_eq!(
+                data,
+                &json!({"videocall": "event", "error_code": code, "error": reason}),
+                "{body}"
+            );
+        }
+        let ok = json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h,
+            "body": {"request": "set", "audio": true, "filename": "f", "bitrate": 0}});
+        assert_eq!(req(&mut c, t0, 1, ok)["janus"], "ack");
+        let ev = events(&mut c);
+        assert_eq!(
+            ev[0].1["plugindata"]["data"]["result"]["event"], "set",
+            "{ev:?}"
+        );
     }
 }
