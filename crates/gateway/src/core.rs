@@ -293,6 +293,29 @@ fn optional_field(
     }
 }
 
+/// A mandatory string field of a Janus API request (or, with `jsep`, of its `jsep`
+/// object), or the error code and reason Janus answers: 456 when it is missing,
+/// 467 when it is not a string.
+fn janus_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    jsep: bool,
+) -> Result<&'a str, (u16, String)> {
+    let (missing, invalid) = if jsep {
+        (
+            "JSEP error: missing mandatory element",
+            "JSEP error: invalid element type",
+        )
+    } else {
+        ("Missing mandatory element", "Invalid element type")
+    };
+    match obj.get(key) {
+        None => Err((456, format!("{missing} ({key})"))),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err((467, format!("{invalid} ({key} should be a string)"))),
+    }
+}
+
 /// Janus-style error reply.
 pub fn error_reply(session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
     let mut m = Map::new();
@@ -542,41 +565,13 @@ impl Core {
             }
             Some(_) => {}
         }
-        let tx = match root.get("transaction") {
-            None => {
+        let tx_and_verb = janus_str(root, "transaction", false)
+            .and_then(|tx| Ok((tx, janus_str(root, "janus", false)?.to_ascii_lowercase())));
+        let (tx, verb) = match tx_and_verb {
+            Ok(tv) => tv,
+            Err((code, reason)) => {
                 self.metrics.request("other");
-                return self.err(
-                    session_id,
-                    None,
-                    456,
-                    "Missing mandatory element (transaction)",
-                );
-            }
-            Some(Value::String(s)) => s.as_str(),
-            Some(_) => {
-                self.metrics.request("other");
-                return self.err(
-                    session_id,
-                    None,
-                    467,
-                    "Invalid element type (transaction should be a string)",
-                );
-            }
-        };
-        let verb = match root.get("janus") {
-            None => {
-                self.metrics.request("other");
-                return self.err(session_id, None, 456, "Missing mandatory element (janus)");
-            }
-            Some(Value::String(s)) => s.to_ascii_lowercase(),
-            Some(_) => {
-                self.metrics.request("other");
-                return self.err(
-                    session_id,
-                    None,
-                    467,
-                    "Invalid element type (janus should be a string)",
-                );
+                return self.err(session_id, None, code, &reason);
             }
         };
         self.metrics.request(&verb);
@@ -745,19 +740,9 @@ impl Core {
                 if handle.is_some() {
                     return self.wrong_path(req);
                 }
-                let plugin = match req.root.get("plugin") {
-                    None => {
-                        return self.err(sid, Some(tx), 456, "Missing mandatory element (plugin)");
-                    }
-                    Some(Value::String(p)) => p.clone(),
-                    Some(_) => {
-                        return self.err(
-                            sid,
-                            Some(tx),
-                            467,
-                            "Invalid element type (plugin should be a string)",
-                        );
-                    }
+                let plugin = match janus_str(req.root, "plugin", false) {
+                    Ok(p) => p.to_string(),
+                    Err((code, reason)) => return self.err(sid, Some(tx), code, &reason),
                 };
                 if plugin != VIDEOCALL {
                     return self.err(sid, Some(tx), 460, &format!("No such plugin '{plugin}'"));
@@ -1099,43 +1084,11 @@ impl Core {
             let Some(j) = j.as_object() else {
                 return self.err(sid, Some(tx), 455, "Invalid jsep object");
             };
-            let jtype = match j.get("type") {
-                None => {
-                    return self.err(
-                        sid,
-                        Some(tx),
-                        456,
-                        "JSEP error: missing mandatory element (type)",
-                    );
-                }
-                Some(Value::String(s)) => s.clone(),
-                Some(_) => {
-                    return self.err(
-                        sid,
-                        Some(tx),
-                        467,
-                        "JSEP error: invalid element type (type should be a string)",
-                    );
-                }
-            };
-            let sdp_text = match j.get("sdp") {
-                None => {
-                    return self.err(
-                        sid,
-                        Some(tx),
-                        456,
-                        "JSEP error: missing mandatory element (sdp)",
-                    );
-                }
-                Some(Value::String(s)) => s.clone(),
-                Some(_) => {
-                    return self.err(
-                        sid,
-                        Some(tx),
-                        467,
-                        "JSEP error: invalid element type (sdp should be a string)",
-                    );
-                }
+            let type_and_sdp = janus_str(j, "type", true)
+                .and_then(|t| Ok((t.to_string(), janus_str(j, "sdp", true)?.to_string())));
+            let (jtype, sdp_text) = match type_and_sdp {
+                Ok(ts) => ts,
+                Err((code, reason)) => return self.err(sid, Some(tx), code, &reason),
             };
             let lower = jtype.to_ascii_lowercase();
             if lower != "offer" && lower != "answer" {
@@ -1600,52 +1553,12 @@ impl Core {
         let session_id = path_session
             .or_else(|| root.get("session_id").and_then(Value::as_u64))
             .unwrap_or(0);
-        let tx = match root.get("transaction") {
-            None => {
-                return (
-                    self.err(
-                        session_id,
-                        None,
-                        456,
-                        "Missing mandatory element (transaction)",
-                    ),
-                    false,
-                );
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => {
-                return (
-                    self.err(
-                        session_id,
-                        None,
-                        467,
-                        "Invalid element type (transaction should be a string)",
-                    ),
-                    false,
-                );
-            }
+        let tx_and_verb = janus_str(root, "transaction", false)
+            .and_then(|tx| Ok((tx, janus_str(root, "janus", false)?.to_ascii_lowercase())));
+        let (tx, verb) = match tx_and_verb {
+            Ok(tv) => tv,
+            Err((code, reason)) => return (self.err(session_id, None, code, &reason), false),
         };
-        let verb = match root.get("janus") {
-            None => {
-                return (
-                    self.err(session_id, None, 456, "Missing mandatory element (janus)"),
-                    false,
-                );
-            }
-            Some(Value::String(s)) => s.to_ascii_lowercase(),
-            Some(_) => {
-                return (
-                    self.err(
-                        session_id,
-                        None,
-                        467,
-                        "Invalid element type (janus should be a string)",
-                    ),
-                    false,
-                );
-            }
-        };
-        let tx = tx.as_str();
         if session_id == 0 {
             match verb.as_str() {
                 "info" => return (self.server_info(tx), false),
@@ -1712,16 +1625,9 @@ impl Core {
             };
         }
         let token_arg = |core: &Self| -> Result<String, Value> {
-            match root.get("token") {
-                None => Err(core.err(0, Some(tx), 456, "Missing mandatory element (token)")),
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(_) => Err(core.err(
-                    0,
-                    Some(tx),
-                    467,
-                    "Invalid element type (token should be a string)",
-                )),
-            }
+            janus_str(root, "token", false)
+                .map(str::to_string)
+                .map_err(|(code, reason)| core.err(0, Some(tx), code, &reason))
         };
         let plugins_arg = |core: &Self, required: bool| -> Result<Option<Vec<String>>, Value> {
             match root.get("plugins") {
@@ -2262,5 +2168,107 @@ mod tests {
             ev[0].1["plugindata"]["data"]["result"]["event"], "set",
             "{ev:?}"
         );
+    }
+
+    #[test]
+    fn janus_field_errors_keep_the_janus_codes_and_texts() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            admin_secret: Some("adm".into()),
+            ..CoreConfig::default()
+        });
+        let (s, h) = party(&mut c, t0, 1, "alice");
+        let cases = [
+            (
+                json!({"janus": "ping"}),
+                456,
+                "Missing mandatory element (transaction)",
+            ),
+            (
+                json!({"janus": "ping", "transaction": 5}),
+                467,
+                "Invalid element type (transaction should be a string)",
+            ),
+            (
+                json!({"transaction": "t"}),
+                456,
+                "Missing mandatory element (janus)",
+            ),
+            (
+                json!({"janus": true, "transaction": "t"}),
+                467,
+                "Invalid element type (janus should be a string)",
+            ),
+            (
+                json!({"janus": "attach", "transaction": "t", "session_id": s}),
+                456,
+                "Missing mandatory element (plugin)",
+            ),
+            (
+                json!({"janus": "attach", "transaction": "t", "session_id": s, "plugin": 1}),
+                467,
+                "Invalid element type (plugin should be a string)",
+            ),
+            (
+                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"sdp": "v=0"}}),
+                456,
+                "JSEP error: missing mandatory element (type)",
+            ),
+            (
+                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"type": 1, "sdp": "v=0"}}),
+                467,
+                "JSEP error: invalid element type (type should be a string)",
+            ),
+            (
+                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"type": "offer"}}),
+                456,
+                "JSEP error: missing mandatory element (sdp)",
+            ),
+            (
+                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"type": "offer", "sdp": 2}}),
+                467,
+                "JSEP error: invalid element type (sdp should be a string)",
+            ),
+        ];
+        for (msg, code, reason) in cases {
+            let r = req(&mut c, t0, 1, msg.clone());
+            assert_eq!(r["error"], json!({"code": code, "reason": reason}), "{msg}");
+        }
+        let admin = [
+            (
+                json!({"janus": "ping"}),
+                456,
+                "Missing mandatory element (transaction)",
+            ),
+            (
+                json!({"janus": "ping", "transaction": []}),
+                467,
+                "Invalid element type (transaction should be a string)",
+            ),
+            (
+                json!({"transaction": "t"}),
+                456,
+                "Missing mandatory element (janus)",
+            ),
+            (
+                json!({"janus": 0, "transaction": "t"}),
+                467,
+                "Invalid element type (janus should be a string)",
+            ),
+            (
+                json!({"janus": "add_token", "transaction": "t", "admin_secret": "adm"}),
+                456,
+                "Missing mandatory element (token)",
+            ),
+            (
+                json!({"janus": "add_token", "transaction": "t", "admin_secret": "adm", "token": 7}),
+                467,
+                "Invalid element type (token should be a string)",
+            ),
+        ];
+        for (msg, code, reason) in admin {
+            let r = c.admin_value(t0, 0, msg.clone(), None).reply;
+            assert_eq!(r["error"], json!({"code": code, "reason": reason}), "{msg}");
+        }
     }
 }

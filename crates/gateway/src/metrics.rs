@@ -218,7 +218,8 @@ mod tests {
     use super::*;
 
     /// Every error code passed to `err(`, `plugin_error(`, `PluginError::new(` (or
-    /// `Self::new(` inside its impl), `error_reply(` or `metrics.error(` in the sources (the first 4xx/5xx integer argument of the call).
+    /// `Self::new(` inside its impl), `error_reply(` or `metrics.error(`, or returned
+    /// as an `Err((code, reason))` pair, in the sources (the first 4xx/5xx integer argument of the call).
     fn codes_in_source(src: &str) -> std::collections::BTreeSet<u16> {
         let mut out = std::collections::BTreeSet::new();
         for call in [
@@ -226,6 +227,7 @@ mod tests {
             "plugin_error(",
             "PluginError::new(",
             "Self::new(",
+            "Err((",
             "error_reply(",
             "metrics.error(",
         ] {
@@ -250,7 +252,7 @@ mod tests {
     fn every_error_code_in_the_source_is_preregistered() {
         let mut used = codes_in_source(include_str!("core.rs"));
         used.extend(codes_in_source(include_str!("server.rs")));
-        for must in [403, 454, 456, 458, 459, 472, 474, 475, 476, 477] {
+        for must in [403, 454, 456, 458, 459, 467, 472, 474, 475, 476, 477] {
             assert!(used.contains(&must), "scanner missed {must}: {used:?}");
         }
         let listed: std::collections::BTreeSet<u16> = ERROR_CODES.iter().copied().collect();
