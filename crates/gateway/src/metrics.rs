@@ -218,8 +218,9 @@ mod tests {
     use super::*;
 
     /// Every error code passed to `err(`, `plugin_error(`, `PluginError::new(` (or
-    /// `Self::new(` inside its impl), `error_reply(` or `metrics.error(`, or returned
-    /// as an `Err((code, reason))` pair, in the sources (the first 4xx/5xx integer argument of the call).
+    /// `Self::new(` inside its impl), `error_reply(`, `metrics.error(`, `janus_error(`
+    /// or `counted_error(`, or returned as an `Err((code, reason))` pair, in the
+    /// sources (the first 4xx/5xx integer argument of the call).
     fn codes_in_source(src: &str) -> std::collections::BTreeSet<u16> {
         let mut out = std::collections::BTreeSet::new();
         for call in [
@@ -228,6 +229,8 @@ mod tests {
             "PluginError::new(",
             "Self::new(",
             "Err((",
+            "janus_error(",
+            "counted_error(",
             "error_reply(",
             "metrics.error(",
         ] {

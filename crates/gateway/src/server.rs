@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -633,6 +633,26 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A Janus error reply; Janus answers errors with HTTP 200 and the error in the body.
+fn janus_error(code: u16, reason: &str) -> Response {
+    json_response(StatusCode::OK, &error_reply(0, None, code, reason))
+}
+
+/// A Janus error reply counted in `callrelay_gateway_errors_total`.
+fn counted_error(app: &App, code: u16, reason: &str) -> Response {
+    app.metrics.error(code);
+    janus_error(code, reason)
+}
+
+/// A request body parsed as a JSON object, or the 454/455 error Janus answers.
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, (u16, String)> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err((455, "JSON error: not an object".to_string())),
+        Err(e) => Err((454, format!("JSON error: on line {}: {}", e.line(), e))),
+    }
+}
+
 async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ()> {
     axum::body::to_bytes(body, limit)
         .await
@@ -868,15 +888,7 @@ async fn http_inner(app: &App, req: Request) -> Response {
         .filter(|x| *x > 0);
     if method == Method::GET {
         let Some(sid) = session else {
-            return json_response(
-                StatusCode::OK,
-                &error_reply(
-                    0,
-                    None,
-                    450,
-                    "GET on the root path is not supported (use POST)",
-                ),
-            );
+            return janus_error(450, "GET on the root path is not supported (use POST)");
         };
         if handle.is_some() {
             let mut r = empty(StatusCode::FOUND);
@@ -888,44 +900,14 @@ async fn http_inner(app: &App, req: Request) -> Response {
         return long_poll(app, sid, query.as_deref()).await;
     }
     if method != Method::POST {
-        return json_response(
-            StatusCode::OK,
-            &error_reply(
-                0,
-                None,
-                450,
-                "Transport specific error (unsupported method)",
-            ),
-        );
+        return janus_error(450, "Transport specific error (unsupported method)");
     }
     let Ok(body) = read_body(req.into_body(), app.cfg.max_message_bytes).await else {
-        app.metrics.error(454);
-        return json_response(
-            StatusCode::OK,
-            &error_reply(0, None, 454, "JSON error: request body too large"),
-        );
+        return counted_error(app, 454, "JSON error: request body too large");
     };
-    let mut v: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            app.metrics.error(454);
-            return json_response(
-                StatusCode::OK,
-                &error_reply(
-                    0,
-                    None,
-                    454,
-                    &format!("JSON error: on line {}: {}", e.line(), e),
-                ),
-            );
-        }
-    };
-    let Some(obj) = v.as_object_mut() else {
-        app.metrics.error(455);
-        return json_response(
-            StatusCode::OK,
-            &error_reply(0, None, 455, "JSON error: not an object"),
-        );
+    let mut obj = match json_object(&body) {
+        Ok(obj) => obj,
+        Err((code, reason)) => return counted_error(app, code, &reason),
     };
     for (key, from_path, what) in [
         ("session_id", session, "session"),
@@ -938,15 +920,10 @@ async fn http_inner(app: &App, req: Request) -> Response {
             }
             Some(b) if b.as_u64() == Some(p) => {}
             Some(_) => {
-                app.metrics.error(457);
-                return json_response(
-                    StatusCode::OK,
-                    &error_reply(
-                        0,
-                        None,
-                        457,
-                        &format!("Conflicting {what} ID (payload and path)"),
-                    ),
+                return counted_error(
+                    app,
+                    457,
+                    &format!("Conflicting {what} ID (payload and path)"),
                 );
             }
         }
@@ -956,6 +933,7 @@ async fn http_inner(app: &App, req: Request) -> Response {
     }
     let reply = {
         let mut inner = app.lock();
+        let v = Value::Object(obj);
         let r = inner
             .core
             .handle_value(Instant::now(), unix_now(), Source::Http, v);
@@ -1194,57 +1172,27 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
     }
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if method != Method::POST {
-        return json_response(
-            StatusCode::OK,
-            &error_reply(0, None, 450, "Transport specific error (use POST)"),
-        );
+        return janus_error(450, "Transport specific error (use POST)");
     }
     if segs.len() > 1 {
-        return json_response(
-            StatusCode::OK,
-            &error_reply(0, None, 457, "Invalid path for this request"),
-        );
+        return janus_error(457, "Invalid path for this request");
     }
     let path_session = match segs.first() {
         None => None,
         Some(s) => match s.parse::<u64>() {
             Ok(x) if x > 0 => Some(x),
             _ => {
-                return json_response(
-                    StatusCode::OK,
-                    &error_reply(0, None, 458, &format!("Invalid session {s}")),
-                );
+                return janus_error(458, &format!("Invalid session {s}"));
             }
         },
     };
     let Ok(bytes) = read_body(body, app.cfg.max_message_bytes).await else {
-        return json_response(
-            StatusCode::OK,
-            &error_reply(0, None, 454, "JSON error: request body too large"),
-        );
+        return janus_error(454, "JSON error: request body too large");
     };
-    let v: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            app.metrics.error(454);
-            return json_response(
-                StatusCode::OK,
-                &error_reply(
-                    0,
-                    None,
-                    454,
-                    &format!("JSON error: on line {}: {}", e.line(), e),
-                ),
-            );
-        }
+    let v = match json_object(&bytes) {
+        Ok(obj) => Value::Object(obj),
+        Err((code, reason)) => return counted_error(app, code, &reason),
     };
-    if !v.is_object() {
-        app.metrics.error(455);
-        return json_response(
-            StatusCode::OK,
-            &error_reply(0, None, 455, "JSON error: not an object"),
-        );
-    }
     let r = {
         let mut inner = app.lock();
         let r = inner

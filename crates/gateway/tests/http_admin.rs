@@ -301,6 +301,11 @@ async fn mattermost_add_token_remove_token_flow() {
     let (st, _, b) = http(gw.admin, "POST", "/admin", Some(""), &[]).await;
     assert_eq!(st, 200);
     assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["janus"], "error");
+    let v = post_json(gw.admin, "/admin", &json!(["add_token"])).await;
+    assert_eq!(
+        v,
+        json!({"janus": "error", "error": {"code": 455, "reason": "JSON error: not an object"}})
+    );
     let v = gw
         .admin(json!({"janus": "add_token", "transaction": "t", "admin_secret": ADMIN_SECRET}))
         .await;
