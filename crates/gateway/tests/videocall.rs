@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use gateway::FileConfig;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,29 @@ impl Party {
         assert_eq!(r["janus"], "ack", "{r}");
     }
 
+    /// Calls `callee` with the test offer; returns (ack, event).
+    async fn call(&mut self, callee: &str) -> (Value, Value) {
+        self.vc(
+            json!({"request": "call", "username": callee}),
+            Some(json!({"type": "offer", "sdp": OFFER})),
+        )
+        .await
+    }
+
+    /// Accepts the incoming call with the test answer; returns (ack, event).
+    async fn accept(&mut self) -> (Value, Value) {
+        self.vc(
+            json!({"request": "accept"}),
+            Some(json!({"type": "answer", "sdp": answer_sdp()})),
+        )
+        .await
+    }
+
+    /// Trickles the end of this side's candidates.
+    async fn complete(&mut self) {
+        self.trickle("candidate", json!({"completed": true})).await;
+    }
+
     async fn register(&mut self, name: &str) {
         let (_, ev) = self
             .vc(json!({"request": "register", "username": name}), None)
@@ -90,6 +114,11 @@ fn plugin_error(ev: &Value) -> (i64, String) {
     )
 }
 
+/// The m-section `mid` of `sdp` has a line starting with `prefix`.
+fn has_candidate(sdp: &str, mid: &str, prefix: &str) -> bool {
+    section(sdp, mid).iter().any(|l| l.starts_with(prefix))
+}
+
 /// Lines of the m-section with `a=mid:<mid>`.
 fn section(sdp: &str, mid: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -110,8 +139,15 @@ fn section(sdp: &str, mid: &str) -> Vec<String> {
 }
 
 async fn setup() -> (Gw, Party, Party) {
+    setup_with(|_| {}).await
+}
+
+/// A gateway with `edit` applied to the test config, and alice and bob registered.
+async fn setup_with(edit: impl FnOnce(&mut FileConfig)) -> (Gw, Party, Party) {
     let dir = temp_dir();
-    let gw = Gw::start(base_config(&dir)).await;
+    let mut cfg = base_config(&dir);
+    edit(&mut cfg);
+    let gw = Gw::start(cfg).await;
     gw.add_token(TOKEN).await;
     let mut a = Party::new(&gw).await;
     let mut b = Party::new(&gw).await;
@@ -133,12 +169,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
     // Like janus.js: one candidate may be trickled before the call message ...
     alice.trickle("candidate", cand(1, "0", 0)).await;
     let t0 = Instant::now();
-    let (_, ev) = alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    let (_, ev) = alice.call("bob").await;
     assert_eq!(result(&ev), &json!({"event": "calling"}));
     // ... the rest right after it: an array (mid missing → index) and completed.
     alice
@@ -150,7 +181,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
             ]),
         )
         .await;
-    alice.trickle("candidate", json!({"completed": true})).await;
+    alice.complete().await;
 
     let inc = bob.unsolicited("incomingcall", "incomingcall").await;
     let setup_latency = t0.elapsed();
@@ -187,12 +218,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
     // A third user calling bob now gets "User busy" (+ core hangup).
     let mut carol = Party::new(&gw).await;
     carol.register("carol").await;
-    let (_, ev) = carol
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    let (_, ev) = carol.call("bob").await;
     assert_eq!(
         result(&ev),
         &json!({"event": "hangup", "username": "carol", "reason": "User busy"})
@@ -205,12 +231,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
 
     // bob answers; his candidates trickle after accept without `completed` → deadline.
     let t1 = Instant::now();
-    let (_, ev) = bob
-        .vc(
-            json!({"request": "accept"}),
-            Some(json!({"type": "answer", "sdp": answer_sdp()})),
-        )
-        .await;
+    let (_, ev) = bob.accept().await;
     assert_eq!(result(&ev), &json!({"event": "accepted"}));
     bob.trickle("candidate", cand_u(7, "0", 0, "AnSw")).await;
     let acc = alice.unsolicited("accepted at caller", "accepted").await;
@@ -221,12 +242,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
     );
     assert_eq!(acc["jsep"]["type"], "answer");
     let asdp = acc["jsep"]["sdp"].as_str().unwrap();
-    assert!(
-        section(asdp, "0")
-            .iter()
-            .any(|l| l.starts_with("a=candidate:7 1 udp")),
-        "{asdp}"
-    );
+    assert!(has_candidate(asdp, "0", "a=candidate:7 1 udp"), "{asdp}");
     assert!(
         !asdp.contains("a=end-of-candidates"),
         "no completed → no end-of-candidates"
@@ -252,7 +268,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
             .unwrap()
             .starts_with("candidate:8 ")
     );
-    bob.trickle("candidate", json!({"completed": true})).await;
+    bob.complete().await;
     let tr = alice
         .c
         .wait("trickle completed", |v| v["janus"] == "trickle")
@@ -359,45 +375,21 @@ async fn candidates_before_the_peer_has_a_handle_are_kept() {
         .await;
     let mut bob = Party::new(&gw).await;
     bob.register("bob").await;
-    alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    alice.call("bob").await;
     let inc = bob.unsolicited("incomingcall", "incomingcall").await;
     let sdp = inc["jsep"]["sdp"].as_str().unwrap();
-    assert!(
-        section(sdp, "0")
-            .iter()
-            .any(|l| l.starts_with("a=candidate:1 ")),
-        "{sdp}"
-    );
-    assert!(
-        section(sdp, "1")
-            .iter()
-            .any(|l| l.starts_with("a=candidate:2 ")),
-        "{sdp}"
-    );
+    assert!(has_candidate(sdp, "0", "a=candidate:1 "), "{sdp}");
+    assert!(has_candidate(sdp, "1", "a=candidate:2 "), "{sdp}");
     // callee trickles everything before accept
     bob.trickle(
         "candidates",
         json!([cand_u(5, "0", 0, "AnSw"), {"completed": true}]),
     )
     .await;
-    bob.vc(
-        json!({"request": "accept"}),
-        Some(json!({"type": "answer", "sdp": answer_sdp()})),
-    )
-    .await;
+    bob.accept().await;
     let acc = alice.unsolicited("accepted", "accepted").await;
     let sdp = acc["jsep"]["sdp"].as_str().unwrap();
-    assert!(
-        section(sdp, "0")
-            .iter()
-            .any(|l| l.starts_with("a=candidate:5 ")),
-        "{sdp}"
-    );
+    assert!(has_candidate(sdp, "0", "a=candidate:5 "), "{sdp}");
     assert!(sdp.contains("a=end-of-candidates"));
     gw.stop().await;
 }
@@ -413,12 +405,7 @@ async fn stale_candidates_of_an_earlier_peerconnection_are_not_merged() {
         )
         .await;
     let t0 = Instant::now();
-    alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    alice.call("bob").await;
     alice
         .trickle("candidates", json!([cand(2, "0", 0), {"completed": true}]))
         .await;
@@ -426,12 +413,7 @@ async fn stale_candidates_of_an_earlier_peerconnection_are_not_merged() {
     let waited = t0.elapsed();
     let sdp = inc["jsep"]["sdp"].as_str().unwrap();
     assert!(!sdp.contains("ufrag OLD1"), "stale candidate merged: {sdp}");
-    assert!(
-        section(sdp, "0")
-            .iter()
-            .any(|l| l.starts_with("a=candidate:2 ")),
-        "{sdp}"
-    );
+    assert!(has_candidate(sdp, "0", "a=candidate:2 "), "{sdp}");
     assert!(sdp.contains("a=end-of-candidates"));
     assert!(
         waited < Duration::from_millis(400),
@@ -445,8 +427,6 @@ async fn plugin_errors_have_janus_codes_and_texts() {
     let (gw, mut alice, mut bob) = setup().await;
     let mut anon = Party::new(&gw).await;
     let offer = || Some(json!({"type": "offer", "sdp": OFFER}));
-    let cases: Vec<(&mut Party, Value, Option<Value>, i64, &str)> = vec![];
-    drop(cases);
     let (_, ev) = anon
         .vc(json!({"request": "call", "username": "bob"}), offer())
         .await;
@@ -551,13 +531,8 @@ async fn plugin_errors_have_janus_codes_and_texts() {
 #[tokio::test]
 async fn caller_hangup_while_ringing_reaches_the_callee() {
     let (gw, mut alice, mut bob) = setup().await;
-    alice.trickle("candidate", json!({"completed": true})).await;
-    alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    alice.complete().await;
+    alice.call("bob").await;
     bob.unsolicited("incomingcall", "incomingcall").await;
     let (_, ev) = alice.vc(json!({"request": "hangup"}), None).await;
     assert_eq!(result(&ev)["reason"], "Explicit hangup");
@@ -579,12 +554,7 @@ async fn caller_hangup_while_ringing_reaches_the_callee() {
     assert_eq!(bob.c.req(m).await["error"]["code"], 469);
     let (_, ev) = bob.vc(json!({"request": "accept"}), None).await;
     assert_eq!(ev["plugindata"]["data"]["error_code"], 481);
-    alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    alice.call("bob").await;
     bob.unsolicited("second incomingcall", "incomingcall").await;
     gw.stop().await;
 }
@@ -592,20 +562,11 @@ async fn caller_hangup_while_ringing_reaches_the_callee() {
 #[tokio::test]
 async fn websocket_close_tears_down_the_call_and_session() {
     let (gw, mut alice, mut bob) = setup().await;
-    alice.trickle("candidate", json!({"completed": true})).await;
-    alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    alice.complete().await;
+    alice.call("bob").await;
     bob.unsolicited("incomingcall", "incomingcall").await;
-    bob.trickle("candidate", json!({"completed": true})).await;
-    bob.vc(
-        json!({"request": "accept"}),
-        Some(json!({"type": "answer", "sdp": answer_sdp()})),
-    )
-    .await;
+    bob.complete().await;
+    bob.accept().await;
     alice.unsolicited("accepted", "accepted").await;
     let alice_session = alice.s;
     alice.c.close().await;
@@ -635,12 +596,7 @@ async fn websocket_close_tears_down_the_call_and_session() {
 #[tokio::test]
 async fn detach_in_call_hangs_up_the_peer() {
     let (gw, mut alice, mut bob) = setup().await;
-    alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    alice.call("bob").await;
     // no completed: incomingcall comes after the deadline
     bob.unsolicited("incomingcall", "incomingcall").await;
     let r = bob.c.req(bob.base("detach")).await;
@@ -656,21 +612,8 @@ async fn detach_in_call_hangs_up_the_peer() {
 
 #[tokio::test]
 async fn session_timeout_sends_timeout_and_hangs_up_the_peer() {
-    let dir = temp_dir();
-    let mut cfg = base_config(&dir);
-    cfg.session_timeout = Some(1);
-    let gw = Gw::start(cfg).await;
-    gw.add_token(TOKEN).await;
-    let mut alice = Party::new(&gw).await;
-    let mut bob = Party::new(&gw).await;
-    alice.register("alice").await;
-    bob.register("bob").await;
-    alice
-        .vc(
-            json!({"request": "call", "username": "bob"}),
-            Some(json!({"type": "offer", "sdp": OFFER})),
-        )
-        .await;
+    let (gw, mut alice, mut bob) = setup_with(|cfg| cfg.session_timeout = Some(1)).await;
+    alice.call("bob").await;
     // alice's last request was the call: the 1 s timeout counts from here
     let started = Instant::now();
     bob.unsolicited("incomingcall", "incomingcall").await;
@@ -724,15 +667,7 @@ async fn session_timeout_sends_timeout_and_hangs_up_the_peer() {
 
 #[tokio::test]
 async fn claim_moves_a_session_to_a_new_websocket() {
-    let dir = temp_dir();
-    let mut cfg = base_config(&dir);
-    cfg.reclaim_session_timeout = Some(5);
-    let gw = Gw::start(cfg).await;
-    gw.add_token(TOKEN).await;
-    let mut alice = Party::new(&gw).await;
-    let mut bob = Party::new(&gw).await;
-    alice.register("alice").await;
-    bob.register("bob").await;
+    let (gw, alice, mut bob) = setup_with(|cfg| cfg.reclaim_session_timeout = Some(5)).await;
     let (s, h) = (alice.s, alice.h);
     alice.c.close().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -742,11 +677,7 @@ async fn claim_moves_a_session_to_a_new_websocket() {
         .await;
     assert_eq!(r["janus"], "success", "{r}");
     // events for the claimed session now arrive on the new socket
-    bob.vc(
-        json!({"request": "call", "username": "alice"}),
-        Some(json!({"type": "offer", "sdp": OFFER})),
-    )
-    .await;
+    bob.call("alice").await;
     let inc = c2
         .wait("incomingcall on new socket", |v| {
             v["plugindata"]["data"]["result"]["event"] == "incomingcall"
