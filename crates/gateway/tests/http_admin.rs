@@ -18,7 +18,7 @@ async fn http_rest_and_long_poll() {
     let h = gw.http;
 
     // info over GET and POST /janus
-    let (st, hd, b) = http(h, "GET", "/janus/info", None, &[]).await;
+    let (st, hd, b) = http_get(h, "/janus/info").await;
     assert_eq!(st, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&b).unwrap()["janus"],
@@ -110,14 +110,7 @@ async fn http_rest_and_long_poll() {
         v,
         json!({"janus": "ack", "session_id": s, "transaction": "m1"})
     );
-    let (st, _, b) = http(
-        h,
-        "GET",
-        &format!("/janus/{s}?rid=1700000000000&token={TOKEN}"),
-        None,
-        &[],
-    )
-    .await;
+    let (st, _, b) = http_get(h, &format!("/janus/{s}?rid=1700000000000&token={TOKEN}")).await;
     assert_eq!(st, 200);
     let ev: Value = serde_json::from_str(&b).unwrap();
     assert!(ev.is_object(), "maxev absent → one object: {ev}");
@@ -132,26 +125,12 @@ async fn http_rest_and_long_poll() {
     for t in ["l1", "l2", "l3"] {
         post_json(h, &format!("/janus/{s}/{hd_id}"), &json!({"janus": "message", "body": {"request": "list"}, "transaction": t, "token": TOKEN})).await;
     }
-    let (_, _, b) = http(
-        h,
-        "GET",
-        &format!("/janus/{s}?maxev=1&token={TOKEN}"),
-        None,
-        &[],
-    )
-    .await;
+    let (_, _, b) = http_get(h, &format!("/janus/{s}?maxev=1&token={TOKEN}")).await;
     assert_eq!(
         serde_json::from_str::<Value>(&b).unwrap()["transaction"],
         "l1"
     );
-    let (_, _, b) = http(
-        h,
-        "GET",
-        &format!("/janus/{s}?maxev=5&token={TOKEN}"),
-        None,
-        &[],
-    )
-    .await;
+    let (_, _, b) = http_get(h, &format!("/janus/{s}?maxev=5&token={TOKEN}")).await;
     let arr: Value = serde_json::from_str(&b).unwrap();
     let txs: Vec<&str> = arr
         .as_array()
@@ -163,7 +142,7 @@ async fn http_rest_and_long_poll() {
 
     // nothing to deliver → keepalive after the long-poll timeout (2 s in tests)
     let t = Instant::now();
-    let (st, _, b) = http(h, "GET", &format!("/janus/{s}?token={TOKEN}"), None, &[]).await;
+    let (st, _, b) = http_get(h, &format!("/janus/{s}?token={TOKEN}")).await;
     assert_eq!(st, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&b).unwrap(),
@@ -174,23 +153,14 @@ async fn http_rest_and_long_poll() {
         "{:?}",
         t.elapsed()
     );
-    let (_, _, b) = http(
-        h,
-        "GET",
-        &format!("/janus/{s}?maxev=10&token={TOKEN}"),
-        None,
-        &[],
-    )
-    .await;
+    let (_, _, b) = http_get(h, &format!("/janus/{s}?maxev=10&token={TOKEN}")).await;
     assert_eq!(
         serde_json::from_str::<Value>(&b).unwrap(),
         json!([{"janus": "keepalive"}])
     );
 
     // a waiting long poll is woken by an event
-    let poll = tokio::spawn(async move {
-        http(h, "GET", &format!("/janus/{s}?token={TOKEN}"), None, &[]).await
-    });
+    let poll = tokio::spawn(async move { http_get(h, &format!("/janus/{s}?token={TOKEN}")).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     post_json(h, &format!("/janus/{s}/{hd_id}"), &json!({"janus": "message", "body": {"request": "list"}, "transaction": "w1", "token": TOKEN})).await;
     let (_, _, b) = poll.await.unwrap();
@@ -200,11 +170,11 @@ async fn http_rest_and_long_poll() {
     );
 
     // transport-level statuses
-    let (st, _, b) = http(h, "GET", &format!("/janus/{s}"), None, &[]).await;
+    let (st, _, b) = http_get(h, &format!("/janus/{s}")).await;
     assert_eq!((st, b.as_str()), (403, ""));
-    let (st, _, b) = http(h, "GET", &format!("/janus/999?token={TOKEN}"), None, &[]).await;
+    let (st, _, b) = http_get(h, &format!("/janus/999?token={TOKEN}")).await;
     assert_eq!((st, b.as_str()), (404, ""));
-    let (st, hd, _) = http(h, "GET", &format!("/janus/{s}/{hd_id}"), None, &[]).await;
+    let (st, hd, _) = http_get(h, &format!("/janus/{s}/{hd_id}")).await;
     assert_eq!(st, 302);
     assert_eq!(
         header(&hd, "location"),
@@ -219,7 +189,7 @@ async fn http_rest_and_long_poll() {
     )
     .await;
     assert_eq!(v["janus"], "success");
-    let (st, _, _) = http(h, "GET", &format!("/janus/{s}?token={TOKEN}"), None, &[]).await;
+    let (st, _, _) = http_get(h, &format!("/janus/{s}?token={TOKEN}")).await;
     assert_eq!(st, 404);
     gw.stop().await;
 }
@@ -484,13 +454,13 @@ async fn turn_credentials_on_ws_and_http_listeners() {
         .await;
         assert_eq!(st, 200);
         // no / wrong token → 403 JSON
-        let (st, hd, b) = http(addr, "GET", "/turn-credentials", None, &[]).await;
+        let (st, hd, b) = http_get(addr, "/turn-credentials").await;
         assert_eq!((st, b.as_str()), (403, r#"{"error":"unauthorized"}"#));
         assert_eq!(header(&hd, "access-control-allow-origin"), Some("*"));
-        let (st, _, _) = http(addr, "GET", "/turn-credentials?token=bogus", None, &[]).await;
+        let (st, _, _) = http_get(addr, "/turn-credentials?token=bogus").await;
         assert_eq!(st, 403);
     }
-    let m = http(gw.admin, "GET", "/metrics", None, &[]).await.2;
+    let m = http_get(gw.admin, "/metrics").await.2;
     assert!(
         m.contains("callrelay_gateway_turn_credentials_issued_total 4"),
         "{m}"
@@ -507,7 +477,7 @@ async fn metrics_names_match_the_contract() {
     c.session_handle(Some(TOKEN)).await;
     c.req(json!({"janus": "keepalive", "session_id": 1, "token": "bad"}))
         .await;
-    let (st, hd, m) = http(gw.admin, "GET", "/metrics", None, &[]).await;
+    let (st, hd, m) = http_get(gw.admin, "/metrics").await;
     assert_eq!(st, 200);
     assert!(
         header(&hd, "content-type")
@@ -532,7 +502,7 @@ async fn metrics_names_match_the_contract() {
         assert!(m.contains(line), "missing {line:?} in\n{m}");
     }
     // metrics are not on the public listeners
-    let (st, _, _) = http(gw.http, "GET", "/metrics", None, &[]).await;
+    let (st, _, _) = http_get(gw.http, "/metrics").await;
     assert_eq!(st, 404);
     gw.stop().await;
 }
@@ -600,7 +570,7 @@ async fn floods_and_huge_frames_do_not_disturb_other_sessions() {
         .req(json!({"janus": "keepalive", "session_id": s, "token": TOKEN}))
         .await;
     assert_eq!(r["janus"], "ack");
-    let m = http(gw.admin, "GET", "/metrics", None, &[]).await.2;
+    let m = http_get(gw.admin, "/metrics").await.2;
     assert!(
         m.contains("callrelay_gateway_websocket_connections 2"),
         "only good and bad remain: {m}"
@@ -624,14 +594,7 @@ async fn api_secret_authorizes_instead_of_a_token() {
         .req(json!({"janus": "keepalive", "session_id": s, "apisecret": "wrong"}))
         .await;
     assert_eq!(r["error"]["code"], 403);
-    let (st, _, _) = http(
-        gw.http,
-        "GET",
-        &format!("/janus/{s}?apisecret=apisecret1&maxev=1"),
-        None,
-        &[],
-    )
-    .await;
+    let (st, _, _) = http_get(gw.http, &format!("/janus/{s}?apisecret=apisecret1&maxev=1")).await;
     assert_eq!(st, 200);
     gw.stop().await;
 }
@@ -749,54 +712,21 @@ async fn http_session_timeout_is_delivered_to_the_next_long_poll() {
     cfg.session_timeout = Some(1);
     let gw = Gw::start(cfg).await;
     gw.add_token(TOKEN).await;
-    let v = post_json(
-        gw.http,
-        "/janus",
-        &json!({"janus": "create", "transaction": "c", "token": TOKEN}),
-    )
-    .await;
-    let s = v["data"]["id"].as_u64().unwrap();
+    let s = http_create(gw.http, TOKEN).await;
     // no requests, no polls: the session times out after ~1 s
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (st, _, b) = http(
-        gw.http,
-        "GET",
-        &format!("/janus/{s}?token={TOKEN}"),
-        None,
-        &[],
-    )
-    .await;
+    let (st, _, b) = http_get(gw.http, &format!("/janus/{s}?token={TOKEN}")).await;
     assert_eq!(st, 200, "{b}");
     assert_eq!(
         serde_json::from_str::<Value>(&b).unwrap(),
         json!({"janus": "timeout", "session_id": s})
     );
-    let (st, _, _) = http(
-        gw.http,
-        "GET",
-        &format!("/janus/{s}?token={TOKEN}"),
-        None,
-        &[],
-    )
-    .await;
+    let (st, _, _) = http_get(gw.http, &format!("/janus/{s}?token={TOKEN}")).await;
     assert_eq!(st, 404);
     // the last events are not given to someone without a valid token
-    let v = post_json(
-        gw.http,
-        "/janus",
-        &json!({"janus": "create", "transaction": "c", "token": TOKEN}),
-    )
-    .await;
-    let s2 = v["data"]["id"].as_u64().unwrap();
+    let s2 = http_create(gw.http, TOKEN).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (st, _, _) = http(
-        gw.http,
-        "GET",
-        &format!("/janus/{s2}?token=bogus"),
-        None,
-        &[],
-    )
-    .await;
+    let (st, _, _) = http_get(gw.http, &format!("/janus/{s2}?token=bogus")).await;
     assert_eq!(st, 403);
     gw.stop().await;
 }

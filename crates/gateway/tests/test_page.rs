@@ -20,7 +20,7 @@ async fn session(gw: &Gw, headers: &[(&str, &str)]) -> (u16, Value) {
 #[tokio::test]
 async fn page_and_script_are_served_on_the_admin_listener_only() {
     let gw = Gw::start(base_config(&temp_dir())).await;
-    let (status, h, body) = http(gw.admin, "GET", "/test", None, &[]).await;
+    let (status, h, body) = http_get(gw.admin, "/test").await;
     assert_eq!(status, 200);
     assert!(header(&h, "content-type").unwrap().starts_with("text/html"));
     let csp = header(&h, "content-security-policy").unwrap();
@@ -42,7 +42,7 @@ async fn page_and_script_are_served_on_the_admin_listener_only() {
         assert!(body.contains(&format!("id=\"{id}\"")), "page lacks #{id}");
     }
     assert!(body.contains("src=\"test/client.js\""));
-    let (status, h, js) = http(gw.admin, "GET", "/test/client.js", None, &[]).await;
+    let (status, h, js) = http_get(gw.admin, "/test/client.js").await;
     assert_eq!(status, 200);
     assert!(
         header(&h, "content-type")
@@ -51,7 +51,7 @@ async fn page_and_script_are_served_on_the_admin_listener_only() {
     );
     assert!(js.contains("janus-protocol") && js.contains("test/session"));
     // not on the public listeners
-    let (status, _, _) = http(gw.http, "GET", "/test", None, &[]).await;
+    let (status, _, _) = http_get(gw.http, "/test").await;
     assert_ne!(status, 200);
     gw.stop().await;
 }
@@ -105,7 +105,7 @@ async fn loopback_mints_a_videocall_token_that_works_and_is_not_stored() {
         .admin(json!({"janus": "list_tokens", "transaction": "l", "admin_secret": ADMIN_SECRET}))
         .await;
     assert_eq!(l["data"]["tokens"], json!([]), "{l}");
-    let (_, _, m) = http(gw.admin, "GET", "/metrics", None, &[]).await;
+    let (_, _, m) = http_get(gw.admin, "/metrics").await;
     assert!(
         m.contains("callrelay_gateway_test_tokens_issued_total 1"),
         "{m}"

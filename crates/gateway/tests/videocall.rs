@@ -332,7 +332,7 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
         &json!({"event": "hangup", "username": "bob", "reason": "Explicit hangup"})
     );
 
-    let (_, m) = (0, http(gw.admin, "GET", "/metrics", None, &[]).await);
+    let (_, m) = (0, http_get(gw.admin, "/metrics").await);
     let metrics = m.2;
     assert!(
         metrics.contains("callrelay_gateway_calls_started_total 2"),
@@ -516,7 +516,7 @@ async fn plugin_errors_have_janus_codes_and_texts() {
         .await;
     assert_eq!(plugin_error(&ev), (480, "Already in a call".into()));
     // plugin errors are counted by code too (the alert rules ignore 476/477)
-    let m = http(gw.admin, "GET", "/metrics", None, &[]).await.2;
+    let m = http_get(gw.admin, "/metrics").await.2;
     assert!(
         m.contains("callrelay_gateway_errors_total{code=\"476\"} 1"),
         "{m}"
@@ -585,7 +585,7 @@ async fn websocket_close_tears_down_the_call_and_session() {
     // alice's name is free again
     let mut alice2 = Party::new(&gw).await;
     alice2.register("alice").await;
-    let m = http(gw.admin, "GET", "/metrics", None, &[]).await.2;
+    let m = http_get(gw.admin, "/metrics").await.2;
     assert!(
         m.contains("callrelay_gateway_calls_ended_total{reason=\"disconnect\"} 1"),
         "{m}"

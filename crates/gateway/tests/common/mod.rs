@@ -348,6 +348,24 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// A plain GET without extra headers: (status, lower-cased headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
+    http(addr, "GET", path, None, &[]).await
+}
+
+/// Creates a Janus session over HTTP `POST /janus` with `token`; returns its id.
+pub async fn http_create(addr: SocketAddr, token: &str) -> u64 {
+    let v = post_json(
+        addr,
+        "/janus",
+        &json!({"janus": "create", "transaction": "c", "token": token}),
+    )
+    .await;
+    v["data"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("create failed: {v}"))
+}
+
 pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
