@@ -177,6 +177,8 @@ pub enum Command {
     /// RFC 6062 Connect: open a TCP connection from `bind` to `peer`, then call
     /// [`Core::tcp_peer_connected`]; keep the stream under `conn_id` for 30 s.
     ConnectPeer {
+        /// Token of the allocation's relay (its connections close with it, RFC 6062 §5).
+        relay: RelayToken,
         /// Connection id.
         conn_id: u32,
         /// Relay address to bind.
@@ -2077,15 +2079,14 @@ impl<R: RngCore> Core<R> {
         if let Err((code, reason)) = self.check_peer(slot, peer) {
             return self.reply_error(now, from, msg, authed, code, reason);
         }
-        let Some(bind) = self
+        let Some((i, bind)) = self
             .slots
             .get(slot as usize)
             .and_then(Option::as_ref)
             .and_then(|a| {
                 a.relay_for(peer)
-                    .and_then(|i| a.relays.get(i).copied().flatten())
+                    .and_then(|i| a.relays.get(i).copied().flatten().map(|r| (i, r.bind)))
             })
-            .map(|r| r.bind)
         else {
             return self.reply_error(now, from, msg, authed, 443, "Peer Address Family Mismatch");
         };
@@ -2104,6 +2105,11 @@ impl<R: RngCore> Core<R> {
             },
         );
         self.commands.push_back(Command::ConnectPeer {
+            relay: RelayToken {
+                slot,
+                generation,
+                v6: i == 1,
+            },
             conn_id,
             bind,
             peer,

@@ -338,8 +338,9 @@ struct Worker {
     recv_state: quinn_udp::UdpSocketState,
     max_frame: usize,
     shutdown: CancellationToken,
-    /// RFC 6062 relay listeners of this worker.
-    tcp_relays: RefCell<HashMap<RelayToken, JoinHandle<()>>>,
+    /// RFC 6062 relay listeners of this worker, each with the token that closes the
+    /// allocation's peer and data connections when the allocation goes (RFC 6062 §5).
+    tcp_relays: RefCell<HashMap<RelayToken, (JoinHandle<()>, CancellationToken)>>,
     /// Data connections whose ConnectionBind succeeded, waiting to switch to raw bytes.
     splices: RefCell<HashMap<FiveTuple, u32>>,
     peer_streams: PeerStreams,
@@ -467,13 +468,15 @@ fn send_via(w: &Worker, via: Via, to: SocketAddr, bytes: &[u8], seg: Option<usiz
     }
 }
 
+/// A peer connection waiting for its ConnectionBind: the stream, when it was stored, and
+/// its allocation's token (cancelled when the allocation is deleted or expires).
+type PeerStream = (std::net::TcpStream, Instant, CancellationToken);
+
 /// RFC 6062 peer connections waiting for their ConnectionBind, shared by all workers
 /// (the client's data connection may reach another worker than its control connection).
-pub type PeerStreams = Arc<std::sync::Mutex<HashMap<u32, (std::net::TcpStream, Instant)>>>;
+pub type PeerStreams = Arc<std::sync::Mutex<HashMap<u32, PeerStream>>>;
 
-fn peer_streams_lock(
-    p: &PeerStreams,
-) -> std::sync::MutexGuard<'_, HashMap<u32, (std::net::TcpStream, Instant)>> {
+fn peer_streams_lock(p: &PeerStreams) -> std::sync::MutexGuard<'_, HashMap<u32, PeerStream>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -646,8 +649,11 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 if let Some((_, task)) = w.relays.borrow_mut().remove(&relay) {
                     task.abort();
                 }
-                if let Some(task) = w.tcp_relays.borrow_mut().remove(&relay) {
+                if let Some((task, conns)) = w.tcp_relays.borrow_mut().remove(&relay) {
                     task.abort();
+                    conns.cancel();
+                    // Its peer connections still waiting for ConnectionBind close now too.
+                    expire_peer_streams(&w.peer_streams, now);
                 }
             }
             Some(Command::CloseConnection { client }) => {
@@ -656,8 +662,14 @@ fn flush(w: &Rc<Worker>, now: Instant) {
             Some(Command::OpenTcpRelay { relay, bind }) => {
                 let ok = match tcp_relay_listener(bind).and_then(TcpListener::from_std) {
                     Ok(l) => {
-                        let task = tokio::task::spawn_local(tcp_relay_loop(w.clone(), relay, l));
-                        w.tcp_relays.borrow_mut().insert(relay, task);
+                        let conns = CancellationToken::new();
+                        let task = tokio::task::spawn_local(tcp_relay_loop(
+                            w.clone(),
+                            relay,
+                            l,
+                            conns.clone(),
+                        ));
+                        w.tcp_relays.borrow_mut().insert(relay, (task, conns));
                         true
                     }
                     Err(e) => {
@@ -668,11 +680,20 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 w.core.borrow_mut().relay_opened(now, relay, ok);
             }
             Some(Command::ConnectPeer {
+                relay,
                 conn_id,
                 bind,
                 peer,
             }) => {
-                tokio::task::spawn_local(connect_peer(w.clone(), conn_id, bind, peer));
+                let conns = w.tcp_relays.borrow().get(&relay).map(|(_, c)| c.clone());
+                // Without a relay listener the allocation is already gone: an already
+                // cancelled token makes the connection close at once.
+                let conns = conns.unwrap_or_else(|| {
+                    let c = CancellationToken::new();
+                    c.cancel();
+                    c
+                });
+                tokio::task::spawn_local(connect_peer(w.clone(), conn_id, bind, peer, conns));
             }
             Some(Command::SpliceData { client, conn_id }) => {
                 w.splices.borrow_mut().insert(client, conn_id);
@@ -688,7 +709,12 @@ fn tcp_relay_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     tcp_listener(addr)
 }
 
-async fn tcp_relay_loop(w: Rc<Worker>, relay: RelayToken, l: TcpListener) {
+async fn tcp_relay_loop(
+    w: Rc<Worker>,
+    relay: RelayToken,
+    l: TcpListener,
+    conns: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = w.shutdown.cancelled() => return,
@@ -703,13 +729,19 @@ async fn tcp_relay_loop(w: Rc<Worker>, relay: RelayToken, l: TcpListener) {
         let now = Instant::now();
         let id = w.core.borrow_mut().tcp_peer_incoming(now, relay, peer);
         if let (Some(id), Ok(std)) = (id, stream.into_std()) {
-            peer_streams_lock(&w.peer_streams).insert(id, (std, now));
+            peer_streams_lock(&w.peer_streams).insert(id, (std, now, conns.clone()));
         }
         flush(&w, now);
     }
 }
 
-async fn connect_peer(w: Rc<Worker>, conn_id: u32, bind: SocketAddr, peer: SocketAddr) {
+async fn connect_peer(
+    w: Rc<Worker>,
+    conn_id: u32,
+    bind: SocketAddr,
+    peer: SocketAddr,
+    conns: CancellationToken,
+) {
     let attempt = async {
         let sock = if bind.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -726,7 +758,7 @@ async fn connect_peer(w: Rc<Worker>, conn_id: u32, bind: SocketAddr, peer: Socke
     let ok = match res {
         Ok(Ok(stream)) => match stream.into_std() {
             Ok(std) => {
-                peer_streams_lock(&w.peer_streams).insert(conn_id, (std, now));
+                peer_streams_lock(&w.peer_streams).insert(conn_id, (std, now, conns));
                 true
             }
             Err(_) => false,
@@ -737,10 +769,12 @@ async fn connect_peer(w: Rc<Worker>, conn_id: u32, bind: SocketAddr, peer: Socke
     flush(&w, now);
 }
 
-/// Drops peer connections nobody bound within 30 s (RFC 6062 §5.3).
+/// Drops peer connections nobody bound within 30 s (RFC 6062 §5.3) and those whose
+/// allocation is gone.
 fn expire_peer_streams(p: &PeerStreams, now: Instant) {
-    peer_streams_lock(p).retain(|_, (_, at)| {
-        now.saturating_duration_since(*at) < crate::core::CONNECTION_BIND_TIMEOUT
+    peer_streams_lock(p).retain(|_, (_, at, conns)| {
+        !conns.is_cancelled()
+            && now.saturating_duration_since(*at) < crate::core::CONNECTION_BIND_TIMEOUT
     });
 }
 
@@ -1259,9 +1293,9 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         let Ok(wr) = writer.await else { return };
         let peer = peer_streams_lock(&w.peer_streams)
             .remove(&id)
-            .map(|(s, _)| s);
-        if let Some(peer) = peer {
-            splice_data(&w, five.proto, rd.unsplit(wr), peer, &leftover).await;
+            .map(|(s, _, conns)| (s, conns));
+        if let Some((peer, conns)) = peer {
+            splice_data(&w, five.proto, rd.unsplit(wr), peer, &leftover, &conns).await;
         }
         return;
     }
@@ -1273,29 +1307,74 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
 }
 
 /// Pipes a client data connection and a peer TCP connection (RFC 6062) until either side
-/// closes or the server shuts down.
+/// closes, the allocation goes (`conns` cancelled: both connections are closed, RFC 6062
+/// §5) or the server shuts down. Relayed bytes are counted per chunk, so the metrics
+/// follow long-lived connections while they run.
 async fn splice_data<S: AsyncRead + AsyncWrite + Unpin>(
     w: &Worker,
     proto: Proto,
-    mut client: S,
+    client: S,
     peer: std::net::TcpStream,
     leftover: &[u8],
+    conns: &CancellationToken,
 ) {
+    if conns.is_cancelled() {
+        return;
+    }
     let Ok(mut peer) = tokio::net::TcpStream::from_std(peer) else {
         return;
     };
     if peer.write_all(leftover).await.is_err() {
         return;
     }
+    w.core
+        .borrow_mut()
+        .count_stream_relay(proto, leftover.len() as u64, 0);
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut peer_rd, mut peer_wr) = peer.split();
+    let up = pipe(w, proto, &mut client_rd, &mut peer_wr, true);
+    let down = pipe(w, proto, &mut peer_rd, &mut client_wr, false);
     tokio::select! {
         _ = w.shutdown.cancelled() => {}
-        r = tokio::io::copy_bidirectional(&mut client, &mut peer) => {
-            if let Ok((up, down)) = r {
-                tracing::debug!(up, down, "TCP relay connection closed");
-                w.core.borrow_mut().count_stream_relay(proto, up + leftover.len() as u64, down);
-            }
+        _ = conns.cancelled() => {
+            tracing::debug!("allocation gone, closing its TCP relay connection");
+        }
+        (up, down) = async { tokio::join!(up, down) } => {
+            tracing::debug!(up, down, "TCP relay connection closed");
         }
     }
+}
+
+/// Copies one direction of a spliced connection until EOF or error, counting each chunk;
+/// on EOF the write side is shut down (half-close passes through). Returns the bytes copied.
+async fn pipe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    w: &Worker,
+    proto: Proto,
+    rd: &mut R,
+    wr: &mut W,
+    to_peer: bool,
+) -> u64 {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let Some(chunk) = buf.get(..n) else { break };
+        if wr.write_all(chunk).await.is_err() {
+            break;
+        }
+        total += n as u64;
+        let (p, c) = if to_peer {
+            (n as u64, 0)
+        } else {
+            (0, n as u64)
+        };
+        w.core.borrow_mut().count_stream_relay(proto, p, c);
+    }
+    let _ = wr.shutdown().await;
+    total
 }
 
 #[cfg(test)]
