@@ -36,6 +36,28 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `value` when it lies in `range`, else the error naming `key` and the allowed range
+/// (`unit` follows the range in the message, e.g. " seconds").
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> Result<T, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "{value} is out of range; use {}..={}{unit}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
 /// The TOML file schema. Every key is optional; see docs/configuration.md.
 #[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -318,29 +340,26 @@ impl Config {
                 "turn URIs are configured but no TURN shared secret; set --turn-secret (the turn-server's --auth-secret)",
             ));
         }
-        let turn_ttl = pick!(cli, file, turn_ttl).unwrap_or(86400);
-        if !(60..=7 * 86400).contains(&turn_ttl) {
-            return Err(invalid(
-                "turn_ttl",
-                format!("{turn_ttl} is out of range; use 60..=604800 seconds"),
-            ));
-        }
+        let turn_ttl = in_range(
+            "turn_ttl",
+            pick!(cli, file, turn_ttl).unwrap_or(86400),
+            60..=7 * 86400,
+            " seconds",
+        )?;
         let state_dir =
             pick!(cli, file, state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let session_timeout = pick!(cli, file, session_timeout).unwrap_or(60);
-        let reclaim = pick!(cli, file, reclaim_session_timeout).unwrap_or(0);
-        if session_timeout > 365 * 86400 {
-            return Err(invalid(
-                "session_timeout",
-                format!("{session_timeout} is out of range; use 0..=31536000 seconds (0 = never)"),
-            ));
-        }
-        if reclaim > 86400 {
-            return Err(invalid(
-                "reclaim_session_timeout",
-                format!("{reclaim} is out of range; use 0..=86400 seconds"),
-            ));
-        }
+        let session_timeout = in_range(
+            "session_timeout",
+            pick!(cli, file, session_timeout).unwrap_or(60),
+            0..=365 * 86400,
+            " seconds (0 = never)",
+        )?;
+        let reclaim = in_range(
+            "reclaim_session_timeout",
+            pick!(cli, file, reclaim_session_timeout).unwrap_or(0),
+            0..=86400,
+            " seconds",
+        )?;
         let candidate_wait_ms = pick!(cli, file, candidate_wait_ms).unwrap_or(1000);
         if candidate_wait_ms > 10_000 {
             return Err(invalid(
@@ -348,41 +367,36 @@ impl Config {
                 format!("{candidate_wait_ms} ms would stall call set-up; use 0..=10000"),
             ));
         }
-        let token_max_idle = pick!(cli, file, token_max_idle).unwrap_or(7 * 86400);
-        if token_max_idle > 10 * 365 * 86400 {
-            return Err(invalid(
-                "token_max_idle",
-                format!("{token_max_idle} is out of range; use 0..=315360000 seconds (0 = never)"),
-            ));
-        }
-        let max_sessions = pick!(cli, file, max_sessions).unwrap_or(100_000);
-        if !(1..=10_000_000).contains(&max_sessions) {
-            return Err(invalid(
-                "max_sessions",
-                format!("{max_sessions} is out of range; use 1..=10000000"),
-            ));
-        }
-        let longpoll = pick!(cli, file, longpoll_timeout).unwrap_or(30);
-        if !(1..=300).contains(&longpoll) {
-            return Err(invalid(
-                "longpoll_timeout",
-                format!("{longpoll} is out of range; use 1..=300 seconds"),
-            ));
-        }
-        let max_message_bytes = pick!(cli, file, max_message_bytes).unwrap_or(256 * 1024);
-        if !(4096..=16 * 1024 * 1024).contains(&max_message_bytes) {
-            return Err(invalid(
-                "max_message_bytes",
-                format!("{max_message_bytes} is out of range; use 4096..=16777216"),
-            ));
-        }
-        let ws_queue = pick!(cli, file, ws_queue).unwrap_or(1024);
-        if !(16..=65536).contains(&ws_queue) {
-            return Err(invalid(
-                "ws_queue",
-                format!("{ws_queue} is out of range; use 16..=65536"),
-            ));
-        }
+        let token_max_idle = in_range(
+            "token_max_idle",
+            pick!(cli, file, token_max_idle).unwrap_or(7 * 86400),
+            0..=10 * 365 * 86400,
+            " seconds (0 = never)",
+        )?;
+        let max_sessions = in_range(
+            "max_sessions",
+            pick!(cli, file, max_sessions).unwrap_or(100_000),
+            1..=10_000_000,
+            "",
+        )?;
+        let longpoll = in_range(
+            "longpoll_timeout",
+            pick!(cli, file, longpoll_timeout).unwrap_or(30),
+            1..=300,
+            " seconds",
+        )?;
+        let max_message_bytes = in_range(
+            "max_message_bytes",
+            pick!(cli, file, max_message_bytes).unwrap_or(256 * 1024),
+            4096..=16 * 1024 * 1024,
+            "",
+        )?;
+        let ws_queue = in_range(
+            "ws_queue",
+            pick!(cli, file, ws_queue).unwrap_or(1024),
+            16..=65536,
+            "",
+        )?;
         let cors_allow_origin =
             pick!(cli, file, cors_allow_origin).unwrap_or_else(|| "*".to_string());
         if !admin_listen.ip().is_loopback() && admin_secret.is_none() {
@@ -462,6 +476,86 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(key), "{e}");
         }
+    }
+
+    #[test]
+    fn out_of_range_messages_name_the_key_and_the_range() {
+        let d = FileConfig::default;
+        let cases = [
+            (
+                FileConfig {
+                    turn_ttl: Some(59),
+                    ..d()
+                },
+                "turn_ttl: 59 is out of range; use 60..=604800 seconds",
+            ),
+            (
+                FileConfig {
+                    session_timeout: Some(31_536_001),
+                    ..d()
+                },
+                "session_timeout: 31536001 is out of range; use 0..=31536000 seconds (0 = never)",
+            ),
+            (
+                FileConfig {
+                    reclaim_session_timeout: Some(86_401),
+                    ..d()
+                },
+                "reclaim_session_timeout: 86401 is out of range; use 0..=86400 seconds",
+            ),
+            (
+                FileConfig {
+                    token_max_idle: Some(315_360_001),
+                    ..d()
+                },
+                "token_max_idle: 315360001 is out of range; use 0..=315360000 seconds (0 = never)",
+            ),
+            (
+                FileConfig {
+                    max_sessions: Some(10_000_001),
+                    ..d()
+                },
+                "max_sessions: 10000001 is out of range; use 1..=10000000",
+            ),
+            (
+                FileConfig {
+                    longpoll_timeout: Some(0),
+                    ..d()
+                },
+                "longpoll_timeout: 0 is out of range; use 1..=300 seconds",
+            ),
+            (
+                FileConfig {
+                    max_message_bytes: Some(4095),
+                    ..d()
+                },
+                "max_message_bytes: 4095 is out of range; use 4096..=16777216",
+            ),
+            (
+                FileConfig {
+                    ws_queue: Some(65_537),
+                    ..d()
+                },
+                "ws_queue: 65537 is out of range; use 16..=65536",
+            ),
+        ];
+        for (f, want) in cases {
+            let e = Config::resolve(f, d()).unwrap_err().to_string();
+            assert_eq!(e, want);
+        }
+        // the bounds themselves are accepted
+        let edges = FileConfig {
+            turn_ttl: Some(60),
+            session_timeout: Some(0),
+            reclaim_session_timeout: Some(86_400),
+            token_max_idle: Some(315_360_000),
+            max_sessions: Some(10_000_000),
+            longpoll_timeout: Some(300),
+            max_message_bytes: Some(16_777_216),
+            ws_queue: Some(16),
+            ..d()
+        };
+        Config::resolve(edges, d()).unwrap();
     }
 
     #[test]
