@@ -48,6 +48,37 @@ fn presented_cn(s: &TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
         .to_vec()
 }
 
+/// The DER bytes of a fixture certificate.
+fn fixture_der(name: &str) -> Vec<u8> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_file(fixture(name))
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+/// Sends `v` on the WebSocket and returns the next text message as JSON; a socket that
+/// closes before answering fails the test (within 15 s).
+async fn ws_request<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, v: Value) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    let read = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => break serde_json::from_str::<Value>(&t).unwrap(),
+                Some(_) => {}
+                None => panic!("websocket closed before replying to {v}"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), read)
+        .await
+        .expect("no websocket reply within 15 s")
+}
+
 async fn https_post(addr: std::net::SocketAddr, path: &str, body: &Value) -> (Vec<u8>, Value) {
     let mut s = tls(addr).await;
     let cert = presented_cn(&s);
@@ -79,14 +110,7 @@ async fn every_listener_speaks_tls_and_sighup_style_reload_swaps_the_certificate
     cfg.cert = Some(cert.clone());
     cfg.key = Some(key.clone());
     let gw = Gw::start(cfg).await;
-    let der1 = {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject as _;
-        CertificateDer::from_pem_file(fixture("cert1.pem"))
-            .unwrap()
-            .as_ref()
-            .to_vec()
-    };
+    let der1 = fixture_der("cert1.pem");
 
     // https admin + Mattermost add_token
     let (c, r) = https_post(gw.admin, "/admin", &json!({"janus": "add_token", "token": "tlstoken", "transaction": "t", "admin_secret": ADMIN_SECRET})).await;
@@ -112,18 +136,11 @@ async fn every_listener_speaks_tls_and_sighup_style_reload_swaps_the_certificate
         resp.headers().get("sec-websocket-protocol").unwrap(),
         "janus-protocol"
     );
-    ws.send(Message::Text(
-        json!({"janus": "create", "token": "tlstoken", "transaction": "w"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let reply = loop {
-        if let Some(Ok(Message::Text(t))) = ws.next().await {
-            break serde_json::from_str::<Value>(&t).unwrap();
-        }
-    };
+    let reply = ws_request(
+        &mut ws,
+        json!({"janus": "create", "token": "tlstoken", "transaction": "w"}),
+    )
+    .await;
     assert_eq!(reply["janus"], "success");
     // plain HTTP on a TLS port is refused (no JSON leaks in clear text)
     let (st, _, _) = {
@@ -139,14 +156,7 @@ async fn every_listener_speaks_tls_and_sighup_style_reload_swaps_the_certificate
     std::fs::copy(fixture("cert2.pem"), &cert).unwrap();
     std::fs::copy(fixture("key2.pem"), &key).unwrap();
     gw.reload.notify_one();
-    let der2 = {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject as _;
-        CertificateDer::from_pem_file(fixture("cert2.pem"))
-            .unwrap()
-            .as_ref()
-            .to_vec()
-    };
+    let der2 = fixture_der("cert2.pem");
     let mut swapped = false;
     for _ in 0..50 {
         let (c, _) = https_post(
@@ -162,18 +172,7 @@ async fn every_listener_speaks_tls_and_sighup_style_reload_swaps_the_certificate
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(swapped, "certificate was not reloaded");
-    ws.send(Message::Text(
-        json!({"janus": "ping", "transaction": "p2"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let reply = loop {
-        if let Some(Ok(Message::Text(t))) = ws.next().await {
-            break serde_json::from_str::<Value>(&t).unwrap();
-        }
-    };
+    let reply = ws_request(&mut ws, json!({"janus": "ping", "transaction": "p2"})).await;
     assert_eq!(reply["janus"], "pong");
     gw.stop().await;
 }
