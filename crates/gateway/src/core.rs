@@ -1815,6 +1815,23 @@ mod tests {
     }
 
     /// (session, handle) registered as `name` on connection `conn`.
+    /// A videocall `message` (transaction "t") on session `s`, handle `h`.
+    fn message(s: u64, h: u64, body: Value) -> Value {
+        json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": body})
+    }
+
+    fn with_jsep(mut msg: Value, jsep: Value) -> Value {
+        msg["jsep"] = jsep;
+        msg
+    }
+
+    /// The caller's `call` to bob (transaction "call") with `jsep`.
+    fn call_bob(s: u64, h: u64, jsep: Value) -> Value {
+        let mut m = message(s, h, json!({"request": "call", "username": "bob"}));
+        m["transaction"] = "call".into();
+        with_jsep(m, jsep)
+    }
+
     fn party(c: &mut Core, now: Instant, conn: ConnId, name: &str) -> (u64, u64) {
         let s = req(c, now, conn, json!({"janus": "create", "transaction": "c"}))["data"]["id"]
             .as_u64()
@@ -1906,8 +1923,7 @@ mod tests {
         });
         let (sa, ha) = party(&mut c, t0, 1, "alice");
         let (_sb, hb) = party(&mut c, t0, 2, "bob");
-        let call = json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
-            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER}});
+        let call = call_bob(sa, ha, json!({"type": "offer", "sdp": OFFER}));
         assert_eq!(req(&mut c, t0, 1, call)["janus"], "ack");
         let ev = events(&mut c);
         assert_eq!(ev.len(), 1, "only `calling` to alice: {ev:?}");
@@ -1942,8 +1958,7 @@ mod tests {
         });
         let (sa, ha) = party(&mut c, t0, 1, "alice");
         let (_sb, hb) = party(&mut c, t0, 2, "bob");
-        let call = json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
-            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER}});
+        let call = call_bob(sa, ha, json!({"type": "offer", "sdp": OFFER}));
         req(&mut c, t0, 1, call);
         events(&mut c);
         let done = json!({"janus": "trickle", "transaction": "d", "session_id": sa, "handle_id": ha,
@@ -1970,8 +1985,11 @@ mod tests {
         let mut c = core(CoreConfig::default());
         let (sa, ha) = party(&mut c, t0, 1, "alice");
         party(&mut c, t0, 2, "bob");
-        let call = json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
-            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER, "trickle": false}});
+        let call = call_bob(
+            sa,
+            ha,
+            json!({"type": "offer", "sdp": OFFER, "trickle": false}),
+        );
         req(&mut c, t0, 1, call);
         let ev = events(&mut c);
         assert!(
@@ -2061,8 +2079,7 @@ mod tests {
             &mut c,
             t0,
             1,
-            json!({"janus": "message", "transaction": "call", "session_id": sa, "handle_id": ha,
-            "body": {"request": "call", "username": "bob"}, "jsep": {"type": "offer", "sdp": OFFER}}),
+            call_bob(sa, ha, json!({"type": "offer", "sdp": OFFER})),
         );
         events(&mut c);
         c.connection_closed(t0, 1);
@@ -2149,7 +2166,7 @@ mod tests {
             ),
         ];
         for (body, code, reason) in cases {
-            let msg = json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": body});
+            let msg = message(s, h, body.clone());
             assert_eq!(req(&mut c, t0, 1, msg)["janus"], "ack");
             let ev = events(&mut c);
             assert_eq!(ev.len(), 1, "{body}: {ev:?}");
@@ -2160,8 +2177,11 @@ mod tests {
                 "{body}"
             );
         }
-        let ok = json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h,
-            "body": {"request": "set", "audio": true, "filename": "f", "bitrate": 0}});
+        let ok = message(
+            s,
+            h,
+            json!({"request": "set", "audio": true, "filename": "f", "bitrate": 0}),
+        );
         assert_eq!(req(&mut c, t0, 1, ok)["janus"], "ack");
         let ev = events(&mut c);
         assert_eq!(
@@ -2210,22 +2230,22 @@ mod tests {
                 "Invalid element type (plugin should be a string)",
             ),
             (
-                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"sdp": "v=0"}}),
+                with_jsep(message(s, h, json!({})), json!({"sdp": "v=0"})),
                 456,
                 "JSEP error: missing mandatory element (type)",
             ),
             (
-                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"type": 1, "sdp": "v=0"}}),
+                with_jsep(message(s, h, json!({})), json!({"type": 1, "sdp": "v=0"})),
                 467,
                 "JSEP error: invalid element type (type should be a string)",
             ),
             (
-                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"type": "offer"}}),
+                with_jsep(message(s, h, json!({})), json!({"type": "offer"})),
                 456,
                 "JSEP error: missing mandatory element (sdp)",
             ),
             (
-                json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": {}, "jsep": {"type": "offer", "sdp": 2}}),
+                with_jsep(message(s, h, json!({})), json!({"type": "offer", "sdp": 2})),
                 467,
                 "JSEP error: invalid element type (sdp should be a string)",
             ),
