@@ -888,7 +888,7 @@ async fn http_inner(app: &App, req: Request) -> Response {
         .filter(|x| *x > 0);
     if method == Method::GET {
         let Some(sid) = session else {
-            return janus_error(450, "GET on the root path is not supported (use POST)");
+            return counted_error(app, 450, "GET on the root path is not supported (use POST)");
         };
         if handle.is_some() {
             let mut r = empty(StatusCode::FOUND);
@@ -900,7 +900,7 @@ async fn http_inner(app: &App, req: Request) -> Response {
         return long_poll(app, sid, query.as_deref()).await;
     }
     if method != Method::POST {
-        return janus_error(450, "Transport specific error (unsupported method)");
+        return counted_error(app, 450, "Transport specific error (unsupported method)");
     }
     let Ok(body) = read_body(req.into_body(), app.cfg.max_message_bytes).await else {
         return counted_error(app, 454, "JSON error: request body too large");
@@ -1172,22 +1172,22 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
     }
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if method != Method::POST {
-        return janus_error(450, "Transport specific error (use POST)");
+        return counted_error(app, 450, "Transport specific error (use POST)");
     }
     if segs.len() > 1 {
-        return janus_error(457, "Invalid path for this request");
+        return counted_error(app, 457, "Invalid path for this request");
     }
     let path_session = match segs.first() {
         None => None,
         Some(s) => match s.parse::<u64>() {
             Ok(x) if x > 0 => Some(x),
             _ => {
-                return janus_error(458, &format!("Invalid session {s}"));
+                return counted_error(app, 458, &format!("Invalid session {s}"));
             }
         },
     };
     let Ok(bytes) = read_body(body, app.cfg.max_message_bytes).await else {
-        return janus_error(454, "JSON error: request body too large");
+        return counted_error(app, 454, "JSON error: request body too large");
     };
     let v = match json_object(&bytes) {
         Ok(obj) => Value::Object(obj),

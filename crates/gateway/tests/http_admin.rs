@@ -477,6 +477,10 @@ async fn metrics_names_match_the_contract() {
     c.session_handle(Some(TOKEN)).await;
     c.req(json!({"janus": "keepalive", "session_id": 1, "token": "bad"}))
         .await;
+    // transport-level errors (decided before the JSON is read) count too
+    let (st, _, body) = http_get(gw.http, "/janus").await;
+    assert_eq!(st, 200);
+    assert!(body.contains("\"code\":450"), "{body}");
     let (st, hd, m) = http_get(gw.admin, "/metrics").await;
     assert_eq!(st, 200);
     assert!(
@@ -494,6 +498,7 @@ async fn metrics_names_match_the_contract() {
         "callrelay_gateway_requests_total{request=\"create\"} 1",
         "callrelay_gateway_requests_total{request=\"attach\"} 1",
         "callrelay_gateway_errors_total{code=\"403\"} 1",
+        "callrelay_gateway_errors_total{code=\"450\"} 1",
         "callrelay_gateway_websocket_connections 1",
         "callrelay_gateway_turn_credentials_issued_total 0",
         "callrelay_gateway_tokens 1",
