@@ -109,32 +109,33 @@ pub fn load_tls(
 /// Shared, reloadable TLS acceptor.
 pub type SharedTls = Arc<RwLock<Option<tokio_rustls::TlsAcceptor>>>;
 
-fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// A non-blocking UDP socket bound to `addr` (IPv6 sockets are IPv6-only). Listener
+/// sockets are shared by the workers with SO_REUSEPORT and get 4 MiB buffers; relay
+/// sockets are per allocation and get 1 MiB: room for bursts from the peer (a video
+/// keyframe is dozens of datagrams back to back) while the worker serves other sockets.
+/// Buffer sizes are limits, not allocations (an idle relay costs nothing); the kernel
+/// caps them at net.core.{r,w}mem_max.
+fn bind_udp(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_port(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     s.set_nonblocking(true)?;
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
     s.bind(&addr.into())?;
     Ok(s.into())
 }
 
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    bind_udp(addr, true, 4 << 20)
+}
+
 fn relay_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    // Room for bursts from the peer (a video keyframe is dozens of datagrams back to back)
-    // while the worker serves other sockets. These are limits, not allocations: an idle
-    // relay costs nothing. The kernel caps them at net.core.{r,w}mem_max.
-    let _ = s.set_recv_buffer_size(1 << 20);
-    let _ = s.set_send_buffer_size(1 << 20);
-    s.bind(&addr.into())?;
-    Ok(s.into())
+    bind_udp(addr, false, 1 << 20)
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
