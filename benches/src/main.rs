@@ -144,9 +144,18 @@ struct TurnArgs {
     /// Seconds of allocation cycles for allocations/s.
     #[arg(long, default_value_t = 3.0)]
     alloc_secs: f64,
-    /// Concurrent allocation cycles.
+    /// Concurrent allocation cycles (over all load threads).
     #[arg(long, default_value_t = 32)]
     alloc_concurrency: usize,
+    /// Client threads for the allocation cycles, each with its own runtime; the
+    /// concurrency is split across them so one client core does not cap the rate.
+    #[arg(long, default_value_t = 2)]
+    alloc_threads: usize,
+    /// Also measure allocation cycles that all use ONE REST username (as Mattermost
+    /// hands one TURN username a day to everybody), in extra rows next to the
+    /// distinct-username ones.
+    #[arg(long)]
+    alloc_same_user: bool,
     /// Packets a flow sends back to back in one GSO call (a video-frame-like burst);
     /// batching keeps the load generator cheaper than the server it drives.
     #[arg(long, default_value_t = 8)]
@@ -195,6 +204,8 @@ fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize
         cpu_allocs: a.cpu_allocs,
         alloc_secs: a.alloc_secs,
         alloc_concurrency: a.alloc_concurrency,
+        alloc_threads: a.alloc_threads,
+        alloc_same_user: a.alloc_same_user,
         rss_allocs: a.rss_allocs,
         latency_allocs: 10,
         burst: a.burst.max(1),

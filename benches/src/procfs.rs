@@ -41,6 +41,20 @@ pub(crate) fn cpu_secs(pid: u32) -> Result<f64> {
     stat_cpu_secs(pid)
 }
 
+/// CPU time of the calling thread in seconds (`/proc/thread-self/schedstat`, ns).
+/// Load threads measure themselves with it before they exit: a process-wide reading
+/// taken after the join would miss threads that are gone.
+pub(crate) fn thread_cpu_secs() -> Result<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .context("reading /proc/thread-self/schedstat")?;
+    let ns: u64 = s
+        .split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?;
+    Ok(ns as f64 / 1e9)
+}
+
 /// utime + stime of a process (all its threads, live and exited), in seconds.
 pub(crate) fn stat_cpu_secs(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -10,6 +10,8 @@ use shared_ice::auth::{RestSecret, long_term_key, mint_with_ttl};
 use shared_ice::channel::ChannelNumber;
 use shared_ice::stun::{Class, Message, MessageBuilder, Method, PROTOCOL_UDP, TransactionId};
 
+use tokio::net::UdpSocket;
+
 use crate::udp::BatchSocket;
 
 /// Credentials and server coordinates shared by every allocation of a run.
@@ -19,15 +21,55 @@ pub(crate) struct TurnAuth {
     pub(crate) secret: String,
 }
 
-/// One TURN allocation held by the load generator.
-pub(crate) struct Allocation {
-    pub(crate) sock: BatchSocket,
-    pub(crate) server: SocketAddr,
-    pub(crate) relay: SocketAddr,
+/// REST credentials for one username, with the long-term key cached for the realm
+/// the server announced, so cycles that share a username (`--alloc-same-user`) pay
+/// for HMAC-SHA1 + MD5 once instead of on every Allocate.
+pub(crate) struct Creds {
+    username: String,
+    password: String,
+    key: std::cell::RefCell<Option<(String, [u8; 16])>>,
+}
+
+impl Creds {
+    /// Mints REST credentials for `user`, valid for a day.
+    pub(crate) fn mint(auth: &TurnAuth, user: &str) -> Result<Self> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let mut c = mint_with_ttl(&RestSecret::new(auth.secret.as_bytes()), user, now, 86_400);
+        Ok(Self {
+            username: std::mem::take(&mut c.username),
+            password: std::mem::take(&mut c.password),
+            key: std::cell::RefCell::new(None),
+        })
+    }
+
+    fn key_for(&self, realm: &str) -> [u8; 16] {
+        let mut cached = self.key.borrow_mut();
+        match &*cached {
+            Some((r, k)) if r == realm => *k,
+            _ => {
+                let k = long_term_key(&self.username, realm, &self.password);
+                *cached = Some((realm.to_owned(), k));
+                k
+            }
+        }
+    }
+}
+
+/// The authenticated state of one allocation, independent of the socket type.
+struct Session {
+    server: SocketAddr,
+    relay: SocketAddr,
     username: String,
     realm: String,
     nonce: String,
     key: [u8; 16],
+}
+
+/// One TURN allocation held by the load generator.
+pub(crate) struct Allocation {
+    pub(crate) sock: BatchSocket,
+    pub(crate) relay: SocketAddr,
+    session: Session,
 }
 
 const RTO: Duration = Duration::from_millis(250);
@@ -39,23 +81,24 @@ fn tid() -> TransactionId {
 
 /// Sends `req` and waits for the response with the same transaction id,
 /// retransmitting on timeout.
-async fn transact(sock: &BatchSocket, server: SocketAddr, req: &[u8]) -> Result<Vec<u8>> {
+async fn transact(sock: &UdpSocket, server: SocketAddr, req: &[u8]) -> Result<Vec<u8>> {
     let want = Message::parse(req)
         .context("parse own request")?
         .transaction_id();
     let mut buf = vec![0u8; 2048];
     for _ in 0..TRIES {
-        sock.sock.send_to(req, server).await?;
+        sock.send_to(req, server).await?;
         let deadline = tokio::time::Instant::now() + RTO;
         loop {
-            match tokio::time::timeout_at(deadline, sock.sock.recv_from(&mut buf)).await {
+            match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
                 Err(_) => break,
                 Ok(r) => {
                     let (n, _) = r?;
                     if let Ok(m) = Message::parse(&buf[..n])
                         && m.transaction_id() == want
                     {
-                        return Ok(buf[..n].to_vec());
+                        buf.truncate(n);
+                        return Ok(buf);
                     }
                 }
             }
@@ -71,19 +114,16 @@ fn error_of(m: &Message<'_>) -> String {
     }
 }
 
-impl Allocation {
+impl Session {
     /// Allocate (UDP relay) with REST credentials: unauthenticated request, 401 with
     /// realm and nonce, then the authenticated request.
-    pub(crate) async fn allocate(auth: &TurnAuth, user: &str) -> Result<Self> {
-        let sock = BatchSocket::bind("127.0.0.1:0".parse()?)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let creds = mint_with_ttl(&RestSecret::new(auth.secret.as_bytes()), user, now, 86_400);
+    async fn allocate(sock: &UdpSocket, server: SocketAddr, creds: &Creds) -> Result<Self> {
         let mut out = Vec::with_capacity(256);
         let req = MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, tid())
             .requested_transport(PROTOCOL_UDP)
             .finish_with_fingerprint()?
             .to_vec();
-        let resp = transact(&sock, auth.server, &req).await?;
+        let resp = transact(sock, server, &req).await?;
         let m = Message::parse(&resp)?;
         if m.class() != Class::Error {
             bail!("unauthenticated Allocate was not challenged");
@@ -93,7 +133,7 @@ impl Allocation {
         };
         let realm = realm.to_owned();
         let mut nonce = m.nonce()?.context("401 without NONCE")?.to_owned();
-        let key = long_term_key(&creds.username, &realm, &creds.password);
+        let key = creds.key_for(&realm);
         for _ in 0..2 {
             out.clear();
             let req = MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, tid())
@@ -103,13 +143,12 @@ impl Allocation {
                 .nonce(&nonce)
                 .finish_with_integrity_and_fingerprint(&key)?
                 .to_vec();
-            let resp = transact(&sock, auth.server, &req).await?;
+            let resp = transact(sock, server, &req).await?;
             let m = Message::parse(&resp)?;
             if m.class() == Class::Success {
                 let relay = m.xor_relayed_address()?.context("no XOR-RELAYED-ADDRESS")?;
                 return Ok(Self {
-                    sock,
-                    server: auth.server,
+                    server,
                     relay,
                     username: creds.username.clone(),
                     realm,
@@ -131,6 +170,7 @@ impl Allocation {
 
     async fn request(
         &mut self,
+        sock: &UdpSocket,
         method: Method,
         build: impl Fn(MessageBuilder<'_>) -> MessageBuilder<'_>,
     ) -> Result<()> {
@@ -144,7 +184,7 @@ impl Allocation {
                 .nonce(&self.nonce)
                 .finish_with_integrity_and_fingerprint(&self.key)?
                 .to_vec();
-            let resp = transact(&self.sock, self.server, &req).await?;
+            let resp = transact(sock, self.server, &req).await?;
             let m = Message::parse(&resp)?;
             if m.class() == Class::Success {
                 return Ok(());
@@ -161,23 +201,82 @@ impl Allocation {
         bail!("nonce kept going stale")
     }
 
-    pub(crate) async fn create_permission(&mut self, peer: SocketAddr) -> Result<()> {
-        self.request(Method::CREATE_PERMISSION, |b| b.xor_peer_address(peer))
-            .await
+    async fn create_permission(&mut self, sock: &UdpSocket, peer: SocketAddr) -> Result<()> {
+        self.request(sock, Method::CREATE_PERMISSION, |b| {
+            b.xor_peer_address(peer)
+        })
+        .await
     }
 
-    pub(crate) async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<()> {
+    async fn channel_bind(
+        &mut self,
+        sock: &UdpSocket,
+        channel: u16,
+        peer: SocketAddr,
+    ) -> Result<()> {
         let ch = ChannelNumber::new(channel).context("channel number out of range")?;
-        self.request(Method::CHANNEL_BIND, |b| {
+        self.request(sock, Method::CHANNEL_BIND, |b| {
             b.channel_number(ch).xor_peer_address(peer)
         })
         .await
     }
 
     /// Refresh with LIFETIME 0: deletes the allocation.
-    pub(crate) async fn release(&mut self) -> Result<()> {
-        self.request(Method::REFRESH, |b| b.lifetime(0)).await
+    async fn release(&mut self, sock: &UdpSocket) -> Result<()> {
+        self.request(sock, Method::REFRESH, |b| b.lifetime(0)).await
     }
+}
+
+impl Allocation {
+    /// Allocate (UDP relay) for `user` on a batch socket that then carries data.
+    pub(crate) async fn allocate(auth: &TurnAuth, user: &str) -> Result<Self> {
+        let sock = BatchSocket::bind("127.0.0.1:0".parse()?)?;
+        let creds = Creds::mint(auth, user)?;
+        let session = Session::allocate(&sock.sock, auth.server, &creds).await?;
+        Ok(Self {
+            sock,
+            relay: session.relay,
+            session,
+        })
+    }
+
+    pub(crate) async fn create_permission(&mut self, peer: SocketAddr) -> Result<()> {
+        self.session.create_permission(&self.sock.sock, peer).await
+    }
+
+    pub(crate) async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<()> {
+        self.session
+            .channel_bind(&self.sock.sock, channel, peer)
+            .await
+    }
+}
+
+/// One full allocation cycle on a fresh plain UDP socket bound to `source`: Allocate
+/// with the 401 round trip, CreatePermission and ChannelBind to `peer`, Refresh with
+/// LIFETIME 0.
+///
+/// The socket is a plain one on purpose: a [`BatchSocket`] turns UDP GRO on, and on
+/// this kernel (6.18) perf showed that setsockopt and the socket's close each
+/// flipping a static key (`udp_lib_setsockopt` / `udpv6_destroy_sock` →
+/// `smp_text_poke_batch_finish`), which re-patches kernel text with an IPI to every
+/// CPU. Per short-lived socket that was about half of the load generator's CPU, and
+/// the IPIs also interrupted (and were billed to) the server under test.
+pub(crate) async fn alloc_cycle(
+    auth: &TurnAuth,
+    creds: &Creds,
+    source: std::net::Ipv4Addr,
+    peer: SocketAddr,
+    channel: u16,
+) -> Result<()> {
+    // Every 127/8 address is local on Linux; fall back to 127.0.0.1 where it is not.
+    let sock = match UdpSocket::bind(SocketAddr::from((source, 0))).await {
+        Ok(s) => s,
+        Err(_) => UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+    };
+    let mut s = Session::allocate(&sock, auth.server, creds).await?;
+    s.create_permission(&sock, peer).await?;
+    s.channel_bind(&sock, channel, peer).await?;
+    s.release(&sock).await
 }
 
 /// Waits until a STUN Binding request to `server` gets any answer.

@@ -3,16 +3,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures_util::future::join_all;
 
 use crate::load::{self, EchoPeer, Flow, LoadResult, LoadSpec};
-use crate::procfs::{CpuMeter, rss_kib};
+use crate::procfs::{CpuMeter, rss_kib, thread_cpu_secs};
 use crate::report::Figures;
 use crate::servers::{Server, free_port, sibling_binary};
-use crate::stunc::{Allocation, TurnAuth, wait_stun};
+use crate::stunc::{Allocation, Creds, TurnAuth, alloc_cycle, wait_stun};
 use crate::udp::BatchSocket;
 
 const SECRET: &str = "bench-shared-secret";
@@ -52,6 +53,8 @@ pub(crate) struct TurnOpts {
     pub(crate) cpu_allocs: usize,
     pub(crate) alloc_secs: f64,
     pub(crate) alloc_concurrency: usize,
+    pub(crate) alloc_threads: usize,
+    pub(crate) alloc_same_user: bool,
     pub(crate) rss_allocs: usize,
     pub(crate) latency_allocs: usize,
     pub(crate) burst: u64,
@@ -375,61 +378,189 @@ async fn data_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figur
     Ok(())
 }
 
-/// Full Allocate (with 401), CreatePermission, ChannelBind, Refresh 0 per second.
+/// Client source address of the next allocation cycle: 127.1.0.1 to 127.1.255.254 in
+/// turn. A fresh socket on 127.0.0.1 can get the ephemeral port of an allocation
+/// just deleted, and coturn, which still holds that 5-tuple, answers 437 (a fifth of
+/// the cycles once the client is fast); rotating the source address makes 5-tuple
+/// reuse within a run practically impossible, as with real clients. All loopback.
+fn cycle_source() -> std::net::Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 65_534 + 1;
+    std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8)
+}
+
+/// What the allocation-cycle load threads did.
+#[derive(Default)]
+struct CycleCount {
+    ok: u64,
+    failed: u64,
+    /// CPU seconds of the load threads themselves.
+    gen_cpu: f64,
+}
+
+/// Runs allocation cycles against `a` until `deadline` (each worker also stops after
+/// 100,000 cycles): `concurrency` cycles at a time, spread over `threads` OS threads,
+/// each with its own current-thread runtime, so the client is not the bottleneck.
+/// With `same_user` every cycle uses one REST username (as Mattermost hands one
+/// username a day to everybody); otherwise each cycle has its own.
+fn alloc_cycles(
+    target: Target,
+    a: &TurnAuth,
+    concurrency: usize,
+    threads: usize,
+    same_user: bool,
+    deadline: Instant,
+) -> Result<CycleCount> {
+    let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
+    let concurrency = concurrency.max(1);
+    let threads = threads.clamp(1, concurrency);
+    let reported = AtomicBool::new(false);
+    let per_thread = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                // Workers t, t + threads, t + 2·threads, … run on thread t.
+                let workers: Vec<usize> = (t..concurrency).step_by(threads).collect();
+                let reported = &reported;
+                std::thread::Builder::new()
+                    .name(format!("alloc-load-{t}"))
+                    .spawn_scoped(scope, move || -> Result<CycleCount> {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        rt.block_on(async move {
+                            let cpu0 = thread_cpu_secs()?;
+                            let shared = if same_user {
+                                Some(Creds::mint(a, "shared")?)
+                            } else {
+                                None
+                            };
+                            let shared = shared.as_ref();
+                            let runs = workers.into_iter().map(|w| async move {
+                                let (mut ok, mut failed) = (0u64, 0u64);
+                                // Bounded by time and by count.
+                                for k in 0..100_000u64 {
+                                    if Instant::now() >= deadline {
+                                        break;
+                                    }
+                                    let r = async {
+                                        let own;
+                                        let creds = match shared {
+                                            Some(c) => c,
+                                            None => {
+                                                own = Creds::mint(a, &format!("w{w}k{k}"))?;
+                                                &own
+                                            }
+                                        };
+                                        alloc_cycle(a, creds, cycle_source(), peer, CHANNEL).await
+                                    }
+                                    .await;
+                                    match r {
+                                        Ok(()) => ok += 1,
+                                        Err(e) => {
+                                            if !reported.swap(true, Ordering::Relaxed) {
+                                                eprintln!(
+                                                    "  {} allocation cycle failed: {e:#}",
+                                                    target.column()
+                                                );
+                                            }
+                                            failed += 1;
+                                        }
+                                    }
+                                }
+                                (ok, failed)
+                            });
+                            let results = join_all(runs).await;
+                            Ok(CycleCount {
+                                ok: results.iter().map(|r| r.0).sum(),
+                                failed: results.iter().map(|r| r.1).sum(),
+                                gen_cpu: thread_cpu_secs()? - cpu0,
+                            })
+                        })
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("allocation load thread panicked"))),
+                Err(e) => Err(e.into()),
+            })
+            .collect::<Vec<Result<CycleCount>>>()
+    });
+    let mut total = CycleCount::default();
+    for c in per_thread {
+        let c = c?;
+        total.ok += c.ok;
+        total.failed += c.failed;
+        total.gen_cpu += c.gen_cpu;
+    }
+    Ok(total)
+}
+
+/// Full Allocate (with 401), CreatePermission, ChannelBind, Refresh 0 per second,
+/// with distinct usernames and, with `--alloc-same-user`, also with one shared one.
 async fn alloc_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figures) -> Result<()> {
     let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
     let srv = start(target, opts, peer, &format!("alloc{run}")).await?;
     let a = auth(srv.addr);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(opts.alloc_secs);
-    let meter = CpuMeter::start(srv.server.pid())?;
-    let t0 = std::time::Instant::now();
-    let workers = (0..opts.alloc_concurrency).map(|w| {
-        let a = &a;
-        async move {
-            let (mut ok, mut failed) = (0u64, 0u64);
-            // Bounded by time and by count.
-            for k in 0..100_000u64 {
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                let r = async {
-                    let mut al = Allocation::allocate(a, &format!("w{w}k{k}")).await?;
-                    al.create_permission(peer).await?;
-                    al.channel_bind(CHANNEL, peer).await?;
-                    al.release().await
-                }
-                .await;
-                match r {
-                    Ok(()) => ok += 1,
-                    Err(e) => {
-                        if failed == 0 {
-                            eprintln!("  {} allocation cycle failed: {e:#}", target.column());
-                        }
-                        failed += 1;
-                    }
-                }
-            }
-            (ok, failed)
+    let variants: &[bool] = if opts.alloc_same_user {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &same_user in variants {
+        let (suffix, what) = if same_user {
+            (", one shared username", "one username")
+        } else {
+            ("", "distinct usernames")
+        };
+        let meter = CpuMeter::start(srv.server.pid())?;
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs_f64(opts.alloc_secs);
+        // The load threads block this (current-thread) runtime's thread until they are
+        // done; nothing else runs on it meanwhile.
+        let c = alloc_cycles(
+            target,
+            &a,
+            opts.alloc_concurrency,
+            opts.alloc_threads,
+            same_user,
+            deadline,
+        )?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (cpu, _) = meter.stop()?;
+        eprintln!(
+            "  {} allocations ({what}): {} ok, {} failed in {secs:.2}s, server cpu {:.0}%, loadgen cpu {:.0}%",
+            target.column(),
+            c.ok,
+            c.failed,
+            100.0 * cpu / secs,
+            100.0 * c.gen_cpu / secs,
+        );
+        if c.ok == 0 {
+            bail!(
+                "{}: no allocation cycle succeeded ({what})",
+                target.column()
+            );
         }
-    });
-    let results = join_all(workers).await;
-    let secs = t0.elapsed().as_secs_f64();
-    let (cpu, _) = meter.stop()?;
-    let ok: u64 = results.iter().map(|r| r.0).sum();
-    let failed: u64 = results.iter().map(|r| r.1).sum();
-    eprintln!(
-        "  {} allocations: {ok} ok, {failed} failed in {secs:.2}s, server cpu {:.0}%",
-        target.column(),
-        100.0 * cpu / secs
-    );
-    if ok == 0 {
-        bail!("{}: no allocation cycle succeeded", target.column());
+        let ok = c.ok as f64;
+        let rate = if same_user {
+            "allocations/s, one shared username (401+Allocate+Perm+Bind+Refresh 0)".to_owned()
+        } else {
+            "allocations/s (401+Allocate+Perm+Bind+Refresh 0)".to_owned()
+        };
+        f.set(&rate, ok / secs);
+        f.set(
+            &format!("CPU µs per allocation cycle{suffix}"),
+            cpu * 1e6 / ok,
+        );
+        f.set(
+            &format!("  load generator CPU µs per allocation cycle{suffix}"),
+            c.gen_cpu * 1e6 / ok,
+        );
     }
-    f.set(
-        "allocations/s (401+Allocate+Perm+Bind+Refresh 0)",
-        ok as f64 / secs,
-    );
-    f.set("CPU µs per allocation cycle", cpu * 1e6 / ok as f64);
     Ok(())
 }
 
