@@ -88,7 +88,7 @@ struct Inner {
     next_conn: ConnId,
     /// While a WebSocket connection's request is handled: that connection and the
     /// messages for it, written by its own task instead of going through its queue.
-    local: Option<(ConnId, VecDeque<String>)>,
+    local: Option<(ConnId, Vec<Value>)>,
 }
 
 struct Shared {
@@ -117,15 +117,16 @@ impl Shared {
 }
 
 impl Inner {
-    fn send_conn(&mut self, conn: ConnId, text: String) {
+    fn send_conn(&mut self, conn: ConnId, msg: Value) {
         if let Some((c, out)) = &mut self.local
             && *c == conn
         {
-            out.push_back(text);
+            // serialised by the connection's task, outside the lock
+            out.push(msg);
             return;
         }
         let full = match self.conns.get(&conn) {
-            Some(c) => c.tx.try_send(text).is_err(),
+            Some(c) => c.tx.try_send(msg.to_string()).is_err(),
             None => false,
         };
         if full && let Some(c) = self.conns.remove(&conn) {
@@ -144,7 +145,7 @@ impl Inner {
                     owner: Source::Ws(c),
                     msg,
                     ..
-                } => self.send_conn(c, msg.to_string()),
+                } => self.send_conn(c, msg),
                 Output::Event {
                     owner: Source::Http,
                     session_id,
@@ -821,37 +822,53 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
             },
             m = stream.next() => m,
         };
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t.to_string(),
-            Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+        let bytes;
+        let text: &str = match &msg {
+            Some(Ok(Message::Text(t))) => t.as_str(),
+            Some(Ok(Message::Binary(b))) => {
+                bytes = String::from_utf8_lossy(b);
+                &bytes
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_)) | Err(_)) | None => break,
         };
-        let persist = {
+        // parsed before taking the lock; a parse error is answered by the core
+        let parsed = serde_json::from_str::<Value>(text).ok();
+        let (local, persist) = {
             let mut inner = app.lock();
             // what other connections queued for us before this request goes out first
             while let Ok(t) = rx.try_recv() {
                 out.push_back(t);
             }
-            inner.local = Some((conn, std::mem::take(&mut out)));
+            inner.local = Some((conn, Vec::new()));
             let now = Instant::now();
             let unix = unix_now();
-            let (reply, persist) = if admin {
-                let r = inner.core.admin_text(now, unix, &text);
-                (r.reply, r.tokens_changed)
-            } else {
-                (
-                    inner.core.handle_text(now, unix, Source::Ws(conn), &text),
+            let (reply, persist) = match (admin, parsed) {
+                (true, Some(v)) => {
+                    let r = inner.core.admin_value(now, unix, v, None);
+                    (r.reply, r.tokens_changed)
+                }
+                (true, None) => {
+                    let r = inner.core.admin_text(now, unix, text);
+                    (r.reply, r.tokens_changed)
+                }
+                (false, Some(v)) => (
+                    inner.core.handle_value(now, unix, Source::Ws(conn), v),
                     false,
-                )
+                ),
+                (false, None) => (
+                    inner.core.handle_text(now, unix, Source::Ws(conn), text),
+                    false,
+                ),
             };
-            inner.send_conn(conn, reply.to_string());
+            inner.send_conn(conn, reply);
             inner.deliver();
-            if let Some((_, local)) = inner.local.take() {
-                out = local;
-            }
-            persist
+            (
+                inner.local.take().map(|(_, l)| l).unwrap_or_default(),
+                persist,
+            )
         };
+        out.extend(local.iter().map(Value::to_string));
         if out.len() > app.cfg.ws_queue {
             tracing::warn!(
                 conn,
