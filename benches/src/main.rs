@@ -14,6 +14,7 @@ mod report;
 mod servers;
 mod stats;
 mod stunc;
+mod tcpload;
 mod turn;
 mod udp;
 
@@ -144,11 +145,13 @@ struct TurnArgs {
     /// Seconds of allocation cycles for allocations/s.
     #[arg(long, default_value_t = 3.0)]
     alloc_secs: f64,
-    /// Concurrent allocation cycles (over all load threads).
-    #[arg(long, default_value_t = 32)]
+    /// Concurrent allocation cycles (over all load threads). 64 on 2 threads drove
+    /// turn-server to the machine's limit on 2 cores (server + client ≈ 190 % CPU).
+    #[arg(long, default_value_t = 64)]
     alloc_concurrency: usize,
-    /// Client threads for the allocation cycles, each with its own runtime; the
-    /// concurrency is split across them so one client core does not cap the rate.
+    /// Client threads for the allocation cycles, each with its own current-thread
+    /// runtime; the concurrency is split across them so one client core does not
+    /// cap the rate.
     #[arg(long, default_value_t = 2)]
     alloc_threads: usize,
     /// Also measure allocation cycles that all use ONE REST username (as Mattermost
@@ -264,6 +267,10 @@ fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
     println!(
         "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} burst={} rss_allocs={}",
         opts.step, opts.alloc_counts, opts.sizes, opts.cpu_rate, opts.burst, opts.rss_allocs
+    );
+    println!(
+        "alloc_secs={} alloc_concurrency={} alloc_threads={} alloc_same_user={}",
+        opts.alloc_secs, opts.alloc_concurrency, opts.alloc_threads, opts.alloc_same_user
     );
     println!();
     let results = turn::bench(&opts, runs)?;
