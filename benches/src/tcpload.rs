@@ -8,8 +8,6 @@
 //! on a socket (non-blocking `try_write`, one write per connection per burst, with a
 //! bounded backlog), and each reader pulls whatever the stream holds into a large
 //! buffer and splits it with shared-ice's [`Framer`].
-// Hooked into the TURN data session once turn.rs is free to edit.
-#![allow(dead_code)]
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -556,4 +554,25 @@ pub(crate) async fn tcp_cpu_rows(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_padded_and_recognised_by_step() {
+        for payload in [24usize, 100, 101, 173, 1201] {
+            let mut f = frame_template(payload, 7).unwrap();
+            assert_eq!(f.len() % 4, 0, "payload {payload}");
+            assert_eq!(f.len(), 4 + payload.div_ceil(4) * 4);
+            // Two frames back to back on a stream split where they should.
+            let len = f.len();
+            f.extend_from_within(..);
+            let fr = Framer::default().next_frame(&f).unwrap().unwrap();
+            assert_eq!((fr.kind, fr.len), (FrameKind::ChannelData, len));
+            assert!(ours(&f[..len], 7));
+            assert!(!ours(&f[..len], 8), "another step's frame is not counted");
+        }
+    }
 }

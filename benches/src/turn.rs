@@ -330,6 +330,11 @@ async fn data_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figur
             s.gen_cpu * 1e6 / relayed,
         );
     }
+    // The same over TURN-over-TCP client connections (UDP relay to the same peer).
+    if target != Target::Forwarder {
+        crate::tcpload::tcp_cpu_rows(target.column(), srv.addr, SECRET, &peer, opts, pid, f)
+            .await?;
+    }
 
     // Max relayed pps at ≤ 0.1 % loss.
     for &n in &opts.alloc_counts {
