@@ -1269,8 +1269,10 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                     peer,
                     payload,
                 }) => {
+                    // A burst of frames from one read toward one peer leaves in one
+                    // GSO send, flushed after the read's frames (before any await).
                     if let Some(bytes) = frame.get(payload) {
-                        relay_to_peer(&w, relay, peer, bytes);
+                        send_batched(&w, Via::Relay(relay), peer, bytes);
                     }
                 }
                 // In-process delivery to another allocation of this worker.
@@ -1307,8 +1309,10 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 break 'conn;
             }
         }
+        flush_sends(&w);
         buf.drain(..off);
     }
+    flush_sends(&w);
     // Dropping the sender lets the writer send what is queued and return the write half.
     w.streams.borrow_mut().remove(&five);
     if let Some((id, leftover)) = splice {

@@ -122,6 +122,8 @@ pub fn long_term_key(user: &str, realm: &str, pass: &str) -> Vec<u8> {
 /// An authenticated UDP TURN client.
 pub struct RawClient {
     pub sock: UdpSocket,
+    /// TURN over TCP instead of UDP (`new_tcp`): requests and ChannelData go on the stream.
+    tcp: Option<std::net::TcpStream>,
     pub server: SocketAddr,
     user: String,
     realm: String,
@@ -136,6 +138,7 @@ impl RawClient {
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         Self {
             sock,
+            tcp: None,
             server,
             user: user.into(),
             realm: realm.into(),
@@ -152,11 +155,43 @@ impl RawClient {
         t
     }
 
-    pub fn send_raw(&self, b: &[u8]) {
-        self.sock.send_to(b, self.server).unwrap();
+    /// A client that speaks TURN over one TCP connection to `server`.
+    pub fn new_tcp(server: SocketAddr, user: &str, pass: &str, realm: &str) -> Self {
+        let mut c = Self::new(server, user, pass, realm);
+        let s = std::net::TcpStream::connect(server).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.set_nodelay(true).unwrap();
+        c.tcp = Some(s);
+        c
     }
 
+    pub fn send_raw(&self, b: &[u8]) {
+        match self.tcp.as_ref() {
+            Some(mut s) => std::io::Write::write_all(&mut s, b).unwrap(),
+            None => {
+                self.sock.send_to(b, self.server).unwrap();
+            }
+        }
+    }
+
+    /// The next datagram, or over TCP the next frame (ChannelData without its padding).
     pub fn recv(&self) -> Option<Vec<u8>> {
+        if let Some(mut s) = self.tcp.as_ref() {
+            use std::io::Read;
+            let mut head = [0u8; 4];
+            s.read_exact(&mut head).ok()?;
+            let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+            let (body, keep) = if head[0] & 0xC0 == 0 {
+                (16 + len, 16 + len)
+            } else {
+                ((len + 3) & !3, len)
+            };
+            let mut rest = vec![0u8; body];
+            s.read_exact(&mut rest).ok()?;
+            let mut v = head.to_vec();
+            v.extend_from_slice(&rest[..keep]);
+            return Some(v);
+        }
         let mut buf = [0u8; 2048];
         self.sock
             .recv_from(&mut buf)
