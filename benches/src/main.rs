@@ -139,6 +139,10 @@ struct TurnArgs {
     /// Relayed packets/s during the CPU-per-packet steps.
     #[arg(long, default_value_t = 20_000.0)]
     cpu_rate: f64,
+    /// A second rate for the UDP CPU-per-packet rows (rows marked "@ N pps"): under load
+    /// more datagrams share a wake-up, which is what capacity costs. 0 = skip.
+    #[arg(long, default_value_t = 160_000.0)]
+    cpu_rate_high: f64,
     /// Allocations carrying the CPU-per-packet load.
     #[arg(long, default_value_t = 10)]
     cpu_allocs: usize,
@@ -204,6 +208,7 @@ fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize
         alloc_counts: a.alloc_counts.clone(),
         sizes: a.sizes.clone(),
         cpu_rate: a.cpu_rate,
+        cpu_rate_high: a.cpu_rate_high,
         cpu_allocs: a.cpu_allocs,
         alloc_secs: a.alloc_secs,
         alloc_concurrency: a.alloc_concurrency,
@@ -223,6 +228,7 @@ fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize
         o.alloc_counts = vec![1, 10];
         o.sizes = vec![172];
         o.cpu_rate = 5_000.0;
+        o.cpu_rate_high = 10_000.0;
         o.alloc_secs = 0.5;
         o.rss_allocs = 200;
     }
@@ -265,8 +271,14 @@ fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
         opts.turn_server.display(),
     );
     println!(
-        "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} burst={} rss_allocs={}",
-        opts.step, opts.alloc_counts, opts.sizes, opts.cpu_rate, opts.burst, opts.rss_allocs
+        "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} cpu_rate_high={} burst={} rss_allocs={}",
+        opts.step,
+        opts.alloc_counts,
+        opts.sizes,
+        opts.cpu_rate,
+        opts.cpu_rate_high,
+        opts.burst,
+        opts.rss_allocs
     );
     println!(
         "alloc_secs={} alloc_concurrency={} alloc_threads={} alloc_same_user={}",

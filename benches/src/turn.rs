@@ -50,6 +50,7 @@ pub(crate) struct TurnOpts {
     pub(crate) alloc_counts: Vec<usize>,
     pub(crate) sizes: Vec<usize>,
     pub(crate) cpu_rate: f64,
+    pub(crate) cpu_rate_high: f64,
     pub(crate) cpu_allocs: usize,
     pub(crate) alloc_secs: f64,
     pub(crate) alloc_concurrency: usize,
@@ -301,34 +302,44 @@ async fn data_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figur
             .collect()
     };
 
-    // CPU per relayed packet at a fixed, moderate rate.
+    // CPU per relayed packet at a fixed, moderate rate, then (rows marked "@ N pps") at
+    // a high one where more datagrams share a wake-up.
     let cpu_flows = flows_for(opts.cpu_allocs.min(sockets.len()));
-    for &size in &opts.sizes {
-        let spec = LoadSpec {
-            rate: opts.cpu_rate / 2.0,
-            payload: size,
-            duration: opts.step,
-            drain: Duration::from_millis(200),
-            burst: opts.burst,
-        };
-        let s = step(pid, &sockets, &cpu_flows, Some(&peer), spec).await?;
-        let relayed = s.r.relayed().max(1) as f64;
-        eprintln!(
-            "  {} cpu {size}B: relayed {} loss {:.3}% server {:.2} µs/pkt loadgen {:.2} µs/pkt",
-            target.column(),
-            s.r.relayed(),
-            s.r.loss() * 100.0,
-            s.server_cpu * 1e6 / relayed,
-            s.gen_cpu * 1e6 / relayed
-        );
-        f.set(
-            &format!("CPU µs/relayed pkt, UDP {size} B"),
-            s.server_cpu * 1e6 / relayed,
-        );
-        f.set(
-            &format!("  load generator CPU µs/pkt ({size} B)"),
-            s.gen_cpu * 1e6 / relayed,
-        );
+    let mut rates = vec![(opts.cpu_rate, String::new())];
+    if opts.cpu_rate_high > 0.0 {
+        rates.push((
+            opts.cpu_rate_high,
+            format!(" @ {:.0}k pps", opts.cpu_rate_high / 1e3),
+        ));
+    }
+    for (rate, tag) in &rates {
+        for &size in &opts.sizes {
+            let spec = LoadSpec {
+                rate: rate / 2.0,
+                payload: size,
+                duration: opts.step,
+                drain: Duration::from_millis(200),
+                burst: opts.burst,
+            };
+            let s = step(pid, &sockets, &cpu_flows, Some(&peer), spec).await?;
+            let relayed = s.r.relayed().max(1) as f64;
+            eprintln!(
+                "  {} cpu {size}B{tag}: relayed {} loss {:.3}% server {:.2} µs/pkt loadgen {:.2} µs/pkt",
+                target.column(),
+                s.r.relayed(),
+                s.r.loss() * 100.0,
+                s.server_cpu * 1e6 / relayed,
+                s.gen_cpu * 1e6 / relayed
+            );
+            f.set(
+                &format!("CPU µs/relayed pkt, UDP {size} B{tag}"),
+                s.server_cpu * 1e6 / relayed,
+            );
+            f.set(
+                &format!("  load generator CPU µs/pkt ({size} B{tag})"),
+                s.gen_cpu * 1e6 / relayed,
+            );
+        }
     }
     // The same over TURN-over-TCP client connections (UDP relay to the same peer).
     if target != Target::Forwarder {
@@ -601,6 +612,7 @@ async fn latency_session(
     opts: &TurnOpts,
     run: usize,
     relayed_rate: f64,
+    label: &str,
     f: &mut Figures,
 ) -> Result<()> {
     let peer = EchoPeer::start()?;
@@ -646,11 +658,11 @@ async fn latency_session(
         s.r.loss() * 100.0
     );
     f.set(
-        "round-trip latency p50 µs (2 relay hops, 50% of our max)",
+        &format!("round-trip latency p50 µs (2 relay hops, {label})"),
         p50,
     );
     f.set(
-        "round-trip latency p99 µs (2 relay hops, 50% of our max)",
+        &format!("round-trip latency p99 µs (2 relay hops, {label})"),
         p99,
     );
     Ok(())
@@ -704,17 +716,27 @@ pub(crate) fn bench(opts: &TurnOpts, runs: usize) -> Result<Vec<(Target, Vec<Fig
         let Some(base) = ours_max.or(coturn_max) else {
             continue;
         };
-        let rate = base * 0.5;
         let latency_opts = TurnOpts {
             latency_allocs: base_n,
             ..opts.clone()
         };
-        for (target, figs) in &mut all {
-            let t = *target;
-            let Some(f) = figs.last_mut() else { continue };
-            if let Err(e) = rt.block_on(latency_session(t, &latency_opts, run, rate, f)) {
-                eprintln!("  {} latency failed: {e:#}", t.column());
-                crate::mark_failed();
+        // Issue 6 asks for 50 % of our max; when that overloads coturn, the same again at
+        // 50 % of coturn's max, a load both servers carry.
+        let mut points = vec![(base * 0.5, "50% of our max")];
+        if let (Some(o), Some(c)) = (ours_max, coturn_max.filter(|c| *c > 0.0))
+            && c < o
+        {
+            points.push((c * 0.5, "50% of coturn's max"));
+        }
+        for (rate, label) in points {
+            for (target, figs) in &mut all {
+                let t = *target;
+                let Some(f) = figs.last_mut() else { continue };
+                if let Err(e) = rt.block_on(latency_session(t, &latency_opts, run, rate, label, f))
+                {
+                    eprintln!("  {} latency failed: {e:#}", t.column());
+                    crate::mark_failed();
+                }
             }
         }
     }
