@@ -4,7 +4,7 @@
 //! The core lives behind one `std::sync::Mutex`; every handler locks it, feeds one
 //! request, pushes the reply and the resulting events into bounded per-connection queues
 //! with `try_send` (a WebSocket's own reply and events go straight to its own task, see
-//! [`ws_session`]), and unlocks — the lock is never held across an `.await`.
+//! `ws_session`), and unlocks — the lock is never held across an `.await`.
 
 use crate::config::Config;
 use crate::core::{ConnId, Core, CoreConfig, LongPollError, Output, Source, error_reply};
