@@ -21,14 +21,14 @@ pub(crate) const MIN_PAYLOAD: usize = 24;
 
 /// Each step stamps its id into the payload so that late packets of an earlier
 /// (overloaded) step are not counted in the next one.
-static STEP: AtomicU32 = AtomicU32::new(1);
+pub(crate) static STEP: AtomicU32 = AtomicU32::new(1);
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 

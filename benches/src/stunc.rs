@@ -55,9 +55,8 @@ impl Creds {
     }
 }
 
-/// The authenticated state of one allocation, independent of the socket type.
-struct Session {
-    server: SocketAddr,
+/// The authenticated state of one allocation, independent of the transport.
+pub(crate) struct Session {
     relay: SocketAddr,
     username: String,
     realm: String,
@@ -69,13 +68,31 @@ struct Session {
 pub(crate) struct Allocation {
     pub(crate) sock: BatchSocket,
     pub(crate) relay: SocketAddr,
+    server: SocketAddr,
     session: Session,
+}
+
+/// What carries a client's STUN transactions: one request in, its response out.
+pub(crate) trait Transport {
+    async fn transact(&mut self, req: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// A UDP socket and the server it talks to (retransmits every RTO).
+pub(crate) struct UdpPath<'a> {
+    pub(crate) sock: &'a UdpSocket,
+    pub(crate) server: SocketAddr,
+}
+
+impl Transport for UdpPath<'_> {
+    async fn transact(&mut self, req: &[u8]) -> Result<Vec<u8>> {
+        transact(self.sock, self.server, req).await
+    }
 }
 
 const RTO: Duration = Duration::from_millis(250);
 const TRIES: u32 = 6;
 
-fn tid() -> TransactionId {
+pub(crate) fn tid() -> TransactionId {
     TransactionId(rand::random())
 }
 
@@ -107,7 +124,7 @@ async fn transact(sock: &UdpSocket, server: SocketAddr, req: &[u8]) -> Result<Ve
     bail!("no response from {server} after {TRIES} tries")
 }
 
-fn error_of(m: &Message<'_>) -> String {
+pub(crate) fn error_of(m: &Message<'_>) -> String {
     match m.error_code() {
         Ok(Some(e)) => format!("{} {}", e.code, e.reason),
         _ => "error without ERROR-CODE".into(),
@@ -117,13 +134,13 @@ fn error_of(m: &Message<'_>) -> String {
 impl Session {
     /// Allocate (UDP relay) with REST credentials: unauthenticated request, 401 with
     /// realm and nonce, then the authenticated request.
-    async fn allocate(sock: &UdpSocket, server: SocketAddr, creds: &Creds) -> Result<Self> {
+    pub(crate) async fn allocate(t: &mut impl Transport, creds: &Creds) -> Result<Self> {
         let mut out = Vec::with_capacity(256);
         let req = MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, tid())
             .requested_transport(PROTOCOL_UDP)
             .finish_with_fingerprint()?
             .to_vec();
-        let resp = transact(sock, server, &req).await?;
+        let resp = t.transact(&req).await?;
         let m = Message::parse(&resp)?;
         if m.class() != Class::Error {
             bail!("unauthenticated Allocate was not challenged");
@@ -143,12 +160,11 @@ impl Session {
                 .nonce(&nonce)
                 .finish_with_integrity_and_fingerprint(&key)?
                 .to_vec();
-            let resp = transact(sock, server, &req).await?;
+            let resp = t.transact(&req).await?;
             let m = Message::parse(&resp)?;
             if m.class() == Class::Success {
                 let relay = m.xor_relayed_address()?.context("no XOR-RELAYED-ADDRESS")?;
                 return Ok(Self {
-                    server,
                     relay,
                     username: creds.username.clone(),
                     realm,
@@ -170,7 +186,7 @@ impl Session {
 
     async fn request(
         &mut self,
-        sock: &UdpSocket,
+        t: &mut impl Transport,
         method: Method,
         build: impl Fn(MessageBuilder<'_>) -> MessageBuilder<'_>,
     ) -> Result<()> {
@@ -184,7 +200,7 @@ impl Session {
                 .nonce(&self.nonce)
                 .finish_with_integrity_and_fingerprint(&self.key)?
                 .to_vec();
-            let resp = transact(sock, self.server, &req).await?;
+            let resp = t.transact(&req).await?;
             let m = Message::parse(&resp)?;
             if m.class() == Class::Success {
                 return Ok(());
@@ -201,29 +217,31 @@ impl Session {
         bail!("nonce kept going stale")
     }
 
-    async fn create_permission(&mut self, sock: &UdpSocket, peer: SocketAddr) -> Result<()> {
-        self.request(sock, Method::CREATE_PERMISSION, |b| {
-            b.xor_peer_address(peer)
-        })
-        .await
+    pub(crate) async fn create_permission(
+        &mut self,
+        t: &mut impl Transport,
+        peer: SocketAddr,
+    ) -> Result<()> {
+        self.request(t, Method::CREATE_PERMISSION, |b| b.xor_peer_address(peer))
+            .await
     }
 
-    async fn channel_bind(
+    pub(crate) async fn channel_bind(
         &mut self,
-        sock: &UdpSocket,
+        t: &mut impl Transport,
         channel: u16,
         peer: SocketAddr,
     ) -> Result<()> {
         let ch = ChannelNumber::new(channel).context("channel number out of range")?;
-        self.request(sock, Method::CHANNEL_BIND, |b| {
+        self.request(t, Method::CHANNEL_BIND, |b| {
             b.channel_number(ch).xor_peer_address(peer)
         })
         .await
     }
 
     /// Refresh with LIFETIME 0: deletes the allocation.
-    async fn release(&mut self, sock: &UdpSocket) -> Result<()> {
-        self.request(sock, Method::REFRESH, |b| b.lifetime(0)).await
+    async fn release(&mut self, t: &mut impl Transport) -> Result<()> {
+        self.request(t, Method::REFRESH, |b| b.lifetime(0)).await
     }
 }
 
@@ -232,22 +250,33 @@ impl Allocation {
     pub(crate) async fn allocate(auth: &TurnAuth, user: &str) -> Result<Self> {
         let sock = BatchSocket::bind("127.0.0.1:0".parse()?)?;
         let creds = Creds::mint(auth, user)?;
-        let session = Session::allocate(&sock.sock, auth.server, &creds).await?;
+        let mut path = UdpPath {
+            sock: &sock.sock,
+            server: auth.server,
+        };
+        let session = Session::allocate(&mut path, &creds).await?;
         Ok(Self {
-            sock,
             relay: session.relay,
+            server: auth.server,
+            sock,
             session,
         })
     }
 
     pub(crate) async fn create_permission(&mut self, peer: SocketAddr) -> Result<()> {
-        self.session.create_permission(&self.sock.sock, peer).await
+        let mut path = UdpPath {
+            sock: &self.sock.sock,
+            server: self.server,
+        };
+        self.session.create_permission(&mut path, peer).await
     }
 
     pub(crate) async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<()> {
-        self.session
-            .channel_bind(&self.sock.sock, channel, peer)
-            .await
+        let mut path = UdpPath {
+            sock: &self.sock.sock,
+            server: self.server,
+        };
+        self.session.channel_bind(&mut path, channel, peer).await
     }
 }
 
@@ -273,10 +302,14 @@ pub(crate) async fn alloc_cycle(
         Ok(s) => s,
         Err(_) => UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
     };
-    let mut s = Session::allocate(&sock, auth.server, creds).await?;
-    s.create_permission(&sock, peer).await?;
-    s.channel_bind(&sock, channel, peer).await?;
-    s.release(&sock).await
+    let mut path = UdpPath {
+        sock: &sock,
+        server: auth.server,
+    };
+    let mut s = Session::allocate(&mut path, creds).await?;
+    s.create_permission(&mut path, peer).await?;
+    s.channel_bind(&mut path, channel, peer).await?;
+    s.release(&mut path).await
 }
 
 /// Waits until a STUN Binding request to `server` gets any answer.

@@ -12,21 +12,21 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures_util::future::join_all;
-use shared_ice::auth::{RestSecret, long_term_key, mint_with_ttl};
 use shared_ice::channel::{self, ChannelNumber};
 use shared_ice::framing::{FrameKind, Framer, MAX_FRAME_LEN};
-use shared_ice::stun::{Class, Message, MessageBuilder, Method, PROTOCOL_UDP, TransactionId};
+use shared_ice::stun::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::load::{EchoPeer, MIN_PAYLOAD};
+use crate::load::{EchoPeer, LoadResult, MIN_PAYLOAD, STEP, now_ns};
 use crate::procfs::CpuMeter;
 use crate::report::Figures;
+use crate::stunc::{Creds, Session, Transport, TurnAuth};
 use crate::turn::TurnOpts;
 
 /// Payload marker, distinct from the UDP load's so the two can never be confused.
@@ -40,29 +40,11 @@ const MAX_BACKLOG: usize = 4 << 20;
 /// Read buffer per connection.
 const READ_BUF: usize = 256 << 10;
 
-/// Each step stamps its id into the payload.
-static STEP: AtomicU32 = AtomicU32::new(1);
-
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64
-}
-
-/// What one TCP CPU step measured.
-#[derive(Clone, Debug, Default)]
+/// What one TCP CPU step measured: the counts as for UDP (`sent`, `skipped` by the
+/// pacer, `received` back at the clients, `peer_received`), plus the CPU of both sides.
+#[derive(Clone, Default)]
 pub(crate) struct TcpStep {
-    /// Frames the pacer queued on the streams.
-    pub(crate) sent: u64,
-    /// Frames the pacer could not queue (backlog full or stream broken).
-    pub(crate) skipped: u64,
-    /// ChannelData frames echoed back to the clients.
-    pub(crate) received: u64,
-    /// Datagrams the echo peer received (to_peer direction).
-    pub(crate) peer_received: u64,
+    pub(crate) r: LoadResult,
     /// Server process CPU seconds during the step (incl. drain).
     pub(crate) server_cpu: f64,
     /// This process's CPU seconds during the step (pacer, readers, echo peer).
@@ -70,63 +52,35 @@ pub(crate) struct TcpStep {
 }
 
 impl TcpStep {
-    /// Relay operations the server performed: to_peer + to_client (as the UDP rows).
-    pub(crate) fn relayed(&self) -> u64 {
-        self.received + self.peer_received
-    }
-
-    /// Round trips that did not come back, as a fraction of frames sent.
-    pub(crate) fn loss(&self) -> f64 {
-        if self.sent == 0 {
-            return 1.0;
-        }
-        self.sent.saturating_sub(self.received) as f64 / self.sent as f64
-    }
-
     pub(crate) fn server_us_per_pkt(&self) -> f64 {
-        self.server_cpu * 1e6 / self.relayed().max(1) as f64
+        self.server_cpu * 1e6 / self.r.relayed().max(1) as f64
     }
 
     pub(crate) fn gen_us_per_pkt(&self) -> f64 {
-        self.gen_cpu * 1e6 / self.relayed().max(1) as f64
+        self.gen_cpu * 1e6 / self.r.relayed().max(1) as f64
     }
 }
 
-fn tid() -> TransactionId {
-    TransactionId(rand::random())
-}
-
-fn error_of(m: &Message<'_>) -> String {
-    match m.error_code() {
-        Ok(Some(e)) => format!("{} {}", e.code, e.reason),
-        _ => "error without ERROR-CODE".into(),
-    }
-}
-
-/// One TURN-over-TCP allocation: the control/data stream and its credentials.
-struct TcpAlloc {
+/// The stream of one TURN-over-TCP allocation: STUN transactions and ChannelData.
+struct TcpPath {
     stream: TcpStream,
     /// Bytes read but not yet framed.
     inbuf: Vec<u8>,
-    username: String,
-    realm: String,
-    nonce: String,
-    key: [u8; 16],
 }
 
-impl TcpAlloc {
+impl Transport for TcpPath {
     /// Writes `req` and reads frames until the STUN response with its transaction id.
-    async fn transact(stream: &mut TcpStream, inbuf: &mut Vec<u8>, req: &[u8]) -> Result<Vec<u8>> {
+    async fn transact(&mut self, req: &[u8]) -> Result<Vec<u8>> {
         let want = Message::parse(req)
             .context("parse own request")?
             .transaction_id();
-        stream.write_all(req).await?;
+        self.stream.write_all(req).await?;
         let framer = Framer::default();
         let deadline = tokio::time::Instant::now() + TRANSACTION_TIMEOUT;
         // Bounded by the deadline and by a frame count.
         for _ in 0..10_000 {
-            while let Some(fr) = framer.next_frame(inbuf)? {
-                let frame: Vec<u8> = inbuf.drain(..fr.len).collect();
+            while let Some(fr) = framer.next_frame(&self.inbuf)? {
+                let frame: Vec<u8> = self.inbuf.drain(..fr.len).collect();
                 if fr.kind == FrameKind::Stun
                     && let Ok(m) = Message::parse(&frame)
                     && m.transaction_id() == want
@@ -135,118 +89,51 @@ impl TcpAlloc {
                 }
             }
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
                 .await
                 .context("no STUN response over TCP in time")??;
             if n == 0 {
                 bail!("server closed the TCP connection");
             }
-            inbuf.extend_from_slice(&chunk[..n]);
+            self.inbuf.extend_from_slice(&chunk[..n]);
         }
         bail!("no STUN response among 10,000 frames")
     }
+}
 
-    /// Connects and allocates a UDP relay with REST credentials for `user`:
-    /// unauthenticated request, 401 with realm and nonce, authenticated request.
+/// One TURN-over-TCP allocation: its stream and its credentials.
+struct TcpAlloc {
+    path: TcpPath,
+    session: Session,
+}
+
+impl TcpAlloc {
+    /// Connects and allocates a UDP relay with REST credentials for `user` (the same
+    /// 401 round trip as over UDP, see `stunc`).
     async fn allocate(server: SocketAddr, secret: &str, user: &str) -> Result<Self> {
-        let mut stream = TcpStream::connect(server)
+        let stream = TcpStream::connect(server)
             .await
             .with_context(|| format!("TCP connect to {server}"))?;
         stream.set_nodelay(true)?;
-        let mut inbuf = Vec::with_capacity(READ_BUF);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let creds = mint_with_ttl(&RestSecret::new(secret.as_bytes()), user, now, 86_400);
-        let mut out = Vec::with_capacity(256);
-        let req = MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, tid())
-            .requested_transport(PROTOCOL_UDP)
-            .finish_with_fingerprint()?
-            .to_vec();
-        let resp = Self::transact(&mut stream, &mut inbuf, &req).await?;
-        let m = Message::parse(&resp)?;
-        if m.class() != Class::Error {
-            bail!("unauthenticated Allocate over TCP was not challenged");
-        }
-        let Some(realm) = m.realm()? else {
-            bail!("unauthenticated Allocate: {} without REALM", error_of(&m));
+        let mut path = TcpPath {
+            stream,
+            inbuf: Vec::with_capacity(READ_BUF),
         };
-        let realm = realm.to_owned();
-        let mut nonce = m.nonce()?.context("401 without NONCE")?.to_owned();
-        let key = long_term_key(&creds.username, &realm, &creds.password);
-        for _ in 0..2 {
-            out.clear();
-            let req = MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, tid())
-                .requested_transport(PROTOCOL_UDP)
-                .username(&creds.username)
-                .realm(&realm)
-                .nonce(&nonce)
-                .finish_with_integrity_and_fingerprint(&key)?
-                .to_vec();
-            let resp = Self::transact(&mut stream, &mut inbuf, &req).await?;
-            let m = Message::parse(&resp)?;
-            if m.class() == Class::Success {
-                m.xor_relayed_address()?.context("no XOR-RELAYED-ADDRESS")?;
-                return Ok(Self {
-                    stream,
-                    inbuf,
-                    username: creds.username.clone(),
-                    realm,
-                    nonce,
-                    key,
-                });
-            }
-            if let Ok(Some(e)) = m.error_code()
-                && e.code == 438
-                && let Ok(Some(n)) = m.nonce()
-            {
-                nonce = n.to_owned();
-                continue;
-            }
-            bail!("Allocate over TCP failed: {}", error_of(&m));
-        }
-        bail!("Allocate over TCP: nonce kept going stale")
-    }
-
-    async fn request(
-        &mut self,
-        method: Method,
-        build: impl Fn(MessageBuilder<'_>) -> MessageBuilder<'_>,
-    ) -> Result<()> {
-        let mut out = Vec::with_capacity(256);
-        for _ in 0..2 {
-            out.clear();
-            let b = MessageBuilder::new(&mut out, Class::Request, method, tid());
-            let req = build(b)
-                .username(&self.username)
-                .realm(&self.realm)
-                .nonce(&self.nonce)
-                .finish_with_integrity_and_fingerprint(&self.key)?
-                .to_vec();
-            let resp = Self::transact(&mut self.stream, &mut self.inbuf, &req).await?;
-            let m = Message::parse(&resp)?;
-            if m.class() == Class::Success {
-                return Ok(());
-            }
-            if let Ok(Some(e)) = m.error_code()
-                && e.code == 438
-                && let Ok(Some(n)) = m.nonce()
-            {
-                self.nonce = n.to_owned();
-                continue;
-            }
-            bail!("{:?} over TCP failed: {}", method.name(), error_of(&m));
-        }
-        bail!("nonce kept going stale")
+        let auth = TurnAuth {
+            server,
+            secret: secret.to_owned(),
+        };
+        let creds = Creds::mint(&auth, user)?;
+        let session = Session::allocate(&mut path, &creds).await?;
+        Ok(Self { path, session })
     }
 
     /// CreatePermission and ChannelBind `channel` toward `peer`.
     async fn bind(&mut self, channel: u16, peer: SocketAddr) -> Result<()> {
-        self.request(Method::CREATE_PERMISSION, |b| b.xor_peer_address(peer))
-            .await?;
-        let ch = ChannelNumber::new(channel).context("channel number out of range")?;
-        self.request(Method::CHANNEL_BIND, |b| {
-            b.channel_number(ch).xor_peer_address(peer)
-        })
-        .await
+        self.session.create_permission(&mut self.path, peer).await?;
+        self.session
+            .channel_bind(&mut self.path, channel, peer)
+            .await
     }
 }
 
@@ -381,8 +268,8 @@ async fn run_step(
     let mut writers = Vec::with_capacity(allocs.len());
     let mut readers = Vec::with_capacity(allocs.len());
     for a in allocs {
-        let (rd, wr) = a.stream.into_split();
-        readers.push((rd, a.inbuf));
+        let (rd, wr) = a.path.stream.into_split();
+        readers.push((rd, a.path.inbuf));
         writers.push(wr);
     }
     let received = Cell::new(0u64);
@@ -478,10 +365,13 @@ async fn run_step(
     // allocations (RFC 8656 §3.3: a TCP allocation lives as long as its connection).
     drop(writers);
     Ok(TcpStep {
-        sent,
-        skipped,
-        received: received.get(),
-        peer_received,
+        r: LoadResult {
+            sent,
+            skipped,
+            received: received.get(),
+            peer_received,
+            ..LoadResult::default()
+        },
         server_cpu,
         gen_cpu,
     })
@@ -534,10 +424,10 @@ pub(crate) async fn tcp_cpu_rows(
         .await?;
         eprintln!(
             "  {label} cpu TCP {size}B: relayed {} loss {:.3}%{} server {:.2} µs/pkt loadgen {:.2} µs/pkt",
-            s.relayed(),
-            s.loss() * 100.0,
-            if s.skipped > 0 {
-                format!(" ({} frames skipped by the pacer)", s.skipped)
+            s.r.relayed(),
+            s.r.loss() * 100.0,
+            if s.r.skipped > 0 {
+                format!(" ({} frames skipped by the pacer)", s.r.skipped)
             } else {
                 String::new()
             },
