@@ -55,8 +55,48 @@ use crate::policy::PeerPolicy;
 
 /// Largest UDP datagram we read.
 const MAX_DATAGRAM: usize = 65_536;
-/// Frames queued per TCP/TLS client before we drop (a slow reader must not grow memory).
-const STREAM_QUEUE: usize = 512;
+/// Bytes queued per TCP/TLS client before frames are dropped (a slow reader must not
+/// grow memory): 512 full-size video packets.
+const STREAM_QUEUE_BYTES: usize = 512 * 1500;
+
+/// Frames waiting for one TCP/TLS client, written by the connection's writer task. The
+/// relay path appends a frame in place (header, payload, padding) — no allocation and no
+/// channel message per frame — and the writer takes everything queued in one swap.
+#[derive(Default)]
+struct StreamOut {
+    buf: RefCell<Vec<u8>>,
+    /// End offset in `buf` of every queued frame (TLS writes one record per frame).
+    ends: RefCell<Vec<usize>>,
+    ready: tokio::sync::Notify,
+    closed: Cell<bool>,
+}
+
+impl StreamOut {
+    /// Queues one frame made of `parts` plus `padding` zero bytes; false (dropped) when
+    /// the client is that far behind or the connection is closing.
+    fn push(&self, parts: &[&[u8]], padding: usize) -> bool {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() + padding;
+        let mut buf = self.buf.borrow_mut();
+        if self.closed.get() || buf.len() + len > STREAM_QUEUE_BYTES {
+            return false;
+        }
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        let end = buf.len() + padding;
+        buf.resize(end, 0);
+        self.ends.borrow_mut().push(buf.len());
+        drop(buf);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The writer sends what is queued, then returns.
+    fn close(&self) {
+        self.closed.set(true);
+        self.ready.notify_one();
+    }
+}
 
 /// A runtime error (startup only; after start errors are logged and the server keeps going).
 #[derive(Debug, thiserror::Error)]
@@ -349,7 +389,7 @@ struct Worker {
     core: RefCell<Core<StdRng>>,
     udp: crate::core::FxMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<RelayMap>,
-    streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
+    streams: RefCell<HashMap<FiveTuple, Rc<StreamOut>>>,
     /// One receive buffer shared by all relay sockets of this worker (read synchronously after
     /// readiness), so an idle allocation costs no buffer memory.
     relay_buf: RefCell<Vec<u8>>,
@@ -677,7 +717,9 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 }
             }
             Some(Command::CloseConnection { client }) => {
-                w.streams.borrow_mut().remove(&client);
+                if let Some(out) = w.streams.borrow_mut().remove(&client) {
+                    out.close();
+                }
             }
             Some(Command::OpenTcpRelay { relay, bind }) => {
                 let ok = match tcp_relay_listener(bind).and_then(TcpListener::from_std) {
@@ -816,10 +858,9 @@ fn deliver_channel_data(
     match client.proto {
         Proto::Udp => send_batched(w, Via::Listener(client.local), client.remote, frame),
         Proto::Tcp | Proto::Tls => {
-            let mut v = Vec::with_capacity(4 + len + padding);
-            v.extend_from_slice(frame);
-            v.resize(4 + len + padding, 0);
-            send_to_client(w, client, v);
+            if let Some(out) = w.streams.borrow().get(&client) {
+                out.push(&[frame], padding);
+            }
         }
     }
 }
@@ -832,8 +873,8 @@ fn send_to_client(w: &Worker, client: FiveTuple, data: Vec<u8>) {
             }
         }
         Proto::Tcp | Proto::Tls => {
-            if let Some(tx) = w.streams.borrow().get(&client) {
-                let _ = tx.try_send(data);
+            if let Some(out) = w.streams.borrow().get(&client) {
+                out.push(&[&data], 0);
             }
         }
     }
@@ -1205,24 +1246,43 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     five: FiveTuple,
 ) {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-    w.streams.borrow_mut().insert(five, tx);
-    // Plain TCP: coalesce queued frames into one write (one syscall). TLS: one record per
+    let out = Rc::new(StreamOut::default());
+    w.streams.borrow_mut().insert(five, out.clone());
+    // Plain TCP: everything queued leaves in one write (one syscall). TLS: one record per
     // frame, because some clients (coturn's uclient) handle only one TURN frame per
     // SSL_read; the records still leave in as few TCP segments as the kernel likes.
     let coalesce = five.proto == Proto::Tcp;
     let writer = tokio::task::spawn_local(async move {
-        let mut batch = Vec::new();
-        while let Some(first) = rx.recv().await {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            while coalesce && batch.len() < 64 * 1024 {
-                match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
+        let (mut batch, mut ends) = (Vec::new(), Vec::new());
+        loop {
+            if out.buf.borrow().is_empty() {
+                if out.closed.get() {
+                    break;
                 }
+                out.ready.notified().await;
+                continue;
             }
-            if wr.write_all(&batch).await.is_err() {
+            std::mem::swap(&mut *out.buf.borrow_mut(), &mut batch);
+            std::mem::swap(&mut *out.ends.borrow_mut(), &mut ends);
+            let sent = if coalesce {
+                wr.write_all(&batch).await
+            } else {
+                let mut start = 0;
+                let mut r = Ok(());
+                for &end in &ends {
+                    r = wr
+                        .write_all(batch.get(start..end).unwrap_or_default())
+                        .await;
+                    if r.is_err() {
+                        break;
+                    }
+                    start = end;
+                }
+                r
+            };
+            batch.clear();
+            ends.clear();
+            if sent.is_err() {
                 break;
             }
         }
@@ -1313,8 +1373,10 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         buf.drain(..off);
     }
     flush_sends(&w);
-    // Dropping the sender lets the writer send what is queued and return the write half.
-    w.streams.borrow_mut().remove(&five);
+    // Closing lets the writer send what is queued and return the write half.
+    if let Some(out) = w.streams.borrow_mut().remove(&five) {
+        out.close();
+    }
     if let Some((id, leftover)) = splice {
         let Ok(wr) = writer.await else { return };
         let peer = peer_streams_lock(&w.peer_streams)
