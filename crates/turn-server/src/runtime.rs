@@ -983,6 +983,41 @@ async fn inbox_loop(w: Rc<Worker>, inbox: Inbox, wake: Arc<tokio::sync::Notify>)
     }
 }
 
+/// Carries out what the core decided for one client datagram or TCP/TLS frame `data`:
+/// relay toward a peer (batched), deliver in process to another allocation of this
+/// worker (header rewritten in place), or hand off to the owning worker (woken by
+/// [`wake_workers`] after the batch). Shared by the UDP and the stream paths.
+fn relay_input(w: &Worker, relay: Option<Relay>, data: &mut [u8]) {
+    match relay {
+        Some(Relay::ToPeer {
+            relay,
+            peer,
+            payload,
+        }) => {
+            if let Some(bytes) = data.get(payload) {
+                send_batched(w, Via::Relay(relay), peer, bytes);
+            }
+        }
+        Some(Relay::ToClient {
+            client,
+            header,
+            padding,
+        }) => deliver_channel_data(w, client, header, padding, data),
+        Some(Relay::ToWorker {
+            worker,
+            relay,
+            peer,
+            src,
+            payload,
+        }) => {
+            if let Some(bytes) = data.get(payload) {
+                hand_off(w, worker, relay, peer, src, bytes);
+            }
+        }
+        None => {}
+    }
+}
+
 /// Datagrams read per `recvmmsg` on a listener socket.
 const RECV_BATCH: usize = if quinn_udp::BATCH_SIZE < 16 {
     quinn_udp::BATCH_SIZE
@@ -1045,37 +1080,7 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
                         pending |= core.has_pending();
                         r
                     };
-                    match relay {
-                        Some(Relay::ToPeer {
-                            relay,
-                            peer,
-                            payload,
-                        }) => {
-                            if let Some(bytes) = data.get(payload) {
-                                send_batched(&w, Via::Relay(relay), peer, bytes);
-                            }
-                        }
-                        // In-process delivery to another allocation of this worker.
-                        Some(Relay::ToClient {
-                            client,
-                            header,
-                            padding,
-                        }) => {
-                            deliver_channel_data(&w, client, header, padding, data);
-                        }
-                        Some(Relay::ToWorker {
-                            worker,
-                            relay,
-                            peer,
-                            src,
-                            payload,
-                        }) => {
-                            if let Some(bytes) = data.get(payload) {
-                                hand_off(&w, worker, relay, peer, src, bytes);
-                            }
-                        }
-                        None => {}
-                    }
+                    relay_input(&w, relay, data);
                 }
             }
             flush_sends(&w);
@@ -1316,49 +1321,18 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 tracing::debug!(client = ?five.remote, len, "oversized frame, closing");
                 break 'conn;
             }
-            let Some(frame) = rest.get(..len) else { break };
+            let Some(frame) = buf.get_mut(off..off + len) else {
+                break;
+            };
             let now = Instant::now();
             let (relay, pending) = {
                 let mut core = w.core.borrow_mut();
                 let r = core.handle_input(now, unix_now(), five, frame);
                 (r, core.has_pending())
             };
-            match relay {
-                Some(Relay::ToPeer {
-                    relay,
-                    peer,
-                    payload,
-                }) => {
-                    // A burst of frames from one read toward one peer leaves in one
-                    // GSO send, flushed after the read's frames (before any await).
-                    if let Some(bytes) = frame.get(payload) {
-                        send_batched(&w, Via::Relay(relay), peer, bytes);
-                    }
-                }
-                // In-process delivery to another allocation of this worker.
-                Some(Relay::ToClient {
-                    client,
-                    header,
-                    padding,
-                }) => {
-                    let mut copy = frame.to_vec();
-                    deliver_channel_data(&w, client, header, padding, &mut copy);
-                    flush_sends(&w);
-                }
-                Some(Relay::ToWorker {
-                    worker,
-                    relay,
-                    peer,
-                    src,
-                    payload,
-                }) => {
-                    if let Some(bytes) = frame.get(payload) {
-                        hand_off(&w, worker, relay, peer, src, bytes);
-                    }
-                    wake_workers(&w);
-                }
-                None => {}
-            }
+            // A burst of frames from one read toward one peer leaves in one GSO send,
+            // flushed after the read's frames (before any await).
+            relay_input(&w, relay, frame);
             if pending {
                 flush(&w, now);
             }
@@ -1370,9 +1344,11 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             }
         }
         flush_sends(&w);
+        wake_workers(&w);
         buf.drain(..off);
     }
     flush_sends(&w);
+    wake_workers(&w);
     // Closing lets the writer send what is queued and return the write half.
     if let Some(out) = w.streams.borrow_mut().remove(&five) {
         out.close();
