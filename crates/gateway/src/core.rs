@@ -1914,24 +1914,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn offer_waits_for_candidates_until_completed_or_deadline() {
-        let t0 = Instant::now();
+    /// Alice (conn 1) calls Bob (conn 2) with a trickle offer at `t0`; returns the core,
+    /// Alice's session and handle, Bob's handle and the reply to `call`.
+    fn trickle_offer(t0: Instant, wait: Duration) -> (Core, u64, u64, u64, Value) {
         let mut c = core(CoreConfig {
-            candidate_wait: Duration::from_millis(500),
+            candidate_wait: wait,
             ..CoreConfig::default()
         });
         let (sa, ha) = party(&mut c, t0, 1, "alice");
         let (_sb, hb) = party(&mut c, t0, 2, "bob");
         let call = call_bob(sa, ha, json!({"type": "offer", "sdp": OFFER}));
-        assert_eq!(req(&mut c, t0, 1, call)["janus"], "ack");
+        let reply = req(&mut c, t0, 1, call);
+        (c, sa, ha, hb, reply)
+    }
+
+    /// A trickle of one candidate line for mid 0.
+    fn trickle_candidate(s: u64, h: u64, line: &str) -> Value {
+        json!({"janus": "trickle", "transaction": "t", "session_id": s, "handle_id": h,
+            "candidate": {"candidate": line, "sdpMid": "0", "sdpMLineIndex": 0}})
+    }
+
+    #[test]
+    fn offer_waits_for_candidates_until_completed_or_deadline() {
+        let t0 = Instant::now();
+        let (mut c, sa, ha, hb, reply) = trickle_offer(t0, Duration::from_millis(500));
+        assert_eq!(reply["janus"], "ack");
         let ev = events(&mut c);
         assert_eq!(ev.len(), 1, "only `calling` to alice: {ev:?}");
         assert_eq!(ev[0].1["plugindata"]["data"]["result"]["event"], "calling");
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(500)));
         // a candidate arrives; still held
-        let tr = json!({"janus": "trickle", "transaction": "t", "session_id": sa, "handle_id": ha,
-            "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1", "sdpMid": "0", "sdpMLineIndex": 0}});
+        let tr = trickle_candidate(sa, ha, "candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1");
         req(&mut c, t0 + Duration::from_millis(100), 1, tr);
         c.handle_timeout(t0 + Duration::from_millis(499), 0);
         assert!(events(&mut c).is_empty());
@@ -1952,21 +1965,13 @@ mod tests {
         // janus.js over HTTP sends every trickle as its own POST; `completed` can be
         // processed before the candidate it closes. The offer must still carry it.
         let t0 = Instant::now();
-        let mut c = core(CoreConfig {
-            candidate_wait: Duration::from_millis(1000),
-            ..CoreConfig::default()
-        });
-        let (sa, ha) = party(&mut c, t0, 1, "alice");
-        let (_sb, hb) = party(&mut c, t0, 2, "bob");
-        let call = call_bob(sa, ha, json!({"type": "offer", "sdp": OFFER}));
-        req(&mut c, t0, 1, call);
+        let (mut c, sa, ha, hb, _) = trickle_offer(t0, Duration::from_millis(1000));
         events(&mut c);
         let done = json!({"janus": "trickle", "transaction": "d", "session_id": sa, "handle_id": ha,
             "candidate": {"completed": true}});
         req(&mut c, t0 + Duration::from_millis(150), 1, done);
         assert!(events(&mut c).is_empty(), "held: no candidate yet");
-        let tr = json!({"janus": "trickle", "transaction": "t", "session_id": sa, "handle_id": ha,
-            "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ relay ufrag u1", "sdpMid": "0", "sdpMLineIndex": 0}});
+        let tr = trickle_candidate(sa, ha, "candidate:1 1 udp 1 127.0.0.1 9 typ relay ufrag u1");
         req(&mut c, t0 + Duration::from_millis(151), 1, tr);
         let ev = events(&mut c);
         assert_eq!(ev.len(), 1, "{ev:?}");
