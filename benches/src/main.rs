@@ -84,7 +84,7 @@ enum Cmd {
         #[command(flatten)]
         gateway: gateway::GatewayArgs,
     },
-    /// (internal) the bare UDP forwarder, started as a separate process by `turn`.
+    /// (internal) the bare UDP/TCP forwarder, started as a separate process by `turn`.
     #[command(hide = true)]
     Forwarder {
         #[arg(long)]

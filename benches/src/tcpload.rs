@@ -2,7 +2,8 @@
 //! TCP connection to the server carrying its STUN transactions and, padded to a
 //! multiple of 4 bytes, its ChannelData frames. The relay side stays UDP (toward the
 //! bench's echo peer), so each frame is relayed twice, as in the UDP rows: client →
-//! peer and peer → client.
+//! peer and peer → client. Against the bare forwarder the connections skip STUN and
+//! carry ChannelData only: the floor for the same traffic.
 //!
 //! The load side runs on the caller's current-thread runtime: the pacer never waits
 //! on a socket (non-blocking `try_write`, one write per connection per burst, with a
@@ -101,57 +102,47 @@ impl Transport for TcpPath {
     }
 }
 
-/// One TURN-over-TCP allocation: its stream and its credentials.
-struct TcpAlloc {
-    path: TcpPath,
-    session: Session,
-}
-
-impl TcpAlloc {
-    /// Connects and allocates a UDP relay with REST credentials for `user` (the same
-    /// 401 round trip as over UDP, see `stunc`).
-    async fn allocate(server: SocketAddr, secret: &str, user: &str) -> Result<Self> {
+impl TcpPath {
+    async fn connect(server: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect(server)
             .await
             .with_context(|| format!("TCP connect to {server}"))?;
         stream.set_nodelay(true)?;
-        let mut path = TcpPath {
+        Ok(Self {
             stream,
             inbuf: Vec::with_capacity(READ_BUF),
-        };
-        let auth = TurnAuth {
-            server,
-            secret: secret.to_owned(),
-        };
-        let creds = Creds::mint(&auth, user)?;
-        let session = Session::allocate(&mut path, &creds).await?;
-        Ok(Self { path, session })
-    }
-
-    /// CreatePermission and ChannelBind `channel` toward `peer`.
-    async fn bind(&mut self, channel: u16, peer: SocketAddr) -> Result<()> {
-        self.session.create_permission(&mut self.path, peer).await?;
-        self.session
-            .channel_bind(&mut self.path, channel, peer)
-            .await
+        })
     }
 }
 
-/// `allocs` TCP allocations, each with channel 0x4000 bound to `peer`.
+/// `allocs` streams to `server` that carry ChannelData 0x4000 toward `peer`. With a
+/// `secret`, each is a TURN-over-TCP allocation: REST credentials, Allocate with the
+/// 401 round trip as over UDP (see `stunc`), CreatePermission and ChannelBind. Without
+/// one (the bare forwarder, which relays every frame to its fixed peer), just the
+/// connection.
 async fn allocate_tcp(
     server: SocketAddr,
-    secret: &str,
+    secret: Option<&str>,
     peer: SocketAddr,
     allocs: usize,
-) -> Result<Vec<TcpAlloc>> {
+) -> Result<Vec<TcpPath>> {
     static RUN: AtomicU32 = AtomicU32::new(0);
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let mut out = Vec::with_capacity(allocs);
     for chunk in (0..allocs).collect::<Vec<_>>().chunks(32) {
         let batch = chunk.iter().map(|&k| async move {
-            let mut a = TcpAlloc::allocate(server, secret, &format!("tcp{run}-{k}")).await?;
-            a.bind(CHANNEL, peer).await?;
-            anyhow::Ok(a)
+            let mut path = TcpPath::connect(server).await?;
+            if let Some(secret) = secret {
+                let auth = TurnAuth {
+                    server,
+                    secret: secret.to_owned(),
+                };
+                let creds = Creds::mint(&auth, &format!("tcp{run}-{k}"))?;
+                let mut session = Session::allocate(&mut path, &creds).await?;
+                session.create_permission(&mut path, peer).await?;
+                session.channel_bind(&mut path, CHANNEL, peer).await?;
+            }
+            anyhow::Ok(path)
         });
         for r in join_all(batch).await {
             out.push(r?);
@@ -253,7 +244,7 @@ fn flush(wr: &OwnedWriteHalf, backlog: &mut Vec<u8>) -> std::io::Result<()> {
 /// Paced ChannelData over the allocations' streams; `rate` is frames/s sent by all
 /// connections together (each is relayed twice).
 async fn run_step(
-    allocs: Vec<TcpAlloc>,
+    allocs: Vec<TcpPath>,
     peer: &EchoPeer,
     payload: usize,
     rate: f64,
@@ -268,8 +259,8 @@ async fn run_step(
     let mut writers = Vec::with_capacity(allocs.len());
     let mut readers = Vec::with_capacity(allocs.len());
     for a in allocs {
-        let (rd, wr) = a.path.stream.into_split();
-        readers.push((rd, a.path.inbuf));
+        let (rd, wr) = a.stream.into_split();
+        readers.push((rd, a.inbuf));
         writers.push(wr);
     }
     let received = Cell::new(0u64);
@@ -378,13 +369,13 @@ async fn run_step(
 }
 
 /// One CPU step over TCP: `allocs` fresh TURN-over-TCP allocations on `server`
-/// (channel 0x4000 to the echo peer), `size`-byte payloads at `rate` relayed
-/// packets/s in total (to_peer + to_client), each connection writing `burst` frames
-/// at a time, for `step`. Allocation set-up is outside the measured window.
+/// (channel 0x4000 to the echo peer; bare connections without a `secret`),
+/// `size`-byte payloads at `rate` relayed packets/s in total (to_peer + to_client),
+/// each connection writing `burst` frames at a time, for `step`. Allocation set-up is outside the measured window.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn tcp_cpu_step(
     server: SocketAddr,
-    secret: &str,
+    secret: Option<&str>,
     peer: &EchoPeer,
     allocs: usize,
     size: usize,
@@ -399,11 +390,12 @@ pub(crate) async fn tcp_cpu_step(
 
 /// The TCP rows of the data session: "CPU µs/relayed pkt, TCP N B" and the load
 /// generator's CPU, for every `--sizes` entry, with `--cpu-allocs` connections at
-/// `--cpu-rate` relayed packets/s in `--burst` frame writes.
+/// `--cpu-rate` relayed packets/s in `--burst` frame writes. `secret` as for
+/// [`tcp_cpu_step`].
 pub(crate) async fn tcp_cpu_rows(
     label: &str,
     server: SocketAddr,
-    secret: &str,
+    secret: Option<&str>,
     peer: &EchoPeer,
     opts: &TurnOpts,
     server_pid: u32,

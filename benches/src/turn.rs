@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use crate::load::{self, EchoPeer, Flow, LoadResult, LoadSpec};
 use crate::procfs::{CpuMeter, rss_kib, thread_cpu_secs};
 use crate::report::Figures;
-use crate::servers::{Server, free_port, sibling_binary};
+use crate::servers::{Server, free_port, sibling_binary, wait_tcp};
 use crate::stunc::{Allocation, Creds, TurnAuth, alloc_cycle, wait_stun};
 use crate::udp::BatchSocket;
 
@@ -123,7 +123,9 @@ async fn start(target: Target, opts: &TurnOpts, peer: SocketAddr, tag: &str) -> 
             .await
             .with_context(|| format!("{} did not answer; see {log:?}", target.column()))?;
     } else {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The forwarder binds UDP first, then TCP: a TCP connect means both are up.
+        wait_tcp(addr, Duration::from_secs(10))
+            .with_context(|| format!("the forwarder did not listen; see {log:?}"))?;
     }
     server.check_alive()?;
     Ok(Running { server, addr })
@@ -341,11 +343,10 @@ async fn data_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figur
             );
         }
     }
-    // The same over TURN-over-TCP client connections (UDP relay to the same peer).
-    if target != Target::Forwarder {
-        crate::tcpload::tcp_cpu_rows(target.column(), srv.addr, SECRET, &peer, opts, pid, f)
-            .await?;
-    }
+    // The same over TURN-over-TCP client connections (UDP relay to the same peer);
+    // the forwarder's TCP side takes bare connections (no STUN).
+    let secret = (target != Target::Forwarder).then_some(SECRET);
+    crate::tcpload::tcp_cpu_rows(target.column(), srv.addr, secret, &peer, opts, pid, f).await?;
 
     // Max relayed pps at ≤ 0.1 % loss.
     for &n in &opts.alloc_counts {
