@@ -22,7 +22,10 @@ use rand::rngs::StdRng;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 
 /// A UDP socket registered with tokio for readability only. Sends are direct non-blocking
 /// syscalls (a full buffer drops the datagram, as a router would), so nothing waits for
@@ -59,21 +62,30 @@ const MAX_DATAGRAM: usize = 65_536;
 /// grow memory): 512 full-size video packets.
 const STREAM_QUEUE_BYTES: usize = 512 * 1500;
 
-/// Frames waiting for one TCP/TLS client, written by the connection's writer task. The
-/// relay path appends a frame in place (header, payload, padding) — no allocation and no
-/// channel message per frame — and the writer takes everything queued in one swap.
+/// Frames waiting for one TCP/TLS client. The relay path appends a frame in place
+/// (header, payload, padding): no allocation and no channel message per frame.
+///
+/// Plain TCP: the worker writes the queue itself at the end of the batch that filled it
+/// ([`flush_sends`]: one `try_write`, no task wake-up); the connection's writer task takes
+/// over only while the socket is full. TLS: the writer task takes everything queued in one
+/// swap and writes one record per frame.
 #[derive(Default)]
 struct StreamOut {
     buf: RefCell<Vec<u8>>,
-    /// End offset in `buf` of every queued frame (TLS writes one record per frame).
+    /// TLS: end offset in `buf` of every queued frame (one record per frame).
     ends: RefCell<Vec<usize>>,
     ready: tokio::sync::Notify,
     closed: Cell<bool>,
+    /// Plain TCP: the write half, written from the relay path.
+    direct: Option<OwnedWriteHalf>,
+    /// Listed in the worker's `dirty_streams` for the end of the current batch.
+    dirty: Cell<bool>,
 }
 
 impl StreamOut {
     /// Queues one frame made of `parts` plus `padding` zero bytes; false (dropped) when
-    /// the client is that far behind or the connection is closing.
+    /// the client is that far behind or the connection is closing. Does not write: see
+    /// [`queued`] and [`StreamOut::kick`].
     fn push(&self, parts: &[&[u8]], padding: usize) -> bool {
         let len = parts.iter().map(|p| p.len()).sum::<usize>() + padding;
         let mut buf = self.buf.borrow_mut();
@@ -85,16 +97,50 @@ impl StreamOut {
         }
         let end = buf.len() + padding;
         buf.resize(end, 0);
-        self.ends.borrow_mut().push(buf.len());
-        drop(buf);
-        self.ready.notify_one();
+        if self.direct.is_none() {
+            self.ends.borrow_mut().push(end);
+        }
         true
+    }
+
+    /// Wakes the writer task.
+    fn kick(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Plain TCP: writes what is queued without waiting; what the socket does not take
+    /// (full, or an error the writer task then sees) is left to the writer task.
+    fn write_now(&self) {
+        let Some(wr) = &self.direct else {
+            return self.kick();
+        };
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() {
+            return;
+        }
+        if let Ok(n) = wr.try_write(&buf) {
+            buf.drain(..n);
+        }
+        if !buf.is_empty() {
+            drop(buf);
+            self.kick();
+        }
     }
 
     /// The writer sends what is queued, then returns.
     fn close(&self) {
         self.closed.set(true);
-        self.ready.notify_one();
+        self.kick();
+    }
+}
+
+/// After a frame was queued on the relay path: plain TCP streams are written once at the
+/// end of the batch ([`flush_sends`]), TLS streams by their writer task.
+fn queued(w: &Worker, out: &Rc<StreamOut>) {
+    if out.direct.is_none() {
+        out.kick();
+    } else if !out.dirty.replace(true) {
+        w.dirty_streams.borrow_mut().push(out.clone());
     }
 }
 
@@ -390,6 +436,8 @@ struct Worker {
     udp: crate::core::FxMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<RelayMap>,
     streams: RefCell<HashMap<FiveTuple, Rc<StreamOut>>>,
+    /// Plain TCP streams that got frames during the current batch (see [`queued`]).
+    dirty_streams: RefCell<Vec<Rc<StreamOut>>>,
     /// One receive buffer shared by all relay sockets of this worker (read synchronously after
     /// readiness), so an idle allocation costs no buffer memory.
     relay_buf: RefCell<Vec<u8>>,
@@ -486,6 +534,11 @@ fn send_batched(w: &Worker, via: Via, to: SocketAddr, bytes: &[u8]) {
 /// Sends what [`send_batched`] holds; call before every await.
 fn flush_sends(w: &Worker) {
     flush_batch(w, &mut w.gso.borrow_mut());
+    let mut dirty = w.dirty_streams.borrow_mut();
+    for out in dirty.drain(..) {
+        out.dirty.set(false);
+        out.write_now();
+    }
 }
 
 fn flush_batch(w: &Worker, b: &mut SendBatch) {
@@ -610,6 +663,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         udp,
         relays: RefCell::new(RelayMap::default()),
         streams: RefCell::new(HashMap::new()),
+        dirty_streams: RefCell::new(Vec::new()),
         relay_buf: RefCell::new(vec![0u8; RELAY_SLOT * RELAY_BATCH]),
         recv_state,
         max_frame: cfg.max_frame as usize,
@@ -858,8 +912,10 @@ fn deliver_channel_data(
     match client.proto {
         Proto::Udp => send_batched(w, Via::Listener(client.local), client.remote, frame),
         Proto::Tcp | Proto::Tls => {
-            if let Some(out) = w.streams.borrow().get(&client) {
-                out.push(&[frame], padding);
+            if let Some(out) = w.streams.borrow().get(&client)
+                && out.push(&[frame], padding)
+            {
+                queued(w, out);
             }
         }
     }
@@ -873,8 +929,10 @@ fn send_to_client(w: &Worker, client: FiveTuple, data: Vec<u8>) {
             }
         }
         Proto::Tcp | Proto::Tls => {
-            if let Some(out) = w.streams.borrow().get(&client) {
-                out.push(&[&data], 0);
+            if let Some(out) = w.streams.borrow().get(&client)
+                && out.push(&[&data], 0)
+            {
+                out.kick();
             }
         }
     }
@@ -1095,9 +1153,18 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
     }
 }
 
+/// Bytes a stream connection reads per syscall (at least; the buffer grows for a frame
+/// that does not fit).
+const STREAM_READ: usize = 16 * 1024;
+/// A TCP/TLS connection with nothing read for this long is closed.
+const STREAM_IDLE: Duration = Duration::from_secs(3600);
+
 /// Datagrams read per `recvmmsg` on a relay socket, and the size of one slot of the
 /// worker's relay buffer (4 bytes of headroom for the ChannelData header + a datagram).
-const RELAY_BATCH: usize = 8;
+/// A burst that fills every slot costs one more `recvmmsg` just to see `EAGAIN`; 16
+/// slots cover a video frame's burst in one call (8 cost a second call per 8-packet
+/// burst). The buffer is per worker (16 × 64 KiB), not per allocation.
+const RELAY_BATCH: usize = 16;
 const RELAY_SLOT: usize = MAX_DATAGRAM + 4;
 
 /// One non-blocking `recvmmsg` inside tokio's readiness protocol. When it returns fewer
@@ -1211,14 +1278,14 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => serve_stream(w, s, five).await,
+                        Ok(Ok(s)) => serve_stream(w, ClientConn::Tls(Box::new(s)), five).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 });
             }
             _ => {
-                tokio::task::spawn_local(serve_stream(w, stream, five));
+                tokio::task::spawn_local(serve_stream(w, ClientConn::Tcp(stream), five));
             }
         }
     }
@@ -1245,67 +1312,164 @@ fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
     }
 }
 
-async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
-    w: Rc<Worker>,
-    stream: S,
-    five: FiveTuple,
-) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let out = Rc::new(StreamOut::default());
-    w.streams.borrow_mut().insert(five, out.clone());
-    // Plain TCP: everything queued leaves in one write (one syscall). TLS: one record per
-    // frame, because some clients (coturn's uclient) handle only one TURN frame per
-    // SSL_read; the records still leave in as few TCP segments as the kernel likes.
-    let coalesce = five.proto == Proto::Tcp;
-    let writer = tokio::task::spawn_local(async move {
-        let (mut batch, mut ends) = (Vec::new(), Vec::new());
-        loop {
-            if out.buf.borrow().is_empty() {
-                if out.closed.get() {
-                    break;
-                }
-                out.ready.notified().await;
-                continue;
+/// A client's TURN-over-TCP or TURN-over-TLS connection.
+enum ClientConn {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The read half of a [`ClientConn`].
+enum StreamRead {
+    Tcp(OwnedReadHalf),
+    Tls(ReadHalf<TlsStream<TcpStream>>),
+}
+
+impl StreamRead {
+    /// Reads into `buf`'s spare capacity. A short read clears the socket's readiness
+    /// (tokio's `AsyncRead` does), so a burst costs one `read`, not one more for `EAGAIN`.
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Self::Tcp(r) => r.read_buf(buf).await,
+            Self::Tls(r) => r.read_buf(buf).await,
+        }
+    }
+}
+
+/// The writer task of a connection, which returns the write half for RFC 6062 splicing
+/// (plain TCP keeps its write half in the [`StreamOut`]).
+enum StreamWriter {
+    Tcp(JoinHandle<()>),
+    Tls(JoinHandle<WriteHalf<TlsStream<TcpStream>>>),
+}
+
+/// Plain TCP: writes the queue while the relay path could not (socket full), and what
+/// is left when the connection closes.
+async fn tcp_writer(out: Rc<StreamOut>) {
+    let Some(wr) = &out.direct else { return };
+    loop {
+        if out.buf.borrow().is_empty() {
+            if out.closed.get() {
+                break;
             }
-            std::mem::swap(&mut *out.buf.borrow_mut(), &mut batch);
-            std::mem::swap(&mut *out.ends.borrow_mut(), &mut ends);
-            let sent = if coalesce {
-                wr.write_all(&batch).await
-            } else {
-                let mut start = 0;
-                let mut r = Ok(());
-                for &end in &ends {
-                    r = wr
-                        .write_all(batch.get(start..end).unwrap_or_default())
-                        .await;
-                    if r.is_err() {
-                        break;
-                    }
-                    start = end;
+            out.ready.notified().await;
+            continue;
+        }
+        if wr.writable().await.is_err() {
+            break;
+        }
+        let r = {
+            let mut buf = out.buf.borrow_mut();
+            match wr.try_write(&buf) {
+                Ok(n) => {
+                    buf.drain(..n);
+                    Ok(())
                 }
-                r
-            };
-            batch.clear();
-            ends.clear();
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        if r.is_err() {
+            // Nothing more will leave: stop queueing for this client.
+            out.closed.set(true);
+            break;
+        }
+    }
+}
+
+/// TLS: one record per frame, because some clients (coturn's uclient) handle only one
+/// TURN frame per SSL_read; the records still leave in as few TCP segments as the kernel
+/// likes. Returns the write half (closed by the caller, or spliced: RFC 6062).
+async fn tls_writer(
+    out: Rc<StreamOut>,
+    mut wr: WriteHalf<TlsStream<TcpStream>>,
+) -> WriteHalf<TlsStream<TcpStream>> {
+    let (mut batch, mut ends) = (Vec::new(), Vec::new());
+    loop {
+        if out.buf.borrow().is_empty() {
+            if out.closed.get() {
+                break;
+            }
+            out.ready.notified().await;
+            continue;
+        }
+        std::mem::swap(&mut *out.buf.borrow_mut(), &mut batch);
+        std::mem::swap(&mut *out.ends.borrow_mut(), &mut ends);
+        let mut start = 0;
+        let mut sent = Ok(());
+        for &end in &ends {
+            sent = wr
+                .write_all(batch.get(start..end).unwrap_or_default())
+                .await;
             if sent.is_err() {
                 break;
             }
+            start = end;
         }
-        // Hand the write half back: closed by the caller, or spliced (RFC 6062).
-        wr
-    });
+        batch.clear();
+        ends.clear();
+        if sent.is_err() {
+            out.closed.set(true);
+            break;
+        }
+    }
+    wr
+}
+
+async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple) {
+    let (mut rd, out, writer) = match conn {
+        ClientConn::Tcp(s) => {
+            let (rd, wr) = s.into_split();
+            let out = Rc::new(StreamOut {
+                direct: Some(wr),
+                ..StreamOut::default()
+            });
+            let writer = tokio::task::spawn_local(tcp_writer(out.clone()));
+            (StreamRead::Tcp(rd), out, StreamWriter::Tcp(writer))
+        }
+        ClientConn::Tls(s) => {
+            let (rd, wr) = tokio::io::split(*s);
+            let out = Rc::new(StreamOut::default());
+            let writer = tokio::task::spawn_local(tls_writer(out.clone(), wr));
+            (StreamRead::Tls(rd), out, StreamWriter::Tls(writer))
+        }
+    };
+    w.streams.borrow_mut().insert(five, out.clone());
     let mut splice: Option<(u32, Vec<u8>)> = None;
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
+    // Frames are parsed where they are read: no copy from a read chunk. The buffer holds
+    // at most one partial frame between reads, so `drain` moves little.
+    let mut buf: Vec<u8> = Vec::with_capacity(STREAM_READ);
+    // One shutdown future and one idle timer for the connection's life, re-armed only when
+    // it fires: a timer per read (insert + remove in the wheel) was measurable per burst.
+    let shutdown = w.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let idle = tokio::time::sleep(STREAM_IDLE);
+    tokio::pin!(idle);
+    let mut last_read = tokio::time::Instant::now();
     'conn: loop {
-        let n = tokio::select! {
-            _ = w.shutdown.cancelled() => break,
-            r = tokio::time::timeout(Duration::from_secs(3600), rd.read(&mut chunk)) => match r {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                Ok(Ok(n)) => n,
+        if buf.capacity() - buf.len() < STREAM_READ / 2 {
+            buf.reserve(STREAM_READ);
+        }
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             },
-        };
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            () = &mut idle => {
+                let due = last_read + STREAM_IDLE;
+                if tokio::time::Instant::now() >= due {
+                    tracing::debug!(client = ?five.remote, "idle stream, closing");
+                    break;
+                }
+                idle.as_mut().reset(due);
+                continue;
+            }
+        }
+        // All frames of one read arrived at the same moment: one clock read per read.
+        let now = Instant::now();
+        last_read = now.into();
+        let unix = unix_now();
         let mut off = 0;
         loop {
             let rest = buf.get(off..).unwrap_or_default();
@@ -1324,10 +1488,9 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             let Some(frame) = buf.get_mut(off..off + len) else {
                 break;
             };
-            let now = Instant::now();
             let (relay, pending) = {
                 let mut core = w.core.borrow_mut();
-                let r = core.handle_input(now, unix_now(), five, frame);
+                let r = core.handle_input(now, unix, five, frame);
                 (r, core.has_pending())
             };
             // A burst of frames from one read toward one peer leaves in one GSO send,
@@ -1337,8 +1500,17 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 flush(&w, now);
             }
             off += len;
-            // RFC 6062: after a successful ConnectionBind the rest of the stream is raw data.
-            if let Some(id) = w.splices.borrow_mut().remove(&five) {
+            // RFC 6062: after a successful ConnectionBind the rest of the stream is raw
+            // data. (The map is empty except during a bind: no hashing per frame.)
+            let bound = {
+                let mut splices = w.splices.borrow_mut();
+                if splices.is_empty() {
+                    None
+                } else {
+                    splices.remove(&five)
+                }
+            };
+            if let Some(id) = bound {
                 splice = Some((id, buf.get(off..).unwrap_or_default().to_vec()));
                 break 'conn;
             }
@@ -1349,24 +1521,46 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     }
     flush_sends(&w);
     wake_workers(&w);
-    // Closing lets the writer send what is queued and return the write half.
+    // Closing lets the writer send what is queued and return.
     if let Some(out) = w.streams.borrow_mut().remove(&five) {
         out.close();
     }
     if let Some((id, leftover)) = splice {
-        let Ok(wr) = writer.await else { return };
         let peer = peer_streams_lock(&w.peer_streams)
             .remove(&id)
             .map(|(s, _, conns)| (s, conns));
-        if let Some((peer, conns)) = peer {
-            splice_data(&w, five.proto, rd.unsplit(wr), peer, &leftover, &conns).await;
+        match (rd, writer) {
+            (StreamRead::Tcp(rd), StreamWriter::Tcp(h)) => {
+                let _ = h.await;
+                // The writer and the worker's maps have let go of the queue by now.
+                let Some(wr) = Rc::try_unwrap(out).ok().and_then(|o| o.direct) else {
+                    return;
+                };
+                if let (Ok(client), Some((peer, conns))) = (rd.reunite(wr), peer) {
+                    splice_data(&w, five.proto, client, peer, &leftover, &conns).await;
+                }
+            }
+            (StreamRead::Tls(rd), StreamWriter::Tls(h)) => {
+                if let (Ok(wr), Some((peer, conns))) = (h.await, peer) {
+                    splice_data(&w, five.proto, rd.unsplit(wr), peer, &leftover, &conns).await;
+                }
+            }
+            _ => {}
         }
         return;
     }
     w.core.borrow_mut().connection_closed(five);
     flush(&w, Instant::now());
-    if let Ok(mut wr) = writer.await {
-        let _ = wr.shutdown().await;
+    match writer {
+        // Dropping the write half (with the queue) shuts the write side down.
+        StreamWriter::Tcp(h) => {
+            let _ = h.await;
+        }
+        StreamWriter::Tls(h) => {
+            if let Ok(mut wr) = h.await {
+                let _ = wr.shutdown().await;
+            }
+        }
     }
 }
 
@@ -1385,7 +1579,7 @@ async fn splice_data<S: AsyncRead + AsyncWrite + Unpin>(
     if conns.is_cancelled() {
         return;
     }
-    let Ok(mut peer) = tokio::net::TcpStream::from_std(peer) else {
+    let Ok(mut peer) = TcpStream::from_std(peer) else {
         return;
     };
     if peer.write_all(leftover).await.is_err() {

@@ -181,3 +181,42 @@ fn bursts_in_order(tcp: bool) {
     }
     assert_eq!(server.stop(), Some(0));
 }
+
+#[test]
+fn tcp_client_that_stops_reading_gets_every_frame_in_order_later() {
+    // Frames toward a TCP client are written straight from the relay path while the socket
+    // takes them; once it is full (the client stopped reading) the connection's writer
+    // task takes over. Nothing may be lost or reordered across that hand-over, within the
+    // per-client queue limit (768 KB; this sends 300 KB).
+    let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let p = peer.local_addr().unwrap();
+    let (user, pass) =
+        turn_server::auth::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
+    let mut c = RawClient::new_tcp_small_window(server.addr(), &user, &pass, REALM);
+    let relay = relayed(&mut c);
+    assert_eq!(c.channel_bind(0x4000, p).class, 2);
+    const N: usize = 300;
+    let payload = |i: usize| {
+        let mut v = vec![(i % 251) as u8; 1000 + i % 7];
+        v[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        v
+    };
+    // The client does not read while the peer sends (in small groups, so that the relay
+    // socket's receive buffer never overflows).
+    for i in 0..N {
+        peer.send_to(&payload(i), relay).unwrap();
+        if i % 20 == 19 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..N {
+        assert_eq!(
+            c.recv().as_deref(),
+            Some(&channel_data(0x4000, &payload(i))[..]),
+            "frame {i} toward the client (lost, cut or reordered)"
+        );
+    }
+    assert_eq!(server.stop(), Some(0));
+}
