@@ -170,6 +170,10 @@ struct TurnArgs {
     /// Idle allocations for RSS per allocation.
     #[arg(long, default_value_t = 10_000)]
     rss_allocs: usize,
+    /// Threads for both TURN servers: coturn `--relay-threads N`, turn-server
+    /// `--workers N`. Default: each server's own (coturn: one per CPU; ours: half the CPUs).
+    #[arg(long)]
+    server_threads: Option<usize>,
 }
 
 fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize)> {
@@ -215,6 +219,7 @@ fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize
         alloc_threads: a.alloc_threads,
         alloc_same_user: a.alloc_same_user,
         rss_allocs: a.rss_allocs,
+        server_threads: a.server_threads,
         latency_allocs: 10,
         burst: a.burst.max(1),
         scratch: scratch.to_path_buf(),
@@ -271,14 +276,16 @@ fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
         opts.turn_server.display(),
     );
     println!(
-        "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} cpu_rate_high={} burst={} rss_allocs={}",
+        "runs={runs} step={:?} counts={:?} sizes={:?} cpu_rate={} cpu_rate_high={} burst={} rss_allocs={} server_threads={}",
         opts.step,
         opts.alloc_counts,
         opts.sizes,
         opts.cpu_rate,
         opts.cpu_rate_high,
         opts.burst,
-        opts.rss_allocs
+        opts.rss_allocs,
+        opts.server_threads
+            .map_or_else(|| "default (CPUs)".to_owned(), |n| n.to_string()),
     );
     println!(
         "alloc_secs={} alloc_concurrency={} alloc_threads={} alloc_same_user={}",

@@ -401,39 +401,41 @@ pub(crate) async fn tcp_cpu_rows(
     server_pid: u32,
     f: &mut Figures,
 ) -> Result<()> {
-    for &size in &opts.sizes {
-        let s = tcp_cpu_step(
-            server,
-            secret,
-            peer,
-            opts.cpu_allocs,
-            size,
-            opts.cpu_rate,
-            opts.burst,
-            opts.step,
-            server_pid,
-        )
-        .await?;
-        eprintln!(
-            "  {label} cpu TCP {size}B: relayed {} loss {:.3}%{} server {:.2} µs/pkt loadgen {:.2} µs/pkt",
-            s.r.relayed(),
-            s.r.loss() * 100.0,
-            if s.r.skipped > 0 {
-                format!(" ({} frames skipped by the pacer)", s.r.skipped)
-            } else {
-                String::new()
-            },
-            s.server_us_per_pkt(),
-            s.gen_us_per_pkt(),
-        );
-        f.set(
-            &format!("CPU µs/relayed pkt, TCP {size} B"),
-            s.server_us_per_pkt(),
-        );
-        f.set(
-            &format!("  load generator CPU µs/pkt (TCP {size} B)"),
-            s.gen_us_per_pkt(),
-        );
+    for (rate, tag) in &opts.cpu_rates() {
+        for &size in &opts.sizes {
+            let s = tcp_cpu_step(
+                server,
+                secret,
+                peer,
+                opts.cpu_allocs,
+                size,
+                *rate,
+                opts.burst,
+                opts.step,
+                server_pid,
+            )
+            .await?;
+            eprintln!(
+                "  {label} cpu TCP {size}B{tag}: relayed {} loss {:.3}%{} server {:.2} µs/pkt loadgen {:.2} µs/pkt",
+                s.r.relayed(),
+                s.r.loss() * 100.0,
+                if s.r.skipped > 0 {
+                    format!(" ({} frames skipped by the pacer)", s.r.skipped)
+                } else {
+                    String::new()
+                },
+                s.server_us_per_pkt(),
+                s.gen_us_per_pkt(),
+            );
+            f.set(
+                &format!("CPU µs/relayed pkt, TCP {size} B{tag}"),
+                s.server_us_per_pkt(),
+            );
+            f.set(
+                &format!("  load generator CPU µs/pkt (TCP {size} B{tag})"),
+                s.gen_us_per_pkt(),
+            );
+        }
     }
     Ok(())
 }

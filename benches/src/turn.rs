@@ -57,6 +57,9 @@ pub(crate) struct TurnOpts {
     pub(crate) alloc_threads: usize,
     pub(crate) alloc_same_user: bool,
     pub(crate) rss_allocs: usize,
+    /// Threads for both servers (coturn `--relay-threads`, ours `--workers`); None =
+    /// each server's default (coturn one relay thread per CPU, ours half the CPUs).
+    pub(crate) server_threads: Option<usize>,
     pub(crate) latency_allocs: usize,
     pub(crate) burst: u64,
     pub(crate) scratch: PathBuf,
@@ -65,6 +68,19 @@ pub(crate) struct TurnOpts {
 impl TurnOpts {
     pub(crate) fn default_turn_server() -> PathBuf {
         sibling_binary("turn-server")
+    }
+
+    /// The rates of the CPU-per-packet rows with their row-name suffix: `--cpu-rate`
+    /// (no suffix), then `--cpu-rate-high` (" @ Nk pps") unless 0.
+    pub(crate) fn cpu_rates(&self) -> Vec<(f64, String)> {
+        let mut rates = vec![(self.cpu_rate, String::new())];
+        if self.cpu_rate_high > 0.0 {
+            rates.push((
+                self.cpu_rate_high,
+                format!(" @ {:.0}k pps", self.cpu_rate_high / 1e3),
+            ));
+        }
+        rates
     }
 }
 
@@ -92,6 +108,9 @@ async fn start(target: Target, opts: &TurnOpts, peer: SocketAddr, tag: &str) -> 
                 .arg(opts.scratch.join(format!("coturn-{tag}-file.log")))
                 .arg("--pidfile")
                 .arg(opts.scratch.join(format!("coturn-{tag}.pid")));
+            if let Some(n) = opts.server_threads {
+                cmd.args(["--relay-threads", &n.to_string()]);
+            }
         }
         Target::Ours => {
             let metrics = free_port()?;
@@ -106,6 +125,9 @@ async fn start(target: Target, opts: &TurnOpts, peer: SocketAddr, tag: &str) -> 
                 .args(["--user-quota", "0", "--bandwidth", "0"])
                 .args(["--unauth-rate", "1000000"])
                 .env("RUST_LOG", "warn");
+            if let Some(n) = opts.server_threads {
+                cmd.args(["--workers", &n.to_string()]);
+            }
         }
         Target::Forwarder => {
             cmd = Command::new(std::env::current_exe()?);
@@ -307,14 +329,7 @@ async fn data_session(target: Target, opts: &TurnOpts, run: usize, f: &mut Figur
     // CPU per relayed packet at a fixed, moderate rate, then (rows marked "@ N pps") at
     // a high one where more datagrams share a wake-up.
     let cpu_flows = flows_for(opts.cpu_allocs.min(sockets.len()));
-    let mut rates = vec![(opts.cpu_rate, String::new())];
-    if opts.cpu_rate_high > 0.0 {
-        rates.push((
-            opts.cpu_rate_high,
-            format!(" @ {:.0}k pps", opts.cpu_rate_high / 1e3),
-        ));
-    }
-    for (rate, tag) in &rates {
+    for (rate, tag) in &opts.cpu_rates() {
         for &size in &opts.sizes {
             let spec = LoadSpec {
                 rate: rate / 2.0,
