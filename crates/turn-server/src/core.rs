@@ -513,7 +513,12 @@ struct PendingAllocate {
     fingerprint: bool,
     reservation_token: Option<u64>,
     v6_error: bool,
+    /// Relay ports tried again because the bind failed (port busy on this host).
+    bind_retries: u8,
 }
+
+/// Busy relay ports an Allocate tries before it gets 508.
+const MAX_BIND_RETRIES: u8 = 8;
 
 impl Allocation {
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
@@ -868,15 +873,25 @@ impl<R: RngCore> Core<R> {
             .pending
             .as_ref()
             .is_some_and(|p| p.reservation_token.is_some());
-        if let Some(p) = port {
-            // Keep the busy port marked used so we do not pick it again soon.
-            let _ = p;
-        }
-        let picked = {
+        let retries = a.pending.as_mut().map_or(u8::MAX, |p| {
+            p.bind_retries = p.bind_retries.saturating_add(1);
+            p.bind_retries
+        });
+        // A port that another socket still holds (often our own relay socket of an
+        // allocation just deleted, whose task has not dropped it yet) stays marked used
+        // until a replacement is picked, so the pick cannot return it; then it goes back
+        // to the pool. (Kept used for good, each such collision leaked a port: under
+        // allocation churn the pool ran dry and every Allocate got 508.)
+        let picked = if retries > MAX_BIND_RETRIES {
+            None
+        } else {
             let mut pool = self.quota.ports();
             let p = pool.pick(&mut self.rng, fp_even, false);
             if let Some(p) = p {
                 pool.take(p);
+                if let Some(busy) = port {
+                    pool.release(busy);
+                }
             }
             p
         };
@@ -1839,6 +1854,7 @@ impl<R: RngCore> Core<R> {
                 fingerprint: msg.has_fingerprint(),
                 reservation_token,
                 v6_error,
+                bind_retries: 0,
             }),
             reservation: reservation_token,
             tcp,

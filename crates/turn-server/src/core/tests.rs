@@ -766,6 +766,47 @@ fn busy_port_retries_and_even_port_reservation() {
 }
 
 #[test]
+fn busy_ports_go_back_to_the_pool() {
+    // A bind that fails (the port still held by a socket being closed, or by another
+    // program) must not cost the pool that port for good: 30 allocate/delete cycles
+    // on a 10-port pool, each with one busy port first, all succeed and leave it full.
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let full = sim.core.gauges(sim.now).relay_ports_free;
+    assert_eq!(full, 10);
+    for i in 0..30 {
+        sim.fail_next_open = 1;
+        let c = client(100 + i);
+        allocate(&mut sim, c, &mut a);
+        assert_eq!(
+            sim.core.gauges(sim.now).relay_ports_free,
+            full - 1,
+            "cycle {i}"
+        );
+        assert_eq!(
+            simple(&mut sim, c, &a, method::REFRESH, |b| {
+                b.u32_attr(attr::LIFETIME, 0);
+            }),
+            None
+        );
+        assert_eq!(sim.core.gauges(sim.now).relay_ports_free, full, "cycle {i}");
+    }
+    // Every port busy (another program holds the range): 508 after a bounded number
+    // of tries, and the pool is whole again.
+    sim.fail_next_open = 1000;
+    assert_eq!(
+        simple(&mut sim, client(200), &a, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        Some(508)
+    );
+    assert_eq!(1000 - sim.fail_next_open, usize::from(MAX_BIND_RETRIES) + 1);
+    assert_eq!(sim.core.gauges(sim.now).relay_ports_free, full);
+    sim.fail_next_open = 0;
+    allocate(&mut sim, client(201), &mut a);
+}
+
+#[test]
 fn send_and_data_indications_and_external_ip() {
     let mut c = cfg();
     c.external_ip4 = Some("203.0.113.200".parse().unwrap());
