@@ -441,6 +441,9 @@ struct Worker {
     /// One receive buffer shared by all relay sockets of this worker (read synchronously after
     /// readiness), so an idle allocation costs no buffer memory.
     relay_buf: RefCell<Vec<u8>>,
+    /// The `recvmmsg` results for `relay_buf`, shared the same way: in each relay socket's
+    /// task they would add RELAY_BATCH × 56 bytes to every allocation.
+    relay_metas: RefCell<[quinn_udp::RecvMeta; RELAY_BATCH]>,
     /// Used only for its `recvmmsg` on relay sockets (which get no GRO: each datagram
     /// needs its own 4 bytes of headroom for the ChannelData header).
     recv_state: quinn_udp::UdpSocketState,
@@ -665,6 +668,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         streams: RefCell::new(HashMap::new()),
         dirty_streams: RefCell::new(Vec::new()),
         relay_buf: RefCell::new(vec![0u8; RELAY_SLOT * RELAY_BATCH]),
+        relay_metas: RefCell::new([quinn_udp::RecvMeta::default(); RELAY_BATCH]),
         recv_state,
         max_frame: cfg.max_frame as usize,
         shutdown: shutdown.clone(),
@@ -1195,13 +1199,13 @@ fn recv_batch(
 }
 
 async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
-    let mut metas = [quinn_udp::RecvMeta::default(); RELAY_BATCH];
     loop {
         if sock.readable().await.is_err() {
             return;
         }
         loop {
             let mut buf = w.relay_buf.borrow_mut();
+            let mut metas = w.relay_metas.borrow_mut();
             let res = {
                 let mut slots = buf.chunks_mut(RELAY_SLOT);
                 let mut iovs: [io::IoSliceMut<'_>; RELAY_BATCH] = std::array::from_fn(|_| {
@@ -1212,7 +1216,7 @@ async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
                             .unwrap_or_default(),
                     )
                 });
-                recv_batch(&sock, &w.recv_state, &mut iovs, &mut metas)
+                recv_batch(&sock, &w.recv_state, &mut iovs, &mut *metas)
             };
             let Ok((n, more)) = res else { break };
             let now = Instant::now();
@@ -1238,6 +1242,7 @@ async fn relay_loop(w: Rc<Worker>, token: RelayToken, sock: Rc<UdpSocket>) {
                 deliver_channel_data(&w, client, header, padding, slot);
             }
             flush_sends(&w);
+            drop(metas);
             drop(buf);
             if pending {
                 flush(&w, now);
