@@ -103,6 +103,20 @@ impl StreamOut {
         true
     }
 
+    /// Writer tasks: waits until frames are queued; false once the queue is empty and
+    /// the connection closing.
+    async fn wait_queued(&self) -> bool {
+        loop {
+            if !self.buf.borrow().is_empty() {
+                return true;
+            }
+            if self.closed.get() {
+                return false;
+            }
+            self.ready.notified().await;
+        }
+    }
+
     /// Wakes the writer task.
     fn kick(&self) {
         self.ready.notify_one();
@@ -1351,14 +1365,7 @@ enum StreamWriter {
 /// is left when the connection closes.
 async fn tcp_writer(out: Rc<StreamOut>) {
     let Some(wr) = &out.direct else { return };
-    loop {
-        if out.buf.borrow().is_empty() {
-            if out.closed.get() {
-                break;
-            }
-            out.ready.notified().await;
-            continue;
-        }
+    while out.wait_queued().await {
         if wr.writable().await.is_err() {
             break;
         }
@@ -1389,14 +1396,7 @@ async fn tls_writer(
     mut wr: WriteHalf<TlsStream<TcpStream>>,
 ) -> WriteHalf<TlsStream<TcpStream>> {
     let (mut batch, mut ends) = (Vec::new(), Vec::new());
-    loop {
-        if out.buf.borrow().is_empty() {
-            if out.closed.get() {
-                break;
-            }
-            out.ready.notified().await;
-            continue;
-        }
+    while out.wait_queued().await {
         std::mem::swap(&mut *out.buf.borrow_mut(), &mut batch);
         std::mem::swap(&mut *out.ends.borrow_mut(), &mut ends);
         let mut start = 0;

@@ -172,13 +172,7 @@ fn bursts_in_order(tcp: bool) {
     for i in 0..N {
         peer.send_to(&payload(i), relay).unwrap();
     }
-    for i in 0..N {
-        assert_eq!(
-            c.recv().as_deref(),
-            Some(&channel_data(0x4000, &payload(i))[..]),
-            "datagram {i} toward the client"
-        );
-    }
+    client_gets_in_order(&c, N, payload);
     assert_eq!(server.stop(), Some(0));
 }
 
@@ -211,12 +205,18 @@ fn tcp_client_that_stops_reading_gets_every_frame_in_order_later() {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    for i in 0..N {
+    client_gets_in_order(&c, N, payload);
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// The client receives `payload(0..n)` as ChannelData on channel 0x4000, one each, in
+/// order, nothing lost or cut.
+fn client_gets_in_order(c: &RawClient, n: usize, payload: impl Fn(usize) -> Vec<u8>) {
+    for i in 0..n {
         assert_eq!(
             c.recv().as_deref(),
             Some(&channel_data(0x4000, &payload(i))[..]),
-            "frame {i} toward the client (lost, cut or reordered)"
+            "datagram {i} toward the client (lost, cut or reordered)"
         );
     }
-    assert_eq!(server.stop(), Some(0));
 }
