@@ -244,6 +244,9 @@ async fn peer_to_stream(
     scratch: &RefCell<RecvScratch>,
     end: tokio::time::Instant,
 ) {
+    let Some(ch) = channel::ChannelNumber::new(CHANNEL) else {
+        return;
+    };
     let mut out: Vec<u8> = Vec::with_capacity(1 << 17);
     // Bounded by `end` and by the first write error.
     loop {
@@ -251,13 +254,8 @@ async fn peer_to_stream(
         let r = tokio::time::timeout_at(
             end,
             relay.recv_each(scratch, |_, d| {
-                let Ok(len) = u16::try_from(d.len()) else {
-                    return;
-                };
-                out.extend_from_slice(&CHANNEL.to_be_bytes());
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(d);
-                out.resize(out.len() + channel::padding_len(d.len()), 0);
+                // A datagram too long for ChannelData is dropped.
+                let _ = channel::encode(&mut out, ch, d, channel::Padding::Stream);
             }),
         )
         .await;

@@ -122,21 +122,31 @@ impl StreamOut {
         self.ready.notify_one();
     }
 
-    /// Plain TCP: writes what is queued without waiting; what the socket does not take
-    /// (full, or an error the writer task then sees) is left to the writer task.
-    fn write_now(&self) {
+    /// Plain TCP: one non-blocking write of what is queued, dropping what left; a full
+    /// socket is not an error.
+    fn try_flush(&self) -> io::Result<()> {
         let Some(wr) = &self.direct else {
-            return self.kick();
+            return Ok(());
         };
         let mut buf = self.buf.borrow_mut();
         if buf.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Ok(n) = wr.try_write(&buf) {
-            buf.drain(..n);
+        match wr.try_write(&buf) {
+            Ok(n) => {
+                buf.drain(..n);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
         }
-        if !buf.is_empty() {
-            drop(buf);
+    }
+
+    /// Plain TCP, from the relay path: writes what is queued without waiting; what the
+    /// socket does not take (full, or an error the writer task then sees) is left to the
+    /// writer task.
+    fn write_now(&self) {
+        if self.try_flush().is_err() || !self.buf.borrow().is_empty() {
             self.kick();
         }
     }
@@ -1369,18 +1379,7 @@ async fn tcp_writer(out: Rc<StreamOut>) {
         if wr.writable().await.is_err() {
             break;
         }
-        let r = {
-            let mut buf = out.buf.borrow_mut();
-            match wr.try_write(&buf) {
-                Ok(n) => {
-                    buf.drain(..n);
-                    Ok(())
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-                Err(e) => Err(e),
-            }
-        };
-        if r.is_err() {
+        if out.try_flush().is_err() {
             // Nothing more will leave: stop queueing for this client.
             out.closed.set(true);
             break;

@@ -157,25 +157,30 @@ impl RawClient {
 
     /// A client that speaks TURN over one TCP connection to `server`.
     pub fn new_tcp(server: SocketAddr, user: &str, pass: &str, realm: &str) -> Self {
-        let mut c = Self::new(server, user, pass, realm);
         let s = std::net::TcpStream::connect(server).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.set_nodelay(true).unwrap();
-        c.tcp = Some(s);
-        c
+        Self::over_stream(s, server, user, pass, realm)
     }
 
     /// Like `new_tcp`, with a tiny receive window (4 KiB buffer, 536-byte MSS): the
     /// server's socket toward this client fills after a few KiB while it does not read.
     pub fn new_tcp_small_window(server: SocketAddr, user: &str, pass: &str, realm: &str) -> Self {
-        let mut c = Self::new(server, user, pass, realm);
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.set_recv_buffer_size(4096).unwrap();
         s.set_tcp_mss(536).unwrap();
         s.connect(&server.into()).unwrap();
-        let s: std::net::TcpStream = s.into();
+        Self::over_stream(s.into(), server, user, pass, realm)
+    }
+
+    fn over_stream(
+        s: std::net::TcpStream,
+        server: SocketAddr,
+        user: &str,
+        pass: &str,
+        realm: &str,
+    ) -> Self {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.set_nodelay(true).unwrap();
+        let mut c = Self::new(server, user, pass, realm);
         c.tcp = Some(s);
         c
     }
