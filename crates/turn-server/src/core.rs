@@ -22,7 +22,7 @@ use sha1::Sha1;
 
 use crate::auth::{Credentials, Key, Lookup};
 use crate::policy::{DenyClass, PeerPolicy};
-use crate::stun::{self, Builder, Class, Message, TransactionId, attr, method};
+use crate::stun::{self, Builder, Class, Message, TransactionId, attr, error_code, method};
 
 /// Permission lifetime (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -1291,6 +1291,46 @@ impl<R: RngCore> Core<R> {
             return;
         }
         let fp = msg.has_fingerprint();
+        if !matches!(
+            msg.method,
+            method::BINDING
+                | method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND
+        ) {
+            if self.rate_ok(now, from.remote.ip()) {
+                self.error_plain(from, msg, error_code::BAD_REQUEST, fp);
+            }
+            return;
+        }
+        // Unknown comprehension-required attributes → 420 with UNKNOWN-ATTRIBUTES, for
+        // every method including Binding (RFC 8489 §6.3.1).
+        let mut unknown = std::mem::take(&mut self.scratch);
+        unknown.clear();
+        msg.unknown_required(&mut unknown);
+        if !unknown.is_empty() {
+            if self.rate_ok(now, from.remote.ip()) {
+                let mut out = Vec::with_capacity(48 + unknown.len() * 2);
+                let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
+                b.error(
+                    error_code::UNKNOWN_ATTRIBUTE,
+                    error_code::reason(error_code::UNKNOWN_ATTRIBUTE),
+                );
+                b.unknown_attributes(&unknown);
+                if b.finish(None, fp) {
+                    self.transmits.push_back(Transmit::ToClient {
+                        client: from,
+                        data: out,
+                    });
+                }
+            }
+            self.scratch = unknown;
+            return;
+        }
+        self.scratch = unknown;
         if msg.method == method::BINDING {
             if !self.rate_ok(now, from.remote.ip()) {
                 return;
@@ -1307,46 +1347,6 @@ impl<R: RngCore> Core<R> {
             });
             return;
         }
-        if !matches!(
-            msg.method,
-            method::ALLOCATE
-                | method::REFRESH
-                | method::CREATE_PERMISSION
-                | method::CHANNEL_BIND
-                | method::CONNECT
-                | method::CONNECTION_BIND
-        ) {
-            if self.rate_ok(now, from.remote.ip()) {
-                self.error_plain(from, msg, 400, fp);
-            }
-            return;
-        }
-        // Unknown comprehension-required attributes → 420 (RFC 8489 §6.3.1).
-        let mut unknown = std::mem::take(&mut self.scratch);
-        unknown.clear();
-        msg.unknown_required(&mut unknown);
-        if !unknown.is_empty() {
-            if self.rate_ok(now, from.remote.ip()) {
-                let mut out = Vec::new();
-                let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
-                b.error(420, "Unknown Attribute");
-                let mut v = Vec::with_capacity(unknown.len() * 2);
-                for t in &unknown {
-                    v.extend_from_slice(&t.to_be_bytes());
-                }
-                b.attr(attr::UNKNOWN_ATTRIBUTES, &v);
-                if !b.finish(None, fp) {
-                    return;
-                }
-                self.transmits.push_back(Transmit::ToClient {
-                    client: from,
-                    data: out,
-                });
-            }
-            self.scratch = unknown;
-            return;
-        }
-        self.scratch = unknown;
         let Ok(authed) = self.authenticate(now, unix_now, from, msg) else {
             if msg.method == method::ALLOCATE {
                 self.stats.allocations[AllocResult::Unauthorized as usize] += 1;

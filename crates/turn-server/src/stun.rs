@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 use shared_ice::channel::{ChannelData, ChannelNumber};
 use shared_ice::stun as si;
 
+/// STUN error codes and reason phrases (shared-ice's, RFC 8489 §14.8, RFC 8656 §19).
+pub(crate) use shared_ice::stun::error_code;
+
 /// RFC 8489 §5 magic cookie.
 #[cfg(test)]
 pub(crate) const MAGIC_COOKIE: u32 = si::MAGIC_COOKIE;
@@ -35,11 +38,11 @@ pub(crate) mod attr {
     pub(crate) use shared_ice::stun::attr::{
         ADDITIONAL_ADDRESS_FAMILY, CHANNEL_NUMBER, CONNECTION_ID, DATA, DONT_FRAGMENT, EVEN_PORT,
         LIFETIME, MESSAGE_INTEGRITY, NONCE, REALM, REQUESTED_ADDRESS_FAMILY, REQUESTED_TRANSPORT,
-        RESERVATION_TOKEN, SOFTWARE, UNKNOWN_ATTRIBUTES, USERNAME, XOR_MAPPED_ADDRESS,
-        XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
+        RESERVATION_TOKEN, SOFTWARE, USERNAME, XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS,
+        XOR_RELAYED_ADDRESS,
     };
     #[cfg(test)]
-    pub(crate) use shared_ice::stun::attr::{ERROR_CODE, FINGERPRINT};
+    pub(crate) use shared_ice::stun::attr::{ERROR_CODE, FINGERPRINT, UNKNOWN_ATTRIBUTES};
 }
 
 /// STUN message classes (RFC 8489 §5).
@@ -230,6 +233,11 @@ impl<'b> Builder<'b> {
 
     pub(crate) fn error(&mut self, code: u16, reason: &str) -> &mut Self {
         self.map(|b| b.error_code(code, reason))
+    }
+
+    /// UNKNOWN-ATTRIBUTES listing `types` (RFC 8489 §14.13), for a 420 answer.
+    pub(crate) fn unknown_attributes(&mut self, types: &[u16]) -> &mut Self {
+        self.map(|b| b.unknown_attributes(types.iter().copied()))
     }
 
     /// ADDRESS-ERROR-CODE 440 for IPv6 (RFC 8656 §18.11).

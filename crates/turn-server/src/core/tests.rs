@@ -1334,3 +1334,57 @@ mod prop {
         }
     }
 }
+
+/// RFC 8489 §6.3.1: an unknown comprehension-required attribute (type < 0x8000) gets 420
+/// with UNKNOWN-ATTRIBUTES naming it, whatever the method (Binding included); an unknown
+/// comprehension-optional one is ignored.
+#[test]
+fn unknown_comprehension_required_attribute_gets_420_for_every_method() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let c = client(70);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, c, &mut creds);
+    for m in [
+        method::BINDING,
+        method::ALLOCATE,
+        method::REFRESH,
+        method::CREATE_PERMISSION,
+        method::CHANNEL_BIND,
+        method::CONNECT,
+        method::CONNECTION_BIND,
+    ] {
+        for authed in [false, true] {
+            let tid = sim.next_tid();
+            let r = request(tid, m, authed.then_some(&creds), true, |b| {
+                b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                b.attr(0x7777, &[1, 2, 3, 4]);
+                b.attr(0x0042, &[]);
+            });
+            sim.input(c, &r);
+            let ans = last(&mut sim);
+            let msg = Message::parse(&ans).unwrap();
+            assert_eq!(msg.tid, tid);
+            assert_eq!((msg.method, msg.class), (m, Class::Error), "method {m:#x}");
+            assert_eq!(error_code(&msg), Some(420), "method {m:#x} authed {authed}");
+            assert_eq!(
+                msg.get(attr::UNKNOWN_ATTRIBUTES),
+                Some(&[0x77, 0x77, 0x00, 0x42][..]),
+                "method {m:#x}"
+            );
+            assert!(msg.fingerprint_ok() && msg.has(attr::FINGERPRINT));
+            assert!(sim.out.is_empty());
+        }
+    }
+    // Comprehension-optional (>= 0x8000) unknown attributes are ignored.
+    let tid = sim.next_tid();
+    sim.input(
+        c,
+        &request(tid, method::BINDING, None, false, |b| {
+            b.attr(0x8777, &[1, 2, 3, 4]);
+        }),
+    );
+    let ans = last(&mut sim);
+    let msg = Message::parse(&ans).unwrap();
+    assert_eq!(msg.class, Class::Success);
+    assert_eq!(msg.xor_addr(attr::XOR_MAPPED_ADDRESS), Some(c.remote));
+}
