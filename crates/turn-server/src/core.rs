@@ -503,6 +503,17 @@ struct PendingConnect {
 /// Usernames whose verified key [`Core`] keeps (a few hundred bytes each).
 const KEY_CACHE_MAX: usize = 4096;
 
+/// What `user_quota` counts allocations under: the user part of a TURN REST username
+/// (`"<expiry>:<user>"` → `user`), else the whole name (static users). Every credential
+/// Mattermost's Calls plugin or the gateway mints carries a new expiry, so counting whole
+/// names would give each fetch its own quota instead of each user.
+fn quota_key(username: &str, rest_expiry: Option<u64>) -> &str {
+    match rest_expiry {
+        Some(_) => username.split_once(':').map_or(username, |(_, user)| user),
+        None => username,
+    }
+}
+
 /// How long a peer TCP connection waits for its ConnectionBind (RFC 6062 §5.3).
 pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -982,7 +993,7 @@ impl<R: RngCore> Core<R> {
             let _ = tok;
         }
         self.by_client.remove(&a.client);
-        self.quota.release(&a.username);
+        self.quota.release(quota_key(&a.username, a.rest_expiry));
         self.free_slots.push(slot);
     }
 
@@ -1770,7 +1781,10 @@ impl<R: RngCore> Core<R> {
                 _ => return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
             }
         }
-        if let Err(kind) = self.quota.acquire(&authed.username) {
+        if let Err(kind) = self
+            .quota
+            .acquire(quota_key(&authed.username, authed.rest_expiry))
+        {
             if let Some(p) = port4 {
                 self.quota.ports().release(p);
             }
@@ -1792,7 +1806,8 @@ impl<R: RngCore> Core<R> {
             None => pick(self, even.is_some(), reserve_next),
         };
         let Some(p_main) = p_main else {
-            self.quota.release(&authed.username);
+            self.quota
+                .release(quota_key(&authed.username, authed.rest_expiry));
             self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
             return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
         };
@@ -1823,7 +1838,8 @@ impl<R: RngCore> Core<R> {
             };
             let Some(p6) = p6 else {
                 self.quota.ports().release(p_main);
-                self.quota.release(&authed.username);
+                self.quota
+                    .release(quota_key(&authed.username, authed.rest_expiry));
                 self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
                 return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
             };

@@ -727,6 +727,49 @@ fn quotas_and_capacity() {
 }
 
 #[test]
+fn user_quota_counts_the_user_not_each_credential() {
+    // Mattermost's Calls plugin (and the gateway) mint "<now + ttl>:<user>": every fetch
+    // has a new expiry. The quota is per user, so it must count these together (it
+    // counted each whole username on its own before, and never refused anything).
+    let q = Arc::new(SharedQuota::new(2, 0, (40000, 40009)));
+    let mut sim = Sim::with_quota(cfg(), PeerPolicy::default(), q.clone());
+    let mut a1 = Creds::rest(b"s3cret", UNIX0 + 1000);
+    let mut a2 = Creds::rest(b"s3cret", UNIX0 + 1001);
+    allocate(&mut sim, client(30), &mut a1);
+    allocate(&mut sim, client(31), &mut a2);
+    let (u, p) = rest_credentials(b"s3cret", UNIX0 + 1002, "alice");
+    let a3 = Creds {
+        user: u,
+        pass: p,
+        nonce: a1.nonce.clone(),
+    };
+    assert_eq!(
+        simple(&mut sim, client(32), &a3, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        Some(486),
+        "a third allocation of alice under a fresh credential is over her quota of 2"
+    );
+    // Another user is not affected.
+    let (u, p) = rest_credentials(b"s3cret", UNIX0 + 1002, "bob");
+    let mut bob = Creds {
+        user: u,
+        pass: p,
+        nonce: None,
+    };
+    allocate(&mut sim, client(33), &mut bob);
+    // Deleting one of alice's allocations gives her quota back.
+    assert_eq!(
+        simple(&mut sim, client(30), &a1, method::REFRESH, |b| {
+            b.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+        }),
+        None
+    );
+    allocate(&mut sim, client(34), &mut a1.clone());
+    assert_eq!(q.total(), 3);
+}
+
+#[test]
 fn busy_port_retries_and_even_port_reservation() {
     let mut sim = Sim::new(cfg(), PeerPolicy::default());
     sim.fail_next_open = 2;
