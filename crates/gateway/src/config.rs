@@ -112,6 +112,12 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     /// Outgoing messages queued per WebSocket before the client is dropped as too slow.
     pub ws_queue: Option<usize>,
+    /// Outgoing bytes queued per WebSocket before the client is dropped as too slow.
+    pub ws_queue_bytes: Option<usize>,
+    /// Event bytes queued per HTTP session before the session is ended as unread.
+    pub http_queue_bytes: Option<usize>,
+    /// Longest videocall username, bytes (`register` beyond it gets 474).
+    pub max_username_bytes: Option<usize>,
     /// `Access-Control-Allow-Origin` value of the HTTP transport.
     pub cors_allow_origin: Option<String>,
 }
@@ -179,6 +185,12 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Per-WebSocket queue length.
     pub ws_queue: usize,
+    /// Per-WebSocket queue size in bytes.
+    pub ws_queue_bytes: usize,
+    /// Per-HTTP-session event queue size in bytes.
+    pub http_queue_bytes: usize,
+    /// Longest videocall username in bytes.
+    pub max_username_bytes: usize,
     /// CORS origin.
     pub cors_allow_origin: String,
 }
@@ -208,6 +220,9 @@ impl std::fmt::Debug for Config {
             .field("longpoll_timeout", &self.longpoll_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("ws_queue", &self.ws_queue)
+            .field("ws_queue_bytes", &self.ws_queue_bytes)
+            .field("http_queue_bytes", &self.http_queue_bytes)
+            .field("max_username_bytes", &self.max_username_bytes)
             .field("cors_allow_origin", &self.cors_allow_origin)
             .finish()
     }
@@ -397,6 +412,24 @@ impl Config {
             16..=65536,
             "",
         )?;
+        let ws_queue_bytes = in_range(
+            "ws_queue_bytes",
+            pick!(cli, file, ws_queue_bytes).unwrap_or(1024 * 1024),
+            64 * 1024..=64 * 1024 * 1024,
+            " bytes",
+        )?;
+        let http_queue_bytes = in_range(
+            "http_queue_bytes",
+            pick!(cli, file, http_queue_bytes).unwrap_or(1024 * 1024),
+            64 * 1024..=64 * 1024 * 1024,
+            " bytes",
+        )?;
+        let max_username_bytes = in_range(
+            "max_username_bytes",
+            pick!(cli, file, max_username_bytes).unwrap_or(128),
+            16..=256,
+            " bytes",
+        )?;
         let cors_allow_origin =
             pick!(cli, file, cors_allow_origin).unwrap_or_else(|| "*".to_string());
         if !admin_listen.ip().is_loopback() && admin_secret.is_none() {
@@ -430,6 +463,9 @@ impl Config {
             longpoll_timeout: Duration::from_secs(longpoll),
             max_message_bytes,
             ws_queue,
+            ws_queue_bytes,
+            http_queue_bytes,
+            max_username_bytes,
             cors_allow_origin,
         })
     }

@@ -75,6 +75,9 @@ pub struct CoreConfig {
     pub max_sessions: usize,
     /// Handles per session; `attach` beyond this gets 461.
     pub max_handles_per_session: usize,
+    /// Longest videocall username in bytes; `register` beyond it gets 474 (every `list`
+    /// reply carries every name, so long names multiply into every reply).
+    pub max_username_bytes: usize,
 }
 
 impl Default for CoreConfig {
@@ -90,6 +93,7 @@ impl Default for CoreConfig {
             max_candidates: 100,
             max_sessions: 100_000,
             max_handles_per_session: 64,
+            max_username_bytes: 128,
         }
     }
 }
@@ -955,6 +959,12 @@ impl Core {
         }
     }
 
+    /// Ends a session whose client stopped fetching its events (the shell's event queue
+    /// for it is full): its call peer gets `hangup` as after a closed WebSocket.
+    pub fn drop_unread_session(&mut self, now: Instant, session_id: u64) {
+        self.destroy_session(now, session_id, "disconnect");
+    }
+
     /// Keepalive from an HTTP long poll; checks credentials and the session.
     pub fn longpoll(
         &mut self,
@@ -1159,6 +1169,13 @@ impl Core {
                     return Err(PluginError::new(477, format!("Already registered ({u})")));
                 }
                 let name = str_field(body, "username")?;
+                let max = self.cfg.max_username_bytes;
+                if name.len() > max {
+                    return Err(PluginError::new(
+                        474,
+                        format!("Invalid element (username longer than {max} bytes)"),
+                    ));
+                }
                 if !self.registry.register(&name, hid) {
                     return Err(PluginError::new(
                         476,

@@ -130,6 +130,15 @@ struct RunArgs {
     /// Outgoing messages queued per WebSocket before a slow client is dropped [default: 1024].
     #[arg(long, value_name = "N")]
     ws_queue: Option<usize>,
+    /// Outgoing bytes queued per WebSocket before a slow client is dropped [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    ws_queue_bytes: Option<usize>,
+    /// Event bytes queued per HTTP session before the unread session is ended [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    http_queue_bytes: Option<usize>,
+    /// Longest videocall username in bytes; `register` beyond it gets 474 [default: 128].
+    #[arg(long, value_name = "BYTES")]
+    max_username_bytes: Option<usize>,
     /// Access-Control-Allow-Origin of the HTTP transport [default: *].
     #[arg(long, value_name = "ORIGIN")]
     cors_allow_origin: Option<String>,
@@ -165,6 +174,9 @@ impl RunArgs {
                 longpoll_timeout: self.longpoll_timeout,
                 max_message_bytes: self.max_message_bytes,
                 ws_queue: self.ws_queue,
+                ws_queue_bytes: self.ws_queue_bytes,
+                http_queue_bytes: self.http_queue_bytes,
+                max_username_bytes: self.max_username_bytes,
                 cors_allow_origin: self.cors_allow_origin,
             },
         }

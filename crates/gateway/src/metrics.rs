@@ -36,6 +36,10 @@ pub struct Metrics {
     /// `callrelay_gateway_candidate_wait_seconds_total` — time offers/answers were held
     /// back waiting for trickled candidates.
     pub candidate_wait_ms: IntCounter,
+    /// `callrelay_gateway_slow_clients_total{transport}` — WebSockets disconnected and
+    /// HTTP sessions ended because their client stopped reading and the queue for it
+    /// reached its byte bound.
+    pub slow_clients: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,6 +151,14 @@ impl Metrics {
             "callrelay_gateway_candidate_wait_milliseconds_total",
             "Milliseconds offers/answers were held back to merge trickled candidates",
         );
+        let slow_clients = cv(
+            "callrelay_gateway_slow_clients_total",
+            "Clients that stopped reading: WebSockets disconnected and HTTP sessions ended at the queue's byte bound, by transport",
+            "transport",
+        );
+        for t in ["websocket", "http"] {
+            slow_clients.with_label_values(&[t]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("callrelay_gateway_build_info", "Build information"),
             &["version"],
@@ -187,6 +199,7 @@ impl Metrics {
             tokens,
             test_tokens_issued,
             candidate_wait_ms,
+            slow_clients,
         }
     }
 

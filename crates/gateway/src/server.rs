@@ -22,6 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -70,14 +71,39 @@ const HTTP_QUEUE_MAX: usize = 1000;
 
 #[derive(Default)]
 struct HttpQueue {
-    events: VecDeque<Value>,
+    /// Serialised events, oldest first.
+    events: VecDeque<String>,
+    /// Sum of the lengths of `events`.
+    bytes: usize,
     notify: Arc<Notify>,
     /// The session is gone; its last events (e.g. `timeout`) wait for one more poll.
     closed_at: Option<Instant>,
 }
 
+impl HttpQueue {
+    fn push(&mut self, text: String) {
+        if self.events.len() >= HTTP_QUEUE_MAX
+            && let Some(old) = self.events.pop_front()
+        {
+            self.bytes -= old.len();
+        }
+        self.bytes += text.len();
+        self.events.push_back(text);
+    }
+
+    fn take(&mut self, n: usize) -> Vec<String> {
+        let n = n.min(self.events.len());
+        let ev: Vec<String> = self.events.drain(..n).collect();
+        self.bytes -= ev.iter().map(String::len).sum::<usize>();
+        ev
+    }
+}
+
 struct ConnHandle {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::UnboundedSender<String>,
+    /// Bytes queued for this connection and not yet handed to its socket (the channel
+    /// and the connection task's own `out` queue together).
+    queued: Arc<AtomicUsize>,
     kill: CancellationToken,
 }
 
@@ -89,6 +115,10 @@ struct Inner {
     /// While a WebSocket connection's request is handled: that connection and the
     /// messages for it, written by its own task instead of going through its queue.
     local: Option<(ConnId, Vec<Value>)>,
+    /// `ws_queue_bytes` and `http_queue_bytes`.
+    ws_queue_bytes: usize,
+    http_queue_bytes: usize,
+    metrics: Metrics,
 }
 
 struct Shared {
@@ -125,53 +155,80 @@ impl Inner {
             out.push(msg);
             return;
         }
-        let full = match self.conns.get(&conn) {
-            Some(c) => c.tx.try_send(msg.to_string()).is_err(),
-            None => false,
+        let Some(c) = self.conns.get(&conn) else {
+            return;
         };
+        let text = msg.to_string();
+        let len = text.len();
+        let queued = c.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let full = queued > self.ws_queue_bytes || c.tx.send(text).is_err();
         if full && let Some(c) = self.conns.remove(&conn) {
             tracing::warn!(
                 conn,
+                queued,
                 "WebSocket client too slow (queue full); disconnecting"
             );
+            self.metrics
+                .slow_clients
+                .with_label_values(&["websocket"])
+                .inc();
             c.kill.cancel();
         }
     }
 
     fn deliver(&mut self) {
-        for out in self.core.drain() {
-            match out {
-                Output::Event {
-                    owner: Source::Ws(c),
-                    msg,
-                    ..
-                } => self.send_conn(c, msg),
-                Output::Event {
-                    owner: Source::Http,
-                    session_id,
-                    msg,
-                } => {
-                    let q = self.http.entry(session_id).or_default();
-                    if q.events.len() >= HTTP_QUEUE_MAX {
-                        q.events.pop_front();
+        let mut unread: Vec<u64> = Vec::new();
+        loop {
+            for out in self.core.drain() {
+                match out {
+                    Output::Event {
+                        owner: Source::Ws(c),
+                        msg,
+                        ..
+                    } => self.send_conn(c, msg),
+                    Output::Event {
+                        owner: Source::Http,
+                        session_id,
+                        msg,
+                    } => {
+                        let q = self.http.entry(session_id).or_default();
+                        q.push(msg.to_string());
+                        q.notify.notify_waiters();
+                        if q.bytes > self.http_queue_bytes && q.closed_at.is_none() {
+                            unread.push(session_id);
+                        }
                     }
-                    q.events.push_back(msg);
-                    q.notify.notify_waiters();
-                }
-                Output::SessionClosed { session_id, .. } => {
-                    let keep = self
-                        .http
-                        .get(&session_id)
-                        .is_some_and(|q| !q.events.is_empty());
-                    if keep {
-                        if let Some(q) = self.http.get_mut(&session_id) {
-                            q.closed_at = Some(Instant::now());
+                    Output::SessionClosed { session_id, .. } => {
+                        let keep = self
+                            .http
+                            .get(&session_id)
+                            .is_some_and(|q| !q.events.is_empty());
+                        if keep {
+                            if let Some(q) = self.http.get_mut(&session_id) {
+                                q.closed_at = Some(Instant::now());
+                                q.notify.notify_waiters();
+                            }
+                        } else if let Some(q) = self.http.remove(&session_id) {
                             q.notify.notify_waiters();
                         }
-                    } else if let Some(q) = self.http.remove(&session_id) {
-                        q.notify.notify_waiters();
                     }
                 }
+            }
+            if unread.is_empty() {
+                return;
+            }
+            // Sessions whose client stopped polling: end them (as a closed WebSocket
+            // would be) instead of buffering more; their queued events are dropped.
+            for sid in std::mem::take(&mut unread) {
+                tracing::warn!(
+                    session = sid,
+                    "HTTP session not polled (event queue full); ending it"
+                );
+                self.metrics.slow_clients.with_label_values(&["http"]).inc();
+                if let Some(q) = self.http.remove(&sid) {
+                    q.notify.notify_waiters();
+                }
+                self.core.drop_unread_session(Instant::now(), sid);
             }
         }
     }
@@ -324,6 +381,7 @@ pub async fn serve_with_reload(
         admin_secret: cfg.admin_secret.clone(),
         token_max_idle: cfg.token_max_idle,
         max_sessions: cfg.max_sessions,
+        max_username_bytes: cfg.max_username_bytes,
         ..CoreConfig::default()
     };
     let loaded = file.tokens.len();
@@ -345,6 +403,9 @@ pub async fn serve_with_reload(
             http: HashMap::new(),
             local: None,
             next_conn: 1,
+            ws_queue_bytes: cfg.ws_queue_bytes,
+            http_queue_bytes: cfg.http_queue_bytes,
+            metrics: metrics.clone(),
         }),
         metrics,
         cfg: cfg.clone(),
@@ -554,12 +615,12 @@ async fn serve_conn<S>(
 // ---------------------------------------------------------------------------- helpers
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
-    )
-        .into_response()
+    json_text(status, v.to_string())
+}
+
+/// A response with an already serialised JSON body.
+fn json_text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn cors(app: &Shared, mut resp: Response, req_headers: &HeaderMap) -> Response {
@@ -781,10 +842,12 @@ async fn ws_entry(State(app): State<App>, req: Request) -> Response {
 /// and written by this task right away — no wake-up of another task or thread per
 /// request. Events caused by other connections arrive through the bounded queue.
 /// Writing never stops reading: a client that does not read sees its messages pile up
-/// in `out`, and more than `ws_queue` of them disconnect it, as a full queue does.
+/// in `out`; more than `ws_queue` messages or `ws_queue_bytes` bytes queued for it (here
+/// and in its channel together) disconnect it.
 async fn ws_session(app: App, socket: WebSocket, admin: bool) {
-    let (tx, mut rx) = mpsc::channel::<String>(app.cfg.ws_queue);
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let kill = CancellationToken::new();
+    let queued = Arc::new(AtomicUsize::new(0));
     let conn = {
         let mut inner = app.lock();
         let id = inner.next_conn;
@@ -793,6 +856,7 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
             id,
             ConnHandle {
                 tx,
+                queued: queued.clone(),
                 kill: kill.clone(),
             },
         );
@@ -806,7 +870,7 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
         let msg = tokio::select! {
             biased;
             () = kill.cancelled() => break,
-            r = std::future::poll_fn(|cx| poll_write(cx, &mut sink, &mut out, &mut unflushed)),
+            r = std::future::poll_fn(|cx| poll_write(cx, &mut sink, &mut out, &mut unflushed, &queued)),
                 if !out.is_empty() || unflushed => {
                 if r.is_err() {
                     break;
@@ -868,12 +932,23 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
                 persist,
             )
         };
-        out.extend(local.iter().map(Value::to_string));
-        if out.len() > app.cfg.ws_queue {
+        for v in &local {
+            let text = v.to_string();
+            queued.fetch_add(text.len(), Ordering::Relaxed);
+            out.push_back(text);
+        }
+        let bytes = queued.load(Ordering::Relaxed);
+        if out.len() > app.cfg.ws_queue || bytes > app.cfg.ws_queue_bytes {
             tracing::warn!(
                 conn,
+                messages = out.len(),
+                bytes,
                 "WebSocket client too slow (queue full); disconnecting"
             );
+            app.metrics
+                .slow_clients
+                .with_label_values(&["websocket"])
+                .inc();
             break;
         }
         if persist {
@@ -901,6 +976,7 @@ fn poll_write(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     out: &mut VecDeque<String>,
     unflushed: &mut bool,
+    queued: &AtomicUsize,
 ) -> std::task::Poll<Result<(), axum::Error>> {
     use std::task::Poll;
     while !out.is_empty() {
@@ -910,6 +986,7 @@ fn poll_write(
             Poll::Pending => return Poll::Pending,
         }
         let Some(text) = out.pop_front() else { break };
+        queued.fetch_sub(text.len(), Ordering::Relaxed);
         sink.start_send_unpin(Message::Text(text.into()))?;
         *unflushed = true;
     }
@@ -1068,8 +1145,7 @@ async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
                 return empty(StatusCode::NOT_FOUND);
             }
             let q = inner.http.entry(sid).or_default();
-            let n = q.events.len().min(maxev);
-            let ev: Vec<Value> = q.events.drain(..n).collect();
+            let ev = q.take(maxev);
             let notify = q.notify.clone();
             if !alive && q.events.is_empty() {
                 inner.http.remove(&sid);
@@ -1078,11 +1154,11 @@ async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
         };
         if !events.is_empty() {
             let body = if maxev > 1 {
-                Value::Array(events)
+                format!("[{}]", events.join(","))
             } else {
-                events.into_iter().next().unwrap_or(Value::Null)
+                events.into_iter().next().unwrap_or_default()
             };
-            return json_response(StatusCode::OK, &body);
+            return json_text(StatusCode::OK, body);
         }
         if !alive {
             return empty(StatusCode::NOT_FOUND);

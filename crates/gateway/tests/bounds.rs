@@ -1,0 +1,373 @@
+//! Hardening bounds (issue 11, gateway items) attacked against the real binary: memory
+//! (RSS from /proc), queues in bytes, caps and timeouts. Every load loop is bounded in
+//! count and time; all traffic stays on 127.0.0.1.
+
+mod common;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The gateway binary on ports it picked itself (read back from its `listening` log
+/// lines), its stderr collected for assertions.
+struct Bin {
+    child: Child,
+    ws: SocketAddr,
+    http: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bin {
+    fn start(extra: &[&str]) -> Self {
+        Self::start_in(&temp_dir(), extra, None)
+    }
+
+    /// Starts the binary with `extra` flags; `nofile` runs it under `prlimit`.
+    fn start_in(dir: &std::path::Path, extra: &[&str], nofile: Option<u32>) -> Self {
+        let exe = env!("CARGO_BIN_EXE_gateway");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}")).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        cmd.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--admin-secret",
+                ADMIN_SECRET,
+            ])
+            .args(["--state-dir", dir.to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line.clone());
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut addrs: [Option<SocketAddr>; 3] = [None; 3];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while addrs.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("gateway did not start: {:?}", log.lock().unwrap()));
+            if !line.contains(" listening ") {
+                continue;
+            }
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .and_then(|a| a.parse().ok());
+            for (i, name) in ["\"websocket\"", "\"http\"", "\"admin\""]
+                .iter()
+                .enumerate()
+            {
+                if line.contains(&format!("listener={name}")) {
+                    addrs[i] = addr;
+                }
+            }
+        }
+        Self {
+            child,
+            ws: addrs[0].unwrap(),
+            http: addrs[1].unwrap(),
+            admin: addrs[2].unwrap(),
+            log,
+        }
+    }
+
+    /// Resident set size of the gateway process, bytes (from /proc).
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
+    /// The gateway's pid (under `prlimit` the pid is the same: prlimit execs).
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The value of one metric series (exact name and labels); panics if it is absent.
+    async fn metric(&self, series: &str) -> f64 {
+        let (st, _, body) = http_get(self.admin, "/metrics").await;
+        assert_eq!(st, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn log_contains(&self, s: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(s))
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket whose socket receive buffer is tiny, so a client that does not read
+/// makes the server queue instead of the kernel buffering for it.
+async fn small_buffer_ws(addr: SocketAddr) -> RawWs {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse().unwrap());
+    tokio_tungstenite::client_async(req, stream)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Sends `v` and reads until the message with transaction `tx` (bounded: 10 s).
+async fn ws_req(ws: &mut RawWs, v: Value) -> Value {
+    let tx = v["transaction"].as_str().unwrap().to_string();
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {tx}"))
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["transaction"] == tx.as_str() && v["janus"] != "ack" {
+                return v;
+            }
+        }
+    }
+}
+
+/// create + `n` attached videocall handles on one session.
+async fn session_with_handles(ws: &mut RawWs, n: usize) -> (u64, Vec<u64>) {
+    let r = ws_req(ws, json!({"janus": "create", "transaction": "c"})).await;
+    let s = r["data"]["id"].as_u64().unwrap();
+    let mut hs = Vec::new();
+    for i in 0..n {
+        let r = ws_req(ws, json!({"janus": "attach", "session_id": s, "plugin": "janus.plugin.videocall", "transaction": format!("a{i}")})).await;
+        hs.push(r["data"]["id"].as_u64().unwrap());
+    }
+    (s, hs)
+}
+
+fn register(s: u64, h: u64, name: &str, tx: &str) -> Value {
+    json!({"janus": "message", "session_id": s, "handle_id": h, "transaction": tx,
+           "body": {"request": "register", "username": name}})
+}
+
+/// Item 9: 3.4 kB of requests used to raise RSS by 450 MB: long usernames are refused
+/// (474, the videocall plugin's "invalid element"), so `list` replies stay small, while
+/// names of a normal length (a Mattermost user id is 26 bytes) still register.
+#[tokio::test]
+async fn long_usernames_are_refused_so_list_replies_stay_small() {
+    let gw = Bin::start(&[]);
+    let mut ws = small_buffer_ws(gw.ws).await;
+    let (s, hs) = session_with_handles(&mut ws, 20).await;
+    let long = "x".repeat(60 * 1024);
+    for (i, h) in hs.iter().enumerate().take(10) {
+        let name = format!("{i}{long}");
+        let r = ws_req(&mut ws, register(s, *h, &name, &format!("r{i}"))).await;
+        assert_eq!(
+            r["plugindata"]["data"]["error_code"],
+            474,
+            "a 60 KiB username must be refused: {}",
+            r.to_string().chars().take(300).collect::<String>()
+        );
+    }
+    // the bound itself (128 bytes) is accepted
+    for (i, h) in hs.iter().enumerate().skip(10) {
+        let name = format!("{i:03}{}", "n".repeat(125));
+        assert_eq!(name.len(), 128);
+        let r = ws_req(&mut ws, register(s, *h, &name, &format!("r{i}"))).await;
+        assert_eq!(
+            r["plugindata"]["data"]["result"]["event"], "registered",
+            "{r}"
+        );
+    }
+    // a client that asks for the list 300 times and reads nothing: at most 10 × 130
+    // bytes per reply (old main: 10 × 60 KiB per reply, ~180 MB in all)
+    let before = gw.rss();
+    for i in 0..300 {
+        let l = json!({"janus": "message", "session_id": s, "handle_id": hs[0], "transaction": format!("l{i}"), "body": {"request": "list"}});
+        if ws.send(Message::Text(l.to_string().into())).await.is_err() {
+            break;
+        }
+    }
+    // the last list request has been handled once a fresh connection gets its answer
+    let mut probe = small_buffer_ws(gw.ws).await;
+    ws_req(&mut probe, json!({"janus": "ping", "transaction": "p"})).await;
+    let grown = gw.rss().saturating_sub(before);
+    assert!(
+        grown < 30 * 1024 * 1024,
+        "RSS grew by {} MB for 300 unread list replies",
+        grown / (1024 * 1024)
+    );
+    assert_eq!(
+        gw.metric("callrelay_gateway_errors_total{code=\"474\"}")
+            .await,
+        10.0
+    );
+}
+
+/// Item 9: the WebSocket send queue is bounded in bytes: a client that stops reading is
+/// disconnected (and counted) instead of being buffered; everyone else is unaffected.
+#[tokio::test]
+async fn websocket_that_stops_reading_is_disconnected_at_the_byte_bound() {
+    let gw = Bin::start(&["--ws-queue-bytes", "262144"]);
+    let mut ws = small_buffer_ws(gw.ws).await;
+    let (s, hs) = session_with_handles(&mut ws, 60).await;
+    for (i, h) in hs.iter().enumerate() {
+        let name = format!("{i:03}{}", "u".repeat(120));
+        let r = ws_req(&mut ws, register(s, *h, &name, &format!("r{i}"))).await;
+        assert_eq!(r["plugindata"]["data"]["result"]["event"], "registered");
+    }
+    let before = gw.rss();
+    // each list reply is ~8 KB; 2000 of them (16 MB) unread overflow the kernel's
+    // socket buffers and then the 256 KiB bound
+    let mut sent = 0;
+    let t = Instant::now();
+    for i in 0..2000 {
+        let l = json!({"janus": "message", "session_id": s, "handle_id": hs[0], "transaction": format!("l{i}"), "body": {"request": "list"}});
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            ws.send(Message::Text(l.to_string().into())),
+        )
+        .await;
+        if !matches!(r, Ok(Ok(()))) {
+            break;
+        }
+        sent += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw
+        .metric("callrelay_gateway_slow_clients_total{transport=\"websocket\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not disconnected after {sent} unread list replies ({:?})",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grown = gw.rss().saturating_sub(before);
+    assert!(
+        grown < 40 * 1024 * 1024,
+        "RSS grew by {} MB",
+        grown / (1024 * 1024)
+    );
+    // the reader side sees the connection end
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "connection still open");
+    // its session is gone and others work
+    let mut c = Client::connect(gw.ws, "janus-protocol").await;
+    let r = c.req(json!({"janus": "keepalive", "session_id": s})).await;
+    assert_eq!(r["error"]["code"], 458, "{r}");
+    let (s2, _) = c.session_handle(None).await;
+    assert!(s2 > 0);
+}
+
+/// Item 9: an HTTP session whose events nobody fetches is ended at the byte bound of its
+/// event queue (counted), instead of buffering every event.
+#[tokio::test]
+async fn http_session_that_is_not_polled_is_ended_at_the_byte_bound() {
+    let gw = Bin::start(&["--http-queue-bytes", "65536"]);
+    let h = gw.http;
+    let s =
+        post_json(h, "/janus", &json!({"janus": "create", "transaction": "c"})).await["data"]["id"]
+            .as_u64()
+            .unwrap();
+    let mut hs = Vec::new();
+    for i in 0..40 {
+        let r = post_json(h, &format!("/janus/{s}"), &json!({"janus": "attach", "plugin": "janus.plugin.videocall", "transaction": format!("a{i}")})).await;
+        hs.push(r["data"]["id"].as_u64().unwrap());
+    }
+    // 40 registered events (~0.3 KB each) fit in the queue
+    for (i, hid) in hs.iter().enumerate() {
+        let name = format!("{i:03}{}", "h".repeat(120));
+        let r = post_json(
+            h,
+            &format!("/janus/{s}/{hid}"),
+            &json!({"janus": "message", "transaction": format!("r{i}"), "body": {"request": "register", "username": name}}),
+        )
+        .await;
+        assert_eq!(r["janus"], "ack", "{r}");
+    }
+    assert_eq!(
+        gw.metric("callrelay_gateway_slow_clients_total{transport=\"http\"}")
+            .await,
+        0.0
+    );
+    // each list event is ~5.6 KB: the 12th or so overflows 64 KiB
+    let mut ended_at = None;
+    for i in 0..40 {
+        let r = post_json(
+            h,
+            &format!("/janus/{s}/{}", hs[0]),
+            &json!({"janus": "message", "transaction": format!("l{i}"), "body": {"request": "list"}}),
+        )
+        .await;
+        if r["janus"] == "error" {
+            assert_eq!(r["error"]["code"], 458, "{r}");
+            ended_at = Some(i);
+            break;
+        }
+    }
+    let i = ended_at.expect("session still alive after 40 unread list events (220 KB)");
+    assert!((5..20).contains(&i), "ended after {i} list events");
+    assert_eq!(
+        gw.metric("callrelay_gateway_slow_clients_total{transport=\"http\"}")
+            .await,
+        1.0
+    );
+    let (st, _, _) = http_get(h, &format!("/janus/{s}")).await;
+    assert_eq!(st, 404);
+    assert!(gw.log_contains("event queue full"));
+}
