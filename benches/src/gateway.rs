@@ -30,10 +30,10 @@ use crate::servers::{ScratchDir, Server, command_output, free_port, sibling_bina
 use crate::stats::Histogram;
 use crate::{Common, first_line, present, print_header};
 
-const OFFER: &str = include_str!("../fixtures/chrome-offer.sdp");
-const ANSWER: &str = include_str!("../fixtures/chrome-answer.sdp");
-const ADMIN_SECRET: &str = "bench-admin-secret";
-const TOKEN: &str = "bench-token-0123456789";
+pub(crate) const OFFER: &str = include_str!("../fixtures/chrome-offer.sdp");
+pub(crate) const ANSWER: &str = include_str!("../fixtures/chrome-answer.sdp");
+pub(crate) const ADMIN_SECRET: &str = "bench-admin-secret";
+pub(crate) const TOKEN: &str = "bench-token-0123456789";
 const VIDEOCALL: &str = "janus.plugin.videocall";
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -201,7 +201,7 @@ fn gateway_path(a: &GatewayArgs) -> PathBuf {
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One WebSocket connection speaking the Janus API.
-struct Conn {
+pub(crate) struct Conn {
     ws: Ws,
     next_tx: u64,
     pending: VecDeque<Value>,
@@ -209,7 +209,7 @@ struct Conn {
     frames_in: u64,
 }
 
-async fn ws_connect(addr: SocketAddr, protocol: &str) -> Result<Ws> {
+pub(crate) async fn ws_connect(addr: SocketAddr, protocol: &str) -> Result<Ws> {
     let mut req = format!("ws://{addr}/").into_client_request()?;
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol)?);
@@ -222,7 +222,7 @@ async fn ws_connect(addr: SocketAddr, protocol: &str) -> Result<Ws> {
 }
 
 impl Conn {
-    async fn connect(addr: SocketAddr) -> Result<Self> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<Self> {
         Ok(Self {
             ws: ws_connect(addr, "janus-protocol").await?,
             next_tx: 0,
@@ -242,7 +242,7 @@ impl Conn {
         Ok(tx)
     }
 
-    async fn read(&mut self) -> Result<Value> {
+    pub(crate) async fn read(&mut self) -> Result<Value> {
         loop {
             let m = tokio::time::timeout(READ_TIMEOUT, self.ws.next())
                 .await
@@ -261,7 +261,7 @@ impl Conn {
 
     /// Waits for the first message matching `pred`, looking at buffered ones first;
     /// others are buffered (bounded).
-    async fn wait(&mut self, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub(crate) async fn wait(&mut self, pred: impl Fn(&Value) -> bool) -> Result<Value> {
         if let Some(i) = self.pending.iter().position(&pred) {
             return Ok(self.pending.remove(i).unwrap_or_default());
         }
@@ -279,7 +279,7 @@ impl Conn {
 
     /// Sends a request and waits for its final reply (`success`, `ack` for trickle,
     /// the plugin `event` for messages); fails on `error`.
-    async fn request(&mut self, v: Value, lat: &mut Histogram) -> Result<Value> {
+    pub(crate) async fn request(&mut self, v: Value, lat: &mut Histogram) -> Result<Value> {
         let t0 = Instant::now();
         let kind = v["janus"].as_str().unwrap_or_default().to_owned();
         let tx = self.send(v).await?;
@@ -307,7 +307,7 @@ impl Conn {
         Ok(r)
     }
 
-    async fn create_attach(&mut self, lat: &mut Histogram) -> Result<(u64, u64)> {
+    pub(crate) async fn create_attach(&mut self, lat: &mut Histogram) -> Result<(u64, u64)> {
         let r = self.request(json!({"janus": "create"}), lat).await?;
         let sid = r["data"]["id"].as_u64().context("create: no data.id")?;
         let r = self
@@ -332,17 +332,17 @@ fn trickle(sid: u64, hid: u64, candidate: &str) -> Value {
         "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}})
 }
 
-fn msg(sid: u64, hid: u64, body: Value) -> Value {
+pub(crate) fn msg(sid: u64, hid: u64, body: Value) -> Value {
     json!({"janus": "message", "session_id": sid, "handle_id": hid, "body": body})
 }
 
-fn plugin_event(v: &Value) -> Option<&str> {
+pub(crate) fn plugin_event(v: &Value) -> Option<&str> {
     v["plugindata"]["data"]["result"]["event"].as_str()
 }
 
 /// Adds the bench token through the Admin API over WebSocket
 /// (`janus-admin-protocol`), falling back to HTTP POST /admin.
-async fn add_token(admin: SocketAddr) -> Result<()> {
+pub(crate) async fn add_token(admin: SocketAddr) -> Result<()> {
     let body = json!({"janus": "add_token", "token": TOKEN, "transaction": "a1",
         "admin_secret": ADMIN_SECRET});
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -394,16 +394,16 @@ async fn add_token_http(admin: SocketAddr, body: &Value) -> Result<()> {
 
 /// Per-pair results.
 #[derive(Default)]
-struct PairStats {
-    calls: u64,
+pub(crate) struct PairStats {
+    pub(crate) calls: u64,
     requests: u64,
     frames: u64,
     lat: Histogram,
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// One caller/callee pair looping full call cycles until `deadline` (or a count bound).
-async fn pair_loop(ws: SocketAddr, pair: usize, deadline: Instant) -> PairStats {
+pub(crate) async fn pair_loop(ws: SocketAddr, pair: usize, deadline: Instant) -> PairStats {
     let mut st = PairStats::default();
     let r = async {
         let mut a = Conn::connect(ws).await?;

@@ -4,6 +4,7 @@
 //! * `callrelay-bench turn` — turn-server vs coturn vs a bare UDP forwarder.
 //! * `callrelay-bench gateway` — gateway vs Janus (videocall signalling).
 //! * `callrelay-bench all --smoke` — both, in a few seconds (CI).
+//! * `callrelay-bench soak --secs N` — churn, abuse and chaos, then leak checks.
 #![allow(clippy::print_stdout)]
 
 mod forwarder;
@@ -12,6 +13,7 @@ mod load;
 mod procfs;
 mod report;
 mod servers;
+mod soak;
 mod stats;
 mod stunc;
 mod tcpload;
@@ -83,6 +85,12 @@ enum Cmd {
         turn: TurnArgs,
         #[command(flatten)]
         gateway: gateway::GatewayArgs,
+    },
+    /// Soak: churn, abuse and chaos against turn-server and gateway for a bounded
+    /// time, then checks that nothing leaked (docs/reliability.md).
+    Soak {
+        #[command(flatten)]
+        soak: soak::SoakArgs,
     },
     /// (internal) the bare UDP/TCP forwarder, started as a separate process by `turn`.
     #[command(hide = true)]
@@ -321,6 +329,7 @@ fn main() -> Result<()> {
             return forwarder::run(listen, peer, max_secs);
         }
         Cmd::Turn { common, turn } => run_turn(common, &turn),
+        Cmd::Soak { soak } => soak::run(&soak),
         Cmd::Gateway { common, gateway } => gateway::run(common, &gateway),
         Cmd::All {
             common,

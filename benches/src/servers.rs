@@ -79,6 +79,11 @@ impl Server {
         self.child.id()
     }
 
+    /// The exit status once the process has exited.
+    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// Fails when the process has already exited (bad flags, port in use...).
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -239,8 +239,13 @@ impl Session {
         .await
     }
 
+    /// Refresh with LIFETIME `secs` (0 deletes the allocation).
+    pub(crate) async fn refresh(&mut self, t: &mut impl Transport, secs: u32) -> Result<()> {
+        self.request(t, Method::REFRESH, |b| b.lifetime(secs)).await
+    }
+
     /// Refresh with LIFETIME 0: deletes the allocation.
-    async fn release(&mut self, t: &mut impl Transport) -> Result<()> {
+    pub(crate) async fn release(&mut self, t: &mut impl Transport) -> Result<()> {
         self.request(t, Method::REFRESH, |b| b.lifetime(0)).await
     }
 }

@@ -63,10 +63,10 @@ impl TcpStep {
 }
 
 /// The stream of one TURN-over-TCP allocation: STUN transactions and ChannelData.
-struct TcpPath {
-    stream: TcpStream,
+pub(crate) struct TcpPath {
+    pub(crate) stream: TcpStream,
     /// Bytes read but not yet framed.
-    inbuf: Vec<u8>,
+    pub(crate) inbuf: Vec<u8>,
 }
 
 impl Transport for TcpPath {
@@ -103,7 +103,7 @@ impl Transport for TcpPath {
 }
 
 impl TcpPath {
-    async fn connect(server: SocketAddr) -> Result<Self> {
+    pub(crate) async fn connect(server: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect(server)
             .await
             .with_context(|| format!("TCP connect to {server}"))?;
