@@ -106,6 +106,10 @@ pub struct FileConfig {
     pub token_max_idle: Option<u64>,
     /// Most Janus sessions held at once (`create` beyond it gets 490).
     pub max_sessions: Option<usize>,
+    /// Most sessions alive at once created with one token (0 = no limit).
+    pub max_sessions_per_token: Option<usize>,
+    /// Most sessions alive at once owned by one WebSocket (0 = no limit).
+    pub max_sessions_per_connection: Option<usize>,
     /// Seconds a long poll waits before answering `keepalive`.
     pub longpoll_timeout: Option<u64>,
     /// Largest accepted WebSocket message / HTTP body, bytes.
@@ -179,6 +183,10 @@ pub struct Config {
     pub token_max_idle: Duration,
     /// Session cap.
     pub max_sessions: usize,
+    /// Session cap per token.
+    pub max_sessions_per_token: usize,
+    /// Session cap per WebSocket.
+    pub max_sessions_per_connection: usize,
     /// Long poll timeout.
     pub longpoll_timeout: Duration,
     /// Max message size.
@@ -217,6 +225,12 @@ impl std::fmt::Debug for Config {
             .field("reclaim_timeout", &self.reclaim_timeout)
             .field("candidate_wait", &self.candidate_wait)
             .field("token_max_idle", &self.token_max_idle)
+            .field("max_sessions", &self.max_sessions)
+            .field("max_sessions_per_token", &self.max_sessions_per_token)
+            .field(
+                "max_sessions_per_connection",
+                &self.max_sessions_per_connection,
+            )
             .field("longpoll_timeout", &self.longpoll_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("ws_queue", &self.ws_queue)
@@ -394,6 +408,18 @@ impl Config {
             1..=10_000_000,
             "",
         )?;
+        let max_sessions_per_token = in_range(
+            "max_sessions_per_token",
+            pick!(cli, file, max_sessions_per_token).unwrap_or(64),
+            0..=10_000_000,
+            " (0 = no limit)",
+        )?;
+        let max_sessions_per_connection = in_range(
+            "max_sessions_per_connection",
+            pick!(cli, file, max_sessions_per_connection).unwrap_or(16),
+            0..=10_000_000,
+            " (0 = no limit)",
+        )?;
         let longpoll = in_range(
             "longpoll_timeout",
             pick!(cli, file, longpoll_timeout).unwrap_or(30),
@@ -460,6 +486,8 @@ impl Config {
             candidate_wait: Duration::from_millis(candidate_wait_ms),
             token_max_idle: Duration::from_secs(token_max_idle),
             max_sessions,
+            max_sessions_per_token,
+            max_sessions_per_connection,
             longpoll_timeout: Duration::from_secs(longpoll),
             max_message_bytes,
             ws_queue,

@@ -73,6 +73,11 @@ pub struct CoreConfig {
     pub max_candidates: usize,
     /// Sessions alive at once; `create` beyond this gets 490.
     pub max_sessions: usize,
+    /// Sessions alive at once created with one token (0 = no limit); `create` beyond
+    /// it gets 490, other tokens are unaffected.
+    pub max_sessions_per_token: usize,
+    /// Sessions alive at once owned by one WebSocket (0 = no limit).
+    pub max_sessions_per_connection: usize,
     /// Handles per session; `attach` beyond this gets 461.
     pub max_handles_per_session: usize,
     /// Longest videocall username in bytes; `register` beyond it gets 474 (every `list`
@@ -92,6 +97,8 @@ impl Default for CoreConfig {
             token_max_idle: Duration::from_secs(7 * 86400),
             max_candidates: 100,
             max_sessions: 100_000,
+            max_sessions_per_token: 64,
+            max_sessions_per_connection: 16,
             max_handles_per_session: 64,
             max_username_bytes: 128,
         }
@@ -105,6 +112,9 @@ struct Session {
     handles: BTreeSet<u64>,
     /// Set when the owning WebSocket closed and a reclaim timeout is configured.
     orphaned_until: Option<Instant>,
+    /// The token that created the session (None: api secret or no auth), for the
+    /// per-token cap.
+    token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +229,10 @@ pub struct Core {
     metrics: Metrics,
     next_token_sweep: Option<Instant>,
     tokens_dirty: bool,
+    /// Live sessions per creating token and per owning WebSocket (for the caps; entries
+    /// at 0 are removed).
+    per_token: HashMap<String, usize>,
+    per_conn: HashMap<ConnId, usize>,
     /// Short-lived tokens minted for the test call page: token → expiry (unix secs).
     /// Not persisted and not in the Admin API's token list; they allow
     /// janus.plugin.videocall only.
@@ -352,6 +366,8 @@ impl Core {
             outbox: Vec::new(),
             metrics,
             next_token_sweep: None,
+            per_token: HashMap::new(),
+            per_conn: HashMap::new(),
             test_tokens: HashMap::new(),
             tokens_dirty: false,
         }
@@ -623,6 +639,95 @@ impl Core {
         self.session_request(now, unix, source, &req, handle)
     }
 
+    /// The token a `create` was authorised by, for the per-token cap: None when no
+    /// authentication is configured or the api secret authorised it.
+    fn session_token(&self, req: &Req<'_>) -> Option<String> {
+        if !self.auth_required() {
+            return None;
+        }
+        let via_secret = match (
+            self.cfg.api_secret.as_deref(),
+            req.root.get("apisecret").and_then(Value::as_str),
+        ) {
+            (Some(secret), Some(given)) => ct_eq(secret, given),
+            _ => false,
+        };
+        if via_secret {
+            return None;
+        }
+        req.root
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// The refusal when one more session for `owner`/`token` would pass a cap.
+    fn over_session_cap(
+        &self,
+        owner: Source,
+        token: Option<&str>,
+    ) -> Option<fn(&Self, &str) -> Value> {
+        let cap = self.cfg.max_sessions_per_token;
+        if cap > 0
+            && let Some(t) = token
+            && self.per_token.get(t).copied().unwrap_or(0) >= cap
+        {
+            return Some(|core: &Self, tx: &str| {
+                core.metrics
+                    .sessions_refused
+                    .with_label_values(&["token"])
+                    .inc();
+                core.err(
+                    0,
+                    Some(tx),
+                    490,
+                    "Maximum number of sessions for this token reached",
+                )
+            });
+        }
+        let cap = self.cfg.max_sessions_per_connection;
+        if cap > 0
+            && let Source::Ws(c) = owner
+            && self.per_conn.get(&c).copied().unwrap_or(0) >= cap
+        {
+            return Some(|core: &Self, tx: &str| {
+                core.metrics
+                    .sessions_refused
+                    .with_label_values(&["connection"])
+                    .inc();
+                core.err(
+                    0,
+                    Some(tx),
+                    490,
+                    "Maximum number of sessions for this connection reached",
+                )
+            });
+        }
+        None
+    }
+
+    /// Counts a session in (`add`) or out of the per-token and per-connection tallies.
+    fn count_session(&mut self, owner: Source, token: Option<&str>, add: bool) {
+        fn bump<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K, add: bool) {
+            if add {
+                *m.entry(k).or_insert(0) += 1;
+            } else if let Some(n) = m.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&k);
+                }
+            }
+        }
+        if let Some(t) = token
+            && (add || self.per_token.contains_key(t))
+        {
+            bump(&mut self.per_token, t.to_string(), add);
+        }
+        if let Source::Ws(c) = owner {
+            bump(&mut self.per_conn, c, add);
+        }
+    }
+
     fn check_secret(&mut self, req: &Req<'_>, unix: u64) -> bool {
         let token = req.root.get("token").and_then(Value::as_str);
         let secret = req.root.get("apisecret").and_then(Value::as_str);
@@ -687,7 +792,15 @@ impl Core {
                 }
                 let wanted = req.root.get("id").and_then(Value::as_u64).unwrap_or(0);
                 if self.sessions.len() >= self.cfg.max_sessions {
+                    self.metrics
+                        .sessions_refused
+                        .with_label_values(&["global"])
+                        .inc();
                     return self.err(0, Some(req.tx), 490, "Maximum number of sessions reached");
+                }
+                let token = self.session_token(req);
+                if let Some(refused) = self.over_session_cap(source, token.as_deref()) {
+                    return refused(self, req.tx);
                 }
                 let id = if wanted > 0 {
                     if self.sessions.contains_key(&wanted) || self.handles.contains_key(&wanted) {
@@ -704,8 +817,10 @@ impl Core {
                         last_activity: now,
                         handles: BTreeSet::new(),
                         orphaned_until: None,
+                        token: token.clone(),
                     },
                 );
+                self.count_session(source, token.as_deref(), true);
                 json!({"janus": "success", "transaction": req.tx, "data": {"id": id}})
             }
             v => self.err(
@@ -823,6 +938,16 @@ impl Core {
                 success
             }
             "claim" => {
+                let old = self.sessions.get(&sid).map(|s| s.owner);
+                if let Some(old) = old
+                    && old != source
+                {
+                    if let Some(refused) = self.over_session_cap(source, None) {
+                        return refused(self, tx);
+                    }
+                    self.count_session(old, None, false);
+                    self.count_session(source, None, true);
+                }
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.owner = source;
                     s.orphaned_until = None;
@@ -883,6 +1008,7 @@ impl Core {
             self.detach_handle(now, hid, reason);
         }
         if let Some(s) = self.sessions.remove(&sid) {
+            self.count_session(s.owner, s.token.as_deref(), false);
             self.outbox.push(Output::SessionClosed {
                 owner: s.owner,
                 session_id: sid,
@@ -2044,6 +2170,62 @@ mod tests {
         c.handle_timeout(t0 + Duration::from_secs(5), 0);
         assert_eq!(c.session_owner(s1), Some(Source::Ws(7)));
         assert_eq!(c.session_owner(s2), None, "unclaimed session destroyed");
+    }
+
+    #[test]
+    fn one_token_or_connection_cannot_take_every_session() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            token_auth: true,
+            max_sessions_per_token: 3,
+            max_sessions_per_connection: 2,
+            ..CoreConfig::default()
+        });
+        c.add_test_token("tA", 100, 0);
+        c.add_test_token("tB", 100, 0);
+        let create = |c: &mut Core, conn: ConnId, token: &str| {
+            req(
+                c,
+                t0,
+                conn,
+                json!({"janus": "create", "transaction": "c", "token": token}),
+            )
+        };
+        // token A: 3 sessions over 3 connections, the 4th is refused
+        for conn in 1..=3 {
+            assert_eq!(create(&mut c, conn, "tA")["janus"], "success");
+        }
+        let r = create(&mut c, 4, "tA");
+        assert_eq!(
+            r["error"],
+            json!({"code": 490, "reason": "Maximum number of sessions for this token reached"})
+        );
+        // token B is unaffected, but one connection holds at most 2
+        assert_eq!(create(&mut c, 5, "tB")["janus"], "success");
+        assert_eq!(create(&mut c, 5, "tB")["janus"], "success");
+        let r = create(&mut c, 5, "tB");
+        assert_eq!(
+            r["error"]["reason"],
+            "Maximum number of sessions for this connection reached"
+        );
+        assert_eq!(create(&mut c, 6, "tB")["janus"], "success");
+        // closing a connection frees its sessions for the token again
+        c.connection_closed(t0, 1);
+        assert_eq!(create(&mut c, 7, "tA")["janus"], "success");
+        let m = c.metrics.render();
+        for line in [
+            "callrelay_gateway_sessions_refused_total{limit=\"token\"} 1",
+            "callrelay_gateway_sessions_refused_total{limit=\"connection\"} 1",
+            "callrelay_gateway_sessions_refused_total{limit=\"global\"} 0",
+        ] {
+            assert!(m.lines().any(|l| l == line), "missing {line}");
+        }
+        assert!(c.per_token.values().all(|n| *n <= 3));
+        // every session destroyed: the tallies are empty again
+        for sid in c.sessions.keys().copied().collect::<Vec<_>>() {
+            c.destroy_session(t0, sid, "hangup");
+        }
+        assert!(c.per_token.is_empty() && c.per_conn.is_empty());
     }
 
     #[test]

@@ -121,6 +121,12 @@ struct RunArgs {
     /// Most Janus sessions held at once; `create` beyond it gets 490 [default: 100000].
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
+    /// Most sessions alive at once created with one token, 0 = no limit [default: 64].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_token: Option<usize>,
+    /// Most sessions alive at once owned by one WebSocket, 0 = no limit [default: 16].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_connection: Option<usize>,
     /// HTTP long-poll wait before a keepalive answer, seconds [default: 30].
     #[arg(long, value_name = "SECS")]
     longpoll_timeout: Option<u64>,
@@ -171,6 +177,8 @@ impl RunArgs {
                 reclaim_session_timeout: self.reclaim_session_timeout,
                 token_max_idle: self.token_max_idle,
                 max_sessions: self.max_sessions,
+                max_sessions_per_token: self.max_sessions_per_token,
+                max_sessions_per_connection: self.max_sessions_per_connection,
                 longpoll_timeout: self.longpoll_timeout,
                 max_message_bytes: self.max_message_bytes,
                 ws_queue: self.ws_queue,

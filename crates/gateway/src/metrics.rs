@@ -40,6 +40,10 @@ pub struct Metrics {
     /// HTTP sessions ended because their client stopped reading and the queue for it
     /// reached its byte bound.
     pub slow_clients: IntCounterVec,
+    /// `callrelay_gateway_sessions_refused_total{limit}` — `create` (or `claim`) refused
+    /// by `max_sessions` (`global`), `max_sessions_per_token` (`token`) or
+    /// `max_sessions_per_connection` (`connection`).
+    pub sessions_refused: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +163,14 @@ impl Metrics {
         for t in ["websocket", "http"] {
             slow_clients.with_label_values(&[t]);
         }
+        let sessions_refused = cv(
+            "callrelay_gateway_sessions_refused_total",
+            "Session creations refused with 490, by the limit reached (global, token, connection)",
+            "limit",
+        );
+        for l in ["global", "token", "connection"] {
+            sessions_refused.with_label_values(&[l]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("callrelay_gateway_build_info", "Build information"),
             &["version"],
@@ -200,6 +212,7 @@ impl Metrics {
             test_tokens_issued,
             candidate_wait_ms,
             slow_clients,
+            sessions_refused,
         }
     }
 

@@ -381,6 +381,8 @@ pub async fn serve_with_reload(
         admin_secret: cfg.admin_secret.clone(),
         token_max_idle: cfg.token_max_idle,
         max_sessions: cfg.max_sessions,
+        max_sessions_per_token: cfg.max_sessions_per_token,
+        max_sessions_per_connection: cfg.max_sessions_per_connection,
         max_username_bytes: cfg.max_username_bytes,
         ..CoreConfig::default()
     };

@@ -371,3 +371,107 @@ async fn http_session_that_is_not_polled_is_ended_at_the_byte_bound() {
     assert_eq!(st, 404);
     assert!(gw.log_contains("event queue full"));
 }
+
+/// Item 10: one token used to take every session slot (100,000 in 4.6 s, then everyone
+/// got 490). With the default caps a flood from one token stops at 16 sessions per
+/// WebSocket and 64 per token; a second token's user still creates a session and
+/// registers; the refusals are counted.
+#[tokio::test]
+async fn one_token_cannot_take_the_session_slots_of_others() {
+    let dir = temp_dir();
+    let gw = Gw::start(base_config(&dir)).await;
+    const FLOOD: &str = "Zmxvb2RlcnRva2VuZmxvb2RlcnRva2VuZmxvb2Q=";
+    const USER: &str = "dXNlcnRva2VudXNlcnRva2VudXNlcnRva2VudXM=";
+    gw.add_token(FLOOD).await;
+    gw.add_token(USER).await;
+    let mut made = 0;
+    let mut by_conn = Vec::new();
+    let mut conns = Vec::new();
+    // bounded: at most 10 connections × 40 creates
+    'flood: for _ in 0..10 {
+        let mut c = gw.client().await;
+        let mut here = 0;
+        for _ in 0..40 {
+            let r = c.req(json!({"janus": "create", "token": FLOOD})).await;
+            if r["janus"] == "success" {
+                made += 1;
+                here += 1;
+                continue;
+            }
+            assert_eq!(r["error"]["code"], 490, "{r}");
+            let reason = r["error"]["reason"].as_str().unwrap().to_string();
+            if reason.contains("token") {
+                by_conn.push(here);
+                conns.push(c);
+                break 'flood;
+            }
+            assert!(reason.contains("connection"), "{reason}");
+            break;
+        }
+        by_conn.push(here);
+        conns.push(c);
+    }
+    assert_eq!(
+        made, 64,
+        "sessions of one token (per connection: {by_conn:?})"
+    );
+    assert!(by_conn.iter().all(|n| *n <= 16), "{by_conn:?}");
+    // another user (token) is unaffected
+    let mut u = gw.client().await;
+    let (s, h) = u.session_handle(Some(USER)).await;
+    let r = u
+        .req(
+            json!({"janus": "message", "session_id": s, "handle_id": h, "token": USER,
+                    "body": {"request": "register", "username": "someone"}}),
+        )
+        .await;
+    assert_eq!(r["janus"], "ack");
+    // the flooding token gets its slots back when its connections close
+    for c in conns.drain(..) {
+        c.close().await;
+    }
+    let mut again = gw.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = again.req(json!({"janus": "create", "token": FLOOD})).await;
+        if r["janus"] == "success" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots not freed: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, _, m) = http_get(gw.admin, "/metrics").await;
+    let refused = |l: &str| {
+        m.lines()
+            .find_map(|x| {
+                x.strip_prefix(&format!(
+                    "callrelay_gateway_sessions_refused_total{{limit=\"{l}\"}} "
+                ))
+            })
+            .unwrap_or_else(|| panic!("no series for {l}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(refused("connection") >= 3, "{m}");
+    assert!(refused("token") >= 1);
+    assert_eq!(refused("global"), 0);
+    gw.stop().await;
+}
+
+/// Item 10: the defaults do not hurt a real deployment: one Mattermost token (one
+/// browser user) with several tabs/devices, each a WebSocket with one janus.js session.
+#[tokio::test]
+async fn default_caps_allow_one_user_on_many_devices() {
+    let dir = temp_dir();
+    let gw = Gw::start(base_config(&dir)).await;
+    const T: &str = "bWF0dGVybW9zdHNlc3Npb25pZDAxMjM0NTY3ODk=";
+    gw.add_token(T).await;
+    let mut cs = Vec::new();
+    for _ in 0..12 {
+        let mut c = gw.client().await;
+        let (s, _) = c.session_handle(Some(T)).await;
+        assert!(s > 0);
+        cs.push(c);
+    }
+    gw.stop().await;
+}
