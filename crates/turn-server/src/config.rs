@@ -76,6 +76,13 @@ pub struct Cli {
     /// Unauthenticated requests per second per source address.
     #[arg(long, value_name = "N")]
     pub unauth_rate: Option<u32>,
+    /// Entries of each worker's per-source rate-limit table (a full table replaces its
+    /// least recently used entry; 32 bytes each).
+    #[arg(long, value_name = "N")]
+    pub rate_limit_sources: Option<usize>,
+    /// IPv6 sources share one rate-limit entry per prefix of this many bits.
+    #[arg(long, value_name = "BITS")]
+    pub rate_limit_ipv6_prefix: Option<u8>,
     /// Enforce TURN REST expiry on every request, not only at Allocate.
     #[arg(long)]
     pub strict_expiry: bool,
@@ -125,6 +132,8 @@ pub struct FileConfig {
     total_quota: Option<u32>,
     bandwidth: Option<u64>,
     unauth_rate: Option<u32>,
+    rate_limit_sources: Option<usize>,
+    rate_limit_ipv6_prefix: Option<u8>,
     #[serde(default)]
     strict_expiry: bool,
     nonce_lifetime: Option<u32>,
@@ -238,6 +247,10 @@ pub struct Config {
     pub bandwidth: u64,
     /// Unauthenticated requests/s per source.
     pub unauth_rate: u32,
+    /// Entries of each worker's rate-limit table.
+    pub rate_limit_sources: usize,
+    /// IPv6 rate-limit prefix length.
+    pub rate_limit_ipv6_prefix: u8,
     /// Strict REST expiry.
     pub strict_expiry: bool,
     /// Nonce lifetime.
@@ -475,6 +488,20 @@ impl Config {
                     .unwrap_or(1),
             ),
         };
+        let rate_limit_sources = pick(cli.rate_limit_sources, f.rate_limit_sources, 65_536);
+        if !(64..=4_194_304).contains(&rate_limit_sources) {
+            return Err(key_err(
+                "rate_limit_sources",
+                "must be between 64 and 4194304 entries (32 bytes each, per worker)",
+            ));
+        }
+        let rate_limit_ipv6_prefix = pick(cli.rate_limit_ipv6_prefix, f.rate_limit_ipv6_prefix, 64);
+        if !(16..=128).contains(&rate_limit_ipv6_prefix) {
+            return Err(key_err(
+                "rate_limit_ipv6_prefix",
+                "must be between 16 and 128 bits (64: one entry per IPv6 subnet)",
+            ));
+        }
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < workers {
             return Err(key_err(
@@ -503,6 +530,8 @@ impl Config {
             total_quota: pick(cli.total_quota, f.total_quota, 0),
             bandwidth: pick(cli.bandwidth, f.bandwidth, 2_000_000),
             unauth_rate: pick(cli.unauth_rate, f.unauth_rate, 50).max(1),
+            rate_limit_sources,
+            rate_limit_ipv6_prefix,
             strict_expiry: cli.strict_expiry || f.strict_expiry,
             nonce_lifetime,
             max_frame,
@@ -646,6 +675,24 @@ mod tests {
             ])),
             "max_lifetime"
         );
+        for (flag, v) in [
+            ("--rate-limit-sources", "8"),
+            ("--rate-limit-ipv6-prefix", "8"),
+            ("--rate-limit-ipv6-prefix", "129"),
+        ] {
+            let key = flag.trim_start_matches("--").replace('-', "_");
+            assert_eq!(
+                err_key(&cli(&[
+                    "--auth-secret",
+                    "s",
+                    "--relay-ip",
+                    "127.0.0.1",
+                    flag,
+                    v
+                ])),
+                key
+            );
+        }
     }
 
     #[test]

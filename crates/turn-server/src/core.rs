@@ -20,6 +20,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha1::Sha1;
 
+use self::rate::RateTable;
 use crate::auth::{Credentials, Key, Lookup};
 use crate::policy::{DenyClass, PeerPolicy};
 use crate::stun::{self, Builder, Class, Message, TransactionId, attr, error_code, method};
@@ -36,7 +37,6 @@ pub const TRANSACTION_CACHE: Duration = Duration::from_secs(40);
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_TX_CACHE: usize = 65_536;
-const MAX_RATE_SOURCES: usize = 65_536;
 /// Value of the SOFTWARE attribute in authenticated answers.
 pub const SOFTWARE: &str = concat!("callrelay turn-server ", env!("CARGO_PKG_VERSION"));
 
@@ -216,6 +216,8 @@ pub struct Stats {
     /// Packets delivered in process from one allocation to another, accepted by the
     /// receiving allocation: `[same_worker, cross_worker]`.
     pub in_process: [u64; 2],
+    /// Rate-limit table entries replaced to make room for a new source.
+    pub rate_evictions: u64,
 }
 
 /// Label tables matching [`Stats`] indexes.
@@ -416,6 +418,10 @@ pub struct CoreConfig {
     pub bandwidth: u64,
     /// Unauthenticated requests per second per source IP.
     pub unauth_rate: u32,
+    /// Entries of the per-source rate-limit table (`rate_limit_sources`).
+    pub rate_sources: usize,
+    /// IPv6 sources share a rate-limit entry per prefix of this length.
+    pub rate_v6_prefix: u8,
     /// Enforce REST expiry on every request.
     pub strict_expiry: bool,
     /// Nonce lifetime (s).
@@ -665,7 +671,7 @@ pub struct Core<R> {
     /// between two allocations of the same worker (the common one-to-one call).
     by_relay_addr: FxMap<SocketAddr, RelayToken>,
     tx_cache: HashMap<(FiveTuple, TransactionId), (Instant, Vec<u8>)>,
-    rate: FxMap<IpAddr, Bucket>,
+    rate: RateTable,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
     next_sweep: Option<Instant>,
@@ -696,6 +702,11 @@ impl<R: RngCore> Core<R> {
             rng.fill_bytes(&mut k);
             k
         });
+        let rate = RateTable::new(
+            cfg.rate_sources,
+            cfg.rate_v6_prefix,
+            (rng.next_u64(), rng.next_u64()),
+        );
         Self {
             cfg,
             rng,
@@ -713,7 +724,7 @@ impl<R: RngCore> Core<R> {
             by_client: FxMap::default(),
             by_relay_addr: FxMap::default(),
             tx_cache: HashMap::new(),
-            rate: FxMap::default(),
+            rate,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             next_sweep: None,
@@ -817,8 +828,6 @@ impl<R: RngCore> Core<R> {
         self.quota
             .tcp_conns()
             .retain(|_, (_, deadline)| *deadline > now);
-        self.rate
-            .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
         let reservations = {
             let mut pool = self.quota.ports();
             let expired: Vec<u64> = pool
@@ -836,7 +845,6 @@ impl<R: RngCore> Core<R> {
         };
         self.next_sweep = if self.slots.iter().any(Option::is_some)
             || !self.tx_cache.is_empty()
-            || !self.rate.is_empty()
             || reservations
         {
             Some(now + SWEEP_INTERVAL)
@@ -1246,23 +1254,16 @@ impl<R: RngCore> Core<R> {
         })
     }
 
+    /// May an unauthenticated answer go to `ip`? (The per-source reflection limit: a fixed
+    /// table that replaces old entries and never refuses a source it has not seen.)
     fn rate_ok(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let rate = f64::from(self.cfg.unauth_rate);
-        if self.rate.len() >= MAX_RATE_SOURCES && !self.rate.contains_key(&ip) {
+        let rate = self.cfg.unauth_rate as f32;
+        let v = self.rate.allow(now, ip, rate, rate * 2.0);
+        self.stats.rate_evictions += u64::from(v.evicted);
+        if !v.allowed {
             self.stats.quota[QuotaKind::RateLimit as usize] += 1;
-            return false;
         }
-        let b = self
-            .rate
-            .entry(ip)
-            .or_insert_with(|| Bucket::new(now, rate * 2.0));
-        if b.take(now, rate, rate * 2.0, 1.0) {
-            self.arm(now);
-            true
-        } else {
-            self.stats.quota[QuotaKind::RateLimit as usize] += 1;
-            false
-        }
+        v.allowed
     }
 
     fn count_method(&mut self, m: u16) {
@@ -2280,5 +2281,6 @@ pub fn deny_labels() -> impl Iterator<Item = &'static str> {
     DenyClass::ALL.iter().map(|c| c.label())
 }
 
+mod rate;
 #[cfg(test)]
 mod tests;

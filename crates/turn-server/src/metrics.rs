@@ -24,6 +24,7 @@ pub struct Metrics {
     relay_ports_free: IntGauge,
     requests: Vec<IntCounter>,
     in_process: Vec<IntCounter>,
+    rate_evictions: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -148,6 +149,13 @@ impl Metrics {
             .iter()
             .map(|l| ip.with_label_values(&[*l]))
             .collect();
+        let rate_evictions = IntCounter::new(
+            "callrelay_turn_rate_limit_evictions_total",
+            "Rate-limit table entries replaced by a new source (the table was full)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(rate_evictions.clone()))
+            .expect("unique metric");
         let bi = IntGaugeVec::new(
             Opts::new("callrelay_turn_build_info", "Build information"),
             &["version"],
@@ -169,6 +177,7 @@ impl Metrics {
             relay_ports_free,
             requests,
             in_process,
+            rate_evictions,
         }
     }
 
@@ -197,6 +206,8 @@ impl Metrics {
         add(&self.quota, &stats.quota, &ps.quota);
         add(&self.requests, &stats.requests, &ps.requests);
         add(&self.in_process, &stats.in_process, &ps.in_process);
+        self.rate_evictions
+            .inc_by(stats.rate_evictions.saturating_sub(ps.rate_evictions));
         let delta = |g: &IntGauge, now: u64, before: u64| g.add(now as i64 - before as i64);
         for i in 0..3 {
             delta(
@@ -237,6 +248,7 @@ mod tests {
         );
         s.packets[1][2] = 7;
         s.in_process[1] = 4;
+        s.rate_evictions = 6;
         m.report(
             &mut prev,
             &s,
@@ -263,6 +275,7 @@ mod tests {
             "callrelay_turn_requests_total{method=\"connection_bind\"} 0",
             "callrelay_turn_relayed_in_process_total{path=\"same_worker\"} 0",
             "callrelay_turn_relayed_in_process_total{path=\"cross_worker\"} 4",
+            "callrelay_turn_rate_limit_evictions_total 6",
             "callrelay_turn_build_info{version=\"",
         ] {
             assert!(t.contains(needle), "missing {needle} in\n{t}");

@@ -661,6 +661,8 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         max_lifetime: cfg.max_lifetime,
         bandwidth: cfg.bandwidth,
         unauth_rate: cfg.unauth_rate,
+        rate_sources: cfg.rate_limit_sources,
+        rate_v6_prefix: cfg.rate_limit_ipv6_prefix,
         strict_expiry: cfg.strict_expiry,
         nonce_lifetime: cfg.nonce_lifetime,
         nonce_key: Some(nonce_key),
@@ -1131,8 +1133,16 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
             _ = w.shutdown.cancelled() => return,
             r = sock.readable() => if r.is_err() { return },
         }
-        // Drain the socket: one recvmmsg per batch until it would block.
+        // Drain the socket: one recvmmsg per batch until it would block, but yield to the
+        // worker's other tasks (timers, metrics, SIGHUP, TCP connections) every
+        // `UDP_BATCHES_PER_TURN` batches: a flood faster than the worker must not starve them.
+        let mut batches = 0usize;
         loop {
+            batches += 1;
+            if batches > UDP_BATCHES_PER_TURN {
+                tokio::task::yield_now().await;
+                batches = 1;
+            }
             let res = {
                 let mut chunks = storage.chunks_mut(MAX_DATAGRAM);
                 let mut iovs: [io::IoSliceMut<'_>; RECV_BATCH] =
@@ -1180,6 +1190,9 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
         }
     }
 }
+
+/// `recvmmsg` batches a UDP listener handles before it lets the worker's other tasks run.
+const UDP_BATCHES_PER_TURN: usize = 64;
 
 /// Bytes a stream connection reads per syscall (at least; the buffer grows for a frame
 /// that does not fit).

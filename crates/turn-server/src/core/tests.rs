@@ -34,6 +34,8 @@ fn cfg() -> CoreConfig {
         max_lifetime: 3600,
         bandwidth: 0,
         unauth_rate: 1000,
+        rate_sources: 65_536,
+        rate_v6_prefix: 64,
         strict_expiry: false,
         nonce_lifetime: 600,
         nonce_key: None,
@@ -1430,4 +1432,102 @@ fn unknown_comprehension_required_attribute_gets_420_for_every_method() {
     let msg = Message::parse(&ans).unwrap();
     assert_eq!(msg.class, Class::Success);
     assert_eq!(msg.xor_addr(attr::XOR_MAPPED_ADDRESS), Some(c.remote));
+}
+
+/// Issue 11 item 1: a flood of unauthenticated requests from more source addresses than the
+/// rate-limit table holds (spoofed UDP) must not silence new clients. With the table full
+/// and the flood still running, a fresh address gets its 401 and completes an Allocate; the
+/// table stays at its fixed size and counts what it replaced.
+#[test]
+fn rate_table_full_of_a_flood_still_answers_a_new_client() {
+    let mut c = cfg();
+    c.unauth_rate = 5;
+    c.rate_sources = 4096;
+    let table = c.rate_sources;
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let flood = |sim: &mut Sim, i: u32| {
+        let from = FiveTuple {
+            proto: Proto::Udp,
+            local: "192.0.2.1:3478".parse().unwrap(),
+            remote: SocketAddr::new(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), 40000),
+        };
+        let r = request(TransactionId([9; 12]), method::ALLOCATE, None, false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        sim.input(from, &r);
+    };
+    // Four times as many sources as entries: every set of the table is full.
+    let sources = 4 * table as u32;
+    for i in 0..sources {
+        flood(&mut sim, i);
+    }
+    assert_eq!(sim.core.rate.capacity(), table, "the table never grows");
+    assert!(
+        sim.core.rate.len() >= table * 99 / 100,
+        "the flood filled the table: {}",
+        sim.core.rate.len()
+    );
+    let evicted = sim.core.stats().rate_evictions;
+    assert!(evicted >= u64::from(sources) - table as u64, "{evicted}");
+    sim.out.clear();
+    // The flood goes on between every step of the new client's Allocate.
+    let mut next = sources;
+    for port in [1000u16, 1001, 1002] {
+        for _ in 0..1000 {
+            flood(&mut sim, next);
+            next += 1;
+        }
+        sim.out.clear();
+        let fresh = FiveTuple {
+            remote: SocketAddr::new("198.51.100.200".parse().unwrap(), port),
+            ..client(port)
+        };
+        let mut creds = Creds::rest(b"s3cret", UNIX0 + 1000);
+        allocate(&mut sim, fresh, &mut creds);
+        assert_eq!(sim.core.rate.capacity(), table);
+    }
+    assert_eq!(sim.core.allocation_count(), 3);
+    assert!(sim.core.stats().rate_evictions > evicted);
+}
+
+/// IPv6 sources share an entry per /64: a flood from one /64 (a single host can use all
+/// of it) takes one entry and is limited as one source, whatever addresses it cycles through.
+#[test]
+fn ipv6_sources_are_limited_per_prefix() {
+    let mut c = cfg();
+    c.unauth_rate = 5;
+    c.relay_ip6 = Some("2001:db8::1".parse().unwrap());
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let from = |host: u64| FiveTuple {
+        proto: Proto::Udp,
+        local: "[2001:db8::1]:3478".parse().unwrap(),
+        remote: SocketAddr::new(
+            IpAddr::from((0x2001_0db8_0001_0002u128 << 64 | u128::from(host)).to_be_bytes()),
+            5000,
+        ),
+    };
+    for host in 0..1000u64 {
+        let mut tid = [0u8; 12];
+        tid[..8].copy_from_slice(&host.to_be_bytes());
+        sim.input(
+            from(host * 7919 + 1),
+            &request(TransactionId(tid), method::BINDING, None, false, |_| {}),
+        );
+    }
+    assert_eq!(
+        sim.out.len(),
+        10,
+        "one /64 gets one burst (2 x unauth_rate)"
+    );
+    assert_eq!(sim.core.rate.len(), 1);
+    assert_eq!(sim.core.stats().rate_evictions, 0);
+    // Another /64 has its own budget.
+    let other = FiveTuple {
+        remote: "[2001:db8:1:3::1]:5000".parse().unwrap(),
+        ..from(0)
+    };
+    sim.out.clear();
+    let tid = sim.next_tid();
+    sim.input(other, &request(tid, method::BINDING, None, false, |_| {}));
+    assert_eq!(sim.out.len(), 1);
 }

@@ -163,6 +163,13 @@ impl Server {
         metric_value(&self.metrics_text(), series)
     }
 
+    /// Value of one sample line (`name{labels}`); panics when the series is not exported
+    /// (a misspelt name must not read as 0).
+    pub fn metric_strict(&self, series: &str) -> f64 {
+        let text = self.metrics_text();
+        metric_sample(&text, series).unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    }
+
     /// Waits (bounded) until `series` satisfies `pred` (metrics are flushed twice a second).
     pub fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -208,6 +215,15 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The value of the sample line whose series is exactly `series`, if there is one.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {

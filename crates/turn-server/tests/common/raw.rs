@@ -134,7 +134,19 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn new(server: SocketAddr, user: &str, pass: &str, realm: &str) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::new_from("127.0.0.1".parse().unwrap(), server, user, pass, realm)
+    }
+
+    /// A UDP client whose socket is bound to `local` (any 127/8 address on loopback: many
+    /// distinct source addresses from one machine).
+    pub fn new_from(
+        local: IpAddr,
+        server: SocketAddr,
+        user: &str,
+        pass: &str,
+        realm: &str,
+    ) -> Self {
+        let sock = UdpSocket::bind((local, 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         Self {
             sock,
