@@ -76,6 +76,210 @@ pub(crate) struct DoctorArgs {
     /// expiry (23:59:59 tomorrow local time) [default: this host's, from `date +%z`].
     #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub(crate) utc_offset: Option<i32>,
+    /// Check a Mattermost Calls plugin deployment (ICE servers and TURN static auth
+    /// secret) instead of the WebRTC (Beta) settings. Implied by --ice-servers and
+    /// --turn-static-auth-secret, and chosen when --mattermost-config has the Calls
+    /// plugin's settings but no WebrtcSettings.
+    #[arg(long)]
+    pub(crate) calls: bool,
+    /// Calls: ICE Servers Configurations, the JSON array of {"urls": [...],
+    /// "username"?, "credential"?} (flags given as well override config.json).
+    #[arg(long, value_name = "JSON")]
+    pub(crate) ice_servers: Option<String>,
+    /// Calls: TURN Static Auth Secret.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "CALLRELAY_DOCTOR_TURN_STATIC_AUTH_SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) turn_static_auth_secret: Option<String>,
+    /// Calls: TURN Credentials Expiration in minutes [default: config.json's, else 1440].
+    #[arg(long, value_name = "MINUTES", allow_hyphen_values = true)]
+    pub(crate) turn_credentials_expiration: Option<i64>,
+    /// Calls: the Mattermost username the TURN credentials are minted for
+    /// [default: callrelay-doctor].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) mattermost_username: Option<String>,
+}
+
+/// The Calls plugin's TURN settings (`PluginSettings.Plugins["com.mattermost.calls"]`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct CallsSettings {
+    /// ICE Servers Configurations: a JSON array, or a string holding one (as stored).
+    pub(crate) ice_servers: Option<Value>,
+    /// TURN Static Auth Secret
+    pub(crate) secret: Option<String>,
+    /// TURN Credentials Expiration (minutes)
+    pub(crate) expiration_minutes: Option<i64>,
+    /// Server Side TURN (informational)
+    pub(crate) server_side_turn: Option<bool>,
+}
+
+/// What `gateway doctor` checks.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Plan {
+    /// Mattermost 4.0-5.5 WebRTC (Beta): gateway and TURN.
+    Webrtc(Settings),
+    /// The Calls plugin: STUN and TURN of its ICE servers.
+    Calls(CallsSettings),
+}
+
+/// The plugin id whose settings hold the Calls TURN configuration.
+const CALLS_PLUGIN: &str = "com.mattermost.calls";
+
+/// Reads the Calls plugin's settings from the text of a Mattermost `config.json`:
+/// `Ok(None)` when there are none. Plugin setting keys are stored lowercased; they are
+/// matched case-insensitively.
+pub(crate) fn parse_calls_config(text: &str) -> Result<Option<CallsSettings>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(p) = v
+        .get("PluginSettings")
+        .and_then(|p| p.get("Plugins"))
+        .and_then(|p| p.get(CALLS_PLUGIN))
+        .and_then(Value::as_object)
+    else {
+        return Ok(None);
+    };
+    let get = |k: &str| {
+        p.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v)
+    };
+    let expiration_minutes = match get("TURNCredentialsExpirationMinutes") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
+            format!("{CALLS_PLUGIN}: turncredentialsexpirationminutes {n} is not a whole number")
+        })?),
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s.trim().parse().map_err(|_| {
+            format!("{CALLS_PLUGIN}: turncredentialsexpirationminutes {s:?} is not a number")
+        })?),
+        Some(other) => {
+            return Err(format!(
+                "{CALLS_PLUGIN}: turncredentialsexpirationminutes {other} is not a number"
+            ));
+        }
+    };
+    Ok(Some(CallsSettings {
+        ice_servers: get("ICEServersConfigs").cloned(),
+        secret: nonempty(get("TURNStaticAuthSecret").and_then(Value::as_str)),
+        expiration_minutes,
+        server_side_turn: get("ServerSideTURN").and_then(Value::as_bool),
+    }))
+}
+
+/// One entry of ICE Servers Configurations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IceEntry {
+    urls: Vec<String>,
+    username: String,
+    credential: String,
+}
+
+/// How the Calls plugin treats an entry (rtcd `ICEServerConfig.IsTURN`/`IsSTUN`: every
+/// URL of the entry must have the scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    Stun,
+    /// Without username and credential: the plugin mints credentials for it.
+    TurnMinted,
+    /// With a fixed username or credential: handed out unchanged.
+    TurnStatic,
+    /// stun: and turn: URLs mixed: the plugin mints nothing for it.
+    Mixed,
+}
+
+fn entry_kind(e: &IceEntry) -> EntryKind {
+    let all = |p: &[&str]| e.urls.iter().all(|u| p.iter().any(|p| u.starts_with(p)));
+    if all(&["turn:", "turns:"]) {
+        if e.username.is_empty() && e.credential.is_empty() {
+            EntryKind::TurnMinted
+        } else {
+            EntryKind::TurnStatic
+        }
+    } else if all(&["stun:", "stuns:"]) {
+        EntryKind::Stun
+    } else {
+        EntryKind::Mixed
+    }
+}
+
+/// Parses ICE Servers Configurations: a JSON array, or a JSON string that holds one (the
+/// System Console stores it as a string).
+fn parse_ice_servers(v: &Value) -> Result<Vec<IceEntry>, String> {
+    let parsed;
+    let v = match v {
+        Value::String(s) if s.trim().is_empty() => return Ok(Vec::new()),
+        Value::String(s) => {
+            parsed = serde_json::from_str::<Value>(s).map_err(|e| format!("not JSON: {e}"))?;
+            &parsed
+        }
+        v => v,
+    };
+    let arr = v
+        .as_array()
+        .ok_or("not a JSON array: it must look like [{\"urls\": [\"turn:host:3478\"]}]")?;
+    let mut out = Vec::new();
+    for (i, e) in arr.iter().enumerate() {
+        let n = i + 1;
+        let o = e
+            .as_object()
+            .ok_or_else(|| format!("entry {n} is not an object"))?;
+        let urls = match o.get("urls") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|u| {
+                    u.as_str()
+                        .map(|s| s.trim().to_string())
+                        .ok_or_else(|| format!("entry {n}: every URL must be a string"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(Value::String(_)) => {
+                return Err(format!(
+                    "entry {n}: \"urls\" must be an array [\"...\"], not a string (the plugin rejects a string)"
+                ));
+            }
+            _ => return Err(format!("entry {n} has no \"urls\" array")),
+        };
+        if urls.is_empty() || urls.iter().any(String::is_empty) {
+            return Err(format!("entry {n}: empty URL list or empty URL"));
+        }
+        if let Some(bad) = urls.iter().find(|u| {
+            !["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|p| u.starts_with(p))
+        }) {
+            return Err(format!(
+                "entry {n}: {bad:?} is not a stun:, stuns:, turn: or turns: URL"
+            ));
+        }
+        let s = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        out.push(IceEntry {
+            urls,
+            username: s("username"),
+            credential: s("credential"),
+        });
+    }
+    Ok(out)
+}
+
+/// TURN REST credentials exactly as the Calls plugin mints them (rtcd `GenTURNConfigs`):
+/// `<now + expiration minutes>:<Mattermost username>`, base64(HMAC-SHA1(secret, username)).
+fn calls_turn_credentials(
+    mattermost_username: &str,
+    secret: &str,
+    now_unix: u64,
+    minutes: u64,
+) -> (String, String) {
+    let username = format!(
+        "{}:{mattermost_username}",
+        now_unix.saturating_add(minutes.saturating_mul(60))
+    );
+    let mut mac =
+        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(username.as_bytes());
+    (username, STANDARD.encode(mac.finalize().into_bytes()))
 }
 
 /// The eight Mattermost WebRTC settings (Enable aside).
@@ -127,6 +331,60 @@ pub(crate) fn parse_mattermost_config(text: &str) -> Result<Settings, String> {
 }
 
 impl DoctorArgs {
+    fn wants_calls(&self) -> bool {
+        self.calls
+            || self.ice_servers.is_some()
+            || self.turn_static_auth_secret.is_some()
+            || self.turn_credentials_expiration.is_some()
+            || self.mattermost_username.is_some()
+    }
+
+    /// What to check: the Calls plugin when asked for (or when the config file has only
+    /// its settings), else the WebRTC (Beta) settings.
+    pub(crate) fn plan(&self) -> Result<Plan, String> {
+        let mut calls = None;
+        let mut webrtc_section = false;
+        if let Some(p) = &self.mattermost_config {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            calls = parse_calls_config(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+            webrtc_section = parse_mattermost_config(&text).is_ok();
+            if calls.is_none() && !webrtc_section && !self.wants_calls() {
+                return Err(format!(
+                    "{}: neither WebrtcSettings (Mattermost 4.0-5.5) nor the Calls plugin's settings (PluginSettings.Plugins[\"{CALLS_PLUGIN}\"])",
+                    p.display()
+                ));
+            }
+        }
+        if !self.wants_calls() && (webrtc_section || calls.is_none()) {
+            return self.settings().map(Plan::Webrtc);
+        }
+        if self.wants_calls()
+            && self.mattermost_config.is_some()
+            && calls.is_none()
+            && self.ice_servers.is_none()
+        {
+            return Err(format!(
+                "{}: no Calls plugin settings (PluginSettings.Plugins[\"{CALLS_PLUGIN}\"]); give --ice-servers",
+                self.mattermost_config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        let mut c = calls.unwrap_or_default();
+        if let Some(j) = &self.ice_servers {
+            c.ice_servers = Some(Value::String(j.clone()));
+        }
+        if let Some(s) = nonempty(self.turn_static_auth_secret.as_deref()) {
+            c.secret = Some(s);
+        }
+        if let Some(m) = self.turn_credentials_expiration {
+            c.expiration_minutes = Some(m);
+        }
+        Ok(Plan::Calls(c))
+    }
+
     /// Settings from the config file (if any) with the flags on top.
     pub(crate) fn settings(&self) -> Result<Settings, String> {
         let mut s = match &self.mattermost_config {
@@ -297,12 +555,25 @@ fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), 
     }
 }
 
-/// `stun:host[:port]`, `turn:host[:port][?transport=udp|tcp]` (RFC 7064/7065).
+/// `stun:host[:port]`, `turn:host[:port][?transport=udp|tcp]`,
+/// `turns:host[:port][?transport=tcp]` (RFC 7064/7065).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct IceUri {
     host: String,
     port: u16,
     tcp: bool,
+    /// `turns:`: TLS over TCP.
+    tls: bool,
+}
+
+impl IceUri {
+    fn transport(&self) -> &'static str {
+        match (self.tls, self.tcp) {
+            (true, _) => "TLS",
+            (false, true) => "TCP",
+            (false, false) => "UDP",
+        }
+    }
 }
 
 fn parse_ice_uri(u: &str, scheme: &str) -> Result<IceUri, String> {
@@ -310,14 +581,24 @@ fn parse_ice_uri(u: &str, scheme: &str) -> Result<IceUri, String> {
         .strip_prefix(scheme)
         .and_then(|r| r.strip_prefix(':'))
         .ok_or_else(|| format!("must start with {scheme}:"))?;
+    let tls = scheme == "turns";
     let (hp, query) = rest.split_once('?').unwrap_or((rest, ""));
     let tcp = match query {
-        "" | "transport=udp" => false,
+        "" => tls,
+        "transport=udp" if tls => {
+            return Err("turns: over UDP (DTLS) is not supported: use ?transport=tcp".into());
+        }
+        "transport=udp" => false,
         "transport=tcp" => true,
         q => return Err(format!("unknown parameter ?{q} (only transport=udp|tcp)")),
     };
-    let (host, port) = split_host_port(hp, 3478)?;
-    Ok(IceUri { host, port, tcp })
+    let (host, port) = split_host_port(hp, if tls { 5349 } else { 3478 })?;
+    Ok(IceUri {
+        host,
+        port,
+        tcp,
+        tls,
+    })
 }
 
 async fn resolve(host: &str, port: u16, t: Duration) -> Result<SocketAddr, String> {
@@ -1127,20 +1408,43 @@ fn local_utc_offset() -> i32 {
     sign * (h * 3600 + m * 60)
 }
 
-fn turn_error_fix(e: &str, u: &IceUri, username: &str) -> String {
+/// Who minted the credentials of a TURN check (the fix texts differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CredSource {
+    /// Mattermost 4.0-5.5: TurnUsername + TurnSharedKey.
+    Webrtc,
+    /// The Calls plugin: TURN Static Auth Secret + the Mattermost username.
+    Calls,
+    /// Fixed username/credential of a Calls ICE servers entry.
+    Static,
+}
+
+fn turn_error_fix(e: &str, u: &IceUri, username: &str, src: CredSource) -> String {
     if e.contains("401") || e.contains("441") {
-        format!(
-            "the turn-server rejected the credentials Mattermost would hand out (user {username}): TURN Shared Key must equal one of the turn-server's auth_secret values (and the gateway's turn_secret); if they match, the clocks differ by more than a day (timedatectl)"
-        )
+        match src {
+            CredSource::Webrtc => format!(
+                "the turn-server rejected the credentials Mattermost would hand out (user {username}): TURN Shared Key must equal one of the turn-server's auth_secret values (and the gateway's turn_secret); if they match, the clocks differ by more than a day (timedatectl)"
+            ),
+            CredSource::Calls => format!(
+                "the turn-server rejected the credentials the Calls plugin would mint (user {username}): TURN Static Auth Secret must equal one of the turn-server's auth_secret values; if they match, the clocks of the Mattermost server and the turn-server differ by more than TURN Credentials Expiration (timedatectl)"
+            ),
+            CredSource::Static => format!(
+                "the turn-server rejected this entry's fixed username {username} and credential: remove both from the entry so the plugin mints them from TURN Static Auth Secret, or give the turn-server that user"
+            ),
+        }
     } else if e.contains("437") || e.contains("486") || e.contains("508") {
-        "the turn-server refused the allocation (quota or capacity): see callrelay_turn_quota_rejections_total; set user_quota = 0 for Mattermost (all users share one TURN username)".to_string()
+        match src {
+            CredSource::Webrtc => "the turn-server refused the allocation (quota or capacity): see callrelay_turn_quota_rejections_total; set user_quota = 0 for Mattermost (all users share one TURN username)".to_string(),
+            _ => "the turn-server refused the allocation (quota or capacity): see callrelay_turn_quota_rejections_total; user_quota counts per Mattermost user (not below 30), total_quota and relay_ports bound the server".to_string(),
+        }
     } else {
+        let proto = if u.tcp { "TCP" } else { "UDP" };
         format!(
-            "no TURN answer from {}:{} over {}: check that the turn-server runs and listens there, and that {} {} is open in the firewall and the cloud security group",
+            "no TURN answer from {}:{} over {}: check that the turn-server runs and listens there ({}), and that {proto} {} is open in the firewall and the cloud security group",
             u.host,
             u.port,
-            if u.tcp { "TCP" } else { "UDP" },
-            if u.tcp { "TCP" } else { "UDP" },
+            u.transport(),
+            if u.tls { "tls_listen" } else { "listen" },
             u.port
         )
     }
@@ -1169,37 +1473,99 @@ async fn check_turn(uri: &str, s: &Settings, utc_offset: i32, t: Duration) -> Ch
             "Mattermost requires both with a TURN URI: TURN Username (any label) and TURN Shared Key = the turn-server's auth_secret",
         );
     };
-    let server = match resolve(&u.host, u.port, t).await {
-        Ok(a) => a,
-        Err(e) => return c.fail(e, "check the host name in TURN URI"),
-    };
-    let now = SystemTime::now()
+    let now = unix_now();
+    let (username, password) = mattermost_turn_credentials(user, key, now, utc_offset);
+    check_turn_with(c, &u, username, password, CredSource::Webrtc, None, t).await
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (username, password) = mattermost_turn_credentials(user, key, now, utc_offset);
+        .unwrap_or(0)
+}
+
+/// Allocates on the TURN server of `u` with `username`/`password` and relays data both
+/// ways. `tls` is needed for `turns:` URIs.
+async fn check_turn_with(
+    c: Check,
+    u: &IceUri,
+    username: String,
+    password: String,
+    src: CredSource,
+    tls: Option<&TlsConnector>,
+    t: Duration,
+) -> Check {
+    let server = match resolve(&u.host, u.port, t).await {
+        Ok(a) => a,
+        Err(e) => return c.fail(e, "check the host name in the TURN URI"),
+    };
     let mut c = c;
     c.m("username", username.clone());
     let conn: Arc<dyn webrtc_util::Conn + Send + Sync> = if u.tcp {
         let t0 = Instant::now();
-        match tokio::time::timeout(t, TcpStream::connect(server)).await {
-            Ok(Ok(s)) => {
-                c.m("tcp_connect_ms", ms(t0.elapsed()));
-                Arc::new(crate::doctor_tcp::TcpConn::new(s, server))
-            }
+        let s = match tokio::time::timeout(t, TcpStream::connect(server)).await {
+            Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return c.fail(
                     format!("TCP connect to {server}: {e}"),
-                    turn_error_fix(&e.to_string(), &u, &username),
+                    turn_error_fix(&e.to_string(), u, &username, src),
                 );
             }
             Err(_) => {
                 return c.fail(
                     format!("TCP connect to {server} timed out"),
-                    turn_error_fix("timeout", &u, &username),
+                    turn_error_fix("timeout", u, &username, src),
                 );
             }
-        }
+        };
+        c.m("tcp_connect_ms", ms(t0.elapsed()));
+        let local = s.local_addr().unwrap_or(server);
+        let stream: Box<dyn crate::doctor_tcp::Stream> = if u.tls {
+            let Some(tls) = tls else {
+                return c.fail("turns: URI", "internal error: no TLS configuration");
+            };
+            let name = match rustls_pki_types::ServerName::try_from(u.host.clone()) {
+                Ok(n) => n,
+                Err(e) => {
+                    return c.fail(
+                        format!("bad host name {}: {e}", u.host),
+                        "fix the host name in the TURN URI",
+                    );
+                }
+            };
+            let t1 = Instant::now();
+            match tokio::time::timeout(t, tls.connect(name, s)).await {
+                Ok(Ok(s)) => {
+                    c.m("tls_handshake_ms", ms(t1.elapsed()));
+                    Box::new(s)
+                }
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    let fix = if e.contains("corrupt message") || e.contains("InvalidContentType") {
+                        format!(
+                            "the port {} does not speak TLS: it must be one of the turn-server's tls_listen addresses (with cert and key), or use turn: instead of turns:",
+                            u.port
+                        )
+                    } else {
+                        format!(
+                            "the turn-server's certificate is not valid for {} ({e}); browsers give up on that TURN URL without a word: set the turn-server's cert/key to a certificate from a public CA for this name (docs/mattermost.md §3)",
+                            u.host
+                        )
+                    };
+                    return c.fail(format!("TLS handshake with {server}: {e}"), fix);
+                }
+                Err(_) => {
+                    return c.fail(
+                        format!("TLS handshake with {server} timed out after {} s", t.as_secs()),
+                        format!("the port {} does not speak TLS: it must be one of the turn-server's tls_listen addresses (with cert and key)", u.port),
+                    );
+                }
+            }
+        } else {
+            Box::new(s)
+        };
+        Arc::new(crate::doctor_tcp::TcpConn::new(stream, local, server))
     } else {
         match udp_socket_for(server).await {
             Ok(s) => Arc::new(s),
@@ -1226,7 +1592,7 @@ async fn check_turn(uri: &str, s: &Settings, utc_offset: i32, t: Duration) -> Ch
         Ok(c) => c,
         Err(e) => return c.fail(format!("TURN client: {e}"), "internal error"),
     };
-    let result = turn_allocate_and_echo(&client, &u, server, t, &mut c).await;
+    let result = turn_allocate_and_echo(&client, u, server, src, t, &mut c).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
     match result {
         Ok(detail) => c.pass(detail),
@@ -1238,11 +1604,12 @@ async fn turn_allocate_and_echo(
     client: &turn::client::Client,
     u: &IceUri,
     server: SocketAddr,
+    src: CredSource,
     t: Duration,
     c: &mut Check,
 ) -> Result<String, (String, String)> {
     let username = c.measured["username"].as_str().unwrap_or("").to_string();
-    let transport = if u.tcp { "TCP" } else { "UDP" };
+    let transport = u.transport();
     client
         .listen()
         .await
@@ -1254,12 +1621,12 @@ async fn turn_allocate_and_echo(
                 "Allocate over {transport} to {server}: no answer within {} s",
                 t.as_secs()
             );
-            return Err((d, turn_error_fix("timeout", u, &username)));
+            return Err((d, turn_error_fix("timeout", u, &username, src)));
         }
         Ok(Err(e)) => {
             let e = e.to_string();
             let d = format!("Allocate over {transport} to {server}: {e}");
-            return Err((d, turn_error_fix(&e, u, &username)));
+            return Err((d, turn_error_fix(&e, u, &username, src)));
         }
         Ok(Ok(r)) => r,
     };
@@ -1495,6 +1862,168 @@ pub(crate) async fn run(args: &DoctorArgs, s: &Settings) -> Vec<Check> {
     out
 }
 
+/// Runs the checks of a Calls plugin deployment: the ICE servers setting itself, then
+/// STUN and TURN against every URL with credentials minted as the plugin mints them.
+pub(crate) async fn run_calls(args: &DoctorArgs, cs: &CallsSettings) -> Vec<Check> {
+    let t = Duration::from_secs(args.timeout.clamp(1, 60));
+    let (tls, _roots) = match tls_connector(args.ca_file.as_ref()) {
+        Ok(x) => x,
+        Err(e) => {
+            return vec![
+                Check::new("TLS roots", "").fail(e, "give a readable PEM file to --ca-file"),
+            ];
+        }
+    };
+    let example = "paste a JSON array such as [{\"urls\":[\"stun:rtc.example.com:3478\"]},{\"urls\":[\"turn:rtc.example.com:3478\",\"turn:rtc.example.com:3478?transport=tcp\"]}] (docs/mattermost-calls.md §3)";
+    let cfg = Check::new("ICE servers", "ICE Servers Configurations");
+    let entries = match cs.ice_servers.as_ref().map(parse_ice_servers) {
+        None => {
+            return vec![cfg.fail("not set (the plugin's default has no TURN server)", example)];
+        }
+        Some(Err(e)) => return vec![cfg.fail(format!("not valid: {e}"), example)],
+        Some(Ok(v)) => v,
+    };
+    let mut cfg = cfg;
+    let minutes = cs.expiration_minutes.unwrap_or(1440);
+    let user = args
+        .mattermost_username
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .unwrap_or("callrelay-doctor");
+    let secret = cs.secret.as_deref();
+    let kinds: Vec<EntryKind> = entries.iter().map(entry_kind).collect();
+    let count = |k: EntryKind| kinds.iter().filter(|x| **x == k).count();
+    let turn_urls = entries
+        .iter()
+        .zip(&kinds)
+        .filter(|(_, k)| matches!(k, EntryKind::TurnMinted | EntryKind::TurnStatic))
+        .map(|(e, _)| e.urls.len())
+        .sum::<usize>();
+    let minted = count(EntryKind::TurnMinted);
+    cfg.m("entries", entries.len());
+    cfg.m("turn_urls", turn_urls);
+    cfg.m("expiration_minutes", minutes);
+    if let Some(sst) = cs.server_side_turn {
+        cfg.m("server_side_turn", sst);
+    }
+    let mut problems: Vec<(String, String)> = Vec::new();
+    if turn_urls == 0 {
+        problems.push((
+            "no TURN entry".into(),
+            "add an entry {\"urls\":[\"turn:rtc.example.com:3478\",\"turn:rtc.example.com:3478?transport=tcp\"]} without username and credential: users whose networks block the Calls server's UDP port get no audio otherwise".into(),
+        ));
+    }
+    if count(EntryKind::Mixed) > 0 {
+        problems.push((
+            "an entry mixes stun: and turn: URLs".into(),
+            "put stun: URLs in an entry of their own: the plugin mints credentials only for an entry whose every URL is turn: or turns:, and browsers refuse a turn: URL without credentials".into(),
+        ));
+    }
+    if minted > 0 && secret.is_none() {
+        problems.push((
+            "TURN Static Auth Secret not set".into(),
+            "set TURN Static Auth Secret to the turn-server's auth_secret: without it the plugin mints no TURN credentials".into(),
+        ));
+    }
+    if minutes <= 0 || minutes > 10080 {
+        problems.push((
+            format!("TURN Credentials Expiration {minutes} minutes"),
+            "set 1 to 10080 minutes (rtcd refuses more than a week); 1440 is the plugin's default"
+                .into(),
+        ));
+    }
+    if count(EntryKind::TurnStatic) > 0 {
+        cfg.warnings.push("a TURN entry has a fixed username/credential: every user gets the same one and it never expires; leave both out so the plugin mints them".into());
+    }
+    let now = unix_now();
+    let minutes_u = u64::try_from(minutes.clamp(1, 10080)).unwrap_or(1440);
+    let minted_creds = secret.map(|k| calls_turn_credentials(user, k, now, minutes_u));
+    let summary = format!(
+        "{} entries, {turn_urls} TURN URL(s){}, {} STUN entr{}",
+        entries.len(),
+        match &minted_creds {
+            Some((u, _)) if minted > 0 =>
+                format!(", credentials minted as the plugin does: {u} (valid {minutes} min)"),
+            _ => String::new(),
+        },
+        count(EntryKind::Stun),
+        if count(EntryKind::Stun) == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    );
+    let cfg = if problems.is_empty() {
+        cfg.pass(summary)
+    } else {
+        let (d, f): (Vec<_>, Vec<_>) = problems.into_iter().unzip();
+        cfg.fail(format!("{summary}; {}", d.join("; ")), f.join("; "))
+    };
+    let mut out = vec![cfg];
+    let bound = |d: Duration| d * 6;
+    for (e, kind) in entries.iter().zip(&kinds) {
+        for url in &e.urls {
+            if url.starts_with("stuns:") {
+                let mut c = Check::new("STUN URI", url);
+                c.warnings
+                    .push("stuns: is not checked by doctor (and most browsers ignore it)".into());
+                out.push(c.pass("not checked"));
+                continue;
+            }
+            if url.starts_with("stun:") {
+                out.push(check_stun(url, t).await);
+                continue;
+            }
+            let c = Check::new("TURN URI", url);
+            let scheme = if url.starts_with("turns:") {
+                "turns"
+            } else {
+                "turn"
+            };
+            let u = match parse_ice_uri(url, scheme) {
+                Ok(u) => u,
+                Err(e) => {
+                    out.push(c.fail(
+                        format!("cannot parse: {e}"),
+                        "use the form turn:rtc.example.com:3478, turn:rtc.example.com:3478?transport=tcp or turns:rtc.example.com:443?transport=tcp",
+                    ));
+                    continue;
+                }
+            };
+            let (username, password, src) = match kind {
+                EntryKind::TurnStatic => {
+                    (e.username.clone(), e.credential.clone(), CredSource::Static)
+                }
+                EntryKind::TurnMinted => match &minted_creds {
+                    Some((u, p)) => (u.clone(), p.clone(), CredSource::Calls),
+                    None => {
+                        out.push(c.fail(
+                            "no credentials: TURN Static Auth Secret is not set",
+                            "set TURN Static Auth Secret to the turn-server's auth_secret",
+                        ));
+                        continue;
+                    }
+                },
+                EntryKind::Mixed | EntryKind::Stun => {
+                    out.push(c.fail(
+                        "no credentials: the plugin mints none for an entry that mixes stun: and turn: URLs",
+                        "put the stun: URLs in an entry of their own",
+                    ));
+                    continue;
+                }
+            };
+            let check = check_turn_with(c, &u, username, password, src, Some(&tls), t);
+            out.push(match tokio::time::timeout(bound(t), check).await {
+                Ok(c) => c,
+                Err(_) => Check::new("TURN URI", url)
+                    .fail("timed out", "the TURN server stopped answering"),
+            });
+        }
+    }
+    out
+}
+
 /// JSON form of the report.
 pub(crate) fn render_json(checks: &[Check]) -> Value {
     json!({
@@ -1588,12 +2117,22 @@ mod tests {
             IceUri {
                 host: "h".into(),
                 port: 3479,
-                tcp: true
+                tcp: true,
+                tls: false,
             }
         );
         let i = parse_ice_uri("stun:h", "stun").unwrap();
         assert_eq!(i.port, 3478);
         assert!(parse_ice_uri("turn:h?transport=sctp", "turn").is_err());
+        // turns: is TLS over TCP, default port 5349; DTLS (transport=udp) is refused
+        let i = parse_ice_uri("turns:h", "turns").unwrap();
+        assert_eq!(
+            (i.port, i.tcp, i.tls, i.transport()),
+            (5349, true, true, "TLS")
+        );
+        let i = parse_ice_uri("turns:h:443?transport=tcp", "turns").unwrap();
+        assert_eq!((i.port, i.tcp, i.tls), (443, true, true));
+        assert!(parse_ice_uri("turns:h?transport=udp", "turns").is_err());
     }
 
     #[test]
@@ -1605,6 +2144,136 @@ mod tests {
         mac.update(u.as_bytes());
         assert_eq!(p, STANDARD.encode(mac.finalize().into_bytes()));
         assert_eq!(p.len(), 28);
+    }
+
+    #[test]
+    fn turn_credentials_as_the_calls_plugin_mints_them() {
+        // `printf %s 1700086400:alice | openssl dgst -sha1 -hmac s3cret -binary | base64`
+        let (u, p) = calls_turn_credentials("alice", "s3cret", 1_700_000_000, 1440);
+        assert_eq!(u, "1700086400:alice");
+        assert_eq!(p, "HJX0XIkrCiQCuU88Z0oeXj+QW60=");
+    }
+
+    #[test]
+    fn calls_plugin_settings_from_config_json() {
+        // keys as Mattermost stores plugin settings: lowercased; the ICE servers as a
+        // JSON string; the expiration as a number
+        let text = r#"{
+            "ServiceSettings": {"SiteURL": "https://chat.example.com"},
+            "PluginSettings": {"Plugins": {"com.mattermost.calls": {
+                "iceserversconfigs": "[{\"urls\":[\"stun:rtc.example.com:3478\"]},{\"urls\":[\"turn:rtc.example.com:3478\",\"turns:rtc.example.com:443?transport=tcp\"]}]",
+                "turnstaticauthsecret": "s3cret",
+                "turncredentialsexpirationminutes": 240,
+                "serversideturn": true
+            }}}
+        }"#;
+        let c = parse_calls_config(text).unwrap().unwrap();
+        assert_eq!(c.secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.expiration_minutes, Some(240));
+        assert_eq!(c.server_side_turn, Some(true));
+        let e = parse_ice_servers(c.ice_servers.as_ref().unwrap()).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(entry_kind(&e[0]), EntryKind::Stun);
+        assert_eq!(entry_kind(&e[1]), EntryKind::TurnMinted);
+        assert_eq!(e[1].urls[1], "turns:rtc.example.com:443?transport=tcp");
+        // mixed case keys and an expiration given as a string are read too
+        let c = parse_calls_config(
+            r#"{"PluginSettings":{"Plugins":{"com.mattermost.calls":{"TURNStaticAuthSecret":"x","TURNCredentialsExpirationMinutes":"60"}}}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.secret.as_deref(), c.expiration_minutes),
+            (Some("x"), Some(60))
+        );
+        assert_eq!(
+            parse_calls_config(r#"{"PluginSettings":{}}"#).unwrap(),
+            None
+        );
+        assert!(parse_calls_config("{").is_err());
+    }
+
+    #[test]
+    fn ice_servers_entries_as_the_plugin_classifies_them() {
+        let v = json!([
+            {"urls": ["turn:h:3478"], "username": "u", "credential": "c"},
+            {"urls": ["stun:h:3478", "turn:h:3478"]},
+            {"urls": ["turns:h:443?transport=tcp", "turn:h:3478?transport=tcp"]}
+        ]);
+        let e = parse_ice_servers(&v).unwrap();
+        let k: Vec<_> = e.iter().map(entry_kind).collect();
+        assert_eq!(
+            k,
+            vec![
+                EntryKind::TurnStatic,
+                EntryKind::Mixed,
+                EntryKind::TurnMinted
+            ]
+        );
+        // the array or the string that holds it; an empty string is no entries
+        assert_eq!(parse_ice_servers(&Value::String(v.to_string())).unwrap(), e);
+        assert!(parse_ice_servers(&json!("")).unwrap().is_empty());
+        // what the plugin rejects
+        for (bad, says) in [
+            (json!({"urls": ["turn:h"]}), "not a JSON array"),
+            (json!([{"urls": "turn:h"}]), "must be an array"),
+            (json!([{"url": ["turn:h"]}]), "no \"urls\""),
+            (json!([{"urls": ["http://h"]}]), "not a stun:"),
+            (json!([{"urls": []}]), "empty"),
+            (json!("[{"), "not JSON"),
+        ] {
+            let err = parse_ice_servers(&bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn calls_mode_is_chosen_by_flags_or_by_a_config_with_only_the_plugin() {
+        let dir = std::env::temp_dir().join(format!("doctor-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let calls_only = dir.join("calls.json");
+        std::fs::write(
+            &calls_only,
+            r#"{"PluginSettings":{"Plugins":{"com.mattermost.calls":{"turnstaticauthsecret":"a"}}}}"#,
+        )
+        .unwrap();
+        let both = dir.join("both.json");
+        std::fs::write(
+            &both,
+            r#"{"WebrtcSettings":{"StunURI":"stun:h"},"PluginSettings":{"Plugins":{"com.mattermost.calls":{"turnstaticauthsecret":"a"}}}}"#,
+        )
+        .unwrap();
+        let neither = dir.join("neither.json");
+        std::fs::write(&neither, "{}").unwrap();
+        let a = |p: &std::path::Path, calls: bool| DoctorArgs {
+            mattermost_config: Some(p.to_path_buf()),
+            calls,
+            ..DoctorArgs::default()
+        };
+        assert!(
+            matches!(a(&calls_only, false).plan(), Ok(Plan::Calls(c)) if c.secret.as_deref() == Some("a"))
+        );
+        assert!(matches!(a(&both, false).plan(), Ok(Plan::Webrtc(_))));
+        assert!(matches!(a(&both, true).plan(), Ok(Plan::Calls(_))));
+        let e = a(&neither, false).plan().unwrap_err();
+        assert!(
+            e.contains("WebrtcSettings") && e.contains("com.mattermost.calls"),
+            "{e}"
+        );
+        // flags alone; a flag overrides the file
+        let f = DoctorArgs {
+            ice_servers: Some(r#"[{"urls":["turn:h"]}]"#.into()),
+            turn_static_auth_secret: Some("b".into()),
+            ..DoctorArgs::default()
+        };
+        assert!(matches!(f.plan(), Ok(Plan::Calls(c)) if c.secret.as_deref() == Some("b")));
+        let f = DoctorArgs {
+            turn_static_auth_secret: Some("b".into()),
+            ..a(&calls_only, false)
+        };
+        assert!(matches!(f.plan(), Ok(Plan::Calls(c)) if c.secret.as_deref() == Some("b")));
+        assert!(matches!(DoctorArgs::default().plan(), Ok(Plan::Webrtc(_))));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

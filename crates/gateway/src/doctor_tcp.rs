@@ -1,31 +1,33 @@
-//! TURN over TCP for `gateway doctor`: the webrtc-rs `turn` client talks to a
+//! TURN over TCP and TLS for `gateway doctor`: the webrtc-rs `turn` client talks to a
 //! `webrtc_util::Conn`, which only exists for UDP; this adapter frames STUN messages and
-//! ChannelData on one TCP stream (RFC 8656 §12.5: ChannelData padded to 4 bytes over TCP).
+//! ChannelData on one byte stream, a TCP connection or a TLS session over one (RFC 8656
+//! §12.5: ChannelData padded to 4 bytes over TCP).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
 use webrtc_util::Conn;
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = webrtc_util::Result<T>> + Send + 'a>>;
 
-/// One TCP connection to a TURN server, seen as a datagram `Conn`.
+/// A byte stream to a TURN server (TCP, or TLS over TCP).
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// One TCP or TLS connection to a TURN server, seen as a datagram `Conn`.
 pub(crate) struct TcpConn {
-    rd: Mutex<OwnedReadHalf>,
-    wr: Mutex<OwnedWriteHalf>,
+    rd: Mutex<ReadHalf<Box<dyn Stream>>>,
+    wr: Mutex<WriteHalf<Box<dyn Stream>>>,
     local: SocketAddr,
     server: SocketAddr,
 }
 
 impl TcpConn {
-    /// Wraps a connected stream to `server`.
-    pub(crate) fn new(s: TcpStream, server: SocketAddr) -> Self {
-        let local = s.local_addr().unwrap_or(server);
-        let (r, w) = s.into_split();
+    /// Wraps a connected stream from `local` to `server`.
+    pub(crate) fn new(s: Box<dyn Stream>, local: SocketAddr, server: SocketAddr) -> Self {
+        let (r, w) = tokio::io::split(s);
         Self {
             rd: Mutex::new(r),
             wr: Mutex::new(w),

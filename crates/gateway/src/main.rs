@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Check a Mattermost WebRTC deployment end to end (Admin URL, WebSocket URL, STUN,
-    /// TURN) with Mattermost's eight settings; exit status 1 when a check fails.
+    /// TURN) with Mattermost's eight settings, or with --calls the STUN/TURN servers of
+    /// the Calls plugin; exit status 1 when a check fails.
     Doctor(doctor::DoctorArgs),
 }
 
@@ -232,8 +233,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_doctor(args: &doctor::DoctorArgs) -> std::process::ExitCode {
-    let settings = match args.settings() {
-        Ok(s) => s,
+    let plan = match args.plan() {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("gateway doctor: {e}");
             return std::process::ExitCode::from(2);
@@ -250,7 +251,12 @@ fn run_doctor(args: &doctor::DoctorArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let checks = rt.block_on(doctor::run(args, &settings));
+    let checks = rt.block_on(async {
+        match &plan {
+            doctor::Plan::Webrtc(s) => doctor::run(args, s).await,
+            doctor::Plan::Calls(c) => doctor::run_calls(args, c).await,
+        }
+    });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     // the report is the command's output: stdout, so `--json | jq` works
     let text = if args.json {

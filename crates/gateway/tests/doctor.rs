@@ -92,6 +92,10 @@ struct Turn {
 }
 
 fn start_turn(secret: &str, allow_loopback_peer: bool) -> Turn {
+    start_turn_with(secret, allow_loopback_peer, &[])
+}
+
+fn start_turn_with(secret: &str, allow_loopback_peer: bool, extra: &[String]) -> Turn {
     let dir = temp_dir();
     let port = free_port();
     let metrics = free_port();
@@ -118,6 +122,7 @@ fn start_turn(secret: &str, allow_loopback_peer: bool) -> Turn {
     if allow_loopback_peer {
         cmd.args(["--allow-peer", "127.0.0.1/32"]);
     }
+    cmd.args(extra);
     let child = cmd
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -511,4 +516,180 @@ fn mattermost_config_json_is_read() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.json"));
+}
+
+// ---------------------------------------------------------------- Calls plugin mode
+
+/// A turn-server that also speaks TURN over TLS (the test certificate for 127.0.0.1):
+/// (server, TLS port, the certificate that makes doctor trust it).
+fn start_turn_tls(secret: &str) -> (Turn, u16, PathBuf) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cert = fixtures.join("cert1.pem");
+    let tls = free_port();
+    let turn = start_turn_with(
+        secret,
+        true,
+        &[
+            "--tls-listen".into(),
+            format!("127.0.0.1:{tls}"),
+            "--cert".into(),
+            cert.to_str().unwrap().into(),
+            "--key".into(),
+            fixtures.join("key1.pem").to_str().unwrap().into(),
+        ],
+    );
+    (turn, tls, cert)
+}
+
+/// ICE Servers Configurations as an admin pastes them: STUN in its own entry, one TURN
+/// entry without credentials (UDP, TCP, TLS).
+fn calls_ice_servers(port: u16, tls: u16) -> String {
+    serde_json::json!([
+        {"urls": [format!("stun:127.0.0.1:{port}")]},
+        {"urls": [
+            format!("turn:127.0.0.1:{port}"),
+            format!("turn:127.0.0.1:{port}?transport=tcp"),
+            format!("turns:127.0.0.1:{tls}?transport=tcp"),
+        ]}
+    ])
+    .to_string()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn calls_plugin_settings_pass_over_udp_tcp_and_tls() {
+    let (turn, tls, cert) = start_turn_tls(TURN_KEY);
+    let t0 = unix_now();
+    let d = doctor(&[
+        "--ice-servers".into(),
+        calls_ice_servers(turn.port, tls),
+        "--turn-static-auth-secret".into(),
+        TURN_KEY.into(),
+        "--mattermost-username".into(),
+        "alice".into(),
+        "--ca-file".into(),
+        cert.to_str().unwrap().into(),
+    ]);
+    assert_eq!(d.code, 0, "{}", d.text);
+    assert_eq!(d.json["checks"].as_array().unwrap().len(), 5, "{}", d.json);
+    assert!(d.text.contains("all 5 checks passed"), "{}", d.text);
+    let cfg = one(&d, "ICE servers");
+    assert_eq!(cfg["measured"]["turn_urls"], 3);
+    assert_eq!(one(&d, "STUN URI")["ok"], true);
+    let turns = check(&d, "TURN URI");
+    assert_eq!(turns.len(), 3);
+    for (t, over) in turns.iter().zip(["over UDP", "over TCP", "over TLS"]) {
+        let detail = t["detail"].as_str().unwrap();
+        assert!(detail.contains(over), "{t}");
+        assert!(detail.contains("data relayed both ways"), "{t}");
+        // minted as the plugin mints: "<now + 1440 min>:<Mattermost username>"
+        let user = t["measured"]["username"].as_str().unwrap();
+        let (expiry, name) = user.split_once(':').unwrap();
+        assert_eq!(name, "alice");
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(
+            (t0 + 1440 * 60..=unix_now() + 1440 * 60).contains(&expiry),
+            "{user}"
+        );
+    }
+    assert!(turns[2]["measured"]["tls_handshake_ms"].as_f64().is_some());
+    drop(turn);
+}
+
+#[test]
+fn calls_plugin_with_a_wrong_secret_fails_every_turn_url_with_the_fix() {
+    let (turn, tls, cert) = start_turn_tls(TURN_KEY);
+    let d = doctor(&[
+        "--ice-servers".into(),
+        calls_ice_servers(turn.port, tls),
+        "--turn-static-auth-secret".into(),
+        "not-the-turn-servers-secret".into(),
+        "--ca-file".into(),
+        cert.to_str().unwrap().into(),
+    ]);
+    assert_eq!(d.code, 1, "{}", d.text);
+    assert_eq!(
+        one(&d, "ICE servers")["ok"],
+        true,
+        "the setting itself is fine"
+    );
+    assert_eq!(one(&d, "STUN URI")["ok"], true, "STUN needs no credentials");
+    let turns = check(&d, "TURN URI");
+    assert_eq!(turns.len(), 3);
+    for t in turns {
+        assert_eq!(t["ok"], false, "{t}");
+        assert!(t["detail"].as_str().unwrap().contains("401"), "{t}");
+        assert!(
+            fix(t).contains(
+                "TURN Static Auth Secret must equal one of the turn-server's auth_secret"
+            ),
+            "{t}"
+        );
+    }
+    assert!(d.text.contains("3 of 5 checks failed"), "{}", d.text);
+    drop(turn);
+}
+
+#[test]
+fn calls_plugin_settings_are_read_from_mattermost_config_json() {
+    let turn = start_turn(TURN_KEY, true);
+    let dir = temp_dir();
+    let p = dir.join("config.json");
+    // as Mattermost stores them: plugin keys lowercased, the ICE servers as a string
+    let ice = serde_json::json!([
+        {"urls": [format!("stun:127.0.0.1:{}", turn.port)]},
+        {"urls": [format!("turn:127.0.0.1:{}?transport=tcp", turn.port)]}
+    ]);
+    let cfg = serde_json::json!({
+        "ServiceSettings": {"SiteURL": "http://127.0.0.1:8065"},
+        "PluginSettings": {"Plugins": {"com.mattermost.calls": {
+            "iceserversconfigs": ice.to_string(),
+            "turnstaticauthsecret": TURN_KEY,
+            "turncredentialsexpirationminutes": 240,
+            "serversideturn": false
+        }}}
+    });
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    let d = doctor(&["--mattermost-config".into(), p.to_str().unwrap().into()]);
+    assert_eq!(d.code, 0, "{}", d.text);
+    assert_eq!(d.json["checks"].as_array().unwrap().len(), 3, "{}", d.json);
+    let user = one(&d, "TURN URI")["measured"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expiry: u64 = user.split_once(':').unwrap().0.parse().unwrap();
+    assert!(
+        expiry <= unix_now() + 240 * 60 && expiry + 120 >= unix_now() + 240 * 60,
+        "{user}"
+    );
+    assert!(user.ends_with(":callrelay-doctor"), "{user}");
+
+    // an entry mixing stun: and turn: gets no credentials from the plugin: both the
+    // setting and that URL fail, saying so
+    let mixed = serde_json::json!([
+        {"urls": [format!("stun:127.0.0.1:{}", turn.port), format!("turn:127.0.0.1:{}", turn.port)]}
+    ]);
+    let d = doctor(&[
+        "--mattermost-config".into(),
+        p.to_str().unwrap().into(),
+        "--ice-servers".into(),
+        mixed.to_string(),
+    ]);
+    assert_eq!(d.code, 1, "{}", d.text);
+    let c = one(&d, "ICE servers");
+    assert_eq!(c["ok"], false);
+    assert!(fix(c).contains("entry of their own"), "{c}");
+    let t = one(&d, "TURN URI");
+    assert_eq!(t["ok"], false);
+    assert!(
+        t["detail"].as_str().unwrap().contains("no credentials"),
+        "{t}"
+    );
+    drop(turn);
 }
