@@ -122,6 +122,10 @@ pub struct FileConfig {
     pub http_queue_bytes: Option<usize>,
     /// Longest videocall username, bytes (`register` beyond it gets 474).
     pub max_username_bytes: Option<usize>,
+    /// Largest trickled candidate, bytes (beyond it 467).
+    pub max_candidate_bytes: Option<usize>,
+    /// Candidate bytes buffered per handle (beyond it 467).
+    pub max_candidate_bytes_per_handle: Option<usize>,
     /// `Access-Control-Allow-Origin` value of the HTTP transport.
     pub cors_allow_origin: Option<String>,
 }
@@ -199,6 +203,10 @@ pub struct Config {
     pub http_queue_bytes: usize,
     /// Longest videocall username in bytes.
     pub max_username_bytes: usize,
+    /// Largest trickled candidate in bytes.
+    pub max_candidate_bytes: usize,
+    /// Candidate bytes buffered per handle.
+    pub max_candidate_bytes_per_handle: usize,
     /// CORS origin.
     pub cors_allow_origin: String,
 }
@@ -237,6 +245,11 @@ impl std::fmt::Debug for Config {
             .field("ws_queue_bytes", &self.ws_queue_bytes)
             .field("http_queue_bytes", &self.http_queue_bytes)
             .field("max_username_bytes", &self.max_username_bytes)
+            .field("max_candidate_bytes", &self.max_candidate_bytes)
+            .field(
+                "max_candidate_bytes_per_handle",
+                &self.max_candidate_bytes_per_handle,
+            )
             .field("cors_allow_origin", &self.cors_allow_origin)
             .finish()
     }
@@ -456,6 +469,18 @@ impl Config {
             16..=256,
             " bytes",
         )?;
+        let max_candidate_bytes = in_range(
+            "max_candidate_bytes",
+            pick!(cli, file, max_candidate_bytes).unwrap_or(1024),
+            512..=65536,
+            " bytes",
+        )?;
+        let max_candidate_bytes_per_handle = in_range(
+            "max_candidate_bytes_per_handle",
+            pick!(cli, file, max_candidate_bytes_per_handle).unwrap_or(32 * 1024),
+            4096..=1024 * 1024,
+            " bytes",
+        )?;
         let cors_allow_origin =
             pick!(cli, file, cors_allow_origin).unwrap_or_else(|| "*".to_string());
         if !admin_listen.ip().is_loopback() && admin_secret.is_none() {
@@ -494,6 +519,8 @@ impl Config {
             ws_queue_bytes,
             http_queue_bytes,
             max_username_bytes,
+            max_candidate_bytes,
+            max_candidate_bytes_per_handle,
             cors_allow_origin,
         })
     }

@@ -71,6 +71,10 @@ pub struct CoreConfig {
     pub token_max_idle: Duration,
     /// Candidates buffered per handle before the SDP is forwarded.
     pub max_candidates: usize,
+    /// Largest trickled candidate (its JSON object), bytes; a larger one gets 467.
+    pub max_candidate_bytes: usize,
+    /// Candidate bytes buffered per handle; a trickle beyond it gets 467.
+    pub max_candidate_bytes_per_handle: usize,
     /// Sessions alive at once; `create` beyond this gets 490.
     pub max_sessions: usize,
     /// Sessions alive at once created with one token (0 = no limit); `create` beyond
@@ -96,6 +100,8 @@ impl Default for CoreConfig {
             admin_secret: None,
             token_max_idle: Duration::from_secs(7 * 86400),
             max_candidates: 100,
+            max_candidate_bytes: 1024,
+            max_candidate_bytes_per_handle: 32 * 1024,
             max_sessions: 100_000,
             max_sessions_per_token: 64,
             max_sessions_per_connection: 16,
@@ -981,13 +987,17 @@ impl Core {
                     ),
                     (Some(c), None) => {
                         let c = c.clone();
-                        self.trickle(now, hid, std::slice::from_ref(&c));
-                        ack
+                        match self.trickle(now, hid, std::slice::from_ref(&c)) {
+                            Ok(()) => ack,
+                            Err(reason) => self.err(sid, Some(tx), 467, &reason),
+                        }
                     }
                     (None, Some(Value::Array(list))) => {
                         let list = list.clone();
-                        self.trickle(now, hid, &list);
-                        ack
+                        match self.trickle(now, hid, &list) {
+                            Ok(()) => ack,
+                            Err(reason) => self.err(sid, Some(tx), 467, &reason),
+                        }
                     }
                     // Janus 1.1.2 acks (and ignores) a non-array `candidates`
                     (None, Some(_)) => ack,
@@ -1583,15 +1593,35 @@ impl Core {
         );
     }
 
-    fn trickle(&mut self, now: Instant, hid: u64, items: &[Value]) {
+    /// Buffers (or forwards) trickled candidates; a candidate larger than
+    /// `max_candidate_bytes`, or one that would take the handle's buffer past
+    /// `max_candidate_bytes_per_handle`, refuses the request (the reason of a 467).
+    fn trickle(&mut self, now: Instant, hid: u64, items: &[Value]) -> Result<(), String> {
         let max = self.cfg.max_candidates;
+        let max_bytes = self.cfg.max_candidate_bytes;
+        if items
+            .iter()
+            .any(|i| serde_json::to_string(i).map_or(usize::MAX, |t| t.len()) > max_bytes)
+        {
+            self.metrics
+                .candidates_refused
+                .with_label_values(&["size"])
+                .inc();
+            return Err(format!(
+                "Invalid element type (candidate larger than {max_bytes} bytes)"
+            ));
+        }
+        let max_total = self.cfg.max_candidate_bytes_per_handle;
+        let mut over_total = false;
+        let mut over_count = 0u64;
         let mut to_peer: Vec<Value> = Vec::new();
         let mut flush = false;
         let peer;
         {
             let Some(h) = self.handles.get_mut(&hid) else {
-                return;
+                return Ok(());
             };
+            let mut buffered: usize = h.cands.iter().map(Candidate::bytes).sum();
             peer = h.peer;
             for item in items {
                 let Some(obj) = item.as_object() else {
@@ -1620,20 +1650,35 @@ impl Core {
                 };
                 if h.forwarded {
                     to_peer.push(item.clone());
-                } else if h.cands.len() < max {
-                    h.cands.push(Candidate {
+                } else if h.cands.len() >= max {
+                    over_count += 1;
+                } else {
+                    let cand = Candidate {
                         candidate: c.to_string(),
                         sdp_mid: obj
                             .get("sdpMid")
                             .and_then(Value::as_str)
                             .map(str::to_string),
                         sdp_mline_index: obj.get("sdpMLineIndex").and_then(Value::as_u64),
-                    });
+                    };
+                    if buffered + cand.bytes() > max_total {
+                        over_total = true;
+                        break;
+                    }
+                    buffered += cand.bytes();
+                    h.cands.push(cand);
                     // `completed` came first (reordered HTTP requests): this is the
                     // candidate the held SDP was waiting for.
                     flush |= h.completed && h.pending.is_some();
                 }
             }
+        }
+        if over_count > 0 {
+            // beyond max_candidates a browser is not gathering any more: ignored, counted
+            self.metrics
+                .candidates_refused
+                .with_label_values(&["count"])
+                .inc_by(over_count);
         }
         if flush {
             self.flush_pending(now, hid);
@@ -1643,6 +1688,16 @@ impl Core {
                 self.emit_to_handle(p, json!({"janus": "trickle", "candidate": c}));
             }
         }
+        if over_total {
+            self.metrics
+                .candidates_refused
+                .with_label_values(&["handle_bytes"])
+                .inc();
+            return Err(format!(
+                "Invalid element type (candidates of this handle exceed {max_total} bytes)"
+            ));
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------------ admin API

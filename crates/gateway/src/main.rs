@@ -146,6 +146,12 @@ struct RunArgs {
     /// Longest videocall username in bytes; `register` beyond it gets 474 [default: 128].
     #[arg(long, value_name = "BYTES")]
     max_username_bytes: Option<usize>,
+    /// Largest trickled candidate in bytes; larger ones get 467 [default: 1024].
+    #[arg(long, value_name = "BYTES")]
+    max_candidate_bytes: Option<usize>,
+    /// Candidate bytes buffered per handle; beyond it 467 [default: 32768].
+    #[arg(long, value_name = "BYTES")]
+    max_candidate_bytes_per_handle: Option<usize>,
     /// Access-Control-Allow-Origin of the HTTP transport [default: *].
     #[arg(long, value_name = "ORIGIN")]
     cors_allow_origin: Option<String>,
@@ -186,6 +192,8 @@ impl RunArgs {
                 ws_queue_bytes: self.ws_queue_bytes,
                 http_queue_bytes: self.http_queue_bytes,
                 max_username_bytes: self.max_username_bytes,
+                max_candidate_bytes: self.max_candidate_bytes,
+                max_candidate_bytes_per_handle: self.max_candidate_bytes_per_handle,
                 cors_allow_origin: self.cors_allow_origin,
             },
         }

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// by `max_sessions` (`global`), `max_sessions_per_token` (`token`) or
     /// `max_sessions_per_connection` (`connection`).
     pub sessions_refused: IntCounterVec,
+    /// `callrelay_gateway_candidates_refused_total{reason}` — trickled candidates
+    /// refused (`size`, `handle_bytes`: answered 467) or ignored beyond
+    /// `max_candidates` (`count`).
+    pub candidates_refused: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,6 +175,14 @@ impl Metrics {
         for l in ["global", "token", "connection"] {
             sessions_refused.with_label_values(&[l]);
         }
+        let candidates_refused = cv(
+            "callrelay_gateway_candidates_refused_total",
+            "Trickled candidates refused: larger than max_candidate_bytes (size), past max_candidate_bytes_per_handle (handle_bytes), or ignored beyond max_candidates (count)",
+            "reason",
+        );
+        for r in ["size", "handle_bytes", "count"] {
+            candidates_refused.with_label_values(&[r]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("callrelay_gateway_build_info", "Build information"),
             &["version"],
@@ -213,6 +225,7 @@ impl Metrics {
             candidate_wait_ms,
             slow_clients,
             sessions_refused,
+            candidates_refused,
         }
     }
 

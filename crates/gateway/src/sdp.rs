@@ -14,6 +14,13 @@ pub struct Candidate {
     pub sdp_mline_index: Option<u64>,
 }
 
+impl Candidate {
+    /// Bytes this candidate holds (for the per-handle bound).
+    pub fn bytes(&self) -> usize {
+        self.candidate.len() + self.sdp_mid.as_ref().map_or(0, String::len)
+    }
+}
+
 /// The `ufrag` extension attribute of a candidate line (Chrome adds `ufrag XXXX`).
 pub fn candidate_ufrag(candidate: &str) -> Option<&str> {
     let mut it = candidate.split_ascii_whitespace();

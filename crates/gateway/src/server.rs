@@ -384,6 +384,8 @@ pub async fn serve_with_reload(
         max_sessions_per_token: cfg.max_sessions_per_token,
         max_sessions_per_connection: cfg.max_sessions_per_connection,
         max_username_bytes: cfg.max_username_bytes,
+        max_candidate_bytes: cfg.max_candidate_bytes,
+        max_candidate_bytes_per_handle: cfg.max_candidate_bytes_per_handle,
         ..CoreConfig::default()
     };
     let loaded = file.tokens.len();

@@ -4,6 +4,8 @@
 
 mod common;
 use common::*;
+
+const TOKEN: &str = "Ym91bmRzdGVzdHRva2VuYm91bmRzdGVzdHRva2Vu";
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::io::BufRead as _;
@@ -472,6 +474,71 @@ async fn default_caps_allow_one_user_on_many_devices() {
         let (s, _) = c.session_handle(Some(T)).await;
         assert!(s > 0);
         cs.push(c);
+    }
+    gw.stop().await;
+}
+
+/// Item 12: trickled candidates used to be capped by count only (100 × 250 kB = 24 MB per
+/// handle). A candidate larger than 1 KiB gets 467; the handle's buffer stops at 32 KiB
+/// (467 beyond); real candidates (< 300 bytes) pass; everything refused is counted.
+#[tokio::test]
+async fn trickled_candidates_are_bounded_in_bytes() {
+    let dir = temp_dir();
+    let gw = Gw::start(base_config(&dir)).await;
+    gw.add_token(TOKEN).await;
+    let mut c = gw.client().await;
+    let (s, h) = c.session_handle(Some(TOKEN)).await;
+    let trickle = |cand: Value| json!({"janus": "trickle", "session_id": s, "handle_id": h, "token": TOKEN, "candidate": cand});
+    // a real Chrome candidate is accepted
+    let r = c.req(trickle(cand(1, "0", 0))).await;
+    assert_eq!(r["janus"], "ack", "{r}");
+    // a 250 kB candidate is refused
+    let huge = json!({"candidate": format!("candidate:1 1 udp 1 127.0.0.1 9 typ host {}", "x".repeat(250_000)), "sdpMid": "0", "sdpMLineIndex": 0});
+    let r = c.req(trickle(huge.clone())).await;
+    assert_eq!(r["janus"], "error", "{r}");
+    assert_eq!(r["error"]["code"], 467);
+    // also inside a `candidates` array
+    let r = c
+        .req(json!({"janus": "trickle", "session_id": s, "handle_id": h, "token": TOKEN, "candidates": [cand(2, "0", 0), huge]}))
+        .await;
+    assert_eq!(r["error"]["code"], 467, "{r}");
+    // 900-byte candidates: the handle's 32 KiB fill after ~36 of them
+    let mut accepted = 0;
+    let mut refused_at = None;
+    for i in 0..100u32 {
+        let line = format!(
+            "candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host generation 0 ufrag EsAw pad {}",
+            40000 + i,
+            "p".repeat(800)
+        );
+        let r = c
+            .req(trickle(
+                json!({"candidate": line, "sdpMid": "0", "sdpMLineIndex": 0}),
+            ))
+            .await;
+        if r["janus"] == "ack" {
+            accepted += 1;
+        } else {
+            assert_eq!(r["error"]["code"], 467, "{r}");
+            refused_at = Some(i);
+            break;
+        }
+    }
+    assert!(refused_at.is_some(), "100 × 900 B candidates all buffered");
+    assert!((30..40).contains(&accepted), "{accepted} accepted");
+    let (_, _, m) = http_get(gw.admin, "/metrics").await;
+    for (line, want) in [
+        (
+            "callrelay_gateway_candidates_refused_total{reason=\"size\"} ",
+            "2",
+        ),
+        (
+            "callrelay_gateway_candidates_refused_total{reason=\"handle_bytes\"} ",
+            "1",
+        ),
+    ] {
+        let got = m.lines().find_map(|l| l.strip_prefix(line));
+        assert_eq!(got, Some(want), "{line}");
     }
     gw.stop().await;
 }
