@@ -99,6 +99,12 @@ pub struct Cli {
     /// Seconds SIGTERM waits for active allocations before exiting.
     #[arg(long, value_name = "SECS")]
     pub drain_timeout: Option<u64>,
+    /// Permissions (peer IPs) per allocation; more get 508.
+    #[arg(long, value_name = "N")]
+    pub max_permissions: Option<u32>,
+    /// Channel bindings per allocation; more get 508.
+    #[arg(long, value_name = "N")]
+    pub max_channels: Option<u32>,
 }
 
 /// The TOML file. Keys mirror the flags.
@@ -140,6 +146,8 @@ pub struct FileConfig {
     max_frame: Option<u32>,
     workers: Option<usize>,
     drain_timeout: Option<u64>,
+    max_permissions: Option<u32>,
+    max_channels: Option<u32>,
 }
 
 /// Workers when the configuration does not say: half the CPUs (at least 1, at most 16).
@@ -261,6 +269,10 @@ pub struct Config {
     pub workers: usize,
     /// Drain bound.
     pub drain_timeout: Duration,
+    /// Permissions per allocation.
+    pub max_permissions: u32,
+    /// Channel bindings per allocation.
+    pub max_channels: u32,
 }
 
 fn pick<T>(cli: Option<T>, file: Option<T>, default: T) -> T {
@@ -502,6 +514,20 @@ impl Config {
                 "must be between 16 and 128 bits (64: one entry per IPv6 subnet)",
             ));
         }
+        let max_permissions = pick(cli.max_permissions, f.max_permissions, 256);
+        if !(1..=65_536).contains(&max_permissions) {
+            return Err(key_err(
+                "max_permissions",
+                "must be between 1 and 65536 (a call needs a few; 256 is the default)",
+            ));
+        }
+        let max_channels = pick(cli.max_channels, f.max_channels, 256);
+        if !(1..=4096).contains(&max_channels) {
+            return Err(key_err(
+                "max_channels",
+                "must be between 1 and 4096 (the channel-number range; 256 is the default)",
+            ));
+        }
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < workers {
             return Err(key_err(
@@ -537,6 +563,8 @@ impl Config {
             max_frame,
             workers,
             drain_timeout: Duration::from_secs(pick(cli.drain_timeout, f.drain_timeout, 30)),
+            max_permissions,
+            max_channels,
         })
     }
 }

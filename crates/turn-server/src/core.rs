@@ -209,8 +209,9 @@ pub struct Stats {
     pub bytes: [[u64; 3]; 2],
     /// Denied peers by [`DenyClass::index`].
     pub denied: [u64; 9],
-    /// Quota rejections: user_allocations, total_allocations, bandwidth, rate_limit, relay_ports.
-    pub quota: [u64; 5],
+    /// Quota rejections: user_allocations, total_allocations, bandwidth, rate_limit,
+    /// relay_ports, permissions, channels.
+    pub quota: [u64; 7],
     /// Requests: binding, allocate, refresh, create_permission, channel_bind, connect, connection_bind.
     pub requests: [u64; 7],
     /// Packets delivered in process from one allocation to another, accepted by the
@@ -244,12 +245,14 @@ pub mod labels {
     /// `direction`.
     pub const DIRECTION: [&str; 2] = ["to_peer", "to_client"];
     /// `callrelay_turn_quota_rejections_total{kind}`.
-    pub const QUOTA_KIND: [&str; 5] = [
+    pub const QUOTA_KIND: [&str; 7] = [
         "user_allocations",
         "total_allocations",
         "bandwidth",
         "rate_limit",
         "relay_ports",
+        "permissions",
+        "channels",
     ];
     /// `callrelay_turn_requests_total{method}`.
     pub const METHOD: [&str; 7] = [
@@ -291,6 +294,8 @@ enum QuotaKind {
     Bandwidth = 2,
     RateLimit = 3,
     RelayPorts = 4,
+    Permissions = 5,
+    Channels = 6,
 }
 
 /// Gauges computed on demand.
@@ -432,6 +437,10 @@ pub struct CoreConfig {
     pub nonce_key: Option<[u8; 20]>,
     /// Index of this core's worker (shard), for relay-to-relay hand-off between workers.
     pub worker: usize,
+    /// Permissions (peer IPs) per allocation; CreatePermission beyond it gets 508.
+    pub max_permissions: usize,
+    /// Channel bindings per allocation (cooling-down ones included); beyond it 508.
+    pub max_channels: usize,
 }
 
 /// A token bucket in bytes or requests.
@@ -461,9 +470,8 @@ impl Bucket {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Channel {
-    number: u16,
     peer: SocketAddr,
     expires: Instant,
 }
@@ -484,8 +492,13 @@ struct Allocation {
     rest_expiry: Option<u64>,
     expires: Instant,
     relays: [Option<RelaySlot>; 2],
-    permissions: Vec<(IpAddr, Instant)>,
-    channels: Vec<Channel>,
+    /// Peer IP → expiry. Bounded by [`CoreConfig::max_permissions`]; hashed so the
+    /// packet path costs one lookup whatever the size.
+    permissions: FxMap<IpAddr, Instant>,
+    /// Channel number → binding, bounded by [`CoreConfig::max_channels`].
+    channels: FxMap<u16, Channel>,
+    /// Peer → channel number (the reverse index of `channels`, same entries).
+    channel_of: FxMap<SocketAddr, u16>,
     bucket: Bucket,
     /// The Allocate answer waits for the relay sockets to be open.
     pending: Option<PendingAllocate>,
@@ -539,7 +552,25 @@ const MAX_BIND_RETRIES: u8 = 8;
 
 impl Allocation {
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions.iter().any(|(p, e)| *p == ip && *e > now)
+        self.permissions.get(&ip).is_some_and(|e| *e > now)
+    }
+    /// Whether `ips` (deduplicated by the caller or not) fit under `max` permissions,
+    /// dropping this allocation's expired ones first if needed.
+    fn permissions_fit(&mut self, ips: &[IpAddr], max: usize, now: Instant) -> bool {
+        let count_new = |a: &Self| {
+            ips.iter()
+                .enumerate()
+                .filter(|(i, ip)| {
+                    !a.permissions.contains_key(ip)
+                        && !ips.get(..*i).is_some_and(|s| s.contains(ip))
+                })
+                .count()
+        };
+        if self.permissions.len() + count_new(self) <= max {
+            return true;
+        }
+        self.permissions.retain(|_, e| *e > now);
+        self.permissions.len() + count_new(self) <= max
     }
     fn relay_for(&self, peer: SocketAddr) -> Option<usize> {
         let i = usize::from(peer.is_ipv6());
@@ -783,8 +814,8 @@ impl<R: RngCore> Core<R> {
                 continue;
             }
             g.allocations[a.client.proto.index()] += 1;
-            g.permissions += a.permissions.iter().filter(|(_, e)| *e > now).count() as u64;
-            g.channels += a.channels.iter().filter(|c| c.expires > now).count() as u64;
+            g.permissions += a.permissions.values().filter(|e| **e > now).count() as u64;
+            g.channels += a.channels.values().filter(|c| c.expires > now).count() as u64;
         }
         g
     }
@@ -821,8 +852,15 @@ impl<R: RngCore> Core<R> {
             self.delete(slot);
         }
         for a in self.slots.iter_mut().flatten() {
-            a.permissions.retain(|(_, e)| *e > now);
-            a.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
+            a.permissions.retain(|_, e| *e > now);
+            let channel_of = &mut a.channel_of;
+            a.channels.retain(|_, c| {
+                let keep = c.expires + CHANNEL_COOLDOWN > now;
+                if !keep {
+                    channel_of.remove(&c.peer);
+                }
+                keep
+            });
         }
         self.tx_cache.retain(|_, (t, _)| *t > now);
         self.quota
@@ -1037,13 +1075,11 @@ impl<R: RngCore> Core<R> {
         let t = client.proto.index();
         self.stats.packets[1][t] += 1;
         self.stats.bytes[1][t] += payload.len() as u64;
-        if let Some(ch) = a
-            .channels
-            .iter()
-            .find(|c| c.peer == peer && c.expires > now)
+        if let Some(&number) = a.channel_of.get(&peer)
+            && a.channels.get(&number).is_some_and(|c| c.expires > now)
         {
             let len = payload.len() as u16;
-            let n = ch.number.to_be_bytes();
+            let n = number.to_be_bytes();
             let l = len.to_be_bytes();
             let padding = if client.proto == Proto::Udp {
                 0
@@ -1115,11 +1151,7 @@ impl<R: RngCore> Core<R> {
         if a.expires <= now {
             return None;
         }
-        let ch = a
-            .channels
-            .iter()
-            .find(|c| c.number == number && c.expires > now)?;
-        let peer = ch.peer;
+        let peer = a.channels.get(&number).filter(|c| c.expires > now)?.peer;
         if !a.permitted(peer.ip(), now) {
             return None;
         }
@@ -1862,8 +1894,9 @@ impl<R: RngCore> Core<R> {
             rest_expiry: authed.rest_expiry,
             expires: now + Duration::from_secs(u64::from(lifetime)),
             relays,
-            permissions: Vec::new(),
-            channels: Vec::new(),
+            permissions: FxMap::default(),
+            channels: FxMap::default(),
+            channel_of: FxMap::default(),
             bucket: Bucket::new(now, burst),
             pending: Some(PendingAllocate {
                 tid: msg.tid,
@@ -2027,10 +2060,18 @@ impl<R: RngCore> Core<R> {
                 return self.reply_error(now, from, msg, authed, code, reason);
             }
         }
-        if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            for p in peers {
-                install_permission(a, p.ip(), now);
-            }
+        let ips: Vec<IpAddr> = peers.iter().map(SocketAddr::ip).collect();
+        let max = self.cfg.max_permissions;
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        // All or nothing (RFC 8656 §10.2): a request that would pass the cap installs none.
+        if !a.permissions_fit(&ips, max, now) {
+            self.stats.quota[QuotaKind::Permissions as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+        }
+        for ip in ips {
+            install_permission(a, ip, now);
         }
         self.reply_ok(now, from, msg, authed, None);
     }
@@ -2057,22 +2098,23 @@ impl<R: RngCore> Core<R> {
         };
         // Entries linger CHANNEL_COOLDOWN after expiry: the same pairing may be rebound,
         // a different pairing of either the number or the peer may not (RFC 8656 §12).
-        let conflict = a
-            .channels
-            .iter()
-            .any(|c| (c.number == number) != (c.peer == peer));
+        let conflict = a.channels.get(&number).is_some_and(|c| c.peer != peer)
+            || a.channel_of.get(&peer).is_some_and(|n| *n != number);
         if conflict {
             return self.reply_error(now, from, msg, authed, 400, "Channel or peer already bound");
         }
         let expires = now + CHANNEL_LIFETIME;
-        match a.channels.iter_mut().find(|c| c.number == number) {
-            Some(c) => c.expires = expires,
-            None => a.channels.push(Channel {
-                number,
-                peer,
-                expires,
-            }),
+        let is_new = !a.channels.contains_key(&number);
+        if is_new && a.channels.len() >= self.cfg.max_channels {
+            self.stats.quota[QuotaKind::Channels as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
         }
+        if !a.permissions_fit(&[peer.ip()], self.cfg.max_permissions, now) {
+            self.stats.quota[QuotaKind::Permissions as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+        }
+        a.channels.insert(number, Channel { peer, expires });
+        a.channel_of.insert(peer, number);
         install_permission(a, peer.ip(), now);
         self.reply_ok(now, from, msg, authed, None);
     }
@@ -2108,6 +2150,17 @@ impl<R: RngCore> Core<R> {
         }
         if busy {
             return self.reply_error(now, from, msg, authed, 446, "Connection Already Exists");
+        }
+        // Each peer connection needs a permission: bounded like CreatePermission.
+        let max = self.cfg.max_permissions;
+        let fits = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .is_some_and(|a| a.tcp_peers.len() < max && a.permissions_fit(&[peer.ip()], max, now));
+        if !fits {
+            self.stats.quota[QuotaKind::Permissions as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
         }
         if let Err((code, reason)) = self.check_peer(slot, peer) {
             return self.reply_error(now, from, msg, authed, code, reason);
@@ -2268,12 +2321,10 @@ impl<R: RngCore> Core<R> {
     }
 }
 
+/// Installs or refreshes a permission; the caller checked the cap
+/// ([`Allocation::permissions_fit`]).
 fn install_permission(a: &mut Allocation, ip: IpAddr, now: Instant) {
-    let expires = now + PERMISSION_LIFETIME;
-    match a.permissions.iter_mut().find(|(p, _)| *p == ip) {
-        Some(p) => p.1 = expires,
-        None => a.permissions.push((ip, expires)),
-    }
+    a.permissions.insert(ip, now + PERMISSION_LIFETIME);
 }
 
 /// Exposes deny classes for the metrics registry.

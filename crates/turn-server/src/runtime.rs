@@ -667,6 +667,8 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         nonce_lifetime: cfg.nonce_lifetime,
         nonce_key: Some(nonce_key),
         worker: index,
+        max_permissions: cfg.max_permissions as usize,
+        max_channels: cfg.max_channels as usize,
     };
     let core = Core::new(
         core_cfg,

@@ -18,7 +18,7 @@ struct Sim {
     relays: HashMap<RelayToken, SocketAddr>,
     closed: Vec<RelayToken>,
     fail_next_open: usize,
-    tid: u8,
+    tid: u32,
     connects: Vec<(u32, SocketAddr)>,
     splices: Vec<(FiveTuple, u32)>,
 }
@@ -40,6 +40,8 @@ fn cfg() -> CoreConfig {
         nonce_lifetime: 600,
         nonce_key: None,
         worker: 0,
+        max_permissions: 256,
+        max_channels: 256,
     }
 }
 
@@ -136,8 +138,11 @@ impl Sim {
         r
     }
     fn next_tid(&mut self) -> TransactionId {
+        // Unique for 2^32 requests (floods must not hit the transaction cache).
         self.tid += 1;
-        TransactionId([self.tid; 12])
+        let mut t = [self.tid as u8; 12];
+        t[..4].copy_from_slice(&self.tid.to_be_bytes());
+        TransactionId(t)
     }
 }
 
@@ -1530,4 +1535,155 @@ fn ipv6_sources_are_limited_per_prefix() {
     let tid = sim.next_tid();
     sim.input(other, &request(tid, method::BINDING, None, false, |_| {}));
     assert_eq!(sim.out.len(), 1);
+}
+
+/// Cost of CreatePermission and of a relayed packet with `n` permissions installed
+/// (`cargo test -p turn-server --release --lib permission_cost -- --ignored --nocapture`).
+#[test]
+#[ignore = "measurement, prints numbers"]
+fn permission_cost() {
+    for n in [256usize, 20_000] {
+        let mut sim = Sim::new(cfg(), PeerPolicy::default());
+        let mut a = Creds::rest(b"s3cret", UNIX0 + 100_000);
+        let c = client(9);
+        let relay = allocate(&mut sim, c, &mut a);
+        let token = *sim.relays.keys().next().unwrap();
+        let _ = relay;
+        let peer_n = |i: usize| {
+            SocketAddr::new(
+                IpAddr::from(std::net::Ipv4Addr::from(0x0B00_0000u32 + i as u32)),
+                5000,
+            )
+        };
+        let mut installed = 0;
+        for i in 0..n {
+            let p = peer_n(i);
+            if simple(&mut sim, c, &a, method::CREATE_PERMISSION, |b| {
+                b.xor_addr(attr::XOR_PEER_ADDRESS, p);
+            })
+            .is_none()
+            {
+                installed += 1;
+            }
+        }
+        let last_peer = peer_n(installed - 1);
+        let t = Instant::now();
+        const K: u32 = 1_000;
+        for _ in 0..K {
+            simple(&mut sim, c, &a, method::CREATE_PERMISSION, |b| {
+                b.xor_addr(attr::XOR_PEER_ADDRESS, last_peer);
+            });
+        }
+        let cp = t.elapsed() / K;
+        let t = Instant::now();
+        const P: u32 = 100_000;
+        let now = sim.now;
+        for _ in 0..P {
+            std::hint::black_box(sim.core.handle_peer_data(now, token, last_peer, b"hello"));
+            sim.core.transmits.clear();
+        }
+        let pk = t.elapsed() / P;
+        eprintln!(
+            "permissions requested {n}, installed {installed}: CreatePermission {cp:?}, peer packet {pk:?}"
+        );
+    }
+}
+
+/// Issue 11 item 3: one allocation flooding CreatePermission / ChannelBind stops at the
+/// per-allocation caps with 508 (counted), atomically, and the table stays usable.
+#[test]
+fn permission_and_channel_tables_are_capped() {
+    let c0 = CoreConfig {
+        max_permissions: 256,
+        max_channels: 16,
+        ..cfg()
+    };
+    let mut sim = Sim::new(c0, PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 100_000);
+    let c = client(9);
+    allocate(&mut sim, c, &mut a);
+    let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0B00_0000u32 + i));
+    let mut codes = HashMap::<Option<u16>, u32>::new();
+    for i in 0..2_000 {
+        let p = SocketAddr::new(ip(i), 5000);
+        let r = simple(&mut sim, c, &a, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, p);
+        });
+        *codes.entry(r).or_default() += 1;
+    }
+    assert_eq!(codes.get(&None), Some(&256), "{codes:?}");
+    assert_eq!(codes.get(&Some(508)), Some(&(2_000 - 256)), "{codes:?}");
+    assert_eq!(
+        sim.core.stats().quota[QuotaKind::Permissions as usize],
+        1_744
+    );
+    assert_eq!(sim.core.gauges(sim.now).permissions, 256);
+    // Refreshing an installed permission still works at the cap; a request with one known
+    // and one new peer installs neither.
+    let known = SocketAddr::new(ip(3), 1);
+    let new = SocketAddr::new(ip(9_999), 1);
+    assert_eq!(
+        simple(&mut sim, c, &a, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, known);
+        }),
+        None
+    );
+    assert_eq!(
+        simple(&mut sim, c, &a, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, known);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, new);
+        }),
+        Some(508)
+    );
+    let token = *sim.relays.keys().next().unwrap();
+    assert!(
+        sim.core
+            .handle_peer_data(sim.now, token, new, b"x")
+            .is_none()
+    );
+    assert!(sim.core.transmits.is_empty(), "no permission for {new}");
+    // ChannelBind to a known peer IP: up to max_channels, then 508 counted as channels.
+    for n in 0..16u16 {
+        let p = SocketAddr::new(ip(u32::from(n)), 6000);
+        assert_eq!(
+            simple(&mut sim, c, &a, method::CHANNEL_BIND, |b| {
+                b.attr(attr::CHANNEL_NUMBER, &[0x40, n as u8, 0, 0]);
+                b.xor_addr(attr::XOR_PEER_ADDRESS, p);
+            }),
+            None
+        );
+    }
+    assert_eq!(
+        simple(&mut sim, c, &a, method::CHANNEL_BIND, |b| {
+            b.attr(attr::CHANNEL_NUMBER, &[0x40, 0x20, 0, 0]);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, SocketAddr::new(ip(1), 7000));
+        }),
+        Some(508)
+    );
+    assert_eq!(sim.core.stats().quota[QuotaKind::Channels as usize], 1);
+    // Rebinding an existing channel refreshes it; its traffic flows both ways.
+    let p5 = SocketAddr::new(ip(5), 6000);
+    assert_eq!(
+        simple(&mut sim, c, &a, method::CHANNEL_BIND, |b| {
+            b.attr(attr::CHANNEL_NUMBER, &[0x40, 5, 0, 0]);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, p5);
+        }),
+        None
+    );
+    assert!(matches!(
+        sim.input(c, &channel_data(0x4005, b"hi")),
+        Some(Relay::ToPeer { peer, .. }) if peer == p5
+    ));
+    assert!(matches!(
+        sim.core.handle_peer_data(sim.now, token, p5, b"yo"),
+        Some(Relay::ToClient { header, .. }) if header[..2] == [0x40, 5]
+    ));
+    // Once permissions expire the allocation can install new ones again.
+    sim.advance(301);
+    assert_eq!(
+        simple(&mut sim, c, &a, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, new);
+        }),
+        None
+    );
 }
