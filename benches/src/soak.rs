@@ -44,8 +44,10 @@ use serde_json::json;
 use shared_ice::channel::{self, ChannelData, ChannelNumber};
 use shared_ice::framing::{FrameKind, Framer};
 use shared_ice::stun::{Class, MessageBuilder, Method};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::gateway::{self, Conn, msg, plugin_event};
@@ -91,6 +93,9 @@ pub(crate) struct SoakArgs {
     /// Concurrent pairs whose callee drops its WebSocket mid-call.
     #[arg(long, default_value_t = 1)]
     drop_pairs: usize,
+    /// Concurrent TURN-over-TLS loops, and as many Janus-over-HTTPS loops.
+    #[arg(long, default_value_t = 1)]
+    tls_loops: usize,
     /// Abuse datagrams per second toward the TURN port.
     #[arg(long, default_value_t = 400)]
     abuse_rate: u64,
@@ -117,6 +122,11 @@ struct Tally {
     relayed_back: AtomicU64,
     steady_sent: AtomicU64,
     steady_back: AtomicU64,
+    /// TURN-over-TLS cycles by the certificate the server presented.
+    tls_turn: [AtomicU64; 2],
+    /// Janus-over-HTTPS cycles by the certificate the server presented (the newer of
+    /// the cycle's three connections).
+    https: [AtomicU64; 2],
     abuse: AtomicU64,
     failures: AtomicU64,
     /// The first failures, for the report.
@@ -164,6 +174,9 @@ impl ChaosWindow {
 
 struct Ctx {
     turn: SocketAddr,
+    turn_tls: SocketAddr,
+    gw_https: SocketAddr,
+    tls: Tls,
     ws: RwLock<SocketAddr>,
     echo: SocketAddr,
     secret: Secret,
@@ -336,18 +349,24 @@ async fn udp_loop(ctx: Arc<Ctx>, i: usize) {
     }
 }
 
-async fn tcp_cycle(ctx: &Ctx, user: &str) -> Result<()> {
-    let mut path = TcpPath::connect(ctx.turn).await?;
+/// One allocation cycle over a stream (TCP or TLS): Allocate, CreatePermission,
+/// ChannelBind, 20 ChannelData frames to the echo peer and back, Refresh 0.
+async fn stream_cycle<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    path: &mut TcpPath<S>,
+    user: &str,
+) -> Result<()> {
     let auth = ctx.secret.auth(ctx.turn);
     let creds = Creds::mint(&auth, user)?;
-    let mut s = Session::allocate(&mut path, &creds).await?;
-    s.create_permission(&mut path, ctx.echo).await?;
-    s.channel_bind(&mut path, CHANNEL, ctx.echo).await?;
+    let mut s = Session::allocate(path, &creds).await?;
+    s.create_permission(path, ctx.echo).await?;
+    s.channel_bind(path, CHANNEL, ctx.echo).await?;
     let mut out = Vec::new();
     for seq in 0..PACKETS_PER_CYCLE as u32 {
         out.extend_from_slice(&channel_frame(seq, channel::Padding::Stream)?);
     }
     path.stream.write_all(&out).await?;
+    path.stream.flush().await?;
     ctx.tally
         .relayed_sent
         .fetch_add(PACKETS_PER_CYCLE as u64, Ordering::Relaxed);
@@ -374,9 +393,14 @@ async fn tcp_cycle(ctx: &Ctx, user: &str) -> Result<()> {
         .relayed_back
         .fetch_add(back as u64, Ordering::Relaxed);
     if back < PACKETS_PER_CYCLE {
-        bail!("{back} of {PACKETS_PER_CYCLE} frames came back over TCP");
+        bail!("{back} of {PACKETS_PER_CYCLE} frames came back over the stream");
     }
-    s.release(&mut path).await
+    s.release(path).await
+}
+
+async fn tcp_cycle(ctx: &Ctx, user: &str) -> Result<()> {
+    let mut path = TcpPath::connect(ctx.turn).await?;
+    stream_cycle(ctx, &mut path, user).await
 }
 
 async fn tcp_loop(ctx: Arc<Ctx>, i: usize) {
@@ -656,31 +680,238 @@ async fn abuse_gateway(ctx: Arc<Ctx>, http: SocketAddr) {
     }
 }
 
+// ---------------------------------------------------------------- TLS
+
+/// The two certificates the services swap between under load (the gateway's test
+/// fixtures: self-signed, 127.0.0.1, valid until 2126).
+const CERTS: [(&str, &str); 2] = [
+    (
+        include_str!("../../crates/gateway/tests/fixtures/cert1.pem"),
+        include_str!("../../crates/gateway/tests/fixtures/key1.pem"),
+    ),
+    (
+        include_str!("../../crates/gateway/tests/fixtures/cert2.pem"),
+        include_str!("../../crates/gateway/tests/fixtures/key2.pem"),
+    ),
+];
+
+struct Tls {
+    connector: TlsConnector,
+    /// DER of CERTS[0] and CERTS[1].
+    der: [Vec<u8>; 2],
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl Tls {
+    fn new(dir: &Path) -> Result<Self> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        let mut der = [Vec::new(), Vec::new()];
+        for (i, (pem, _)) in CERTS.iter().enumerate() {
+            let c = CertificateDer::from_pem_slice(pem.as_bytes())?;
+            der[i] = c.as_ref().to_vec();
+            roots.add(c)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = Self {
+            connector: TlsConnector::from(Arc::new(cfg)),
+            der,
+            cert_path: dir.join("tls-cert.pem"),
+            key_path: dir.join("tls-key.pem"),
+        };
+        tls.install(0)?;
+        Ok(tls)
+    }
+
+    /// Writes certificate `i` where both services read theirs.
+    fn install(&self, i: usize) -> Result<()> {
+        std::fs::write(&self.cert_path, CERTS[i].0)?;
+        std::fs::write(&self.key_path, CERTS[i].1)?;
+        Ok(())
+    }
+
+    /// A verified TLS connection and the index of the certificate the server presented.
+    async fn connect(&self, addr: SocketAddr) -> Result<(TlsStream<TcpStream>, usize)> {
+        let tcp = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr)).await??;
+        tcp.set_nodelay(true)?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+        let s = tokio::time::timeout(Duration::from_secs(5), self.connector.connect(name, tcp))
+            .await
+            .context("TLS handshake timed out")??;
+        let presented = s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
+        let which = self
+            .der
+            .iter()
+            .position(|d| *d == presented)
+            .context("the server presented a certificate that is neither of ours")?;
+        Ok((s, which))
+    }
+}
+
+/// TURN over TLS: allocation cycles; counts which certificate each connection saw.
+async fn tls_turn_loop(ctx: Arc<Ctx>) {
+    let mut n = 0u64;
+    while ctx.running() {
+        n += 1;
+        let r = async {
+            let (s, which) = ctx.tls.connect(ctx.turn_tls).await?;
+            let mut path = TcpPath::over(s);
+            stream_cycle(&ctx, &mut path, &format!("tls-{n}")).await?;
+            anyhow::Ok(which)
+        }
+        .await;
+        match r {
+            Ok(which) => {
+                ctx.tally.tls_turn[which].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => ctx.tally.fail("TURN-over-TLS cycle", &e),
+        }
+    }
+}
+
+/// One HTTPS request to the gateway's Janus REST listener; the JSON reply and the
+/// certificate index.
+async fn https_janus(
+    ctx: &Ctx,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<(serde_json::Value, usize)> {
+    let (mut s, which) = ctx.tls.connect(ctx.gw_https).await?;
+    let b = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+        b.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    s.flush().await?;
+    let mut raw = Vec::new();
+    // A close_notify-less close is fine here: the reply is complete when the body is.
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP reply")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{path}: {}", head.lines().next().unwrap_or_default());
+    }
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("{path}: {body}"))?;
+    if v["janus"] == "error" {
+        bail!("{path}: {}", v["error"]);
+    }
+    Ok((v, which))
+}
+
+fn dechunk(mut s: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").context("bad chunk")?;
+        let n = usize::from_str_radix(size.trim(), 16)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..n).context("short chunk")?);
+        s = rest.get(n + 2..).context("short chunk")?;
+    }
+}
+
+/// Janus over HTTPS: create, attach videocall, destroy.
+async fn https_loop(ctx: Arc<Ctx>) {
+    let mut n = 0u64;
+    while ctx.running() {
+        n += 1;
+        let r = async {
+            let tx = |k: &str| format!("h{n}{k}");
+            let (v, w1) = https_janus(
+                &ctx,
+                "/janus",
+                json!({"janus": "create", "transaction": tx("c"), "token": gateway::TOKEN}),
+            )
+            .await?;
+            let sid = v["data"]["id"].as_u64().context("create: no data.id")?;
+            let (_, w2) = https_janus(
+                &ctx,
+                &format!("/janus/{sid}"),
+                json!({"janus": "attach", "plugin": "janus.plugin.videocall",
+                    "transaction": tx("a"), "token": gateway::TOKEN}),
+            )
+            .await?;
+            let (_, w3) = https_janus(
+                &ctx,
+                &format!("/janus/{sid}"),
+                json!({"janus": "destroy", "transaction": tx("d"), "token": gateway::TOKEN}),
+            )
+            .await?;
+            anyhow::Ok(w1.max(w2).max(w3))
+        }
+        .await;
+        match r {
+            Ok(which) => {
+                ctx.tally.https[which].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !ctx.chaos.covers(Instant::now()) && ctx.running() {
+                    ctx.tally.fail("Janus over HTTPS", &e);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // ---------------------------------------------------------------- servers
 
 struct Turn {
     server: Server,
     addr: SocketAddr,
+    tls_addr: SocketAddr,
     metrics: SocketAddr,
     config: PathBuf,
 }
 
-fn turn_config(path: &Path, secrets: &[&str]) -> Result<()> {
+/// The part of turn-server's config that SIGHUP re-reads: secrets and certificate.
+fn turn_config(path: &Path, secrets: &[&str], tls: &Tls, tls_listen: SocketAddr) -> Result<()> {
     let list = secrets
         .iter()
         .map(|s| format!("{s:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    std::fs::write(path, format!("auth_secret = [{list}]\n"))?;
+    std::fs::write(
+        path,
+        format!(
+            "auth_secret = [{list}]\ncert = {:?}\nkey = {:?}\ntls_listen = [\"{tls_listen}\"]\n",
+            tls.cert_path, tls.key_path
+        ),
+    )?;
     Ok(())
 }
 
-async fn start_turn(bin: &Path, scratch: &Path) -> Result<Turn> {
+async fn start_turn(bin: &Path, scratch: &Path, tls: &Tls) -> Result<Turn> {
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let config = scratch.join("turn-server.toml");
-    turn_config(&config, &["soak-secret-1"])?;
+    turn_config(&config, &["soak-secret-1"], tls, tls_addr)?;
     let mut cmd = Command::new(bin);
     cmd.arg("--config")
         .arg(&config)
@@ -695,10 +926,15 @@ async fn start_turn(bin: &Path, scratch: &Path) -> Result<Turn> {
         .await
         .with_context(|| format!("turn-server did not answer; see {log:?}"))?;
     server.check_alive()?;
-    tokio::task::spawn_blocking(move || wait_tcp(metrics, Duration::from_secs(10))).await??;
+    tokio::task::spawn_blocking(move || {
+        wait_tcp(metrics, Duration::from_secs(10))?;
+        wait_tcp(tls_addr, Duration::from_secs(10))
+    })
+    .await??;
     Ok(Turn {
         server,
         addr,
+        tls_addr,
         metrics,
         config,
     })
@@ -711,9 +947,12 @@ struct Gw {
     admin: SocketAddr,
 }
 
+/// The gateway with TLS on its HTTP (Janus REST) listener only, so that the WebSocket
+/// load stays plain and the certificate swap is seen over HTTPS.
 async fn start_gateway(
     bin: &Path,
     scratch: &Path,
+    tls: &Tls,
     ports: Option<(u16, u16, u16)>,
     add_token: bool,
     tag: &str,
@@ -724,8 +963,18 @@ async fn start_gateway(
     };
     let state = scratch.join("gateway-state");
     std::fs::create_dir_all(&state)?;
+    let config = scratch.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cert = {:?}\nkey = {:?}\nws_tls = false\nadmin_tls = false\n",
+            tls.cert_path, tls.key_path
+        ),
+    )?;
     let mut cmd = Command::new(bin);
-    cmd.args(["--listen", &format!("127.0.0.1:{wsp}")])
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{wsp}")])
         .args(["--http-listen", &format!("127.0.0.1:{httpp}")])
         .args(["--admin-listen", &format!("127.0.0.1:{adminp}")])
         .args(["--admin-secret", gateway::ADMIN_SECRET, "--token-auth"])
@@ -739,6 +988,7 @@ async fn start_gateway(
     let admin: SocketAddr = ([127, 0, 0, 1], adminp).into();
     tokio::task::spawn_blocking(move || {
         wait_tcp(ws, Duration::from_secs(20))?;
+        wait_tcp(http, Duration::from_secs(20))?;
         wait_tcp(admin, Duration::from_secs(20))
     })
     .await?
@@ -827,8 +1077,9 @@ async fn soak(a: &SoakArgs) -> Result<()> {
     println!();
 
     let echo = EchoPeer::start()?;
-    let mut turn = start_turn(&turn_bin, &scratch.0).await?;
-    let mut gw = start_gateway(&gw_bin, &scratch.0, None, true, "1").await?;
+    let tls = Tls::new(&scratch.0)?;
+    let mut turn = start_turn(&turn_bin, &scratch.0, &tls).await?;
+    let mut gw = start_gateway(&gw_bin, &scratch.0, &tls, None, true, "1").await?;
     let gw_ports = (gw.ws.port(), gw.http.port(), gw.admin.port());
 
     // Baselines before any load (one scrape first so its own connection is in both).
@@ -857,6 +1108,9 @@ async fn soak(a: &SoakArgs) -> Result<()> {
     let t0 = Instant::now();
     let ctx = Arc::new(Ctx {
         turn: turn.addr,
+        turn_tls: turn.tls_addr,
+        gw_https: gw.http,
+        tls,
         ws: RwLock::new(gw.ws),
         echo: echo.addr,
         secret: Secret(RwLock::new("soak-secret-1".into())),
@@ -879,6 +1133,10 @@ async fn soak(a: &SoakArgs) -> Result<()> {
     for p in 0..a.drop_pairs {
         tasks.spawn_local(drop_loop(ctx.clone(), p));
     }
+    for _ in 0..a.tls_loops {
+        tasks.spawn_local(tls_turn_loop(ctx.clone()));
+        tasks.spawn_local(https_loop(ctx.clone()));
+    }
     tasks.spawn_local(abuse_udp(ctx.clone(), a.abuse_rate));
     tasks.spawn_local(abuse_tcp(ctx.clone()));
     tasks.spawn_local(abuse_gateway(ctx.clone(), gw.http));
@@ -892,7 +1150,7 @@ async fn soak(a: &SoakArgs) -> Result<()> {
     let mut gw_restarted_at: Option<f64> = None;
     let mut rotated = a.rotate_at <= 0.0;
     let mut killed = a.kill_at <= 0.0;
-    let mut rotation_secs = None;
+    let mut rotation = String::new();
     let mut kill_report = String::new();
     let mut last_print = Instant::now();
     while ctx.running() {
@@ -920,7 +1178,7 @@ async fn soak(a: &SoakArgs) -> Result<()> {
         let frac = t / a.secs as f64;
         if !rotated && frac >= a.rotate_at {
             rotated = true;
-            rotation_secs = Some(rotate_secret(&ctx, &turn).await?);
+            rotation = rotate(&ctx, &turn, &gw).await?;
         }
         if !killed && frac >= a.kill_at {
             killed = true;
@@ -1140,12 +1398,17 @@ async fn soak(a: &SoakArgs) -> Result<()> {
             ),
         }
     }
-    if let Some(secs) = rotation_secs {
+    if !rotation.is_empty() {
+        let tt = [0, 1].map(|i| tl.tls_turn[i].load(Ordering::Relaxed));
+        let hs = [0, 1].map(|i| tl.https[i].load(Ordering::Relaxed));
         check(
             &mut checks,
-            "TURN secret rotated with SIGHUP under load",
-            true,
-            format!("new secret accepted {secs:.2} s after SIGHUP; failures counted above"),
+            "TURN secret and both certificates swapped with SIGHUP under load",
+            tt[0] > 0 && tt[1] > 0 && hs[0] > 0 && hs[1] > 0,
+            format!(
+                "{rotation}; TURN-over-TLS cycles {} on the old / {} on the new certificate, Janus-over-HTTPS {} / {} (failures: first check)",
+                tt[0], tt[1], hs[0], hs[1]
+            ),
         );
     }
     if !kill_report.is_empty() {
@@ -1224,22 +1487,47 @@ async fn soak(a: &SoakArgs) -> Result<()> {
     Ok(())
 }
 
-/// Rotates the TURN secret under load: config gets [new, old], SIGHUP; once an
-/// Allocate with the new secret succeeds the clients switch; then the old secret is
-/// dropped with a second SIGHUP. Returns the seconds until the new secret worked.
-async fn rotate_secret(ctx: &Ctx, turn: &Turn) -> Result<f64> {
-    turn_config(&turn.config, &["soak-secret-2", "soak-secret-1"])?;
-    let t0 = Instant::now();
+fn sighup(pid: u32) -> Result<()> {
     Command::new("kill")
         .arg("-HUP")
-        .arg(turn.server.pid().to_string())
+        .arg(pid.to_string())
         .status()?;
+    Ok(())
+}
+
+/// Waits (bounded) until a new TLS connection to `addr` presents certificate 1.
+async fn wait_new_cert(ctx: &Ctx, addr: SocketAddr, t0: Instant) -> Result<f64> {
+    for _ in 0..200 {
+        if let Ok((_, 1)) = ctx.tls.connect(addr).await {
+            return Ok(t0.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{addr} still presents the old certificate 10 s after SIGHUP")
+}
+
+/// Rotates the TURN secret and swaps both services' certificates under load: the
+/// turn-server config gets secrets [new, old] and the second certificate is written
+/// where both services read theirs, then SIGHUP to both. Once an Allocate with the new
+/// secret succeeds the clients switch to it; 5 s later the old secret is dropped with a
+/// second SIGHUP. Returns what it saw.
+async fn rotate(ctx: &Ctx, turn: &Turn, gw: &Gw) -> Result<String> {
+    ctx.tls.install(1)?;
+    turn_config(
+        &turn.config,
+        &["soak-secret-2", "soak-secret-1"],
+        &ctx.tls,
+        turn.tls_addr,
+    )?;
+    let t0 = Instant::now();
+    sighup(turn.server.pid())?;
+    sighup(gw.server.pid())?;
     let probe = TurnAuth {
         server: turn.addr,
         secret: "soak-secret-2".into(),
     };
     // Observable event: the new secret is accepted.
-    let mut ok = false;
+    let mut secret_secs = None;
     for k in 0..100 {
         let sock = UdpSocket::bind("127.0.0.1:0").await?;
         let mut path = UdpPath {
@@ -1249,28 +1537,28 @@ async fn rotate_secret(ctx: &Ctx, turn: &Turn) -> Result<f64> {
         let creds = Creds::mint(&probe, &format!("probe{k}"))?;
         if let Ok(mut s) = Session::allocate(&mut path, &creds).await {
             s.release(&mut path).await?;
-            ok = true;
+            secret_secs = Some(t0.elapsed().as_secs_f64());
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if !ok {
-        bail!("the rotated secret was not accepted within 10 s of SIGHUP");
-    }
-    let secs = t0.elapsed().as_secs_f64();
+    let secret_secs =
+        secret_secs.context("the rotated secret was not accepted within 10 s of SIGHUP")?;
     if let Ok(mut s) = ctx.secret.0.write() {
         *s = "soak-secret-2".into();
     }
+    let turn_cert = wait_new_cert(ctx, turn.tls_addr, t0).await?;
+    let gw_cert = wait_new_cert(ctx, gw.http, t0).await?;
     // In-flight cycles minted with the old secret finish within a few seconds; then
     // the old secret goes.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    turn_config(&turn.config, &["soak-secret-2"])?;
-    Command::new("kill")
-        .arg("-HUP")
-        .arg(turn.server.pid().to_string())
-        .status()?;
-    eprintln!("  TURN secret rotated under load ({secs:.2} s until accepted)");
-    Ok(secs)
+    turn_config(&turn.config, &["soak-secret-2"], &ctx.tls, turn.tls_addr)?;
+    sighup(turn.server.pid())?;
+    let report = format!(
+        "after SIGHUP: new TURN secret accepted in {secret_secs:.2} s, new certificate served by turn-server in {turn_cert:.2} s and by the gateway in {gw_cert:.2} s; old secret removed 5 s later"
+    );
+    eprintln!("  rotated under load: {report}");
+    Ok(report)
 }
 
 /// SIGKILL of the gateway while calls are up, then a restart on the same state
@@ -1337,7 +1625,7 @@ async fn kill_gateway(
     }
     let down = Instant::now();
     // Restart on the same ports and state directory; the token is NOT added again.
-    let new = start_gateway(bin, scratch, Some(ports), false, "2").await?;
+    let new = start_gateway(bin, scratch, &ctx.tls, Some(ports), false, "2").await?;
     let restart_ms = down.elapsed().as_secs_f64() * 1e3;
     *gw = new;
     if let Ok(mut w) = ctx.chaos.0.lock()

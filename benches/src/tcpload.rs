@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use shared_ice::channel::{self, ChannelNumber};
 use shared_ice::framing::{FrameKind, Framer, MAX_FRAME_LEN};
 use shared_ice::stun::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -62,14 +62,15 @@ impl TcpStep {
     }
 }
 
-/// The stream of one TURN-over-TCP allocation: STUN transactions and ChannelData.
-pub(crate) struct TcpPath {
-    pub(crate) stream: TcpStream,
+/// The stream of one TURN-over-TCP (or, with a TLS stream, TURN-over-TLS) allocation:
+/// STUN transactions and ChannelData.
+pub(crate) struct TcpPath<S = TcpStream> {
+    pub(crate) stream: S,
     /// Bytes read but not yet framed.
     pub(crate) inbuf: Vec<u8>,
 }
 
-impl Transport for TcpPath {
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport for TcpPath<S> {
     /// Writes `req` and reads frames until the STUN response with its transaction id.
     async fn transact(&mut self, req: &[u8]) -> Result<Vec<u8>> {
         let want = Message::parse(req)
@@ -92,13 +93,23 @@ impl Transport for TcpPath {
             let mut chunk = [0u8; 4096];
             let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
                 .await
-                .context("no STUN response over TCP in time")??;
+                .context("no STUN response over the stream in time")??;
             if n == 0 {
-                bail!("server closed the TCP connection");
+                bail!("server closed the connection");
             }
             self.inbuf.extend_from_slice(&chunk[..n]);
         }
         bail!("no STUN response among 10,000 frames")
+    }
+}
+
+impl<S> TcpPath<S> {
+    /// A path over an already connected stream (e.g. TLS).
+    pub(crate) fn over(stream: S) -> Self {
+        Self {
+            stream,
+            inbuf: Vec::with_capacity(READ_BUF),
+        }
     }
 }
 
