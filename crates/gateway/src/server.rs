@@ -1221,7 +1221,11 @@ async fn test_session(State(app): State<App>, req: Request) -> Response {
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
     let given = h.get("x-admin-secret").and_then(|v| v.to_str().ok());
-    if let Err(why) = crate::testpage::authorize(peer, host, given, app.cfg.admin_secret.as_deref())
+    let proxied = crate::testpage::PROXY_HEADERS
+        .iter()
+        .any(|name| h.contains_key(*name));
+    if let Err(why) =
+        crate::testpage::authorize(peer, host, proxied, given, app.cfg.admin_secret.as_deref())
     {
         app.metrics.error(403);
         return nostore(json_response(

@@ -67,12 +67,20 @@ fn is_loopback_name(host: &str) -> bool {
     h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Headers a reverse proxy adds: with any of them the TCP peer is the proxy, not the
+/// client, so a loopback peer proves nothing.
+pub const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 /// Who may mint a test token: anyone who presents the admin secret (compared in constant
 /// time); without it, only a loopback peer that also addressed the server by a loopback
-/// name (a DNS-rebinding page in a local browser uses its own host name and is refused).
+/// name (a DNS-rebinding page in a local browser uses its own host name and is refused)
+/// and whose request did not pass a reverse proxy (`proxied`: one of [`PROXY_HEADERS`]
+/// is present; nginx's default `Host $proxy_host` would otherwise make every Internet
+/// client look local).
 pub fn authorize(
     peer: Option<IpAddr>,
     host: Option<&str>,
+    proxied: bool,
     given_secret: Option<&str>,
     admin_secret: Option<&str>,
 ) -> Result<(), &'static str> {
@@ -83,6 +91,9 @@ pub fn authorize(
             Some(_) => Err("wrong admin secret"),
             None => Err("no admin_secret is configured on the gateway"),
         };
+    }
+    if proxied {
+        return Err("the admin secret is required (request came through a proxy)");
     }
     if peer.is_some_and(|p| p.is_loopback()) && host.is_some_and(is_loopback_name) {
         return Ok(());
@@ -115,20 +126,32 @@ mod tests {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let remote: IpAddr = "192.0.2.7".parse().unwrap();
         let h = Some("127.0.0.1:7088");
-        assert!(authorize(Some(lo), h, None, Some("s")).is_ok());
-        assert!(authorize(Some(lo), Some("localhost:7088"), None, None).is_ok());
-        assert!(authorize(Some("::1".parse().unwrap()), Some("[::1]:7088"), None, None).is_ok());
+        assert!(authorize(Some(lo), h, false, None, Some("s")).is_ok());
+        assert!(authorize(Some(lo), Some("localhost:7088"), false, None, None).is_ok());
+        assert!(
+            authorize(
+                Some("::1".parse().unwrap()),
+                Some("[::1]:7088"),
+                false,
+                None,
+                None
+            )
+            .is_ok()
+        );
         // remote without the secret, remote with a wrong one, with the right one
-        assert!(authorize(Some(remote), h, None, Some("s")).is_err());
-        assert!(authorize(Some(remote), h, Some("x"), Some("s")).is_err());
-        assert!(authorize(Some(remote), h, Some("s"), Some("s")).is_ok());
+        assert!(authorize(Some(remote), h, false, None, Some("s")).is_err());
+        assert!(authorize(Some(remote), h, false, Some("x"), Some("s")).is_err());
+        assert!(authorize(Some(remote), h, false, Some("s"), Some("s")).is_ok());
         // a wrong secret is refused even from loopback
-        assert!(authorize(Some(lo), h, Some("x"), Some("s")).is_err());
+        assert!(authorize(Some(lo), h, false, Some("x"), Some("s")).is_err());
         // no admin_secret configured: only loopback works
-        assert!(authorize(Some(remote), h, Some("s"), None).is_err());
+        assert!(authorize(Some(remote), h, false, Some("s"), None).is_err());
         // DNS rebinding: loopback peer, foreign host name
-        assert!(authorize(Some(lo), Some("evil.example:7088"), None, Some("s")).is_err());
-        assert!(authorize(Some(lo), None, None, Some("s")).is_err());
+        assert!(authorize(Some(lo), Some("evil.example:7088"), false, None, Some("s")).is_err());
+        assert!(authorize(Some(lo), None, false, None, Some("s")).is_err());
+        // behind a reverse proxy the loopback peer is the proxy: the secret is needed
+        assert!(authorize(Some(lo), h, true, None, Some("s")).is_err());
+        assert!(authorize(Some(lo), h, true, Some("s"), Some("s")).is_ok());
     }
 
     #[test]

@@ -158,3 +158,30 @@ async fn configured_test_page_ws_url_is_handed_out() {
     assert_eq!(v["ws_url"], "wss://rtc.example.com:8189");
     gw.stop().await;
 }
+
+/// Item 16: behind a reverse proxy (nginx's default `Host $proxy_host` is a loopback
+/// name) the loopback peer is the proxy: with `Forwarded`, `X-Forwarded-For` or
+/// `X-Real-IP` present, minting needs the admin secret.
+#[tokio::test]
+async fn proxied_loopback_requests_need_the_admin_secret() {
+    let gw = Gw::start(base_config(&temp_dir())).await;
+    let host = format!("127.0.0.1:{}", gw.admin.port());
+    let base = [("X-Callrelay-Test-Page", "1"), ("Host", host.as_str())];
+    let (st, _) = session(&gw, &base).await;
+    assert_eq!(st, 200, "plain loopback still mints");
+    for proxy in [
+        ("Forwarded", "for=203.0.113.9;proto=https"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("X-Real-IP", "203.0.113.9"),
+    ] {
+        let mut hs = base.to_vec();
+        hs.push(proxy);
+        let (st, v) = session(&gw, &hs).await;
+        assert_eq!(st, 403, "{proxy:?}: {v}");
+        assert_eq!(v["need_secret"], true);
+        hs.push(("X-Admin-Secret", ADMIN_SECRET));
+        let (st, v) = session(&gw, &hs).await;
+        assert_eq!(st, 200, "{proxy:?} with the secret: {v}");
+    }
+    gw.stop().await;
+}
