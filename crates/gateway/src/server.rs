@@ -1326,8 +1326,10 @@ async fn admin_entry(State(app): State<App>, req: Request) -> Response {
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = admin_http(&app, method, &path, req.into_body()).await;
-    cors(&app, resp, &headers)
+    // No CORS headers: the Admin API is for servers (Mattermost), never for pages in a
+    // browser, and the test call page is same-origin. A preflight gets no grant (no
+    // Access-Control-Allow-Origin, no Access-Control-Allow-Private-Network).
+    admin_http(&app, method, &path, req.into_body()).await
 }
 
 async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Response {
@@ -1341,7 +1343,10 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
         return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
     }
     if method == Method::OPTIONS {
-        return empty(StatusCode::OK);
+        let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
     }
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if method != Method::POST {

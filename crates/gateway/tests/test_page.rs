@@ -185,3 +185,58 @@ async fn proxied_loopback_requests_need_the_admin_secret() {
     }
     gw.stop().await;
 }
+
+/// Item 15: the Admin API grants no CORS: a preflight (also one asking for private
+/// network access) and a cross-origin POST get no Access-Control-Allow-* headers.
+#[tokio::test]
+async fn admin_api_grants_no_cors() {
+    let gw = Gw::start(base_config(&temp_dir())).await;
+    let (st, h, _) = http(
+        gw.admin,
+        "OPTIONS",
+        "/admin",
+        None,
+        &[
+            ("Origin", "http://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+            ("Access-Control-Request-Private-Network", "true"),
+        ],
+    )
+    .await;
+    assert_ne!(st / 100, 2, "a preflight must not succeed: {st}");
+    let (st, h2, body) = http(
+        gw.admin,
+        "POST",
+        "/admin",
+        Some(
+            &json!({"janus": "list_tokens", "transaction": "t", "admin_secret": ADMIN_SECRET})
+                .to_string(),
+        ),
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(body.contains("success"), "{body}");
+    for hs in [&h, &h2] {
+        let cors: Vec<_> = hs
+            .iter()
+            .filter(|(k, _)| k.starts_with("access-control-"))
+            .collect();
+        assert!(cors.is_empty(), "CORS headers on /admin: {cors:?}");
+    }
+    // the Janus HTTP transport keeps its CORS (Janus clients on other origins use it)
+    let (_, h, _) = http(
+        gw.http,
+        "OPTIONS",
+        "/janus",
+        None,
+        &[
+            ("Origin", "http://x"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(header(&h, "access-control-allow-origin"), Some("*"));
+    gw.stop().await;
+}
