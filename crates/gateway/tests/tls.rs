@@ -216,3 +216,90 @@ async fn admin_tls_false_keeps_the_admin_listener_plain_while_wss_stays_tls() {
     );
     gw.stop().await;
 }
+
+/// The certificate the admin listener of `bin` presents to a new connection, after a
+/// successful `ping` over that connection.
+async fn admin_cert(admin: std::net::SocketAddr) -> Vec<u8> {
+    let (cert, r) = https_post(
+        admin,
+        "/admin",
+        &json!({"janus": "ping", "transaction": "p"}),
+    )
+    .await;
+    assert_eq!(r["janus"], "pong", "{r}");
+    cert
+}
+
+#[tokio::test]
+async fn sighup_with_a_broken_certificate_keeps_the_old_one() {
+    let dir = temp_dir();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(fixture("cert1.pem"), &cert).unwrap();
+    std::fs::copy(fixture("key1.pem"), &key).unwrap();
+    let state = dir.join("state");
+    let mut bin = Bin::start(&[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--admin-secret",
+        ADMIN_SECRET,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let (der1, der2) = (fixture_der("cert1.pem"), fixture_der("cert2.pem"));
+    assert_eq!(admin_cert(bin.admin).await, der1);
+
+    // each broken state of the files: the reload fails, is logged, and new connections
+    // on every listener still get the old certificate
+    let broken: [(&str, &[u8], &[u8]); 4] = [
+        ("garbage certificate", b"not a certificate", b""),
+        ("empty certificate", b"", b""),
+        (
+            "garbage key",
+            b"",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ),
+        ("missing files", b"", b""),
+    ];
+    for (what, c, k) in broken {
+        match what {
+            "missing files" => {
+                std::fs::remove_file(&cert).unwrap();
+                std::fs::remove_file(&key).unwrap();
+            }
+            "garbage key" => {
+                std::fs::copy(fixture("cert2.pem"), &cert).unwrap();
+                std::fs::write(&key, k).unwrap();
+            }
+            _ => {
+                std::fs::write(&cert, c).unwrap();
+                std::fs::copy(fixture("key2.pem"), &key).unwrap();
+            }
+        }
+        let mark = bin.log_len();
+        bin.signal("HUP");
+        let line = bin.wait_log(mark, &["TLS reload failed"]);
+        assert!(line.contains("ERROR"), "{what}: {line}");
+        assert!(bin.log_len() > mark);
+        for addr in [bin.ws, bin.http] {
+            let s = tls(addr).await;
+            assert_eq!(presented_cn(&s), der1, "{what}: {addr}");
+        }
+        assert_eq!(admin_cert(bin.admin).await, der1, "{what}");
+    }
+
+    // fixed files: the next SIGHUP swaps the certificate
+    std::fs::copy(fixture("cert2.pem"), &cert).unwrap();
+    std::fs::copy(fixture("key2.pem"), &key).unwrap();
+    let mark = bin.log_len();
+    bin.signal("HUP");
+    bin.wait_log(mark, &["TLS certificate reloaded"]);
+    assert_eq!(admin_cert(bin.admin).await, der2);
+    assert_eq!(presented_cn(&tls(bin.ws).await), der2);
+
+    bin.signal("TERM");
+    // blocking waits are fine here: the server is another process
+    let st = bin.wait_exit(15);
+    assert_eq!(st.code(), Some(0), "{st:?}");
+}

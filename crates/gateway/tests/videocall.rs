@@ -686,3 +686,38 @@ async fn claim_moves_a_session_to_a_new_websocket() {
     assert_eq!(inc["sender"], h);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn at_most_100_candidates_are_buffered_per_handle() {
+    // docs/gateway.md: "100 buffered candidates per handle". A caller that trickles 150
+    // before its offer has only the first 100 merged into the forwarded SDP.
+    let (gw, mut alice, mut bob) = setup().await;
+    let many: Vec<Value> = (0..150).map(|i| cand(i, "0", 0)).collect();
+    alice.trickle("candidates", json!(many)).await;
+    alice.complete().await;
+    alice.call("bob").await;
+    let inc = bob.unsolicited("incomingcall", "incomingcall").await;
+    let sdp = inc["jsep"]["sdp"].as_str().unwrap();
+    let merged: Vec<u32> = sdp
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(merged, (0..100).collect::<Vec<u32>>(), "{sdp}");
+    // the 50 ignored ones are counted
+    assert_eq!(
+        metric_at(
+            gw.admin,
+            "callrelay_gateway_candidates_refused_total{reason=\"count\"}"
+        )
+        .await,
+        50.0
+    );
+    // the cap is per buffered SDP: once forwarded, candidates go straight to the peer
+    for i in 150..160 {
+        alice.trickle("candidate", cand(i, "0", 0)).await;
+        let t = bob.c.wait("trickle", |v| v["janus"] == "trickle").await;
+        assert_eq!(t["candidate"], cand(i, "0", 0), "{t}");
+    }
+    gw.stop().await;
+}

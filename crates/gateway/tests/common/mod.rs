@@ -398,3 +398,213 @@ pub fn cand_u(i: u32, mid: &str, idx: u32, ufrag: &str) -> Value {
         "sdpMLineIndex": idx,
     })
 }
+
+// ---------------------------------------------------------------------------- metrics
+
+/// The value of exactly the series `series` (`name` or `name{labels}` as the exposition
+/// prints it) in the Prometheus text `text`. Panics when the series is absent, so a
+/// missing metric can never pass as 0, and a prefix (`…_sessions 1` vs `…_sessions 10`)
+/// never matches another series or value.
+pub fn metric(text: &str, series: &str) -> f64 {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if name == series {
+            assert!(found.is_none(), "series {series} printed twice:\n{text}");
+            found = Some(
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|e| panic!("{series}: bad value {value:?}: {e}")),
+            );
+        }
+    }
+    found.unwrap_or_else(|| panic!("series {series} missing from\n{text}"))
+}
+
+/// [`metric`] from the gateway's `GET /metrics` on `admin`.
+pub async fn metric_at(admin: SocketAddr, series: &str) -> f64 {
+    let (st, _, text) = http_get(admin, "/metrics").await;
+    assert_eq!(st, 200, "{text}");
+    metric(&text, series)
+}
+
+/// Polls `/metrics` until `series` equals `want` (up to 10 s); panics with the last value.
+pub async fn wait_metric(admin: SocketAddr, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = metric_at(admin, series).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed {v}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------- the binary
+
+/// The stderr lines of a child process collected so far, and a condition variable
+/// notified on each new line.
+pub type LogLines = std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)>;
+
+/// The real `gateway` binary as a child process, on ports it picked itself (port 0) and
+/// reported in its `listening` log lines; its stderr is collected line by line so tests
+/// wait for log events instead of sleeping.
+pub struct Bin {
+    pub child: std::process::Child,
+    lines: LogLines,
+    pub ws: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Spawns `gateway` with `args` (plus port-0 listeners unless `args` sets them) and
+/// collects stderr. Returns the child and its log without waiting for anything.
+pub fn spawn_bin(args: &[&str]) -> (std::process::Child, LogLines) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    for (flag, default) in [
+        ("--listen", "127.0.0.1:0"),
+        ("--http-listen", "127.0.0.1:0"),
+        ("--admin-listen", "127.0.0.1:0"),
+    ] {
+        if !args.contains(&flag) {
+            cmd.args([flag, default]);
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .env("RUST_LOG", "gateway=info")
+        .env_remove("CALLRELAY_GATEWAY_ADMIN_SECRET")
+        .env_remove("CALLRELAY_GATEWAY_API_SECRET")
+        .env_remove("CALLRELAY_GATEWAY_TURN_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: LogLines =
+        std::sync::Arc::new((std::sync::Mutex::new(Vec::new()), std::sync::Condvar::new()));
+    let l = lines.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[gateway] {line}");
+            l.0.lock().unwrap().push(line);
+            l.1.notify_all();
+        }
+        // EOF: wake waiters so they can see the process is gone
+        l.0.lock().unwrap().push(String::from("<stderr closed>"));
+        l.1.notify_all();
+    });
+    (child, lines)
+}
+
+/// Waits (blocking, up to `secs`) for a stderr line containing every one of `parts`
+/// after the first `skip` lines; returns (its index, the line).
+pub fn wait_line(
+    lines: &(std::sync::Mutex<Vec<String>>, std::sync::Condvar),
+    skip: usize,
+    parts: &[&str],
+    secs: u64,
+) -> (usize, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut g = lines.0.lock().unwrap();
+    loop {
+        if let Some((i, l)) = g
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .find(|(_, l)| parts.iter().all(|p| l.contains(p)))
+        {
+            return (i, l.clone());
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no log line with {parts:?} within {secs} s; log:\n{}",
+            g.join("\n")
+        );
+        g = lines.1.wait_timeout(g, left).unwrap().0;
+    }
+}
+
+impl Bin {
+    /// Starts the binary and waits for its three `listening` lines (the addresses the
+    /// server actually bound).
+    pub fn start(args: &[&str]) -> Self {
+        let (child, lines) = spawn_bin(args);
+        let addr = |name: &str| -> SocketAddr {
+            let (_, l) = wait_line(
+                &lines,
+                0,
+                &["listening", &format!("listener=\"{name}\"")],
+                30,
+            );
+            let a = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .unwrap_or_else(|| panic!("no addr= in {l}"));
+            a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))
+        };
+        let (ws, http, admin) = (addr("websocket"), addr("http"), addr("admin"));
+        Self {
+            child,
+            lines,
+            ws,
+            http,
+            admin,
+        }
+    }
+
+    /// Number of stderr lines so far (to wait only for lines logged after this point).
+    pub fn log_len(&self) -> usize {
+        self.lines.0.lock().unwrap().len()
+    }
+
+    /// Waits for a stderr line after the first `skip` containing all of `parts`.
+    pub fn wait_log(&self, skip: usize, parts: &[&str]) -> String {
+        wait_line(&self.lines, skip, parts, 30).1
+    }
+
+    /// Sends `sig` (e.g. "HUP", "TERM") to the process.
+    pub fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits (up to `secs`) for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        wait_exit(&mut self.child, secs)
+    }
+}
+
+/// Waits (up to `secs`) for `child` to exit (polling `try_wait`: std has no timed wait).
+pub fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("gateway did not exit within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
