@@ -7,11 +7,16 @@
 # and the services run as unprivileged users. The copy is root:callrelay 0640, so only
 # root and the two callrelay service users read it.
 #
+# It acts only for the certificates named in /etc/callrelay/acme-domains (one certbot
+# lineage name per line, # comments allowed): certbot runs every hook in
+# renewal-hooks/deploy for EVERY certificate it renews on the host, and copying another
+# one (Mattermost's own on a shared host) would make the services serve the wrong name.
+# With no name configured it copies nothing and says so.
+#
 # Install:
+#   echo turn.example.com > /etc/callrelay/acme-domains
 #   install -m 0755 callrelay-reload.sh /etc/letsencrypt/renewal-hooks/deploy/
-#   (runs after every renewal), or once for one certificate:
-#   certbot certonly --standalone -d turn.example.com \
-#       --deploy-hook /etc/letsencrypt/renewal-hooks/deploy/callrelay-reload.sh
+#   certbot certonly --standalone -d turn.example.com
 # Then point both configs at the copies:
 #   cert = "/etc/callrelay/tls/fullchain.pem"   key = "/etc/callrelay/tls/privkey.pem"
 # and run the hook once by hand for the current certificate:
@@ -19,8 +24,8 @@
 #       /etc/letsencrypt/renewal-hooks/deploy/callrelay-reload.sh
 #
 # Settings (environment; the defaults suit the .deb):
-#   CALLRELAY_DOMAIN    only act for this lineage name (e.g. turn.example.com); empty =
-#                       any certificate certbot renews on this host
+#   CALLRELAY_DOMAIN    the one lineage name to act for; overrides the names file
+#   CALLRELAY_DOMAINS_FILE  the names file (default /etc/callrelay/acme-domains)
 #   CALLRELAY_TLS_DIR   destination directory (default /etc/callrelay/tls)
 #   CALLRELAY_GROUP     group that may read the copies (default callrelay)
 #   CALLRELAY_SERVICES  units to reload (default "callrelay-turn callrelay-gateway")
@@ -29,14 +34,33 @@
 set -eu
 
 lineage=${RENEWED_LINEAGE:?RENEWED_LINEAGE is not set: run from certbot --deploy-hook, or set it to /etc/letsencrypt/live/NAME}
-domain=${CALLRELAY_DOMAIN:-}
+names_file=${CALLRELAY_DOMAINS_FILE:-/etc/callrelay/acme-domains}
 dest=${CALLRELAY_TLS_DIR:-/etc/callrelay/tls}
 group=${CALLRELAY_GROUP:-callrelay}
 services=${CALLRELAY_SERVICES:-callrelay-turn callrelay-gateway}
 systemctl=${SYSTEMCTL:-systemctl}
 
-if [ -n "$domain" ] && [ "$(basename "$lineage")" != "$domain" ]; then
-    exit 0 # another certificate on this host: not ours
+name=$(basename "$lineage")
+source=$names_file
+if [ -n "${CALLRELAY_DOMAIN:-}" ]; then
+    names=$CALLRELAY_DOMAIN
+    source=CALLRELAY_DOMAIN
+elif [ -r "$names_file" ]; then
+    names=$(sed -e 's/#.*//' "$names_file")
+else
+    names=
+fi
+if [ -z "$(echo "$names" | tr -d ' \t\n')" ]; then
+    echo "callrelay-reload: no certificate names configured (put the lineage name, e.g. $name, in $names_file): not copying $name" >&2
+    exit 0 # not an error for certbot: the other certificates renew normally
+fi
+found=0
+for n in $names; do
+    if [ "$n" = "$name" ]; then found=1; fi
+done
+if [ $found = 0 ]; then
+    echo "callrelay-reload: $name is not one of callrelay's certificates ($source): ignored" >&2
+    exit 0
 fi
 
 for f in fullchain.pem privkey.pem; do
