@@ -160,8 +160,15 @@ async fn http_rest_and_long_poll() {
     );
 
     // a waiting long poll is woken by an event
+    let polls = "callrelay_gateway_requests_total{request=\"longpoll\"}";
+    let before = metric_at(gw.admin, polls).await;
     let poll = tokio::spawn(async move { http_get(h, &format!("/janus/{s}?token={TOKEN}")).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the poll has been checked by the core (counted) and is waiting: nothing queued
+    wait_metric(gw.admin, polls, before + 1.0).await;
+    assert!(
+        !poll.is_finished(),
+        "the long poll returned without an event"
+    );
     post_json(h, &format!("/janus/{s}/{hd_id}"), &json!({"janus": "message", "body": {"request": "list"}, "transaction": "w1", "token": TOKEN})).await;
     let (_, _, b) = poll.await.unwrap();
     assert_eq!(
@@ -460,10 +467,9 @@ async fn turn_credentials_on_ws_and_http_listeners() {
         let (st, _, _) = http_get(addr, "/turn-credentials?token=bogus").await;
         assert_eq!(st, 403);
     }
-    let m = http_get(gw.admin, "/metrics").await.2;
-    assert!(
-        m.contains("callrelay_gateway_turn_credentials_issued_total 4"),
-        "{m}"
+    assert_eq!(
+        metric_at(gw.admin, "callrelay_gateway_turn_credentials_issued_total").await,
+        4.0
     );
     gw.stop().await;
 }
@@ -488,23 +494,30 @@ async fn metrics_names_match_the_contract() {
             .unwrap()
             .starts_with("text/plain")
     );
-    for line in [
-        "callrelay_gateway_sessions 1",
-        "callrelay_gateway_handles 1",
-        "callrelay_gateway_registered_users 0",
-        "callrelay_gateway_calls_started_total 0",
-        "callrelay_gateway_calls_connected_total 0",
-        "callrelay_gateway_calls_ended_total{reason=\"timeout\"} 0",
-        "callrelay_gateway_requests_total{request=\"create\"} 1",
-        "callrelay_gateway_requests_total{request=\"attach\"} 1",
-        "callrelay_gateway_errors_total{code=\"403\"} 1",
-        "callrelay_gateway_errors_total{code=\"450\"} 1",
-        "callrelay_gateway_websocket_connections 1",
-        "callrelay_gateway_turn_credentials_issued_total 0",
-        "callrelay_gateway_tokens 1",
-        "callrelay_gateway_build_info{version=",
+    let build = format!(
+        "callrelay_gateway_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (series, want) in [
+        ("callrelay_gateway_sessions", 1.0),
+        ("callrelay_gateway_handles", 1.0),
+        ("callrelay_gateway_registered_users", 0.0),
+        ("callrelay_gateway_calls_started_total", 0.0),
+        ("callrelay_gateway_calls_connected_total", 0.0),
+        (
+            "callrelay_gateway_calls_ended_total{reason=\"timeout\"}",
+            0.0,
+        ),
+        ("callrelay_gateway_requests_total{request=\"create\"}", 1.0),
+        ("callrelay_gateway_requests_total{request=\"attach\"}", 1.0),
+        ("callrelay_gateway_errors_total{code=\"403\"}", 1.0),
+        ("callrelay_gateway_errors_total{code=\"450\"}", 1.0),
+        ("callrelay_gateway_websocket_connections", 1.0),
+        ("callrelay_gateway_turn_credentials_issued_total", 0.0),
+        ("callrelay_gateway_tokens", 1.0),
+        (build.as_str(), 1.0),
     ] {
-        assert!(m.contains(line), "missing {line:?} in\n{m}");
+        assert_eq!(metric(&m, series), want, "{series}");
     }
     // metrics are not on the public listeners
     let (st, _, _) = http_get(gw.http, "/metrics").await;
@@ -575,11 +588,8 @@ async fn floods_and_huge_frames_do_not_disturb_other_sessions() {
         .req(json!({"janus": "keepalive", "session_id": s, "token": TOKEN}))
         .await;
     assert_eq!(r["janus"], "ack");
-    let m = http_get(gw.admin, "/metrics").await.2;
-    assert!(
-        m.contains("callrelay_gateway_websocket_connections 2"),
-        "only good and bad remain: {m}"
-    );
+    // only good and bad remain
+    wait_metric(gw.admin, "callrelay_gateway_websocket_connections", 2.0).await;
     gw.stop().await;
 }
 
@@ -606,108 +616,38 @@ async fn api_secret_authorizes_instead_of_a_token() {
 
 // ------------------------------------------------------------------ the real binary
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn binary_serves_mattermost_flow_and_exits_cleanly_on_sigterm() {
     let dir = temp_dir();
-    let (ws, hp, ad) = (free_port(), free_port(), free_port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{ws}"),
-            "--http-listen",
-            &format!("127.0.0.1:{hp}"),
-        ])
-        .args([
-            "--admin-listen",
-            &format!("127.0.0.1:{ad}"),
-            "--admin-secret",
-            ADMIN_SECRET,
-            "--token-auth",
-        ])
-        .args([
-            "--turn-secret",
-            TURN_SECRET,
-            "--turn-uri",
-            "turn:127.0.0.1:3478",
-        ])
-        .args(["--state-dir", dir.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{ad}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let v = post_json(admin, "/admin", &json!({"admin_secret": ADMIN_SECRET, "janus": "add_token", "token": TOKEN, "transaction": "x"})).await;
+    // port 0 everywhere: the addresses come from the binary's `listening` lines
+    let mut bin = Bin::start(&[
+        "--admin-secret",
+        ADMIN_SECRET,
+        "--token-auth",
+        "--turn-secret",
+        TURN_SECRET,
+        "--turn-uri",
+        "turn:127.0.0.1:3478",
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let v = post_json(bin.admin, "/admin", &json!({"admin_secret": ADMIN_SECRET, "janus": "add_token", "token": TOKEN, "transaction": "x"})).await;
     assert_eq!(v["janus"], "success");
-    let mut c = Client::connect(format!("127.0.0.1:{ws}").parse().unwrap(), "janus-protocol").await;
+    let mut c = Client::connect(bin.ws, "janus-protocol").await;
     let (s, _) = c.session_handle(Some(TOKEN)).await;
     assert!(s > 0);
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "gateway did not exit on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "exit status {status:?}");
+    bin.signal("TERM");
+    // blocking is fine: the server is another process
+    let status = bin.wait_exit(10);
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    bin.wait_log(0, &["gateway stopped"]);
     assert!(
         std::fs::read_to_string(dir.join("tokens.json"))
             .unwrap()
             .contains(TOKEN)
     );
-}
-
-#[test]
-fn binary_rejects_bad_config_naming_the_key() {
-    let dir = temp_dir();
-    let cfg = dir.join("gw.toml");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nsesion_timeout = 5\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--state-dir",
-            dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sesion_timeout"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--turn-uri",
-            "turn:x:3478",
-            "--state-dir",
-            dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("turn_secret"));
+    // the open WebSocket was closed by the server, not left dangling
+    assert!(c.closed_within(5000).await);
 }
 
 #[tokio::test]
@@ -719,7 +659,8 @@ async fn http_session_timeout_is_delivered_to_the_next_long_poll() {
     gw.add_token(TOKEN).await;
     let s = http_create(gw.http, TOKEN).await;
     // no requests, no polls: the session times out after ~1 s
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metric_at(gw.admin, "callrelay_gateway_sessions").await, 1.0);
+    wait_metric(gw.admin, "callrelay_gateway_sessions", 0.0).await;
     let (st, _, b) = http_get(gw.http, &format!("/janus/{s}?token={TOKEN}")).await;
     assert_eq!(st, 200, "{b}");
     assert_eq!(
@@ -730,7 +671,8 @@ async fn http_session_timeout_is_delivered_to_the_next_long_poll() {
     assert_eq!(st, 404);
     // the last events are not given to someone without a valid token
     let s2 = http_create(gw.http, TOKEN).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metric_at(gw.admin, "callrelay_gateway_sessions").await, 1.0);
+    wait_metric(gw.admin, "callrelay_gateway_sessions", 0.0).await;
     let (st, _, _) = http_get(gw.http, &format!("/janus/{s2}?token=bogus")).await;
     assert_eq!(st, 403);
     gw.stop().await;

@@ -332,28 +332,19 @@ async fn full_call_with_merged_candidates_busy_and_hangup() {
         &json!({"event": "hangup", "username": "bob", "reason": "Explicit hangup"})
     );
 
-    let (_, m) = (0, http_get(gw.admin, "/metrics").await);
-    let metrics = m.2;
-    assert!(
-        metrics.contains("callrelay_gateway_calls_started_total 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("callrelay_gateway_calls_connected_total 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("callrelay_gateway_calls_ended_total{reason=\"busy\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("callrelay_gateway_calls_ended_total{reason=\"hangup\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("callrelay_gateway_registered_users 3"),
-        "{metrics}"
-    );
+    let m = http_get(gw.admin, "/metrics").await.2;
+    for (series, want) in [
+        ("callrelay_gateway_calls_started_total", 2.0),
+        ("callrelay_gateway_calls_connected_total", 1.0),
+        ("callrelay_gateway_calls_ended_total{reason=\"busy\"}", 1.0),
+        (
+            "callrelay_gateway_calls_ended_total{reason=\"hangup\"}",
+            1.0,
+        ),
+        ("callrelay_gateway_registered_users", 3.0),
+    ] {
+        assert_eq!(metric(&m, series), want, "{series}");
+    }
     eprintln!(
         "set-up latency: offer with completed {setup_latency:?}, answer without completed {answer_latency:?}"
     );
@@ -517,13 +508,13 @@ async fn plugin_errors_have_janus_codes_and_texts() {
     assert_eq!(plugin_error(&ev), (480, "Already in a call".into()));
     // plugin errors are counted by code too (the alert rules ignore 476/477)
     let m = http_get(gw.admin, "/metrics").await.2;
-    assert!(
-        m.contains("callrelay_gateway_errors_total{code=\"476\"} 1"),
-        "{m}"
+    assert_eq!(
+        metric(&m, "callrelay_gateway_errors_total{code=\"476\"}"),
+        1.0
     );
-    assert!(
-        m.contains("callrelay_gateway_errors_total{code=\"482\"} 2"),
-        "{m}"
+    assert_eq!(
+        metric(&m, "callrelay_gateway_errors_total{code=\"482\"}"),
+        2.0
     );
     gw.stop().await;
 }
@@ -585,10 +576,13 @@ async fn websocket_close_tears_down_the_call_and_session() {
     // alice's name is free again
     let mut alice2 = Party::new(&gw).await;
     alice2.register("alice").await;
-    let m = http_get(gw.admin, "/metrics").await.2;
-    assert!(
-        m.contains("callrelay_gateway_calls_ended_total{reason=\"disconnect\"} 1"),
-        "{m}"
+    assert_eq!(
+        metric_at(
+            gw.admin,
+            "callrelay_gateway_calls_ended_total{reason=\"disconnect\"}"
+        )
+        .await,
+        1.0
     );
     gw.stop().await;
 }
@@ -669,8 +663,11 @@ async fn session_timeout_sends_timeout_and_hangs_up_the_peer() {
 async fn claim_moves_a_session_to_a_new_websocket() {
     let (gw, alice, mut bob) = setup_with(|cfg| cfg.reclaim_session_timeout = Some(5)).await;
     let (s, h) = (alice.s, alice.h);
+    let conns = "callrelay_gateway_websocket_connections";
+    assert_eq!(metric_at(gw.admin, conns).await, 2.0);
     alice.c.close().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // the gateway has seen the close (the session now waits for a claim)
+    wait_metric(gw.admin, conns, 1.0).await;
     let mut c2 = gw.client().await;
     let r = c2
         .req(json!({"janus": "claim", "session_id": s, "token": TOKEN}))
