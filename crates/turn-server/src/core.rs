@@ -386,14 +386,34 @@ impl SharedQuota {
     }
 
     fn release(&self, user: &str) {
-        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(user);
-            }
+        if self.unreserve(user) {
             self.total.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts an EVEN-PORT reservation (the held second port) against `user`'s quota, like
+    /// an allocation; not against `total_limit`, which counts allocations.
+    fn reserve(&self, user: &str) -> Result<(), QuotaKind> {
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.get(user).copied().unwrap_or(0);
+        if self.user_limit != 0 && n >= self.user_limit {
+            return Err(QuotaKind::User);
+        }
+        map.insert(user.to_owned(), n + 1);
+        Ok(())
+    }
+
+    /// Gives back one unit of `user`'s quota (a reservation); whether there was one.
+    fn unreserve(&self, user: &str) -> bool {
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(n) = map.get_mut(user) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            map.remove(user);
+        }
+        true
     }
 
     /// Allocations across all workers.
@@ -617,8 +637,9 @@ struct PortPool {
     lo: u16,
     used: Vec<bool>,
     free: usize,
-    /// Reserved by RESERVATION-TOKEN: token → (port, expiry).
-    reserved: HashMap<u64, (u16, Instant)>,
+    /// Reserved by RESERVATION-TOKEN: token → (port, expiry, quota key of the user who
+    /// holds it: a reservation counts against `user_quota` until redeemed or expired).
+    reserved: HashMap<u64, (u16, Instant, String)>,
 }
 
 impl PortPool {
@@ -866,21 +887,27 @@ impl<R: RngCore> Core<R> {
         self.quota
             .tcp_conns()
             .retain(|_, (_, deadline)| *deadline > now);
-        let reservations = {
+        let (reservations, holders) = {
             let mut pool = self.quota.ports();
             let expired: Vec<u64> = pool
                 .reserved
                 .iter()
-                .filter(|(_, (_, e))| *e <= now)
+                .filter(|(_, (_, e, _))| *e <= now)
                 .map(|(t, _)| *t)
                 .collect();
+            let mut holders = Vec::new();
             for t in expired {
-                if let Some((p, _)) = pool.reserved.remove(&t) {
+                if let Some((p, _, user)) = pool.reserved.remove(&t) {
                     pool.release(p);
+                    holders.push(user);
                 }
             }
-            !pool.reserved.is_empty()
+            (!pool.reserved.is_empty(), holders)
         };
+        // Outside the pool lock: the quota map has its own.
+        for user in holders {
+            self.quota.unreserve(&user);
+        }
         self.next_sweep = if self.slots.iter().any(Option::is_some)
             || !self.tx_cache.is_empty()
             || reservations
@@ -1809,9 +1836,19 @@ impl<R: RngCore> Core<R> {
                 return bad(self, 400, "Bad RESERVATION-TOKEN", AllocResult::BadRequest);
             };
             let r = self.quota.ports().reserved.remove(&u64::from_be_bytes(t));
+            // The reservation's quota unit goes back to its holder; the allocation that
+            // redeems it takes one below like any other.
+            if let Some((_, _, holder)) = &r {
+                self.quota.unreserve(holder);
+            }
             match r {
-                Some((p, e)) if e > now => port4 = Some(p),
-                _ => return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
+                Some((p, e, _)) if e > now => port4 = Some(p),
+                Some((p, _, _)) => {
+                    // Expired, not yet swept: its port goes back now.
+                    self.quota.ports().release(p);
+                    return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+                }
+                None => return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
             }
         }
         if let Err(kind) = self
@@ -1845,11 +1882,22 @@ impl<R: RngCore> Core<R> {
             return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
         };
         if reserve_next {
+            // The held port counts against the user's quota like an allocation: without
+            // this one user held half the port range with `user_quota = 1` by allocating
+            // with EVEN-PORT and deleting the allocation, again and again.
+            let holder = quota_key(&authed.username, authed.rest_expiry);
+            if let Err(kind) = self.quota.reserve(holder) {
+                self.quota.ports().release(p_main);
+                self.quota.release(holder);
+                self.stats.quota[kind as usize] += 1;
+                return bad(self, 486, "Allocation Quota Reached", AllocResult::Quota);
+            }
             let next = p_main + 1;
             let t = self.rng.next_u64();
             let mut pool = self.quota.ports();
             pool.take(next);
-            pool.reserved.insert(t, (next, now + RESERVATION_LIFETIME));
+            pool.reserved
+                .insert(t, (next, now + RESERVATION_LIFETIME, holder.to_owned()));
             reservation_token = Some(t);
         }
         let mut relays = [None, None];

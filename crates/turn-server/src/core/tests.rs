@@ -1687,3 +1687,113 @@ fn permission_and_channel_tables_are_capped() {
         None
     );
 }
+
+/// Issue 11 item 4: the port an EVEN-PORT reservation holds counts against the holder's
+/// `user_quota` until it is redeemed or expires. Before, one user with `user_quota = 1` held
+/// half the port range by allocating with EVEN-PORT (R bit) and deleting, over and over.
+#[test]
+fn even_port_reservations_count_against_the_user_quota() {
+    let q = Arc::new(SharedQuota::new(2, 0, (40000, 40099)));
+    let mut sim = Sim::with_quota(cfg(), PeerPolicy::default(), q.clone());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    // Get a nonce with a plain allocation, then delete it.
+    allocate(&mut sim, client(40), &mut a);
+    assert_eq!(
+        simple(&mut sim, client(40), &a, method::REFRESH, |b| {
+            b.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+        }),
+        None
+    );
+    let even_r = |sim: &mut Sim, port: u16, creds: &Creds| {
+        let tid = sim.next_tid();
+        sim.input(
+            client(port),
+            &request(tid, method::ALLOCATE, Some(creds), false, |b| {
+                b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                b.attr(attr::EVEN_PORT, &[0x80]);
+            }),
+        );
+        let ans = last(sim);
+        let m = Message::parse(&ans).unwrap();
+        (
+            error_code(&m),
+            m.get(attr::RESERVATION_TOKEN).map(<[u8]>::to_vec),
+        )
+    };
+    let (code, token) = even_r(&mut sim, 41, &a);
+    assert_eq!(code, None);
+    let token = token.expect("R bit gives a token");
+    let free = q.ports_free();
+    // Delete it: the reservation still holds one unit of alice's quota of 2 ...
+    assert_eq!(
+        simple(&mut sim, client(41), &a, method::REFRESH, |b| {
+            b.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+        }),
+        None
+    );
+    // ... so the attack loop (EVEN-PORT R, delete, again) stops at once, with fresh
+    // credentials of the same user too.
+    let (u, p) = rest_credentials(b"s3cret", UNIX0 + 1001, "alice");
+    let fresh = Creds {
+        user: u,
+        pass: p,
+        nonce: a.nonce.clone(),
+    };
+    for port in 42..62 {
+        assert_eq!(even_r(&mut sim, port, &fresh).0, Some(486), "client {port}");
+    }
+    assert_eq!(
+        q.ports_free(),
+        free + 1,
+        "only the deleted allocation's port came back"
+    );
+    assert_eq!(sim.core.stats().quota[QuotaKind::User as usize], 20);
+    // Redeeming the token turns the reservation into an allocation (still one unit), so one
+    // more plain allocation fits, and a third does not.
+    let tid = sim.next_tid();
+    sim.input(
+        client(70),
+        &request(tid, method::ALLOCATE, Some(&a), false, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(attr::RESERVATION_TOKEN, &token);
+        }),
+    );
+    let ans = last(&mut sim);
+    assert_eq!(Message::parse(&ans).unwrap().class, Class::Success);
+    assert_eq!(
+        simple(&mut sim, client(71), &a, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        None
+    );
+    assert_eq!(
+        simple(&mut sim, client(72), &a, method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        Some(486)
+    );
+    assert_eq!(q.total(), 2);
+    // An expired reservation gives its unit back: delete both, reserve, wait 31 s.
+    for port in [70, 71] {
+        assert_eq!(
+            simple(&mut sim, client(port), &a, method::REFRESH, |b| {
+                b.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+            }),
+            None
+        );
+    }
+    assert_eq!(even_r(&mut sim, 73, &a).0, None);
+    assert_eq!(
+        simple(&mut sim, client(73), &a, method::REFRESH, |b| {
+            b.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+        }),
+        None
+    );
+    assert_eq!(
+        even_r(&mut sim, 74, &a).0,
+        Some(486),
+        "reservation still held"
+    );
+    sim.advance(31);
+    assert_eq!(even_r(&mut sim, 75, &a).0, None, "reservation expired");
+}
