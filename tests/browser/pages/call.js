@@ -269,6 +269,12 @@
         remote: r && `${r.candidateType} ${r.address}:${r.port}`,
       });
     }
+    // Firefox has no `transport` stats: its selected pair carries `selected: true`.
+    if (!selectedPairId) {
+      report.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.selected === true) selectedPairId = s.id;
+      });
+    }
     if (selectedPairId) {
       const p = report.get(selectedPairId);
       const l = report.get(p.localCandidateId);
