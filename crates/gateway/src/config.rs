@@ -122,6 +122,17 @@ pub struct FileConfig {
     pub http_queue_bytes: Option<usize>,
     /// Longest videocall username, bytes (`register` beyond it gets 474).
     pub max_username_bytes: Option<usize>,
+    /// Seconds a WebSocket may stay open without owning a session (Admin API
+    /// WebSockets: without a request) before it is closed.
+    pub ws_idle_timeout: Option<u64>,
+    /// Seconds an HTTP request body may take to arrive.
+    pub http_body_timeout: Option<u64>,
+    /// Connections open at once on the WebSocket and HTTP listeners together.
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one source address (WebSocket + HTTP listeners).
+    pub max_connections_per_ip: Option<usize>,
+    /// Connections open at once on the admin listener.
+    pub max_admin_connections: Option<usize>,
     /// Largest trickled candidate, bytes (beyond it 467).
     pub max_candidate_bytes: Option<usize>,
     /// Candidate bytes buffered per handle (beyond it 467).
@@ -203,6 +214,16 @@ pub struct Config {
     pub http_queue_bytes: usize,
     /// Longest videocall username in bytes.
     pub max_username_bytes: usize,
+    /// WebSocket idle timeout (no session owned).
+    pub ws_idle_timeout: Duration,
+    /// HTTP request body timeout.
+    pub http_body_timeout: Duration,
+    /// Connection cap of the WebSocket + HTTP listeners.
+    pub max_connections: usize,
+    /// Connection cap per source address.
+    pub max_connections_per_ip: usize,
+    /// Connection cap of the admin listener.
+    pub max_admin_connections: usize,
     /// Largest trickled candidate in bytes.
     pub max_candidate_bytes: usize,
     /// Candidate bytes buffered per handle.
@@ -245,6 +266,11 @@ impl std::fmt::Debug for Config {
             .field("ws_queue_bytes", &self.ws_queue_bytes)
             .field("http_queue_bytes", &self.http_queue_bytes)
             .field("max_username_bytes", &self.max_username_bytes)
+            .field("ws_idle_timeout", &self.ws_idle_timeout)
+            .field("http_body_timeout", &self.http_body_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_admin_connections", &self.max_admin_connections)
             .field("max_candidate_bytes", &self.max_candidate_bytes)
             .field(
                 "max_candidate_bytes_per_handle",
@@ -469,6 +495,36 @@ impl Config {
             16..=256,
             " bytes",
         )?;
+        let ws_idle_timeout = in_range(
+            "ws_idle_timeout",
+            pick!(cli, file, ws_idle_timeout).unwrap_or(30),
+            2..=3600,
+            " seconds",
+        )?;
+        let http_body_timeout = in_range(
+            "http_body_timeout",
+            pick!(cli, file, http_body_timeout).unwrap_or(10),
+            1..=300,
+            " seconds",
+        )?;
+        let max_connections = in_range(
+            "max_connections",
+            pick!(cli, file, max_connections).unwrap_or(10_000),
+            16..=1_000_000,
+            "",
+        )?;
+        let max_connections_per_ip = in_range(
+            "max_connections_per_ip",
+            pick!(cli, file, max_connections_per_ip).unwrap_or(1000),
+            1..=1_000_000,
+            "",
+        )?;
+        let max_admin_connections = in_range(
+            "max_admin_connections",
+            pick!(cli, file, max_admin_connections).unwrap_or(64),
+            4..=10_000,
+            "",
+        )?;
         let max_candidate_bytes = in_range(
             "max_candidate_bytes",
             pick!(cli, file, max_candidate_bytes).unwrap_or(1024),
@@ -519,6 +575,11 @@ impl Config {
             ws_queue_bytes,
             http_queue_bytes,
             max_username_bytes,
+            ws_idle_timeout: Duration::from_secs(ws_idle_timeout),
+            http_body_timeout: Duration::from_secs(http_body_timeout),
+            max_connections,
+            max_connections_per_ip,
+            max_admin_connections,
             max_candidate_bytes,
             max_candidate_bytes_per_handle,
             cors_allow_origin,

@@ -414,6 +414,11 @@ impl Core {
         self.tokens.snapshot()
     }
 
+    /// Sessions owned by the WebSocket `conn` (for its idle timeout).
+    pub fn conn_sessions(&self, conn: ConnId) -> usize {
+        self.per_conn.get(&conn).copied().unwrap_or(0)
+    }
+
     /// Owner of a session, if it exists.
     pub fn session_owner(&self, session_id: u64) -> Option<Source> {
         self.sessions.get(&session_id).map(|s| s.owner)

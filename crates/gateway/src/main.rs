@@ -146,6 +146,21 @@ struct RunArgs {
     /// Longest videocall username in bytes; `register` beyond it gets 474 [default: 128].
     #[arg(long, value_name = "BYTES")]
     max_username_bytes: Option<usize>,
+    /// Seconds a WebSocket may stay open without a session before it is closed [default: 30].
+    #[arg(long, value_name = "SECS")]
+    ws_idle_timeout: Option<u64>,
+    /// Seconds an HTTP request body may take to arrive [default: 10].
+    #[arg(long, value_name = "SECS")]
+    http_body_timeout: Option<u64>,
+    /// Connections at once on the WebSocket + HTTP listeners [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections at once from one source address [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+    /// Connections at once on the admin listener [default: 64].
+    #[arg(long, value_name = "N")]
+    max_admin_connections: Option<usize>,
     /// Largest trickled candidate in bytes; larger ones get 467 [default: 1024].
     #[arg(long, value_name = "BYTES")]
     max_candidate_bytes: Option<usize>,
@@ -192,6 +207,11 @@ impl RunArgs {
                 ws_queue_bytes: self.ws_queue_bytes,
                 http_queue_bytes: self.http_queue_bytes,
                 max_username_bytes: self.max_username_bytes,
+                ws_idle_timeout: self.ws_idle_timeout,
+                http_body_timeout: self.http_body_timeout,
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+                max_admin_connections: self.max_admin_connections,
                 max_candidate_bytes: self.max_candidate_bytes,
                 max_candidate_bytes_per_handle: self.max_candidate_bytes_per_handle,
                 cors_allow_origin: self.cors_allow_origin,

@@ -48,6 +48,12 @@ pub struct Metrics {
     /// refused (`size`, `handle_bytes`: answered 467) or ignored beyond
     /// `max_candidates` (`count`).
     pub candidates_refused: IntCounterVec,
+    /// `callrelay_gateway_connections_rejected_total{reason}` — TCP connections refused
+    /// at accept (`max_connections`, `per_ip`, `admin`) or closed by a timeout
+    /// (`ws_idle`, `body_timeout`).
+    pub connections_rejected: IntCounterVec,
+    /// `callrelay_gateway_tcp_connections{listener}` — open TCP connections.
+    pub tcp_connections: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,6 +189,34 @@ impl Metrics {
         for r in ["size", "handle_bytes", "count"] {
             candidates_refused.with_label_values(&[r]);
         }
+        let connections_rejected = cv(
+            "callrelay_gateway_connections_rejected_total",
+            "TCP connections refused at accept (max_connections, per_ip, admin) or closed by a timeout (ws_idle, body_timeout)",
+            "reason",
+        );
+        for r in [
+            "max_connections",
+            "per_ip",
+            "admin",
+            "ws_idle",
+            "body_timeout",
+        ] {
+            connections_rejected.with_label_values(&[r]);
+        }
+        let tcp_connections = IntGaugeVec::new(
+            Opts::new(
+                "callrelay_gateway_tcp_connections",
+                "Open TCP connections, by listener",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tcp_connections.clone()))
+            .expect("unique metric");
+        for l in ["websocket", "http", "admin"] {
+            tcp_connections.with_label_values(&[l]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("callrelay_gateway_build_info", "Build information"),
             &["version"],
@@ -226,6 +260,8 @@ impl Metrics {
             slow_clients,
             sessions_refused,
             candidates_refused,
+            connections_rejected,
+            tcp_connections,
         }
     }
 

@@ -451,24 +451,39 @@ pub async fn serve_with_reload(
         };
         tracing::info!(listener = name, addr = %l.local_addr()?, tls, "listening");
     }
+    let public = Arc::new(ConnLimiter::new(
+        public_connection_cap(cfg.max_connections, cfg.max_admin_connections),
+        cfg.max_connections_per_ip,
+        "max_connections",
+    ));
+    // the admin listener has its own cap, and the public cap leaves fds for it: a
+    // flood on the public listeners never stops Mattermost's add_token
+    let admin = Arc::new(ConnLimiter::new(
+        cfg.max_admin_connections,
+        usize::MAX,
+        "admin",
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(
         listeners.ws,
         ws_router,
         cfg.tls_on.ws.then(|| tls.clone()),
         shutdown.clone(),
+        Accounting::new(public.clone(), "websocket", &app.metrics),
     ));
     tasks.spawn(accept_loop(
         listeners.http,
         http_router,
         cfg.tls_on.http.then(|| tls.clone()),
         shutdown.clone(),
+        Accounting::new(public, "http", &app.metrics),
     ));
     tasks.spawn(accept_loop(
         listeners.admin,
         admin_router,
         cfg.tls_on.admin.then(|| tls.clone()),
         shutdown.clone(),
+        Accounting::new(admin, "admin", &app.metrics),
     ));
     tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
     if let Some((cert, key)) = cfg.tls.clone() {
@@ -544,11 +559,118 @@ async fn timer_loop(app: App, shutdown: CancellationToken) {
 
 type SharedTls = Arc<std::sync::RwLock<Option<TlsAcceptor>>>;
 
+/// File descriptors kept free beyond the public listeners' cap: the admin listener's
+/// connections, tokens.json writes, the runtime's own descriptors.
+const RESERVED_FDS: usize = 64;
+
+/// The soft `RLIMIT_NOFILE` of this process (from /proc; None where unavailable).
+fn nofile_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// `max_connections`, lowered when the fd limit could not hold it plus the admin
+/// listener's connections and [`RESERVED_FDS`].
+fn public_connection_cap(max_connections: usize, max_admin: usize) -> usize {
+    let Some(nofile) = nofile_limit() else {
+        return max_connections;
+    };
+    let fit = nofile.saturating_sub(max_admin + RESERVED_FDS).max(16);
+    if fit < max_connections {
+        tracing::warn!(
+            max_connections,
+            nofile,
+            cap = fit,
+            "max_connections lowered to fit the file descriptor limit (raise LimitNOFILE)"
+        );
+        fit
+    } else {
+        max_connections
+    }
+}
+
+/// Connection caps shared by the listeners that use it: open connections in all, and
+/// per source address.
+struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    /// The `reason` label when `max_total` refuses.
+    total_reason: &'static str,
+    state: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+impl ConnLimiter {
+    fn new(max_total: usize, max_per_ip: usize, total_reason: &'static str) -> Self {
+        Self {
+            max_total,
+            max_per_ip,
+            total_reason,
+            state: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Counts one more connection from `ip`, or the reason label of the cap it hits.
+    fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 >= self.max_total {
+            return Err(self.total_reason);
+        }
+        let n = st.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err("per_ip");
+        }
+        *n += 1;
+        st.0 += 1;
+        Ok(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One counted connection; dropping it releases the slot.
+struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut st = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 = st.0.saturating_sub(1);
+        if let Some(n) = st.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                st.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A listener's caps and metrics.
+struct Accounting {
+    limiter: Arc<ConnLimiter>,
+    rejected: Metrics,
+    open: prometheus::IntGauge,
+}
+
+impl Accounting {
+    fn new(limiter: Arc<ConnLimiter>, listener: &str, metrics: &Metrics) -> Self {
+        Self {
+            limiter,
+            rejected: metrics.clone(),
+            open: metrics.tcp_connections.with_label_values(&[listener]),
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
     tls: Option<SharedTls>,
     shutdown: CancellationToken,
+    acct: Accounting,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -563,6 +685,20 @@ async fn accept_loop(
                 continue;
             }
         };
+        let slot = match acct.limiter.acquire(peer.ip()) {
+            Ok(s) => s,
+            Err(reason) => {
+                // closed at once: the fd goes back before the next accept
+                tracing::debug!(reason, "connection refused by a cap");
+                acct.rejected
+                    .connections_rejected
+                    .with_label_values(&[reason])
+                    .inc();
+                drop(stream);
+                continue;
+            }
+        };
+        let open = acct.open.clone();
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let tls = tls
@@ -570,6 +706,13 @@ async fn accept_loop(
             .and_then(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            open.inc();
+            // the stream carries its slot: an upgraded WebSocket outlives this task
+            let stream = Counted {
+                io: stream,
+                _slot: slot,
+                _open: GaugeGuard(open),
+            };
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
@@ -583,6 +726,69 @@ async fn accept_loop(
                 None => serve_conn(stream, router, shutdown, peer).await,
             }
         });
+    }
+}
+
+/// A connection's stream together with its slot under the caps: both go when the
+/// stream is dropped (by hyper, or by the WebSocket it was upgraded to).
+struct Counted<S> {
+    io: S,
+    _slot: ConnSlot,
+    _open: GaugeGuard,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Decrements the gauge when dropped.
+struct GaugeGuard(prometheus::IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -730,11 +936,29 @@ fn json_object(body: &[u8]) -> Result<Map<String, Value>, (u16, String)> {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ()> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|_| ())
+/// The request body, at most `max_message_bytes`, arriving within `http_body_timeout`;
+/// otherwise the response to send (a body that trickles in gets 408 and the
+/// connection is closed).
+async fn read_body(app: &App, body: Body) -> Result<Vec<u8>, Box<Response>> {
+    let read = axum::body::to_bytes(body, app.cfg.max_message_bytes);
+    match tokio::time::timeout(app.cfg.http_body_timeout, read).await {
+        Ok(Ok(b)) => Ok(b.to_vec()),
+        Ok(Err(_)) => Err(Box::new(counted_error(
+            app,
+            454,
+            "JSON error: request body too large",
+        ))),
+        Err(_) => {
+            app.metrics
+                .connections_rejected
+                .with_label_values(&["body_timeout"])
+                .inc();
+            let mut r = empty(StatusCode::REQUEST_TIMEOUT);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(Box::new(r))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------- /turn-credentials
@@ -870,10 +1094,50 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
     let (mut sink, mut stream) = socket.split();
     let mut out: VecDeque<String> = VecDeque::new();
     let mut unflushed = false;
+    // Idle timeout: a Janus WebSocket that owns no session, or an Admin API WebSocket
+    // that sent no request, for ws_idle_timeout is closed (checked at most twice per
+    // period, so it closes within 1–2 periods).
+    let idle = app.cfg.ws_idle_timeout;
+    let mut idle_since = Instant::now();
+    let mut idle_known = true;
+    let mut last_request = Instant::now();
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
     loop {
         let msg = tokio::select! {
             biased;
             () = kill.cancelled() => break,
+            () = &mut idle_check => {
+                let now = Instant::now();
+                let busy = if admin {
+                    now.saturating_duration_since(last_request) < idle
+                } else {
+                    app.lock().core.conn_sessions(conn) > 0
+                };
+                let since = if admin { Some(last_request) } else if busy {
+                    idle_known = false;
+                    None
+                } else if idle_known {
+                    Some(idle_since)
+                } else {
+                    idle_known = true;
+                    idle_since = now;
+                    Some(now)
+                };
+                match since {
+                    Some(t) if now.saturating_duration_since(t) >= idle => {
+                        tracing::debug!(conn, "WebSocket idle (no session); closing");
+                        app.metrics
+                            .connections_rejected
+                            .with_label_values(&["ws_idle"])
+                            .inc();
+                        break;
+                    }
+                    Some(t) => idle_check.as_mut().reset((t + idle).into()),
+                    None => idle_check.as_mut().reset((now + idle).into()),
+                }
+                continue;
+            }
             r = std::future::poll_fn(|cx| poll_write(cx, &mut sink, &mut out, &mut unflushed, &queued)),
                 if !out.is_empty() || unflushed => {
                 if r.is_err() {
@@ -900,6 +1164,7 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_)) | Err(_)) | None => break,
         };
+        last_request = Instant::now();
         // parsed before taking the lock; a parse error is answered by the core
         let parsed = serde_json::from_str::<Value>(text).ok();
         let (local, persist) = {
@@ -1069,8 +1334,9 @@ async fn http_inner(app: &App, req: Request) -> Response {
     if method != Method::POST {
         return counted_error(app, 450, "Transport specific error (unsupported method)");
     }
-    let Ok(body) = read_body(req.into_body(), app.cfg.max_message_bytes).await else {
-        return counted_error(app, 454, "JSON error: request body too large");
+    let body = match read_body(app, req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let mut obj = match json_object(&body) {
         Ok(obj) => obj,
@@ -1364,8 +1630,9 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
             }
         },
     };
-    let Ok(bytes) = read_body(body, app.cfg.max_message_bytes).await else {
-        return counted_error(app, 454, "JSON error: request body too large");
+    let bytes = match read_body(app, body).await {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let v = match json_object(&bytes) {
         Ok(obj) => Value::Object(obj),

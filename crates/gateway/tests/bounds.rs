@@ -542,3 +542,174 @@ async fn trickled_candidates_are_bounded_in_bytes() {
     }
     gw.stop().await;
 }
+
+/// Waits (bounded) until the metric series reaches `at_least`.
+async fn wait_metric(gw: &Bin, series: &str, at_least: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = gw.metric(series).await;
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {v}, wanted ≥ {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Item 11: WebSockets without a session and HTTP bodies that trickle in are reaped;
+/// a WebSocket with a live session stays.
+#[tokio::test]
+async fn idle_websockets_and_trickling_bodies_are_reaped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Bin::start(&["--ws-idle-timeout", "2", "--http-body-timeout", "2"]);
+    let mut idle = small_buffer_ws(gw.ws).await;
+    let mut busy = Client::connect(gw.ws, "janus-protocol").await;
+    let (s, _) = busy.session_handle(None).await;
+    let t = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match idle.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a WebSocket without a session stayed open");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "closed too early: {took:?}"
+    );
+    wait_metric(
+        &gw,
+        "callrelay_gateway_connections_rejected_total{reason=\"ws_idle\"}",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    // the one with a session is still served (keepalives are what janus.js sends)
+    let r = busy
+        .req(json!({"janus": "keepalive", "session_id": s}))
+        .await;
+    assert_eq!(r["janus"], "ack", "{r}");
+    // a body announced as 100 bytes that sends 1: 408 after ~2 s, connection closed
+    let mut tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    tcp.write_all(b"POST /janus HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut buf))
+        .await
+        .expect("trickling body not reaped")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(t.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(
+        gw.metric("callrelay_gateway_connections_rejected_total{reason=\"body_timeout\"}")
+            .await,
+        1.0
+    );
+}
+
+/// Item 11: connections from one source address are capped (an office behind one NAT
+/// is a few hundred users: the default is 1000); another address is unaffected.
+#[tokio::test]
+async fn connections_per_source_address_are_capped() {
+    let gw = Bin::start(&["--max-connections-per-ip", "20"]);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(tokio::net::TcpStream::connect(gw.ws).await.unwrap());
+    }
+    // wait until the server has counted them all (the gauge) before the 21st
+    wait_metric(
+        &gw,
+        "callrelay_gateway_tcp_connections{listener=\"websocket\"}",
+        20.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut extra = tokio::net::TcpStream::connect(gw.ws).await.unwrap();
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut b),
+    )
+    .await
+    .expect("21st connection from one address not closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert_eq!(
+        gw.metric("callrelay_gateway_connections_rejected_total{reason=\"per_ip\"}")
+            .await,
+        1.0
+    );
+    // another source address (127.0.0.2) still gets a WebSocket and a session
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = sock.connect(gw.ws).await.unwrap();
+    let mut req = format!("ws://{}/", gw.ws).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse().unwrap());
+    let mut ws = tokio_tungstenite::client_async(req, stream)
+        .await
+        .unwrap()
+        .0;
+    let r = ws_req(&mut ws, json!({"janus": "create", "transaction": "c"})).await;
+    assert_eq!(r["janus"], "success");
+    // closing the held ones frees the slots
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = gw
+            .metric("callrelay_gateway_tcp_connections{listener=\"websocket\"}")
+            .await;
+        if open == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots not released: {open} open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Client::connect(gw.ws, "janus-protocol").await;
+}
+
+/// Item 11: 1,100 idle connections at LimitNOFILE=1024 used to take every fd: then
+/// add_token failed and tokens could not be persisted. Now the public listeners stop
+/// below the fd limit (counted) and the admin listener keeps answering and persisting.
+#[tokio::test]
+async fn fd_flood_under_prlimit_leaves_the_admin_api_working() {
+    let dir = temp_dir();
+    let gw = Bin::start_in(&dir, &[], Some(1024));
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        match tokio::net::TcpStream::connect(gw.ws).await {
+            Ok(s) => held.push(s),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    wait_metric(
+        &gw,
+        "callrelay_gateway_connections_rejected_total{reason=\"max_connections\"}",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    let open = gw
+        .metric("callrelay_gateway_tcp_connections{listener=\"websocket\"}")
+        .await;
+    assert!(open <= 1024.0 - 64.0 - 64.0, "{open} public connections");
+    let v = post_json(
+        gw.admin,
+        "/admin",
+        &json!({"admin_secret": ADMIN_SECRET, "janus": "add_token", "token": TOKEN, "transaction": "x"}),
+    )
+    .await;
+    assert_eq!(v["janus"], "success", "{v}");
+    let stored = std::fs::read_to_string(dir.join("tokens.json")).unwrap();
+    assert!(stored.contains(TOKEN), "token not persisted: {stored}");
+    drop(held);
+}
