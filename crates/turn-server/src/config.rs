@@ -76,8 +76,13 @@ pub struct Cli {
     /// Unauthenticated requests per second per source address.
     #[arg(long, value_name = "N")]
     pub unauth_rate: Option<u32>,
+    /// Unauthenticated requests per second per source address that authenticated
+    /// successfully within `nonce_lifetime`, and requests per second per source address on
+    /// TCP/TLS (over it a connection is closed, never left without an answer).
+    #[arg(long, value_name = "N")]
+    pub auth_rate: Option<u32>,
     /// Entries of each worker's per-source rate-limit table (a full table replaces its
-    /// least recently used entry; 32 bytes each).
+    /// least recently used entry; 40 bytes each).
     #[arg(long, value_name = "N")]
     pub rate_limit_sources: Option<usize>,
     /// IPv6 sources share one rate-limit entry per prefix of this many bits.
@@ -138,6 +143,7 @@ pub struct FileConfig {
     total_quota: Option<u32>,
     bandwidth: Option<u64>,
     unauth_rate: Option<u32>,
+    auth_rate: Option<u32>,
     rate_limit_sources: Option<usize>,
     rate_limit_ipv6_prefix: Option<u8>,
     #[serde(default)]
@@ -255,6 +261,8 @@ pub struct Config {
     pub bandwidth: u64,
     /// Unauthenticated requests/s per source.
     pub unauth_rate: u32,
+    /// Requests/s per recently authenticated source, and per source on TCP/TLS.
+    pub auth_rate: u32,
     /// Entries of each worker's rate-limit table.
     pub rate_limit_sources: usize,
     /// IPv6 rate-limit prefix length.
@@ -500,11 +508,14 @@ impl Config {
                     .unwrap_or(1),
             ),
         };
+        let unauth_rate = pick(cli.unauth_rate, f.unauth_rate, 50).max(1);
+        // Never below `unauth_rate` (benchmarks raise that one alone to disable the limit).
+        let auth_rate = pick(cli.auth_rate, f.auth_rate, 2000).max(unauth_rate);
         let rate_limit_sources = pick(cli.rate_limit_sources, f.rate_limit_sources, 65_536);
         if !(64..=4_194_304).contains(&rate_limit_sources) {
             return Err(key_err(
                 "rate_limit_sources",
-                "must be between 64 and 4194304 entries (32 bytes each, per worker)",
+                "must be between 64 and 4194304 entries (40 bytes each, per worker)",
             ));
         }
         let rate_limit_ipv6_prefix = pick(cli.rate_limit_ipv6_prefix, f.rate_limit_ipv6_prefix, 64);
@@ -555,7 +566,8 @@ impl Config {
             user_quota: pick(cli.user_quota, f.user_quota, 0),
             total_quota: pick(cli.total_quota, f.total_quota, 0),
             bandwidth: pick(cli.bandwidth, f.bandwidth, 2_000_000),
-            unauth_rate: pick(cli.unauth_rate, f.unauth_rate, 50).max(1),
+            unauth_rate,
+            auth_rate,
             rate_limit_sources,
             rate_limit_ipv6_prefix,
             strict_expiry: cli.strict_expiry || f.strict_expiry,

@@ -20,7 +20,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha1::Sha1;
 
-use self::rate::RateTable;
+use self::rate::{Limits, RateTable};
 use crate::auth::{Credentials, Key, Lookup};
 use crate::policy::{DenyClass, PeerPolicy};
 use crate::stun::{self, Builder, Class, Message, TransactionId, attr, error_code, method};
@@ -219,6 +219,8 @@ pub struct Stats {
     pub in_process: [u64; 2],
     /// Rate-limit table entries replaced to make room for a new source.
     pub rate_evictions: u64,
+    /// TCP/TLS connections closed for going over their source's request budget.
+    pub rate_limit_closed: u64,
 }
 
 /// Label tables matching [`Stats`] indexes.
@@ -443,6 +445,9 @@ pub struct CoreConfig {
     pub bandwidth: u64,
     /// Unauthenticated requests per second per source IP.
     pub unauth_rate: u32,
+    /// Unauthenticated requests per second per source IP that authenticated successfully
+    /// within the nonce lifetime, and requests per second per source on TCP/TLS.
+    pub auth_rate: u32,
     /// Entries of the per-source rate-limit table (`rate_limit_sources`).
     pub rate_sources: usize,
     /// IPv6 sources share a rate-limit entry per prefix of this length.
@@ -1313,16 +1318,44 @@ impl<R: RngCore> Core<R> {
         })
     }
 
-    /// May an unauthenticated answer go to `ip`? (The per-source reflection limit: a fixed
-    /// table that replaces old entries and never refuses a source it has not seen.)
-    fn rate_ok(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let rate = self.cfg.unauth_rate as f32;
-        let v = self.rate.allow(now, ip, rate, rate * 2.0);
+    fn rate_limits(&self) -> Limits {
+        Limits {
+            unauth_rate: self.cfg.unauth_rate as f32,
+            auth_rate: self.cfg.auth_rate as f32,
+        }
+    }
+
+    /// May an unauthenticated answer go to `from`? The per-source limit: a fixed table that
+    /// replaces old entries and never refuses a source it has not seen; `auth_rate` for a
+    /// source that authenticated recently. Over UDP the excess is dropped (the client
+    /// retransmits); a TCP/TLS client never retransmits (RFC 8489 §6.2.2), so over its
+    /// budget its connection is closed and counted instead of left hanging.
+    fn rate_ok(&mut self, now: Instant, from: FiveTuple) -> bool {
+        let stream = from.proto != Proto::Udp;
+        let limits = self.rate_limits();
+        let v = self.rate.allow(now, from.remote.ip(), stream, limits);
         self.stats.rate_evictions += u64::from(v.evicted);
         if !v.allowed {
-            self.stats.quota[QuotaKind::RateLimit as usize] += 1;
+            if stream {
+                self.stats.rate_limit_closed += 1;
+                tracing::debug!(client = ?from.remote, "stream over the request rate, closing");
+                self.commands
+                    .push_back(Command::CloseConnection { client: from });
+            } else {
+                self.stats.quota[QuotaKind::RateLimit as usize] += 1;
+            }
         }
         v.allowed
+    }
+
+    /// A request from `from` authenticated: its source gets `auth_rate` for the nonce
+    /// lifetime (a nonce is bound to the source address, so this needs a real round trip).
+    fn trust_source(&mut self, now: Instant, from: FiveTuple) {
+        let limits = self.rate_limits();
+        let secs = self.cfg.nonce_lifetime;
+        if self.rate.trust(now, from.remote.ip(), secs, limits) {
+            self.stats.rate_evictions += 1;
+        }
     }
 
     fn count_method(&mut self, m: u16) {
@@ -1372,7 +1405,7 @@ impl<R: RngCore> Core<R> {
                 | method::CONNECT
                 | method::CONNECTION_BIND
         ) {
-            if self.rate_ok(now, from.remote.ip()) {
+            if self.rate_ok(now, from) {
                 self.error_plain(from, msg, error_code::BAD_REQUEST, fp);
             }
             return;
@@ -1383,7 +1416,7 @@ impl<R: RngCore> Core<R> {
         unknown.clear();
         msg.unknown_required(&mut unknown);
         if !unknown.is_empty() {
-            if self.rate_ok(now, from.remote.ip()) {
+            if self.rate_ok(now, from) {
                 let mut out = Vec::with_capacity(48 + unknown.len() * 2);
                 let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
                 b.error(
@@ -1403,7 +1436,7 @@ impl<R: RngCore> Core<R> {
         }
         self.scratch = unknown;
         if msg.method == method::BINDING {
-            if !self.rate_ok(now, from.remote.ip()) {
+            if !self.rate_ok(now, from) {
                 return;
             }
             let mut out = Vec::with_capacity(48);
@@ -1424,6 +1457,7 @@ impl<R: RngCore> Core<R> {
             }
             return;
         };
+        self.trust_source(now, from);
         match msg.method {
             method::ALLOCATE => self.allocate(now, from, msg, authed),
             method::REFRESH => self.refresh(now, from, msg, &authed),
@@ -1527,7 +1561,7 @@ impl<R: RngCore> Core<R> {
         let ip = from.remote.ip();
         if !msg.has(attr::MESSAGE_INTEGRITY) {
             self.stats.auth_failures[AuthFail::Missing as usize] += 1;
-            if self.rate_ok(now, ip) {
+            if self.rate_ok(now, from) {
                 self.challenge(unix_now, from, msg, 401);
             }
             return Err(());
@@ -1538,28 +1572,28 @@ impl<R: RngCore> Core<R> {
             msg.get(attr::NONCE),
         ) else {
             self.stats.auth_failures[AuthFail::Missing as usize] += 1;
-            if self.rate_ok(now, ip) {
+            if self.rate_ok(now, from) {
                 self.error_plain(from, msg, 400, msg.has_fingerprint());
             }
             return Err(());
         };
         if !self.nonce_valid(nonce, unix_now, ip) {
             self.stats.auth_failures[AuthFail::StaleNonce as usize] += 1;
-            if self.rate_ok(now, ip) {
+            if self.rate_ok(now, from) {
                 self.challenge(unix_now, from, msg, 438);
             }
             return Err(());
         }
         let Ok(username) = std::str::from_utf8(user) else {
             self.stats.auth_failures[AuthFail::BadUsername as usize] += 1;
-            if self.rate_ok(now, ip) {
+            if self.rate_ok(now, from) {
                 self.challenge(unix_now, from, msg, 401);
             }
             return Err(());
         };
         if realm != self.cfg.realm.as_bytes() {
             self.stats.auth_failures[AuthFail::BadIntegrity as usize] += 1;
-            if self.rate_ok(now, ip) {
+            if self.rate_ok(now, from) {
                 self.challenge(unix_now, from, msg, 401);
             }
             return Err(());
@@ -1629,7 +1663,7 @@ impl<R: RngCore> Core<R> {
                 self.stats.auth_failures[reason as usize] += 1;
             }
         }
-        if self.rate_ok(now, ip) {
+        if self.rate_ok(now, from) {
             self.challenge(unix_now, from, msg, 401);
         }
         Err(())

@@ -25,6 +25,7 @@ pub struct Metrics {
     requests: Vec<IntCounter>,
     in_process: Vec<IntCounter>,
     rate_evictions: IntCounter,
+    rate_limit_closed: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -156,6 +157,13 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(rate_evictions.clone()))
             .expect("unique metric");
+        let rate_limit_closed = IntCounter::new(
+            "callrelay_turn_rate_limit_closed_total",
+            "TCP/TLS connections closed for going over their source's request rate",
+        )
+        .expect("valid metric");
+        r.register(Box::new(rate_limit_closed.clone()))
+            .expect("unique metric");
         let bi = IntGaugeVec::new(
             Opts::new("callrelay_turn_build_info", "Build information"),
             &["version"],
@@ -178,6 +186,7 @@ impl Metrics {
             requests,
             in_process,
             rate_evictions,
+            rate_limit_closed,
         }
     }
 
@@ -208,6 +217,8 @@ impl Metrics {
         add(&self.in_process, &stats.in_process, &ps.in_process);
         self.rate_evictions
             .inc_by(stats.rate_evictions.saturating_sub(ps.rate_evictions));
+        self.rate_limit_closed
+            .inc_by(stats.rate_limit_closed.saturating_sub(ps.rate_limit_closed));
         let delta = |g: &IntGauge, now: u64, before: u64| g.add(now as i64 - before as i64);
         for i in 0..3 {
             delta(
@@ -249,6 +260,7 @@ mod tests {
         s.packets[1][2] = 7;
         s.in_process[1] = 4;
         s.rate_evictions = 6;
+        s.rate_limit_closed = 2;
         m.report(
             &mut prev,
             &s,
@@ -276,6 +288,7 @@ mod tests {
             "callrelay_turn_relayed_in_process_total{path=\"same_worker\"} 0",
             "callrelay_turn_relayed_in_process_total{path=\"cross_worker\"} 4",
             "callrelay_turn_rate_limit_evictions_total 6",
+            "callrelay_turn_rate_limit_closed_total 2",
             "callrelay_turn_build_info{version=\"",
         ] {
             assert!(t.contains(needle), "missing {needle} in\n{t}");

@@ -661,6 +661,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         max_lifetime: cfg.max_lifetime,
         bandwidth: cfg.bandwidth,
         unauth_rate: cfg.unauth_rate,
+        auth_rate: cfg.auth_rate,
         rate_sources: cfg.rate_limit_sources,
         rate_v6_prefix: cfg.rate_limit_ipv6_prefix,
         strict_expiry: cfg.strict_expiry,
@@ -1517,6 +1518,12 @@ async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple) {
             relay_input(&w, relay, frame);
             if pending {
                 flush(&w, now);
+            }
+            // The core closed this connection (`Command::CloseConnection`, e.g. over its
+            // source's request rate) or its writer failed: stop reading, so the socket
+            // closes and the client sees it at once.
+            if out.closed.get() {
+                break 'conn;
             }
             off += len;
             // RFC 6062: after a successful ConnectionBind the rest of the stream is raw

@@ -145,6 +145,36 @@ fn udp_channels_and_indications_zero_loss() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// Issue 11 item 7: 100 concurrent TURN-over-TCP clients from one address (an office
+/// behind one NAT) all finish. Over TCP a client never retransmits (RFC 8489 §6.2.2), so a
+/// request the per-source limit dropped left it hanging ~40 s: coturn's uclient with
+/// 60-100 clients never finished against the old server.
+#[test]
+fn hundred_tcp_clients_from_one_address_all_finish() {
+    let server = Server::start_with_relay_ports(600, &["--allow-peer", "127.0.0.1/32"]);
+    let peer = Peer::start();
+    let started = Instant::now();
+    let (ok, out) = run(&server, &peer, &["-t"], 5, 100);
+    let took = started.elapsed();
+    assert_zero_loss(ok, &out, 5 * 100);
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    eprintln!("100 TCP clients from one address finished in {took:?}");
+    let ok = "callrelay_turn_allocations_total{result=\"ok\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.metric_strict(ok) < 100.0 {
+        assert!(Instant::now() < deadline, "{}", server.metrics_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        server.metric_strict("callrelay_turn_rate_limit_closed_total"),
+        0.0
+    );
+    assert_eq!(
+        server.metric_strict("callrelay_turn_quota_rejections_total{kind=\"rate_limit\"}"),
+        0.0
+    );
+}
+
 #[test]
 fn tcp_channels_and_indications_zero_loss() {
     let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);

@@ -1,7 +1,7 @@
 //! Per-source limit on unauthenticated answers (the UDP reflection limit).
 //!
 //! A fixed-size, 4-way set-associative table of token buckets, allocated once: O(1) work
-//! and no allocation per packet, bounded memory (`rate_limit_sources` × 32 bytes per
+//! and no allocation per packet, bounded memory (`rate_limit_sources` × 40 bytes per
 //! worker). A source that is not in the table takes a slot instead of being refused: the
 //! least recently used entry of its set is replaced. A flood from many (spoofed) source
 //! addresses therefore churns the table, but a new legitimate client always starts with a
@@ -10,6 +10,15 @@
 //!
 //! IPv6 sources are aggregated by prefix (`rate_limit_ipv6_prefix`, /64 by default): one
 //! host owns a whole /64 and could otherwise fill the table on its own.
+//!
+//! Two budgets per source, so that a limit never hurts an office behind one NAT address:
+//! * UDP answers: `unauth_rate`, or `auth_rate` while the source has authenticated
+//!   successfully within the trust window (a valid nonce is bound to the source address,
+//!   so trust needs a real round trip: a spoofer cannot earn it for a victim). A full set
+//!   replaces untrusted entries first, so a spoofed flood does not wipe that trust out.
+//! * Stream (TCP/TLS) requests: their own bucket at `auth_rate` (the handshake proved the
+//!   address; there is no reflection to stop, only one source's CPU share to bound). It is
+//!   separate so that UDP spoofed in an office's name cannot use it up.
 
 use std::hash::Hasher;
 use std::net::IpAddr;
@@ -24,8 +33,31 @@ struct Entry {
     key: [u64; 2],
     /// Milliseconds since the table's epoch + 1 of the last update; 0 = empty.
     last_ms: u64,
-    /// Tokens (requests) left.
+    /// Tokens (requests) left: UDP answers.
     tokens: f32,
+    /// Tokens left: requests on TCP/TLS connections.
+    stream_tokens: f32,
+    /// Seconds since the epoch until which the source counts as authenticated; 0 = never.
+    trusted_until_s: u32,
+}
+
+/// The budgets, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Requests/s of a source without a recent successful authentication (UDP).
+    pub(crate) unauth_rate: f32,
+    /// Requests/s of a source with one, and of stream connections.
+    pub(crate) auth_rate: f32,
+}
+
+impl Limits {
+    fn rate(&self, trusted: bool, stream: bool) -> f32 {
+        if trusted || stream {
+            self.auth_rate
+        } else {
+            self.unauth_rate
+        }
+    }
 }
 
 /// The table of one core.
@@ -105,52 +137,83 @@ impl RateTable {
         now.saturating_duration_since(epoch).as_millis() as u64 + 1
     }
 
-    /// Takes one token from `ip`'s bucket (`rate` per second, `burst` at most).
-    pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr, rate: f32, burst: f32) -> Verdict {
+    /// `ip`'s entry, refilled up to `now`: found, or put in place of an empty way, else of
+    /// the least recently used untrusted way, else of the least recently used one. The
+    /// second value says whether a live entry was replaced.
+    fn entry(&mut self, now: Instant, ip: IpAddr, l: Limits) -> (Option<&mut Entry>, bool) {
         let key = source_key(ip, self.v6_prefix);
         let now_ms = self.now_ms(now);
+        let now_s = (now_ms / 1000) as u32;
         let base = self.set_of(key) * WAYS;
         let Some(set) = self.entries.get_mut(base..base + WAYS) else {
-            return Verdict {
-                allowed: true,
-                evicted: false,
-            };
+            return (None, false);
         };
-        let mut evicted = false;
-        let i = match set.iter().position(|e| e.last_ms != 0 && e.key == key) {
-            Some(i) => i,
-            None => {
-                // An empty way, else the least recently used one.
-                let (i, victim) = set
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, e)| e.last_ms)
-                    .map_or((0, 0), |(i, e)| (i, e.last_ms));
-                evicted = victim != 0;
-                if let Some(e) = set.get_mut(i) {
-                    *e = Entry {
-                        key,
-                        last_ms: now_ms,
-                        tokens: burst,
-                    };
-                }
-                i
-            }
-        };
+        let found = set.iter().position(|e| e.last_ms != 0 && e.key == key);
+        let i = found.unwrap_or_else(|| {
+            set.iter()
+                .enumerate()
+                .min_by_key(|(_, e)| (e.last_ms != 0, e.trusted_until_s > now_s, e.last_ms))
+                .map_or(0, |(i, _)| i)
+        });
         let Some(e) = set.get_mut(i) else {
+            return (None, false);
+        };
+        if found.is_some() {
+            let trusted = e.trusted_until_s > now_s;
+            let dt = now_ms.saturating_sub(e.last_ms) as f32 / 1000.0;
+            let (rate, stream) = (l.rate(trusted, false), l.rate(trusted, true));
+            e.tokens = (e.tokens + dt * rate).min(2.0 * rate);
+            e.stream_tokens = (e.stream_tokens + dt * stream).min(2.0 * stream);
+            e.last_ms = now_ms;
+            return (Some(e), false);
+        }
+        let evicted = e.last_ms != 0;
+        *e = Entry {
+            key,
+            last_ms: now_ms,
+            tokens: 2.0 * l.unauth_rate,
+            stream_tokens: 2.0 * l.auth_rate,
+            trusted_until_s: 0,
+        };
+        (Some(e), evicted)
+    }
+
+    /// Takes one token from `ip`'s bucket: the UDP one, or with `stream` the bucket of
+    /// requests on TCP/TLS connections. Burst: twice the rate.
+    pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr, stream: bool, l: Limits) -> Verdict {
+        let (e, evicted) = self.entry(now, ip, l);
+        let Some(e) = e else {
             return Verdict {
                 allowed: true,
                 evicted,
             };
         };
-        let dt = now_ms.saturating_sub(e.last_ms) as f32 / 1000.0;
-        e.last_ms = now_ms;
-        e.tokens = (e.tokens + dt * rate).min(burst);
-        let allowed = e.tokens >= 1.0;
+        let tokens = if stream {
+            &mut e.stream_tokens
+        } else {
+            &mut e.tokens
+        };
+        let allowed = *tokens >= 1.0;
         if allowed {
-            e.tokens -= 1.0;
+            *tokens -= 1.0;
         }
         Verdict { allowed, evicted }
+    }
+
+    /// `ip` authenticated successfully: its UDP budget is `auth_rate` for `secs` seconds.
+    /// A source that was not trusted starts with the full `auth_rate` burst (the rest of an
+    /// office starting calls at once), later successes only extend the window. Returns
+    /// whether a live entry was replaced to make room.
+    pub(crate) fn trust(&mut self, now: Instant, ip: IpAddr, secs: u32, l: Limits) -> bool {
+        let (e, evicted) = self.entry(now, ip, l);
+        if let Some(e) = e {
+            let now_s = (e.last_ms / 1000) as u32;
+            if e.trusted_until_s <= now_s {
+                e.tokens = 2.0 * l.auth_rate;
+            }
+            e.trusted_until_s = now_s.saturating_add(secs.max(1));
+        }
+        evicted
     }
 }
 
@@ -161,6 +224,12 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_entry_is_40_bytes() {
+        // The documented memory bound: rate_limit_sources x 40 bytes per worker.
+        assert_eq!(size_of::<Entry>(), 40);
     }
 
     #[test]
@@ -178,20 +247,67 @@ mod tests {
         assert_ne!(k("0.0.0.0", 0), k("::", 0));
     }
 
+    const L: Limits = Limits {
+        unauth_rate: 5.0,
+        auth_rate: 100.0,
+    };
+
     #[test]
     fn bucket_refills_and_caps() {
         let mut t = RateTable::new(16, 64, (1, 2));
         let now = Instant::now();
         let a = ip("192.0.2.1");
         let n = (0..20)
-            .filter(|_| t.allow(now, a, 5.0, 10.0).allowed)
+            .filter(|_| t.allow(now, a, false, L).allowed)
             .count();
         assert_eq!(n, 10);
         let later = now + Duration::from_millis(400);
         let n = (0..20)
-            .filter(|_| t.allow(later, a, 5.0, 10.0).allowed)
+            .filter(|_| t.allow(later, a, false, L).allowed)
             .count();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn trusted_sources_and_streams_get_the_auth_budget_separately() {
+        let mut t = RateTable::new(16, 64, (1, 2));
+        let now = Instant::now();
+        let a = ip("192.0.2.1");
+        let count = |t: &mut RateTable, at: Instant, stream: bool, n: usize| {
+            (0..n).filter(|_| t.allow(at, a, stream, L).allowed).count()
+        };
+        // UDP used up; the stream budget is separate (a spoofer cannot spend it).
+        assert_eq!(count(&mut t, now, false, 20), 10);
+        assert_eq!(count(&mut t, now, true, 300), 200);
+        // A successful authentication gives UDP the auth_rate burst at once, and refills
+        // at auth_rate; a second success does not refill.
+        t.trust(now, a, 600, L);
+        assert_eq!(count(&mut t, now, false, 300), 200);
+        t.trust(now, a, 600, L);
+        assert_eq!(count(&mut t, now, false, 300), 0);
+        assert_eq!(count(&mut t, now + Duration::from_secs(3), false, 300), 200);
+        // Trust expires.
+        assert_eq!(
+            count(&mut t, now + Duration::from_secs(700), false, 300),
+            10
+        );
+    }
+
+    #[test]
+    fn a_flood_does_not_replace_trusted_entries() {
+        let mut t = RateTable::new(64, 64, (5, 6));
+        let mut now = Instant::now();
+        let office = ip("198.51.100.1");
+        t.trust(now, office, 600, L);
+        for i in 0..10_000u32 {
+            now += Duration::from_millis(1);
+            t.allow(now, IpAddr::from((0x0a00_0000 + i).to_be_bytes()), false, L);
+        }
+        // Still trusted: the UDP budget is the auth one.
+        let n = (0..300)
+            .filter(|_| t.allow(now, office, false, L).allowed)
+            .count();
+        assert_eq!(n, 200);
     }
 
     #[test]
@@ -203,13 +319,13 @@ mod tests {
             now += Duration::from_millis(1);
             let src = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
             // The flooding source uses up its own bucket...
-            for _ in 0..3 {
-                evictions += u32::from(t.allow(now, src, 1.0, 2.0).evicted);
+            for _ in 0..30 {
+                evictions += u32::from(t.allow(now, src, false, L).evicted);
             }
             // ...and a fresh source is still answered at once.
             if i % 100 == 0 {
                 let fresh = IpAddr::from((0xc633_6400 + i).to_be_bytes());
-                assert!(t.allow(now, fresh, 1.0, 2.0).allowed, "fresh source {i}");
+                assert!(t.allow(now, fresh, false, L).allowed, "fresh source {i}");
             }
             assert_eq!(t.capacity(), 64);
         }

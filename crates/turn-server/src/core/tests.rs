@@ -21,6 +21,8 @@ struct Sim {
     tid: u32,
     connects: Vec<(u32, SocketAddr)>,
     splices: Vec<(FiveTuple, u32)>,
+    /// Stream connections the core closed (`Command::CloseConnection`).
+    closed_conns: Vec<FiveTuple>,
 }
 
 fn cfg() -> CoreConfig {
@@ -34,6 +36,7 @@ fn cfg() -> CoreConfig {
         max_lifetime: 3600,
         bandwidth: 0,
         unauth_rate: 1000,
+        auth_rate: 2000,
         rate_sources: 65_536,
         rate_v6_prefix: 64,
         strict_expiry: false,
@@ -74,6 +77,7 @@ impl Sim {
             tid: 0,
             connects: Vec::new(),
             splices: Vec::new(),
+            closed_conns: Vec::new(),
         }
     }
     fn unix(&self) -> u64 {
@@ -115,7 +119,7 @@ impl Sim {
                         self.relays.remove(&relay);
                         self.closed.push(relay);
                     }
-                    Command::CloseConnection { .. } => {}
+                    Command::CloseConnection { client } => self.closed_conns.push(client),
                     Command::OpenTcpRelay { relay, bind } => {
                         self.relays.insert(relay, bind);
                         self.core.relay_opened(self.now, relay, true);
@@ -1796,4 +1800,102 @@ fn even_port_reservations_count_against_the_user_quota() {
     );
     sim.advance(31);
     assert_eq!(even_r(&mut sim, 75, &a).0, None, "reservation expired");
+}
+
+/// Issue 11 item 7: an office of 1,000 users behind one NAT address starts calls at 1,000
+/// allocations per second, each with its credential-less first Allocate (401). Once one of
+/// them has authenticated, the address gets `auth_rate`: every one succeeds. (The old
+/// limit, `unauth_rate` for everyone, let about 100 + 50/s through.)
+#[test]
+fn office_behind_one_address_allocates_a_thousand_times() {
+    let mut c = cfg();
+    c.unauth_rate = 50;
+    c.auth_rate = 2000;
+    let q = Arc::new(SharedQuota::new(0, 0, (40000, 41999)));
+    let mut sim = Sim::with_quota(c, PeerPolicy::default(), q);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 1000);
+    for port in 0..1000u16 {
+        sim.now += Duration::from_millis(1);
+        allocate(&mut sim, client(10_000 + port), &mut creds);
+    }
+    assert_eq!(sim.core.allocation_count(), 1000);
+    assert_eq!(sim.core.stats().quota[QuotaKind::RateLimit as usize], 0);
+}
+
+/// The trusted budget needs a real round trip: requests that only claim the office's
+/// address (spoofed, never authenticated) stay at `unauth_rate`.
+#[test]
+fn unauthenticated_sources_stay_at_the_unauth_rate() {
+    let mut c = cfg();
+    c.unauth_rate = 5;
+    c.auth_rate = 2000;
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let mut answered = 0;
+    for i in 0..200u16 {
+        sim.now += Duration::from_millis(5);
+        let tid = TransactionId([(i % 250) as u8; 12]);
+        sim.input(
+            client(20_000 + i),
+            &request(tid, method::BINDING, None, false, |_| {}),
+        );
+        answered += sim.out.drain(..).count();
+    }
+    // One second: the burst (10) plus 5/s.
+    assert!((10..=16).contains(&answered), "{answered}");
+}
+
+/// Over TCP/TLS a client never retransmits (RFC 8489 §6.2.2): a request over the source's
+/// stream budget is not dropped silently, its connection is closed (and counted), so the
+/// client fails at once instead of waiting ~40 s. Below the budget every request is answered.
+#[test]
+fn stream_over_its_budget_is_closed_never_left_unanswered() {
+    let mut c = cfg();
+    c.unauth_rate = 5;
+    c.auth_rate = 10;
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let tcp = FiveTuple {
+        proto: Proto::Tcp,
+        ..client(30_000)
+    };
+    let mut answered = 0;
+    for i in 0..20u8 {
+        sim.input(
+            tcp,
+            &request(TransactionId([i; 12]), method::BINDING, None, false, |_| {}),
+        );
+        answered += sim.out.drain(..).count();
+    }
+    // The stream budget (burst 2 x auth_rate) is separate from UDP's (2 x unauth_rate).
+    assert_eq!(answered, 20);
+    assert!(sim.closed_conns.is_empty());
+    sim.input(
+        tcp,
+        &request(
+            TransactionId([99; 12]),
+            method::BINDING,
+            None,
+            false,
+            |_| {},
+        ),
+    );
+    assert!(sim.out.is_empty());
+    assert_eq!(sim.closed_conns, vec![tcp]);
+    assert_eq!(sim.core.stats().rate_limit_closed, 1);
+    assert_eq!(
+        sim.core.stats().quota[QuotaKind::RateLimit as usize],
+        0,
+        "closing is not counted as a UDP drop"
+    );
+    // UDP from the same address still has its own budget.
+    sim.input(
+        client(30_001),
+        &request(
+            TransactionId([98; 12]),
+            method::BINDING,
+            None,
+            false,
+            |_| {},
+        ),
+    );
+    assert_eq!(sim.out.len(), 1);
 }

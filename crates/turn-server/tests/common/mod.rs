@@ -67,9 +67,14 @@ pub struct Server {
 impl Server {
     /// Starts with the typical test flags plus `extra`; waits for "turn-server ready".
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_relay_ports(40, extra)
+    }
+
+    /// Like [`Server::start`] with a relay range of `n` ports (load tests).
+    pub fn start_with_relay_ports(n: u16, extra: &[&str]) -> Self {
         let port = free_port();
         let mport = free_port();
-        let relay = free_range(40);
+        let relay = free_range(n);
         let listen = format!("127.0.0.1:{port}");
         let metrics = format!("127.0.0.1:{mport}");
         let ports = format!("{}-{}", relay.0, relay.1);
