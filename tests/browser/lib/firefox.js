@@ -8,6 +8,14 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { assertOnlyLoopback } = require('./web');
+const { withTimeout } = require('./util');
+
+// Every Firefox started, so none outlives the test process (timeout, Ctrl-C, a failed
+// close over BiDi).
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) if (child.exitCode === null) child.kill('SIGKILL');
+});
 
 const FIREFOX_PATH = process.env.FIREFOX_PATH || '/usr/bin/firefox-esr';
 
@@ -86,11 +94,19 @@ async function launchFirefox({ prefs = {} } = {}) {
       };
     },
   };
+  const child = raw.process();
+  if (child) running.add(child);
   return {
     browser,
     version: await raw.version(),
     close: async () => {
-      await raw.close().catch(() => {});
+      // BiDi close, bounded; then make sure the process is gone before its profile is.
+      await withTimeout(raw.close(), 15000, 'Firefox to close').catch(() => {});
+      if (child && child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGKILL');
+        await withTimeout(new Promise((r) => child.once('exit', r)), 5000, 'Firefox to exit on SIGKILL').catch(() => {});
+      }
+      if (child) running.delete(child);
       fs.rmSync(profile, { recursive: true, force: true });
     },
   };
