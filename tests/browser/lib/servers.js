@@ -123,7 +123,7 @@ async function startTurnServer({ secret, realm = 'callrelay-test' }) {
  * Starts our gateway with token auth, an admin secret and TURN REST credentials for
  * `turnUris` signed with `turnSecret`. Ready when Admin API `info` answers.
  */
-async function startGateway({ adminSecret, turnSecret, turnUris, tls }) {
+async function startGateway({ adminSecret, turnSecret, turnUris, tls, extraArgs = [] }) {
   const [ws, http, admin] = await freePorts(3);
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'callrelay-gw-'));
   const args = [
@@ -135,6 +135,8 @@ async function startGateway({ adminSecret, turnSecret, turnUris, tls }) {
   // tls = {certPath, keyPath, fetch}: every listener speaks TLS (wss, https); `fetch`
   // (lib/tls.js fetchTrusting) is how this process reaches them.
   if (tls) args.push('--cert', tls.certPath, '--key', tls.keyPath);
+  // e.g. --test-page-ws-url, --longpoll-timeout (test/nginx.test.js)
+  args.push(...extraArgs);
   const s = tls ? 's' : '';
   const proc = new Proc('gateway', binary('gateway'), args);
   const adminUrl = `http${s}://127.0.0.1:${admin}/admin`;

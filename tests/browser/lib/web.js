@@ -93,9 +93,10 @@ function assertOnlyLoopback() {
  * the test's lab, started through lib/netns-chromium.sh (`ip netns exec`); `secureOrigin`
  * then names the lab's page origin, which Chromium must treat as secure for getUserMedia.
  * `trustSpki` (lib/tls.js spkiHash) makes it accept the wss test's self-signed certificate.
- * `extraArgs` are appended to the command line.
+ * `extraArgs` are appended to the command line. `home` replaces HOME (its
+ * .pki/nssdb is Chromium's trust store: test/nginx.test.js adds a test CA there).
  */
-async function launchChromium({ netns, secureOrigin, trustSpki, extraArgs = [] } = {}) {
+async function launchChromium({ netns, secureOrigin, trustSpki, extraArgs = [], home } = {}) {
   if (!netns) assertOnlyLoopback();
   const { chromium } = require('playwright-core');
   // Inside the lab the callers have a real interface: no loopback candidates (they would
@@ -110,7 +111,8 @@ async function launchChromium({ netns, secureOrigin, trustSpki, extraArgs = [] }
   // refuses the flag in args) and deletes it on close.
   const browser = await chromium.launch({
     executablePath: netns ? path.join(__dirname, 'netns-chromium.sh') : process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    env: netns ? { ...process.env, CALLRELAY_CHROMIUM_NETNS: netns } : undefined,
+    // `home` (lib/tls.js homeTrustingCa): a HOME whose NSS db trusts the test CA.
+    env: netns ? { ...process.env, CALLRELAY_CHROMIUM_NETNS: netns } : home ? { ...process.env, HOME: home } : undefined,
     headless: true,
     args,
     timeout: 30000,
