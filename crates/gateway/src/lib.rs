@@ -17,4 +17,4 @@ pub mod testpage;
 pub mod turn;
 
 pub use config::{CliConfig, Config, ConfigError, FileConfig};
-pub use server::{Listeners, ServeError, serve, serve_with_reload};
+pub use server::{Listeners, ServeError, check_tls, serve, serve_with_reload};

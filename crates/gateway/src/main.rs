@@ -40,6 +40,11 @@ struct RunArgs {
     /// TOML configuration file (see docs/configuration.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Only check the configuration (file, flags and environment, and load the TLS
+    /// certificate and key), then exit: 0 when it is valid, 2 with the key named when it
+    /// is not. Binds nothing, so it runs next to the running service (systemd ExecReload).
+    #[arg(long)]
+    check_config: bool,
     /// Janus WebSocket listener (subprotocol janus-protocol) [default: 0.0.0.0:8188].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
@@ -234,6 +239,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let check = cli.run.check_config;
+    let source = cli
+        .run
+        .config
+        .as_ref()
+        .map_or_else(|| "flags".to_string(), |p| p.display().to_string());
     let cfg = match Config::load(cli.run.into_config()) {
         Ok(c) => c,
         Err(e) => {
@@ -241,6 +252,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if check {
+        return check_config(&source, &cfg);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -258,6 +272,38 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config`: the parsed configuration is valid; also load what the start and
+/// SIGHUP would load from disk (the TLS pair) and look at `state_dir`. Exit 0 or 2.
+fn check_config(source: &str, cfg: &Config) -> std::process::ExitCode {
+    if let Some((c, k)) = &cfg.tls
+        && let Err(e) = gateway::check_tls(c, k)
+    {
+        eprintln!(
+            "gateway: configuration error: {source}: config key `cert`/`key`: {e}; fix the files or the paths"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    if cfg.state_dir.exists() && !cfg.state_dir.is_dir() {
+        eprintln!(
+            "gateway: configuration error: {source}: config key `state_dir`: {} is not a directory",
+            cfg.state_dir.display()
+        );
+        return std::process::ExitCode::from(2);
+    }
+    eprintln!(
+        "gateway: {source}: configuration OK (TLS {}, token_auth {}, admin_secret {}, {} TURN URI(s))",
+        if cfg.tls.is_some() { "loaded" } else { "off" },
+        cfg.token_auth,
+        if cfg.admin_secret.is_some() {
+            "set"
+        } else {
+            "not set"
+        },
+        cfg.turn_uris.len()
+    );
+    std::process::ExitCode::SUCCESS
 }
 
 fn run_doctor(args: &doctor::DoctorArgs) -> std::process::ExitCode {

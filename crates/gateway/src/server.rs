@@ -298,6 +298,11 @@ async fn persist_tokens(app: &App) {
     }
 }
 
+/// Loads the certificate chain and key as the start and SIGHUP do (`--check-config`).
+pub fn check_tls(cert: &Path, key: &Path) -> Result<(), ServeError> {
+    load_tls(cert, key).map(|_| ())
+}
+
 fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -19,6 +19,11 @@ pub struct Cli {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Only check the configuration (file and flags, and load the TLS certificate and
+    /// key), then exit: 0 when it is valid, 2 with the key named when it is not. Binds
+    /// nothing, so it runs next to the running service (systemd ExecReload).
+    #[arg(long)]
+    pub check_config: bool,
     /// UDP+TCP listen address (repeatable). Default `0.0.0.0:3478` and `[::]:3478`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
