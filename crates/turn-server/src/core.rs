@@ -1375,8 +1375,9 @@ impl<R: RngCore> Core<R> {
     fn request(&mut self, now: Instant, unix_now: u64, from: FiveTuple, msg: &Message<'_>) {
         self.count_method(msg.method);
         // Never answer sources that cannot be real (reflection targets): port 0,
-        // unspecified, broadcast, multicast.
-        let ip = from.remote.ip();
+        // unspecified, broadcast, multicast; IPv4-mapped spellings (a dual-stack socket's
+        // view of IPv4) included.
+        let ip = from.remote.ip().to_canonical();
         let bogus = from.remote.port() == 0
             || ip.is_unspecified()
             || ip.is_multicast()

@@ -1899,3 +1899,64 @@ fn stream_over_its_budget_is_closed_never_left_unanswered() {
     );
     assert_eq!(sim.out.len(), 1);
 }
+
+/// Sources that cannot be real (reflection targets: port 0, unspecified, broadcast,
+/// multicast, also spelled as IPv4-mapped IPv6 as a dual-stack socket reports them) get
+/// no answer, whatever they send, and their Allocates count as `forbidden`. (From loopback
+/// the kernel does not deliver most of these source addresses, so this is tested here.)
+#[test]
+fn impossible_sources_get_no_answer_and_are_counted() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 1000);
+    // A nonce from a real source, so the authenticated requests below are otherwise valid.
+    allocate(&mut sim, client(80), &mut creds);
+    let before = sim.core.stats().allocations[AllocResult::Forbidden as usize];
+    let sources = [
+        "198.51.100.7:0",
+        "0.0.0.0:5000",
+        "255.255.255.255:5000",
+        "224.0.0.1:5000",
+        "239.255.255.250:1900",
+        "[::]:5000",
+        "[ff02::1]:5000",
+        "[2001:db8::1]:0",
+        "[::ffff:0.0.0.0]:5000",
+        "[::ffff:255.255.255.255]:5000",
+        "[::ffff:224.0.0.1]:5000",
+    ];
+    let mut allocates = 0;
+    for s in sources {
+        let from = FiveTuple {
+            remote: s.parse().unwrap(),
+            ..client(0)
+        };
+        for (m, authed) in [
+            (method::BINDING, false),
+            (method::ALLOCATE, false),
+            (method::ALLOCATE, true),
+            (method::REFRESH, true),
+        ] {
+            let tid = sim.next_tid();
+            let r = request(tid, m, authed.then_some(&creds), true, |b| {
+                b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            });
+            sim.input(from, &r);
+            assert!(sim.out.is_empty(), "{s} method {m:#x} got an answer");
+            allocates += usize::from(m == method::ALLOCATE);
+        }
+        // Not even a 420 or a 400.
+        let tid = sim.next_tid();
+        sim.input(
+            from,
+            &request(tid, method::BINDING, None, false, |b| {
+                b.attr(0x7777, &[0; 4]);
+            }),
+        );
+        assert!(sim.out.is_empty(), "{s}: 420 sent");
+    }
+    assert_eq!(
+        sim.core.stats().allocations[AllocResult::Forbidden as usize] - before,
+        allocates as u64
+    );
+    assert_eq!(sim.core.allocation_count(), 1);
+}
