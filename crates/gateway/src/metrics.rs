@@ -54,6 +54,10 @@ pub struct Metrics {
     pub connections_rejected: IntCounterVec,
     /// `callrelay_gateway_tcp_connections{listener}` — open TCP connections.
     pub tcp_connections: IntGaugeVec,
+    /// `callrelay_gateway_token_store_unsaved` — 1 while the last tokens.json write failed.
+    pub token_store_unsaved: IntGauge,
+    /// `callrelay_gateway_token_store_write_failures_total`
+    pub token_store_write_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -217,6 +221,14 @@ impl Metrics {
         for l in ["websocket", "http", "admin"] {
             tcp_connections.with_label_values(&[l]);
         }
+        let token_store_unsaved = g(
+            "callrelay_gateway_token_store_unsaved",
+            "1 while token changes are kept in memory only because the last tokens.json write failed (retried every 5 s)",
+        );
+        let token_store_write_failures = c(
+            "callrelay_gateway_token_store_write_failures_total",
+            "Failed writes of tokens.json",
+        );
         let build = IntGaugeVec::new(
             Opts::new("callrelay_gateway_build_info", "Build information"),
             &["version"],
@@ -262,6 +274,8 @@ impl Metrics {
             candidates_refused,
             connections_rejected,
             tcp_connections,
+            token_store_unsaved,
+            token_store_write_failures,
         }
     }
 

@@ -43,6 +43,9 @@ pub enum ServeError {
     /// I/O error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Stopped with token changes that could not be written to tokens.json.
+    #[error("tokens: {0}")]
+    TokensUnsaved(String),
 }
 
 /// The three bound listeners.
@@ -127,6 +130,8 @@ struct Shared {
     cfg: Config,
     persist_lock: tokio::sync::Mutex<()>,
     tokens_path: PathBuf,
+    /// The last tokens.json write failed (the timer task retries).
+    tokens_unsaved: std::sync::atomic::AtomicBool,
     /// Port of the WebSocket listener (for the test page's default WebSocket URL).
     ws_port: u16,
 }
@@ -279,8 +284,10 @@ fn write_tokens(path: &Path, file: &TokenFile) -> std::io::Result<()> {
 }
 
 /// Writes the current token store to disk (serialised with other writers; always the
-/// newest state wins).
-async fn persist_tokens(app: &App) {
+/// newest state wins). On failure the in-memory store stays authoritative, the store is
+/// flagged unsaved (`callrelay_gateway_token_store_unsaved` = 1) and the timer task
+/// retries; the error text is returned for the Admin API reply.
+async fn persist_tokens(app: &App) -> Result<(), String> {
     let _guard = app.persist_lock.lock().await;
     let snap = {
         let mut inner = app.lock();
@@ -288,14 +295,41 @@ async fn persist_tokens(app: &App) {
         inner.core.token_snapshot()
     };
     let path = app.tokens_path.clone();
-    let res = tokio::task::spawn_blocking(move || write_tokens(&path, &snap)).await;
-    match res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, path = %app.tokens_path.display(), "cannot persist tokens")
+    let res = match tokio::task::spawn_blocking(move || write_tokens(&path, &snap)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("persistence task failed: {e}")),
+    };
+    match &res {
+        Ok(()) => {
+            if app.tokens_unsaved.swap(false, Ordering::Relaxed) {
+                tracing::info!(path = %app.tokens_path.display(), "tokens saved again");
+            }
+            app.metrics.token_store_unsaved.set(0);
         }
-        Err(e) => tracing::error!(error = %e, "token persistence task failed"),
+        Err(e) => {
+            app.tokens_unsaved.store(true, Ordering::Relaxed);
+            app.metrics.token_store_unsaved.set(1);
+            app.metrics.token_store_write_failures.inc();
+            tracing::error!(error = %e, path = %app.tokens_path.display(), "cannot persist tokens; kept in memory, retrying");
+        }
     }
+    res
+}
+
+/// Seconds between retries of a failed tokens.json write.
+const TOKEN_RETRY: Duration = Duration::from_secs(5);
+
+/// The Admin API answer when a token change could not be written: a Janus error (490),
+/// counted, instead of `success` (the change is kept in memory and the write retried).
+fn unsaved_reply(app: &App, reply: &Value, error: &str) -> Value {
+    app.metrics.error(490);
+    let tx = reply.get("transaction").and_then(Value::as_str);
+    error_reply(
+        0,
+        tx,
+        490,
+        &format!("Token change kept in memory but not saved to tokens.json ({error}); retrying"),
+    )
 }
 
 /// Loads the certificate chain and key as the start and SIGHUP do (`--check-config`).
@@ -420,10 +454,11 @@ pub async fn serve_with_reload(
         cfg: cfg.clone(),
         persist_lock: tokio::sync::Mutex::new(()),
         tokens_path,
+        tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
         ws_port: listeners.ws.local_addr()?.port(),
     });
     if expired > 0 {
-        persist_tokens(&app).await;
+        let _ = persist_tokens(&app).await;
     }
 
     let ws_router = Router::new()
@@ -525,7 +560,19 @@ pub async fn serve_with_reload(
     while app.metrics.websocket_connections.get() > 0 && t.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    persist_tokens(&app).await;
+    if let Err(e) = persist_tokens(&app).await {
+        let n = app.lock().core.stats().3;
+        tracing::error!(
+            tokens = n,
+            error = %e,
+            path = %app.tokens_path.display(),
+            "stopping with token changes NOT saved to tokens.json: tokens added since the last successful write are lost"
+        );
+        return Err(ServeError::TokensUnsaved(format!(
+            "{} not written ({e}); token changes since the last successful write are lost",
+            app.tokens_path.display()
+        )));
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -534,6 +581,7 @@ pub async fn serve_with_reload(
 const TIMER_TICK: Duration = Duration::from_millis(50);
 
 async fn timer_loop(app: App, shutdown: CancellationToken) {
+    let mut next_retry = Instant::now();
     loop {
         // Wake at the core's next deadline, and at least every TIMER_TICK so that
         // deadlines created by requests in between are met within one tick. Requests
@@ -556,8 +604,9 @@ async fn timer_loop(app: App, shutdown: CancellationToken) {
             });
             inner.core.take_token_snapshot().is_some()
         };
-        if dirty {
-            persist_tokens(&app).await;
+        let retry = app.tokens_unsaved.load(Ordering::Relaxed) && Instant::now() >= next_retry;
+        if (dirty || retry) && persist_tokens(&app).await.is_err() {
+            next_retry = Instant::now() + TOKEN_RETRY;
         }
     }
 }
@@ -1225,8 +1274,15 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
                 .inc();
             break;
         }
-        if persist {
-            persist_tokens(&app).await;
+        if persist && let Err(e) = persist_tokens(&app).await {
+            // the reply is still queued: an admin WebSocket only gets its own replies
+            if let Some(reply) = out.pop_back() {
+                queued.fetch_sub(reply.len(), Ordering::Relaxed);
+                let v: Value = serde_json::from_str(&reply).unwrap_or(Value::Null);
+                let text = unsaved_reply(&app, &v, &e).to_string();
+                queued.fetch_add(text.len(), Ordering::Relaxed);
+                out.push_back(text);
+            }
         }
     }
     kill.cancel();
@@ -1651,8 +1707,10 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
         inner.deliver();
         r
     };
-    if r.tokens_changed {
-        persist_tokens(app).await;
+    if r.tokens_changed
+        && let Err(e) = persist_tokens(app).await
+    {
+        return json_response(StatusCode::OK, &unsaved_reply(app, &r.reply, &e));
     }
     json_response(StatusCode::OK, &r.reply)
 }

@@ -132,6 +132,23 @@ impl Bin {
     fn log_contains(&self, s: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(s))
     }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "no exit on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Bin {
@@ -712,4 +729,76 @@ async fn fd_flood_under_prlimit_leaves_the_admin_api_working() {
     let stored = std::fs::read_to_string(dir.join("tokens.json")).unwrap();
     assert!(stored.contains(TOKEN), "token not persisted: {stored}");
     drop(held);
+}
+
+/// Item 14: when tokens.json cannot be written, add_token answers a Janus error
+/// (counted) instead of success, keeps the token in memory, retries the write, flags
+/// it in /metrics; a SIGTERM with unsaved tokens says so in the log and exits non-zero.
+#[tokio::test]
+async fn unwritable_token_store_is_reported_not_hidden() {
+    let dir = temp_dir();
+    let mut gw = Bin::start_in(&dir, &["--token-auth"], None);
+    // the write goes through tokens.json.tmp: a directory there makes every write fail
+    // (even for root, unlike a read-only mode)
+    let blocker = dir.join("tokens.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let add = |t: &str| json!({"admin_secret": ADMIN_SECRET, "janus": "add_token", "token": t, "transaction": "x"});
+    let v = post_json(gw.admin, "/admin", &add(TOKEN)).await;
+    assert_eq!(v["janus"], "error", "{v}");
+    assert_eq!(v["error"]["code"], 490);
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tokens.json"),
+        "{v}"
+    );
+    assert_eq!(v["transaction"], "x");
+    assert_eq!(
+        gw.metric("callrelay_gateway_token_store_unsaved").await,
+        1.0
+    );
+    assert!(
+        gw.metric("callrelay_gateway_token_store_write_failures_total")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        gw.metric("callrelay_gateway_errors_total{code=\"490\"}")
+            .await,
+        1.0
+    );
+    // the token works meanwhile (kept in memory)
+    let mut c = Client::connect(gw.ws, "janus-protocol").await;
+    let (s, _) = c.session_handle(Some(TOKEN)).await;
+    assert!(s > 0);
+    // the write is retried once the directory is usable again
+    std::fs::remove_dir(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.metric("callrelay_gateway_token_store_unsaved").await != 0.0 {
+        assert!(Instant::now() < deadline, "write not retried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("tokens.json"))
+            .unwrap()
+            .contains(TOKEN)
+    );
+    // broken again, then SIGTERM: the log says so and the exit status is not 0
+    std::fs::create_dir(&blocker).unwrap();
+    let v = post_json(
+        gw.admin,
+        "/admin",
+        &add("c2Vjb25kdG9rZW5zZWNvbmR0b2tlbnNlY29uZA=="),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], 490, "{v}");
+    let status = gw.terminate().await;
+    assert!(!status.success(), "exit status {status:?}");
+    // the log reader thread sees the last lines shortly after the exit
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log_contains("NOT saved") {
+        assert!(Instant::now() < deadline, "the log does not say so");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
