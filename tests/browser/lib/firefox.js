@@ -66,12 +66,15 @@ function asPlaywrightPage(page) {
 
 /**
  * Launches headless Firefox ESR (fresh profile in a temp folder, deleted on close).
- * `prefs` are added to FIREFOX_PREFS.
+ * `prefs` are added to FIREFOX_PREFS. `nssDb` (lib/tls.js homeTrustingCa's
+ * .pki/nssdb) becomes the profile's certificate store: Firefox keeps its trust anchors in
+ * the profile's NSS db (cert9.db), so a test CA added there is trusted like a real one.
  */
-async function launchFirefox({ prefs = {} } = {}) {
+async function launchFirefox({ prefs = {}, nssDb } = {}) {
   assertOnlyLoopback();
   const puppeteer = require('puppeteer-core');
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'callrelay-ff-'));
+  if (nssDb) for (const f of ['cert9.db', 'key4.db', 'pkcs11.txt']) if (fs.existsSync(path.join(nssDb, f))) fs.copyFileSync(path.join(nssDb, f), path.join(profile, f));
   const raw = await puppeteer.launch({
     browser: 'firefox',
     executablePath: FIREFOX_PATH,

@@ -8,6 +8,7 @@
 // 127.0.0.1 (--host-resolver-rules); this process does the same in its lookup.
 // Checked: the browser trusts the certificate only through that store; janus.js 0.2.3 and
 // 1.1.2 calls over wss:// and 1.1.2 over https:// long poll, relay-only media both ways;
+// Firefox ESR (the CA in its profile's NSS db) calling Chromium over wss://;
 // the WebSocket upgrade passes `janus-protocol`; a long poll held 75 s (above nginx's
 // default 60 s read timeout) comes back as a keepalive; the admin listener is not
 // reachable through the proxy; the gateway's test call page (opened on the admin
@@ -21,6 +22,8 @@ const path = require('node:path');
 const { startTurnServer, startGateway } = require('../lib/servers');
 const { assertOnlyLoopback, startStaticServer, launchChromium } = require('../lib/web');
 const { runMattermostCall } = require('../lib/call');
+const { assertRelayedMedia } = require('../lib/media');
+const { launchFirefox } = require('../lib/firefox');
 const { newGatewayToken, adminPost } = require('../lib/mattermost');
 const { makeTestCa, homeTrustingCa, fetchTrusting } = require('../lib/tls');
 const { startNginx } = require('../lib/nginx');
@@ -179,6 +182,50 @@ describe('Mattermost-style videocall through nginx (wss:// with a certificate th
       }
     });
   }
+
+  it('Firefox ESR trusts the proxy through its own certificate store: janus.js 1.1.2 Firefox calls Chromium over wss://', { timeout: 120000 }, async () => {
+    // The same test CA in Firefox's profile NSS db; callrelay.test → 127.0.0.1 by
+    // network.dns.localDomains (no DNS in the namespace).
+    const firefox = await launchFirefox({ nssDb: path.join(home, '.pki', 'nssdb'), prefs: { 'network.dns.localDomains': NAME } });
+    const bare = await launchFirefox({ prefs: { 'network.dns.localDomains': NAME } });
+    try {
+      // Control first: a Firefox without the CA refuses the certificate.
+      const bp = await (await bare.browser.newContext()).newPage();
+      const refused = await bp.goto(`${base}/janus/info`, { timeout: 15000 }).then((r) => `HTTP ${r.status()}`, (e) => e.message);
+      assert.match(refused, /SEC_ERROR_UNKNOWN_ISSUER/, `Firefox without the test CA must refuse the certificate: ${refused}`);
+      console.log(`# Firefox without the test CA: ${refused.split('\n')[0]}`);
+      const t = Date.now();
+      const r = await runMattermostCall({
+        browsers: { caller: firefox.browser, callee: chrome.browser },
+        web,
+        gen: '1.1.2',
+        stack: proxied,
+        creds: 'gateway',
+        transport: 'udp',
+        httpFetch,
+        // Relay↔relay both ways; Firefox reports no candidate url (testing-notes.md), so
+        // our TURN port is checked on Chromium's side (test/firefox.test.js also checks
+        // turn-server's counters).
+        mediaCheck: async ({ caller, callee, offerSeen, answerSeen }) => {
+          assert.ok(offerSeen.relayCandidates > 0 && answerSeen.relayCandidates > 0, JSON.stringify({ offerSeen, answerSeen }));
+          const get = (p) => () => p.page.evaluate(() => window.party.stats());
+          const [mc, me] = await Promise.all([
+            assertRelayedMedia(`${caller.label} (firefox)`, get(caller), { transport: 'udp', timeoutMs: 40000 }),
+            assertRelayedMedia(`${callee.label} (chromium)`, get(callee), { transport: 'udp', turnPort: stack.turn.port, timeoutMs: 40000 }),
+          ]);
+          assert.match(await caller.page.evaluate(() => navigator.userAgent), / Firefox\/\d+/);
+          return { caller: mc, callee: me, remoteMediaExpected: true };
+        },
+      });
+      console.log(`# janus.js 1.1.2 Firefox→Chromium via nginx wss: ${Date.now() - t} ms; timings ${JSON.stringify(r.timings)}`);
+    } catch (e) {
+      e.message += `\n${logs()}`;
+      throw e;
+    } finally {
+      await bare.close();
+      await firefox.close();
+    }
+  });
 
   it('the gateway\'s test call page (admin listener, via loopback) calls through the proxy: test_page_ws_url', { timeout: 90000 }, async () => {
     const adminBase = stack.gw.adminUrl.replace(/\/admin$/, '');
