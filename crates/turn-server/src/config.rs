@@ -115,6 +115,15 @@ pub struct Cli {
     /// Channel bindings per allocation; more get 508.
     #[arg(long, value_name = "N")]
     pub max_channels: Option<u32>,
+    /// TCP/TLS client connections on this server (lowered to fit RLIMIT_NOFILE).
+    #[arg(long, value_name = "N")]
+    pub max_stream_connections: Option<u32>,
+    /// TCP/TLS client connections per source address (IPv6: per /64).
+    #[arg(long, value_name = "N")]
+    pub max_stream_connections_per_ip: Option<u32>,
+    /// Seconds a TCP/TLS connection may stay open without an allocation.
+    #[arg(long, value_name = "SECS")]
+    pub stream_auth_timeout: Option<u64>,
 }
 
 /// The TOML file. Keys mirror the flags.
@@ -159,6 +168,9 @@ pub struct FileConfig {
     drain_timeout: Option<u64>,
     max_permissions: Option<u32>,
     max_channels: Option<u32>,
+    max_stream_connections: Option<u32>,
+    max_stream_connections_per_ip: Option<u32>,
+    stream_auth_timeout: Option<u64>,
 }
 
 /// Workers when the configuration does not say: half the CPUs (at least 1, at most 16).
@@ -286,6 +298,12 @@ pub struct Config {
     pub max_permissions: u32,
     /// Channel bindings per allocation.
     pub max_channels: u32,
+    /// TCP/TLS client connections (before the RLIMIT_NOFILE share).
+    pub max_stream_connections: u32,
+    /// TCP/TLS client connections per source address.
+    pub max_stream_connections_per_ip: u32,
+    /// Time a stream connection may stay without an allocation.
+    pub stream_auth_timeout: Duration,
 }
 
 fn pick<T>(cli: Option<T>, file: Option<T>, default: T) -> T {
@@ -544,6 +562,32 @@ impl Config {
                 "must be between 1 and 4096 (the channel-number range; 256 is the default)",
             ));
         }
+        let max_stream_connections =
+            pick(cli.max_stream_connections, f.max_stream_connections, 10_000);
+        if max_stream_connections == 0 {
+            return Err(key_err(
+                "max_stream_connections",
+                "must be at least 1 (10000 is the default)",
+            ));
+        }
+        let max_stream_connections_per_ip = pick(
+            cli.max_stream_connections_per_ip,
+            f.max_stream_connections_per_ip,
+            1_000,
+        );
+        if max_stream_connections_per_ip == 0 {
+            return Err(key_err(
+                "max_stream_connections_per_ip",
+                "must be at least 1 (1000 is the default: an office behind one NAT address)",
+            ));
+        }
+        let stream_auth_timeout = pick(cli.stream_auth_timeout, f.stream_auth_timeout, 15);
+        if !(1..=600).contains(&stream_auth_timeout) {
+            return Err(key_err(
+                "stream_auth_timeout",
+                "must be between 1 and 600 seconds (15 is the default)",
+            ));
+        }
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < workers {
             return Err(key_err(
@@ -582,6 +626,9 @@ impl Config {
             drain_timeout: Duration::from_secs(pick(cli.drain_timeout, f.drain_timeout, 30)),
             max_permissions,
             max_channels,
+            max_stream_connections,
+            max_stream_connections_per_ip,
+            stream_auth_timeout: Duration::from_secs(stream_auth_timeout),
         })
     }
 }

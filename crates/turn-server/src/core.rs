@@ -824,6 +824,11 @@ impl<R: RngCore> Core<R> {
         self.stats.bytes[1][t] += to_client;
     }
 
+    /// Whether `client` (a TCP/TLS connection) holds an allocation.
+    pub fn has_allocation(&self, client: FiveTuple) -> bool {
+        self.by_client.contains_key(&client)
+    }
+
     /// Number of live allocations.
     pub fn allocation_count(&self) -> usize {
         self.by_client.len()

@@ -82,6 +82,20 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         cfg.total_quota,
         cfg.relay_ports,
     ));
+    let nofile = runtime::nofile_limit();
+    let stream_cap = runtime::stream_cap(cfg.max_stream_connections, nofile);
+    if stream_cap < cfg.max_stream_connections as usize {
+        tracing::warn!(
+            max_stream_connections = cfg.max_stream_connections,
+            nofile = ?nofile,
+            stream_cap,
+            "RLIMIT_NOFILE is too small for max_stream_connections: TCP/TLS connections capped at a quarter of the file descriptors (raise LimitNOFILE to 64 + 4 x max_stream_connections)"
+        );
+    }
+    let streams = Arc::new(runtime::StreamLimits::new(
+        stream_cap,
+        cfg.max_stream_connections_per_ip,
+    ));
     let shutdown = CancellationToken::new();
     let peer_streams: runtime::PeerStreams = Arc::default();
     let mut nonce_key = [0u8; 20];
@@ -105,6 +119,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
             mesh: mesh.clone(),
             inbox,
+            streams: streams.clone(),
         };
         threads.push(
             std::thread::Builder::new()

@@ -8,6 +8,25 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use crate::core::{Gauges, Proto, Stats, labels};
 use crate::policy::DenyClass;
 
+/// Why a TCP/TLS client connection was refused or closed by a bound
+/// (`callrelay_turn_stream_rejections_total{reason}`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum StreamReject {
+    /// `max_stream_connections` (or its share of `RLIMIT_NOFILE`) reached: closed at accept.
+    Total = 0,
+    /// `max_stream_connections_per_ip` reached: closed at accept.
+    PerSource = 1,
+    /// No allocation `stream_auth_timeout` after accept (or since it went): closed.
+    AuthTimeout = 2,
+    /// `accept` failed for lack of file descriptors: accepting paused.
+    FdLimit = 3,
+}
+
+impl StreamReject {
+    /// Label values in index order.
+    pub const LABELS: [&str; 4] = ["total", "per_source", "auth_timeout", "fd_limit"];
+}
+
 /// All turn-server metrics, with label handles resolved once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -26,6 +45,8 @@ pub struct Metrics {
     in_process: Vec<IntCounter>,
     rate_evictions: IntCounter,
     rate_limit_closed: IntCounter,
+    stream_rejections: Vec<IntCounter>,
+    streams_active: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -164,6 +185,21 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(rate_limit_closed.clone()))
             .expect("unique metric");
+        let sr = counter_vec(
+            &r,
+            "callrelay_turn_stream_rejections_total",
+            "TCP/TLS client connections refused or closed by a bound",
+            "reason",
+        );
+        let stream_rejections = StreamReject::LABELS
+            .iter()
+            .map(|l| sr.with_label_values(&[*l]))
+            .collect();
+        let streams_active = gauge(
+            &r,
+            "callrelay_turn_stream_connections_active",
+            "Open TCP/TLS client connections",
+        );
         let bi = IntGaugeVec::new(
             Opts::new("callrelay_turn_build_info", "Build information"),
             &["version"],
@@ -187,7 +223,26 @@ impl Metrics {
             in_process,
             rate_evictions,
             rate_limit_closed,
+            stream_rejections,
+            streams_active,
         }
+    }
+
+    /// A stream connection refused or closed by a bound (accept path, not the relay path).
+    pub fn stream_rejected(&self, reason: StreamReject) {
+        if let Some(c) = self.stream_rejections.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// A stream connection was admitted.
+    pub fn stream_opened(&self) {
+        self.streams_active.inc();
+    }
+
+    /// An admitted stream connection ended.
+    pub fn stream_closed(&self) {
+        self.streams_active.dec();
     }
 
     /// Prometheus text exposition.
@@ -283,6 +338,8 @@ mod tests {
             "callrelay_turn_denied_peers_total{class=\"cgnat\"} 2",
             "callrelay_turn_denied_peers_total{class=\"other_reserved\"} 0",
             "callrelay_turn_quota_rejections_total{kind=\"relay_ports\"} 0",
+            "callrelay_turn_stream_rejections_total{reason=\"auth_timeout\"} 0",
+            "callrelay_turn_stream_connections_active 0",
             "callrelay_turn_relay_ports_free 10",
             "callrelay_turn_requests_total{method=\"connection_bind\"} 0",
             "callrelay_turn_relayed_in_process_total{path=\"same_worker\"} 0",

@@ -12,9 +12,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
@@ -53,8 +54,126 @@ use crate::core::{
     Command, Core, CoreConfig, FiveTuple, Gauges, Proto, Relay, RelayToken, SharedQuota, Stats,
     Transmit,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StreamReject};
 use crate::policy::PeerPolicy;
+
+/// File descriptors kept out of the stream budget for listeners, epoll, timers, the
+/// metrics endpoint and logging.
+const FD_BASE: u64 = 64;
+
+/// The global cap on TCP/TLS client connections: `configured`, lowered to a quarter of the
+/// file descriptors above [`FD_BASE`] when the process limit (`RLIMIT_NOFILE`) is smaller.
+/// A stream connection costs one fd and, once it allocates, a relay socket: two quarters at
+/// most, so at least half of the descriptors stay for UDP allocations' relay sockets (and
+/// RFC 6062 peer connections) whatever TCP/TLS clients do.
+pub fn stream_cap(configured: u32, nofile: Option<u64>) -> usize {
+    let configured = configured as usize;
+    match nofile {
+        Some(n) => {
+            configured.min(usize::try_from(n.saturating_sub(FD_BASE) / 4).unwrap_or(usize::MAX))
+        }
+        None => configured,
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from `/proc/self/limits` (Linux; `None` when
+/// unreadable or unlimited).
+pub fn nofile_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Counts of TCP/TLS client connections shared by every worker: a global cap and a cap per
+/// source address (IPv6 per /64: one host may hold a whole /64).
+#[derive(Debug)]
+pub struct StreamLimits {
+    max_total: usize,
+    max_per_source: u32,
+    total: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, u32>>,
+    /// Woken when a connection closes (an accept paused at the fd limit resumes).
+    freed: tokio::sync::Notify,
+}
+
+impl StreamLimits {
+    /// Limits of `max_total` connections, `max_per_source` per source address.
+    pub fn new(max_total: usize, max_per_source: u32) -> Self {
+        Self {
+            max_total,
+            max_per_source,
+            total: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn source_key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Admits a new connection from `ip`, or says which cap it is over.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<StreamSlot, StreamReject> {
+        let key = Self::source_key(ip);
+        let mut map = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(StreamReject::Total);
+        }
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.max_per_source {
+            return Err(StreamReject::PerSource);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(StreamSlot {
+            limits: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One admitted stream connection; gives its place back when dropped.
+#[derive(Debug)]
+struct StreamSlot {
+    limits: Arc<StreamLimits>,
+    key: IpAddr,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .limits
+            .per_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        drop(map);
+        self.limits.freed.notify_waiters();
+    }
+}
+
+/// `accept` failed because the process or the system is out of file descriptors (or
+/// socket memory): retrying at once would spin. Linux errno values.
+fn out_of_fds(e: &io::Error) -> bool {
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
 
 /// Largest UDP datagram we read.
 const MAX_DATAGRAM: usize = 65_536;
@@ -410,6 +529,8 @@ pub struct WorkerArgs {
     pub mesh: Mesh,
     /// This worker's relay-to-relay queue.
     pub inbox: Inbox,
+    /// TCP/TLS connection caps shared by all workers.
+    pub streams: Arc<StreamLimits>,
 }
 
 /// Largest payload handed to another worker in process; larger datagrams take the kernel
@@ -472,6 +593,10 @@ struct Worker {
     /// needs its own 4 bytes of headroom for the ChannelData header).
     recv_state: quinn_udp::UdpSocketState,
     max_frame: usize,
+    /// Stream connections without an allocation are closed after this long.
+    auth_timeout: Duration,
+    stream_limits: Arc<StreamLimits>,
+    metrics: Metrics,
     shutdown: CancellationToken,
     /// RFC 6062 relay listeners of this worker, each with the token that closes the
     /// allocation's peer and data connections when the allocation goes (RFC 6062 §5).
@@ -614,7 +739,7 @@ type PeerStream = (std::net::TcpStream, Instant, CancellationToken);
 
 /// RFC 6062 peer connections waiting for their ConnectionBind, shared by all workers
 /// (the client's data connection may reach another worker than its control connection).
-pub type PeerStreams = Arc<std::sync::Mutex<HashMap<u32, PeerStream>>>;
+pub type PeerStreams = Arc<Mutex<HashMap<u32, PeerStream>>>;
 
 fn peer_streams_lock(p: &PeerStreams) -> std::sync::MutexGuard<'_, HashMap<u32, PeerStream>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
@@ -650,6 +775,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         tls,
         mut control,
         shutdown,
+        streams: stream_limits,
     } = args;
     let core_cfg = CoreConfig {
         realm: cfg.realm.clone(),
@@ -700,6 +826,9 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         relay_metas: RefCell::new([quinn_udp::RecvMeta::default(); RELAY_BATCH]),
         recv_state,
         max_frame: cfg.max_frame as usize,
+        auth_timeout: cfg.stream_auth_timeout,
+        stream_limits,
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         tcp_relays: RefCell::new(HashMap::new()),
         splices: RefCell::new(HashMap::new()),
@@ -1301,12 +1430,34 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
             _ = w.shutdown.cancelled() => return,
             r = l.accept() => match r {
                 Ok(x) => x,
+                Err(e) if out_of_fds(&e) => {
+                    // The connection stays in the backlog: accepting again at once would
+                    // spin. Pause until one of ours closes (or 1 s: fds held elsewhere).
+                    w.metrics.stream_rejected(StreamReject::FdLimit);
+                    tracing::warn!(error = %e, "out of file descriptors: accept paused");
+                    tokio::select! {
+                        _ = w.shutdown.cancelled() => return,
+                        () = w.stream_limits.freed.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "accept");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
+        };
+        let slot = match w.stream_limits.admit(remote.ip()) {
+            Ok(s) => s,
+            Err(reason) => {
+                // Closed at once (the client sees the connection end), counted.
+                w.metrics.stream_rejected(reason);
+                tracing::debug!(client = ?remote, ?reason, "stream connection over its cap, closed");
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let five = FiveTuple {
@@ -1323,14 +1474,16 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => serve_stream(w, ClientConn::Tls(Box::new(s)), five).await,
+                        Ok(Ok(s)) => {
+                            serve_stream(w, ClientConn::Tls(Box::new(s)), five, slot).await
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 });
             }
             _ => {
-                tokio::task::spawn_local(serve_stream(w, ClientConn::Tcp(stream), five));
+                tokio::task::spawn_local(serve_stream(w, ClientConn::Tcp(stream), five, slot));
             }
         }
     }
@@ -1435,7 +1588,22 @@ async fn tls_writer(
     wr
 }
 
-async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple) {
+async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple, slot: StreamSlot) {
+    w.metrics.stream_opened();
+    // Held (and the active gauge kept) until the connection, spliced or not, ends.
+    struct Open {
+        _slot: StreamSlot,
+        metrics: Metrics,
+    }
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.metrics.stream_closed();
+        }
+    }
+    let _open = Open {
+        _slot: slot,
+        metrics: w.metrics.clone(),
+    };
     let (mut rd, out, writer) = match conn {
         ClientConn::Tcp(s) => {
             let (rd, wr) = s.into_split();
@@ -1464,6 +1632,10 @@ async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple) {
     tokio::pin!(shutdown);
     let idle = tokio::time::sleep(STREAM_IDLE);
     tokio::pin!(idle);
+    // A connection without an allocation (not authenticated, or its allocation gone) is
+    // closed when this fires; with one, it is checked again a period later.
+    let auth = tokio::time::sleep(w.auth_timeout);
+    tokio::pin!(auth);
     let mut last_read = tokio::time::Instant::now();
     'conn: loop {
         if buf.capacity() - buf.len() < STREAM_READ / 2 {
@@ -1483,6 +1655,15 @@ async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple) {
                     break;
                 }
                 idle.as_mut().reset(due);
+                continue;
+            }
+            () = &mut auth => {
+                if !w.core.borrow().has_allocation(five) {
+                    w.metrics.stream_rejected(StreamReject::AuthTimeout);
+                    tracing::debug!(client = ?five.remote, "stream without allocation, closing");
+                    break;
+                }
+                auth.as_mut().reset(tokio::time::Instant::now() + w.auth_timeout);
                 continue;
             }
         }

@@ -105,7 +105,56 @@ impl Server {
     }
 
     pub fn spawn(args: &[&str], port: u16, mport: u16, relay: (u16, u16)) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_turn-server"))
+        Self::spawn_wrapped(&[], args, port, mport, relay)
+    }
+
+    /// Like `start`, with the server's `RLIMIT_NOFILE` set to `nofile` (util-linux `prlimit`).
+    pub fn start_with_nofile(nofile: u32, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mport = free_port();
+        let relay = free_range(40);
+        let listen = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{mport}");
+        let ports = format!("{}-{}", relay.0, relay.1);
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--relay-ports",
+            &ports,
+            "--realm",
+            REALM,
+            "--metrics-listen",
+            &metrics,
+            "--relay-ip",
+            "127.0.0.1",
+            "--auth-secret",
+            SECRET,
+            "--drain-timeout",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let limit = format!("--nofile={nofile}");
+        Self::spawn_wrapped(&["prlimit", &limit, "--"], &args, port, mport, relay)
+    }
+
+    /// Runs the server through `wrapper` (a command that execs its arguments), if any.
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        port: u16,
+        mport: u16,
+        relay: (u16, u16),
+    ) -> Self {
+        let bin = env!("CARGO_BIN_EXE_turn-server");
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(args)
             .env(
                 "RUST_LOG",

@@ -183,6 +183,17 @@ impl RawClient {
         Self::over_stream(s.into(), server, user, pass, realm)
     }
 
+    /// A client over an already connected TCP stream (e.g. bound to a chosen source).
+    pub fn from_tcp_stream(
+        s: std::net::TcpStream,
+        server: SocketAddr,
+        user: &str,
+        pass: &str,
+        realm: &str,
+    ) -> Self {
+        Self::over_stream(s, server, user, pass, realm)
+    }
+
     fn over_stream(
         s: std::net::TcpStream,
         server: SocketAddr,
