@@ -346,9 +346,15 @@ mod tests {
             "callrelay_turn_relayed_in_process_total{path=\"cross_worker\"} 4",
             "callrelay_turn_rate_limit_evictions_total 6",
             "callrelay_turn_rate_limit_closed_total 2",
-            "callrelay_turn_build_info{version=\"",
         ] {
-            assert!(t.contains(needle), "missing {needle} in\n{t}");
+            // Whole lines: "x 1" must not pass for "x 10", nor "x{a=\"b\"} 0" for a
+            // longer label set.
+            assert!(t.lines().any(|l| l == needle), "missing {needle} in\n{t}");
         }
+        let build = format!(
+            "callrelay_turn_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(t.lines().any(|l| l == build), "missing {build} in\n{t}");
     }
 }

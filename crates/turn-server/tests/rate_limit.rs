@@ -110,7 +110,9 @@ fn thousand_udp_allocations_from_one_address_all_succeed() {
         .map(|_| {
             std::thread::spawn(move || {
                 let (u, p) = creds();
-                // Sockets stay open until the end: each allocation keeps its 5-tuple.
+                // Sockets stay open until the end of the test (returned to it): a port
+                // freed early could be reused by another client, whose 5-tuple and
+                // transaction ids would then hit the first one's cached answer.
                 let mut clients = Vec::new();
                 for _ in 0..100 {
                     let mut c = RawClient::new(target, &u, &p, REALM);
@@ -118,7 +120,7 @@ fn thousand_udp_allocations_from_one_address_all_succeed() {
                     assert_eq!(a.class, 2, "allocation failed: {a:?}");
                     clients.push(c);
                 }
-                clients.len()
+                clients
             })
         })
         .collect();
@@ -129,7 +131,8 @@ fn thousand_udp_allocations_from_one_address_all_succeed() {
             server.metrics_text()
         );
     }
-    let made: usize = results.into_iter().map(Result::unwrap).sum();
+    let clients: Vec<RawClient> = results.into_iter().flat_map(Result::unwrap).collect();
+    let made = clients.len();
     let took = started.elapsed();
     assert_eq!(made, 1000);
     assert!(took < Duration::from_secs(60), "{took:?}");

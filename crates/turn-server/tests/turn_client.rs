@@ -177,6 +177,9 @@ async fn strict_expiry_cuts_the_call() {
     let c = client(&server, &u, &p).await;
     let relay = c.allocate().await.unwrap();
     assert_eq!(echo(&relay, peer.addr, 3).await, 3);
+    // The allocation is visible in the metrics first (or waiting for 0 below proves nothing).
+    let series = "callrelay_turn_allocations_active{transport=\"udp\"}";
+    assert_eq!(server.wait_metric(series, |v| v >= 1.0), 1.0);
     // Refreshes after expiry fail, so the allocation dies within its 4 s lifetime.
     let active = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -254,7 +257,27 @@ async fn rotated_secrets_and_sighup_reload() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(reloaded, "{}", server.log.lock().unwrap());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The workers get the new settings just after that log line: wait until the removed
+    // secret is refused (each try that still succeeds is deleted again).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = client(&server, &uo, &po).await;
+        match probe.allocate().await {
+            Err(_) => {
+                probe.close().await.unwrap();
+                break;
+            }
+            Ok(r) => {
+                r.close().await.unwrap();
+                probe.close().await.unwrap();
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "old secret still accepted"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     // The running allocation survives the reload (its permission was granted earlier).
     assert_eq!(echo(&r_old, peer.addr, 3).await, 3);
     // New allocations with the removed secret fail; the kept secret works but loopback peers
@@ -290,7 +313,21 @@ async fn sigterm_drains_then_exits() {
     let relay = c.allocate().await.unwrap();
     assert_eq!(echo(&relay, peer.addr, 3).await, 3);
     server.signal("-TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait for the drain to start (logged with the active count), not for a guessed time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .contains("draining: no new allocations")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Draining: the running call keeps relaying, new allocations get 508.
     assert_eq!(echo(&relay, peer.addr, 3).await, 3);
     let c2 = client(&server, &u, &p).await;

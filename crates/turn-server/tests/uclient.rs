@@ -20,7 +20,15 @@ impl Peer {
             .stderr(Stdio::null())
             .spawn()
             .expect("turnutils_peer (Debian package coturn) must be installed");
-        std::thread::sleep(Duration::from_millis(200));
+        // Wait until the peer holds its port (binding it ourselves then fails).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "turnutils_peer did not bind {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Self(child, port)
     }
 }
@@ -188,7 +196,13 @@ fn tcp_channels_and_indications_zero_loss() {
         |v| v >= 80.0,
     );
     assert!(v >= 80.0, "{v}");
-    // uclient closes its TCP connections: their allocations are gone.
+    // uclient closes its TCP connections: their allocations are gone. Wait first for the
+    // report that counts them (the gauge in the same report is then newer than their
+    // creation), or waiting for 0 could read the gauge from before they existed.
+    let made = server.wait_metric("callrelay_turn_allocations_total{result=\"ok\"}", |v| {
+        v >= 4.0
+    });
+    assert!(made >= 4.0, "{made}");
     let active = server.wait_metric(
         "callrelay_turn_allocations_active{transport=\"tcp\"}",
         |v| v == 0.0,

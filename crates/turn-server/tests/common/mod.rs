@@ -212,19 +212,19 @@ impl Server {
         out
     }
 
-    /// Value of one sample line (`name{labels}`), 0 when absent.
+    /// Value of one sample line (`name{labels}`, matched whole); panics when the series is
+    /// not exported: a misspelt or removed series must not read as 0.
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics_text(), series)
     }
 
-    /// Value of one sample line (`name{labels}`); panics when the series is not exported
-    /// (a misspelt name must not read as 0).
+    /// Same as [`Server::metric`] (kept for the tests that spelled strictness out).
     pub fn metric_strict(&self, series: &str) -> f64 {
-        let text = self.metrics_text();
-        metric_sample(&text, series).unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        self.metric(series)
     }
 
     /// Waits (bounded) until `series` satisfies `pred` (metrics are flushed twice a second).
+    /// The series must exist.
     pub fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -280,14 +280,10 @@ pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The value of the sample line whose series is exactly `series`; panics when there is
+/// none (0 for a series that does not exist would let a check pass vacuously).
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|r| r.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+    metric_sample(text, series).unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 
 /// A UDP echo peer on loopback (bounded lifetime: stops when dropped).
