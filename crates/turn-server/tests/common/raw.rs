@@ -130,6 +130,9 @@ pub struct RawClient {
     key: Vec<u8>,
     nonce: Vec<u8>,
     n: u8,
+    /// UDP: retransmit requests like a real client (RFC 8489 §6.2.1) instead of failing
+    /// on the first lost datagram.
+    retransmit: bool,
 }
 
 impl RawClient {
@@ -157,6 +160,7 @@ impl RawClient {
             key: long_term_key(user, realm, pass),
             nonce: Vec::new(),
             n: 0,
+            retransmit: false,
         }
     }
 
@@ -260,7 +264,12 @@ impl RawClient {
                 Some(self.key.clone())
             };
             self.send_raw(&encode(method, 0, &tid, &attrs, key.as_deref()));
-            let a = decode(&self.recv().expect("answer"));
+            let a = if self.retransmit && self.tcp.is_none() {
+                let msg = encode(method, 0, &tid, &attrs, key.as_deref());
+                self.exchange_retransmitting(&msg, &tid)
+            } else {
+                decode(&self.recv().expect("answer"))
+            };
             if matches!(a.code, Some(401) | Some(438))
                 && a.get(0x0015).is_some()
                 && (self.nonce.is_empty() || a.code == Some(438))
@@ -271,6 +280,40 @@ impl RawClient {
             return a;
         }
         panic!("no answer after nonce retries");
+    }
+
+    /// Retransmit requests over UDP (RTO 500 ms doubling, 7 tries: RFC 8489 §6.2.1), as
+    /// real clients do: for tests where the kernel may drop a datagram under load.
+    pub fn retransmitting(mut self) -> Self {
+        self.retransmit = true;
+        self
+    }
+
+    /// Sends `msg` (already sent once by the caller) again until an answer with `tid`
+    /// arrives; answers to other transactions are skipped.
+    fn exchange_retransmitting(&self, msg: &[u8], tid: &[u8; 12]) -> Answer {
+        let mut rto = Duration::from_millis(500);
+        for _ in 0..7 {
+            let until = std::time::Instant::now() + rto;
+            while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                self.sock
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .unwrap();
+                let mut buf = [0u8; 2048];
+                let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                    break;
+                };
+                if buf.get(8..20) == Some(&tid[..]) {
+                    self.sock
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .unwrap();
+                    return decode(&buf[..n]);
+                }
+            }
+            self.send_raw(msg);
+            rto *= 2;
+        }
+        panic!("no answer after 7 transmissions");
     }
 
     /// Allocate a UDP relay; `family` 1 = IPv4, 2 = IPv6.
