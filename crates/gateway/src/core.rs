@@ -2556,3 +2556,7 @@ mod tests {
         }
     }
 }
+
+// Consistency checks of the core's tables for the fuzz targets (gateway::fuzzing).
+#[cfg(fuzzing)]
+pub(crate) mod invariants;

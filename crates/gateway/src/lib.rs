@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod core;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod sdp;
 pub mod server;

@@ -66,9 +66,10 @@ fn normalise(candidate: &str) -> Option<String> {
 /// already present are not duplicated. The line ending of the input (CRLF or LF) is kept.
 pub fn merge_candidates(sdp: &str, candidates: &[Candidate], end_of_candidates: bool) -> String {
     let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    // every trailing CR goes: a line "x\r" in an LF body must not come out as "x\r\n"
     let lines: Vec<&str> = sdp
         .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .map(|l| l.trim_end_matches('\r'))
         .filter(|l| !l.is_empty())
         .collect();
     // Section 0 is the session part; section i+1 is m-line i.
@@ -192,6 +193,21 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=mid:
             .collect();
         let orig: Vec<&str> = BUNDLE_CRLF.split("\r\n").collect();
         assert_eq!(kept, orig);
+    }
+
+    #[test]
+    fn stray_carriage_returns_do_not_mix_line_endings() {
+        // found by fuzz/sdp_merge: "\r\r" came out as "\r\n" (a CRLF in an LF body), and
+        // merging that again gave "" (not idempotent)
+        for (sdp, want) in [
+            ("\r\r", ""),
+            ("v=0\na=x\r\r", "v=0\na=x\n"),
+            ("v=0\r\na=x\r\r\n", "v=0\r\na=x\r\n"),
+        ] {
+            let out = merge_candidates(sdp, &[], false);
+            assert_eq!(out, want, "{sdp:?}");
+            assert_eq!(merge_candidates(&out, &[], false), out);
+        }
     }
 
     #[test]
