@@ -58,6 +58,9 @@ pub struct Metrics {
     pub token_store_unsaved: IntGauge,
     /// `callrelay_gateway_token_store_write_failures_total`
     pub token_store_write_failures: IntCounter,
+    /// `callrelay_gateway_tls_cert_not_after_seconds`: registered on the first
+    /// [`Metrics::set_tls_cert_not_after`], so a gateway without TLS has none.
+    tls_not_after: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -276,7 +279,20 @@ impl Metrics {
             tcp_connections,
             token_store_unsaved,
             token_store_write_failures,
+            tls_not_after: IntGauge::new(
+                "callrelay_gateway_tls_cert_not_after_seconds",
+                "Expiry (notAfter, Unix seconds) of the TLS certificate in use",
+            )
+            .expect("valid metric"),
         }
+    }
+
+    /// The TLS certificate in use expires at `unix` (set at start and on every reload).
+    pub fn set_tls_cert_not_after(&self, unix: u64) {
+        // AlreadyReg after the first call: the gauge is registered once
+        let _ = self.registry.register(Box::new(self.tls_not_after.clone()));
+        self.tls_not_after
+            .set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 
     /// Counts one request of kind `verb` (unknown verbs are counted as `other`).

@@ -332,6 +332,24 @@ fn unsaved_reply(app: &App, reply: &Value, error: &str) -> Value {
     )
 }
 
+/// Exports the expiry of the first certificate in `cert` (the leaf) as
+/// `callrelay_gateway_tls_cert_not_after_seconds`. Called after the pair loaded.
+fn record_cert_expiry(metrics: &Metrics, cert: &Path) {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .ok()
+        .and_then(|mut it| it.next())
+        .and_then(Result::ok);
+    match leaf.map(|d| shared_ice::x509::not_after(&d)) {
+        Some(Ok(t)) => metrics.set_tls_cert_not_after(t),
+        Some(Err(e)) => {
+            tracing::warn!(cert = %cert.display(), error = ?e, "cannot read the certificate's expiry")
+        }
+        None => tracing::warn!(cert = %cert.display(), "no certificate to read the expiry of"),
+    }
+}
+
 /// Loads the certificate chain and key as the start and SIGHUP do (`--check-config`).
 pub fn check_tls(cert: &Path, key: &Path) -> Result<(), ServeError> {
     load_tls(cert, key).map(|_| ())
@@ -411,6 +429,9 @@ pub async fn serve_with_reload(
         None => None,
     }));
     let metrics = Metrics::new();
+    if let Some((c, _)) = &cfg.tls {
+        record_cert_expiry(&metrics, c);
+    }
     let core_cfg = CoreConfig {
         session_timeout: cfg.session_timeout,
         reclaim_timeout: cfg.reclaim_timeout,
@@ -529,6 +550,7 @@ pub async fn serve_with_reload(
     if let Some((cert, key)) = cfg.tls.clone() {
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        let metrics = app.metrics.clone();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -538,6 +560,7 @@ pub async fn serve_with_reload(
                 match load_tls(&cert, &key) {
                     Ok(a) => {
                         *tls.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
+                        record_cert_expiry(&metrics, &cert);
                         tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
                     }
                     Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),

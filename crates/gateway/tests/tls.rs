@@ -303,3 +303,32 @@ async fn sighup_with_a_broken_certificate_keeps_the_old_one() {
     let st = bin.wait_exit(15);
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
+
+#[tokio::test]
+async fn certificate_expiry_is_exported_and_follows_a_reload() {
+    const M: &str = "callrelay_gateway_tls_cert_not_after_seconds";
+    let dir = temp_dir();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(fixture("cert1.pem"), &cert).unwrap();
+    std::fs::copy(fixture("key1.pem"), &key).unwrap();
+    let mut cfg = base_config(&dir);
+    cfg.cert = Some(cert.clone());
+    cfg.key = Some(key.clone());
+    cfg.admin_tls = Some(false); // plain /metrics for the test
+    let gw = Gw::start(cfg).await;
+    // cert1.pem: notAfter=Nov  1 15:30:25 2126 GMT (a GeneralizedTime)
+    assert_eq!(metric_at(gw.admin, M).await, 4_949_220_625.0);
+    // renewed (what the ACME hook does): cert3.pem, notAfter=Dec  1 20:50:11 2036 GMT
+    std::fs::copy(fixture("cert3.pem"), &cert).unwrap();
+    std::fs::copy(fixture("key3.pem"), &key).unwrap();
+    gw.reload.notify_one();
+    wait_metric(gw.admin, M, 2_111_777_411.0).await;
+    gw.stop().await;
+
+    // without TLS there is no such series (an alert on it cannot fire on 0)
+    let dir = temp_dir();
+    let gw = Gw::start(base_config(&dir)).await;
+    let (_, _, text) = http_get(gw.admin, "/metrics").await;
+    assert!(!text.contains(M), "{text}");
+    gw.stop().await;
+}

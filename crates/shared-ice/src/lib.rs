@@ -75,5 +75,6 @@ pub mod framing;
 pub mod ice;
 mod reader;
 pub mod stun;
+pub mod x509;
 
 pub use error::{DecodeError, EncodeError};

@@ -37,6 +37,24 @@ fn main() {
     }
 }
 
+/// Exports the expiry of the first certificate in `cert` (the leaf) as
+/// `callrelay_turn_tls_cert_not_after_seconds`. Called after the pair loaded.
+fn record_cert_expiry(metrics: &Metrics, cert: &std::path::Path) {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .ok()
+        .and_then(|mut it| it.next())
+        .and_then(Result::ok);
+    match leaf.map(|d| shared_ice::x509::not_after(&d)) {
+        Some(Ok(t)) => metrics.set_tls_cert_not_after(t),
+        Some(Err(e)) => {
+            tracing::warn!(cert = %cert.display(), error = ?e, "cannot read the certificate's expiry")
+        }
+        None => tracing::warn!(cert = %cert.display(), "no certificate to read the expiry of"),
+    }
+}
+
 /// `--check-config`: the parsed configuration is valid; also load what SIGHUP and the
 /// start would load from disk (the TLS pair). Exit status 0 or 2.
 fn check_config(cli: &Cli, cfg: &Config) -> i32 {
@@ -77,6 +95,9 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     metrics_std.set_nonblocking(true)?;
     let (sockets, bound, tls_bound) = runtime::bind_all(&cfg)?;
     let metrics = Metrics::new();
+    if let Some(c) = &cfg.cert {
+        record_cert_expiry(&metrics, c);
+    }
     let quota = Arc::new(SharedQuota::new(
         cfg.user_quota,
         cfg.total_quota,
@@ -165,7 +186,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => reload(&cli, &tls, &controls),
+                _ = hup.recv() => reload(&cli, &tls, &controls, &metrics),
             }
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -264,7 +285,12 @@ async fn serve_metrics(
 
 /// SIGHUP: re-read the config file; swap secrets, users, peer policy and the TLS cert.
 /// Allocations, permissions and channels stay. A bad file keeps the old settings.
-fn reload(cli: &Cli, tls: &SharedTls, controls: &[mpsc::UnboundedSender<Control>]) {
+fn reload(
+    cli: &Cli,
+    tls: &SharedTls,
+    controls: &[mpsc::UnboundedSender<Control>],
+    metrics: &Metrics,
+) {
     let cfg = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -278,6 +304,7 @@ fn reload(cli: &Cli, tls: &SharedTls, controls: &[mpsc::UnboundedSender<Control>
                 if let Ok(mut g) = tls.write() {
                     *g = Some(a);
                 }
+                record_cert_expiry(metrics, c);
             }
             Err(e) => tracing::error!(error = %e, "TLS reload failed, keeping the old certificate"),
         }

@@ -47,6 +47,8 @@ pub struct Metrics {
     rate_limit_closed: IntCounter,
     stream_rejections: Vec<IntCounter>,
     streams_active: IntGauge,
+    /// Registered on the first `set_tls_cert_not_after`: absent without TLS.
+    tls_not_after: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -225,7 +227,21 @@ impl Metrics {
             rate_limit_closed,
             stream_rejections,
             streams_active,
+            tls_not_after: IntGauge::new(
+                "callrelay_turn_tls_cert_not_after_seconds",
+                "Expiry (notAfter, Unix seconds) of the TLS certificate in use",
+            )
+            .expect("valid metric"),
         }
+    }
+
+    /// The TLS certificate in use expires at `unix` (set at start and on every reload;
+    /// the metric appears with the first call, so a server without TLS has none).
+    pub fn set_tls_cert_not_after(&self, unix: u64) {
+        // AlreadyReg after the first call: the gauge is registered once
+        let _ = self.registry.register(Box::new(self.tls_not_after.clone()));
+        self.tls_not_after
+            .set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 
     /// A stream connection refused or closed by a bound (accept path, not the relay path).
