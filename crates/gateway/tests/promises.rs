@@ -454,3 +454,73 @@ async fn http_event_queue_keeps_the_newest_1000_events() {
     assert_eq!(poll(1).await, json!({"janus": "keepalive"}));
     gw.stop().await;
 }
+
+// ------------------------------------------------------------------ secrets from the environment
+
+#[tokio::test]
+async fn the_three_secrets_come_from_the_environment_and_never_show() {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let dir = temp_dir();
+    let (admin_s, api_s, turn_s) = ("env-admin-5ecret", "env-api-5ecret", "env-turn-5ecret");
+    // --turn-uri without a turn secret is a configuration error: it must come from the env
+    let mut bin = Bin::start_env(
+        &[
+            "--token-auth",
+            "--turn-uri",
+            "turn:127.0.0.1:3478",
+            "--state-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[
+            ("CALLRELAY_GATEWAY_ADMIN_SECRET", admin_s),
+            ("CALLRELAY_GATEWAY_API_SECRET", api_s),
+            ("CALLRELAY_GATEWAY_TURN_SECRET", turn_s),
+        ],
+    );
+    let add = |secret: &str| json!({"janus": "add_token", "token": TOKEN, "transaction": "a", "admin_secret": secret});
+    let r = post_json(bin.admin, "/admin", &add(ADMIN_SECRET)).await;
+    assert_eq!(r["error"]["code"], 403, "{r}");
+    let r = post_json(bin.admin, "/admin", &add(admin_s)).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    // api secret
+    let r = post_json(
+        bin.http,
+        "/janus",
+        &json!({"janus": "create", "transaction": "c", "apisecret": api_s}),
+    )
+    .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    let r = post_json(
+        bin.http,
+        "/janus",
+        &json!({"janus": "create", "transaction": "c", "apisecret": "wrong"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], 403, "{r}");
+    // turn secret: the minted password is HMAC-SHA1(turn secret, username)
+    let (st, _, b) = http_get(
+        bin.http,
+        &format!("/turn-credentials?token={}", TOKEN.replace('=', "%3D")),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let user = v["username"].as_str().unwrap();
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(turn_s.as_bytes()).unwrap();
+    mac.update(user.as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(v["password"], want.as_str());
+    // never on the command line, in /metrics or in the log
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", bin.child.id())).unwrap();
+    let metrics = http_get(bin.admin, "/metrics").await.2;
+    bin.signal("TERM");
+    assert_eq!(bin.wait_exit(15).code(), Some(0));
+    bin.wait_log(0, &["gateway stopped"]);
+    let log = bin.log();
+    for s in [admin_s, api_s, turn_s] {
+        assert!(!String::from_utf8_lossy(&cmdline).contains(s));
+        assert!(!metrics.contains(s), "{s} in /metrics");
+        assert!(!log.contains(s), "{s} in the log:\n{log}");
+    }
+}

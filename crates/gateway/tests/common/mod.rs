@@ -466,6 +466,12 @@ pub struct Bin {
 /// Spawns `gateway` with `args` (plus port-0 listeners unless `args` sets them) and
 /// collects stderr. Returns the child and its log without waiting for anything.
 pub fn spawn_bin(args: &[&str]) -> (std::process::Child, LogLines) {
+    spawn_bin_env(args, &[])
+}
+
+/// [`spawn_bin`] with extra environment variables (the `CALLRELAY_GATEWAY_*` secrets
+/// of the test's own environment are removed first).
+pub fn spawn_bin_env(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, LogLines) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
     for (flag, default) in [
         ("--listen", "127.0.0.1:0"),
@@ -482,6 +488,7 @@ pub fn spawn_bin(args: &[&str]) -> (std::process::Child, LogLines) {
         .env_remove("CALLRELAY_GATEWAY_ADMIN_SECRET")
         .env_remove("CALLRELAY_GATEWAY_API_SECRET")
         .env_remove("CALLRELAY_GATEWAY_TURN_SECRET")
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -538,7 +545,12 @@ impl Bin {
     /// Starts the binary and waits for its three `listening` lines (the addresses the
     /// server actually bound).
     pub fn start(args: &[&str]) -> Self {
-        let (child, lines) = spawn_bin(args);
+        Self::start_env(args, &[])
+    }
+
+    /// [`Bin::start`] with extra environment variables.
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let (child, lines) = spawn_bin_env(args, envs);
         let addr = |name: &str| -> SocketAddr {
             let (_, l) = wait_line(
                 &lines,
@@ -565,6 +577,11 @@ impl Bin {
     /// Number of stderr lines so far (to wait only for lines logged after this point).
     pub fn log_len(&self) -> usize {
         self.lines.0.lock().unwrap().len()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.lines.0.lock().unwrap().join("\n")
     }
 
     /// Waits for a stderr line after the first `skip` containing all of `parts`.
