@@ -247,8 +247,13 @@ fn main() -> std::process::ExitCode {
         .map_or_else(|| "flags".to_string(), |p| p.display().to_string());
     let cfg = match Config::load(cli.run.into_config()) {
         Ok(c) => c,
-        Err(e) => {
+        Err(e @ gateway::ConfigError::Read { .. }) => {
             eprintln!("gateway: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        Err(e) => {
+            // which file (or the flags): a TOML error's line number means nothing without it
+            eprintln!("gateway: configuration error: {source}: {e}");
             return std::process::ExitCode::from(2);
         }
     };

@@ -90,7 +90,7 @@ fn invalid_configs_exit_2_naming_the_key() {
         ("max_sessions = 0\n", "max_sessions"),
         ("turn_uris = [\"turn:h:3478\"]\n", "turn_secret"),
         ("listen = \"not an address\"\n", "listen"),
-        ("listen = [\n", "line 1"),
+        ("listen = [\n", "gateway.toml"),
     ] {
         let (code, err) = check(toml);
         assert_eq!(code, 2, "{toml}: {err}");
