@@ -20,11 +20,20 @@ pub enum StreamReject {
     AuthTimeout = 2,
     /// `accept` failed for lack of file descriptors: accepting paused.
     FdLimit = 3,
+    /// Bytes that are not STUN/ChannelData, a bad STUN header or a frame over `max_frame`
+    /// (the shared-ice `Framer`'s errors): closed.
+    BadFrame = 4,
 }
 
 impl StreamReject {
     /// Label values in index order.
-    pub const LABELS: [&str; 4] = ["total", "per_source", "auth_timeout", "fd_limit"];
+    pub const LABELS: [&str; 5] = [
+        "total",
+        "per_source",
+        "auth_timeout",
+        "fd_limit",
+        "bad_frame",
+    ];
 }
 
 /// All turn-server metrics, with label handles resolved once.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use shared_ice::framing::Framer;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -592,7 +593,8 @@ struct Worker {
     /// Used only for its `recvmmsg` on relay sockets (which get no GRO: each datagram
     /// needs its own 4 bytes of headroom for the ChannelData header).
     recv_state: quinn_udp::UdpSocketState,
-    max_frame: usize,
+    /// Splits TCP/TLS streams into frames of at most `max_frame` bytes.
+    framer: Framer,
     /// Stream connections without an allocation are closed after this long.
     auth_timeout: Duration,
     stream_limits: Arc<StreamLimits>,
@@ -825,7 +827,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         relay_buf: RefCell::new(vec![0u8; RELAY_SLOT * RELAY_BATCH]),
         relay_metas: RefCell::new([quinn_udp::RecvMeta::default(); RELAY_BATCH]),
         recv_state,
-        max_frame: cfg.max_frame as usize,
+        framer: Framer::new(cfg.max_frame as usize),
         auth_timeout: cfg.stream_auth_timeout,
         stream_limits,
         metrics: metrics.clone(),
@@ -1489,27 +1491,6 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
     }
 }
 
-/// Length of the next frame in `buf` (RFC 8656 §12.5 / RFC 6544 framing by first bits).
-/// `Err(())` when the stream is not TURN (garbage): the connection is closed.
-fn frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
-    let (Some(&b0), Some(&l0), Some(&l1)) = (buf.first(), buf.get(2), buf.get(3)) else {
-        return if buf
-            .first()
-            .is_some_and(|b| b & 0xC0 == 0x80 || b & 0xC0 == 0xC0)
-        {
-            Err(())
-        } else {
-            Ok(None)
-        };
-    };
-    let len = usize::from(u16::from_be_bytes([l0, l1]));
-    match b0 & 0xC0 {
-        0x00 => Ok(Some(20 + len)),
-        0x40 => Ok(Some(4 + len.div_ceil(4) * 4)),
-        _ => Err(()),
-    }
-}
-
 /// A client's TURN-over-TCP or TURN-over-TLS connection.
 enum ClientConn {
     Tcp(TcpStream),
@@ -1674,18 +1655,18 @@ async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple, slot: St
         let mut off = 0;
         loop {
             let rest = buf.get(off..).unwrap_or_default();
-            let len = match frame_len(rest) {
-                Ok(Some(l)) => l,
+            // The fuzzed shared-ice framer (fuzz/fuzz_targets/turn_tcp_framing.rs): not
+            // STUN/ChannelData, a bad STUN header or a frame over `max_frame` closes the
+            // connection (counted), it is never skipped silently.
+            let len = match w.framer.next_frame(rest) {
+                Ok(Some(f)) => f.len,
                 Ok(None) => break,
-                Err(()) => {
-                    tracing::debug!(client = ?five.remote, "garbage on stream, closing");
+                Err(e) => {
+                    w.metrics.stream_rejected(StreamReject::BadFrame);
+                    tracing::debug!(client = ?five.remote, error = %e, "unframeable stream, closing");
                     break 'conn;
                 }
             };
-            if len > w.max_frame {
-                tracing::debug!(client = ?five.remote, len, "oversized frame, closing");
-                break 'conn;
-            }
             let Some(frame) = buf.get_mut(off..off + len) else {
                 break;
             };
@@ -1847,14 +1828,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn framing() {
-        assert_eq!(frame_len(&[]), Ok(None));
-        assert_eq!(frame_len(&[0x00, 0x01]), Ok(None));
-        assert_eq!(frame_len(&[0x00, 0x01, 0x00, 0x08]), Ok(Some(28)));
-        assert_eq!(frame_len(&[0x40, 0x00, 0x00, 0x05]), Ok(Some(12)));
-        assert_eq!(frame_len(&[0x80, 0x00, 0x00, 0x05]), Err(()));
-        assert_eq!(frame_len(&[0xC0]), Err(()));
-        // "GET " parses as a huge ChannelData frame: the max-frame check closes it.
-        assert_eq!(frame_len(b"GET / HTTP/1.1"), Ok(Some(4 + 0x5420)));
+    fn framing_follows_max_frame() {
+        // The runtime's framer as configured from `max_frame` (default 16384).
+        let f = Framer::new(16_384);
+        assert_eq!(f.next_frame(&[0x00, 0x01]), Ok(None));
+        assert_eq!(
+            f.next_frame(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]),
+            Ok(Some(shared_ice::framing::Frame {
+                kind: shared_ice::framing::FrameKind::ChannelData,
+                len: 12
+            }))
+        );
+        assert!(f.next_frame(&[0x80]).is_err());
+        // "GET " reads as a ChannelData frame of 21540 bytes: over max_frame, closed.
+        assert!(f.next_frame(b"GET / HTTP/1.1").is_err());
+        // A STUN header with a wrong magic cookie is not TURN: closed.
+        assert!(f.next_frame(&[0, 1, 0, 0, 0xde, 0xad, 0xbe, 0xef]).is_err());
     }
 }

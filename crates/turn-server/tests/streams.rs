@@ -145,3 +145,44 @@ fn per_source_cap_closes_the_excess_and_spares_others() {
     held.clear();
     assert_eq!(server.stop(), Some(0));
 }
+
+/// TCP/TLS streams are framed by the fuzzed shared-ice `Framer`: what it cannot frame
+/// closes the connection and is counted. A STUN header with a wrong magic cookie was
+/// framed by the runtime's own length routine and dropped silently, the connection kept
+/// (fails on old main: not closed, and no `bad_frame` series).
+#[test]
+fn unframeable_streams_are_closed_and_counted() {
+    let server = Server::start(&[]);
+    let (u, p) = creds();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("first bits 10", vec![0x80, 0, 0, 0]),
+        ("bad magic cookie", {
+            let mut v = vec![0x00, 0x01, 0x00, 0x00, 0xde, 0xad, 0xbe, 0xef];
+            v.extend_from_slice(&[7; 12]);
+            v
+        }),
+        ("unaligned STUN length", {
+            let mut v = vec![0x00, 0x01, 0x00, 0x03, 0x21, 0x12, 0xA4, 0x42];
+            v.extend_from_slice(&[7; 15]);
+            v
+        }),
+    ];
+    for (i, (what, bytes)) in cases.drain(..).enumerate() {
+        let mut s = connect_from("127.0.0.1", server.addr());
+        std::io::Write::write_all(&mut s, &bytes).unwrap();
+        assert!(closed_within(&mut s, 5), "{what}: connection closed");
+        assert_eq!(
+            server.wait_metric(
+                "callrelay_turn_stream_rejections_total{reason=\"bad_frame\"}",
+                |v| v >= (i + 1) as f64
+            ),
+            (i + 1) as f64,
+            "{what}: counted"
+        );
+    }
+    // A well-framed client on the next connection is served.
+    let mut c = RawClient::new_tcp(server.addr(), &u, &p, REALM);
+    assert_eq!(c.allocate(1).code, None);
+    assert_eq!(server.stop(), Some(0));
+}
