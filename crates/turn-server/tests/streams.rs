@@ -186,3 +186,80 @@ fn unframeable_streams_are_closed_and_counted() {
     assert_eq!(c.allocate(1).code, None);
     assert_eq!(server.stop(), Some(0));
 }
+
+/// CPU seconds (user + system) the process `pid` has used, from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// When the process is out of descriptors (here: UDP allocations took them), `accept`
+/// fails with EMFILE; the listener pauses and counts it instead of spinning, and accepts
+/// again once descriptors are free.
+#[test]
+fn accept_pauses_at_the_fd_limit_without_spinning() {
+    let server = Server::start_with_nofile(100, &["--workers", "1"]);
+    let (u, p) = creds();
+    // Bounded: at most 100 allocations (the limit is 100 descriptors).
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut c = RawClient::new(server.addr(), &u, &p, REALM);
+        match c.allocate(1).code {
+            None => held.push(c),
+            Some(508) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        !held.is_empty() && held.len() < 100,
+        "{} allocations",
+        held.len()
+    );
+    // Out of fds now: a TCP connection waits in the backlog, the listener pauses. (The
+    // metrics endpoint cannot accept either, so the log tells.)
+    let waiting = TcpStream::connect(server.addr()).unwrap();
+    let paused = |s: &Server| s.log.lock().unwrap().matches("accept paused").count();
+    let t = Instant::now();
+    while paused(&server) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "no pause logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = server.child.id();
+    let before = cpu_secs(pid);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        // Time passing is the subject: a spinning accept loop would burn this CPU.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let used = cpu_secs(pid) - before;
+    assert!(used < 0.5, "{used} CPU s in 2 s while paused");
+    let pauses = paused(&server);
+    assert!(
+        pauses <= 6,
+        "{pauses} accept failures in ~2 s: at most one per second"
+    );
+    // Free descriptors: the waiting connection is accepted and served.
+    for mut c in held.drain(..4) {
+        let a = c.request(0x004, |_| vec![(0x000D, vec![0, 0, 0, 0])]);
+        assert_eq!(a.class, 2);
+    }
+    assert_eq!(
+        server.wait_metric("callrelay_turn_stream_connections_active", |v| v == 1.0),
+        1.0
+    );
+    assert!(
+        server.metric_strict("callrelay_turn_stream_rejections_total{reason=\"fd_limit\"}") >= 1.0
+    );
+    let mut c = RawClient::from_tcp_stream(waiting, server.addr(), &u, &p, REALM);
+    assert_eq!(
+        c.allocate(1).code,
+        None,
+        "allocation over the once-waiting connection"
+    );
+    drop(held);
+    assert_eq!(server.stop(), Some(0));
+}

@@ -112,7 +112,8 @@ impl Server {
     pub fn start_with_nofile(nofile: u32, extra: &[&str]) -> Self {
         let port = free_port();
         let mport = free_port();
-        let relay = free_range(40);
+        // More relay ports than descriptors: the fd limit, not the range, is what runs out.
+        let relay = free_range(200);
         let listen = format!("127.0.0.1:{port}");
         let metrics = format!("127.0.0.1:{mport}");
         let ports = format!("{}-{}", relay.0, relay.1);
