@@ -1,7 +1,7 @@
 //! Gateway configuration: TOML file + command-line flags (flags win), validated at start.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -131,6 +131,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Connections open at once from one source address (WebSocket + HTTP listeners).
     pub max_connections_per_ip: Option<usize>,
+    /// Source addresses (CIDR) exempt from `max_connections_per_ip`: reverse proxies.
+    pub trusted_proxies: Option<Vec<String>>,
     /// Connections open at once on the admin listener.
     pub max_admin_connections: Option<usize>,
     /// Largest trickled candidate, bytes (beyond it 467).
@@ -222,6 +224,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Connection cap per source address.
     pub max_connections_per_ip: usize,
+    /// Source networks exempt from the per-address cap (reverse proxies).
+    pub trusted_proxies: Vec<Cidr>,
     /// Connection cap of the admin listener.
     pub max_admin_connections: usize,
     /// Largest trickled candidate in bytes.
@@ -270,6 +274,7 @@ impl std::fmt::Debug for Config {
             .field("http_body_timeout", &self.http_body_timeout)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("max_admin_connections", &self.max_admin_connections)
             .field("max_candidate_bytes", &self.max_candidate_bytes)
             .field(
@@ -291,6 +296,85 @@ pub struct TlsListeners {
     /// Admin listener (`https://…/admin`, `/metrics`, `/test`).
     pub admin: bool,
 }
+
+/// An address block (`10.0.0.0/8`, `::1/128`; a bare address is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address; the host bits must be zero.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR block (e.g. 10.0.0.0/8, ::1)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
+        };
+        let c = Self { addr, prefix };
+        if c.network() != addr {
+            return Err(format!(
+                "{s:?} has host bits set; write {}/{prefix}",
+                c.network()
+            ));
+        }
+        Ok(c)
+    }
+
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` lies in the block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        Self {
+            addr: ip,
+            prefix: self.prefix,
+        }
+        .network()
+            == self.addr
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// `trusted_proxies` by default: a reverse proxy on the same host.
+pub const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 /// Default state directory (systemd's `StateDirectory=callrelay-gateway`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/callrelay-gateway";
@@ -519,6 +603,16 @@ impl Config {
             1..=1_000_000,
             "",
         )?;
+        let trusted_proxies = match pick!(cli, file, trusted_proxies) {
+            Some(list) => list
+                .iter()
+                .map(|s| Cidr::parse(s).map_err(|m| invalid("trusted_proxies", m)))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => DEFAULT_TRUSTED_PROXIES
+                .iter()
+                .map(|s| Cidr::parse(s).expect("default CIDR"))
+                .collect(),
+        };
         let max_admin_connections = in_range(
             "max_admin_connections",
             pick!(cli, file, max_admin_connections).unwrap_or(64),
@@ -579,6 +673,7 @@ impl Config {
             http_body_timeout: Duration::from_secs(http_body_timeout),
             max_connections,
             max_connections_per_ip,
+            trusted_proxies,
             max_admin_connections,
             max_candidate_bytes,
             max_candidate_bytes_per_handle,
@@ -771,6 +866,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("test_page_ws_url:"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_loopback_and_parse_cidr() {
+        let c = Config::default();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = |c: &Config, a: &str| c.trusted_proxies.iter().any(|n| n.contains(ip(a)));
+        for a in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(trusted(&c, a), "{a}");
+        }
+        for a in ["10.0.0.1", "192.0.2.1", "::2", "fe80::1"] {
+            assert!(!trusted(&c, a), "{a}");
+        }
+        let file = Config::parse_toml(
+            "trusted_proxies = [\"10.1.0.0/16\", \"2001:db8::/32\", \"192.0.2.7\"]\n",
+        )
+        .unwrap();
+        let c = Config::resolve(FileConfig::default(), file).unwrap();
+        for a in [
+            "10.1.255.3",
+            "2001:db8:1::9",
+            "192.0.2.7",
+            "::ffff:10.1.0.1",
+        ] {
+            assert!(trusted(&c, a), "{a}");
+        }
+        for a in ["10.2.0.1", "127.0.0.1", "192.0.2.8", "2001:db9::1"] {
+            assert!(!trusted(&c, a), "{a}");
+        }
+        let none = Config::parse_toml("trusted_proxies = []\n").unwrap();
+        let c = Config::resolve(FileConfig::default(), none).unwrap();
+        assert!(c.trusted_proxies.is_empty());
+        for (bad, want) in [
+            ("10.0.0.1/8", "host bits set; write 10.0.0.0/8"),
+            ("10.0.0.0/33", "0..=32"),
+            ("proxy.example", "not an address"),
+        ] {
+            let f = FileConfig {
+                trusted_proxies: Some(vec![bad.into()]),
+                ..FileConfig::default()
+            };
+            let e = Config::resolve(f, FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("trusted_proxies:") && e.contains(want), "{e}");
+        }
     }
 
     #[test]

@@ -163,6 +163,10 @@ struct RunArgs {
     /// Connections at once from one source address [default: 1000].
     #[arg(long, value_name = "N")]
     max_connections_per_ip: Option<usize>,
+    /// Comma-separated CIDR blocks of reverse proxies, exempt from the per-address cap;
+    /// "" = none [default: 127.0.0.0/8,::1].
+    #[arg(long, value_name = "CIDRS")]
+    trusted_proxies: Option<String>,
     /// Connections at once on the admin listener [default: 64].
     #[arg(long, value_name = "N")]
     max_admin_connections: Option<usize>,
@@ -216,6 +220,13 @@ impl RunArgs {
                 http_body_timeout: self.http_body_timeout,
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
+                trusted_proxies: self.trusted_proxies.map(|l| {
+                    l.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                }),
                 max_admin_connections: self.max_admin_connections,
                 max_candidate_bytes: self.max_candidate_bytes,
                 max_candidate_bytes_per_handle: self.max_candidate_bytes_per_handle,

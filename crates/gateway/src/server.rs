@@ -512,11 +512,14 @@ pub async fn serve_with_reload(
         };
         tracing::info!(listener = name, addr = %l.local_addr()?, tls, "listening");
     }
-    let public = Arc::new(ConnLimiter::new(
-        public_connection_cap(cfg.max_connections, cfg.max_admin_connections),
-        cfg.max_connections_per_ip,
-        "max_connections",
-    ));
+    let public = Arc::new(
+        ConnLimiter::new(
+            public_connection_cap(cfg.max_connections, cfg.max_admin_connections),
+            cfg.max_connections_per_ip,
+            "max_connections",
+        )
+        .exempt(cfg.trusted_proxies.clone()),
+    );
     // the admin listener has its own cap, and the public cap leaves fds for it: a
     // flood on the public listeners never stops Mattermost's add_token
     let admin = Arc::new(ConnLimiter::new(
@@ -674,6 +677,9 @@ struct ConnLimiter {
     max_per_ip: usize,
     /// The `reason` label when `max_total` refuses.
     total_reason: &'static str,
+    /// Sources exempt from `max_per_ip` (reverse proxies: every client of theirs
+    /// arrives from their address).
+    exempt: Vec<crate::config::Cidr>,
     state: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
 }
 
@@ -683,8 +689,15 @@ impl ConnLimiter {
             max_total,
             max_per_ip,
             total_reason,
+            exempt: Vec::new(),
             state: Mutex::new((0, HashMap::new())),
         }
+    }
+
+    /// Exempts these sources from the per-address cap (never from `max_total`).
+    fn exempt(mut self, nets: Vec<crate::config::Cidr>) -> Self {
+        self.exempt = nets;
+        self
     }
 
     /// Counts one more connection from `ip`, or the reason label of the cap it hits.
@@ -694,7 +707,7 @@ impl ConnLimiter {
             return Err(self.total_reason);
         }
         let n = st.1.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= self.max_per_ip && !self.exempt.iter().any(|c| c.contains(ip)) {
             return Err("per_ip");
         }
         *n += 1;

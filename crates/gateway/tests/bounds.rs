@@ -638,7 +638,8 @@ async fn idle_websockets_and_trickling_bodies_are_reaped() {
 /// is a few hundred users: the default is 1000); another address is unaffected.
 #[tokio::test]
 async fn connections_per_source_address_are_capped() {
-    let gw = Bin::start(&["--max-connections-per-ip", "20"]);
+    // no trusted proxy: 127.0.0.1 is an ordinary client here
+    let gw = Bin::start(&["--max-connections-per-ip", "20", "--trusted-proxies", ""]);
     let mut held = Vec::new();
     for _ in 0..20 {
         held.push(tokio::net::TcpStream::connect(gw.ws).await.unwrap());
@@ -692,6 +693,68 @@ async fn connections_per_source_address_are_capped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = Client::connect(gw.ws, "janus-protocol").await;
+}
+
+/// Opens `n` TCP connections to `to` from source address `from`.
+async fn connect_from(from: &str, to: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        v.push(sock.connect(to).await.unwrap());
+    }
+    v
+}
+
+/// Issue 13: behind a reverse proxy every client arrives from the proxy's address, so
+/// the per-address cap used to cap the whole site. A trusted proxy (`trusted_proxies`)
+/// is exempt from it — a 127.0.0.1 proxy carries 3× the per-address cap — while an
+/// untrusted address is still refused and counted, and `max_connections` still holds
+/// for the proxy.
+#[tokio::test]
+async fn trusted_proxy_is_exempt_from_the_per_address_cap() {
+    let gw = Bin::start(&[
+        "--max-connections-per-ip",
+        "20",
+        "--max-connections",
+        "100",
+        "--trusted-proxies",
+        "127.0.0.1/32, ::1",
+    ]);
+    let open = "callrelay_gateway_tcp_connections{listener=\"websocket\"}";
+    let per_ip = "callrelay_gateway_connections_rejected_total{reason=\"per_ip\"}";
+    let proxy = connect_from("127.0.0.1", gw.ws, 60).await;
+    wait_metric(&gw, open, 60.0, Duration::from_secs(10)).await;
+    assert_eq!(gw.metric(per_ip).await, 0.0);
+    // every proxied connection is served: a WebSocket session on the 60th
+    let mut req = format!("ws://{}/", gw.ws).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse().unwrap());
+    let last = connect_from("127.0.0.1", gw.ws, 1).await.pop().unwrap();
+    let mut ws = tokio_tungstenite::client_async(req, last).await.unwrap().0;
+    let r = ws_req(&mut ws, json!({"janus": "create", "transaction": "c"})).await;
+    assert_eq!(r["janus"], "success");
+    // an untrusted address (127.0.0.2) still has the cap of 20
+    let client = connect_from("127.0.0.2", gw.ws, 20).await;
+    wait_metric(&gw, open, 81.0, Duration::from_secs(10)).await;
+    let mut extra = connect_from("127.0.0.2", gw.ws, 1).await.pop().unwrap();
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut b),
+    )
+    .await
+    .expect("21st connection from an untrusted address not closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert_eq!(gw.metric(per_ip).await, 1.0);
+    // the global cap still applies to the proxy
+    let more = connect_from("127.0.0.1", gw.ws, 30).await;
+    let max = "callrelay_gateway_connections_rejected_total{reason=\"max_connections\"}";
+    let rejected = wait_metric(&gw, max, 1.0, Duration::from_secs(10)).await;
+    assert!(rejected >= 1.0);
+    assert!(gw.metric(open).await <= 100.0);
+    assert_eq!(gw.metric(per_ip).await, 1.0);
+    drop((proxy, client, more));
 }
 
 /// Item 11: 1,100 idle connections at LimitNOFILE=1024 used to take every fd: then
