@@ -7,6 +7,7 @@
 #   nat-lab.sh reap      delete labs whose creator process (the number in ID) is gone
 #   nat-lab.sh masq ID NAT [FLAGS]   replace NAT's masquerade rule (FLAGS "" = port-
 #                        preserving, "fully-random" = symmetric)
+#   nat-lab.sh calls ID  add the "calls" namespace to lab ID (test/calls-plugin.test.js)
 #
 # ID is "<pid>x<random>" so names are unique per run and leftovers of a killed run can
 # be recognised (its pid is dead) and reaped. Namespaces (NAME = crl<ID>-…):
@@ -19,6 +20,11 @@
 #         port per destination, a symmetric NAT. wan 203.0.113.20, lan 192.168.20.1/24.
 #   a     caller A, 10.10.1.2/24, route to 203.0.113.0/24 via NAT A.
 #   b     caller B, 192.168.20.2/24, route to 203.0.113.0/24 via NAT B.
+#   calls (only after `calls ID`) a Mattermost Calls server on a private LAN of the
+#         turn-server's host: veth lancalls 10.20.0.1/24 in pub <-> eth0 10.20.0.2/24 here,
+#         route to 203.0.113.0/24 via 10.20.0.1. pub does not forward, so this namespace
+#         reaches only pub's own addresses (203.0.113.1): a browser behind a NAT and the
+#         Calls server can meet only through the turn-server's relay.
 #
 # Both NATs drop every unsolicited inbound packet (forward: only established/related from
 # wan; input: only established/related and lo). IPv6 is disabled everywhere. Callers and
@@ -26,13 +32,14 @@
 # its source (ENETUNREACH) instead of being sent. Deleting a namespace deletes its veths
 # and nftables rules, so `down` is just `ip netns del`.
 set -eu
-cmd=${1:?usage: nat-lab.sh up|down ID | reap | masq ID NAT [FLAGS]}
+cmd=${1:?usage: nat-lab.sh up|down ID | reap | masq ID NAT [FLAGS] | calls ID}
 
 # nssys NS KEY VALUE: a sysctl inside NS (/proc/sys/net shows the writer's namespace; no
 # dependency on procps' sysctl).
 nssys() { ip netns exec "$1" sh -c "echo $3 > /proc/sys/$2"; }
 
-names() { for n in pub nata natb a b; do echo "crl$1-$n"; done; }
+# names ID [LIST]: the namespaces of lab ID (LIST default: all, for down/reap).
+names() { for n in ${2:-pub nata natb a b calls}; do echo "crl$1-$n"; done; }
 
 down() {
   for ns in $(names "$1"); do
@@ -58,15 +65,31 @@ masq)
     ip netns exec "$ns" nft -f -
   exit 0
   ;;
+calls)
+  case ${2:?ID} in *[!0-9a-fx]*) echo "bad ID $2" >&2; exit 2 ;; esac
+  p=crl$2
+  ns=$p-calls
+  ip netns add "$ns"
+  nssys "$ns" net/ipv6/conf/all/disable_ipv6 1
+  nssys "$ns" net/ipv6/conf/default/disable_ipv6 1
+  ip -n "$ns" link set lo up
+  ip -n "$p-pub" link add lancalls type veth peer name eth0 netns "$ns"
+  ip -n "$p-pub" addr add 10.20.0.1/24 dev lancalls
+  ip -n "$p-pub" link set lancalls up
+  ip -n "$ns" addr add 10.20.0.2/24 dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route add 203.0.113.0/24 via 10.20.0.1
+  exit 0
+  ;;
 up) ;;
-*) echo "usage: nat-lab.sh up|down ID | reap | masq ID NAT [FLAGS]" >&2; exit 2 ;;
+*) echo "usage: nat-lab.sh up|down ID | reap | masq ID NAT [FLAGS] | calls ID" >&2; exit 2 ;;
 esac
 
 id=${2:?ID}
 case $id in *[!0-9a-fx]*) echo "bad ID $id" >&2; exit 2 ;; esac
 p=crl$id
 trap 'down "$id"' EXIT
-for ns in $(names "$id"); do
+for ns in $(names "$id" "pub nata natb a b"); do
   ip netns add "$ns"
   nssys "$ns" net/ipv6/conf/all/disable_ipv6 1
   nssys "$ns" net/ipv6/conf/default/disable_ipv6 1

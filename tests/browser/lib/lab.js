@@ -12,7 +12,7 @@ const { withTimeout } = require('./util');
 const LAB_SH = path.join(__dirname, '..', 'lab', 'nat-lab.sh');
 
 /** The lab's fixed addresses (see lab/nat-lab.sh). */
-const ADDR = { pub: '203.0.113.1', nata: '203.0.113.10', natb: '203.0.113.20', a: '10.10.1.2', b: '192.168.20.2' };
+const ADDR = { pub: '203.0.113.1', nata: '203.0.113.10', natb: '203.0.113.20', a: '10.10.1.2', b: '192.168.20.2', pubLan: '10.20.0.1', calls: '10.20.0.2' };
 
 const labs = new Set();
 process.on('exit', () => {
@@ -51,6 +51,15 @@ function createLab() {
     /** Replaces NAT `nat`'s masquerade flags ('' port-preserving, 'fully-random'). */
     setMasquerade(nat, flags) {
       execFileSync(LAB_SH, ['masq', id, nat, flags], { stdio: ['ignore', 'pipe', 'pipe'] });
+    },
+    /**
+     * Adds the `calls` namespace (a Calls server at ADDR.calls on a private LAN of pub,
+     * lab/nat-lab.sh `calls`); sets ns.calls.
+     */
+    addCallsServer() {
+      execFileSync(LAB_SH, ['calls', id], { stdio: ['ignore', 'pipe', 'pipe'] });
+      ns.calls = `crl${id}-calls`;
+      return ns.calls;
     },
     /** Namespaces of this lab that still exist (for the clean-up assertion). */
     remaining() {

@@ -82,4 +82,27 @@ function mintTurnCredentials(turnUsername, sharedKey, now = new Date()) {
   return { username, password, expiry };
 }
 
-module.exports = { newId, newGatewayToken, adminPost, mintTurnCredentials };
+/**
+ * The ICE servers the Mattermost Calls plugin hands a client (docs/mattermost-calls.md
+ * §3), rebuilt here independently of callrelay's Rust code: `configJson` is the plugin's
+ * "ICE Servers Configurations" setting (a JSON array of {urls, username?, credential?},
+ * stored as a string). An entry whose every URL starts with `turn:`/`turns:` and that has
+ * neither username nor credential gets username = "<unix now + expirationMinutes*60>:
+ * <mmUsername>" and credential = base64(HMAC-SHA1(key = staticAuthSecret, username));
+ * every other entry is passed on unchanged.
+ */
+function callsPluginIceServers(configJson, { staticAuthSecret, expirationMinutes = 1440, mmUsername, nowMs = Date.now() }) {
+  const entries = JSON.parse(configJson);
+  if (!Array.isArray(entries)) throw new Error('ICE Servers Configurations must be a JSON array');
+  const expiry = Math.floor(nowMs / 1000) + expirationMinutes * 60;
+  return entries.map((e) => {
+    const urls = [].concat(e.urls);
+    const turnOnly = urls.length > 0 && urls.every((u) => u.startsWith('turn:') || u.startsWith('turns:'));
+    if (!turnOnly || e.username || e.credential) return { ...e, urls };
+    const username = `${expiry}:${mmUsername}`;
+    const credential = crypto.createHmac('sha1', Buffer.from(staticAuthSecret, 'utf8')).update(username).digest('base64');
+    return { urls, username, credential };
+  });
+}
+
+module.exports = { newId, newGatewayToken, adminPost, mintTurnCredentials, callsPluginIceServers };
