@@ -8,7 +8,8 @@ use crate::sdp::{self, Candidate};
 use crate::store::{TokenFile, TokenStore, UserRegistry};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
@@ -197,6 +198,19 @@ impl Handle {
     }
 }
 
+/// What a deadline in the timer heap is for. Entries are checked when they fall due
+/// and skipped when stale (the session or handle is gone or its deadline moved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Session idle timeout (re-armed at `last_activity + session_timeout` when the
+    /// session was active since the entry was pushed).
+    Session(u64),
+    /// Reclaim deadline of a session whose WebSocket closed.
+    Orphan(u64),
+    /// Candidate deadline of a handle's held SDP.
+    Pending(u64),
+}
+
 /// Parsed addressing of a request.
 struct Req<'a> {
     root: &'a Map<String, Value>,
@@ -234,6 +248,12 @@ pub struct Core {
     outbox: Vec<Output>,
     metrics: Metrics,
     next_token_sweep: Option<Instant>,
+    /// Deadlines, earliest first: the cost of the timers is proportional to what falls
+    /// due, not to the number of sessions and handles.
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// A deadline earlier than every other was armed since the last
+    /// [`Core::take_timer_moved`]: the shell's timer must wake sooner.
+    timer_moved: bool,
     tokens_dirty: bool,
     /// Live sessions per creating token and per owning WebSocket (for the caps; entries
     /// at 0 are removed).
@@ -372,6 +392,8 @@ impl Core {
             outbox: Vec::new(),
             metrics,
             next_token_sweep: None,
+            timers: BinaryHeap::new(),
+            timer_moved: false,
             per_token: HashMap::new(),
             per_conn: HashMap::new(),
             test_tokens: HashMap::new(),
@@ -474,6 +496,20 @@ impl Core {
             }
             None => false,
         }
+    }
+
+    /// Arms a deadline.
+    fn arm(&mut self, at: Instant, timer: Timer) {
+        if self.poll_timeout().is_none_or(|t| at < t) {
+            self.timer_moved = true;
+        }
+        self.timers.push(Reverse((at, timer)));
+    }
+
+    /// True (once) when a deadline earlier than the previous [`Core::poll_timeout`] was
+    /// armed by a request: the shell re-reads `poll_timeout` then.
+    pub fn take_timer_moved(&mut self) -> bool {
+        std::mem::take(&mut self.timer_moved)
     }
 
     fn new_id(&mut self) -> u64 {
@@ -832,6 +868,9 @@ impl Core {
                     },
                 );
                 self.count_session(source, token.as_deref(), true);
+                if !self.cfg.session_timeout.is_zero() {
+                    self.arm(now + self.cfg.session_timeout, Timer::Session(id));
+                }
                 json!({"janus": "success", "transaction": req.tx, "data": {"id": id}})
             }
             v => self.err(
@@ -1095,7 +1134,9 @@ impl Core {
             if self.cfg.reclaim_timeout.is_zero() {
                 self.destroy_session(now, sid, "disconnect");
             } else if let Some(s) = self.sessions.get_mut(&sid) {
-                s.orphaned_until = Some(now + self.cfg.reclaim_timeout);
+                let until = now + self.cfg.reclaim_timeout;
+                s.orphaned_until = Some(until);
+                self.arm(until, Timer::Orphan(sid));
             }
         }
     }
@@ -1127,64 +1168,63 @@ impl Core {
         Ok(())
     }
 
-    /// The earliest instant at which [`Core::handle_timeout`] has work to do.
+    /// The earliest instant at which [`Core::handle_timeout`] has work to do. O(1).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t: Option<Instant> = self.next_token_sweep;
-        let mut take = |x: Instant| {
-            t = Some(t.map_or(x, |y| y.min(x)));
-        };
-        if !self.cfg.session_timeout.is_zero() {
-            for s in self.sessions.values() {
-                take(s.last_activity + self.cfg.session_timeout);
-            }
+        let top = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (top, self.next_token_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        for s in self.sessions.values() {
-            if let Some(o) = s.orphaned_until {
-                take(o);
-            }
-        }
-        for h in self.handles.values() {
-            if let Some(p) = &h.pending {
-                take(p.deadline);
-            }
-        }
-        t
     }
 
     /// Runs everything that is due at `now`: candidate deadlines, session timeouts,
-    /// reclaim timeouts, token expiry.
+    /// reclaim timeouts, token expiry. Costs O(log n) per deadline that falls due (plus
+    /// the stale entries it skips), nothing per idle session or handle.
     pub fn handle_timeout(&mut self, now: Instant, unix: u64) {
-        let due: Vec<u64> = self
-            .handles
-            .iter()
-            .filter(|(_, h)| h.pending.as_ref().is_some_and(|p| p.deadline <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for hid in due {
-            self.flush_pending(now, hid);
-        }
-        if !self.cfg.session_timeout.is_zero() {
-            let expired: Vec<(u64, Source)> = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| {
-                    now.saturating_duration_since(s.last_activity) >= self.cfg.session_timeout
-                })
-                .map(|(id, s)| (*id, s.owner))
-                .collect();
-            for (sid, _) in expired {
-                self.emit(sid, json!({"janus": "timeout", "session_id": sid}));
-                self.destroy_session(now, sid, "timeout");
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
             }
-        }
-        let orphans: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.orphaned_until.is_some_and(|o| o <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for sid in orphans {
-            self.destroy_session(now, sid, "disconnect");
+            self.timers.pop();
+            match timer {
+                Timer::Pending(hid) => {
+                    let due = self
+                        .handles
+                        .get(&hid)
+                        .and_then(|h| h.pending.as_ref())
+                        .is_some_and(|p| p.deadline <= now);
+                    if due {
+                        self.flush_pending(now, hid);
+                    }
+                }
+                Timer::Session(sid) => {
+                    let timeout = self.cfg.session_timeout;
+                    let Some(s) = self.sessions.get(&sid) else {
+                        continue;
+                    };
+                    if timeout.is_zero() {
+                        continue;
+                    }
+                    let deadline = s.last_activity + timeout;
+                    if deadline <= now {
+                        self.emit(sid, json!({"janus": "timeout", "session_id": sid}));
+                        self.destroy_session(now, sid, "timeout");
+                    } else {
+                        // active since: one entry per session, re-armed lazily
+                        self.timers.push(Reverse((deadline, Timer::Session(sid))));
+                    }
+                }
+                Timer::Orphan(sid) => {
+                    let due = self
+                        .sessions
+                        .get(&sid)
+                        .and_then(|s| s.orphaned_until)
+                        .is_some_and(|o| o <= now);
+                    if due {
+                        self.destroy_session(now, sid, "disconnect");
+                    }
+                }
+            }
         }
         self.test_tokens.retain(|_, e| *e > unix);
         if !self.cfg.token_max_idle.is_zero() {
@@ -1535,6 +1575,8 @@ impl Core {
         });
         if immediate {
             self.flush_pending(now, hid);
+        } else {
+            self.arm(now + wait, Timer::Pending(hid));
         }
     }
 
@@ -2089,6 +2131,28 @@ mod tests {
     }
 
     #[test]
+    fn timers_hold_one_entry_per_session_and_skip_idle_ones() {
+        let t0 = Instant::now();
+        let mut c = core(CoreConfig {
+            session_timeout: Duration::from_secs(600),
+            ..CoreConfig::default()
+        });
+        for i in 0..1000 {
+            party(&mut c, t0, i, &format!("u{i}"));
+        }
+        assert_eq!(c.timers.len(), 1000);
+        // a wake before any deadline pops nothing
+        c.handle_timeout(t0 + Duration::from_secs(1), 0);
+        assert_eq!(c.timers.len(), 1000);
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+        // held SDPs arm their own deadline, earlier than the sessions': the shell is told
+        let _ = c.take_timer_moved();
+        let (mut c, _, _, _, _) = trickle_offer(t0, Duration::from_millis(500));
+        assert!(c.take_timer_moved());
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
     fn session_timeout_is_driven_by_poll_timeout() {
         let t0 = Instant::now();
         let mut c = core(CoreConfig::default());
@@ -2103,7 +2167,14 @@ mod tests {
             json!({"janus": "keepalive", "transaction": "k", "session_id": s}),
         );
         assert_eq!(r["janus"], "ack");
+        // the heap re-arms lazily: the old deadline wakes the timer once, finds the
+        // session active, and moves it to last_activity + 60 s
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        c.handle_timeout(t0 + Duration::from_secs(60), 0);
+        assert!(events(&mut c).is_empty());
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(119)));
+        c.handle_timeout(t0 + Duration::from_secs(118), 0);
+        assert!(events(&mut c).is_empty());
         c.handle_timeout(t0 + Duration::from_secs(119), 0);
         let ev = events(&mut c);
         assert_eq!(

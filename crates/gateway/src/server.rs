@@ -118,6 +118,10 @@ struct Inner {
     /// While a WebSocket connection's request is handled: that connection and the
     /// messages for it, written by its own task instead of going through its queue.
     local: Option<(ConnId, Vec<Value>)>,
+    /// Ended HTTP sessions whose last events wait for a poll, oldest first.
+    closed_http: VecDeque<(Instant, u64)>,
+    /// Wakes the timer task when a request armed an earlier deadline.
+    timer_wake: Arc<Notify>,
     /// `ws_queue_bytes` and `http_queue_bytes`.
     ws_queue_bytes: usize,
     http_queue_bytes: usize,
@@ -132,6 +136,8 @@ struct Shared {
     tokens_path: PathBuf,
     /// The last tokens.json write failed (the timer task retries).
     tokens_unsaved: std::sync::atomic::AtomicBool,
+    /// See [`Inner::timer_wake`].
+    timer_wake: Arc<Notify>,
     /// Port of the WebSocket listener (for the test page's default WebSocket URL).
     ws_port: u16,
 }
@@ -210,8 +216,10 @@ impl Inner {
                             .is_some_and(|q| !q.events.is_empty());
                         if keep {
                             if let Some(q) = self.http.get_mut(&session_id) {
-                                q.closed_at = Some(Instant::now());
+                                let now = Instant::now();
+                                q.closed_at = Some(now);
                                 q.notify.notify_waiters();
+                                self.closed_http.push_back((now, session_id));
                             }
                         } else if let Some(q) = self.http.remove(&session_id) {
                             q.notify.notify_waiters();
@@ -220,6 +228,9 @@ impl Inner {
                 }
             }
             if unread.is_empty() {
+                if self.core.take_timer_moved() {
+                    self.timer_wake.notify_one();
+                }
                 return;
             }
             // Sessions whose client stopped polling: end them (as a closed WebSocket
@@ -460,6 +471,7 @@ pub async fn serve_with_reload(
     if cfg.admin_secret.is_none() {
         tracing::warn!("no admin_secret configured: every Admin API request will be refused (403)");
     }
+    let timer_wake = Arc::new(Notify::new());
     let app: App = Arc::new(Shared {
         inner: Mutex::new(Inner {
             core,
@@ -470,12 +482,15 @@ pub async fn serve_with_reload(
             ws_queue_bytes: cfg.ws_queue_bytes,
             http_queue_bytes: cfg.http_queue_bytes,
             metrics: metrics.clone(),
+            closed_http: VecDeque::new(),
+            timer_wake: timer_wake.clone(),
         }),
         metrics,
         cfg: cfg.clone(),
         persist_lock: tokio::sync::Mutex::new(()),
         tokens_path,
         tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
+        timer_wake,
         ws_port: listeners.ws.local_addr()?.port(),
     });
     if expired > 0 {
@@ -603,36 +618,58 @@ pub async fn serve_with_reload(
     Ok(())
 }
 
-/// Longest sleep of the timer task (granularity of new deadlines).
-const TIMER_TICK: Duration = Duration::from_millis(50);
+/// How long the last events of an ended HTTP session wait for a long poll.
+const HTTP_LEFTOVER: Duration = Duration::from_secs(60);
 
+/// Sleeps until the core's next deadline (O(1) to ask), or until a request armed an
+/// earlier one (`timer_wake`), then runs what is due: no periodic tick, so idle
+/// sessions and handles cost nothing.
 async fn timer_loop(app: App, shutdown: CancellationToken) {
     let mut next_retry = Instant::now();
     loop {
-        // Wake at the core's next deadline, and at least every TIMER_TICK so that
-        // deadlines created by requests in between are met within one tick. Requests
-        // never wake the timer: that would cost an O(sessions) scan per request.
-        let next = app.lock().core.poll_timeout();
-        let cap = Instant::now() + TIMER_TICK;
-        let at = next.map_or(cap, |t| t.min(cap));
-        tokio::select! {
-            () = tokio::time::sleep_until(at.into()) => {}
-            () = shutdown.cancelled() => return,
-        }
-        let dirty = {
+        let (dirty, next) = {
             let mut inner = app.lock();
-            inner.core.handle_timeout(Instant::now(), unix_now());
+            let now = Instant::now();
+            inner.core.handle_timeout(now, unix_now());
             inner.deliver();
-            // last events of ended HTTP sessions that nobody fetched
-            inner.http.retain(|_, q| {
-                q.closed_at
-                    .is_none_or(|t| t.elapsed() < Duration::from_secs(60))
-            });
-            inner.core.take_token_snapshot().is_some()
+            // last events of ended HTTP sessions that nobody fetched (oldest first)
+            while let Some(&(t, sid)) = inner.closed_http.front() {
+                if now.saturating_duration_since(t) < HTTP_LEFTOVER {
+                    break;
+                }
+                inner.closed_http.pop_front();
+                if inner.http.get(&sid).is_some_and(|q| q.closed_at == Some(t)) {
+                    inner.http.remove(&sid);
+                }
+            }
+            let leftover = inner.closed_http.front().map(|&(t, _)| t + HTTP_LEFTOVER);
+            // taken under the lock: a request arming an earlier deadline after this
+            // point notifies `timer_wake`, whose permit the select below sees
+            let _ = inner.core.take_timer_moved();
+            let next = [inner.core.poll_timeout(), leftover]
+                .into_iter()
+                .flatten()
+                .min();
+            (inner.core.take_token_snapshot().is_some(), next)
         };
         let retry = app.tokens_unsaved.load(Ordering::Relaxed) && Instant::now() >= next_retry;
         if (dirty || retry) && persist_tokens(&app).await.is_err() {
             next_retry = Instant::now() + TOKEN_RETRY;
+        }
+        let mut next = next;
+        if app.tokens_unsaved.load(Ordering::Relaxed) {
+            next = Some(next.map_or(next_retry, |t| t.min(next_retry)));
+        }
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = app.timer_wake.notified() => {}
+            () = shutdown.cancelled() => return,
         }
     }
 }

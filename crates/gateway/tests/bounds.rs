@@ -133,6 +133,15 @@ impl Bin {
         self.log.lock().unwrap().iter().any(|l| l.contains(s))
     }
 
+    /// Waits (bounded) for a log line containing `s` (the reader thread lags a little).
+    async fn wait_log(&self, s: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log_contains(s) {
+            assert!(Instant::now() < deadline, "no log line with {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM and wait (bounded) for the exit status.
     async fn terminate(&mut self) -> std::process::ExitStatus {
         let st = Command::new("kill")
@@ -388,7 +397,7 @@ async fn http_session_that_is_not_polled_is_ended_at_the_byte_bound() {
     );
     let (st, _, _) = http_get(h, &format!("/janus/{s}")).await;
     assert_eq!(st, 404);
-    assert!(gw.log_contains("event queue full"));
+    gw.wait_log("event queue full").await;
 }
 
 /// Item 10: one token used to take every session slot (100,000 in 4.6 s, then everyone
@@ -858,10 +867,5 @@ async fn unwritable_token_store_is_reported_not_hidden() {
     assert_eq!(v["error"]["code"], 490, "{v}");
     let status = gw.terminate().await;
     assert!(!status.success(), "exit status {status:?}");
-    // the log reader thread sees the last lines shortly after the exit
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gw.log_contains("NOT saved") {
-        assert!(Instant::now() < deadline, "the log does not say so");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_log("NOT saved").await;
 }
