@@ -406,6 +406,13 @@ impl Core {
         &self.cfg
     }
 
+    /// Replaces the settings (configuration reload). Each is read where it is used, so
+    /// the new values apply from the next request or deadline; existing sessions,
+    /// handles and buffered candidates stay (a lowered cap refuses new ones only).
+    pub fn set_config(&mut self, cfg: CoreConfig) {
+        self.cfg = cfg;
+    }
+
     /// Takes the queued outputs (events and closed sessions), in order.
     pub fn drain(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.outbox)

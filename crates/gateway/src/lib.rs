@@ -19,4 +19,6 @@ pub mod testpage;
 pub mod turn;
 
 pub use config::{CliConfig, Config, ConfigError, FileConfig};
-pub use server::{Listeners, ServeError, check_tls, serve, serve_with_reload};
+pub use server::{
+    Listeners, Reloader, ServeError, check_tls, serve, serve_with_reload, serve_with_reloader,
+};

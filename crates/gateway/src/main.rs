@@ -256,7 +256,8 @@ fn main() -> std::process::ExitCode {
         .config
         .as_ref()
         .map_or_else(|| "flags".to_string(), |p| p.display().to_string());
-    let cfg = match Config::load(cli.run.into_config()) {
+    let cli_config = cli.run.into_config();
+    let cfg = match Config::load(cli_config.clone()) {
         Ok(c) => c,
         Err(e @ gateway::ConfigError::Read { .. }) => {
             eprintln!("gateway: configuration error: {e}");
@@ -281,7 +282,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    // SIGHUP reads the same file and flags again
+    let reloader: gateway::Reloader = Box::new(move || {
+        Config::load(cli_config.clone()).map_err(|e| match e {
+            e @ gateway::ConfigError::Read { .. } => e.to_string(),
+            e => format!("{source}: {e}"),
+        })
+    });
+    match rt.block_on(run(cfg, reloader)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e:#}");
@@ -367,7 +375,7 @@ fn run_doctor(args: &doctor::DoctorArgs) -> std::process::ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, reloader: gateway::Reloader) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&cfg).await.context("binding listeners")?;
     let shutdown = CancellationToken::new();
     let reload = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -378,7 +386,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the TLS certificate");
+                tracing::info!("SIGHUP: reloading the configuration and the TLS certificate");
                 reload.notify_one();
             }
         });
@@ -395,7 +403,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         r.notified().await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     });
-    gateway::serve_with_reload(cfg, listeners, shutdown, reload, ready).await?;
+    gateway::serve_with_reloader(cfg, listeners, shutdown, reload, reloader, ready).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
 }

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub token_store_unsaved: IntGauge,
     /// `callrelay_gateway_token_store_write_failures_total`
     pub token_store_write_failures: IntCounter,
+    /// `callrelay_gateway_config_reloads_total{result}` — SIGHUP reloads of the
+    /// configuration that were applied (`ok`) or refused, keeping the running settings
+    /// (`error`).
+    pub config_reloads: IntCounterVec,
     /// `callrelay_gateway_tls_cert_not_after_seconds`: registered on the first
     /// [`Metrics::set_tls_cert_not_after`], so a gateway without TLS has none.
     tls_not_after: IntGauge,
@@ -232,6 +236,14 @@ impl Metrics {
             "callrelay_gateway_token_store_write_failures_total",
             "Failed writes of tokens.json",
         );
+        let config_reloads = cv(
+            "callrelay_gateway_config_reloads_total",
+            "Configuration reloads on SIGHUP: applied (ok) or refused because the file is invalid, keeping the running settings (error)",
+            "result",
+        );
+        for r in ["ok", "error"] {
+            config_reloads.with_label_values(&[r]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("callrelay_gateway_build_info", "Build information"),
             &["version"],
@@ -279,6 +291,7 @@ impl Metrics {
             tcp_connections,
             token_store_unsaved,
             token_store_write_failures,
+            config_reloads,
             tls_not_after: IntGauge::new(
                 "callrelay_gateway_tls_cert_not_after_seconds",
                 "Expiry (notAfter, Unix seconds) of the TLS certificate in use",

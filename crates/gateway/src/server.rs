@@ -131,7 +131,8 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     metrics: Metrics,
-    cfg: Config,
+    /// The running configuration; a SIGHUP reload swaps it (see [`apply_reload`]).
+    cfg: std::sync::RwLock<Arc<Config>>,
     persist_lock: tokio::sync::Mutex<()>,
     tokens_path: PathBuf,
     /// The last tokens.json write failed (the timer task retries).
@@ -154,6 +155,11 @@ fn unix_now() -> u64 {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The running configuration (a snapshot: a reload does not change it under you).
+    fn cfg(&self) -> Arc<Config> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -392,6 +398,81 @@ fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
     Ok(TlsAcceptor::from(Arc::new(sc)))
 }
 
+/// The core's settings from the configuration.
+fn core_config(cfg: &Config) -> CoreConfig {
+    CoreConfig {
+        session_timeout: cfg.session_timeout,
+        reclaim_timeout: cfg.reclaim_timeout,
+        candidate_wait: cfg.candidate_wait,
+        token_auth: cfg.token_auth,
+        api_secret: cfg.api_secret.clone(),
+        admin_secret: cfg.admin_secret.clone(),
+        token_max_idle: cfg.token_max_idle,
+        max_sessions: cfg.max_sessions,
+        max_sessions_per_token: cfg.max_sessions_per_token,
+        max_sessions_per_connection: cfg.max_sessions_per_connection,
+        max_username_bytes: cfg.max_username_bytes,
+        max_candidate_bytes: cfg.max_candidate_bytes,
+        max_candidate_bytes_per_handle: cfg.max_candidate_bytes_per_handle,
+        ..CoreConfig::default()
+    }
+}
+
+/// Reads the configuration again (the binary's file + flags) for a SIGHUP reload.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// The keys a reload cannot change (sockets bound, caps and TLS set up at start): the
+/// names of those that differ between `old` and `new`, and `new` with them reset to
+/// `old`'s values.
+fn restart_only(old: &Config, mut new: Config) -> (Vec<&'static str>, Config) {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($field:ident => $key:literal),* $(,)?) => {$(
+            if new.$field != old.$field {
+                changed.push($key);
+                new.$field = old.$field.clone();
+            }
+        )*};
+    }
+    keep!(
+        listen => "listen",
+        http_listen => "http_listen",
+        admin_listen => "admin_listen",
+        tls => "cert/key",
+        tls_on => "ws_tls/http_tls/admin_tls",
+        state_dir => "state_dir",
+        max_connections => "max_connections",
+        max_connections_per_ip => "max_connections_per_ip",
+        trusted_proxies => "trusted_proxies",
+        max_admin_connections => "max_admin_connections",
+    );
+    (changed, new)
+}
+
+/// Applies a reloaded configuration: everything but the restart-only keys (logged).
+fn apply_reload(app: &Shared, new: Config) {
+    let old = app.cfg();
+    let (needs_restart, new) = restart_only(&old, new);
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            keys = %needs_restart.join(", "),
+            "configuration reload: these keys change only on a restart; keeping their running values"
+        );
+    }
+    {
+        let mut inner = app.lock();
+        inner.core.set_config(core_config(&new));
+        inner.ws_queue_bytes = new.ws_queue_bytes;
+        inner.http_queue_bytes = new.http_queue_bytes;
+    }
+    if new.admin_secret.is_none() {
+        tracing::warn!("no admin_secret configured: every Admin API request will be refused (403)");
+    }
+    *app.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+    app.metrics.config_reloads.with_label_values(&["ok"]).inc();
+    tracing::info!("configuration reloaded");
+}
+
 /// Runs the gateway on already-bound listeners until `shutdown` is cancelled; then
 /// closes the WebSockets, persists the tokens and returns.
 pub async fn serve(
@@ -409,6 +490,21 @@ pub async fn serve(
     .await
 }
 
+/// Like [`serve_with_reload`]; each notification on `reload` also reads the
+/// configuration again with `reloader` and applies it (see docs/gateway.md "Reload"):
+/// an invalid one keeps the running settings, logged and counted in
+/// `callrelay_gateway_config_reloads_total{result="error"}`.
+pub async fn serve_with_reloader(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+    reloader: Reloader,
+    ready: Arc<Notify>,
+) -> Result<(), ServeError> {
+    serve_inner(cfg, listeners, shutdown, reload, Some(reloader), ready).await
+}
+
 /// Like [`serve`]; each notification on `reload` re-reads the TLS certificate and key
 /// (new connections use them; a bad file keeps the old ones and logs an error).
 /// `ready` is notified once the tokens are loaded and every listener is being served
@@ -418,6 +514,17 @@ pub async fn serve_with_reload(
     listeners: Listeners,
     shutdown: CancellationToken,
     reload: Arc<Notify>,
+    ready: Arc<Notify>,
+) -> Result<(), ServeError> {
+    serve_inner(cfg, listeners, shutdown, reload, None, ready).await
+}
+
+async fn serve_inner(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+    reloader: Option<Reloader>,
     ready: Arc<Notify>,
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
@@ -443,22 +550,7 @@ pub async fn serve_with_reload(
     if let Some((c, _)) = &cfg.tls {
         record_cert_expiry(&metrics, c);
     }
-    let core_cfg = CoreConfig {
-        session_timeout: cfg.session_timeout,
-        reclaim_timeout: cfg.reclaim_timeout,
-        candidate_wait: cfg.candidate_wait,
-        token_auth: cfg.token_auth,
-        api_secret: cfg.api_secret.clone(),
-        admin_secret: cfg.admin_secret.clone(),
-        token_max_idle: cfg.token_max_idle,
-        max_sessions: cfg.max_sessions,
-        max_sessions_per_token: cfg.max_sessions_per_token,
-        max_sessions_per_connection: cfg.max_sessions_per_connection,
-        max_username_bytes: cfg.max_username_bytes,
-        max_candidate_bytes: cfg.max_candidate_bytes,
-        max_candidate_bytes_per_handle: cfg.max_candidate_bytes_per_handle,
-        ..CoreConfig::default()
-    };
+    let core_cfg = core_config(&cfg);
     let loaded = file.tokens.len();
     let mut core = Core::new(
         core_cfg,
@@ -486,7 +578,7 @@ pub async fn serve_with_reload(
             timer_wake: timer_wake.clone(),
         }),
         metrics,
-        cfg: cfg.clone(),
+        cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
         persist_lock: tokio::sync::Mutex::new(()),
         tokens_path,
         tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
@@ -565,23 +657,36 @@ pub async fn serve_with_reload(
         Accounting::new(admin, "admin", &app.metrics),
     ));
     tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
-    if let Some((cert, key)) = cfg.tls.clone() {
+    {
         let tls = tls.clone();
         let shutdown = shutdown.clone();
-        let metrics = app.metrics.clone();
+        let app = app.clone();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = reload.notified() => {}
                     () = shutdown.cancelled() => return,
                 }
-                match load_tls(&cert, &key) {
-                    Ok(a) => {
-                        *tls.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
-                        record_cert_expiry(&metrics, &cert);
-                        tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                if let Some(reloader) = &reloader {
+                    match reloader() {
+                        Ok(new) => apply_reload(&app, new),
+                        Err(e) => {
+                            app.metrics.config_reloads.with_label_values(&["error"]).inc();
+                            tracing::error!(error = %e, "configuration reload failed; keeping the running settings");
+                        }
                     }
-                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+                }
+                // the certificate files are re-read even when the config is unchanged or
+                // invalid: a renewed certificate does not wait for a config fix
+                if let Some((cert, key)) = &cfg.tls {
+                    match load_tls(cert, key) {
+                        Ok(a) => {
+                            *tls.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
+                            record_cert_expiry(&app.metrics, cert);
+                            tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                        }
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+                    }
                 }
             }
         });
@@ -962,7 +1067,7 @@ fn json_text(status: StatusCode, body: String) -> Response {
 
 fn cors(app: &Shared, mut resp: Response, req_headers: &HeaderMap) -> Response {
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&app.cfg.cors_allow_origin) {
+    if let Ok(v) = HeaderValue::from_str(&app.cfg().cors_allow_origin) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     h.insert(
@@ -1067,8 +1172,9 @@ fn json_object(body: &[u8]) -> Result<Map<String, Value>, (u16, String)> {
 /// otherwise the response to send (a body that trickles in gets 408 and the
 /// connection is closed).
 async fn read_body(app: &App, body: Body) -> Result<Vec<u8>, Box<Response>> {
-    let read = axum::body::to_bytes(body, app.cfg.max_message_bytes);
-    match tokio::time::timeout(app.cfg.http_body_timeout, read).await {
+    let cfg = app.cfg();
+    let read = axum::body::to_bytes(body, cfg.max_message_bytes);
+    match tokio::time::timeout(cfg.http_body_timeout, read).await {
         Ok(Ok(b)) => Ok(b.to_vec()),
         Ok(Err(_)) => Err(Box::new(counted_error(
             app,
@@ -1123,7 +1229,8 @@ async fn turn_credentials(State(app): State<App>, req: Request) -> Response {
             &headers,
         );
     }
-    let Some(secret) = app.cfg.turn_secret.as_deref() else {
+    let cfg = app.cfg();
+    let Some(secret) = cfg.turn_secret.as_deref() else {
         return cors(
             &app,
             json_response(
@@ -1143,10 +1250,10 @@ async fn turn_credentials(State(app): State<App>, req: Request) -> Response {
     let body = turn::credentials_json(
         secret,
         &user,
-        app.cfg.turn_ttl.as_secs(),
+        cfg.turn_ttl.as_secs(),
         unix_now(),
-        app.cfg.stun_uri.as_deref(),
-        &app.cfg.turn_uris,
+        cfg.stun_uri.as_deref(),
+        &cfg.turn_uris,
     );
     app.metrics.turn_credentials_issued.inc();
     let mut resp = json_response(StatusCode::OK, &body);
@@ -1179,7 +1286,7 @@ async fn ws_entry(State(app): State<App>, req: Request) -> Response {
             &json!({"error": "this port speaks WebSocket (subprotocol janus-protocol); /turn-credentials is also served here"}),
         );
     };
-    let max = app.cfg.max_message_bytes;
+    let max = app.cfg().max_message_bytes;
     let mut upgrade = upgrade
         .max_message_size(max)
         .max_frame_size(max)
@@ -1224,7 +1331,7 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
     // Idle timeout: a Janus WebSocket that owns no session, or an Admin API WebSocket
     // that sent no request, for ws_idle_timeout is closed (checked at most twice per
     // period, so it closes within 1–2 periods).
-    let idle = app.cfg.ws_idle_timeout;
+    let idle = app.cfg().ws_idle_timeout;
     let mut idle_since = Instant::now();
     let mut idle_known = true;
     let mut last_request = Instant::now();
@@ -1334,7 +1441,8 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
             out.push_back(text);
         }
         let bytes = queued.load(Ordering::Relaxed);
-        if out.len() > app.cfg.ws_queue || bytes > app.cfg.ws_queue_bytes {
+        let cfg = app.cfg();
+        if out.len() > cfg.ws_queue || bytes > cfg.ws_queue_bytes {
             tracing::warn!(
                 conn,
                 messages = out.len(),
@@ -1517,7 +1625,7 @@ async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
         .and_then(|m| m.parse::<usize>().ok())
         .unwrap_or(1)
         .clamp(1, 1000);
-    let deadline = tokio::time::Instant::now() + app.cfg.longpoll_timeout;
+    let deadline = tokio::time::Instant::now() + app.cfg().longpoll_timeout;
     {
         let mut inner = app.lock();
         if let Err(e) = inner.core.longpoll(
@@ -1624,9 +1732,13 @@ async fn test_session(State(app): State<App>, req: Request) -> Response {
     let proxied = crate::testpage::PROXY_HEADERS
         .iter()
         .any(|name| h.contains_key(*name));
-    if let Err(why) =
-        crate::testpage::authorize(peer, host, proxied, given, app.cfg.admin_secret.as_deref())
-    {
+    if let Err(why) = crate::testpage::authorize(
+        peer,
+        host,
+        proxied,
+        given,
+        app.cfg().admin_secret.as_deref(),
+    ) {
         app.metrics.error(403);
         return nostore(json_response(
             StatusCode::FORBIDDEN,
@@ -1646,23 +1758,24 @@ async fn test_session(State(app): State<App>, req: Request) -> Response {
         .core
         .add_test_token(&token, now + TEST_TOKEN_TTL, now);
     app.metrics.test_tokens_issued.inc();
-    let ws_url = app.cfg.test_page_ws_url.clone().unwrap_or_else(|| {
-        crate::testpage::default_ws_url(host, app.cfg.tls_on.ws, app.ws_port, app.cfg.admin_listen)
+    let cfg = app.cfg();
+    let ws_url = cfg.test_page_ws_url.clone().unwrap_or_else(|| {
+        crate::testpage::default_ws_url(host, cfg.tls_on.ws, app.ws_port, cfg.admin_listen)
     });
-    let ice = match app.cfg.turn_secret.as_deref() {
+    let ice = match cfg.turn_secret.as_deref() {
         Some(secret) => {
             let v = turn::credentials_json(
                 secret,
                 "test-page",
                 TEST_TOKEN_TTL,
                 now,
-                app.cfg.stun_uri.as_deref(),
-                &app.cfg.turn_uris,
+                cfg.stun_uri.as_deref(),
+                &cfg.turn_uris,
             );
             app.metrics.turn_credentials_issued.inc();
             v["iceServers"].clone()
         }
-        None => match &app.cfg.stun_uri {
+        None => match &cfg.stun_uri {
             Some(u) => json!([{"urls": [u]}]),
             None => json!([]),
         },
@@ -1676,7 +1789,7 @@ async fn test_session(State(app): State<App>, req: Request) -> Response {
             "plugins": [crate::core::VIDEOCALL],
             "ws_url": ws_url,
             "iceServers": ice,
-            "relay_available": !app.cfg.turn_uris.is_empty() && app.cfg.turn_secret.is_some(),
+            "relay_available": !cfg.turn_uris.is_empty() && cfg.turn_secret.is_some(),
         }),
     ))
 }
@@ -1711,7 +1824,7 @@ async fn admin_entry(State(app): State<App>, req: Request) -> Response {
         let (mut parts, _b) = req.into_parts();
         return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(u) => {
-                let max = app.cfg.max_message_bytes;
+                let max = app.cfg().max_message_bytes;
                 let mut u = u
                     .max_message_size(max)
                     .max_frame_size(max)
