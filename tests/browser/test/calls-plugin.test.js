@@ -17,7 +17,9 @@
 // §2: port 3478 with allow_peer (the documented single /32), port 3479 without.
 // Cases: TURN/UDP and TURN/TCP (`?transport=tcp` only) through 3478 — media both ways,
 // selected pair relay (browser) ↔ host 10.20.0.2 (Calls server); and the same call through
-// 3479 does not connect while callrelay_turn_denied_peers_total{class="private"} grows.
+// 3479 does not connect while callrelay_turn_denied_peers_total{class="private"} grows;
+// then, as §5 says, allow_peer is added to 3479's file and SIGHUP sent (systemctl reload):
+// the same call through 3479 connects.
 // Needs root (CI runs as root).
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -92,7 +94,7 @@ describe('turn-server for the Mattermost Calls plugin: relay-only browser ↔ Ca
     ].join('\n');
     const file = path.join(dir, `${name}.toml`);
     fs.writeFileSync(file, `${toml}\n`);
-    servers[name] = { proc: nsProc(lab.ns.pub, `turn-server (${name})`, binary('turn-server'), ['--config', file]), port, metricsPort, toml };
+    servers[name] = { proc: nsProc(lab.ns.pub, `turn-server (${name})`, binary('turn-server'), ['--config', file]), port, metricsPort, file };
     return servers[name];
   }
 
@@ -191,61 +193,65 @@ describe('turn-server for the Mattermost Calls plugin: relay-only browser ↔ Ca
     }
   }
 
+  /** A call through turn-server `s` over `transport` that must connect (relay ↔ host). */
+  async function connectingCall(s, transport, label) {
+    const url = `turn:${ADDR.pub}:${s.port}${transport === 'tcp' ? '?transport=tcp' : ''}`;
+    // What an admin pastes into "ICE Servers Configurations" (UDP case with the STUN
+    // entry of the docs; TCP case the TCP URL alone).
+    const cfg = JSON.stringify(transport === 'udp' ? [{ urls: [`stun:${ADDR.pub}:${s.port}`] }, { urls: [url] }] : [{ urls: [url] }]);
+    const before = await metrics(s);
+    try {
+      await call(cfg, async ({ browser, sfu }) => {
+        const settled = await Promise.allSettled([mediaFlows(browser), mediaFlows(sfu)]);
+        const failed = settled.filter((x) => x.status === 'rejected');
+        if (failed.length) throw new Error(failed.map((x) => x.reason.message).join('\n'));
+        const [mb, ms] = settled.map((x) => x.value);
+        const bl = mb.second.pair.local;
+        const br = mb.second.pair.remote;
+        assert.equal(bl.candidateType, 'relay', `browser: selected local candidate relay. ${mb.ctx}`);
+        assert.equal(bl.relayProtocol, transport, `browser: relay allocated over ${transport}. ${mb.ctx}`);
+        assert.equal(bl.address, ADDR.pub, `browser: relay on turn-server's relay_ip. ${mb.ctx}`);
+        assert.match(String(bl.url), new RegExp(`^turn:203\\.0\\.113\\.1:${s.port}(\\?transport=${transport})?$`), `browser: relay from the configured URL. ${mb.ctx}`);
+        assert.equal(br.candidateType, 'host', `browser: remote = the Calls server's host candidate. ${mb.ctx}`);
+        assert.equal(br.address, ADDR.calls, `browser: remote at the allowed private address. ${mb.ctx}`);
+        for (const c of mb.second.localCandidates) assert.ok(c.candidateType === 'relay' && c.relayProtocol === transport, `relay-only browser, ${transport} TURN only. ${mb.ctx}`);
+        const sl = ms.second.pair.local;
+        const sr = ms.second.pair.remote;
+        assert.equal(sl.candidateType, 'host', `Calls server: selected local host. ${ms.ctx}`);
+        assert.equal(sl.address, ADDR.calls, `Calls server: on ${ADDR.calls}. ${ms.ctx}`);
+        assert.equal(sr.address, ADDR.pub, `Calls server: remote = the browser's relay on turn-server. ${ms.ctx}`);
+        assert.ok(['relay', 'prflx'].includes(sr.candidateType), `Calls server: remote relay candidate. ${ms.ctx}`);
+        // turn-server's own count of the relayed media (its workers publish counters
+        // periodically: wait for them, bounded).
+        let afterText;
+        let relayed;
+        const tm = Date.now();
+        try {
+          await waitUntil(`turn-server to count > 20 kB relayed over ${transport} each way`, async () => {
+            afterText = await metrics(s);
+            const grew = (dir) => metricSum(afterText, 'callrelay_turn_relayed_bytes_total', `direction="${dir}"`, `transport="${transport}"`) - metricSum(before, 'callrelay_turn_relayed_bytes_total', `direction="${dir}"`, `transport="${transport}"`);
+            relayed = { toPeer: grew('to_peer'), toClient: grew('to_client') };
+            return relayed.toPeer > 20000 && relayed.toClient > 20000;
+          }, { timeoutMs: 20000, every: 250 });
+        } catch (e) {
+          e.message += `\nlast ${JSON.stringify(relayed)}\n${afterText.split('\n').filter((l) => l.startsWith('callrelay_turn_relayed') || l.startsWith('callrelay_turn_alloc')).join('\n')}`;
+          throw e;
+        }
+        relayed.countedAfterMs = Date.now() - tm;
+        const denied = metricSum(afterText, 'callrelay_turn_denied_peers_total') - metricSum(before, 'callrelay_turn_denied_peers_total');
+        assert.equal(denied, 0, 'allow_peer: the Calls server is not denied');
+        console.log(`# Calls ${label} TURN/${transport}: media after ${mb.connectMs}/${ms.connectMs} ms (browser/Calls server); ` +
+          `browser ${bl.candidateType}/${bl.relayProtocol} ${bl.address}:${bl.port} ↔ ${br.candidateType} ${br.address}:${br.port}; relayed ${JSON.stringify(relayed)} B`);
+      });
+    } catch (e) {
+      e.message += `\n${logs()}`;
+      throw e;
+    }
+  }
+
   for (const transport of ['udp', 'tcp']) {
     it(`TURN/${transport.toUpperCase()}: relay-only browser ↔ Calls server at allowed ${ADDR.calls} (allow_peer /32), media both ways`, { timeout: 90000 }, async () => {
-      const s = servers.allowed;
-      const url = `turn:${ADDR.pub}:${s.port}${transport === 'tcp' ? '?transport=tcp' : ''}`;
-      // What an admin pastes into "ICE Servers Configurations" (UDP case with the STUN
-      // entry of the docs; TCP case the TCP URL alone).
-      const cfg = JSON.stringify(transport === 'udp' ? [{ urls: [`stun:${ADDR.pub}:${s.port}`] }, { urls: [url] }] : [{ urls: [url] }]);
-      const before = await metrics(s);
-      try {
-        await call(cfg, async ({ browser, sfu }) => {
-          const settled = await Promise.allSettled([mediaFlows(browser), mediaFlows(sfu)]);
-          const failed = settled.filter((x) => x.status === 'rejected');
-          if (failed.length) throw new Error(failed.map((x) => x.reason.message).join('\n'));
-          const [mb, ms] = settled.map((x) => x.value);
-          const bl = mb.second.pair.local;
-          const br = mb.second.pair.remote;
-          assert.equal(bl.candidateType, 'relay', `browser: selected local candidate relay. ${mb.ctx}`);
-          assert.equal(bl.relayProtocol, transport, `browser: relay allocated over ${transport}. ${mb.ctx}`);
-          assert.equal(bl.address, ADDR.pub, `browser: relay on turn-server's relay_ip. ${mb.ctx}`);
-          assert.match(String(bl.url), new RegExp(`^turn:203\\.0\\.113\\.1:${s.port}(\\?transport=${transport})?$`), `browser: relay from the configured URL. ${mb.ctx}`);
-          assert.equal(br.candidateType, 'host', `browser: remote = the Calls server's host candidate. ${mb.ctx}`);
-          assert.equal(br.address, ADDR.calls, `browser: remote at the allowed private address. ${mb.ctx}`);
-          for (const c of mb.second.localCandidates) assert.ok(c.candidateType === 'relay' && c.relayProtocol === transport, `relay-only browser, ${transport} TURN only. ${mb.ctx}`);
-          const sl = ms.second.pair.local;
-          const sr = ms.second.pair.remote;
-          assert.equal(sl.candidateType, 'host', `Calls server: selected local host. ${ms.ctx}`);
-          assert.equal(sl.address, ADDR.calls, `Calls server: on ${ADDR.calls}. ${ms.ctx}`);
-          assert.equal(sr.address, ADDR.pub, `Calls server: remote = the browser's relay on turn-server. ${ms.ctx}`);
-          assert.ok(['relay', 'prflx'].includes(sr.candidateType), `Calls server: remote relay candidate. ${ms.ctx}`);
-          // turn-server's own count of the relayed media (its workers publish counters
-          // periodically: wait for them, bounded).
-          let afterText;
-          let relayed;
-          const tm = Date.now();
-          try {
-            await waitUntil(`turn-server to count > 20 kB relayed over ${transport} each way`, async () => {
-              afterText = await metrics(s);
-              const grew = (dir) => metricSum(afterText, 'callrelay_turn_relayed_bytes_total', `direction="${dir}"`, `transport="${transport}"`) - metricSum(before, 'callrelay_turn_relayed_bytes_total', `direction="${dir}"`, `transport="${transport}"`);
-              relayed = { toPeer: grew('to_peer'), toClient: grew('to_client') };
-              return relayed.toPeer > 20000 && relayed.toClient > 20000;
-            }, { timeoutMs: 20000, every: 250 });
-          } catch (e) {
-            e.message += `\nlast ${JSON.stringify(relayed)}\n${afterText.split('\n').filter((l) => l.startsWith('callrelay_turn_relayed') || l.startsWith('callrelay_turn_alloc')).join('\n')}`;
-            throw e;
-          }
-          relayed.countedAfterMs = Date.now() - tm;
-          const denied = metricSum(afterText, 'callrelay_turn_denied_peers_total') - metricSum(before, 'callrelay_turn_denied_peers_total');
-          assert.equal(denied, 0, 'allow_peer: the Calls server is not denied');
-          console.log(`# Calls TURN/${transport}: media after ${mb.connectMs}/${ms.connectMs} ms (browser/Calls server); ` +
-            `browser ${bl.candidateType}/${bl.relayProtocol} ${bl.address}:${bl.port} ↔ ${br.candidateType} ${br.address}:${br.port}; relayed ${JSON.stringify(relayed)} B`);
-        });
-      } catch (e) {
-        e.message += `\n${logs()}`;
-        throw e;
-      }
+      await connectingCall(servers.allowed, transport, 'allow_peer');
     });
   }
 
@@ -284,5 +290,25 @@ describe('turn-server for the Mattermost Calls plugin: relay-only browser ↔ Ca
       e.message += `\n${logs()}`;
       throw e;
     }
+  });
+
+  // docs/mattermost-calls.md §5: add allow_peer, `systemctl reload callrelay-turn` (SIGHUP).
+  // Runs after the test above on the same turn-server (node:test runs these in order).
+  it('then allow_peer added to that turn-server\'s file + SIGHUP (systemctl reload): the same call connects', { timeout: 90000 }, async () => {
+    const s = servers.denied;
+    const reloads = () => (s.proc.log.match(/configuration reloaded/g) || []).length;
+    const n = reloads();
+    fs.appendFileSync(s.file, `allow_peer = ["${ADDR.calls}/32"]\n`);
+    s.proc.child.kill('SIGHUP');
+    try {
+      await waitUntil('turn-server to log "configuration reloaded"', async () => {
+        if (!s.proc.alive()) throw fatal('turn-server exited on SIGHUP');
+        return reloads() > n;
+      }, { timeoutMs: 15000, every: 100 });
+    } catch (e) {
+      e.message += `\n${logs()}`;
+      throw e;
+    }
+    await connectingCall(s, 'udp', 'after reload');
   });
 });
