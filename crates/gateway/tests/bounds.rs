@@ -263,6 +263,11 @@ async fn long_usernames_are_refused_so_list_replies_stay_small() {
     let mut probe = small_buffer_ws(gw.ws).await;
     ws_req(&mut probe, json!({"janus": "ping", "transaction": "p"})).await;
     let grown = gw.rss().saturating_sub(before);
+    eprintln!(
+        "measured: RSS before {} MB, grown {} kB",
+        before / (1024 * 1024),
+        grown / 1024
+    );
     assert!(
         grown < 30 * 1024 * 1024,
         "RSS grew by {} MB for 300 unread list replies",
@@ -318,6 +323,11 @@ async fn websocket_that_stops_reading_is_disconnected_at_the_byte_bound() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let grown = gw.rss().saturating_sub(before);
+    eprintln!(
+        "measured: RSS before {} MB, grown {} kB; disconnected after {sent} unread list requests",
+        before / (1024 * 1024),
+        grown / 1024
+    );
     assert!(
         grown < 40 * 1024 * 1024,
         "RSS grew by {} MB",
@@ -389,6 +399,7 @@ async fn http_session_that_is_not_polled_is_ended_at_the_byte_bound() {
         }
     }
     let i = ended_at.expect("session still alive after 40 unread list events (220 KB)");
+    eprintln!("measured: HTTP session ended at list event {i}");
     assert!((5..20).contains(&i), "ended after {i} list events");
     assert_eq!(
         gw.metric("callrelay_gateway_slow_clients_total{transport=\"http\"}")
@@ -550,6 +561,7 @@ async fn trickled_candidates_are_bounded_in_bytes() {
             break;
         }
     }
+    eprintln!("measured: {accepted} candidates of 900 B buffered before 467");
     assert!(refused_at.is_some(), "100 × 900 B candidates all buffered");
     assert!((30..40).contains(&accepted), "{accepted} accepted");
     let (_, _, m) = http_get(gw.admin, "/metrics").await;
@@ -606,6 +618,7 @@ async fn idle_websockets_and_trickling_bodies_are_reaped() {
     .await;
     assert!(closed.is_ok(), "a WebSocket without a session stayed open");
     let took = t.elapsed();
+    eprintln!("measured: idle WebSocket closed after {took:?}");
     assert!(
         took >= Duration::from_millis(1500),
         "closed too early: {took:?}"
@@ -790,6 +803,10 @@ async fn fd_flood_under_prlimit_leaves_the_admin_api_working() {
     let open = gw
         .metric("callrelay_gateway_tcp_connections{listener=\"websocket\"}")
         .await;
+    let refused = gw
+        .metric("callrelay_gateway_connections_rejected_total{reason=\"max_connections\"}")
+        .await;
+    eprintln!("measured: {open} public connections open, {refused} refused at accept");
     assert!(open <= 1024.0 - 64.0 - 64.0, "{open} public connections");
     let v = post_json(
         gw.admin,
