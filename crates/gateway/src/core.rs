@@ -407,8 +407,9 @@ impl Core {
     }
 
     /// Replaces the settings (configuration reload). Each is read where it is used, so
-    /// the new values apply from the next request or deadline; existing sessions,
+    /// the new values apply from the next request or timer started; existing sessions,
     /// handles and buffered candidates stay (a lowered cap refuses new ones only).
+    /// `session_timeout` must not change: each open session's timer was armed with it.
     pub fn set_config(&mut self, cfg: CoreConfig) {
         self.cfg = cfg;
     }

@@ -441,6 +441,9 @@ fn restart_only(old: &Config, mut new: Config) -> (Vec<&'static str>, Config) {
         tls => "cert/key",
         tls_on => "ws_tls/http_tls/admin_tls",
         state_dir => "state_dir",
+        // the core arms one timer per session at create: a changed timeout would not
+        // reach the sessions already open (0 → N: they would never time out)
+        session_timeout => "session_timeout",
         max_connections => "max_connections",
         max_connections_per_ip => "max_connections_per_ip",
         trusted_proxies => "trusted_proxies",
