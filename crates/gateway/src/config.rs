@@ -806,6 +806,100 @@ mod tests {
     }
 
     #[test]
+    fn hardening_keys_have_defaults_and_ranges_that_name_the_key() {
+        let c = Config::default();
+        assert_eq!(c.max_username_bytes, 128);
+        assert_eq!(c.ws_queue_bytes, 1024 * 1024);
+        assert_eq!(c.http_queue_bytes, 1024 * 1024);
+        assert_eq!(c.max_sessions_per_token, 64);
+        assert_eq!(c.max_sessions_per_connection, 16);
+        assert_eq!(c.max_candidate_bytes, 1024);
+        assert_eq!(c.max_candidate_bytes_per_handle, 32 * 1024);
+        assert_eq!(c.ws_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_ip, 1000);
+        assert_eq!(c.max_admin_connections, 64);
+        let d = FileConfig::default;
+        let cases = [
+            (
+                FileConfig {
+                    max_username_bytes: Some(257),
+                    ..d()
+                },
+                "max_username_bytes: 257 is out of range; use 16..=256 bytes",
+            ),
+            (
+                FileConfig {
+                    ws_queue_bytes: Some(1000),
+                    ..d()
+                },
+                "ws_queue_bytes: 1000 is out of range; use 65536..=67108864 bytes",
+            ),
+            (
+                FileConfig {
+                    http_queue_bytes: Some(0),
+                    ..d()
+                },
+                "http_queue_bytes: 0 is out of range; use 65536..=67108864 bytes",
+            ),
+            (
+                FileConfig {
+                    max_candidate_bytes: Some(100),
+                    ..d()
+                },
+                "max_candidate_bytes: 100 is out of range; use 512..=65536 bytes",
+            ),
+            (
+                FileConfig {
+                    ws_idle_timeout: Some(1),
+                    ..d()
+                },
+                "ws_idle_timeout: 1 is out of range; use 2..=3600 seconds",
+            ),
+            (
+                FileConfig {
+                    http_body_timeout: Some(0),
+                    ..d()
+                },
+                "http_body_timeout: 0 is out of range; use 1..=300 seconds",
+            ),
+            (
+                FileConfig {
+                    max_connections_per_ip: Some(0),
+                    ..d()
+                },
+                "max_connections_per_ip: 0 is out of range; use 1..=1000000",
+            ),
+            (
+                FileConfig {
+                    max_admin_connections: Some(3),
+                    ..d()
+                },
+                "max_admin_connections: 3 is out of range; use 4..=10000",
+            ),
+        ];
+        for (f, want) in cases {
+            let e = Config::resolve(f, d()).unwrap_err().to_string();
+            assert_eq!(e, want);
+        }
+        // 0 = no limit for the session caps
+        let c = Config::resolve(
+            FileConfig {
+                max_sessions_per_token: Some(0),
+                max_sessions_per_connection: Some(0),
+                ..d()
+            },
+            d(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.max_sessions_per_token, c.max_sessions_per_connection),
+            (0, 0)
+        );
+    }
+
+    #[test]
     fn debug_output_redacts_secrets() {
         let cli = FileConfig {
             admin_secret: Some("adm1nS3cret".into()),
