@@ -1098,7 +1098,9 @@ async fn soak(a: &SoakArgs) -> Result<()> {
     if ports_free0 <= 0.0 {
         bail!("callrelay_turn_relay_ports_free stayed 0 for 10 s");
     }
-    scrape(gw.admin).await?;
+    let gw_m0 = scrape(gw.admin).await?;
+    let turn_tasks0 = want(&scrape(turn.metrics).await?, "callrelay_turn_worker_tasks")?;
+    let gw_tasks0 = want(&gw_m0, "callrelay_gateway_tasks")?;
     let turn_base = sample(turn.server.pid())?;
     let gw_base = sample(gw.server.pid())?;
     println!(
@@ -1236,7 +1238,9 @@ async fn soak(a: &SoakArgs) -> Result<()> {
             && zero(&gw_m, "callrelay_gateway_sessions")
             && zero(&gw_m, "callrelay_gateway_handles")
             && zero(&gw_m, "callrelay_gateway_registered_users")
-            && zero(&gw_m, "callrelay_gateway_websocket_connections");
+            && zero(&gw_m, "callrelay_gateway_websocket_connections")
+            && series(&turn_m, "callrelay_turn_worker_tasks").is_some_and(|t| t <= turn_tasks0)
+            && series(&gw_m, "callrelay_gateway_tasks").is_some_and(|t| t <= gw_tasks0);
         if done || settle_t0.elapsed() > SETTLE {
             break;
         }
@@ -1332,6 +1336,22 @@ async fn soak(a: &SoakArgs) -> Result<()> {
             format!("{v:?} after {settle_secs:.1} s"),
         );
     }
+    let tt = series(&turn_m, "callrelay_turn_worker_tasks");
+    check(
+        &mut checks,
+        "turn-server tasks back to the level before the load",
+        tt.is_some_and(|t| t <= turn_tasks0),
+        format!("{turn_tasks0} -> {tt:?}"),
+    );
+    // The restarted gateway's baseline is the first one's (same configuration); this
+    // scrape's own connection task is counted in both.
+    let gt = series(&gw_m, "callrelay_gateway_tasks");
+    check(
+        &mut checks,
+        "gateway tasks back to the level before the load",
+        gt.is_some_and(|t| t <= gw_tasks0),
+        format!("{gw_tasks0} -> {gt:?}"),
+    );
     let pf = series(&turn_m, "callrelay_turn_relay_ports_free");
     check(
         &mut checks,

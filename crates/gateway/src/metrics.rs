@@ -54,6 +54,10 @@ pub struct Metrics {
     pub connections_rejected: IntCounterVec,
     /// `callrelay_gateway_tcp_connections{listener}` — open TCP connections.
     pub tcp_connections: IntGaugeVec,
+    /// `callrelay_gateway_tasks` — tokio tasks alive (set at each scrape): one per
+    /// connection plus a few fixed ones, so a leaked task shows as a level that does not
+    /// come back down.
+    pub tasks: IntGauge,
     /// `callrelay_gateway_token_store_unsaved` — 1 while the last tokens.json write failed.
     pub token_store_unsaved: IntGauge,
     /// `callrelay_gateway_token_store_write_failures_total`
@@ -131,6 +135,10 @@ impl Metrics {
             m
         };
         let sessions = g("callrelay_gateway_sessions", "Janus sessions alive");
+        let tasks = g(
+            "callrelay_gateway_tasks",
+            "Tokio tasks alive (one per connection plus a few fixed ones), read at each scrape",
+        );
         let handles = g("callrelay_gateway_handles", "Plugin handles attached");
         let registered_users = g(
             "callrelay_gateway_registered_users",
@@ -270,6 +278,7 @@ impl Metrics {
             errors.with_label_values(&[&code.to_string()]);
         }
         Self {
+            tasks,
             registry,
             sessions,
             handles,
@@ -325,6 +334,9 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(rt.metrics().num_alive_tasks() as i64);
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -56,6 +56,7 @@ pub struct Metrics {
     rate_limit_closed: IntCounter,
     stream_rejections: Vec<IntCounter>,
     streams_active: IntGauge,
+    worker_tasks: IntGauge,
     /// Registered on the first `set_tls_cert_not_after`: absent without TLS.
     tls_not_after: IntGauge,
 }
@@ -211,6 +212,11 @@ impl Metrics {
             "callrelay_turn_stream_connections_active",
             "Open TCP/TLS client connections",
         );
+        let worker_tasks = gauge(
+            &r,
+            "callrelay_turn_worker_tasks",
+            "Tasks alive on the worker runtimes (listeners, one per TCP/TLS connection and per relay socket); back to its idle level when nothing is connected",
+        );
         let bi = IntGaugeVec::new(
             Opts::new("callrelay_turn_build_info", "Build information"),
             &["version"],
@@ -236,6 +242,7 @@ impl Metrics {
             rate_limit_closed,
             stream_rejections,
             streams_active,
+            worker_tasks,
             tls_not_after: IntGauge::new(
                 "callrelay_turn_tls_cert_not_after_seconds",
                 "Expiry (notAfter, Unix seconds) of the TLS certificate in use",
@@ -268,6 +275,12 @@ impl Metrics {
     /// An admitted stream connection ended.
     pub fn stream_closed(&self) {
         self.streams_active.dec();
+    }
+
+    /// One worker's count of alive tasks changed from `*prev` to `now` (0 when it stops).
+    pub fn worker_tasks(&self, prev: &mut usize, now: usize) {
+        self.worker_tasks.add(now as i64 - *prev as i64);
+        *prev = now;
     }
 
     /// Prometheus text exposition.

@@ -612,6 +612,32 @@ struct Worker {
     /// Relayed datagrams of the current receive batch waiting to leave as one GSO send.
     /// Borrowed only inside synchronous batch processing (never across an await).
     gso: RefCell<SendBatch>,
+    /// Tasks of this worker alive right now (see [`spawn`]), for the
+    /// `callrelay_turn_worker_tasks` gauge: a leaked task shows there.
+    tasks: Rc<Cell<usize>>,
+}
+
+/// Decrements a worker's task count when its task ends or is aborted.
+struct TaskSlot(Rc<Cell<usize>>);
+
+impl Drop for TaskSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// `spawn_local`, counted in `tasks` for as long as the task lives.
+fn spawn<F>(tasks: &Rc<Cell<usize>>, fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    tasks.set(tasks.get() + 1);
+    let slot = TaskSlot(tasks.clone());
+    tokio::task::spawn_local(async move {
+        let _slot = slot;
+        fut.await
+    })
 }
 
 /// Which of our sockets a batched datagram leaves from.
@@ -838,23 +864,31 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         mesh,
         to_wake: Cell::new(0),
         gso: RefCell::new(SendBatch::new(gso_segments)),
+        tasks: Rc::new(Cell::new(0)),
     });
     if let Some(wake) = w.mesh.wake.get(index).cloned() {
-        tokio::task::spawn_local(inbox_loop(w.clone(), inbox, wake));
+        spawn(&w.tasks.clone(), inbox_loop(w.clone(), inbox, wake));
     }
     for s in udp_list {
-        tokio::task::spawn_local(udp_loop(w.clone(), s));
+        spawn(&w.tasks.clone(), udp_loop(w.clone(), s));
     }
     for l in sockets.tcp {
         let l = TcpListener::from_std(l)?;
-        tokio::task::spawn_local(accept_loop(w.clone(), l, Proto::Tcp, tls.clone()));
+        spawn(
+            &w.tasks.clone(),
+            accept_loop(w.clone(), l, Proto::Tcp, tls.clone()),
+        );
     }
     for l in sockets.tls {
         let l = TcpListener::from_std(l)?;
-        tokio::task::spawn_local(accept_loop(w.clone(), l, Proto::Tls, tls.clone()));
+        spawn(
+            &w.tasks.clone(),
+            accept_loop(w.clone(), l, Proto::Tls, tls.clone()),
+        );
     }
     let mut prev: (Stats, Gauges) = Default::default();
     let mut report_at = Instant::now();
+    let mut prev_tasks = 0;
     loop {
         let now = Instant::now();
         let wake = w
@@ -885,9 +919,11 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         if now >= report_at {
             let c = w.core.borrow();
             metrics.report(&mut prev, c.stats(), c.gauges(now));
+            metrics.worker_tasks(&mut prev_tasks, w.tasks.get());
             report_at = now + Duration::from_millis(500);
         }
     }
+    metrics.worker_tasks(&mut prev_tasks, 0);
     let c = w.core.borrow();
     metrics.report(&mut prev, c.stats(), Gauges::default());
     Ok(())
@@ -912,7 +948,7 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                     Ok(sock) => {
                         let sock = Rc::new(sock);
                         let task =
-                            tokio::task::spawn_local(relay_loop(w.clone(), relay, sock.clone()));
+                            spawn(&w.tasks.clone(), relay_loop(w.clone(), relay, sock.clone()));
                         w.relays.borrow_mut().insert(relay, (sock, task));
                         true
                     }
@@ -943,12 +979,10 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 let ok = match tcp_relay_listener(bind).and_then(TcpListener::from_std) {
                     Ok(l) => {
                         let conns = CancellationToken::new();
-                        let task = tokio::task::spawn_local(tcp_relay_loop(
-                            w.clone(),
-                            relay,
-                            l,
-                            conns.clone(),
-                        ));
+                        let task = spawn(
+                            &w.tasks.clone(),
+                            tcp_relay_loop(w.clone(), relay, l, conns.clone()),
+                        );
                         w.tcp_relays.borrow_mut().insert(relay, (task, conns));
                         true
                     }
@@ -973,7 +1007,10 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                     c.cancel();
                     c
                 });
-                tokio::task::spawn_local(connect_peer(w.clone(), conn_id, bind, peer, conns));
+                spawn(
+                    &w.tasks.clone(),
+                    connect_peer(w.clone(), conn_id, bind, peer, conns),
+                );
             }
             Some(Command::SpliceData { client, conn_id }) => {
                 w.splices.borrow_mut().insert(client, conn_id);
@@ -1472,7 +1509,7 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
             Proto::Tls => {
                 let acceptor = tls.read().ok().and_then(|g| g.clone());
                 let Some(acceptor) = acceptor else { continue };
-                tokio::task::spawn_local(async move {
+                spawn(&w.tasks.clone(), async move {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
@@ -1485,7 +1522,10 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
                 });
             }
             _ => {
-                tokio::task::spawn_local(serve_stream(w, ClientConn::Tcp(stream), five, slot));
+                spawn(
+                    &w.tasks.clone(),
+                    serve_stream(w, ClientConn::Tcp(stream), five, slot),
+                );
             }
         }
     }
@@ -1592,13 +1632,13 @@ async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple, slot: St
                 direct: Some(wr),
                 ..StreamOut::default()
             });
-            let writer = tokio::task::spawn_local(tcp_writer(out.clone()));
+            let writer = spawn(&w.tasks.clone(), tcp_writer(out.clone()));
             (StreamRead::Tcp(rd), out, StreamWriter::Tcp(writer))
         }
         ClientConn::Tls(s) => {
             let (rd, wr) = tokio::io::split(*s);
             let out = Rc::new(StreamOut::default());
-            let writer = tokio::task::spawn_local(tls_writer(out.clone(), wr));
+            let writer = spawn(&w.tasks.clone(), tls_writer(out.clone(), wr));
             (StreamRead::Tls(rd), out, StreamWriter::Tls(writer))
         }
     };
