@@ -169,6 +169,12 @@ async fn start(gw: Gw, a: &GatewayArgs, scratch: &Path, tag: &str) -> Result<Run
                 .args(["--admin-listen", &format!("127.0.0.1:{adminp}")])
                 .args(["--admin-secret", ADMIN_SECRET, "--token-auth"])
                 .args(["--session-timeout", "0"])
+                // every load client shares one token and the idle-session run puts
+                // 10,000 sessions on 20 WebSockets: lift the per-token and
+                // per-connection abuse caps (64 / 16), which a real deployment (one
+                // token per Mattermost user) never reaches; max_sessions still holds
+                .args(["--max-sessions-per-token", "0"])
+                .args(["--max-sessions-per-connection", "0"])
                 .arg("--state-dir")
                 .arg(&state)
                 .env("RUST_LOG", "warn");
