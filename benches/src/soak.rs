@@ -1336,22 +1336,25 @@ async fn soak(a: &SoakArgs) -> Result<()> {
             format!("{v:?} after {settle_secs:.1} s"),
         );
     }
-    let tt = series(&turn_m, "callrelay_turn_worker_tasks");
-    check(
-        &mut checks,
-        "turn-server tasks back to the level before the load",
-        tt.is_some_and(|t| t <= turn_tasks0),
-        format!("{turn_tasks0} -> {tt:?}"),
-    );
-    // The restarted gateway's baseline is the first one's (same configuration); this
+    // The restarted gateway's baseline is the first one's (same configuration); a
     // scrape's own connection task is counted in both.
-    let gt = series(&gw_m, "callrelay_gateway_tasks");
-    check(
-        &mut checks,
-        "gateway tasks back to the level before the load",
-        gt.is_some_and(|t| t <= gw_tasks0),
-        format!("{gw_tasks0} -> {gt:?}"),
-    );
+    for (name, key, text, base) in [
+        (
+            "turn-server",
+            "callrelay_turn_worker_tasks",
+            &turn_m,
+            turn_tasks0,
+        ),
+        ("gateway", "callrelay_gateway_tasks", &gw_m, gw_tasks0),
+    ] {
+        let now = series(text, key);
+        check(
+            &mut checks,
+            &format!("{name} tasks back to the level before the load"),
+            now.is_some_and(|t| t <= base),
+            format!("{base} -> {now:?}"),
+        );
+    }
     let pf = series(&turn_m, "callrelay_turn_relay_ports_free");
     check(
         &mut checks,

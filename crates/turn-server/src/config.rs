@@ -210,6 +210,20 @@ fn key_err(key: &'static str, msg: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `value` when it lies in `range`, else the error naming `key` with `why` (the fix).
+fn ranged<T: PartialOrd>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    why: &str,
+) -> Result<T, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(key_err(key, why))
+    }
+}
+
 /// A static long-term user.
 #[derive(Clone)]
 pub struct StaticUser {
@@ -518,10 +532,12 @@ impl Config {
         if nonce_lifetime < 10 {
             return Err(key_err("nonce_lifetime", "must be at least 10 seconds"));
         }
-        let max_frame = pick(cli.max_frame, f.max_frame, 16384);
-        if !(1500..=65540).contains(&max_frame) {
-            return Err(key_err("max_frame", "must be between 1500 and 65540 bytes"));
-        }
+        let max_frame = ranged(
+            "max_frame",
+            pick(cli.max_frame, f.max_frame, 16384),
+            1500..=65540,
+            "must be between 1500 and 65540 bytes",
+        )?;
         let workers = match cli.workers.or(f.workers) {
             Some(0) => return Err(key_err("workers", "must be at least 1")),
             Some(n) => n,
@@ -534,60 +550,52 @@ impl Config {
         let unauth_rate = pick(cli.unauth_rate, f.unauth_rate, 50).max(1);
         // Never below `unauth_rate` (benchmarks raise that one alone to disable the limit).
         let auth_rate = pick(cli.auth_rate, f.auth_rate, 2000).max(unauth_rate);
-        let rate_limit_sources = pick(cli.rate_limit_sources, f.rate_limit_sources, 65_536);
-        if !(64..=4_194_304).contains(&rate_limit_sources) {
-            return Err(key_err(
-                "rate_limit_sources",
-                "must be between 64 and 4194304 entries (40 bytes each, per worker)",
-            ));
-        }
-        let rate_limit_ipv6_prefix = pick(cli.rate_limit_ipv6_prefix, f.rate_limit_ipv6_prefix, 64);
-        if !(16..=128).contains(&rate_limit_ipv6_prefix) {
-            return Err(key_err(
-                "rate_limit_ipv6_prefix",
-                "must be between 16 and 128 bits (64: one entry per IPv6 subnet)",
-            ));
-        }
-        let max_permissions = pick(cli.max_permissions, f.max_permissions, 256);
-        if !(1..=65_536).contains(&max_permissions) {
-            return Err(key_err(
-                "max_permissions",
-                "must be between 1 and 65536 (a call needs a few; 256 is the default)",
-            ));
-        }
-        let max_channels = pick(cli.max_channels, f.max_channels, 256);
-        if !(1..=4096).contains(&max_channels) {
-            return Err(key_err(
-                "max_channels",
-                "must be between 1 and 4096 (the channel-number range; 256 is the default)",
-            ));
-        }
-        let max_stream_connections =
-            pick(cli.max_stream_connections, f.max_stream_connections, 10_000);
-        if max_stream_connections == 0 {
-            return Err(key_err(
-                "max_stream_connections",
-                "must be at least 1 (10000 is the default)",
-            ));
-        }
-        let max_stream_connections_per_ip = pick(
-            cli.max_stream_connections_per_ip,
-            f.max_stream_connections_per_ip,
-            1_000,
-        );
-        if max_stream_connections_per_ip == 0 {
-            return Err(key_err(
-                "max_stream_connections_per_ip",
-                "must be at least 1 (1000 is the default: an office behind one NAT address)",
-            ));
-        }
-        let stream_auth_timeout = pick(cli.stream_auth_timeout, f.stream_auth_timeout, 15);
-        if !(1..=600).contains(&stream_auth_timeout) {
-            return Err(key_err(
-                "stream_auth_timeout",
-                "must be between 1 and 600 seconds (15 is the default)",
-            ));
-        }
+        let rate_limit_sources = ranged(
+            "rate_limit_sources",
+            pick(cli.rate_limit_sources, f.rate_limit_sources, 65_536),
+            64..=4_194_304,
+            "must be between 64 and 4194304 entries (40 bytes each, per worker)",
+        )?;
+        let rate_limit_ipv6_prefix = ranged(
+            "rate_limit_ipv6_prefix",
+            pick(cli.rate_limit_ipv6_prefix, f.rate_limit_ipv6_prefix, 64),
+            16..=128,
+            "must be between 16 and 128 bits (64: one entry per IPv6 subnet)",
+        )?;
+        let max_permissions = ranged(
+            "max_permissions",
+            pick(cli.max_permissions, f.max_permissions, 256),
+            1..=65_536,
+            "must be between 1 and 65536 (a call needs a few; 256 is the default)",
+        )?;
+        let max_channels = ranged(
+            "max_channels",
+            pick(cli.max_channels, f.max_channels, 256),
+            1..=4096,
+            "must be between 1 and 4096 (the channel-number range; 256 is the default)",
+        )?;
+        let max_stream_connections = ranged(
+            "max_stream_connections",
+            pick(cli.max_stream_connections, f.max_stream_connections, 10_000),
+            1..=u32::MAX,
+            "must be at least 1 (10000 is the default)",
+        )?;
+        let max_stream_connections_per_ip = ranged(
+            "max_stream_connections_per_ip",
+            pick(
+                cli.max_stream_connections_per_ip,
+                f.max_stream_connections_per_ip,
+                1_000,
+            ),
+            1..=u32::MAX,
+            "must be at least 1 (1000 is the default: an office behind one NAT address)",
+        )?;
+        let stream_auth_timeout = ranged(
+            "stream_auth_timeout",
+            pick(cli.stream_auth_timeout, f.stream_auth_timeout, 15),
+            1..=600,
+            "must be between 1 and 600 seconds (15 is the default)",
+        )?;
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < workers {
             return Err(key_err(
