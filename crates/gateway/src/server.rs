@@ -139,6 +139,8 @@ struct Shared {
     tokens_unsaved: std::sync::atomic::AtomicBool,
     /// See [`Inner::timer_wake`].
     timer_wake: Arc<Notify>,
+    /// Notified each time the timer task's loop turns (the systemd watchdog waits for it).
+    timer_turned: Notify,
     /// Port of the WebSocket listener (for the test page's default WebSocket URL).
     ws_port: u16,
 }
@@ -586,6 +588,7 @@ async fn serve_inner(
         tokens_path,
         tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
         timer_wake,
+        timer_turned: Notify::new(),
         ws_port: listeners.ws.local_addr()?.port(),
     });
     if expired > 0 {
@@ -694,6 +697,10 @@ async fn serve_inner(
             }
         });
     }
+    if let Some(period) = watchdog_interval() {
+        tracing::info!(watchdog = ?period, "systemd watchdog enabled");
+        tasks.spawn(watchdog_loop(app.clone(), period));
+    }
     ready.notify_one();
     shutdown.cancelled().await;
     tasks.abort_all();
@@ -735,6 +742,7 @@ const HTTP_LEFTOVER: Duration = Duration::from_secs(60);
 async fn timer_loop(app: App, shutdown: CancellationToken) {
     let mut next_retry = Instant::now();
     loop {
+        app.timer_turned.notify_waiters();
         let (dirty, next) = {
             let mut inner = app.lock();
             let now = Instant::now();
@@ -778,6 +786,42 @@ async fn timer_loop(app: App, shutdown: CancellationToken) {
             () = sleep => {}
             () = app.timer_wake.notified() => {}
             () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`; `WATCHDOG_PID`, when set,
+/// must be this process), as libsystemd's `sd_watchdog_enabled` reads it.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// The systemd watchdog: every quarter of `WatchdogSec`, wake the timer task and wait
+/// (up to half of it) for its loop to turn — which takes the core's lock and needs the
+/// runtime to schedule tasks — and only then send `WATCHDOG=1`. A deadlocked core or a
+/// starved runtime stops the pings, and systemd restarts the gateway.
+async fn watchdog_loop(app: App, period: Duration) {
+    let mut stalled = false;
+    loop {
+        tokio::time::sleep(period / 4).await;
+        let turned = app.timer_turned.notified();
+        tokio::pin!(turned);
+        turned.as_mut().enable();
+        app.timer_wake.notify_one();
+        if tokio::time::timeout(period / 2, turned).await.is_ok() {
+            stalled = false;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else if !stalled {
+            stalled = true;
+            tracing::error!(
+                "timer task stalled: withholding the systemd watchdog ping (systemd restarts the gateway after WatchdogSec)"
+            );
         }
     }
 }

@@ -72,6 +72,11 @@ impl Server {
 
     /// Like [`Server::start`] with a relay range of `n` ports (load tests).
     pub fn start_with_relay_ports(n: u16, extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], n, extra)
+    }
+
+    /// Like [`Server::start`], run through `wrapper` (e.g. `env VAR=value`).
+    pub fn start_wrapped(wrapper: &[&str], n: u16, extra: &[&str]) -> Self {
         let port = free_port();
         let mport = free_port();
         let relay = free_range(n);
@@ -101,7 +106,7 @@ impl Server {
             args.extend_from_slice(&["--auth-secret", SECRET]);
         }
         args.extend_from_slice(extra);
-        Self::spawn(&args, port, mport, relay)
+        Self::spawn_wrapped(wrapper, &args, port, mport, relay)
     }
 
     pub fn spawn(args: &[&str], port: u16, mport: u16, relay: (u16, u16)) -> Self {
