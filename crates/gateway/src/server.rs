@@ -1375,13 +1375,16 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
     let (mut sink, mut stream) = socket.split();
     let mut out: VecDeque<String> = VecDeque::new();
     let mut unflushed = false;
-    // Idle timeout: a Janus WebSocket that owns no session, or an Admin API WebSocket
-    // that sent no request, for ws_idle_timeout is closed (checked at most twice per
-    // period, so it closes within 1–2 periods).
+    // Idle timeout: a Janus WebSocket that owned no session (at a check, or after any
+    // of its requests in between) for ws_idle_timeout, or an Admin API WebSocket that
+    // sent no request, is closed (checked at most twice per period, so it closes within
+    // 1–2 periods).
     let idle = app.cfg().ws_idle_timeout;
     let mut idle_since = Instant::now();
     let mut idle_known = true;
     let mut last_request = Instant::now();
+    // owned a session after one of its requests since the last idle check
+    let mut had_session = false;
     let idle_check = tokio::time::sleep(idle);
     tokio::pin!(idle_check);
     loop {
@@ -1393,7 +1396,7 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
                 let busy = if admin {
                     now.saturating_duration_since(last_request) < idle
                 } else {
-                    app.lock().core.conn_sessions(conn) > 0
+                    std::mem::take(&mut had_session) || app.lock().core.conn_sessions(conn) > 0
                 };
                 let since = if admin { Some(last_request) } else if busy {
                     idle_known = false;
@@ -1477,6 +1480,9 @@ async fn ws_session(app: App, socket: WebSocket, admin: bool) {
             };
             inner.send_conn(conn, reply);
             inner.deliver();
+            // a client that churns sessions (create … destroy, create …) is live even
+            // when the idle check happens to fall between two of them
+            had_session |= !admin && inner.core.conn_sessions(conn) > 0;
             (
                 inner.local.take().map(|(_, l)| l).unwrap_or_default(),
                 persist,

@@ -635,6 +635,20 @@ async fn idle_websockets_and_trickling_bodies_are_reaped() {
         .req(json!({"janus": "keepalive", "session_id": s}))
         .await;
     assert_eq!(r["janus"], "ack", "{r}");
+    // a client that churns sessions (create, destroy, create …) stays, even when the
+    // checks fall between its sessions: 6 s (3 idle periods) of churn, bounded
+    let mut churn = Client::connect(gw.ws, "janus-protocol").await;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(6) {
+        let r = churn.req(json!({"janus": "create"})).await;
+        let cs = r["data"]["id"].as_u64().expect("create");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = churn
+            .req(json!({"janus": "destroy", "session_id": cs}))
+            .await;
+        assert_eq!(r["janus"], "success", "{r}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // a body announced as 100 bytes that sends 1: 408 after ~2 s, connection closed
     let mut tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
     tcp.write_all(b"POST /janus HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
