@@ -660,7 +660,7 @@ async fn serve_inner(
         admin_router,
         cfg.tls_on.admin.then(|| tls.clone()),
         shutdown.clone(),
-        Accounting::new(admin, "admin", &app.metrics),
+        Accounting::new(admin, "admin", &app.metrics).plain_from_loopback(),
     ));
     tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
     {
@@ -932,6 +932,8 @@ struct Accounting {
     limiter: Arc<ConnLimiter>,
     rejected: Metrics,
     open: prometheus::IntGauge,
+    /// On a TLS listener, also serve plain HTTP to loopback peers (see [`speaks_plain`]).
+    plain_from_loopback: bool,
 }
 
 impl Accounting {
@@ -940,8 +942,24 @@ impl Accounting {
             limiter,
             rejected: metrics.clone(),
             open: metrics.tcp_connections.with_label_values(&[listener]),
+            plain_from_loopback: false,
         }
     }
+
+    fn plain_from_loopback(mut self) -> Self {
+        self.plain_from_loopback = true;
+        self
+    }
+}
+
+/// Whether a connection to a TLS listener is served as plain HTTP: only from a loopback
+/// peer (an ssh tunnel, `ssh -L 7089:127.0.0.1:7089`, or a local client) whose first
+/// byte is not a TLS handshake record (22). Through a tunnel the browser addresses
+/// `127.0.0.1`, which no certificate names, and `http://127.0.0.1` is a secure context
+/// (camera and microphone work); everything else still needs TLS.
+fn speaks_plain(peer: std::net::IpAddr, first_byte: u8) -> bool {
+    const TLS_HANDSHAKE: u8 = 22;
+    peer.to_canonical().is_loopback() && first_byte != TLS_HANDSHAKE
 }
 
 async fn accept_loop(
@@ -984,7 +1002,19 @@ async fn accept_loop(
             .as_ref()
             .and_then(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone());
         let shutdown = shutdown.clone();
+        let plain_ok = acct.plain_from_loopback && peer.ip().to_canonical().is_loopback();
         tokio::spawn(async move {
+            let tls = match tls {
+                Some(acceptor) if plain_ok => {
+                    let mut b = [0u8; 1];
+                    match tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut b)).await {
+                        Ok(Ok(1)) if speaks_plain(peer.ip(), b[0]) => None,
+                        Ok(Ok(1)) => Some(acceptor),
+                        _ => return,
+                    }
+                }
+                t => t,
+            };
             open.inc();
             // the stream carries its slot: an upgraded WebSocket outlives this task
             let stream = Counted {
@@ -1952,4 +1982,23 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
         return json_response(StatusCode::OK, &unsaved_reply(app, &r.reply, &e));
     }
     json_response(StatusCode::OK, &r.reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::speaks_plain;
+
+    #[test]
+    fn plain_http_on_a_tls_listener_only_from_loopback() {
+        let ip = |s: &str| s.parse().unwrap();
+        // "G" of GET from an ssh tunnel (127.0.0.1), IPv6 loopback, IPv4-mapped loopback
+        for a in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(speaks_plain(ip(a), b'G'), "{a}");
+            assert!(!speaks_plain(ip(a), 22), "{a}: a TLS ClientHello is TLS");
+        }
+        // the Mattermost server, anyone else: TLS only
+        for a in ["192.0.2.10", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.10"] {
+            assert!(!speaks_plain(ip(a), b'G'), "{a}");
+        }
+    }
 }

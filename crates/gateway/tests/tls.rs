@@ -142,14 +142,17 @@ async fn every_listener_speaks_tls_and_sighup_style_reload_swaps_the_certificate
     )
     .await;
     assert_eq!(reply["janus"], "success");
-    // plain HTTP on a TLS port is refused (no JSON leaks in clear text)
-    let (st, _, _) = {
-        let f = http(gw.admin, "GET", "/metrics", None, &[]);
-        tokio::time::timeout(std::time::Duration::from_secs(15), f)
-            .await
-            .unwrap()
-    };
-    assert_ne!(st, 200);
+    // plain HTTP on a public TLS port is refused (no JSON leaks in clear text); the
+    // admin listener serves it to loopback peers only (test_page_over_an_ssh_tunnel_…)
+    for addr in [gw.ws, gw.http] {
+        let (st, _, _) = {
+            let f = http(addr, "GET", "/turn-credentials", None, &[]);
+            tokio::time::timeout(std::time::Duration::from_secs(15), f)
+                .await
+                .unwrap()
+        };
+        assert_ne!(st, 200);
+    }
 
     // swap the files and reload: new connections get the new certificate, the open
     // WebSocket keeps working
@@ -331,4 +334,66 @@ async fn certificate_expiry_is_exported_and_follows_a_reload() {
     let (_, _, text) = http_get(gw.admin, "/metrics").await;
     assert!(!text.contains(M), "{text}");
     gw.stop().await;
+}
+
+/// Issue 13 §4: the admin listener speaks TLS for the Mattermost server, and through an
+/// ssh tunnel (`ssh -L 7089:127.0.0.1:7089`) the operator's browser opens
+/// `http://127.0.0.1:7089/test` — plain HTTP, served to loopback peers only, since no
+/// certificate names 127.0.0.1. The page then calls over the public `wss://` listener
+/// named by `test_page_ws_url`. TLS keeps working on the same port.
+#[tokio::test]
+async fn test_page_over_an_ssh_tunnel_is_plain_http_on_the_tls_admin_listener() {
+    let dir = temp_dir();
+    let state = dir.join("state");
+    let mut bin = Bin::start(&[
+        "--cert",
+        fixture("cert1.pem").to_str().unwrap(),
+        "--key",
+        fixture("key1.pem").to_str().unwrap(),
+        "--admin-secret",
+        ADMIN_SECRET,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--test-page-ws-url",
+        "wss://rtc.example.com:8189",
+    ]);
+    let port = bin.admin.port();
+    let host = format!("127.0.0.1:{port}");
+    let (st, _, page) = http(bin.admin, "GET", "/test", None, &[("Host", &host)]).await;
+    assert_eq!(st, 200);
+    assert!(page.contains("<html") || page.contains("<!doctype") || page.contains("<!DOCTYPE"));
+    // the tunnel's peer is loopback and the browser named 127.0.0.1: no secret needed
+    let (st, _, body) = http(
+        bin.admin,
+        "POST",
+        "/test/session",
+        None,
+        &[("Host", &host), ("X-Callrelay-Test-Page", "1")],
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["token"].as_str().unwrap().starts_with("test-"));
+    assert_eq!(v["ws_url"], "wss://rtc.example.com:8189");
+    // the Admin API still wants its secret in plain text too
+    let (st, _, body) = http(
+        bin.admin,
+        "POST",
+        "/admin",
+        Some(&json!({"janus": "add_token", "token": "x", "transaction": "t"}).to_string()),
+        &[("Host", &host)],
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_ne!(
+        serde_json::from_str::<Value>(&body).unwrap()["janus"],
+        "success"
+    );
+    // and the same port still speaks TLS (the Mattermost server's Admin URL)
+    assert_eq!(admin_cert(bin.admin).await, fixture_der("cert1.pem"));
+    // the public listeners stay TLS-only, even from loopback
+    let (st, _, _) = http(bin.ws, "GET", "/turn-credentials", None, &[]).await;
+    assert_eq!(st, 0, "plain HTTP answered on the wss listener");
+    bin.signal("TERM");
+    assert!(bin.wait_exit(15).success());
 }
