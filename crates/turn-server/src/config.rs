@@ -115,6 +115,9 @@ pub struct Cli {
     /// Channel bindings per allocation; more get 508.
     #[arg(long, value_name = "N")]
     pub max_channels: Option<u32>,
+    /// Answers kept per worker for retransmitted requests (RFC 8489 §6.3.1 idempotency).
+    #[arg(long, value_name = "N")]
+    pub transaction_cache: Option<u32>,
     /// TCP/TLS client connections on this server (lowered to fit RLIMIT_NOFILE).
     #[arg(long, value_name = "N")]
     pub max_stream_connections: Option<u32>,
@@ -168,6 +171,7 @@ pub struct FileConfig {
     drain_timeout: Option<u64>,
     max_permissions: Option<u32>,
     max_channels: Option<u32>,
+    transaction_cache: Option<u32>,
     max_stream_connections: Option<u32>,
     max_stream_connections_per_ip: Option<u32>,
     stream_auth_timeout: Option<u64>,
@@ -312,6 +316,8 @@ pub struct Config {
     pub max_permissions: u32,
     /// Channel bindings per allocation.
     pub max_channels: u32,
+    /// Answers kept per worker for retransmissions.
+    pub transaction_cache: u32,
     /// TCP/TLS client connections (before the RLIMIT_NOFILE share).
     pub max_stream_connections: u32,
     /// TCP/TLS client connections per source address.
@@ -574,6 +580,12 @@ impl Config {
             1..=4096,
             "must be between 1 and 4096 (the channel-number range; 256 is the default)",
         )?;
+        let transaction_cache = ranged(
+            "transaction_cache",
+            pick(cli.transaction_cache, f.transaction_cache, 65_536),
+            1024..=1_048_576,
+            "must be between 1024 and 1048576 answers per worker (about 350 bytes each)",
+        )?;
         let max_stream_connections = ranged(
             "max_stream_connections",
             pick(cli.max_stream_connections, f.max_stream_connections, 10_000),
@@ -634,6 +646,7 @@ impl Config {
             drain_timeout: Duration::from_secs(pick(cli.drain_timeout, f.drain_timeout, 30)),
             max_permissions,
             max_channels,
+            transaction_cache,
             max_stream_connections,
             max_stream_connections_per_ip,
             stream_auth_timeout: Duration::from_secs(stream_auth_timeout),

@@ -36,7 +36,6 @@ pub const TRANSACTION_CACHE: Duration = Duration::from_secs(40);
 /// RESERVATION-TOKEN lifetime (RFC 8656 §14.9, 30 s).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-const MAX_TX_CACHE: usize = 65_536;
 /// Value of the SOFTWARE attribute in authenticated answers.
 pub const SOFTWARE: &str = concat!("callrelay turn-server ", env!("CARGO_PKG_VERSION"));
 
@@ -221,6 +220,8 @@ pub struct Stats {
     pub rate_evictions: u64,
     /// TCP/TLS connections closed for going over their source's request budget.
     pub rate_limit_closed: u64,
+    /// Answers not kept for retransmissions because the transaction cache was full.
+    pub tx_cache_full: u64,
 }
 
 /// Label tables matching [`Stats`] indexes.
@@ -466,6 +467,9 @@ pub struct CoreConfig {
     pub max_permissions: usize,
     /// Channel bindings per allocation (cooling-down ones included); beyond it 508.
     pub max_channels: usize,
+    /// Answers kept for retransmitted requests (`transaction_cache`); allocated at start
+    /// so memory does not step up when the cache first fills under load.
+    pub tx_cache_max: usize,
 }
 
 /// A token bucket in bytes or requests.
@@ -764,6 +768,7 @@ impl<R: RngCore> Core<R> {
             cfg.rate_v6_prefix,
             (rng.next_u64(), rng.next_u64()),
         );
+        let tx_cache = HashMap::with_capacity(cfg.tx_cache_max);
         Self {
             cfg,
             rng,
@@ -780,7 +785,7 @@ impl<R: RngCore> Core<R> {
             next_generation: 1,
             by_client: FxMap::default(),
             by_relay_addr: FxMap::default(),
-            tx_cache: HashMap::new(),
+            tx_cache,
             rate,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
@@ -1686,10 +1691,12 @@ impl<R: RngCore> Core<R> {
         out: Vec<u8>,
     ) {
         let _ = (msg, key);
-        if self.tx_cache.len() < MAX_TX_CACHE {
+        if self.tx_cache.len() < self.cfg.tx_cache_max {
             self.tx_cache
                 .insert((from, msg.tid), (now + TRANSACTION_CACHE, out.clone()));
             self.arm(now);
+        } else {
+            self.stats.tx_cache_full += 1;
         }
         self.transmits.push_back(Transmit::ToClient {
             client: from,
@@ -2051,10 +2058,12 @@ impl<R: RngCore> Core<R> {
         let client = a.client;
         self.stats.allocations[AllocResult::Ok as usize] += 1;
         tracing::debug!(relay = ?a.relays.iter().flatten().map(|r| r.bind).collect::<Vec<_>>(), proto = client.proto.label(), "allocation created");
-        if self.tx_cache.len() < MAX_TX_CACHE {
+        if self.tx_cache.len() < self.cfg.tx_cache_max {
             // The transaction cache keeps retransmitted Allocates from hitting 437.
             self.tx_cache
                 .insert((client, p.tid), (now + TRANSACTION_CACHE, out.clone()));
+        } else {
+            self.stats.tx_cache_full += 1;
         }
         self.transmits
             .push_back(Transmit::ToClient { client, data: out });

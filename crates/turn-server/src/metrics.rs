@@ -54,6 +54,7 @@ pub struct Metrics {
     in_process: Vec<IntCounter>,
     rate_evictions: IntCounter,
     rate_limit_closed: IntCounter,
+    tx_cache_full: IntCounter,
     stream_rejections: Vec<IntCounter>,
     streams_active: IntGauge,
     worker_tasks: IntGauge,
@@ -197,6 +198,13 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(rate_limit_closed.clone()))
             .expect("unique metric");
+        let tx_cache_full = IntCounter::new(
+            "callrelay_turn_transaction_cache_full_total",
+            "Answers not kept for retransmissions because the transaction cache (transaction_cache) was full",
+        )
+        .expect("valid metric");
+        r.register(Box::new(tx_cache_full.clone()))
+            .expect("unique metric");
         let sr = counter_vec(
             &r,
             "callrelay_turn_stream_rejections_total",
@@ -240,6 +248,7 @@ impl Metrics {
             in_process,
             rate_evictions,
             rate_limit_closed,
+            tx_cache_full,
             stream_rejections,
             streams_active,
             worker_tasks,
@@ -312,6 +321,8 @@ impl Metrics {
             .inc_by(stats.rate_evictions.saturating_sub(ps.rate_evictions));
         self.rate_limit_closed
             .inc_by(stats.rate_limit_closed.saturating_sub(ps.rate_limit_closed));
+        self.tx_cache_full
+            .inc_by(stats.tx_cache_full.saturating_sub(ps.tx_cache_full));
         let delta = |g: &IntGauge, now: u64, before: u64| g.add(now as i64 - before as i64);
         for i in 0..3 {
             delta(

@@ -869,6 +869,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         worker: index,
         max_permissions: cfg.max_permissions as usize,
         max_channels: cfg.max_channels as usize,
+        tx_cache_max: cfg.transaction_cache as usize,
     };
     let core = Core::new(
         core_cfg,

@@ -45,6 +45,7 @@ fn cfg() -> CoreConfig {
         worker: 0,
         max_permissions: 256,
         max_channels: 256,
+        tx_cache_max: 65_536,
     }
 }
 
@@ -1959,4 +1960,33 @@ fn impossible_sources_get_no_answer_and_are_counted() {
         allocates as u64
     );
     assert_eq!(sim.core.allocation_count(), 1);
+}
+
+/// The transaction cache is bounded by `transaction_cache`: past it, answers are not kept
+/// (counted), so a retransmitted Allocate of that client is processed anew and gets 437
+/// instead of its original answer; clients within the bound keep theirs.
+#[test]
+fn transaction_cache_is_bounded_and_counts_what_it_does_not_keep() {
+    let c0 = CoreConfig {
+        tx_cache_max: 2,
+        ..cfg()
+    };
+    let mut sim = Sim::new(c0, PeerPolicy::default());
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 100_000);
+    // Each helper Allocate checks that its retransmission gets the identical answer.
+    allocate(&mut sim, client(1), &mut a);
+    allocate(&mut sim, client(2), &mut a);
+    assert_eq!(sim.core.stats().tx_cache_full, 0);
+    let c = client(3);
+    let tid = sim.next_tid();
+    let r = request(tid, method::ALLOCATE, Some(&a), true, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    sim.input(c, &r);
+    let first = last(&mut sim);
+    assert_eq!(Message::parse(&first).unwrap().class, Class::Success);
+    assert_eq!(sim.core.stats().tx_cache_full, 1);
+    sim.input(c, &r);
+    let again = last(&mut sim);
+    assert_eq!(error_code(&Message::parse(&again).unwrap()), Some(437));
 }
