@@ -697,7 +697,7 @@ const CERTS: [(&str, &str); 2] = [
 
 struct Tls {
     connector: TlsConnector,
-    /// DER of CERTS[0] and CERTS[1].
+    /// DER of `CERTS[0]` and `CERTS[1]`.
     der: [Vec<u8>; 2],
     cert_path: PathBuf,
     key_path: PathBuf,

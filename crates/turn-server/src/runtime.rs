@@ -63,7 +63,7 @@ use crate::policy::PeerPolicy;
 const FD_BASE: u64 = 64;
 
 /// The global cap on TCP/TLS client connections: `configured`, lowered to a quarter of the
-/// file descriptors above [`FD_BASE`] when the process limit (`RLIMIT_NOFILE`) is smaller.
+/// file descriptors above `FD_BASE` when the process limit (`RLIMIT_NOFILE`) is smaller.
 /// A stream connection costs one fd and, once it allocates, a relay socket: two quarters at
 /// most, so at least half of the descriptors stay for UDP allocations' relay sockets (and
 /// RFC 6062 peer connections) whatever TCP/TLS clients do.
