@@ -584,7 +584,7 @@ impl Config {
             "transaction_cache",
             pick(cli.transaction_cache, f.transaction_cache, 65_536),
             1024..=1_048_576,
-            "must be between 1024 and 1048576 answers per worker (about 350 bytes each)",
+            "must be between 1024 and 1048576 answers per worker (at most about 600 bytes each)",
         )?;
         let max_stream_connections = ranged(
             "max_stream_connections",
