@@ -1393,7 +1393,9 @@ async fn soak(a: &SoakArgs) -> Result<()> {
         (
             "gateway",
             &gw_series,
-            gw_restarted_at.map_or(warm, |r| (r + 20.0).max(warm)),
+            // A restarted gateway is a new process with its own warm-up: the same
+            // fraction of its own life in this run.
+            gw_restarted_at.map_or(warm, |r| (r + (a.secs as f64 - r) * a.warmup).max(warm)),
         ),
     ] {
         let after: Vec<u64> = s
