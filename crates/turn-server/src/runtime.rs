@@ -913,24 +913,18 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         tasks: Rc::new(Cell::new(0)),
     });
     if let Some(wake) = w.mesh.wake.get(index).cloned() {
-        spawn(&w.tasks.clone(), inbox_loop(w.clone(), inbox, wake));
+        spawn(&w.tasks, inbox_loop(w.clone(), inbox, wake));
     }
     for s in udp_list {
-        spawn(&w.tasks.clone(), udp_loop(w.clone(), s));
+        spawn(&w.tasks, udp_loop(w.clone(), s));
     }
     for l in sockets.tcp {
         let l = TcpListener::from_std(l)?;
-        spawn(
-            &w.tasks.clone(),
-            accept_loop(w.clone(), l, Proto::Tcp, tls.clone()),
-        );
+        spawn(&w.tasks, accept_loop(w.clone(), l, Proto::Tcp, tls.clone()));
     }
     for l in sockets.tls {
         let l = TcpListener::from_std(l)?;
-        spawn(
-            &w.tasks.clone(),
-            accept_loop(w.clone(), l, Proto::Tls, tls.clone()),
-        );
+        spawn(&w.tasks, accept_loop(w.clone(), l, Proto::Tls, tls.clone()));
     }
     let mut prev: (Stats, Gauges) = Default::default();
     let mut report_at = Instant::now();
@@ -994,8 +988,7 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 let ok = match relay_socket(bind).and_then(rx_socket) {
                     Ok(sock) => {
                         let sock = Rc::new(sock);
-                        let task =
-                            spawn(&w.tasks.clone(), relay_loop(w.clone(), relay, sock.clone()));
+                        let task = spawn(&w.tasks, relay_loop(w.clone(), relay, sock.clone()));
                         w.relays.borrow_mut().insert(relay, (sock, task));
                         true
                     }
@@ -1026,10 +1019,8 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 let ok = match tcp_relay_listener(bind).and_then(TcpListener::from_std) {
                     Ok(l) => {
                         let conns = CancellationToken::new();
-                        let task = spawn(
-                            &w.tasks.clone(),
-                            tcp_relay_loop(w.clone(), relay, l, conns.clone()),
-                        );
+                        let task =
+                            spawn(&w.tasks, tcp_relay_loop(w.clone(), relay, l, conns.clone()));
                         w.tcp_relays.borrow_mut().insert(relay, (task, conns));
                         true
                     }
@@ -1055,7 +1046,7 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                     c
                 });
                 spawn(
-                    &w.tasks.clone(),
+                    &w.tasks,
                     connect_peer(w.clone(), conn_id, bind, peer, conns),
                 );
             }
@@ -1551,17 +1542,17 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
             local,
             remote,
         };
-        let w = w.clone();
         match proto {
             Proto::Tls => {
                 let acceptor = tls.read().ok().and_then(|g| g.clone());
                 let Some(acceptor) = acceptor else { continue };
-                spawn(&w.tasks.clone(), async move {
+                let ws = w.clone();
+                spawn(&w.tasks, async move {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(s)) => {
-                            serve_stream(w, ClientConn::Tls(Box::new(s)), five, slot).await
+                            serve_stream(ws, ClientConn::Tls(Box::new(s)), five, slot).await
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -1570,8 +1561,8 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls: SharedTls
             }
             _ => {
                 spawn(
-                    &w.tasks.clone(),
-                    serve_stream(w, ClientConn::Tcp(stream), five, slot),
+                    &w.tasks,
+                    serve_stream(w.clone(), ClientConn::Tcp(stream), five, slot),
                 );
             }
         }
@@ -1679,13 +1670,13 @@ async fn serve_stream(w: Rc<Worker>, conn: ClientConn, five: FiveTuple, slot: St
                 direct: Some(wr),
                 ..StreamOut::default()
             });
-            let writer = spawn(&w.tasks.clone(), tcp_writer(out.clone()));
+            let writer = spawn(&w.tasks, tcp_writer(out.clone()));
             (StreamRead::Tcp(rd), out, StreamWriter::Tcp(writer))
         }
         ClientConn::Tls(s) => {
             let (rd, wr) = tokio::io::split(*s);
             let out = Rc::new(StreamOut::default());
-            let writer = spawn(&w.tasks.clone(), tls_writer(out.clone(), wr));
+            let writer = spawn(&w.tasks, tls_writer(out.clone(), wr));
             (StreamRead::Tls(rd), out, StreamWriter::Tls(writer))
         }
     };
