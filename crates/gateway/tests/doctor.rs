@@ -482,7 +482,7 @@ fn tls_admin_and_wss_certificates_are_verified() {
     // plain http:// to a TLS admin listener: answered, because this doctor is a loopback
     // peer (the ssh-tunnel path to the test call page, docs/gateway.md); from any other
     // address (the Mattermost server on its own host) the listener speaks TLS only
-    // (server.rs `plain_http_on_a_tls_listener_only_from_loopback`)
+    // (server/admin.rs `plain_http_on_a_tls_listener_only_from_loopback`)
     let mut a = args(&gw, turn.port, ADMIN_SECRET, TURN_KEY);
     a[3] = format!("http://127.0.0.1:{}/admin", gw.admin);
     let d = doctor(&a);

@@ -4,8 +4,8 @@
 //!
 //! Not shown here: the pings stopping when the core deadlocks. Nothing outside the
 //! process can make it hold its lock, and the binary has no test hook for it; the check
-//! is `watchdog_loop` in server.rs (no turn of the timer task within half the interval:
-//! no ping, logged once).
+//! is `watchdog_loop` in server/timers.rs (no turn of the timer task within half the
+//! interval: no ping, logged once).
 
 mod common;
 use common::*;

@@ -1,0 +1,151 @@
+//! Response helpers shared by the handlers: JSON bodies, CORS, Janus errors, bodies, query strings.
+
+use super::state::{App, Shared};
+use crate::core::error_reply;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response {
+    json_text(status, v.to_string())
+}
+
+/// A response with an already serialised JSON body.
+pub(super) fn json_text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+pub(super) fn cors(app: &Shared, mut resp: Response, req_headers: &HeaderMap) -> Response {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&app.cfg().cors_allow_origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    let allow_headers = req_headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_static(
+                "Origin, X-Requested-With, Content-Type, Accept, Authorization",
+            )
+        });
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    if req_headers.contains_key("access-control-request-private-network") {
+        h.insert(
+            "access-control-allow-private-network",
+            HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+pub(super) fn random_transaction() -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect()
+}
+
+pub(super) fn query_params(q: Option<&str>) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        m.insert(percent_decode(k), percent_decode(v));
+    }
+    m
+}
+
+pub(super) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(x) => {
+                        out.push(x);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A Janus error reply; Janus answers errors with HTTP 200 and the error in the body.
+pub(super) fn janus_error(code: u16, reason: &str) -> Response {
+    json_response(StatusCode::OK, &error_reply(0, None, code, reason))
+}
+
+/// A Janus error reply counted in `callrelay_gateway_errors_total`.
+pub(super) fn counted_error(app: &App, code: u16, reason: &str) -> Response {
+    app.metrics.error(code);
+    janus_error(code, reason)
+}
+
+/// A request body parsed as a JSON object, or the 454/455 error Janus answers.
+pub(super) fn json_object(body: &[u8]) -> Result<Map<String, Value>, (u16, String)> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err((455, "JSON error: not an object".to_string())),
+        Err(e) => Err((454, format!("JSON error: on line {}: {}", e.line(), e))),
+    }
+}
+
+/// The request body, at most `max_message_bytes`, arriving within `http_body_timeout`;
+/// otherwise the response to send (a body that trickles in gets 408 and the
+/// connection is closed).
+pub(super) async fn read_body(app: &App, body: Body) -> Result<Vec<u8>, Box<Response>> {
+    let cfg = app.cfg();
+    let read = axum::body::to_bytes(body, cfg.max_message_bytes);
+    match tokio::time::timeout(cfg.http_body_timeout, read).await {
+        Ok(Ok(b)) => Ok(b.to_vec()),
+        Ok(Err(_)) => Err(Box::new(counted_error(
+            app,
+            454,
+            "JSON error: request body too large",
+        ))),
+        Err(_) => {
+            app.metrics
+                .connections_rejected
+                .with_label_values(&["body_timeout"])
+                .inc();
+            let mut r = empty(StatusCode::REQUEST_TIMEOUT);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(Box::new(r))
+        }
+    }
+}
+
+pub(super) fn empty(status: StatusCode) -> Response {
+    status.into_response()
+}

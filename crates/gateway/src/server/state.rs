@@ -1,0 +1,201 @@
+//! The shared state behind the handlers: the core's lock, per-connection queues, delivery.
+
+use crate::config::Config;
+use crate::core::{ConnId, Core, Output, Source};
+use crate::metrics::Metrics;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub(super) const HTTP_QUEUE_MAX: usize = 1000;
+
+#[derive(Default)]
+pub(super) struct HttpQueue {
+    /// Serialised events, oldest first.
+    pub(super) events: VecDeque<String>,
+    /// Sum of the lengths of `events`.
+    pub(super) bytes: usize,
+    pub(super) notify: Arc<Notify>,
+    /// The session is gone; its last events (e.g. `timeout`) wait for one more poll.
+    pub(super) closed_at: Option<Instant>,
+}
+
+impl HttpQueue {
+    pub(super) fn push(&mut self, text: String) {
+        if self.events.len() >= HTTP_QUEUE_MAX
+            && let Some(old) = self.events.pop_front()
+        {
+            self.bytes -= old.len();
+        }
+        self.bytes += text.len();
+        self.events.push_back(text);
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Vec<String> {
+        let n = n.min(self.events.len());
+        let ev: Vec<String> = self.events.drain(..n).collect();
+        self.bytes -= ev.iter().map(String::len).sum::<usize>();
+        ev
+    }
+}
+
+pub(super) struct ConnHandle {
+    pub(super) tx: mpsc::UnboundedSender<String>,
+    /// Bytes queued for this connection and not yet handed to its socket (the channel
+    /// and the connection task's own `out` queue together).
+    pub(super) queued: Arc<AtomicUsize>,
+    pub(super) kill: CancellationToken,
+}
+
+pub(super) struct Inner {
+    pub(super) core: Core,
+    pub(super) conns: HashMap<ConnId, ConnHandle>,
+    pub(super) http: HashMap<u64, HttpQueue>,
+    pub(super) next_conn: ConnId,
+    /// While a WebSocket connection's request is handled: that connection and the
+    /// messages for it, written by its own task instead of going through its queue.
+    pub(super) local: Option<(ConnId, Vec<Value>)>,
+    /// Ended HTTP sessions whose last events wait for a poll, oldest first.
+    pub(super) closed_http: VecDeque<(Instant, u64)>,
+    /// Wakes the timer task when a request armed an earlier deadline.
+    pub(super) timer_wake: Arc<Notify>,
+    /// `ws_queue_bytes` and `http_queue_bytes`.
+    pub(super) ws_queue_bytes: usize,
+    pub(super) http_queue_bytes: usize,
+    pub(super) metrics: Metrics,
+}
+
+pub(super) struct Shared {
+    pub(super) inner: Mutex<Inner>,
+    pub(super) metrics: Metrics,
+    /// The running configuration; a SIGHUP reload swaps it (see [`apply_reload`]).
+    pub(super) cfg: std::sync::RwLock<Arc<Config>>,
+    pub(super) persist_lock: tokio::sync::Mutex<()>,
+    pub(super) tokens_path: PathBuf,
+    /// The last tokens.json write failed (the timer task retries).
+    pub(super) tokens_unsaved: std::sync::atomic::AtomicBool,
+    /// See [`Inner::timer_wake`].
+    pub(super) timer_wake: Arc<Notify>,
+    /// Notified each time the timer task's loop turns (the systemd watchdog waits for it).
+    pub(super) timer_turned: Notify,
+    /// Port of the WebSocket listener (for the test page's default WebSocket URL).
+    pub(super) ws_port: u16,
+}
+
+pub(super) type App = Arc<Shared>;
+
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The running configuration (a snapshot: a reload does not change it under you).
+    pub(super) fn cfg(&self) -> Arc<Config> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Inner {
+    pub(super) fn send_conn(&mut self, conn: ConnId, msg: Value) {
+        if let Some((c, out)) = &mut self.local
+            && *c == conn
+        {
+            // serialised by the connection's task, outside the lock
+            out.push(msg);
+            return;
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let text = msg.to_string();
+        let len = text.len();
+        let queued = c.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let full = queued > self.ws_queue_bytes || c.tx.send(text).is_err();
+        if full && let Some(c) = self.conns.remove(&conn) {
+            tracing::warn!(
+                conn,
+                queued,
+                "WebSocket client too slow (queue full); disconnecting"
+            );
+            self.metrics
+                .slow_clients
+                .with_label_values(&["websocket"])
+                .inc();
+            c.kill.cancel();
+        }
+    }
+
+    pub(super) fn deliver(&mut self) {
+        let mut unread: Vec<u64> = Vec::new();
+        loop {
+            for out in self.core.drain() {
+                match out {
+                    Output::Event {
+                        owner: Source::Ws(c),
+                        msg,
+                        ..
+                    } => self.send_conn(c, msg),
+                    Output::Event {
+                        owner: Source::Http,
+                        session_id,
+                        msg,
+                    } => {
+                        let q = self.http.entry(session_id).or_default();
+                        q.push(msg.to_string());
+                        q.notify.notify_waiters();
+                        if q.bytes > self.http_queue_bytes && q.closed_at.is_none() {
+                            unread.push(session_id);
+                        }
+                    }
+                    Output::SessionClosed { session_id, .. } => {
+                        let keep = self
+                            .http
+                            .get(&session_id)
+                            .is_some_and(|q| !q.events.is_empty());
+                        if keep {
+                            if let Some(q) = self.http.get_mut(&session_id) {
+                                let now = Instant::now();
+                                q.closed_at = Some(now);
+                                q.notify.notify_waiters();
+                                self.closed_http.push_back((now, session_id));
+                            }
+                        } else if let Some(q) = self.http.remove(&session_id) {
+                            q.notify.notify_waiters();
+                        }
+                    }
+                }
+            }
+            if unread.is_empty() {
+                if self.core.take_timer_moved() {
+                    self.timer_wake.notify_one();
+                }
+                return;
+            }
+            // Sessions whose client stopped polling: end them (as a closed WebSocket
+            // would be) instead of buffering more; their queued events are dropped.
+            for sid in std::mem::take(&mut unread) {
+                tracing::warn!(
+                    session = sid,
+                    "HTTP session not polled (event queue full); ending it"
+                );
+                self.metrics.slow_clients.with_label_values(&["http"]).inc();
+                if let Some(q) = self.http.remove(&sid) {
+                    q.notify.notify_waiters();
+                }
+                self.core.drop_unread_session(Instant::now(), sid);
+            }
+        }
+    }
+}
