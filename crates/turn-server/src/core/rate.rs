@@ -24,6 +24,11 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use rand::RngCore;
+
+use super::stats::QuotaKind;
+use super::{Command, Core, FiveTuple, Proto};
+
 /// Entries per set: the replacement choice is made among this many.
 const WAYS: usize = 4;
 
@@ -214,6 +219,48 @@ impl RateTable {
             e.trusted_until_s = now_s.saturating_add(secs.max(1));
         }
         evicted
+    }
+}
+
+impl<R: RngCore> Core<R> {
+    pub(super) fn rate_limits(&self) -> Limits {
+        Limits {
+            unauth_rate: self.cfg.unauth_rate as f32,
+            auth_rate: self.cfg.auth_rate as f32,
+        }
+    }
+
+    /// May an unauthenticated answer go to `from`? The per-source limit: a fixed table that
+    /// replaces old entries and never refuses a source it has not seen; `auth_rate` for a
+    /// source that authenticated recently. Over UDP the excess is dropped (the client
+    /// retransmits); a TCP/TLS client never retransmits (RFC 8489 §6.2.2), so over its
+    /// budget its connection is closed and counted instead of left hanging.
+    pub(super) fn rate_ok(&mut self, now: Instant, from: FiveTuple) -> bool {
+        let stream = from.proto != Proto::Udp;
+        let limits = self.rate_limits();
+        let v = self.rate.allow(now, from.remote.ip(), stream, limits);
+        self.stats.rate_evictions += u64::from(v.evicted);
+        if !v.allowed {
+            if stream {
+                self.stats.rate_limit_closed += 1;
+                tracing::debug!(client = ?from.remote, "stream over the request rate, closing");
+                self.commands
+                    .push_back(Command::CloseConnection { client: from });
+            } else {
+                self.stats.quota[QuotaKind::RateLimit as usize] += 1;
+            }
+        }
+        v.allowed
+    }
+
+    /// A request from `from` authenticated: its source gets `auth_rate` for the nonce
+    /// lifetime (a nonce is bound to the source address, so this needs a real round trip).
+    pub(super) fn trust_source(&mut self, now: Instant, from: FiveTuple) {
+        let limits = self.rate_limits();
+        let secs = self.cfg.nonce_lifetime;
+        if self.rate.trust(now, from.remote.ip(), secs, limits) {
+            self.stats.rate_evictions += 1;
+        }
     }
 }
 

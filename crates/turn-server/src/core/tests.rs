@@ -4,9 +4,14 @@ use std::collections::HashMap;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use std::net::{IpAddr, SocketAddr};
+
+use super::allocate::MAX_BIND_RETRIES;
+use super::stats::{AllocResult, AuthFail, QuotaKind};
 use super::*;
 use crate::auth::rest_credentials;
-use crate::stun::{Builder, Class, Message, TransactionId, attr, method};
+use crate::policy::DenyClass;
+use crate::stun::{self, Builder, Class, Message, TransactionId, attr, method};
 
 const UNIX0: u64 = 1_800_000_000;
 

@@ -1,0 +1,466 @@
+//! Allocate (RFC 8656 §7.2, RFC 6062 §5.1): checks, quota, relay-port choice, opening the
+//! relay sockets and the answer once they are open.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+use super::allocation::{Allocation, Bucket, RelaySlot};
+use super::auth::Authed;
+use super::fxhash::FxMap;
+use super::quota::quota_key;
+use super::stats::{AllocResult, QuotaKind};
+use super::*;
+use crate::stun::{Builder, Class, Message, TransactionId, attr, method};
+
+#[derive(Debug)]
+pub(super) struct PendingAllocate {
+    pub(super) tid: TransactionId,
+    pub(super) lifetime: u32,
+    pub(super) fingerprint: bool,
+    pub(super) reservation_token: Option<u64>,
+    pub(super) v6_error: bool,
+    /// Relay ports tried again because the bind failed (port busy on this host).
+    pub(super) bind_retries: u8,
+}
+
+/// Busy relay ports an Allocate tries before it gets 508.
+pub(super) const MAX_BIND_RETRIES: u8 = 8;
+
+impl<R: RngCore> Core<R> {
+    /// The runtime's answer to [`Command::OpenRelaySocket`].
+    pub fn relay_opened(&mut self, now: Instant, relay: RelayToken, ok: bool) {
+        let Some(a) = self.alloc_mut(relay) else {
+            return;
+        };
+        let idx = usize::from(relay.v6);
+        if ok {
+            let udp = !a.tcp;
+            let mut advertised = None;
+            if let Some(Some(r)) = a.relays.get_mut(idx) {
+                r.open = true;
+                advertised = Some(r.advertised);
+            }
+            let complete = a.relays.iter().flatten().all(|r| r.open);
+            if let (true, Some(addr)) = (udp, advertised) {
+                self.by_relay_addr.insert(addr, relay);
+                self.quota.set_owner(addr.port(), Some(self.cfg.worker));
+            }
+            if complete {
+                self.answer_allocate(now, relay.slot);
+            }
+            return;
+        }
+        // The port is busy on this host: try another one.
+        let port = a
+            .relays
+            .get(idx)
+            .and_then(|r| r.as_ref())
+            .map(|r| r.bind.port());
+        let fp_even = a
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.reservation_token.is_some());
+        let retries = a.pending.as_mut().map_or(u8::MAX, |p| {
+            p.bind_retries = p.bind_retries.saturating_add(1);
+            p.bind_retries
+        });
+        // A port that another socket still holds (often our own relay socket of an
+        // allocation just deleted, whose task has not dropped it yet) stays marked used
+        // until a replacement is picked, so the pick cannot return it; then it goes back
+        // to the pool. (Kept used for good, each such collision leaked a port: under
+        // allocation churn the pool ran dry and every Allocate got 508.)
+        let picked = if retries > MAX_BIND_RETRIES {
+            None
+        } else {
+            let mut pool = self.quota.ports();
+            let p = pool.pick(&mut self.rng, fp_even, false);
+            if let Some(p) = p {
+                pool.take(p);
+                if let Some(busy) = port {
+                    pool.release(busy);
+                }
+            }
+            p
+        };
+        match picked {
+            Some(p) => {
+                let Some(a) = self
+                    .slots
+                    .get_mut(relay.slot as usize)
+                    .and_then(Option::as_mut)
+                else {
+                    return;
+                };
+                let tcp = a.tcp;
+                if let Some(Some(r)) = a.relays.get_mut(idx) {
+                    r.bind.set_port(p);
+                    r.advertised.set_port(p);
+                    self.commands.push_back(if tcp {
+                        Command::OpenTcpRelay {
+                            relay,
+                            bind: r.bind,
+                        }
+                    } else {
+                        Command::OpenRelaySocket {
+                            relay,
+                            bind: r.bind,
+                        }
+                    });
+                }
+            }
+            None => {
+                self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
+                self.stats.allocations[AllocResult::Capacity as usize] += 1;
+                let a = self.slots.get(relay.slot as usize).and_then(Option::as_ref);
+                if let Some((client, p)) = a.and_then(|a| {
+                    a.pending
+                        .as_ref()
+                        .map(|p| (a.client, (p.tid, p.fingerprint)))
+                }) {
+                    let mut out = Vec::new();
+                    let mut b = Builder::new(&mut out, method::ALLOCATE, Class::Error, p.0);
+                    b.error(508, "Insufficient Capacity");
+                    if !b.finish(None, p.1) {
+                        return;
+                    }
+                    self.transmits
+                        .push_back(Transmit::ToClient { client, data: out });
+                }
+                self.delete(relay.slot);
+            }
+        }
+    }
+
+    /// Allocate: the requested lifetime capped at the maximum, never below the default
+    /// (RFC 8656 §7.2). Refresh: capped at the maximum only (RFC 8656 §7.3).
+    pub(super) fn lifetime(&self, msg: &Message<'_>, floor: bool) -> u32 {
+        match msg.u32_attr(attr::LIFETIME) {
+            Some(l) if floor => l.min(self.cfg.max_lifetime).max(self.cfg.default_lifetime),
+            Some(l) => l.min(self.cfg.max_lifetime),
+            None => self.cfg.default_lifetime,
+        }
+    }
+
+    pub(super) fn allocate(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: Authed,
+    ) {
+        let bad = |s: &mut Self, code: u16, reason: &str, result: AllocResult| {
+            s.stats.allocations[result as usize] += 1;
+            s.reply_error(now, from, msg, &authed, code, reason);
+        };
+        if let Some(&slot) = self.by_client.get(&from) {
+            let live = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|a| a.expires > now);
+            if live {
+                return bad(self, 437, "Allocation Mismatch", AllocResult::Mismatch);
+            }
+            self.delete(slot);
+        }
+        match msg
+            .get(attr::REQUESTED_TRANSPORT)
+            .and_then(|v| v.first().copied())
+        {
+            None => {
+                return bad(
+                    self,
+                    400,
+                    "Missing REQUESTED-TRANSPORT",
+                    AllocResult::BadRequest,
+                );
+            }
+            Some(17) => {}
+            // RFC 6062 §5.1: TCP relaying only for clients on TCP/TLS, without the UDP-only
+            // options.
+            Some(6) if from.proto == Proto::Udp => {
+                return bad(
+                    self,
+                    400,
+                    "TCP relay needs a TCP/TLS connection",
+                    AllocResult::BadRequest,
+                );
+            }
+            Some(6) => {
+                if msg.has(attr::EVEN_PORT)
+                    || msg.has(attr::RESERVATION_TOKEN)
+                    || msg.has(attr::DONT_FRAGMENT)
+                    || msg.has(attr::ADDITIONAL_ADDRESS_FAMILY)
+                {
+                    return bad(
+                        self,
+                        400,
+                        "Option not valid for a TCP relay",
+                        AllocResult::BadRequest,
+                    );
+                }
+            }
+            Some(_) => {
+                return bad(
+                    self,
+                    442,
+                    "Unsupported Transport Protocol",
+                    AllocResult::BadRequest,
+                );
+            }
+        }
+        let tcp = msg
+            .get(attr::REQUESTED_TRANSPORT)
+            .and_then(|v| v.first().copied())
+            == Some(6);
+        let even = msg.get(attr::EVEN_PORT);
+        let token = msg.get(attr::RESERVATION_TOKEN);
+        let raf = msg
+            .get(attr::REQUESTED_ADDRESS_FAMILY)
+            .map(|v| v.first().copied().unwrap_or(0));
+        let aaf = msg
+            .get(attr::ADDITIONAL_ADDRESS_FAMILY)
+            .map(|v| v.first().copied().unwrap_or(0));
+        if (even.is_some() && token.is_some())
+            || (raf.is_some() && token.is_some())
+            || (raf.is_some() && aaf.is_some())
+        {
+            return bad(self, 400, "Conflicting attributes", AllocResult::BadRequest);
+        }
+        if aaf.is_some_and(|f| f != 2) {
+            return bad(
+                self,
+                400,
+                "ADDITIONAL-ADDRESS-FAMILY must be IPv6",
+                AllocResult::BadRequest,
+            );
+        }
+        if self.draining {
+            return bad(self, 508, "Server Draining", AllocResult::Capacity);
+        }
+        // Which relay families: requested (default IPv4), plus IPv6 for dual-stack.
+        let (want4, want6) = match raf {
+            None | Some(1) => (true, aaf.is_some()),
+            Some(2) => (false, true),
+            Some(_) => {
+                return bad(
+                    self,
+                    440,
+                    "Address Family not Supported",
+                    AllocResult::BadRequest,
+                );
+            }
+        };
+        let have4 = self.cfg.relay_ip4.is_some();
+        let have6 = self.cfg.relay_ip6.is_some();
+        let mut v6_error = false;
+        let (use4, use6) = if aaf.is_some() {
+            v6_error = !have6;
+            (have4, have6)
+        } else {
+            (want4 && have4, want6 && have6)
+        };
+        if (want4 && !have4 && raf.is_some()) || (raf == Some(2) && !have6) || (!use4 && !use6) {
+            return bad(
+                self,
+                440,
+                "Address Family not Supported",
+                AllocResult::BadRequest,
+            );
+        }
+        // Port selection.
+        let mut port4 = None;
+        let mut reservation_token = None;
+        if let Some(t) = token {
+            let Ok(t) = <[u8; 8]>::try_from(t) else {
+                return bad(self, 400, "Bad RESERVATION-TOKEN", AllocResult::BadRequest);
+            };
+            let r = self.quota.ports().reserved.remove(&u64::from_be_bytes(t));
+            // The reservation's quota unit goes back to its holder; the allocation that
+            // redeems it takes one below like any other.
+            if let Some((_, _, holder)) = &r {
+                self.quota.unreserve(holder);
+            }
+            match r {
+                Some((p, e, _)) if e > now => port4 = Some(p),
+                Some((p, _, _)) => {
+                    // Expired, not yet swept: its port goes back now.
+                    self.quota.ports().release(p);
+                    return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+                }
+                None => return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
+            }
+        }
+        if let Err(kind) = self
+            .quota
+            .acquire(quota_key(&authed.username, authed.rest_expiry))
+        {
+            if let Some(p) = port4 {
+                self.quota.ports().release(p);
+            }
+            self.stats.quota[kind as usize] += 1;
+            return match kind {
+                QuotaKind::User => bad(self, 486, "Allocation Quota Reached", AllocResult::Quota),
+                _ => bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
+            };
+        }
+        let reserve_next = even.and_then(|v| v.first()).is_some_and(|b| b & 0x80 != 0);
+        let pick = |s: &mut Self, even: bool, pair: bool| {
+            let mut pool = s.quota.ports();
+            let p = pool.pick(&mut s.rng, even, pair)?;
+            pool.take(p);
+            Some(p)
+        };
+        let p_main = match port4 {
+            Some(p) => Some(p),
+            None => pick(self, even.is_some(), reserve_next),
+        };
+        let Some(p_main) = p_main else {
+            self.quota
+                .release(quota_key(&authed.username, authed.rest_expiry));
+            self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
+            return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+        };
+        if reserve_next {
+            // The held port counts against the user's quota like an allocation: without
+            // this one user held half the port range with `user_quota = 1` by allocating
+            // with EVEN-PORT and deleting the allocation, again and again.
+            let holder = quota_key(&authed.username, authed.rest_expiry);
+            if let Err(kind) = self.quota.reserve(holder) {
+                self.quota.ports().release(p_main);
+                self.quota.release(holder);
+                self.stats.quota[kind as usize] += 1;
+                return bad(self, 486, "Allocation Quota Reached", AllocResult::Quota);
+            }
+            let next = p_main + 1;
+            let t = self.rng.next_u64();
+            let mut pool = self.quota.ports();
+            pool.take(next);
+            pool.reserved
+                .insert(t, (next, now + RESERVATION_LIFETIME, holder.to_owned()));
+            reservation_token = Some(t);
+        }
+        let mut relays = [None, None];
+        let mk = |ip: Option<IpAddr>, ext: Option<IpAddr>, port: u16| {
+            ip.map(|ip| RelaySlot {
+                bind: SocketAddr::new(ip, port),
+                advertised: SocketAddr::new(ext.unwrap_or(ip), port),
+                open: false,
+            })
+        };
+        if use4 {
+            relays[0] = mk(self.cfg.relay_ip4, self.cfg.external_ip4, p_main);
+        }
+        if use6 {
+            let p6 = if use4 {
+                pick(self, false, false)
+            } else {
+                Some(p_main)
+            };
+            let Some(p6) = p6 else {
+                self.quota.ports().release(p_main);
+                self.quota
+                    .release(quota_key(&authed.username, authed.rest_expiry));
+                self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
+                return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+            };
+            relays[1] = mk(self.cfg.relay_ip6, self.cfg.external_ip6, p6);
+        }
+        let lifetime = self.lifetime(msg, true);
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            (self.slots.len() - 1) as u32
+        });
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let burst = self.cfg.bandwidth as f64;
+        let alloc = Allocation {
+            generation,
+            client: from,
+            username: authed.username,
+            key: authed.key,
+            rest_expiry: authed.rest_expiry,
+            expires: now + Duration::from_secs(u64::from(lifetime)),
+            relays,
+            permissions: FxMap::default(),
+            channels: FxMap::default(),
+            channel_of: FxMap::default(),
+            bucket: Bucket::new(now, burst),
+            pending: Some(PendingAllocate {
+                tid: msg.tid,
+                lifetime,
+                fingerprint: msg.has_fingerprint(),
+                reservation_token,
+                v6_error,
+                bind_retries: 0,
+            }),
+            reservation: reservation_token,
+            tcp,
+            tcp_peers: Vec::new(),
+        };
+        for (i, r) in alloc.relays.iter().enumerate() {
+            if let Some(r) = r {
+                let relay = RelayToken {
+                    slot,
+                    generation,
+                    v6: i == 1,
+                };
+                self.commands.push_back(if tcp {
+                    Command::OpenTcpRelay {
+                        relay,
+                        bind: r.bind,
+                    }
+                } else {
+                    Command::OpenRelaySocket {
+                        relay,
+                        bind: r.bind,
+                    }
+                });
+            }
+        }
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Some(alloc);
+        }
+        self.by_client.insert(from, slot);
+        self.arm(now);
+    }
+
+    pub(super) fn answer_allocate(&mut self, now: Instant, slot: u32) {
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(p) = a.pending.take() else { return };
+        let mut out = Vec::with_capacity(128);
+        let mut b = Builder::new(&mut out, method::ALLOCATE, Class::Success, p.tid);
+        for r in a.relays.iter().flatten() {
+            b.xor_addr(attr::XOR_RELAYED_ADDRESS, r.advertised);
+        }
+        if p.v6_error {
+            // ADDRESS-ERROR-CODE (RFC 8656 §18.11): family 0x02, 440.
+            b.ipv6_not_supported();
+        }
+        b.u32_attr(attr::LIFETIME, p.lifetime);
+        if let Some(t) = p.reservation_token {
+            b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+        }
+        b.xor_addr(attr::XOR_MAPPED_ADDRESS, a.client.remote);
+        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
+        if !b.finish(Some(&a.key.0), p.fingerprint) {
+            return;
+        }
+        let client = a.client;
+        self.stats.allocations[AllocResult::Ok as usize] += 1;
+        tracing::debug!(relay = ?a.relays.iter().flatten().map(|r| r.bind).collect::<Vec<_>>(), proto = client.proto.label(), "allocation created");
+        if self.tx_cache.len() < self.cfg.tx_cache_max {
+            // The transaction cache keeps retransmitted Allocates from hitting 437.
+            self.tx_cache
+                .insert((client, p.tid), (now + TRANSACTION_CACHE, out.clone()));
+        } else {
+            self.stats.tx_cache_full += 1;
+        }
+        self.transmits
+            .push_back(Transmit::ToClient { client, data: out });
+    }
+}

@@ -1,0 +1,129 @@
+//! CreatePermission (RFC 8656 §9) and ChannelBind (RFC 8656 §12), and the peer-address
+//! checks both share.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use rand::RngCore;
+
+use super::allocation::{Channel, install_permission};
+use super::auth::Authed;
+use super::stats::QuotaKind;
+use super::{CHANNEL_LIFETIME, Core, FiveTuple};
+use crate::stun::{self, Message, attr};
+
+impl<R: RngCore> Core<R> {
+    /// Family and policy checks for a peer address. `Err((code, reason))` to answer.
+    pub(super) fn check_peer(
+        &mut self,
+        slot: u32,
+        peer: SocketAddr,
+    ) -> Result<(), (u16, &'static str)> {
+        let a = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .ok_or((437, "Allocation Mismatch"))?;
+        if a.relay_for(peer).is_none() {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
+        if let Err(class) = self.policy.check(peer.ip()) {
+            self.stats.denied[class.index()] += 1;
+            tracing::debug!(class = class.label(), "peer denied by policy");
+            return Err((403, "Forbidden"));
+        }
+        Ok(())
+    }
+
+    pub(super) fn create_permission(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) {
+        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
+            return;
+        };
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        for p in msg.peer_addresses() {
+            match p {
+                Some(p) => peers.push(p),
+                None => {
+                    return self.reply_error(now, from, msg, authed, 400, "Bad XOR-PEER-ADDRESS");
+                }
+            }
+        }
+        if peers.is_empty() {
+            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        }
+        for p in &peers {
+            if let Err((code, reason)) = self.check_peer(slot, *p) {
+                return self.reply_error(now, from, msg, authed, code, reason);
+            }
+        }
+        let ips: Vec<IpAddr> = peers.iter().map(SocketAddr::ip).collect();
+        let max = self.cfg.max_permissions;
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        // All or nothing (RFC 8656 §10.2): a request that would pass the cap installs none.
+        if !a.permissions_fit(&ips, max, now) {
+            self.stats.quota[QuotaKind::Permissions as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+        }
+        for ip in ips {
+            install_permission(a, ip, now);
+        }
+        self.reply_ok(now, from, msg, authed, None);
+    }
+
+    pub(super) fn channel_bind(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) {
+        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
+            return;
+        };
+        let number = msg
+            .get(attr::CHANNEL_NUMBER)
+            .and_then(|v| v.get(..2))
+            .map(|v| u16::from_be_bytes([v[0], v[1]]));
+        let Some(number) = number.filter(|n| stun::valid_channel(*n)) else {
+            return self.reply_error(now, from, msg, authed, 400, "Bad CHANNEL-NUMBER");
+        };
+        let Some(peer) = msg.peer_address() else {
+            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        };
+        if let Err((code, reason)) = self.check_peer(slot, peer) {
+            return self.reply_error(now, from, msg, authed, code, reason);
+        }
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        // Entries linger CHANNEL_COOLDOWN after expiry: the same pairing may be rebound,
+        // a different pairing of either the number or the peer may not (RFC 8656 §12).
+        let conflict = a.channels.get(&number).is_some_and(|c| c.peer != peer)
+            || a.channel_of.get(&peer).is_some_and(|n| *n != number);
+        if conflict {
+            return self.reply_error(now, from, msg, authed, 400, "Channel or peer already bound");
+        }
+        let expires = now + CHANNEL_LIFETIME;
+        let is_new = !a.channels.contains_key(&number);
+        if is_new && a.channels.len() >= self.cfg.max_channels {
+            self.stats.quota[QuotaKind::Channels as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+        }
+        if !a.permissions_fit(&[peer.ip()], self.cfg.max_permissions, now) {
+            self.stats.quota[QuotaKind::Permissions as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+        }
+        a.channels.insert(number, Channel { peer, expires });
+        a.channel_of.insert(peer, number);
+        install_permission(a, peer.ip(), now);
+        self.reply_ok(now, from, msg, authed, None);
+    }
+}

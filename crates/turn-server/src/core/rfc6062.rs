@@ -1,0 +1,232 @@
+//! TURN TCP relaying (RFC 6062): Connect, ConnectionAttempt, ConnectionBind.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+use super::allocation::install_permission;
+use super::auth::Authed;
+use super::stats::QuotaKind;
+use super::*;
+use crate::stun::{Builder, Class, Message, TransactionId, attr, method};
+
+/// A Connect waiting for the runtime's TCP connect.
+#[derive(Debug)]
+pub(super) struct PendingConnect {
+    pub(super) slot: u32,
+    pub(super) generation: u32,
+    pub(super) peer: SocketAddr,
+    pub(super) tid: TransactionId,
+    pub(super) fingerprint: bool,
+}
+
+/// How long a peer TCP connection waits for its ConnectionBind (RFC 6062 §5.3).
+pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl<R: RngCore> Core<R> {
+    pub(super) fn new_conn_id(&mut self) -> u32 {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0
+                && !self.pending_connects.contains_key(&id)
+                && !self.quota.tcp_conns().contains_key(&id)
+            {
+                return id;
+            }
+        }
+    }
+
+    /// RFC 6062 §5.2 Connect.
+    pub(super) fn connect(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) {
+        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
+            return;
+        };
+        let Some(peer) = msg.peer_address() else {
+            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        };
+        let (tcp, busy, generation) = match self.slots.get(slot as usize).and_then(Option::as_ref) {
+            Some(a) => (a.tcp, a.tcp_peers.contains(&peer), a.generation),
+            None => return,
+        };
+        if !tcp {
+            return self.reply_error(now, from, msg, authed, 400, "Not a TCP allocation");
+        }
+        if busy {
+            return self.reply_error(now, from, msg, authed, 446, "Connection Already Exists");
+        }
+        // Each peer connection needs a permission: bounded like CreatePermission.
+        let max = self.cfg.max_permissions;
+        let fits = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .is_some_and(|a| a.tcp_peers.len() < max && a.permissions_fit(&[peer.ip()], max, now));
+        if !fits {
+            self.stats.quota[QuotaKind::Permissions as usize] += 1;
+            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+        }
+        if let Err((code, reason)) = self.check_peer(slot, peer) {
+            return self.reply_error(now, from, msg, authed, code, reason);
+        }
+        let Some((i, bind)) = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .and_then(|a| {
+                a.relay_for(peer)
+                    .and_then(|i| a.relays.get(i).copied().flatten().map(|r| (i, r.bind)))
+            })
+        else {
+            return self.reply_error(now, from, msg, authed, 443, "Peer Address Family Mismatch");
+        };
+        let conn_id = self.new_conn_id();
+        if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            a.tcp_peers.push(peer);
+        }
+        self.pending_connects.insert(
+            conn_id,
+            PendingConnect {
+                slot,
+                generation,
+                peer,
+                tid: msg.tid,
+                fingerprint: msg.has_fingerprint(),
+            },
+        );
+        self.commands.push_back(Command::ConnectPeer {
+            relay: RelayToken {
+                slot,
+                generation,
+                v6: i == 1,
+            },
+            conn_id,
+            bind,
+            peer,
+        });
+    }
+
+    /// The runtime's answer to [`Command::ConnectPeer`]: success (the stream is kept under
+    /// `conn_id`) or failure (447).
+    pub fn tcp_peer_connected(&mut self, now: Instant, conn_id: u32, ok: bool) {
+        let Some(p) = self.pending_connects.remove(&conn_id) else {
+            return;
+        };
+        let Some(a) = self
+            .slots
+            .get_mut(p.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|a| a.generation == p.generation)
+        else {
+            return;
+        };
+        let mut out = Vec::with_capacity(96);
+        let mut b = Builder::new(
+            &mut out,
+            method::CONNECT,
+            if ok { Class::Success } else { Class::Error },
+            p.tid,
+        );
+        if ok {
+            install_permission(a, p.peer.ip(), now);
+            b.u32_attr(attr::CONNECTION_ID, conn_id);
+            self.quota
+                .tcp_conns()
+                .insert(conn_id, (a.username.clone(), now + CONNECTION_BIND_TIMEOUT));
+        } else {
+            a.tcp_peers.retain(|x| *x != p.peer);
+            b.error(447, "Connection Timeout or Failure");
+        }
+        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
+        let client = a.client;
+        if b.finish(Some(&a.key.0), p.fingerprint) {
+            self.transmits
+                .push_back(Transmit::ToClient { client, data: out });
+        }
+    }
+
+    /// RFC 6062 §5.3: a peer connected to a TCP relay. `Some(conn_id)` when its IP has a
+    /// permission (the runtime keeps the stream for ConnectionBind); `None` → close it.
+    pub fn tcp_peer_incoming(
+        &mut self,
+        now: Instant,
+        relay: RelayToken,
+        peer: SocketAddr,
+    ) -> Option<u32> {
+        let a = self.alloc_mut(relay)?;
+        if !a.tcp || a.expires <= now || !a.permitted(peer.ip(), now) {
+            return None;
+        }
+        let (client, username) = (a.client, a.username.clone());
+        let conn_id = self.new_conn_id();
+        self.quota
+            .tcp_conns()
+            .insert(conn_id, (username, now + CONNECTION_BIND_TIMEOUT));
+        let mut out = Vec::with_capacity(64);
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let mut b = Builder::new(
+            &mut out,
+            method::CONNECTION_ATTEMPT,
+            Class::Indication,
+            TransactionId(tid),
+        );
+        b.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+        b.u32_attr(attr::CONNECTION_ID, conn_id);
+        if b.finish(None, false) {
+            self.transmits
+                .push_back(Transmit::ToClient { client, data: out });
+        }
+        Some(conn_id)
+    }
+
+    /// RFC 6062 §5.4 ConnectionBind, on a new TCP/TLS connection without allocation.
+    pub(super) fn connection_bind(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) {
+        if from.proto == Proto::Udp || self.by_client.contains_key(&from) {
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                400,
+                "ConnectionBind needs a new TCP connection",
+            );
+        }
+        let Some(conn_id) = msg.u32_attr(attr::CONNECTION_ID) else {
+            return self.reply_error(now, from, msg, authed, 400, "Missing CONNECTION-ID");
+        };
+        let entry = {
+            let mut conns = self.quota.tcp_conns();
+            match conns.get(&conn_id) {
+                Some((user, deadline)) if *deadline > now && *user == authed.username => {
+                    conns.remove(&conn_id)
+                }
+                Some((_, deadline)) if *deadline > now => None,
+                _ => {
+                    conns.remove(&conn_id);
+                    None
+                }
+            }
+        };
+        if entry.is_none() {
+            return self.reply_error(now, from, msg, authed, 400, "Unknown CONNECTION-ID");
+        }
+        self.reply_ok(now, from, msg, authed, None);
+        self.commands.push_back(Command::SpliceData {
+            client: from,
+            conn_id,
+        });
+    }
+}
