@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 mod doctor;
-mod doctor_tcp;
 
 /// Janus API (WebSocket, HTTP, Admin) gateway with janus.plugin.videocall and TURN REST
 /// credentials. Without a subcommand it runs the server; flags override the TOML file
