@@ -63,6 +63,19 @@ pub struct Cli {
     /// Prometheus /metrics listen address.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<String>,
+    /// Connections open at once on the /metrics listener; more are closed at accept.
+    #[arg(long, value_name = "N")]
+    pub metrics_max_connections: Option<u32>,
+    /// Seconds a /metrics connection may take to send a complete request head (also
+    /// how long an idle kept-alive connection stays open).
+    #[arg(long, value_name = "SECS")]
+    pub metrics_header_timeout: Option<u64>,
+    /// Seconds /metrics answers in flight may still run once the server stops.
+    #[arg(long, value_name = "SECS")]
+    pub metrics_shutdown_grace: Option<u64>,
+    /// Seconds the exit waits for the worker threads after the drain.
+    #[arg(long, value_name = "SECS")]
+    pub worker_stop_timeout: Option<u64>,
     /// Default allocation lifetime in seconds.
     #[arg(long, value_name = "SECS")]
     pub default_lifetime: Option<u32>,
@@ -154,6 +167,10 @@ pub struct FileConfig {
     #[serde(default)]
     deny_peer: Vec<String>,
     metrics_listen: Option<String>,
+    metrics_max_connections: Option<u32>,
+    metrics_header_timeout: Option<u64>,
+    metrics_shutdown_grace: Option<u64>,
+    worker_stop_timeout: Option<u64>,
     default_lifetime: Option<u32>,
     max_lifetime: Option<u32>,
     user_quota: Option<u32>,
@@ -284,6 +301,14 @@ pub struct Config {
     pub policy: PeerPolicy,
     /// Metrics listener.
     pub metrics_listen: SocketAddr,
+    /// Connections open at once on the metrics listener.
+    pub metrics_max_connections: u32,
+    /// Time a metrics connection has for a complete request head.
+    pub metrics_header_timeout: Duration,
+    /// Time metrics answers in flight may still run at shutdown.
+    pub metrics_shutdown_grace: Duration,
+    /// Time the exit waits for the worker threads after the drain.
+    pub worker_stop_timeout: Duration,
     /// Default allocation lifetime.
     pub default_lifetime: u32,
     /// Max allocation lifetime.
@@ -523,6 +548,30 @@ impl Config {
             s.parse()
                 .map_err(|_| key_err("metrics_listen", format!("`{s}` is not ADDR:PORT")))?
         };
+        let metrics_max_connections = ranged(
+            "metrics_max_connections",
+            pick(cli.metrics_max_connections, f.metrics_max_connections, 64),
+            4..=10_000,
+            "must be between 4 and 10000 (64 is the default; a Prometheus server holds one)",
+        )?;
+        let metrics_header_timeout = ranged(
+            "metrics_header_timeout",
+            pick(cli.metrics_header_timeout, f.metrics_header_timeout, 10),
+            1..=300,
+            "must be between 1 and 300 seconds (10 is the default)",
+        )?;
+        let metrics_shutdown_grace = ranged(
+            "metrics_shutdown_grace",
+            pick(cli.metrics_shutdown_grace, f.metrics_shutdown_grace, 1),
+            0..=30,
+            "must be between 0 and 30 seconds (1 is the default)",
+        )?;
+        let worker_stop_timeout = ranged(
+            "worker_stop_timeout",
+            pick(cli.worker_stop_timeout, f.worker_stop_timeout, 3),
+            1..=60,
+            "must be between 1 and 60 seconds (3 is the default)",
+        )?;
         let default_lifetime = pick(cli.default_lifetime, f.default_lifetime, 600);
         let max_lifetime = pick(cli.max_lifetime, f.max_lifetime, 3600);
         if default_lifetime < 2 {
@@ -630,6 +679,10 @@ impl Config {
             relay_ports,
             policy,
             metrics_listen,
+            metrics_max_connections,
+            metrics_header_timeout: Duration::from_secs(metrics_header_timeout),
+            metrics_shutdown_grace: Duration::from_secs(metrics_shutdown_grace),
+            worker_stop_timeout: Duration::from_secs(worker_stop_timeout),
             default_lifetime,
             max_lifetime,
             user_quota: pick(cli.user_quota, f.user_quota, 0),
@@ -667,174 +720,4 @@ pub fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cli(args: &[&str]) -> Cli {
-        let mut v = vec!["turn-server"];
-        v.extend_from_slice(args);
-        Cli::parse_from(v)
-    }
-
-    fn err_key(c: &Cli) -> &'static str {
-        match Config::load(c) {
-            Err(ConfigError::Key { key, .. }) => key,
-            other => panic!("expected key error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn typical_test_invocation() {
-        let c = Config::load(&cli(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--relay-ip",
-            "127.0.0.1",
-            "--relay-ports",
-            "40000-40999",
-            "--auth-secret",
-            "S",
-            "--realm",
-            "test",
-            "--allow-peer",
-            "127.0.0.1/32",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ]))
-        .unwrap();
-        assert_eq!(c.relay_ports, (40000, 40999));
-        assert_eq!(c.realm, "test");
-        assert!(c.policy.check("127.0.0.1".parse().unwrap()).is_ok());
-        assert_eq!(c.default_lifetime, 600);
-        assert_eq!(c.max_lifetime, 3600);
-        assert!(!format!("{c:?}").contains("\"S\""));
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(c.workers, default_workers(cpus));
-    }
-
-    #[test]
-    fn default_workers_leave_half_the_cpus_to_the_kernel() {
-        let got: Vec<usize> = [1, 2, 3, 4, 8, 31, 32, 64]
-            .into_iter()
-            .map(default_workers)
-            .collect();
-        assert_eq!(got, [1, 1, 1, 2, 4, 15, 16, 16]);
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        assert_eq!(err_key(&cli(&["--listen", "127.0.0.1:0"])), "auth_secret");
-        assert_eq!(err_key(&cli(&["--auth-secret", "s"])), "relay_ip");
-        assert_eq!(
-            err_key(&cli(&["--auth-secret", "s", "--listen", "nope"])),
-            "listen"
-        );
-        assert_eq!(
-            err_key(&cli(&[
-                "--auth-secret",
-                "s",
-                "--relay-ip",
-                "127.0.0.1",
-                "--relay-ports",
-                "9-1"
-            ])),
-            "relay_ports"
-        );
-        assert_eq!(
-            err_key(&cli(&[
-                "--auth-secret",
-                "s",
-                "--relay-ip",
-                "127.0.0.1",
-                "--allow-peer",
-                "x"
-            ])),
-            "allow_peer"
-        );
-        assert_eq!(
-            err_key(&cli(&[
-                "--auth-secret",
-                "s",
-                "--relay-ip",
-                "127.0.0.1",
-                "--cert",
-                "c.pem"
-            ])),
-            "key"
-        );
-        assert_eq!(
-            err_key(&cli(&[
-                "--auth-secret",
-                "s",
-                "--relay-ip",
-                "127.0.0.1",
-                "--tls-listen",
-                "127.0.0.1:5349"
-            ])),
-            "tls_listen"
-        );
-        assert_eq!(
-            err_key(&cli(&["--user", "nopassword", "--relay-ip", "127.0.0.1"])),
-            "user"
-        );
-        assert_eq!(
-            err_key(&cli(&[
-                "--auth-secret",
-                "s",
-                "--relay-ip",
-                "127.0.0.1",
-                "--max-lifetime",
-                "100"
-            ])),
-            "max_lifetime"
-        );
-        for (flag, v) in [
-            ("--rate-limit-sources", "8"),
-            ("--rate-limit-ipv6-prefix", "8"),
-            ("--rate-limit-ipv6-prefix", "129"),
-        ] {
-            let key = flag.trim_start_matches("--").replace('-', "_");
-            assert_eq!(
-                err_key(&cli(&[
-                    "--auth-secret",
-                    "s",
-                    "--relay-ip",
-                    "127.0.0.1",
-                    flag,
-                    v
-                ])),
-                key
-            );
-        }
-    }
-
-    #[test]
-    fn file_and_flag_override() {
-        let dir = std::env::temp_dir().join(format!("turn-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("t.toml");
-        std::fs::write(&p, "realm = \"file\"\nauth_secret = [\"a\", \"b\"]\nrelay_ip = [\"127.0.0.1\"]\nuser_quota = 3\n").unwrap();
-        let c = Config::load(&cli(&["--config", p.to_str().unwrap(), "--realm", "flag"])).unwrap();
-        assert_eq!(c.realm, "flag");
-        assert_eq!(c.auth_secrets.0.len(), 2);
-        assert_eq!(c.user_quota, 3);
-        std::fs::write(&p, "realmm = \"x\"\n").unwrap();
-        let e = Config::load(&cli(&["--config", p.to_str().unwrap()]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("realmm"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn example_configs_load() {
-        // The annotated deploy example must parse (unknown keys are rejected) and, once it
-        // has a secret, validate.
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/turn-server.toml");
-        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let f: FileConfig =
-            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let c = cli(&["--auth-secret", "s"]);
-        Config::merge(&c, f).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    }
-}
+mod tests;

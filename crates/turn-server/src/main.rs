@@ -156,23 +156,19 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 .context("spawning worker thread")?,
         );
     }
+    let worker_stop = cfg.worker_stop_timeout;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let metrics_listener = tokio::net::TcpListener::from_std(metrics_std)?;
         let metrics_addr = metrics_listener.local_addr()?;
-        let m = metrics.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = m.clone();
-                async move {
-                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
-                }
-            }),
-        );
-        let metrics_task = tokio::spawn(serve_metrics(metrics_listener, app, shutdown.clone()));
+        let metrics_task = tokio::spawn(runtime::serve_metrics(
+            metrics_listener,
+            metrics.clone(),
+            runtime::MetricsBounds::from_config(&cfg),
+            shutdown.clone(),
+        ));
         tracing::info!(
             listen = ?bound,
             tls_listen = ?tls_bound,
@@ -217,16 +213,16 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             }
         }
         shutdown.cancel();
-        // Bounded: serve_metrics gives answers in flight METRICS_GRACE, then closes.
+        // Bounded: serve_metrics gives answers in flight `metrics_shutdown_grace`, then closes.
         let _ = metrics_task.await;
         anyhow::Ok(())
     })?;
     // The workers stop at the cancel (their tasks are dropped with their runtimes); bound
     // the wait anyway, so the exit never depends on what a client does.
-    let deadline = Instant::now() + WORKER_STOP;
+    let deadline = Instant::now() + worker_stop;
     while !threads.iter().all(std::thread::JoinHandle::is_finished) {
         if Instant::now() >= deadline {
-            tracing::error!(timeout = ?WORKER_STOP, "workers did not stop in time, exiting anyway");
+            tracing::error!(timeout = ?worker_stop, "workers did not stop in time, exiting anyway");
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -294,58 +290,6 @@ impl Watchdog {
             );
         }
     }
-}
-
-/// How long answers on the metrics endpoint may still run after shutdown.
-const METRICS_GRACE: Duration = Duration::from_secs(1);
-/// A metrics request head must arrive within this (slow or half-sent requests are closed).
-const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the exit waits for worker threads after the drain.
-const WORKER_STOP: Duration = Duration::from_secs(3);
-
-/// The `/metrics` listener: HTTP/1 with a request-head timeout, and a shutdown that does
-/// not wait for clients (a half-sent request kept `axum::serve`'s graceful shutdown, and
-/// with it SIGTERM, waiting forever).
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    shutdown: CancellationToken,
-) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let app = app.clone();
-                    conns.spawn(async move {
-                        let svc = hyper::service::service_fn(
-                            move |req: hyper::Request<hyper::body::Incoming>| {
-                                tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
-                            },
-                        );
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .timer(hyper_util::rt::TokioTimer::new())
-                            .header_read_timeout(METRICS_HEADER_TIMEOUT)
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "metrics connection ended");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    let _ = tokio::time::timeout(METRICS_GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    conns.abort_all();
 }
 
 /// SIGHUP: re-read the config file; swap secrets, users, peer policy and the TLS cert.

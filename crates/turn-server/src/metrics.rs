@@ -36,6 +36,21 @@ impl StreamReject {
     ];
 }
 
+/// Why a connection to the `/metrics` endpoint was refused or closed by a bound
+/// (`callrelay_turn_metrics_rejections_total{reason}`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum MetricsReject {
+    /// `metrics_max_connections` open already: closed at accept.
+    MaxConnections = 0,
+    /// No complete request head within `metrics_header_timeout` of accept: closed.
+    HeaderTimeout = 1,
+}
+
+impl MetricsReject {
+    /// Label values in index order.
+    pub const LABELS: [&str; 2] = ["max_connections", "header_timeout"];
+}
+
 /// All turn-server metrics, with label handles resolved once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -58,6 +73,8 @@ pub struct Metrics {
     stream_rejections: Vec<IntCounter>,
     streams_active: IntGauge,
     worker_tasks: IntGauge,
+    metrics_rejections: Vec<IntCounter>,
+    metrics_connections: IntGauge,
     /// Registered on the first `set_tls_cert_not_after`: absent without TLS.
     tls_not_after: IntGauge,
 }
@@ -225,6 +242,21 @@ impl Metrics {
             "callrelay_turn_worker_tasks",
             "Tasks alive on the worker runtimes (listeners, one per TCP/TLS connection and per relay socket); back to its idle level when nothing is connected",
         );
+        let mr = counter_vec(
+            &r,
+            "callrelay_turn_metrics_rejections_total",
+            "Connections to the /metrics endpoint refused or closed by a bound",
+            "reason",
+        );
+        let metrics_rejections = MetricsReject::LABELS
+            .iter()
+            .map(|l| mr.with_label_values(&[*l]))
+            .collect();
+        let metrics_connections = gauge(
+            &r,
+            "callrelay_turn_metrics_connections_active",
+            "Open connections to the /metrics endpoint (at most metrics_max_connections)",
+        );
         let bi = IntGaugeVec::new(
             Opts::new("callrelay_turn_build_info", "Build information"),
             &["version"],
@@ -252,6 +284,8 @@ impl Metrics {
             stream_rejections,
             streams_active,
             worker_tasks,
+            metrics_rejections,
+            metrics_connections,
             tls_not_after: IntGauge::new(
                 "callrelay_turn_tls_cert_not_after_seconds",
                 "Expiry (notAfter, Unix seconds) of the TLS certificate in use",
@@ -274,6 +308,19 @@ impl Metrics {
         if let Some(c) = self.stream_rejections.get(reason as usize) {
             c.inc();
         }
+    }
+
+    /// A connection to the `/metrics` endpoint refused or closed by a bound.
+    pub fn metrics_rejected(&self, reason: MetricsReject) {
+        if let Some(c) = self.metrics_rejections.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// Connections open on the `/metrics` endpoint now.
+    pub fn set_metrics_connections(&self, n: usize) {
+        self.metrics_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A stream connection was admitted.
@@ -389,6 +436,9 @@ mod tests {
             "callrelay_turn_quota_rejections_total{kind=\"relay_ports\"} 0",
             "callrelay_turn_stream_rejections_total{reason=\"auth_timeout\"} 0",
             "callrelay_turn_stream_connections_active 0",
+            "callrelay_turn_metrics_rejections_total{reason=\"max_connections\"} 0",
+            "callrelay_turn_metrics_rejections_total{reason=\"header_timeout\"} 0",
+            "callrelay_turn_metrics_connections_active 0",
             "callrelay_turn_relay_ports_free 10",
             "callrelay_turn_requests_total{method=\"connection_bind\"} 0",
             "callrelay_turn_relayed_in_process_total{path=\"same_worker\"} 0",

@@ -12,6 +12,7 @@
 mod bind;
 mod limits;
 mod mesh;
+mod metrics_http;
 mod rfc6062;
 mod stream;
 mod tls;
@@ -46,6 +47,7 @@ use crate::policy::PeerPolicy;
 pub use bind::{Bound, WorkerSockets, bind_all};
 pub use limits::{StreamLimits, nofile_limit, stream_cap};
 pub use mesh::{Handoff, Inbox, Mesh};
+pub use metrics_http::{MetricsBounds, metrics_app, serve_metrics};
 pub use rfc6062::PeerStreams;
 pub use tls::{SharedTls, load_tls};
 pub use watchdog::{Heartbeat, watchdog_interval};
