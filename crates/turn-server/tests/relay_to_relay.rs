@@ -204,7 +204,16 @@ fn tcp_client_that_stops_reading_gets_every_frame_in_order_later() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The client starts reading only once the server has relayed every datagram toward it
+    // (queued or written while it did not read): waited for on the server's count, not
+    // guessed with a sleep.
+    let to_client =
+        r#"callrelay_turn_relayed_packets_total{direction="to_client",transport="tcp"}"#;
+    assert_eq!(
+        server.wait_metric(to_client, |v| v >= N as f64),
+        N as f64,
+        "datagrams relayed toward the non-reading client"
+    );
     client_gets_in_order(&c, N, payload);
     assert_eq!(server.stop(), Some(0));
 }
