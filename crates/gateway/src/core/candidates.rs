@@ -1,0 +1,233 @@
+//! Trickled candidates: buffered per handle and merged into the held SDP (`crate::sdp`)
+//! before it is handed to the peer, or forwarded once the SDP has gone.
+
+use super::{Core, ForwardKind, Pending, Timer};
+use crate::sdp::{self, Candidate};
+use serde_json::{Value, json};
+use std::time::Instant;
+
+impl Core {
+    /// Holds an SDP from `hid` until its candidates are complete or the deadline passes
+    /// (first SDP of a call), or forwards it right away (renegotiation).
+    pub(super) fn queue_forward(
+        &mut self,
+        now: Instant,
+        hid: u64,
+        kind: ForwardKind,
+        jsep_type: String,
+        sdp_text: String,
+        e2ee: bool,
+    ) {
+        let wait = self.cfg.candidate_wait;
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
+        if !h.forwarded {
+            // Candidates (and their `completed`) left over from an earlier
+            // PeerConnection of this handle — e.g. trickled after a busy reply — carry
+            // another ufrag: drop them, and do not trust a `completed` that no current
+            // candidate backs.
+            let ufrags = sdp::sdp_ufrags(&sdp_text);
+            let before = h.cands.len();
+            h.cands
+                .retain(|c| sdp::candidate_ufrag(&c.candidate).is_none_or(|u| ufrags.contains(&u)));
+            if h.completed && h.cands.is_empty() {
+                h.completed = false;
+            }
+            if before != h.cands.len() {
+                tracing::debug!(
+                    handle = hid,
+                    dropped = before - h.cands.len(),
+                    "dropped stale candidates"
+                );
+            }
+        }
+        let immediate = h.forwarded || h.completed || h.jsep_complete || wait.is_zero();
+        h.jsep_complete = false;
+        h.pending = Some(Pending {
+            kind,
+            jsep_type,
+            sdp: sdp_text,
+            e2ee,
+            since: now,
+            deadline: now + wait,
+        });
+        if immediate {
+            self.flush_pending(now, hid);
+        } else {
+            self.arm(now + wait, Timer::Pending(hid));
+        }
+    }
+
+    pub(super) fn flush_pending(&mut self, now: Instant, hid: u64) {
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
+        let Some(p) = h.pending.take() else {
+            return;
+        };
+        let Some(peer) = h.peer else {
+            return;
+        };
+        if !h.forwarded {
+            let ufrags = sdp::sdp_ufrags(&p.sdp);
+            h.cands
+                .retain(|c| sdp::candidate_ufrag(&c.candidate).is_none_or(|u| ufrags.contains(&u)));
+        }
+        let merged = if h.forwarded && h.cands.is_empty() {
+            p.sdp
+        } else {
+            sdp::merge_candidates(&p.sdp, &h.cands, h.completed)
+        };
+        tracing::info!(
+            handle = hid,
+            peer,
+            kind = ?p.kind,
+            candidates = h.cands.len(),
+            completed = h.completed,
+            waited_ms = u64::try_from(now.saturating_duration_since(p.since).as_millis()).unwrap_or(u64::MAX),
+            "forwarding SDP with merged candidates"
+        );
+        h.cands.clear();
+        h.forwarded = true;
+        let username = h.username.clone();
+        let waited = now.saturating_duration_since(p.since);
+        self.metrics
+            .candidate_wait_ms
+            .inc_by(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+        let mut jsep = json!({"type": p.jsep_type, "sdp": merged});
+        if p.e2ee {
+            jsep["e2ee"] = true.into();
+        }
+        let result = match p.kind {
+            ForwardKind::IncomingCall => json!({"event": "incomingcall", "username": username}),
+            ForwardKind::Accepted => json!({"event": "accepted", "username": username}),
+            ForwardKind::Update => json!({"event": "update"}),
+        };
+        if let Some(ph) = self.handles.get_mut(&peer) {
+            // the peer's browser now negotiates a PeerConnection for this call
+            ph.has_pc = true;
+            if p.jsep_type == "offer" {
+                ph.got_offer = true;
+            }
+        }
+        self.plugin_event(
+            peer,
+            None,
+            json!({"videocall": "event", "result": result}),
+            Some(jsep),
+        );
+    }
+
+    /// Buffers (or forwards) trickled candidates; a candidate larger than
+    /// `max_candidate_bytes`, or one that would take the handle's buffer past
+    /// `max_candidate_bytes_per_handle`, refuses the request (the reason of a 467).
+    pub(super) fn trickle(
+        &mut self,
+        now: Instant,
+        hid: u64,
+        items: &[Value],
+    ) -> Result<(), String> {
+        let max = self.cfg.max_candidates;
+        let max_bytes = self.cfg.max_candidate_bytes;
+        if items
+            .iter()
+            .any(|i| serde_json::to_string(i).map_or(usize::MAX, |t| t.len()) > max_bytes)
+        {
+            self.metrics
+                .candidates_refused
+                .with_label_values(&["size"])
+                .inc();
+            return Err(format!(
+                "Invalid element type (candidate larger than {max_bytes} bytes)"
+            ));
+        }
+        let max_total = self.cfg.max_candidate_bytes_per_handle;
+        let mut over_total = false;
+        let mut over_count = 0u64;
+        let mut to_peer: Vec<Value> = Vec::new();
+        let mut flush = false;
+        let peer;
+        {
+            let Some(h) = self.handles.get_mut(&hid) else {
+                return Ok(());
+            };
+            let mut buffered: usize = h.cands.iter().map(Candidate::bytes).sum();
+            peer = h.peer;
+            for item in items {
+                let Some(obj) = item.as_object() else {
+                    continue;
+                };
+                let completed = obj.get("completed").is_some()
+                    || obj
+                        .get("candidate")
+                        .and_then(Value::as_str)
+                        .is_some_and(str::is_empty);
+                if completed {
+                    if h.forwarded {
+                        to_peer.push(json!({"completed": true}));
+                    } else {
+                        h.completed = true;
+                        // Over HTTP every trickle is its own request, so `completed` can
+                        // overtake the candidates it closes. A browser that finished
+                        // gathering has at least one candidate: with none buffered, keep
+                        // holding the SDP until one arrives (or the deadline passes).
+                        flush = h.pending.is_some() && !h.cands.is_empty();
+                    }
+                    continue;
+                }
+                let Some(c) = obj.get("candidate").and_then(Value::as_str) else {
+                    continue;
+                };
+                if h.forwarded {
+                    to_peer.push(item.clone());
+                } else if h.cands.len() >= max {
+                    over_count += 1;
+                } else {
+                    let cand = Candidate {
+                        candidate: c.to_string(),
+                        sdp_mid: obj
+                            .get("sdpMid")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        sdp_mline_index: obj.get("sdpMLineIndex").and_then(Value::as_u64),
+                    };
+                    if buffered + cand.bytes() > max_total {
+                        over_total = true;
+                        break;
+                    }
+                    buffered += cand.bytes();
+                    h.cands.push(cand);
+                    // `completed` came first (reordered HTTP requests): this is the
+                    // candidate the held SDP was waiting for.
+                    flush |= h.completed && h.pending.is_some();
+                }
+            }
+        }
+        if over_count > 0 {
+            // beyond max_candidates a browser is not gathering any more: ignored, counted
+            self.metrics
+                .candidates_refused
+                .with_label_values(&["count"])
+                .inc_by(over_count);
+        }
+        if flush {
+            self.flush_pending(now, hid);
+        }
+        if let Some(p) = peer {
+            for c in to_peer {
+                self.emit_to_handle(p, json!({"janus": "trickle", "candidate": c}));
+            }
+        }
+        if over_total {
+            self.metrics
+                .candidates_refused
+                .with_label_values(&["handle_bytes"])
+                .inc();
+            return Err(format!(
+                "Invalid element type (candidates of this handle exceed {max_total} bytes)"
+            ));
+        }
+        Ok(())
+    }
+}

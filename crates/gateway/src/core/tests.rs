@@ -1,0 +1,600 @@
+//! The core without sockets or tokio: time is a parameter.
+use super::*;
+use crate::metrics::Metrics;
+use crate::store::{MemoryRegistry, MemoryTokenStore};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const OFFER: &str =
+    "v=0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:u1\r\na=mid:0\r\n";
+
+fn core(cfg: CoreConfig) -> Core {
+    Core::new(
+        cfg,
+        Box::new(MemoryTokenStore::new()),
+        Box::new(MemoryRegistry::new()),
+        Metrics::new(),
+    )
+}
+
+fn req(c: &mut Core, now: Instant, conn: ConnId, v: Value) -> Value {
+    c.handle_value(now, 0, Source::Ws(conn), v)
+}
+
+fn events(c: &mut Core) -> Vec<(Source, Value)> {
+    c.drain()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event { owner, msg, .. } => Some((owner, msg)),
+            Output::SessionClosed { .. } => None,
+        })
+        .collect()
+}
+
+/// (session, handle) registered as `name` on connection `conn`.
+/// A videocall `message` (transaction "t") on session `s`, handle `h`.
+fn message(s: u64, h: u64, body: Value) -> Value {
+    json!({"janus": "message", "transaction": "t", "session_id": s, "handle_id": h, "body": body})
+}
+
+fn with_jsep(mut msg: Value, jsep: Value) -> Value {
+    msg["jsep"] = jsep;
+    msg
+}
+
+/// The caller's `call` to bob (transaction "call") with `jsep`.
+fn call_bob(s: u64, h: u64, jsep: Value) -> Value {
+    let mut m = message(s, h, json!({"request": "call", "username": "bob"}));
+    m["transaction"] = "call".into();
+    with_jsep(m, jsep)
+}
+
+fn party(c: &mut Core, now: Instant, conn: ConnId, name: &str) -> (u64, u64) {
+    let s = req(c, now, conn, json!({"janus": "create", "transaction": "c"}))["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let h = req(
+        c,
+        now,
+        conn,
+        json!({"janus": "attach", "transaction": "a", "session_id": s, "plugin": VIDEOCALL}),
+    )["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let r = req(
+        c,
+        now,
+        conn,
+        json!({"janus": "message", "transaction": "r", "session_id": s, "handle_id": h, "body": {"request": "register", "username": name}}),
+    );
+    assert_eq!(r["janus"], "ack");
+    events(c);
+    (s, h)
+}
+
+#[test]
+fn test_page_tokens_work_until_they_expire_and_are_not_stored() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        token_auth: true,
+        ..CoreConfig::default()
+    });
+    let unix = 1_000_000;
+    c.add_test_token("test-abc", unix + 600, unix);
+    let create = |c: &mut Core, unix: u64, tok: &str| {
+        c.handle_value(
+            t0,
+            unix,
+            Source::Ws(1),
+            json!({"janus": "create", "transaction": "c", "token": tok}),
+        )
+    };
+    assert_eq!(create(&mut c, unix, "test-abc")["janus"], "success");
+    assert_eq!(create(&mut c, unix + 599, "test-abc")["janus"], "success");
+    assert_eq!(create(&mut c, unix, "test-other")["error"]["code"], 403);
+    // not in the persistent store nor the Admin API's list
+    assert_eq!(c.token_snapshot().tokens.len(), 0);
+    assert_eq!(c.test_tokens(), 1);
+    // expired: refused, and swept by the timer
+    assert_eq!(create(&mut c, unix + 600, "test-abc")["error"]["code"], 403);
+    c.add_test_token("test-def", unix + 10, unix);
+    c.handle_timeout(t0, unix + 11);
+    assert_eq!(c.test_tokens(), 0);
+}
+
+#[test]
+fn timers_hold_one_entry_per_session_and_skip_idle_ones() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        session_timeout: Duration::from_secs(600),
+        ..CoreConfig::default()
+    });
+    for i in 0..1000 {
+        party(&mut c, t0, i, &format!("u{i}"));
+    }
+    assert_eq!(c.timers.len(), 1000);
+    // a wake before any deadline pops nothing
+    c.handle_timeout(t0 + Duration::from_secs(1), 0);
+    assert_eq!(c.timers.len(), 1000);
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+    // held SDPs arm their own deadline, earlier than the sessions': the shell is told
+    let _ = c.take_timer_moved();
+    let (mut c, _, _, _, _) = trickle_offer(t0, Duration::from_millis(500));
+    assert!(c.take_timer_moved());
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+}
+
+#[test]
+fn session_timeout_is_driven_by_poll_timeout() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let (s, _) = party(&mut c, t0, 1, "alice");
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    c.handle_timeout(t0 + Duration::from_secs(59), 0);
+    assert!(events(&mut c).is_empty());
+    let r = req(
+        &mut c,
+        t0 + Duration::from_secs(59),
+        1,
+        json!({"janus": "keepalive", "transaction": "k", "session_id": s}),
+    );
+    assert_eq!(r["janus"], "ack");
+    // the heap re-arms lazily: the old deadline wakes the timer once, finds the
+    // session active, and moves it to last_activity + 60 s
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    c.handle_timeout(t0 + Duration::from_secs(60), 0);
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(119)));
+    c.handle_timeout(t0 + Duration::from_secs(118), 0);
+    assert!(events(&mut c).is_empty());
+    c.handle_timeout(t0 + Duration::from_secs(119), 0);
+    let ev = events(&mut c);
+    assert_eq!(
+        ev,
+        vec![(Source::Ws(1), json!({"janus": "timeout", "session_id": s}))]
+    );
+    assert_eq!(
+        c.stats(),
+        (0, 0, 0, 0),
+        "session, handle and username are gone"
+    );
+}
+
+/// Alice (conn 1) calls Bob (conn 2) with a trickle offer at `t0`; returns the core,
+/// Alice's session and handle, Bob's handle and the reply to `call`.
+fn trickle_offer(t0: Instant, wait: Duration) -> (Core, u64, u64, u64, Value) {
+    let mut c = core(CoreConfig {
+        candidate_wait: wait,
+        ..CoreConfig::default()
+    });
+    let (sa, ha) = party(&mut c, t0, 1, "alice");
+    let (_sb, hb) = party(&mut c, t0, 2, "bob");
+    let call = call_bob(sa, ha, json!({"type": "offer", "sdp": OFFER}));
+    let reply = req(&mut c, t0, 1, call);
+    (c, sa, ha, hb, reply)
+}
+
+/// A trickle of one candidate line for mid 0.
+fn trickle_candidate(s: u64, h: u64, line: &str) -> Value {
+    json!({"janus": "trickle", "transaction": "t", "session_id": s, "handle_id": h,
+        "candidate": {"candidate": line, "sdpMid": "0", "sdpMLineIndex": 0}})
+}
+
+#[test]
+fn offer_waits_for_candidates_until_completed_or_deadline() {
+    let t0 = Instant::now();
+    let (mut c, sa, ha, hb, reply) = trickle_offer(t0, Duration::from_millis(500));
+    assert_eq!(reply["janus"], "ack");
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), 1, "only `calling` to alice: {ev:?}");
+    assert_eq!(ev[0].1["plugindata"]["data"]["result"]["event"], "calling");
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+    // a candidate arrives; still held
+    let tr = trickle_candidate(sa, ha, "candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1");
+    req(&mut c, t0 + Duration::from_millis(100), 1, tr);
+    c.handle_timeout(t0 + Duration::from_millis(499), 0);
+    assert!(events(&mut c).is_empty());
+    // deadline: forwarded with the candidate, without end-of-candidates
+    c.handle_timeout(t0 + Duration::from_millis(500), 0);
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].0, Source::Ws(2));
+    assert_eq!(ev[0].1["sender"], hb);
+    let sdp = ev[0].1["jsep"]["sdp"].as_str().unwrap();
+    assert!(sdp.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ host ufrag u1\r\n"));
+    assert!(!sdp.contains("end-of-candidates"));
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+}
+
+#[test]
+fn completed_overtaking_the_last_candidate_does_not_empty_the_sdp() {
+    // janus.js over HTTP sends every trickle as its own POST; `completed` can be
+    // processed before the candidate it closes. The offer must still carry it.
+    let t0 = Instant::now();
+    let (mut c, sa, ha, hb, _) = trickle_offer(t0, Duration::from_millis(1000));
+    events(&mut c);
+    let done = json!({"janus": "trickle", "transaction": "d", "session_id": sa, "handle_id": ha,
+        "candidate": {"completed": true}});
+    req(&mut c, t0 + Duration::from_millis(150), 1, done);
+    assert!(events(&mut c).is_empty(), "held: no candidate yet");
+    let tr = trickle_candidate(sa, ha, "candidate:1 1 udp 1 127.0.0.1 9 typ relay ufrag u1");
+    req(&mut c, t0 + Duration::from_millis(151), 1, tr);
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].1["sender"], hb);
+    let sdp = ev[0].1["jsep"]["sdp"].as_str().unwrap();
+    assert!(
+        sdp.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ relay ufrag u1\r\n"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=end-of-candidates"), "{sdp}");
+}
+
+#[test]
+fn non_trickle_offers_are_forwarded_at_once() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let (sa, ha) = party(&mut c, t0, 1, "alice");
+    party(&mut c, t0, 2, "bob");
+    let call = call_bob(
+        sa,
+        ha,
+        json!({"type": "offer", "sdp": OFFER, "trickle": false}),
+    );
+    req(&mut c, t0, 1, call);
+    let ev = events(&mut c);
+    assert!(
+        ev.iter().any(|(o, m)| *o == Source::Ws(2)
+            && m["plugindata"]["data"]["result"]["event"] == "incomingcall"),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn orphaned_sessions_wait_for_claim_then_die() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        reclaim_timeout: Duration::from_secs(5),
+        ..CoreConfig::default()
+    });
+    let (s1, _) = party(&mut c, t0, 1, "alice");
+    let (s2, _) = party(&mut c, t0, 1, "bob");
+    c.connection_closed(t0, 1);
+    assert_eq!(c.stats().0, 2, "kept for a claim");
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    // one is claimed by a new connection in time
+    let r = req(
+        &mut c,
+        t0 + Duration::from_secs(2),
+        7,
+        json!({"janus": "claim", "transaction": "c", "session_id": s1}),
+    );
+    assert_eq!(r["janus"], "success");
+    c.handle_timeout(t0 + Duration::from_secs(5), 0);
+    assert_eq!(c.session_owner(s1), Some(Source::Ws(7)));
+    assert_eq!(c.session_owner(s2), None, "unclaimed session destroyed");
+}
+
+#[test]
+fn one_token_or_connection_cannot_take_every_session() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        token_auth: true,
+        max_sessions_per_token: 3,
+        max_sessions_per_connection: 2,
+        ..CoreConfig::default()
+    });
+    c.add_test_token("tA", 100, 0);
+    c.add_test_token("tB", 100, 0);
+    let create = |c: &mut Core, conn: ConnId, token: &str| {
+        req(
+            c,
+            t0,
+            conn,
+            json!({"janus": "create", "transaction": "c", "token": token}),
+        )
+    };
+    // token A: 3 sessions over 3 connections, the 4th is refused
+    for conn in 1..=3 {
+        assert_eq!(create(&mut c, conn, "tA")["janus"], "success");
+    }
+    let r = create(&mut c, 4, "tA");
+    assert_eq!(
+        r["error"],
+        json!({"code": 490, "reason": "Maximum number of sessions for this token reached"})
+    );
+    // token B is unaffected, but one connection holds at most 2
+    assert_eq!(create(&mut c, 5, "tB")["janus"], "success");
+    assert_eq!(create(&mut c, 5, "tB")["janus"], "success");
+    let r = create(&mut c, 5, "tB");
+    assert_eq!(
+        r["error"]["reason"],
+        "Maximum number of sessions for this connection reached"
+    );
+    assert_eq!(create(&mut c, 6, "tB")["janus"], "success");
+    // closing a connection frees its sessions for the token again
+    c.connection_closed(t0, 1);
+    assert_eq!(create(&mut c, 7, "tA")["janus"], "success");
+    let m = c.metrics.render();
+    for line in [
+        "callrelay_gateway_sessions_refused_total{limit=\"token\"} 1",
+        "callrelay_gateway_sessions_refused_total{limit=\"connection\"} 1",
+        "callrelay_gateway_sessions_refused_total{limit=\"global\"} 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line}");
+    }
+    assert!(c.per_token.values().all(|n| *n <= 3));
+    // every session destroyed: the tallies are empty again
+    for sid in c.sessions.keys().copied().collect::<Vec<_>>() {
+        c.destroy_session(t0, sid, "hangup");
+    }
+    assert!(c.per_token.is_empty() && c.per_conn.is_empty());
+}
+
+#[test]
+fn session_and_handle_caps_answer_errors() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        max_sessions: 2,
+        max_handles_per_session: 1,
+        ..CoreConfig::default()
+    });
+    let (s, _) = party(&mut c, t0, 1, "alice");
+    party(&mut c, t0, 1, "bob");
+    let r = req(
+        &mut c,
+        t0,
+        1,
+        json!({"janus": "create", "transaction": "c3"}),
+    );
+    assert_eq!(
+        r["error"],
+        json!({"code": 490, "reason": "Maximum number of sessions reached"})
+    );
+    let r = req(
+        &mut c,
+        t0,
+        1,
+        json!({"janus": "attach", "transaction": "a2", "session_id": s, "plugin": VIDEOCALL}),
+    );
+    assert_eq!(r["error"]["code"], 461);
+    req(
+        &mut c,
+        t0,
+        1,
+        json!({"janus": "destroy", "transaction": "d", "session_id": s}),
+    );
+    let r = req(
+        &mut c,
+        t0,
+        1,
+        json!({"janus": "create", "transaction": "c4"}),
+    );
+    assert_eq!(r["janus"], "success");
+}
+
+#[test]
+fn closing_a_connection_hangs_up_the_peer_and_frees_the_name() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        candidate_wait: Duration::ZERO,
+        ..CoreConfig::default()
+    });
+    let (sa, ha) = party(&mut c, t0, 1, "alice");
+    let (_sb, hb) = party(&mut c, t0, 2, "bob");
+    req(
+        &mut c,
+        t0,
+        1,
+        call_bob(sa, ha, json!({"type": "offer", "sdp": OFFER})),
+    );
+    events(&mut c);
+    c.connection_closed(t0, 1);
+    let ev = events(&mut c);
+    let to_bob: Vec<&Value> = ev
+        .iter()
+        .filter(|(o, _)| *o == Source::Ws(2))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(to_bob.len(), 2, "{ev:?}");
+    assert_eq!(
+        to_bob[0]["plugindata"]["data"]["result"],
+        json!({"event": "hangup", "username": "alice", "reason": "Remote WebRTC hangup"})
+    );
+    assert_eq!(
+        to_bob[1],
+        &json!({"janus": "hangup", "session_id": to_bob[1]["session_id"], "sender": hb, "reason": "Close PC"})
+    );
+    let (_, _, users, _) = c.stats();
+    assert_eq!(users, 1, "alice's name is free");
+}
+
+#[test]
+fn videocall_field_errors_keep_the_janus_codes_and_texts() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig::default());
+    let (s, h) = party(&mut c, t0, 1, "alice");
+    let cases = [
+        (json!({}), 475, "Missing mandatory element (request)"),
+        (
+            json!({"request": 1}),
+            474,
+            "Invalid element type (request should be a string)",
+        ),
+        (
+            json!({"request": "call"}),
+            475,
+            "Missing mandatory element (username)",
+        ),
+        (
+            json!({"request": "call", "username": []}),
+            474,
+            "Invalid element type (username should be a string)",
+        ),
+        (
+            json!({"request": "set", "audio": "yes"}),
+            474,
+            "Invalid element type (audio should be a boolean)",
+        ),
+        (
+            json!({"request": "set", "record": 1}),
+            474,
+            "Invalid element type (record should be a boolean)",
+        ),
+        (
+            json!({"request": "set", "filename": 1}),
+            474,
+            "Invalid element type (filename should be a string)",
+        ),
+        (
+            json!({"request": "set", "bitrate": -1}),
+            474,
+            "Invalid element type (bitrate should be a positive integer)",
+        ),
+        (
+            json!({"request": "set", "bitrate": 1.5}),
+            474,
+            "Invalid element type (bitrate should be a positive integer)",
+        ),
+        (
+            json!({"request": "set", "substream": 3}),
+            474,
+            "Invalid value (substream should be 0, 1 or 2)",
+        ),
+        (
+            json!({"request": "set", "fallback": "x"}),
+            474,
+            "Invalid value (fallback should be a positive integer)",
+        ),
+        (
+            json!({"request": "register", "username": "x"}),
+            477,
+            "Already registered (alice)",
+        ),
+    ];
+    for (body, code, reason) in cases {
+        let msg = message(s, h, body.clone());
+        assert_eq!(req(&mut c, t0, 1, msg)["janus"], "ack");
+        let ev = events(&mut c);
+        assert_eq!(ev.len(), 1, "{body}: {ev:?}");
+        let data = &ev[0].1["plugindata"]["data"];
+        assert_eq!(
+            data,
+            &json!({"videocall": "event", "error_code": code, "error": reason}),
+            "{body}"
+        );
+    }
+    let ok = message(
+        s,
+        h,
+        json!({"request": "set", "audio": true, "filename": "f", "bitrate": 0}),
+    );
+    assert_eq!(req(&mut c, t0, 1, ok)["janus"], "ack");
+    let ev = events(&mut c);
+    assert_eq!(
+        ev[0].1["plugindata"]["data"]["result"]["event"], "set",
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn janus_field_errors_keep_the_janus_codes_and_texts() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        admin_secret: Some("adm".into()),
+        ..CoreConfig::default()
+    });
+    let (s, h) = party(&mut c, t0, 1, "alice");
+    let cases = [
+        (
+            json!({"janus": "ping"}),
+            456,
+            "Missing mandatory element (transaction)",
+        ),
+        (
+            json!({"janus": "ping", "transaction": 5}),
+            467,
+            "Invalid element type (transaction should be a string)",
+        ),
+        (
+            json!({"transaction": "t"}),
+            456,
+            "Missing mandatory element (janus)",
+        ),
+        (
+            json!({"janus": true, "transaction": "t"}),
+            467,
+            "Invalid element type (janus should be a string)",
+        ),
+        (
+            json!({"janus": "attach", "transaction": "t", "session_id": s}),
+            456,
+            "Missing mandatory element (plugin)",
+        ),
+        (
+            json!({"janus": "attach", "transaction": "t", "session_id": s, "plugin": 1}),
+            467,
+            "Invalid element type (plugin should be a string)",
+        ),
+        (
+            with_jsep(message(s, h, json!({})), json!({"sdp": "v=0"})),
+            456,
+            "JSEP error: missing mandatory element (type)",
+        ),
+        (
+            with_jsep(message(s, h, json!({})), json!({"type": 1, "sdp": "v=0"})),
+            467,
+            "JSEP error: invalid element type (type should be a string)",
+        ),
+        (
+            with_jsep(message(s, h, json!({})), json!({"type": "offer"})),
+            456,
+            "JSEP error: missing mandatory element (sdp)",
+        ),
+        (
+            with_jsep(message(s, h, json!({})), json!({"type": "offer", "sdp": 2})),
+            467,
+            "JSEP error: invalid element type (sdp should be a string)",
+        ),
+    ];
+    for (msg, code, reason) in cases {
+        let r = req(&mut c, t0, 1, msg.clone());
+        assert_eq!(r["error"], json!({"code": code, "reason": reason}), "{msg}");
+    }
+    let admin = [
+        (
+            json!({"janus": "ping"}),
+            456,
+            "Missing mandatory element (transaction)",
+        ),
+        (
+            json!({"janus": "ping", "transaction": []}),
+            467,
+            "Invalid element type (transaction should be a string)",
+        ),
+        (
+            json!({"transaction": "t"}),
+            456,
+            "Missing mandatory element (janus)",
+        ),
+        (
+            json!({"janus": 0, "transaction": "t"}),
+            467,
+            "Invalid element type (janus should be a string)",
+        ),
+        (
+            json!({"janus": "add_token", "transaction": "t", "admin_secret": "adm"}),
+            456,
+            "Missing mandatory element (token)",
+        ),
+        (
+            json!({"janus": "add_token", "transaction": "t", "admin_secret": "adm", "token": 7}),
+            467,
+            "Invalid element type (token should be a string)",
+        ),
+    ];
+    for (msg, code, reason) in admin {
+        let r = c.admin_value(t0, 0, msg.clone(), None).reply;
+        assert_eq!(r["error"], json!({"code": code, "reason": reason}), "{msg}");
+    }
+}

@@ -1,0 +1,426 @@
+//! janus.plugin.videocall: register, list, call, accept, set, hangup, and the plugin's events.
+
+use super::janus::{Req, janus_str};
+use super::{CallState, Core, ForwardKind, VIDEOCALL};
+use crate::sdp;
+use serde_json::{Map, Value, json};
+use std::time::Instant;
+
+/// A videocall `hangup` result; `username` is omitted when unknown (as Janus does).
+pub(super) fn hangup_result(username: Option<&str>, reason: &str) -> Value {
+    match username {
+        Some(u) => json!({"event": "hangup", "username": u, "reason": reason}),
+        None => json!({"event": "hangup", "reason": reason}),
+    }
+}
+
+/// A videocall request refused: the `error_code` and `error` text of the plugin event.
+#[derive(Debug)]
+pub(super) struct PluginError {
+    code: u16,
+    reason: String,
+}
+
+impl PluginError {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// 475, as Janus names a missing field.
+    fn missing(key: &str) -> Self {
+        Self::new(475, format!("Missing mandatory element ({key})"))
+    }
+
+    /// 474, as Janus names a field of the wrong type; `expected` reads "a string" etc.
+    fn wrong_type(key: &str, expected: &str) -> Self {
+        Self::new(
+            474,
+            format!("Invalid element type ({key} should be {expected})"),
+        )
+    }
+}
+
+/// A mandatory string field of a videocall request body.
+pub(super) fn str_field(body: &Map<String, Value>, key: &str) -> Result<String, PluginError> {
+    match body.get(key) {
+        None => Err(PluginError::missing(key)),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(PluginError::wrong_type(key, "a string")),
+    }
+}
+
+/// An optional field of a videocall request body: absent is fine, present must pass `valid`.
+pub(super) fn optional_field(
+    body: &Map<String, Value>,
+    key: &str,
+    valid: fn(&Value) -> bool,
+    expected: &str,
+) -> Result<(), PluginError> {
+    match body.get(key) {
+        Some(v) if !valid(v) => Err(PluginError::wrong_type(key, expected)),
+        _ => Ok(()),
+    }
+}
+
+impl Core {
+    pub(super) fn plugin_event(
+        &mut self,
+        handle_id: u64,
+        tx: Option<&str>,
+        data: Value,
+        jsep: Option<Value>,
+    ) {
+        let mut m = Map::new();
+        m.insert("janus".into(), "event".into());
+        if let Some(t) = tx {
+            m.insert("transaction".into(), t.into());
+        }
+        m.insert(
+            "plugindata".into(),
+            json!({"plugin": VIDEOCALL, "data": data}),
+        );
+        if let Some(j) = jsep {
+            m.insert("jsep".into(), j);
+        }
+        self.emit_to_handle(handle_id, Value::Object(m));
+    }
+
+    pub(super) fn plugin_result(&mut self, handle_id: u64, tx: Option<&str>, result: Value) {
+        self.plugin_event(
+            handle_id,
+            tx,
+            json!({"videocall": "event", "result": result}),
+            None,
+        );
+    }
+
+    pub(super) fn plugin_error(&mut self, handle_id: u64, tx: &str, code: u16, reason: &str) {
+        self.metrics.error(code);
+        self.plugin_event(
+            handle_id,
+            Some(tx),
+            json!({"videocall": "event", "error_code": code, "error": reason}),
+            None,
+        );
+    }
+
+    pub(super) fn core_hangup(&mut self, handle_id: u64, reason: &str) {
+        self.emit_to_handle(handle_id, json!({"janus": "hangup", "reason": reason}));
+    }
+
+    /// Ends the call `hid` is in (if any): the peer gets a plugin `hangup` with
+    /// `peer_reason` and, if its browser holds a PeerConnection for the call, a core
+    /// `hangup` — plus, with `peer_extra`, the "Remote WebRTC hangup" event Janus sends when
+    /// it closes that PeerConnection. Resets both handles' call state. Returns the peer's
+    /// username when there was a peer.
+    pub(super) fn teardown_call(
+        &mut self,
+        _now: Instant,
+        hid: u64,
+        peer_reason: &str,
+        metric: &str,
+        peer_extra: bool,
+    ) -> Option<Option<String>> {
+        let h = self.handles.get_mut(&hid)?;
+        let peer = h.peer;
+        let own_name = h.username.clone();
+        h.reset_call();
+        let p = peer?;
+        let ph = self.handles.get_mut(&p)?;
+        if ph.peer != Some(hid) {
+            return None;
+        }
+        let peer_had_pc = ph.has_pc;
+        let peer_name = ph.username.clone();
+        ph.reset_call();
+        self.plugin_result(p, None, hangup_result(own_name.as_deref(), peer_reason));
+        if peer_had_pc {
+            self.core_hangup(p, "Close PC");
+            if peer_extra {
+                self.plugin_result(
+                    p,
+                    None,
+                    hangup_result(own_name.as_deref(), "Remote WebRTC hangup"),
+                );
+            }
+        }
+        self.metrics.calls_ended.with_label_values(&[metric]).inc();
+        Some(peer_name)
+    }
+
+    pub(super) fn message(&mut self, now: Instant, req: &Req<'_>, hid: u64) -> Value {
+        let sid = req.session_id;
+        let tx = req.tx;
+        let body = match req.root.get("body") {
+            None => return self.err(sid, Some(tx), 456, "Missing mandatory element (body)"),
+            Some(Value::Object(b)) => b.clone(),
+            Some(_) => {
+                return self.err(
+                    sid,
+                    Some(tx),
+                    467,
+                    "Invalid element type (body should be an object)",
+                );
+            }
+        };
+        let mut jsep: Option<(String, String, bool)> = None;
+        if let Some(j) = req.root.get("jsep") {
+            let Some(j) = j.as_object() else {
+                return self.err(sid, Some(tx), 455, "Invalid jsep object");
+            };
+            let type_and_sdp = janus_str(j, "type", true)
+                .and_then(|t| Ok((t.to_string(), janus_str(j, "sdp", true)?.to_string())));
+            let (jtype, sdp_text) = match type_and_sdp {
+                Ok(ts) => ts,
+                Err((code, reason)) => return self.err(sid, Some(tx), code, &reason),
+            };
+            let lower = jtype.to_ascii_lowercase();
+            if lower != "offer" && lower != "answer" {
+                return self.err(
+                    sid,
+                    Some(tx),
+                    464,
+                    &format!("JSEP error: unknown message type '{jtype}'"),
+                );
+            }
+            if !sdp::looks_like_sdp(&sdp_text) {
+                return self.err(sid, Some(tx), 465, "Invalid SDP (doesn't start with v=)");
+            }
+            if lower == "answer" && !self.handles.get(&hid).is_some_and(|h| h.got_offer) {
+                return self.err(sid, Some(tx), 469, "Unexpected ANSWER (did we offer?)");
+            }
+            let e2ee = j.get("e2ee").and_then(Value::as_bool).unwrap_or(false);
+            // A client that does not trickle (janus.js sends `"trickle": false`) or whose
+            // SDP already ends its candidates must not wait for the candidate deadline.
+            let complete = j.get("trickle").and_then(Value::as_bool) == Some(false)
+                || sdp_text.contains("a=end-of-candidates");
+            if let Some(h) = self.handles.get_mut(&hid) {
+                h.jsep_complete = complete;
+            }
+            jsep = Some((lower, sdp_text, e2ee));
+        }
+        self.videocall(now, hid, tx, &body, jsep);
+        if let Some(h) = self.handles.get_mut(&hid) {
+            h.jsep_complete = false;
+        }
+        json!({"janus": "ack", "session_id": sid, "transaction": tx})
+    }
+
+    pub(super) fn videocall(
+        &mut self,
+        now: Instant,
+        hid: u64,
+        tx: &str,
+        body: &Map<String, Value>,
+        jsep: Option<(String, String, bool)>,
+    ) {
+        if let Err(e) = self.videocall_request(now, hid, tx, body, jsep) {
+            self.plugin_error(hid, tx, e.code, &e.reason);
+        }
+    }
+
+    /// One videocall request; a refusal comes back as the plugin error to send.
+    pub(super) fn videocall_request(
+        &mut self,
+        now: Instant,
+        hid: u64,
+        tx: &str,
+        body: &Map<String, Value>,
+        jsep: Option<(String, String, bool)>,
+    ) -> Result<(), PluginError> {
+        let request = str_field(body, "request")?.to_ascii_lowercase();
+        let (username, peer, call) = match self.handles.get(&hid) {
+            Some(h) => (h.username.clone(), h.peer, h.call),
+            None => return Ok(()),
+        };
+        match request.as_str() {
+            "list" => {
+                let list = self.registry.usernames();
+                self.plugin_result(hid, Some(tx), json!({"list": list}));
+            }
+            "register" => {
+                if let Some(u) = username {
+                    return Err(PluginError::new(477, format!("Already registered ({u})")));
+                }
+                let name = str_field(body, "username")?;
+                let max = self.cfg.max_username_bytes;
+                if name.len() > max {
+                    return Err(PluginError::new(
+                        474,
+                        format!("Invalid element (username longer than {max} bytes)"),
+                    ));
+                }
+                if !self.registry.register(&name, hid) {
+                    return Err(PluginError::new(
+                        476,
+                        format!("Username '{name}' already taken"),
+                    ));
+                }
+                if let Some(h) = self.handles.get_mut(&hid) {
+                    h.username = Some(name.clone());
+                }
+                self.plugin_result(
+                    hid,
+                    Some(tx),
+                    json!({"event": "registered", "username": name}),
+                );
+            }
+            "call" => {
+                let Some(own) = username else {
+                    return Err(PluginError::new(473, "Register a username first"));
+                };
+                if peer.is_some() || call != CallState::Idle {
+                    return Err(PluginError::new(480, "Already in a call"));
+                }
+                let target = str_field(body, "username")?;
+                if target == own {
+                    return Err(PluginError::new(
+                        479,
+                        "You can't call yourself... use the EchoTest for that",
+                    ));
+                }
+                let Some(callee) = self
+                    .registry
+                    .lookup(&target)
+                    .filter(|c| self.handles.contains_key(c))
+                else {
+                    return Err(PluginError::new(
+                        478,
+                        format!("Username '{target}' doesn't exist"),
+                    ));
+                };
+                self.metrics.calls_started.inc();
+                let callee_busy = self
+                    .handles
+                    .get(&callee)
+                    .is_some_and(|c| c.peer.is_some() || c.call != CallState::Idle);
+                if callee_busy {
+                    self.metrics.calls_ended.with_label_values(&["busy"]).inc();
+                    self.plugin_result(
+                        hid,
+                        Some(tx),
+                        json!({"event": "hangup", "username": own, "reason": "User busy"}),
+                    );
+                    if jsep.is_some() {
+                        self.core_hangup(hid, "Close PC");
+                    }
+                    if let Some(h) = self.handles.get_mut(&hid) {
+                        // the candidates of this attempt are useless now
+                        h.reset_call();
+                    }
+                    return Ok(());
+                }
+                let Some((jtype, sdp_text, e2ee)) = jsep else {
+                    self.metrics.calls_ended.with_label_values(&["error"]).inc();
+                    return Err(PluginError::new(482, "Missing SDP"));
+                };
+                if jtype != "offer" {
+                    self.metrics.calls_ended.with_label_values(&["error"]).inc();
+                    return Err(PluginError::new(483, "Error parsing offer: not an offer"));
+                }
+                if let Some(h) = self.handles.get_mut(&hid) {
+                    h.peer = Some(callee);
+                    h.call = CallState::Outgoing;
+                    h.has_pc = true;
+                }
+                if let Some(c) = self.handles.get_mut(&callee) {
+                    c.reset_call();
+                    c.peer = Some(hid);
+                    c.call = CallState::Incoming;
+                }
+                self.plugin_result(hid, Some(tx), json!({"event": "calling"}));
+                self.queue_forward(now, hid, ForwardKind::IncomingCall, jtype, sdp_text, e2ee);
+            }
+            "accept" => {
+                let Some(p) = peer.filter(|_| call == CallState::Incoming) else {
+                    return Err(PluginError::new(481, "No incoming call to accept"));
+                };
+                let Some((jtype, sdp_text, e2ee)) = jsep else {
+                    return Err(PluginError::new(482, "Missing SDP"));
+                };
+                if jtype != "answer" {
+                    return Err(PluginError::new(483, "Error parsing answer: not an answer"));
+                }
+                if let Some(h) = self.handles.get_mut(&hid) {
+                    h.call = CallState::Connected;
+                    h.has_pc = true;
+                    h.got_offer = false;
+                }
+                if let Some(ph) = self.handles.get_mut(&p) {
+                    ph.call = CallState::Connected;
+                }
+                self.metrics.calls_connected.inc();
+                self.plugin_result(hid, Some(tx), json!({"event": "accepted"}));
+                self.queue_forward(now, hid, ForwardKind::Accepted, jtype, sdp_text, e2ee);
+            }
+            "set" => {
+                for key in ["audio", "video", "record"] {
+                    optional_field(body, key, Value::is_boolean, "a boolean")?;
+                }
+                optional_field(body, "filename", Value::is_string, "a string")?;
+                optional_field(body, "bitrate", Value::is_u64, "a positive integer")?;
+                for key in ["substream", "temporal"] {
+                    if let Some(v) = body.get(key)
+                        && v.as_u64().is_none_or(|x| x > 2)
+                    {
+                        return Err(PluginError::new(
+                            474,
+                            format!("Invalid value ({key} should be 0, 1 or 2)"),
+                        ));
+                    }
+                }
+                if let Some(v) = body.get("fallback")
+                    && v.as_u64().is_none()
+                {
+                    return Err(PluginError::new(
+                        474,
+                        "Invalid value (fallback should be a positive integer)",
+                    ));
+                }
+                self.plugin_result(hid, Some(tx), json!({"event": "set"}));
+                if let (Some((jtype, sdp_text, e2ee)), Some(_)) = (jsep, peer) {
+                    if jtype == "answer"
+                        && let Some(h) = self.handles.get_mut(&hid)
+                    {
+                        h.got_offer = false;
+                    }
+                    if let Some(h) = self.handles.get_mut(&hid) {
+                        h.has_pc = true;
+                    }
+                    self.queue_forward(now, hid, ForwardKind::Update, jtype, sdp_text, e2ee);
+                }
+            }
+            "hangup" => {
+                let reason = body
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("We did the hangup")
+                    .to_string();
+                let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
+                let peer = self.teardown_call(now, hid, &reason, "hangup", true);
+                self.plugin_result(
+                    hid,
+                    Some(tx),
+                    hangup_result(username.as_deref(), "Explicit hangup"),
+                );
+                if had_pc {
+                    if let Some(peer_name) = peer {
+                        self.plugin_result(
+                            hid,
+                            None,
+                            hangup_result(peer_name.as_deref(), "Remote WebRTC hangup"),
+                        );
+                    }
+                    self.core_hangup(hid, "Close PC");
+                }
+            }
+            other => {
+                return Err(PluginError::new(472, format!("Unknown request ({other})")));
+            }
+        }
+        Ok(())
+    }
+}
