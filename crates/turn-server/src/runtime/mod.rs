@@ -49,7 +49,7 @@ pub use limits::{StreamLimits, nofile_limit, stream_cap};
 pub use mesh::{Handoff, Inbox, Mesh};
 pub use metrics_http::{MetricsBounds, metrics_app, serve_metrics};
 pub use rfc6062::PeerStreams;
-pub use tls::{SharedTls, load_tls};
+pub use tls::{SharedTls, TlsError, load_tls};
 pub use watchdog::{Heartbeat, watchdog_interval};
 
 use bind::relay_socket;
@@ -92,9 +92,6 @@ pub enum RuntimeError {
         /// Cause.
         source: io::Error,
     },
-    /// TLS certificate or key unusable.
-    #[error("TLS: {0}")]
-    Tls(String),
     /// Anything else at start.
     #[error("{0}")]
     Io(#[from] io::Error),
