@@ -8,6 +8,19 @@
 //! There is no lock on the relay path. The one cross-thread hand-off is relay to relay
 //! between two workers ([`Mesh`]): a bounded, preallocated queue per worker. The core sits
 //! in a `RefCell` that is borrowed only between awaits.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | this one | a worker: its state, its loop (timers, SIGHUP reloads, metrics reports) and `flush`, which carries out the core's commands |
+//! | `udp` | UDP receive batches on listeners and relay sockets, what the core decided per datagram (`relay_input`), GSO send batching |
+//! | `stream` | TURN over TCP/TLS: accept loops, one task per connection, the per-connection output queue |
+//! | `rfc6062` | TCP allocations: peer listeners, Connect, ConnectionBind splices |
+//! | `mesh` | relay to relay between workers ([`Mesh`], [`Handoff`]) |
+//! | `limits` | caps on TCP/TLS connections ([`StreamLimits`], [`stream_cap`]) |
+//! | `bind` | socket set-up ([`bind_all`]) |
+//! | `tls` | certificate loading and the reloadable acceptor ([`load_tls`], [`SharedTls`]) |
+//! | `watchdog` | the systemd watchdog's view of the workers ([`Heartbeat`]) |
+//! | `metrics_http` | the bounded `/metrics` endpoint ([`serve_metrics`]) |
 
 mod bind;
 mod limits;
