@@ -1,4 +1,5 @@
-//! Prometheus metrics (names fixed in CONTRACTS.md, documented in docs/turn-server.md).
+//! Prometheus metrics (documented in docs/turn-server.md, "Metrics"; deploy/check-metric-names
+//! checks the dashboard and alerts against the names exported here).
 //!
 //! The relay path never touches these: each worker's core counts in plain `u64` fields
 //! ([`Stats`]) and the worker adds the deltas here once a second.
