@@ -1,5 +1,6 @@
 //! Connection caps: `max_connections`, per-address caps, `trusted_proxies`, the fd limit.
 
+use crate::config::Config;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -103,4 +104,25 @@ impl Drop for ConnSlot {
             }
         }
     }
+}
+
+/// The limiters of the public listeners (WebSocket and HTTP share one) and of the
+/// admin listener.
+pub(super) fn connection_limiters(cfg: &Config) -> (Arc<ConnLimiter>, Arc<ConnLimiter>) {
+    let public = Arc::new(
+        ConnLimiter::new(
+            public_connection_cap(cfg.max_connections, cfg.max_admin_connections),
+            cfg.max_connections_per_ip,
+            "max_connections",
+        )
+        .exempt(cfg.trusted_proxies.clone()),
+    );
+    // the admin listener has its own cap, and the public cap leaves fds for it: a
+    // flood on the public listeners never stops Mattermost's add_token
+    let admin = Arc::new(ConnLimiter::new(
+        cfg.max_admin_connections,
+        usize::MAX,
+        "admin",
+    ));
+    (public, admin)
 }

@@ -1,5 +1,5 @@
-//! The tokio/axum shell around [`Core`]: WebSocket, HTTP REST + long poll, Admin API,
-//! `/metrics`, `/turn-credentials`, TLS, timers and token persistence.
+//! The tokio/axum shell around [`Core`](crate::core::Core): WebSocket, HTTP REST + long
+//! poll, Admin API, `/metrics`, `/turn-credentials`, TLS, timers and token persistence.
 //!
 //! The core lives behind one `std::sync::Mutex`; every handler locks it, feeds one
 //! request, pushes the reply and the resulting events into bounded per-connection queues
@@ -23,24 +23,22 @@ mod ws;
 use self::admin::{admin_entry, metrics_handler};
 use self::credentials::turn_credentials;
 use self::http::http_entry;
-use self::limits::{ConnLimiter, public_connection_cap};
+use self::limits::connection_limiters;
 use self::listener::{Accounting, accept_loop};
-use self::reload::apply_reload;
-use self::state::{App, Inner, Shared, unix_now};
+use self::reload::reload_loop;
+use self::state::{App, Shared};
 use self::testpage::test_session;
 use self::timers::{timer_loop, watchdog_loop};
 use self::tls::{SharedTls, load_tls, record_cert_expiry};
-use self::tokens::{load_tokens, persist_tokens, write_tokens};
+use self::tokens::{open_token_file, persist_tokens};
 use self::ws::ws_entry;
 use crate::config::Config;
-use crate::core::{Core, CoreConfig};
+use crate::core::CoreConfig;
 use crate::metrics::Metrics;
-use crate::store::{MemoryRegistry, MemoryTokenStore};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{any, get};
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -164,21 +162,7 @@ async fn serve_inner(
     reloader: Option<Reloader>,
     ready: Arc<Notify>,
 ) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
-        ServeError::StateDir(format!(
-            "cannot create {}: {e}; set --state-dir to a writable directory",
-            cfg.state_dir.display()
-        ))
-    })?;
-    let tokens_path = cfg.state_dir.join("tokens.json");
-    let file = load_tokens(&tokens_path)?;
-    // fail early if the directory is not writable
-    write_tokens(&tokens_path, &file).map_err(|e| {
-        ServeError::StateDir(format!(
-            "cannot write {}: {e}; set --state-dir to a writable directory",
-            tokens_path.display()
-        ))
-    })?;
+    let (tokens_path, file) = open_token_file(&cfg.state_dir)?;
     let tls: SharedTls = Arc::new(std::sync::RwLock::new(match &cfg.tls {
         Some((c, k)) => Some(load_tls(c, k)?),
         None => None,
@@ -187,63 +171,11 @@ async fn serve_inner(
     if let Some((c, _)) = &cfg.tls {
         record_cert_expiry(&metrics, c);
     }
-    let core_cfg = core_config(&cfg);
-    let loaded = file.tokens.len();
-    let mut core = Core::new(
-        core_cfg,
-        Box::new(MemoryTokenStore::from_file(file)),
-        Box::new(MemoryRegistry::new()),
-        metrics.clone(),
-    );
-    let expired = core.expire_tokens(unix_now());
-    tracing::info!(loaded, expired, path = %tokens_path.display(), "tokens loaded");
-    if cfg.admin_secret.is_none() {
-        tracing::warn!("no admin_secret configured: every Admin API request will be refused (403)");
-    }
-    let timer_wake = Arc::new(Notify::new());
-    let app: App = Arc::new(Shared {
-        inner: Mutex::new(Inner {
-            core,
-            conns: HashMap::new(),
-            http: HashMap::new(),
-            local: None,
-            next_conn: 1,
-            ws_queue_bytes: cfg.ws_queue_bytes,
-            http_queue_bytes: cfg.http_queue_bytes,
-            metrics: metrics.clone(),
-            closed_http: VecDeque::new(),
-            timer_wake: timer_wake.clone(),
-        }),
-        metrics,
-        cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
-        persist_lock: tokio::sync::Mutex::new(()),
-        tokens_path,
-        tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
-        timer_wake,
-        timer_turned: Notify::new(),
-        ws_port: listeners.ws.local_addr()?.port(),
-    });
+    let ws_port = listeners.ws.local_addr()?.port();
+    let (app, expired) = Shared::start(&cfg, metrics, tokens_path, file, ws_port);
     if expired > 0 {
         let _ = persist_tokens(&app).await;
     }
-
-    let ws_router = Router::new()
-        .route("/turn-credentials", any(turn_credentials))
-        .fallback(ws_entry)
-        .with_state(app.clone());
-    let http_router = Router::new()
-        .route("/turn-credentials", any(turn_credentials))
-        .fallback(http_entry)
-        .with_state(app.clone());
-    let admin_router = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/test", get(crate::testpage::page))
-        .route("/test/client.js", get(crate::testpage::script))
-        .route("/test/session", any(test_session))
-        // browsers ask for it when they open the test page; answer instead of a 404
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .fallback(admin_entry)
-        .with_state(app.clone());
 
     for (name, l) in [
         ("websocket", &listeners.ws),
@@ -257,78 +189,38 @@ async fn serve_inner(
         };
         tracing::info!(listener = name, addr = %l.local_addr()?, tls, "listening");
     }
-    let public = Arc::new(
-        ConnLimiter::new(
-            public_connection_cap(cfg.max_connections, cfg.max_admin_connections),
-            cfg.max_connections_per_ip,
-            "max_connections",
-        )
-        .exempt(cfg.trusted_proxies.clone()),
-    );
-    // the admin listener has its own cap, and the public cap leaves fds for it: a
-    // flood on the public listeners never stops Mattermost's add_token
-    let admin = Arc::new(ConnLimiter::new(
-        cfg.max_admin_connections,
-        usize::MAX,
-        "admin",
-    ));
+    let (public, admin) = connection_limiters(&cfg);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(
         listeners.ws,
-        ws_router,
+        ws_app(app.clone()),
         cfg.tls_on.ws.then(|| tls.clone()),
         shutdown.clone(),
         Accounting::new(public.clone(), "websocket", &app.metrics),
     ));
     tasks.spawn(accept_loop(
         listeners.http,
-        http_router,
+        http_app(app.clone()),
         cfg.tls_on.http.then(|| tls.clone()),
         shutdown.clone(),
         Accounting::new(public, "http", &app.metrics),
     ));
     tasks.spawn(accept_loop(
         listeners.admin,
-        admin_router,
+        admin_app(app.clone()),
         cfg.tls_on.admin.then(|| tls.clone()),
         shutdown.clone(),
         Accounting::new(admin, "admin", &app.metrics).plain_from_loopback(),
     ));
     tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
-    {
-        let tls = tls.clone();
-        let shutdown = shutdown.clone();
-        let app = app.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = reload.notified() => {}
-                    () = shutdown.cancelled() => return,
-                }
-                if let Some(reloader) = &reloader {
-                    match reloader() {
-                        Ok(new) => apply_reload(&app, new),
-                        Err(e) => {
-                            app.metrics.config_reloads.with_label_values(&["error"]).inc();
-                            tracing::error!(error = %e, "configuration reload failed; keeping the running settings");
-                        }
-                    }
-                }
-                // the certificate files are re-read even when the config is unchanged or
-                // invalid: a renewed certificate does not wait for a config fix
-                if let Some((cert, key)) = &cfg.tls {
-                    match load_tls(cert, key) {
-                        Ok(a) => {
-                            *tls.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
-                            record_cert_expiry(&app.metrics, cert);
-                            tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
-                        }
-                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
-                    }
-                }
-            }
-        });
-    }
+    tasks.spawn(reload_loop(
+        app.clone(),
+        reload,
+        reloader,
+        cfg.tls.clone(),
+        tls,
+        shutdown.clone(),
+    ));
     if let Some(period) = watchdog_interval() {
         tracing::info!(watchdog = ?period, "systemd watchdog enabled");
         tasks.spawn(watchdog_loop(app.clone(), period));
@@ -337,6 +229,43 @@ async fn serve_inner(
     shutdown.cancelled().await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    stop(&app).await
+}
+
+/// The WebSocket listener: `/turn-credentials`; any other path is a Janus WebSocket
+/// (subprotocol `janus-protocol`).
+fn ws_app(app: App) -> Router {
+    Router::new()
+        .route("/turn-credentials", any(turn_credentials))
+        .fallback(ws_entry)
+        .with_state(app)
+}
+
+/// The HTTP listener: `/turn-credentials`; any other path is the Janus REST API and its
+/// long poll (`/janus…`, with CORS).
+fn http_app(app: App) -> Router {
+    Router::new()
+        .route("/turn-credentials", any(turn_credentials))
+        .fallback(http_entry)
+        .with_state(app)
+}
+
+/// The admin listener: `/metrics`, the test call page, and the Admin API (`/admin…`,
+/// HTTP or WebSocket, never with CORS).
+fn admin_app(app: App) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/test", get(crate::testpage::page))
+        .route("/test/client.js", get(crate::testpage::script))
+        .route("/test/session", any(test_session))
+        // browsers ask for it when they open the test page; answer instead of a 404
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .fallback(admin_entry)
+        .with_state(app)
+}
+
+/// After the tasks ended: closes the WebSockets and writes tokens.json a last time.
+async fn stop(app: &App) -> Result<(), ServeError> {
     {
         let mut inner = app.lock();
         for (_, c) in inner.conns.drain() {
@@ -348,7 +277,7 @@ async fn serve_inner(
     while app.metrics.websocket_connections.get() > 0 && t.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Err(e) = persist_tokens(&app).await {
+    if let Err(e) = persist_tokens(app).await {
         let n = app.lock().core.stats().3;
         tracing::error!(
             tokens = n,
@@ -364,3 +293,6 @@ async fn serve_inner(
     tracing::info!("gateway stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

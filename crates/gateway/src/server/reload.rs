@@ -1,9 +1,13 @@
 //! SIGHUP: reloading the configuration (restart-only keys kept).
 
 use super::core_config;
-use super::state::Shared;
+use super::state::{App, Shared};
+use super::tls::{SharedTls, load_tls, record_cert_expiry};
 use crate::config::Config;
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Reads the configuration again (the binary's file + flags) for a SIGHUP reload.
 pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -61,4 +65,49 @@ pub(super) fn apply_reload(app: &Shared, new: Config) {
     *app.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
     app.metrics.config_reloads.with_label_values(&["ok"]).inc();
     tracing::info!("configuration reloaded");
+}
+
+/// Waits for `reload` (SIGHUP) and applies it: the configuration read again with
+/// `reloader` (an invalid one keeps the running settings), then the certificate files
+/// `tls_files` read again into `tls` (a bad pair keeps the previous one).
+pub(super) async fn reload_loop(
+    app: App,
+    reload: Arc<Notify>,
+    reloader: Option<Reloader>,
+    tls_files: Option<(PathBuf, PathBuf)>,
+    tls: SharedTls,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = reload.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Some(reloader) = &reloader {
+            match reloader() {
+                Ok(new) => apply_reload(&app, new),
+                Err(e) => {
+                    app.metrics
+                        .config_reloads
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::error!(error = %e, "configuration reload failed; keeping the running settings");
+                }
+            }
+        }
+        // the certificate files are re-read even when the config is unchanged or
+        // invalid: a renewed certificate does not wait for a config fix
+        if let Some((cert, key)) = &tls_files {
+            match load_tls(cert, key) {
+                Ok(a) => {
+                    *tls.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
+                    record_cert_expiry(&app.metrics, cert);
+                    tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
+                }
+            }
+        }
+    }
 }

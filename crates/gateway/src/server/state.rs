@@ -1,8 +1,10 @@
 //! The shared state behind the handlers: the core's lock, per-connection queues, delivery.
 
+use super::core_config;
 use crate::config::Config;
 use crate::core::{ConnId, Core, Output, Source};
 use crate::metrics::Metrics;
+use crate::store::{MemoryRegistry, MemoryTokenStore, TokenFile};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -97,6 +99,55 @@ pub(super) fn unix_now() -> u64 {
 }
 
 impl Shared {
+    /// The state of a gateway starting with `cfg`: a core holding the tokens of `file`
+    /// (those expired by now dropped: how many is returned), no connections yet.
+    pub(super) fn start(
+        cfg: &Config,
+        metrics: Metrics,
+        tokens_path: PathBuf,
+        file: TokenFile,
+        ws_port: u16,
+    ) -> (App, usize) {
+        let loaded = file.tokens.len();
+        let mut core = Core::new(
+            core_config(cfg),
+            Box::new(MemoryTokenStore::from_file(file)),
+            Box::new(MemoryRegistry::new()),
+            metrics.clone(),
+        );
+        let expired = core.expire_tokens(unix_now());
+        tracing::info!(loaded, expired, path = %tokens_path.display(), "tokens loaded");
+        if cfg.admin_secret.is_none() {
+            tracing::warn!(
+                "no admin_secret configured: every Admin API request will be refused (403)"
+            );
+        }
+        let timer_wake = Arc::new(Notify::new());
+        let app = Arc::new(Self {
+            inner: Mutex::new(Inner {
+                core,
+                conns: HashMap::new(),
+                http: HashMap::new(),
+                local: None,
+                next_conn: 1,
+                ws_queue_bytes: cfg.ws_queue_bytes,
+                http_queue_bytes: cfg.http_queue_bytes,
+                metrics: metrics.clone(),
+                closed_http: VecDeque::new(),
+                timer_wake: timer_wake.clone(),
+            }),
+            metrics,
+            cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
+            persist_lock: tokio::sync::Mutex::new(()),
+            tokens_path,
+            tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
+            timer_wake,
+            timer_turned: Notify::new(),
+            ws_port,
+        });
+        (app, expired)
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

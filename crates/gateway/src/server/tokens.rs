@@ -5,9 +5,30 @@ use super::state::App;
 use crate::core::error_reply;
 use crate::store::TokenFile;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// Creates `state_dir` and reads its tokens.json (none yet: no tokens), then writes it
+/// back, so an unwritable directory stops the start instead of the first token change.
+pub(super) fn open_token_file(state_dir: &Path) -> Result<(PathBuf, TokenFile), ServeError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        ServeError::StateDir(format!(
+            "cannot create {}: {e}; set --state-dir to a writable directory",
+            state_dir.display()
+        ))
+    })?;
+    let tokens_path = state_dir.join("tokens.json");
+    let file = load_tokens(&tokens_path)?;
+    // fail early if the directory is not writable
+    write_tokens(&tokens_path, &file).map_err(|e| {
+        ServeError::StateDir(format!(
+            "cannot write {}: {e}; set --state-dir to a writable directory",
+            tokens_path.display()
+        ))
+    })?;
+    Ok((tokens_path, file))
+}
 
 pub(super) fn load_tokens(path: &Path) -> Result<TokenFile, ServeError> {
     match std::fs::read_to_string(path) {
