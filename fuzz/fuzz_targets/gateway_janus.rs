@@ -104,14 +104,15 @@ impl World {
         let tx = format!("t{}", self.n);
         m["transaction"] = tx.clone().into();
         self.auth(r, &mut m);
-        let reply = self
-            .core
-            .handle_value(self.now, self.unix, source, m.clone());
+        // The request is moved into the core (no deep copy per step just for a failure
+        // message: the crashing input reproduces it); its verb names it.
+        let verb = m["janus"].as_str().unwrap_or_default().to_owned();
+        let reply = self.core.handle_value(self.now, self.unix, source, m);
         assert!(
             reply.get("janus").is_some_and(Value::is_string),
-            "{m} -> {reply}"
+            "{verb} {tx} -> {reply}"
         );
-        assert_eq!(reply["transaction"], tx.as_str(), "{m} -> {reply}");
+        assert_eq!(reply["transaction"], tx.as_str(), "{verb} {tx} -> {reply}");
         reply
     }
 

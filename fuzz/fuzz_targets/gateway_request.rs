@@ -33,7 +33,10 @@ fn check_reply(request: &str, reply: &Value) {
         obj.get("janus").is_some_and(Value::is_string),
         "no janus in {reply}"
     );
-    if let Ok(Value::Object(req)) = serde_json::from_str::<Value>(request)
+    // Parsing the request again only matters when it can hold a `transaction` key: the
+    // key appears literally unless it is spelt with escapes (`\u0074...`).
+    if (request.contains("transaction") || request.contains('\\'))
+        && let Ok(Value::Object(req)) = serde_json::from_str::<Value>(request)
         && let Some(Value::String(tx)) = req.get("transaction")
         && req.get("janus").is_some_and(Value::is_string)
     {
