@@ -180,7 +180,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             "turn-server ready"
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        let mut watchdog = Watchdog::new(runtime::watchdog_interval(), heartbeats);
+        let mut watchdog = runtime::Watchdog::new(runtime::watchdog_interval(), heartbeats);
 
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
@@ -236,60 +236,6 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("turn-server stopped");
     Ok(())
-}
-
-/// The systemd watchdog: `WATCHDOG=1` every quarter of `WatchdogSec`, sent from the main
-/// thread (which serves signals and `/metrics`) and only while every worker's loop turned
-/// within half of it — a worker stuck in a loop or a deadlock stops the pings, and
-/// systemd restarts the service (`Restart=on-failure`).
-struct Watchdog {
-    /// WatchdogSec (None: not under a systemd watchdog; `tick` never completes).
-    period: Option<Duration>,
-    workers: Vec<runtime::Heartbeat>,
-    next: tokio::time::Instant,
-    /// A stale worker was already logged (log once per stall, not every tick).
-    stalled: bool,
-}
-
-impl Watchdog {
-    fn new(period: Option<Duration>, workers: Vec<runtime::Heartbeat>) -> Self {
-        if let Some(p) = period {
-            tracing::info!(watchdog = ?p, "systemd watchdog enabled");
-        }
-        Self {
-            period,
-            workers,
-            next: tokio::time::Instant::now(),
-            stalled: false,
-        }
-    }
-
-    /// Waits until the next ping is due, then pings if every worker is alive.
-    async fn tick(&mut self) {
-        let Some(period) = self.period else {
-            return std::future::pending().await;
-        };
-        tokio::time::sleep_until(self.next).await;
-        self.next = tokio::time::Instant::now() + period / 4;
-        let limit = period / 2;
-        let stale: Vec<(usize, Duration)> = self
-            .workers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (i, h.age()))
-            .filter(|(_, age)| *age > limit)
-            .collect();
-        if stale.is_empty() {
-            self.stalled = false;
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-        } else if !self.stalled {
-            self.stalled = true;
-            tracing::error!(
-                workers = ?stale,
-                "worker loop stalled: withholding the systemd watchdog ping (systemd restarts the service after WatchdogSec)"
-            );
-        }
-    }
 }
 
 /// SIGHUP: re-read the config file; swap secrets, users, peer policy and the TLS cert.

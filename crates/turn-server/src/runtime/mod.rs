@@ -19,7 +19,7 @@
 //! | `limits` | caps on TCP/TLS connections ([`StreamLimits`], [`stream_cap`]) |
 //! | `bind` | socket set-up ([`bind_all`]) |
 //! | `tls` | certificate loading and the reloadable acceptor ([`load_tls`], [`SharedTls`]) |
-//! | `watchdog` | the systemd watchdog's view of the workers ([`Heartbeat`]) |
+//! | `watchdog` | the systemd watchdog: worker heartbeats and the pings ([`Watchdog`]) |
 //! | `metrics_http` | the bounded `/metrics` endpoint ([`serve_metrics`]) |
 
 mod bind;
@@ -63,7 +63,7 @@ pub use mesh::{Handoff, Inbox, Mesh};
 pub use metrics_http::{MetricsBounds, metrics_app, serve_metrics};
 pub use rfc6062::PeerStreams;
 pub use tls::{SharedTls, TlsError, load_tls};
-pub use watchdog::{Heartbeat, watchdog_interval};
+pub use watchdog::{Heartbeat, Watchdog, watchdog_interval};
 
 use bind::relay_socket;
 use mesh::inbox_loop;
