@@ -9,22 +9,15 @@
 #![no_main]
 
 use gateway::core::{Core, CoreConfig, Output, Source};
-use gateway::metrics::Metrics;
 use gateway::store::{MemoryRegistry, MemoryTokenStore};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const ADMIN_SECRET: &str = "adminpw";
 const TOKEN: &str = "dG9rZW4tb2YtbWF0dGVybW9zdA==";
 const NAMES: [&str; 4] = ["alice", "bob", "carol", ""];
 const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:EsAw\r\na=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y\r\na=mid:0\r\na=sendrecv\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:EsAw\r\na=mid:1\r\na=sendrecv\r\n";
-
-fn metrics() -> Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::new).clone()
-}
 
 /// Reads choices from the fuzzer's bytes (0 when they run out).
 struct R<'a>(&'a [u8]);
@@ -280,7 +273,7 @@ fuzz_target!(|data: &[u8]| {
         cfg,
         Box::new(MemoryTokenStore::new()),
         Box::new(MemoryRegistry::new()),
-        metrics(),
+        gateway::fuzzing::rng(u64::from(data.first().copied().unwrap_or(0))),
     );
     let t0 = Instant::now();
     let unix = 1_800_000_000;

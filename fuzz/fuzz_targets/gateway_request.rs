@@ -11,19 +11,12 @@
 #![no_main]
 
 use gateway::core::{Core, CoreConfig, Output, Source};
-use gateway::metrics::Metrics;
 use gateway::store::{MemoryRegistry, MemoryTokenStore};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const ADMIN_SECRET: &str = "adminpw";
-
-fn metrics() -> Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::new).clone()
-}
 
 fn check_reply(request: &str, reply: &Value) {
     let obj = reply
@@ -76,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
         cfg,
         Box::new(MemoryTokenStore::new()),
         Box::new(MemoryRegistry::new()),
-        metrics(),
+        gateway::fuzzing::rng(u64::from(data.first().copied().unwrap_or(0))),
     );
     let t0 = Instant::now();
     let mut now = t0;

@@ -14,3 +14,9 @@ pub fn is_empty(core: &Core) -> bool {
     let (sessions, handles, users, _tokens) = core.stats();
     sessions == 0 && handles == 0 && users == 0 && crate::core::invariants::tallies_empty(core)
 }
+
+/// The id generator a target hands to `Core::new`: seeded from the input, so a crash
+/// replays with the same session and handle ids.
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::SeedableRng::seed_from_u64(seed)
+}

@@ -1,11 +1,16 @@
-//! Prometheus metrics of the gateway (names fixed in CONTRACTS.md).
+//! Prometheus metrics of the gateway (names fixed in CONTRACTS.md). The shell updates
+//! its own counters directly; the sans-IO core counts in plain numbers
+//! ([`crate::core::Counters`]) that [`Metrics::export_core`] copies in at each scrape.
+
+use crate::core::counters::{CallEnd, CandidateRefusal, Counters, REQUEST_KINDS, SessionLimit};
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::{Arc, Mutex};
 
-/// All gateway metrics. Counters are updated by the core; gauges are refreshed from the
-/// core's state when `/metrics` is scraped.
+/// All gateway metrics. The core's counters and the gauges of its state are refreshed
+/// from the core when `/metrics` is scraped; the shell's own are updated as they happen.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -33,7 +38,7 @@ pub struct Metrics {
     pub tokens: IntGauge,
     /// `callrelay_gateway_test_tokens_issued_total`
     pub test_tokens_issued: IntCounter,
-    /// `callrelay_gateway_candidate_wait_seconds_total` — time offers/answers were held
+    /// `callrelay_gateway_candidate_wait_milliseconds_total` — time offers/answers were held
     /// back waiting for trickled candidates.
     pub candidate_wait_ms: IntCounter,
     /// `callrelay_gateway_slow_clients_total{transport}` — WebSockets disconnected and
@@ -69,6 +74,8 @@ pub struct Metrics {
     /// `callrelay_gateway_tls_cert_not_after_seconds`: registered on the first
     /// [`Metrics::set_tls_cert_not_after`], so a gateway without TLS has none.
     tls_not_after: IntGauge,
+    /// The core's counters as last exported (the next export adds the difference).
+    exported: Arc<Mutex<Counters>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,23 +89,6 @@ impl Default for Metrics {
         Self::new()
     }
 }
-
-const REQUESTS: &[&str] = &[
-    "info",
-    "ping",
-    "create",
-    "attach",
-    "detach",
-    "destroy",
-    "keepalive",
-    "message",
-    "trickle",
-    "hangup",
-    "claim",
-    "longpoll",
-    "admin",
-    "other",
-];
 
 /// Every `code` label of `callrelay_gateway_errors_total` the gateway can emit (Janus
 /// core errors 403-490 and janus.plugin.videocall errors 472-483). All are registered at
@@ -197,16 +187,16 @@ impl Metrics {
             "Session creations refused with 490, by the limit reached (global, token, connection)",
             "limit",
         );
-        for l in ["global", "token", "connection"] {
-            sessions_refused.with_label_values(&[l]);
+        for l in SessionLimit::ALL {
+            sessions_refused.with_label_values(&[l.label()]);
         }
         let candidates_refused = cv(
             "callrelay_gateway_candidates_refused_total",
             "Trickled candidates refused: larger than max_candidate_bytes (size), past max_candidate_bytes_per_handle (handle_bytes), or ignored beyond max_candidates (count)",
             "reason",
         );
-        for r in ["size", "handle_bytes", "count"] {
-            candidates_refused.with_label_values(&[r]);
+        for r in CandidateRefusal::ALL {
+            candidates_refused.with_label_values(&[r.label()]);
         }
         let connections_rejected = cv(
             "callrelay_gateway_connections_rejected_total",
@@ -261,17 +251,10 @@ impl Metrics {
             .register(Box::new(build.clone()))
             .expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for r in [
-            "hangup",
-            "busy",
-            "detached",
-            "timeout",
-            "disconnect",
-            "error",
-        ] {
-            calls_ended.with_label_values(&[r]);
+        for r in CallEnd::ALL {
+            calls_ended.with_label_values(&[r.label()]);
         }
-        for r in REQUESTS {
+        for r in REQUEST_KINDS {
             requests.with_label_values(&[r]);
         }
         for code in ERROR_CODES {
@@ -306,7 +289,65 @@ impl Metrics {
                 "Expiry (notAfter, Unix seconds) of the TLS certificate in use",
             )
             .expect("valid metric"),
+            exported: Arc::default(),
         }
+    }
+
+    /// Brings the core's counters up to `core` (called at each scrape, before
+    /// [`Metrics::render`]): each Prometheus counter grows by what the core counted since
+    /// the last export, so the shell's own increments of the same series (error replies
+    /// it writes itself) add up with the core's.
+    pub fn export_core(&self, core: &Counters) {
+        let mut last = self.exported.lock().unwrap_or_else(|p| p.into_inner());
+        let add = |c: &IntCounter, now: u64, before: u64| c.inc_by(now.saturating_sub(before));
+        for (i, kind) in REQUEST_KINDS.iter().enumerate() {
+            add(
+                &self.requests.with_label_values(&[kind]),
+                core.requests[i],
+                last.requests[i],
+            );
+        }
+        for (code, n) in &core.errors {
+            let before = last.errors.get(code).copied().unwrap_or(0);
+            add(
+                &self.errors.with_label_values(&[&code.to_string()]),
+                *n,
+                before,
+            );
+        }
+        add(&self.calls_started, core.calls_started, last.calls_started);
+        add(
+            &self.calls_connected,
+            core.calls_connected,
+            last.calls_connected,
+        );
+        for (i, why) in CallEnd::ALL.iter().enumerate() {
+            add(
+                &self.calls_ended.with_label_values(&[why.label()]),
+                core.calls_ended[i],
+                last.calls_ended[i],
+            );
+        }
+        for (i, limit) in SessionLimit::ALL.iter().enumerate() {
+            add(
+                &self.sessions_refused.with_label_values(&[limit.label()]),
+                core.sessions_refused[i],
+                last.sessions_refused[i],
+            );
+        }
+        for (i, why) in CandidateRefusal::ALL.iter().enumerate() {
+            add(
+                &self.candidates_refused.with_label_values(&[why.label()]),
+                core.candidates_refused[i],
+                last.candidates_refused[i],
+            );
+        }
+        add(
+            &self.candidate_wait_ms,
+            core.candidate_wait_ms,
+            last.candidate_wait_ms,
+        );
+        *last = core.clone();
     }
 
     /// The TLS certificate in use expires at `unix` (set at start and on every reload).
@@ -315,16 +356,6 @@ impl Metrics {
         let _ = self.registry.register(Box::new(self.tls_not_after.clone()));
         self.tls_not_after
             .set(i64::try_from(unix).unwrap_or(i64::MAX));
-    }
-
-    /// Counts one request of kind `verb` (unknown verbs are counted as `other`).
-    pub fn request(&self, verb: &str) {
-        let v = REQUESTS
-            .iter()
-            .find(|r| **r == verb)
-            .copied()
-            .unwrap_or("other");
-        self.requests.with_label_values(&[v]).inc();
     }
 
     /// Counts one error reply.
@@ -379,6 +410,43 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The core's counters reach /metrics by difference: exporting twice does not count
+    /// twice, and the shell's own increments of a series add up with the core's.
+    #[test]
+    fn exported_core_counters_add_to_the_shells_own() {
+        let m = Metrics::new();
+        let mut c = Counters::default();
+        c.request("create");
+        c.request("nonsense");
+        c.error(490);
+        c.calls_started = 2;
+        c.call_ended(CallEnd::Busy);
+        c.session_refused(SessionLimit::Token);
+        c.candidates_refused(CandidateRefusal::Count, 5);
+        c.candidate_wait_ms = 250;
+        m.error(490);
+        m.export_core(&c);
+        m.export_core(&c);
+        c.error(490);
+        c.error(458);
+        m.export_core(&c);
+        let text = m.render();
+        for line in [
+            "callrelay_gateway_requests_total{request=\"create\"} 1",
+            "callrelay_gateway_requests_total{request=\"other\"} 1",
+            "callrelay_gateway_errors_total{code=\"490\"} 3",
+            "callrelay_gateway_errors_total{code=\"458\"} 1",
+            "callrelay_gateway_calls_started_total 2",
+            "callrelay_gateway_calls_ended_total{reason=\"busy\"} 1",
+            "callrelay_gateway_calls_ended_total{reason=\"hangup\"} 0",
+            "callrelay_gateway_sessions_refused_total{limit=\"token\"} 1",
+            "callrelay_gateway_candidates_refused_total{reason=\"count\"} 5",
+            "callrelay_gateway_candidate_wait_milliseconds_total 250",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! the monotonic and the wall-clock time), one call per simulated minute.
 
 use gateway::core::{Core, CoreConfig, Source};
-use gateway::metrics::Metrics;
 use gateway::store::{MemoryRegistry, MemoryTokenStore};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -34,7 +33,7 @@ fn idle_tokens_are_dropped_by_the_hourly_sweep_while_running() {
         cfg,
         Box::new(MemoryTokenStore::new()),
         Box::new(MemoryRegistry::new()),
-        Metrics::new(),
+        rand::SeedableRng::seed_from_u64(1),
     );
     let t0 = Instant::now();
     let u0: u64 = 1_800_000_000;

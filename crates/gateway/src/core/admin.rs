@@ -1,5 +1,6 @@
 //! The Admin API: tokens, sessions, status.
 
+use super::counters::CallEnd;
 use super::janus::{UNAUTHORIZED, janus_str};
 use super::tokens::ct_eq;
 use super::{AdminReply, Core, VIDEOCALL};
@@ -50,7 +51,7 @@ impl Core {
         v: Value,
         path_session: Option<u64>,
     ) -> (Value, bool) {
-        self.metrics.request("admin");
+        self.counters.request("admin");
         let empty = Map::new();
         let root = v.as_object().unwrap_or(&empty);
         let session_id = path_session
@@ -113,7 +114,7 @@ impl Core {
                     )
                 }
                 "destroy_session" => {
-                    self.destroy_session(now, session_id, "hangup");
+                    self.destroy_session(now, session_id, CallEnd::Hangup);
                     (ok(json!({"session_id": session_id})), false)
                 }
                 v => (
@@ -127,12 +128,12 @@ impl Core {
                 ),
             };
         }
-        let token_arg = |core: &Self| -> Result<String, Value> {
+        let token_arg = |core: &mut Self| -> Result<String, Value> {
             janus_str(root, "token", false)
                 .map(str::to_string)
                 .map_err(|(code, reason)| core.err(0, Some(tx), code, &reason))
         };
-        let plugins_arg = |core: &Self, required: bool| -> Result<Option<Vec<String>>, Value> {
+        let plugins_arg = |core: &mut Self, required: bool| -> Result<Option<Vec<String>>, Value> {
             match root.get("plugins") {
                 None if required => Err(core.err(
                     0,

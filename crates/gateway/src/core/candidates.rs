@@ -1,6 +1,7 @@
 //! Trickled candidates: buffered per handle and merged into the held SDP (`crate::sdp`)
 //! before it is handed to the peer, or forwarded once the SDP has gone.
 
+use super::counters::CandidateRefusal;
 use super::{Core, ForwardKind, Pending, Timer};
 use crate::sdp::{self, Candidate};
 use serde_json::{Value, json};
@@ -92,9 +93,10 @@ impl Core {
         h.forwarded = true;
         let username = h.username.clone();
         let waited = now.saturating_duration_since(p.since);
-        self.metrics
+        self.counters.candidate_wait_ms = self
+            .counters
             .candidate_wait_ms
-            .inc_by(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+            .saturating_add(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
         let mut jsep = json!({"type": p.jsep_type, "sdp": merged});
         if p.e2ee {
             jsep["e2ee"] = true.into();
@@ -134,10 +136,7 @@ impl Core {
             .iter()
             .any(|i| serde_json::to_string(i).map_or(usize::MAX, |t| t.len()) > max_bytes)
         {
-            self.metrics
-                .candidates_refused
-                .with_label_values(&["size"])
-                .inc();
+            self.counters.candidates_refused(CandidateRefusal::Size, 1);
             return Err(format!(
                 "Invalid element type (candidate larger than {max_bytes} bytes)"
             ));
@@ -206,10 +205,8 @@ impl Core {
         }
         if over_count > 0 {
             // beyond max_candidates a browser is not gathering any more: ignored, counted
-            self.metrics
-                .candidates_refused
-                .with_label_values(&["count"])
-                .inc_by(over_count);
+            self.counters
+                .candidates_refused(CandidateRefusal::Count, over_count);
         }
         if flush {
             self.flush_pending(now, hid);
@@ -220,10 +217,8 @@ impl Core {
             }
         }
         if over_total {
-            self.metrics
-                .candidates_refused
-                .with_label_values(&["handle_bytes"])
-                .inc();
+            self.counters
+                .candidates_refused(CandidateRefusal::HandleBytes, 1);
             return Err(format!(
                 "Invalid element type (candidates of this handle exceed {max_total} bytes)"
             ));

@@ -1,5 +1,6 @@
 //! The Janus API: requests parsed and dispatched, error replies, `server_info`.
 
+use super::counters::{CallEnd, SessionLimit};
 use super::videocall::hangup_result;
 use super::{Core, Handle, JANUS_VERSION, Session, Source, Timer, VIDEOCALL};
 use serde_json::{Map, Value, json};
@@ -59,7 +60,7 @@ impl Core {
         match serde_json::from_str::<Value>(text) {
             Ok(v) => self.handle_value(now, unix, source, v),
             Err(e) => {
-                self.metrics.request("other");
+                self.counters.request("other");
                 self.err(
                     0,
                     None,
@@ -102,11 +103,11 @@ impl Core {
         let (tx, verb) = match tx_and_verb {
             Ok(tv) => tv,
             Err((code, reason)) => {
-                self.metrics.request("other");
+                self.counters.request("other");
                 return self.err(session_id, None, code, &reason);
             }
         };
-        self.metrics.request(&verb);
+        self.counters.request(&verb);
         let req = Req {
             root,
             verb,
@@ -215,15 +216,11 @@ impl Core {
                 }
                 let wanted = req.root.get("id").and_then(Value::as_u64).unwrap_or(0);
                 if self.sessions.len() >= self.cfg.max_sessions {
-                    self.metrics
-                        .sessions_refused
-                        .with_label_values(&["global"])
-                        .inc();
-                    return self.err(0, Some(req.tx), 490, "Maximum number of sessions reached");
+                    return self.refuse_session(SessionLimit::Global, req.tx);
                 }
                 let token = self.session_token(req);
-                if let Some(refused) = self.over_session_cap(source, token.as_deref()) {
-                    return refused(self, req.tx);
+                if let Some(limit) = self.over_session_cap(source, token.as_deref()) {
+                    return self.refuse_session(limit, req.tx);
                 }
                 let id = if wanted > 0 {
                     if self.sessions.contains_key(&wanted) || self.handles.contains_key(&wanted) {
@@ -258,7 +255,7 @@ impl Core {
         }
     }
 
-    pub(super) fn wrong_path(&self, req: &Req<'_>) -> Value {
+    pub(super) fn wrong_path(&mut self, req: &Req<'_>) -> Value {
         self.err(
             req.session_id,
             Some(req.tx),
@@ -330,14 +327,14 @@ impl Core {
                 if handle.is_some() {
                     return self.wrong_path(req);
                 }
-                self.destroy_session(now, sid, "hangup");
+                self.destroy_session(now, sid, CallEnd::Hangup);
                 success
             }
             "detach" => {
                 let Some(hid) = handle else {
                     return self.wrong_path(req);
                 };
-                self.detach_handle(now, hid, "detached");
+                self.detach_handle(now, hid, CallEnd::Detached);
                 self.emit(
                     sid,
                     json!({"janus": "detached", "session_id": sid, "sender": hid}),
@@ -349,7 +346,8 @@ impl Core {
                     return self.wrong_path(req);
                 };
                 let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
-                let peer = self.teardown_call(now, hid, "Remote WebRTC hangup", "hangup", false);
+                let peer =
+                    self.teardown_call(now, hid, "Remote WebRTC hangup", CallEnd::Hangup, false);
                 if had_pc {
                     self.core_hangup(hid, "Janus API");
                     if let Some(peer_name) = peer {
@@ -368,8 +366,8 @@ impl Core {
                 if let Some(old) = old
                     && old != source
                 {
-                    if let Some(refused) = self.over_session_cap(source, None) {
-                        return refused(self, tx);
+                    if let Some(limit) = self.over_session_cap(source, None) {
+                        return self.refuse_session(limit, tx);
                     }
                     self.count_session(old, None, false);
                     self.count_session(source, None, true);

@@ -3,10 +3,9 @@
 //! and queues events addressed to the transport that owns each session. No sockets, no
 //! timers, no tokio: the shell calls [`Core::poll_timeout`] / [`Core::handle_timeout`].
 
-use crate::metrics::Metrics;
 use crate::sdp::Candidate;
 use crate::store::{TokenStore, UserRegistry};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{Rng, rngs::StdRng};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -14,11 +13,13 @@ use std::time::{Duration, Instant};
 
 mod admin;
 mod candidates;
+pub mod counters;
 mod janus;
 mod session;
 mod tokens;
 mod videocall;
 
+pub use counters::Counters;
 pub use janus::error_reply;
 
 /// The only plugin this gateway implements.
@@ -243,9 +244,10 @@ pub struct Core {
     handles: HashMap<u64, Handle>,
     tokens: Box<dyn TokenStore>,
     registry: Box<dyn UserRegistry>,
+    /// Session and handle ids; given by the shell (seeded from the OS) or a test.
     rng: StdRng,
     outbox: Vec<Output>,
-    metrics: Metrics,
+    counters: Counters,
     next_token_sweep: Option<Instant>,
     /// Deadlines, earliest first: the cost of the timers is proportional to what falls
     /// due, not to the number of sessions and handles.
@@ -274,12 +276,14 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// A new core with the given stores.
+    /// A new core with the given stores. `rng` draws the session and handle ids: the
+    /// shell seeds it from the OS (`StdRng::from_os_rng()`, ids must not be guessable),
+    /// tests and fuzz targets with a fixed seed.
     pub fn new(
         cfg: CoreConfig,
         tokens: Box<dyn TokenStore>,
         registry: Box<dyn UserRegistry>,
-        metrics: Metrics,
+        rng: StdRng,
     ) -> Self {
         Self {
             cfg,
@@ -287,9 +291,9 @@ impl Core {
             handles: HashMap::new(),
             tokens,
             registry,
-            rng: StdRng::from_os_rng(),
+            rng,
             outbox: Vec::new(),
-            metrics,
+            counters: Counters::default(),
             next_token_sweep: None,
             timers: BinaryHeap::new(),
             timer_moved: false,
@@ -361,8 +365,13 @@ impl Core {
         }
     }
 
-    fn err(&self, session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
-        self.metrics.error(code);
+    /// What the core counted since it was created (exported by the shell's `/metrics`).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn err(&mut self, session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
+        self.counters.error(code);
         error_reply(session_id, tx, code, reason)
     }
 

@@ -1,5 +1,6 @@
 //! Sessions and handles: caps, lifetimes, closed connections, long polls and timers.
 
+use super::counters::{CallEnd, SessionLimit};
 use super::{ConnId, Core, LongPollError, Output, Source, Timer};
 use serde_json::{Value, json};
 use std::cmp::Reverse;
@@ -7,49 +8,38 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 impl Core {
-    /// The refusal when one more session for `owner`/`token` would pass a cap.
+    /// The cap one more session for `owner`/`token` would pass, if any.
     pub(super) fn over_session_cap(
         &self,
         owner: Source,
         token: Option<&str>,
-    ) -> Option<fn(&Self, &str) -> Value> {
+    ) -> Option<SessionLimit> {
         let cap = self.cfg.max_sessions_per_token;
         if cap > 0
             && let Some(t) = token
             && self.per_token.get(t).copied().unwrap_or(0) >= cap
         {
-            return Some(|core: &Self, tx: &str| {
-                core.metrics
-                    .sessions_refused
-                    .with_label_values(&["token"])
-                    .inc();
-                core.err(
-                    0,
-                    Some(tx),
-                    490,
-                    "Maximum number of sessions for this token reached",
-                )
-            });
+            return Some(SessionLimit::Token);
         }
         let cap = self.cfg.max_sessions_per_connection;
         if cap > 0
             && let Source::Ws(c) = owner
             && self.per_conn.get(&c).copied().unwrap_or(0) >= cap
         {
-            return Some(|core: &Self, tx: &str| {
-                core.metrics
-                    .sessions_refused
-                    .with_label_values(&["connection"])
-                    .inc();
-                core.err(
-                    0,
-                    Some(tx),
-                    490,
-                    "Maximum number of sessions for this connection reached",
-                )
-            });
+            return Some(SessionLimit::Connection);
         }
         None
+    }
+
+    /// The 490 answer to a session refused by `limit`, counted.
+    pub(super) fn refuse_session(&mut self, limit: SessionLimit, tx: &str) -> Value {
+        self.counters.session_refused(limit);
+        let reason = match limit {
+            SessionLimit::Global => "Maximum number of sessions reached",
+            SessionLimit::Token => "Maximum number of sessions for this token reached",
+            SessionLimit::Connection => "Maximum number of sessions for this connection reached",
+        };
+        self.err(0, Some(tx), 490, reason)
     }
 
     /// Counts a session in (`add`) or out of the per-token and per-connection tallies.
@@ -74,7 +64,7 @@ impl Core {
         }
     }
 
-    pub(super) fn destroy_session(&mut self, now: Instant, sid: u64, reason: &str) {
+    pub(super) fn destroy_session(&mut self, now: Instant, sid: u64, reason: CallEnd) {
         let Some(sess) = self.sessions.get(&sid) else {
             return;
         };
@@ -91,7 +81,7 @@ impl Core {
         }
     }
 
-    pub(super) fn detach_handle(&mut self, now: Instant, hid: u64, reason: &str) {
+    pub(super) fn detach_handle(&mut self, now: Instant, hid: u64, reason: CallEnd) {
         self.teardown_call(now, hid, "Remote WebRTC hangup", reason, false);
         if let Some(h) = self.handles.remove(&hid) {
             if let Some(name) = &h.username {
@@ -113,7 +103,7 @@ impl Core {
             .collect();
         for sid in owned {
             if self.cfg.reclaim_timeout.is_zero() {
-                self.destroy_session(now, sid, "disconnect");
+                self.destroy_session(now, sid, CallEnd::Disconnect);
             } else if let Some(s) = self.sessions.get_mut(&sid) {
                 let until = now + self.cfg.reclaim_timeout;
                 s.orphaned_until = Some(until);
@@ -125,7 +115,7 @@ impl Core {
     /// Ends a session whose client stopped fetching its events (the shell's event queue
     /// for it is full): its call peer gets `hangup` as after a closed WebSocket.
     pub fn drop_unread_session(&mut self, now: Instant, session_id: u64) {
-        self.destroy_session(now, session_id, "disconnect");
+        self.destroy_session(now, session_id, CallEnd::Disconnect);
     }
 
     /// Keepalive from an HTTP long poll; checks credentials and the session.
@@ -137,7 +127,7 @@ impl Core {
         token: Option<&str>,
         apisecret: Option<&str>,
     ) -> Result<(), LongPollError> {
-        self.metrics.request("longpoll");
+        self.counters.request("longpoll");
         if !self.check_credentials(token, apisecret, unix) {
             return Err(LongPollError::Unauthorized);
         }
@@ -189,7 +179,7 @@ impl Core {
                     let deadline = s.last_activity + timeout;
                     if deadline <= now {
                         self.emit(sid, json!({"janus": "timeout", "session_id": sid}));
-                        self.destroy_session(now, sid, "timeout");
+                        self.destroy_session(now, sid, CallEnd::Timeout);
                     } else {
                         // active since: one entry per session, re-armed lazily
                         self.timers.push(Reverse((deadline, Timer::Session(sid))));
@@ -202,7 +192,7 @@ impl Core {
                         .and_then(|s| s.orphaned_until)
                         .is_some_and(|o| o <= now);
                     if due {
-                        self.destroy_session(now, sid, "disconnect");
+                        self.destroy_session(now, sid, CallEnd::Disconnect);
                     }
                 }
             }

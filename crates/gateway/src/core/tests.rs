@@ -1,7 +1,9 @@
 //! The core without sockets or tokio: time is a parameter.
+use super::counters::CallEnd;
 use super::*;
 use crate::metrics::Metrics;
 use crate::store::{MemoryRegistry, MemoryTokenStore};
+use rand::SeedableRng;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ fn core(cfg: CoreConfig) -> Core {
         cfg,
         Box::new(MemoryTokenStore::new()),
         Box::new(MemoryRegistry::new()),
-        Metrics::new(),
+        StdRng::seed_from_u64(7),
     )
 }
 
@@ -315,7 +317,10 @@ fn one_token_or_connection_cannot_take_every_session() {
     // closing a connection frees its sessions for the token again
     c.connection_closed(t0, 1);
     assert_eq!(create(&mut c, 7, "tA")["janus"], "success");
-    let m = c.metrics.render();
+    // what /metrics shows: the shell exports the core's counters at each scrape
+    let metrics = Metrics::new();
+    metrics.export_core(c.counters());
+    let m = metrics.render();
     for line in [
         "callrelay_gateway_sessions_refused_total{limit=\"token\"} 1",
         "callrelay_gateway_sessions_refused_total{limit=\"connection\"} 1",
@@ -326,7 +331,7 @@ fn one_token_or_connection_cannot_take_every_session() {
     assert!(c.per_token.values().all(|n| *n <= 3));
     // every session destroyed: the tallies are empty again
     for sid in c.sessions.keys().copied().collect::<Vec<_>>() {
-        c.destroy_session(t0, sid, "hangup");
+        c.destroy_session(t0, sid, CallEnd::Hangup);
     }
     assert!(c.per_token.is_empty() && c.per_conn.is_empty());
 }

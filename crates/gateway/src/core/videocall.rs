@@ -1,5 +1,6 @@
 //! janus.plugin.videocall: register, list, call, accept, set, hangup, and the plugin's events.
 
+use super::counters::CallEnd;
 use super::janus::{Req, janus_str};
 use super::{CallState, Core, ForwardKind, VIDEOCALL};
 use crate::sdp;
@@ -98,7 +99,7 @@ impl Core {
     }
 
     pub(super) fn plugin_error(&mut self, handle_id: u64, tx: &str, code: u16, reason: &str) {
-        self.metrics.error(code);
+        self.counters.error(code);
         self.plugin_event(
             handle_id,
             Some(tx),
@@ -121,7 +122,7 @@ impl Core {
         _now: Instant,
         hid: u64,
         peer_reason: &str,
-        metric: &str,
+        metric: CallEnd,
         peer_extra: bool,
     ) -> Option<Option<String>> {
         let h = self.handles.get_mut(&hid)?;
@@ -147,7 +148,7 @@ impl Core {
                 );
             }
         }
-        self.metrics.calls_ended.with_label_values(&[metric]).inc();
+        self.counters.call_ended(metric);
         Some(peer_name)
     }
 
@@ -292,13 +293,13 @@ impl Core {
                         format!("Username '{target}' doesn't exist"),
                     ));
                 };
-                self.metrics.calls_started.inc();
+                self.counters.calls_started += 1;
                 let callee_busy = self
                     .handles
                     .get(&callee)
                     .is_some_and(|c| c.peer.is_some() || c.call != CallState::Idle);
                 if callee_busy {
-                    self.metrics.calls_ended.with_label_values(&["busy"]).inc();
+                    self.counters.call_ended(CallEnd::Busy);
                     self.plugin_result(
                         hid,
                         Some(tx),
@@ -314,11 +315,11 @@ impl Core {
                     return Ok(());
                 }
                 let Some((jtype, sdp_text, e2ee)) = jsep else {
-                    self.metrics.calls_ended.with_label_values(&["error"]).inc();
+                    self.counters.call_ended(CallEnd::Error);
                     return Err(PluginError::new(482, "Missing SDP"));
                 };
                 if jtype != "offer" {
-                    self.metrics.calls_ended.with_label_values(&["error"]).inc();
+                    self.counters.call_ended(CallEnd::Error);
                     return Err(PluginError::new(483, "Error parsing offer: not an offer"));
                 }
                 if let Some(h) = self.handles.get_mut(&hid) {
@@ -352,7 +353,7 @@ impl Core {
                 if let Some(ph) = self.handles.get_mut(&p) {
                     ph.call = CallState::Connected;
                 }
-                self.metrics.calls_connected.inc();
+                self.counters.calls_connected += 1;
                 self.plugin_result(hid, Some(tx), json!({"event": "accepted"}));
                 self.queue_forward(now, hid, ForwardKind::Accepted, jtype, sdp_text, e2ee);
             }
@@ -400,7 +401,7 @@ impl Core {
                     .unwrap_or("We did the hangup")
                     .to_string();
                 let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
-                let peer = self.teardown_call(now, hid, &reason, "hangup", true);
+                let peer = self.teardown_call(now, hid, &reason, CallEnd::Hangup, true);
                 self.plugin_result(
                     hid,
                     Some(tx),

@@ -23,7 +23,11 @@ pub(super) fn speaks_plain(peer: std::net::IpAddr, first_byte: u8) -> bool {
 }
 
 pub(super) async fn metrics_handler(State(app): State<App>) -> Response {
-    let (s, h, u, t) = app.lock().core.stats();
+    let (counters, (s, h, u, t)) = {
+        let state = app.lock();
+        (state.core.counters().clone(), state.core.stats())
+    };
+    app.metrics.export_core(&counters);
     let to_i = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
     app.metrics.sessions.set(to_i(s));
     app.metrics.handles.set(to_i(h));

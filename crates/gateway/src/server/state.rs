@@ -113,7 +113,7 @@ impl Shared {
             core_config(cfg),
             Box::new(MemoryTokenStore::from_file(file)),
             Box::new(MemoryRegistry::new()),
-            metrics.clone(),
+            rand::SeedableRng::from_os_rng(),
         );
         let expired = core.expire_tokens(unix_now());
         tracing::info!(loaded, expired, path = %tokens_path.display(), "tokens loaded");
