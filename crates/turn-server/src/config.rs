@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use shared_ice::auth::{RestSecret, RestSecrets};
 
 use crate::policy::{Cidr, PeerPolicy};
 
@@ -245,30 +246,8 @@ fn ranged<T: PartialOrd>(
     }
 }
 
-/// A static long-term user.
-#[derive(Clone)]
-pub struct StaticUser {
-    /// Username.
-    pub name: String,
-    /// Password (never logged).
-    pub password: String,
-}
-
-impl std::fmt::Debug for StaticUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StaticUser({}, <redacted>)", self.name)
-    }
-}
-
-/// Secrets, wrapped so `Debug` never prints them.
-#[derive(Clone, Default)]
-pub struct Secrets(pub Vec<String>);
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets(<{} redacted>)", self.0.len())
-    }
-}
+/// A static long-term user: the core's type, parsed straight into.
+pub use crate::core::StaticUser;
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
@@ -284,7 +263,7 @@ pub struct Config {
     /// Realm.
     pub realm: String,
     /// TURN REST secrets.
-    pub auth_secrets: Secrets,
+    pub auth_secrets: RestSecrets,
     /// Static users.
     pub users: Vec<StaticUser>,
     /// Relay bind IPv4.
@@ -670,7 +649,7 @@ impl Config {
             cert,
             key,
             realm,
-            auth_secrets: Secrets(auth_secrets),
+            auth_secrets: RestSecrets::new(auth_secrets.into_iter().map(RestSecret::from)),
             users,
             relay_ip4,
             relay_ip6,

@@ -1,10 +1,8 @@
 //! The callrelay STUN/TURN relay: a sans-IO core ([`core`]) driven by a thin tokio runtime
 //! ([`runtime`]). See docs/turn-server.md and docs/architecture.md.
 
-pub mod auth;
 pub mod config;
 pub mod core;
 pub mod metrics;
 pub mod policy;
 pub mod runtime;
-mod stun;

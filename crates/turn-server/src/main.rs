@@ -74,7 +74,7 @@ fn check_config(cli: &Cli, cfg: &Config) -> i32 {
         "turn-server: {source}: configuration OK ({} listen, {} TLS listen, {} secret(s), {} static user(s), TLS {})",
         cfg.listen.len(),
         cfg.tls_listen.len(),
-        cfg.auth_secrets.0.len(),
+        cfg.auth_secrets.len(),
         cfg.users.len(),
         if cfg.cert.is_some() { "loaded" } else { "off" }
     );
@@ -176,7 +176,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             relay_ports = ?cfg.relay_ports,
             workers = cfg.workers,
             realm = %cfg.realm,
-            secrets = cfg.auth_secrets.0.len(),
+            secrets = cfg.auth_secrets.len(),
             "turn-server ready"
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -266,13 +266,13 @@ fn reload(
     }
     for c in controls {
         let _ = c.send(Control::Reload {
-            secrets: cfg.auth_secrets.0.clone(),
+            secrets: cfg.auth_secrets.clone(),
             users: cfg.users.clone(),
             policy: cfg.policy.clone(),
         });
     }
     tracing::info!(
-        secrets = cfg.auth_secrets.0.len(),
+        secrets = cfg.auth_secrets.len(),
         users = cfg.users.len(),
         "configuration reloaded"
     );

@@ -10,7 +10,7 @@ use common::raw::RawClient;
 use common::{REALM, Server, TempDir, free_port, free_range, unix_now};
 
 fn rest(secret: &str, user: &str) -> (String, String) {
-    turn_server::auth::rest_credentials(secret.as_bytes(), unix_now() + 3600, user)
+    common::rest_credentials(secret.as_bytes(), unix_now() + 3600, user)
 }
 
 /// Waits (bounded) until the server log holds `needle` `n` times.

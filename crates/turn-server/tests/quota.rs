@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use turn::client::{Client, ClientConfig};
 
 fn rest(expiry: u64, user: &str) -> (String, String) {
-    turn_server::auth::rest_credentials(SECRET.as_bytes(), expiry, user)
+    common::rest_credentials(SECRET.as_bytes(), expiry, user)
 }
 
 async fn webrtc_client(server: &Server, username: &str, password: &str) -> Client {

@@ -12,8 +12,7 @@ use common::raw::{COOKIE, RawClient};
 use common::{REALM, SECRET, Server, unix_now};
 
 fn client(server: &Server) -> RawClient {
-    let (user, pass) =
-        turn_server::auth::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
+    let (user, pass) = common::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
     RawClient::new(server.addr(), &user, &pass, REALM)
 }
 
@@ -126,8 +125,7 @@ fn bursts_in_order(tcp: bool) {
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let p = peer.local_addr().unwrap();
     let mut c = if tcp {
-        let (user, pass) =
-            turn_server::auth::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
+        let (user, pass) = common::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
         RawClient::new_tcp(server.addr(), &user, &pass, REALM)
     } else {
         client(&server)
@@ -185,8 +183,7 @@ fn tcp_client_that_stops_reading_gets_every_frame_in_order_later() {
     let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
     let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let p = peer.local_addr().unwrap();
-    let (user, pass) =
-        turn_server::auth::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
+    let (user, pass) = common::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
     let mut c = RawClient::new_tcp_small_window(server.addr(), &user, &pass, REALM);
     let relay = relayed(&mut c);
     assert_eq!(c.channel_bind(0x4000, p).class, 2);

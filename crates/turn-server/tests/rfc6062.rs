@@ -100,8 +100,7 @@ fn sees_close(s: &mut TcpStream, within: Duration) -> bool {
 #[test]
 fn deleting_the_allocation_closes_its_tcp_connections() {
     let server = Server::start(&["--allow-peer", "127.0.0.1/32"]);
-    let (user, pass) =
-        turn_server::auth::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
+    let (user, pass) = common::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let peer_addr = listener.local_addr().unwrap();
 

@@ -11,7 +11,7 @@ use common::raw::{RawClient, decode, encode};
 use common::{REALM, SECRET, Server, unix_now};
 
 fn creds() -> (String, String) {
-    turn_server::auth::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice")
+    common::rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "alice")
 }
 
 fn peer(s: &str) -> SocketAddr {

@@ -33,7 +33,7 @@ async fn client(server: &Server, username: &str, password: &str) -> Client {
 }
 
 fn rest(expiry: u64, user: &str) -> (String, String) {
-    let (u, p) = turn_server::auth::rest_credentials(SECRET.as_bytes(), expiry, user);
+    let (u, p) = common::rest_credentials(SECRET.as_bytes(), expiry, user);
     (u, p)
 }
 
@@ -235,8 +235,8 @@ async fn rotated_secrets_and_sighup_reload() {
     let peer = EchoPeer::start();
     // Both secrets work.
     let expiry = unix_now() + 3600;
-    let (uo, po) = turn_server::auth::rest_credentials(b"old", expiry, "old-user");
-    let (un, pn) = turn_server::auth::rest_credentials(b"new", expiry, "new-user");
+    let (uo, po) = common::rest_credentials(b"old", expiry, "old-user");
+    let (un, pn) = common::rest_credentials(b"new", expiry, "new-user");
     let c_old = client(&server, &uo, &po).await;
     let r_old = c_old.allocate().await.unwrap();
     assert_eq!(echo(&r_old, peer.addr, 3).await, 3);

@@ -341,13 +341,13 @@ fn wrong_and_expired_credentials_fail() {
 
     // REST credentials minted by hand (uclient -u/-w): valid ones work (control) ...
     let good_user = format!("{}:alice", unix_now() + 3600);
-    let good_pw = turn_server::auth::rest_password(SECRET.as_bytes(), &good_user);
+    let good_pw = common::rest_password(SECRET.as_bytes(), &good_user);
     let (ok, out) = call(base(&good_user, &["-w", &good_pw]));
     assert!(ok, "valid REST credentials must work:\n{out}");
     assert_eq!(totals(&out).0, totals(&out).1, "{out}");
     // ... the same kind of credentials, expired, fail.
     let old_user = format!("{}:alice", unix_now() - 10);
-    let old_pw = turn_server::auth::rest_password(SECRET.as_bytes(), &old_user);
+    let old_pw = common::rest_password(SECRET.as_bytes(), &old_user);
     let (ok, out) = call(base(&old_user, &["-w", &old_pw]));
     assert!(!ok, "expired credentials must fail:\n{out}");
     assert!(

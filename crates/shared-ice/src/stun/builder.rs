@@ -309,6 +309,18 @@ impl<'b> MessageBuilder<'b> {
         self.finish_inner(Some((Integrity::Sha1, key)), true)
     }
 
+    /// Finishes with what the caller decides at run time: MESSAGE-INTEGRITY (HMAC-SHA1)
+    /// when `integrity_key` is given, then FINGERPRINT when `fingerprint` (a server
+    /// answers with FINGERPRINT when the request carried one, RFC 8489 §7.3). The same
+    /// bytes as the matching fixed `finish*` method.
+    pub fn finish_with(
+        self,
+        integrity_key: Option<&[u8]>,
+        fingerprint: bool,
+    ) -> Result<&'b [u8], EncodeError> {
+        self.finish_inner(integrity_key.map(|k| (Integrity::Sha1, k)), fingerprint)
+    }
+
     /// Finishes with MESSAGE-INTEGRITY-SHA256 (32 bytes, RFC 8489 §14.6).
     pub fn finish_with_integrity_sha256(self, key: &[u8]) -> Result<&'b [u8], EncodeError> {
         self.finish_inner(Some((Integrity::Sha256, key)), false)

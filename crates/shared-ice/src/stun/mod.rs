@@ -1809,6 +1809,42 @@ mod tests {
     }
 
     #[test]
+    fn finish_with_matches_each_fixed_finish() {
+        fn build(buf: &mut Vec<u8>) -> MessageBuilder<'_> {
+            MessageBuilder::new(
+                buf,
+                Class::Success,
+                Method::ALLOCATE,
+                TransactionId([5; 12]),
+            )
+            .lifetime(600)
+            .software("x")
+        }
+        let key = b"long-term key";
+        let cases: [(Option<&[u8]>, bool); 4] = [
+            (None, false),
+            (None, true),
+            (Some(key), false),
+            (Some(key), true),
+        ];
+        for (k, fp) in cases {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let got = build(&mut a).finish_with(k, fp).unwrap().to_vec();
+            let want = match (k, fp) {
+                (None, false) => build(&mut b).finish(),
+                (None, true) => build(&mut b).finish_with_fingerprint(),
+                (Some(k), false) => build(&mut b).finish_with_integrity(k),
+                (Some(k), true) => build(&mut b).finish_with_integrity_and_fingerprint(k),
+            }
+            .unwrap()
+            .to_vec();
+            assert_eq!(got, want, "{k:?} {fp}");
+            let m = Message::parse(&got).unwrap();
+            assert_eq!((m.has_integrity(), m.has_fingerprint()), (k.is_some(), fp));
+        }
+    }
+
+    #[test]
     fn tampering_breaks_integrity_and_fingerprint() {
         let key = b"secret";
         let mut buf = Vec::new();

@@ -154,7 +154,7 @@ fn file_and_flag_override() {
     std::fs::write(&p, "realm = \"file\"\nauth_secret = [\"a\", \"b\"]\nrelay_ip = [\"127.0.0.1\"]\nuser_quota = 3\n").unwrap();
     let c = Config::load(&cli(&["--config", p.to_str().unwrap(), "--realm", "flag"])).unwrap();
     assert_eq!(c.realm, "flag");
-    assert_eq!(c.auth_secrets.0.len(), 2);
+    assert_eq!(c.auth_secrets.len(), 2);
     assert_eq!(c.user_quota, 3);
     std::fs::write(&p, "realmm = \"x\"\n").unwrap();
     let e = Config::load(&cli(&["--config", p.to_str().unwrap()]))

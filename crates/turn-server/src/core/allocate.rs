@@ -10,9 +10,15 @@ use super::allocation::{Allocation, Bucket, RelaySlot};
 use super::auth::Authed;
 use super::fxhash::FxMap;
 use super::quota::quota_key;
+use shared_ice::DecodeError;
+use shared_ice::stun::{
+    AddressFamily, Class, Message, Method, PROTOCOL_TCP, PROTOCOL_UDP, TransactionId, attr,
+    error_code,
+};
+
+use super::reply::{code_of, encode};
 use super::stats::{AllocResult, QuotaKind};
 use super::*;
-use crate::stun::{Builder, Class, Message, TransactionId, attr, method};
 
 #[derive(Debug)]
 pub(super) struct PendingAllocate {
@@ -119,14 +125,14 @@ impl<R: RngCore> Core<R> {
                         .as_ref()
                         .map(|p| (a.client, (p.tid, p.fingerprint)))
                 }) {
-                    let mut out = Vec::new();
-                    let mut b = Builder::new(&mut out, method::ALLOCATE, Class::Error, p.0);
-                    b.error(508, "Insufficient Capacity");
-                    if !b.finish(None, p.1) {
+                    let code = error_code::INSUFFICIENT_CAPACITY;
+                    let head = (Method::ALLOCATE, Class::Error, p.0);
+                    let Some(out) = encode(0, head, None, p.1, |b| {
+                        b.error_code(code, error_code::reason(code))
+                    }) else {
                         return;
-                    }
-                    self.transmits
-                        .push_back(Transmit::ToClient { client, data: out });
+                    };
+                    self.send(client, out);
                 }
                 self.delete(relay.slot);
             }
@@ -135,12 +141,13 @@ impl<R: RngCore> Core<R> {
 
     /// Allocate: the requested lifetime capped at the maximum, never below the default
     /// (RFC 8656 §7.2). Refresh: capped at the maximum only (RFC 8656 §7.3).
-    pub(super) fn lifetime(&self, msg: &Message<'_>, floor: bool) -> u32 {
-        match msg.u32_attr(attr::LIFETIME) {
+    /// A LIFETIME that does not decode is the caller's to answer ([`code_of`]).
+    pub(super) fn lifetime(&self, msg: &Message<'_>, floor: bool) -> Result<u32, DecodeError> {
+        Ok(match msg.lifetime()? {
             Some(l) if floor => l.min(self.cfg.max_lifetime).max(self.cfg.default_lifetime),
             Some(l) => l.min(self.cfg.max_lifetime),
             None => self.cfg.default_lifetime,
-        }
+        })
     }
 
     pub(super) fn allocate(
@@ -161,42 +168,62 @@ impl<R: RngCore> Core<R> {
                 .and_then(Option::as_ref)
                 .is_some_and(|a| a.expires > now);
             if live {
-                return bad(self, 437, "Allocation Mismatch", AllocResult::Mismatch);
+                return bad(
+                    self,
+                    error_code::ALLOCATION_MISMATCH,
+                    "Allocation Mismatch",
+                    AllocResult::Mismatch,
+                );
             }
             self.delete(slot);
         }
-        match msg
-            .get(attr::REQUESTED_TRANSPORT)
-            .and_then(|v| v.first().copied())
-        {
+        // Attribute values that do not decode are answered with the code shared-ice maps
+        // them to (400, or 440 for an unknown address family).
+        let transport = match msg.requested_transport() {
+            Ok(t) => t,
+            Err(e) => {
+                let code = code_of(e);
+                return bad(
+                    self,
+                    code,
+                    error_code::reason(code),
+                    AllocResult::BadRequest,
+                );
+            }
+        };
+        match transport {
             None => {
                 return bad(
                     self,
-                    400,
+                    error_code::BAD_REQUEST,
                     "Missing REQUESTED-TRANSPORT",
                     AllocResult::BadRequest,
                 );
             }
-            Some(17) => {}
+            Some(PROTOCOL_UDP) => {}
             // RFC 6062 §5.1: TCP relaying only for clients on TCP/TLS, without the UDP-only
             // options.
-            Some(6) if from.proto == Proto::Udp => {
+            Some(PROTOCOL_TCP) if from.proto == Proto::Udp => {
                 return bad(
                     self,
-                    400,
+                    error_code::BAD_REQUEST,
                     "TCP relay needs a TCP/TLS connection",
                     AllocResult::BadRequest,
                 );
             }
-            Some(6) => {
-                if msg.has(attr::EVEN_PORT)
-                    || msg.has(attr::RESERVATION_TOKEN)
-                    || msg.has(attr::DONT_FRAGMENT)
-                    || msg.has(attr::ADDITIONAL_ADDRESS_FAMILY)
+            Some(PROTOCOL_TCP) => {
+                if [
+                    attr::EVEN_PORT,
+                    attr::RESERVATION_TOKEN,
+                    attr::DONT_FRAGMENT,
+                    attr::ADDITIONAL_ADDRESS_FAMILY,
+                ]
+                .iter()
+                .any(|t| msg.attribute(*t).is_some())
                 {
                     return bad(
                         self,
-                        400,
+                        error_code::BAD_REQUEST,
                         "Option not valid for a TCP relay",
                         AllocResult::BadRequest,
                     );
@@ -205,53 +232,76 @@ impl<R: RngCore> Core<R> {
             Some(_) => {
                 return bad(
                     self,
-                    442,
+                    error_code::UNSUPPORTED_TRANSPORT_PROTOCOL,
                     "Unsupported Transport Protocol",
                     AllocResult::BadRequest,
                 );
             }
         }
-        let tcp = msg
-            .get(attr::REQUESTED_TRANSPORT)
-            .and_then(|v| v.first().copied())
-            == Some(6);
-        let even = msg.get(attr::EVEN_PORT);
-        let token = msg.get(attr::RESERVATION_TOKEN);
-        let raf = msg
-            .get(attr::REQUESTED_ADDRESS_FAMILY)
-            .map(|v| v.first().copied().unwrap_or(0));
-        let aaf = msg
-            .get(attr::ADDITIONAL_ADDRESS_FAMILY)
-            .map(|v| v.first().copied().unwrap_or(0));
+        let tcp = transport == Some(PROTOCOL_TCP);
+        let options = (|| {
+            Ok::<_, DecodeError>((
+                msg.even_port()?,
+                msg.reservation_token()?,
+                msg.requested_address_family()?,
+                msg.additional_address_family()?,
+            ))
+        })();
+        let (even, token, raf, aaf) = match options {
+            Ok(o) => o,
+            Err(e) => {
+                let code = code_of(e);
+                return bad(
+                    self,
+                    code,
+                    error_code::reason(code),
+                    AllocResult::BadRequest,
+                );
+            }
+        };
+        let lifetime = match self.lifetime(msg, true) {
+            Ok(l) => l,
+            Err(e) => {
+                let code = code_of(e);
+                return bad(
+                    self,
+                    code,
+                    error_code::reason(code),
+                    AllocResult::BadRequest,
+                );
+            }
+        };
         if (even.is_some() && token.is_some())
             || (raf.is_some() && token.is_some())
             || (raf.is_some() && aaf.is_some())
         {
-            return bad(self, 400, "Conflicting attributes", AllocResult::BadRequest);
-        }
-        if aaf.is_some_and(|f| f != 2) {
             return bad(
                 self,
-                400,
+                error_code::BAD_REQUEST,
+                "Conflicting attributes",
+                AllocResult::BadRequest,
+            );
+        }
+        if aaf.is_some_and(|f| f != AddressFamily::V6) {
+            return bad(
+                self,
+                error_code::BAD_REQUEST,
                 "ADDITIONAL-ADDRESS-FAMILY must be IPv6",
                 AllocResult::BadRequest,
             );
         }
         if self.draining {
-            return bad(self, 508, "Server Draining", AllocResult::Capacity);
+            return bad(
+                self,
+                error_code::INSUFFICIENT_CAPACITY,
+                "Server Draining",
+                AllocResult::Capacity,
+            );
         }
         // Which relay families: requested (default IPv4), plus IPv6 for dual-stack.
         let (want4, want6) = match raf {
-            None | Some(1) => (true, aaf.is_some()),
-            Some(2) => (false, true),
-            Some(_) => {
-                return bad(
-                    self,
-                    440,
-                    "Address Family not Supported",
-                    AllocResult::BadRequest,
-                );
-            }
+            None | Some(AddressFamily::V4) => (true, aaf.is_some()),
+            Some(AddressFamily::V6) => (false, true),
         };
         let have4 = self.cfg.relay_ip4.is_some();
         let have6 = self.cfg.relay_ip6.is_some();
@@ -262,10 +312,13 @@ impl<R: RngCore> Core<R> {
         } else {
             (want4 && have4, want6 && have6)
         };
-        if (want4 && !have4 && raf.is_some()) || (raf == Some(2) && !have6) || (!use4 && !use6) {
+        if (want4 && !have4 && raf.is_some())
+            || (raf == Some(AddressFamily::V6) && !have6)
+            || (!use4 && !use6)
+        {
             return bad(
                 self,
-                440,
+                error_code::ADDRESS_FAMILY_NOT_SUPPORTED,
                 "Address Family not Supported",
                 AllocResult::BadRequest,
             );
@@ -274,9 +327,6 @@ impl<R: RngCore> Core<R> {
         let mut port4 = None;
         let mut reservation_token = None;
         if let Some(t) = token {
-            let Ok(t) = <[u8; 8]>::try_from(t) else {
-                return bad(self, 400, "Bad RESERVATION-TOKEN", AllocResult::BadRequest);
-            };
             let r = self.quota.ports().reserved.remove(&u64::from_be_bytes(t));
             // The reservation's quota unit goes back to its holder; the allocation that
             // redeems it takes one below like any other.
@@ -288,9 +338,21 @@ impl<R: RngCore> Core<R> {
                 Some((p, _, _)) => {
                     // Expired, not yet swept: its port goes back now.
                     self.quota.ports().release(p);
-                    return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+                    return bad(
+                        self,
+                        error_code::INSUFFICIENT_CAPACITY,
+                        "Insufficient Capacity",
+                        AllocResult::Capacity,
+                    );
                 }
-                None => return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
+                None => {
+                    return bad(
+                        self,
+                        error_code::INSUFFICIENT_CAPACITY,
+                        "Insufficient Capacity",
+                        AllocResult::Capacity,
+                    );
+                }
             }
         }
         if let Err(kind) = self
@@ -302,11 +364,21 @@ impl<R: RngCore> Core<R> {
             }
             self.stats.quota[kind as usize] += 1;
             return match kind {
-                QuotaKind::User => bad(self, 486, "Allocation Quota Reached", AllocResult::Quota),
-                _ => bad(self, 508, "Insufficient Capacity", AllocResult::Capacity),
+                QuotaKind::User => bad(
+                    self,
+                    error_code::ALLOCATION_QUOTA_REACHED,
+                    "Allocation Quota Reached",
+                    AllocResult::Quota,
+                ),
+                _ => bad(
+                    self,
+                    error_code::INSUFFICIENT_CAPACITY,
+                    "Insufficient Capacity",
+                    AllocResult::Capacity,
+                ),
             };
         }
-        let reserve_next = even.and_then(|v| v.first()).is_some_and(|b| b & 0x80 != 0);
+        let reserve_next = even == Some(true);
         let pick = |s: &mut Self, even: bool, pair: bool| {
             let mut pool = s.quota.ports();
             let p = pool.pick(&mut s.rng, even, pair)?;
@@ -321,7 +393,12 @@ impl<R: RngCore> Core<R> {
             self.quota
                 .release(quota_key(&authed.username, authed.rest_expiry));
             self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
-            return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+            return bad(
+                self,
+                error_code::INSUFFICIENT_CAPACITY,
+                "Insufficient Capacity",
+                AllocResult::Capacity,
+            );
         };
         if reserve_next {
             // The held port counts against the user's quota like an allocation: without
@@ -332,7 +409,12 @@ impl<R: RngCore> Core<R> {
                 self.quota.ports().release(p_main);
                 self.quota.release(holder);
                 self.stats.quota[kind as usize] += 1;
-                return bad(self, 486, "Allocation Quota Reached", AllocResult::Quota);
+                return bad(
+                    self,
+                    error_code::ALLOCATION_QUOTA_REACHED,
+                    "Allocation Quota Reached",
+                    AllocResult::Quota,
+                );
             }
             let next = p_main + 1;
             let t = self.rng.next_u64();
@@ -364,11 +446,15 @@ impl<R: RngCore> Core<R> {
                 self.quota
                     .release(quota_key(&authed.username, authed.rest_expiry));
                 self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
-                return bad(self, 508, "Insufficient Capacity", AllocResult::Capacity);
+                return bad(
+                    self,
+                    error_code::INSUFFICIENT_CAPACITY,
+                    "Insufficient Capacity",
+                    AllocResult::Capacity,
+                );
             };
             relays[1] = mk(self.cfg.relay_ip6, self.cfg.external_ip6, p6);
         }
-        let lifetime = self.lifetime(msg, true);
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
             (self.slots.len() - 1) as u32
@@ -389,7 +475,7 @@ impl<R: RngCore> Core<R> {
             channel_of: FxMap::default(),
             bucket: Bucket::new(now, burst),
             pending: Some(PendingAllocate {
-                tid: msg.tid,
+                tid: msg.transaction_id(),
                 lifetime,
                 fingerprint: msg.has_fingerprint(),
                 reservation_token,
@@ -432,24 +518,24 @@ impl<R: RngCore> Core<R> {
             return;
         };
         let Some(p) = a.pending.take() else { return };
-        let mut out = Vec::with_capacity(128);
-        let mut b = Builder::new(&mut out, method::ALLOCATE, Class::Success, p.tid);
-        for r in a.relays.iter().flatten() {
-            b.xor_addr(attr::XOR_RELAYED_ADDRESS, r.advertised);
-        }
-        if p.v6_error {
-            // ADDRESS-ERROR-CODE (RFC 8656 §18.11): family 0x02, 440.
-            b.ipv6_not_supported();
-        }
-        b.u32_attr(attr::LIFETIME, p.lifetime);
-        if let Some(t) = p.reservation_token {
-            b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
-        }
-        b.xor_addr(attr::XOR_MAPPED_ADDRESS, a.client.remote);
-        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
-        if !b.finish(Some(&a.key.0), p.fingerprint) {
+        let head = (Method::ALLOCATE, Class::Success, p.tid);
+        let Some(out) = encode(128, head, Some(&a.key), p.fingerprint, |mut b| {
+            for r in a.relays.iter().flatten() {
+                b = b.xor_relayed_address(r.advertised);
+            }
+            if p.v6_error {
+                // ADDRESS-ERROR-CODE (RFC 8656 §18.11): IPv6, 440.
+                let code = error_code::ADDRESS_FAMILY_NOT_SUPPORTED;
+                b = b.address_error_code(AddressFamily::V6, code, "");
+            }
+            b = b.lifetime(p.lifetime);
+            if let Some(t) = p.reservation_token {
+                b = b.reservation_token(t.to_be_bytes());
+            }
+            b.xor_mapped_address(a.client.remote).software(SOFTWARE)
+        }) else {
             return;
-        }
+        };
         let client = a.client;
         self.stats.allocations[AllocResult::Ok as usize] += 1;
         tracing::debug!(relay = ?a.relays.iter().flatten().map(|r| r.bind).collect::<Vec<_>>(), proto = client.proto.label(), "allocation created");
@@ -460,7 +546,6 @@ impl<R: RngCore> Core<R> {
         } else {
             self.stats.tx_cache_full += 1;
         }
-        self.transmits
-            .push_back(Transmit::ToClient { client, data: out });
+        self.send(client, out);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::allocate::PendingAllocate;
 use super::fxhash::FxMap;
 use super::{FiveTuple, PERMISSION_LIFETIME};
-use crate::auth::Key;
+use shared_ice::auth::LongTermKey;
 
 /// A token bucket in bytes or requests.
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +53,7 @@ pub(super) struct Allocation {
     pub(super) generation: u32,
     pub(super) client: FiveTuple,
     pub(super) username: String,
-    pub(super) key: Key,
+    pub(super) key: LongTermKey,
     pub(super) rest_expiry: Option<u64>,
     pub(super) expires: Instant,
     pub(super) relays: [Option<RelaySlot>; 2],

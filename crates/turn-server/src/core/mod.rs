@@ -33,16 +33,18 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
+use shared_ice::auth::{LongTermKey, RestSecrets};
+use shared_ice::stun::{Class, Message, Method, TransactionId, error_code};
+
 use self::allocation::Allocation;
-use self::auth::Authed;
+use self::auth::{Authed, Credentials};
 use self::quota::quota_key;
 use self::rate::RateTable;
 use self::rfc6062::PendingConnect;
-use crate::auth::{Credentials, Key};
 use crate::policy::PeerPolicy;
-use crate::stun::{Class, Message, TransactionId, method};
 
 pub use self::api::{Command, CoreConfig, FiveTuple, Proto, Relay, RelayToken, Transmit};
+pub use self::auth::StaticUser;
 pub(crate) use self::fxhash::FxMap;
 pub use self::quota::SharedQuota;
 pub use self::rfc6062::CONNECTION_BIND_TIMEOUT;
@@ -89,7 +91,7 @@ pub struct Core<R> {
     /// every user of a day the same username. Used only when MESSAGE-INTEGRITY verifies
     /// with it; emptied on SIGHUP (secrets may have changed) and when it reaches
     /// `KEY_CACHE_MAX` entries.
-    key_cache: HashMap<String, (Key, Instant)>,
+    key_cache: HashMap<String, (LongTermKey, Instant)>,
     policy: PeerPolicy,
     quota: Arc<SharedQuota>,
     nonce_key: [u8; 20],
@@ -116,8 +118,8 @@ impl<R: RngCore> Core<R> {
     pub fn new(
         cfg: CoreConfig,
         mut rng: R,
-        secrets: Vec<String>,
-        users: Vec<crate::config::StaticUser>,
+        secrets: RestSecrets,
+        users: &[StaticUser],
         policy: PeerPolicy,
         quota: Arc<SharedQuota>,
     ) -> Self {
@@ -138,13 +140,9 @@ impl<R: RngCore> Core<R> {
         // it double once, +16 MB, after 8 minutes when sized at 1x).
         let tx_cache = HashMap::with_capacity(cfg.tx_cache_max.saturating_mul(2));
         Self {
-            cfg,
             rng,
             key_cache: HashMap::new(),
-            creds: Credentials {
-                secrets: secrets.into_iter().map(String::into_bytes).collect(),
-                users,
-            },
+            creds: Credentials::new(secrets, users, &cfg.realm),
             policy,
             quota,
             nonce_key,
@@ -162,15 +160,13 @@ impl<R: RngCore> Core<R> {
             stats: Stats::default(),
             scratch: Vec::new(),
             pending_connects: HashMap::new(),
+            cfg,
         }
     }
 
     /// Replaces secrets and static users (SIGHUP). Existing allocations keep their keys.
-    pub fn set_credentials(&mut self, secrets: Vec<String>, users: Vec<crate::config::StaticUser>) {
-        self.creds = Credentials {
-            secrets: secrets.into_iter().map(String::into_bytes).collect(),
-            users,
-        };
+    pub fn set_credentials(&mut self, secrets: RestSecrets, users: &[StaticUser]) {
+        self.creds = Credentials::new(secrets, users, &self.cfg.realm);
         self.key_cache.clear();
     }
 
@@ -335,15 +331,16 @@ impl<R: RngCore> Core<R> {
             tracing::trace!(target: "wire", client = ?from.remote, "not STUN/ChannelData, dropped");
             return None;
         };
-        if !msg.fingerprint_ok() {
+        // A FINGERPRINT that does not match: not for us (RFC 8489 §14.7), dropped.
+        if msg.has_fingerprint() && !msg.check_fingerprint() {
             return None;
         }
-        match msg.class {
+        match msg.class() {
             Class::Request => {
                 self.request(now, unix_now, from, &msg);
                 None
             }
-            Class::Indication if msg.method == method::SEND => {
+            Class::Indication if msg.method() == Method::SEND => {
                 self.send_indication(now, from, &msg, buf)
             }
             _ => None,
@@ -364,13 +361,15 @@ impl<R: RngCore> Core<R> {
         {
             Some(a) if a.expires > now && a.pending.is_none() => {
                 if a.username != authed.username {
-                    self.reply_error(now, from, msg, authed, 441, "Wrong Credentials");
+                    let code = error_code::WRONG_CREDENTIALS;
+                    self.reply_error(now, from, msg, authed, code, error_code::reason(code));
                     return None;
                 }
                 slot
             }
             _ => {
-                self.reply_error(now, from, msg, authed, 437, "Allocation Mismatch");
+                let code = error_code::ALLOCATION_MISMATCH;
+                self.reply_error(now, from, msg, authed, code, error_code::reason(code));
                 None
             }
         }

@@ -10,7 +10,9 @@ use super::allocation::{Channel, install_permission};
 use super::auth::Authed;
 use super::stats::QuotaKind;
 use super::{CHANNEL_LIFETIME, Core, FiveTuple};
-use crate::stun::{self, Message, attr};
+use shared_ice::stun::{Message, error_code};
+
+use super::reply::code_of;
 
 impl<R: RngCore> Core<R> {
     /// Family and policy checks for a peer address. `Err((code, reason))` to answer.
@@ -23,14 +25,17 @@ impl<R: RngCore> Core<R> {
             .slots
             .get(slot as usize)
             .and_then(Option::as_ref)
-            .ok_or((437, "Allocation Mismatch"))?;
+            .ok_or((error_code::ALLOCATION_MISMATCH, "Allocation Mismatch"))?;
         if a.relay_for(peer).is_none() {
-            return Err((443, "Peer Address Family Mismatch"));
+            return Err((
+                error_code::PEER_ADDRESS_FAMILY_MISMATCH,
+                "Peer Address Family Mismatch",
+            ));
         }
         if let Err(class) = self.policy.check(peer.ip()) {
             self.stats.denied[class.index()] += 1;
             tracing::debug!(class = class.label(), "peer denied by policy");
-            return Err((403, "Forbidden"));
+            return Err((error_code::FORBIDDEN, "Forbidden"));
         }
         Ok(())
     }
@@ -46,16 +51,24 @@ impl<R: RngCore> Core<R> {
             return;
         };
         let mut peers: Vec<SocketAddr> = Vec::new();
-        for p in msg.peer_addresses() {
+        for p in msg.xor_peer_addresses() {
             match p {
-                Some(p) => peers.push(p),
-                None => {
-                    return self.reply_error(now, from, msg, authed, 400, "Bad XOR-PEER-ADDRESS");
+                Ok(p) => peers.push(p),
+                Err(e) => {
+                    let code = code_of(e);
+                    return self.reply_error(now, from, msg, authed, code, "Bad XOR-PEER-ADDRESS");
                 }
             }
         }
         if peers.is_empty() {
-            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::BAD_REQUEST,
+                "Missing XOR-PEER-ADDRESS",
+            );
         }
         for p in &peers {
             if let Err((code, reason)) = self.check_peer(slot, *p) {
@@ -70,7 +83,14 @@ impl<R: RngCore> Core<R> {
         // All or nothing (RFC 8656 §10.2): a request that would pass the cap installs none.
         if !a.permissions_fit(&ips, max, now) {
             self.stats.quota[QuotaKind::Permissions as usize] += 1;
-            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::INSUFFICIENT_CAPACITY,
+                "Insufficient Capacity",
+            );
         }
         for ip in ips {
             install_permission(a, ip, now);
@@ -88,15 +108,31 @@ impl<R: RngCore> Core<R> {
         let Some(slot) = self.own_allocation(now, from, msg, authed) else {
             return;
         };
-        let number = msg
-            .get(attr::CHANNEL_NUMBER)
-            .and_then(|v| v.get(..2))
-            .map(|v| u16::from_be_bytes([v[0], v[1]]));
-        let Some(number) = number.filter(|n| stun::valid_channel(*n)) else {
-            return self.reply_error(now, from, msg, authed, 400, "Bad CHANNEL-NUMBER");
+        // Valid channel numbers are shared-ice's `ChannelNumber`: the RFC 5766 range
+        // 0x4000-0x7FFF. RFC 8656 §12 narrowed it to 0x4000-0x4FFF, but RFC 5766 clients
+        // (coturn's `turnutils_uclient` among them) still pick numbers above 0x4FFF, so we
+        // accept the wider range, as coturn does.
+        let number = match msg.channel_number() {
+            Ok(Some(n)) => n.get(),
+            Ok(None) => {
+                let code = error_code::BAD_REQUEST;
+                return self.reply_error(now, from, msg, authed, code, "Bad CHANNEL-NUMBER");
+            }
+            Err(e) => {
+                let code = code_of(e);
+                return self.reply_error(now, from, msg, authed, code, "Bad CHANNEL-NUMBER");
+            }
         };
-        let Some(peer) = msg.peer_address() else {
-            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        let peer = match msg.xor_peer_addresses().next() {
+            Some(Ok(peer)) => peer,
+            Some(Err(e)) => {
+                let code = code_of(e);
+                return self.reply_error(now, from, msg, authed, code, "Bad XOR-PEER-ADDRESS");
+            }
+            None => {
+                let code = error_code::BAD_REQUEST;
+                return self.reply_error(now, from, msg, authed, code, "Missing XOR-PEER-ADDRESS");
+            }
         };
         if let Err((code, reason)) = self.check_peer(slot, peer) {
             return self.reply_error(now, from, msg, authed, code, reason);
@@ -109,17 +145,38 @@ impl<R: RngCore> Core<R> {
         let conflict = a.channels.get(&number).is_some_and(|c| c.peer != peer)
             || a.channel_of.get(&peer).is_some_and(|n| *n != number);
         if conflict {
-            return self.reply_error(now, from, msg, authed, 400, "Channel or peer already bound");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::BAD_REQUEST,
+                "Channel or peer already bound",
+            );
         }
         let expires = now + CHANNEL_LIFETIME;
         let is_new = !a.channels.contains_key(&number);
         if is_new && a.channels.len() >= self.cfg.max_channels {
             self.stats.quota[QuotaKind::Channels as usize] += 1;
-            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::INSUFFICIENT_CAPACITY,
+                "Insufficient Capacity",
+            );
         }
         if !a.permissions_fit(&[peer.ip()], self.cfg.max_permissions, now) {
             self.stats.quota[QuotaKind::Permissions as usize] += 1;
-            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::INSUFFICIENT_CAPACITY,
+                "Insufficient Capacity",
+            );
         }
         a.channels.insert(number, Channel { peer, expires });
         a.channel_of.insert(peer, number);

@@ -4,9 +4,11 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
+use shared_ice::stun::{Message, error_code};
+
 use super::auth::Authed;
+use super::reply::code_of;
 use super::{Core, FiveTuple};
-use crate::stun::{Message, attr};
 
 impl<R: RngCore> Core<R> {
     pub(super) fn refresh(
@@ -19,13 +21,18 @@ impl<R: RngCore> Core<R> {
         let Some(slot) = self.own_allocation(now, from, msg, authed) else {
             return;
         };
-        let requested = msg.u32_attr(attr::LIFETIME);
-        if requested == Some(0) {
+        let lifetime = match self.lifetime(msg, false) {
+            Ok(l) => l,
+            Err(e) => {
+                let code = code_of(e);
+                return self.reply_error(now, from, msg, authed, code, error_code::reason(code));
+            }
+        };
+        if msg.lifetime() == Ok(Some(0)) {
             self.delete(slot);
             self.reply_ok(now, from, msg, authed, Some(0));
             return;
         }
-        let lifetime = self.lifetime(msg, false);
         if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
             a.expires = now + Duration::from_secs(u64::from(lifetime));
         }

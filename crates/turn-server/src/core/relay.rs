@@ -8,8 +8,11 @@ use std::time::Instant;
 use rand::RngCore;
 
 use super::stats::QuotaKind;
-use super::{Core, FiveTuple, Proto, Relay, RelayToken, Transmit};
-use crate::stun::{self, Builder, Class, Message, TransactionId, attr, method};
+use shared_ice::channel::ChannelData;
+use shared_ice::stun::{Class, Message, Method, TransactionId};
+
+use super::reply::encode;
+use super::{Core, FiveTuple, Proto, Relay, RelayToken};
 
 impl<R: RngCore> Core<R> {
     /// Data from a peer arrived on relay socket `relay`. `payload` is the datagram.
@@ -62,22 +65,14 @@ impl<R: RngCore> Core<R> {
             });
         }
         // No channel: Data indication (RFC 8656 §11.3), built in our own buffer.
-        let mut out = Vec::with_capacity(payload.len() + 48);
         let mut tid = [0u8; 12];
         self.rng.fill_bytes(&mut tid);
-        let mut b = Builder::new(
-            &mut out,
-            method::DATA,
-            Class::Indication,
-            TransactionId(tid),
-        );
-        b.xor_addr(attr::XOR_PEER_ADDRESS, peer);
-        b.attr(attr::DATA, payload);
-        if !b.finish(None, false) {
-            return None;
+        let head = (Method::DATA, Class::Indication, TransactionId(tid));
+        if let Some(out) = encode(payload.len() + 48, head, None, false, |b| {
+            b.xor_peer_address(peer).data(payload)
+        }) {
+            self.send(client, out);
         }
-        self.transmits
-            .push_back(Transmit::ToClient { client, data: out });
         None
     }
 
@@ -87,7 +82,8 @@ impl<R: RngCore> Core<R> {
         from: FiveTuple,
         buf: &[u8],
     ) -> Option<Relay> {
-        let (number, payload) = stun::parse_channel_data(buf)?;
+        let cd = ChannelData::parse(buf).ok()?;
+        let (number, payload) = (cd.channel().get(), cd.data());
         let bandwidth = self.cfg.bandwidth;
         let slot = *self.by_client.get(&from)?;
         let a = self.slots.get_mut(slot as usize)?.as_mut()?;
@@ -198,8 +194,8 @@ impl<R: RngCore> Core<R> {
     ) -> Option<Relay> {
         let bandwidth = self.cfg.bandwidth;
         let slot = *self.by_client.get(&from)?;
-        let peer = msg.peer_address()?;
-        let data = msg.get(attr::DATA)?;
+        let peer = msg.xor_peer_addresses().next()?.ok()?;
+        let data = msg.data()?;
         let a = self.slots.get_mut(slot as usize)?.as_mut()?;
         if a.expires <= now || !a.permitted(peer.ip(), now) {
             return None;

@@ -4,24 +4,52 @@
 use std::time::Instant;
 
 use rand::RngCore;
+use shared_ice::DecodeError;
+use shared_ice::auth::LongTermKey;
+use shared_ice::stun::{Class, Message, MessageBuilder, Method, TransactionId, error_code};
 
 use super::auth::Authed;
 use super::{Core, FiveTuple, SOFTWARE, TRANSACTION_CACHE, Transmit};
-use crate::auth::Key;
-use crate::stun::{Builder, Class, Message, attr};
+
+/// Encodes a message into a new buffer of `capacity`: `attrs` adds the attributes, then
+/// MESSAGE-INTEGRITY with `key` and FINGERPRINT when `fingerprint`. `None` when it does
+/// not encode (too long for STUN): nothing is sent then.
+pub(super) fn encode(
+    capacity: usize,
+    head: (Method, Class, TransactionId),
+    key: Option<&LongTermKey>,
+    fingerprint: bool,
+    attrs: impl for<'b> FnOnce(MessageBuilder<'b>) -> MessageBuilder<'b>,
+) -> Option<Vec<u8>> {
+    let (method, class, tid) = head;
+    let mut out = Vec::with_capacity(capacity);
+    let b = attrs(MessageBuilder::new(&mut out, class, method, tid));
+    if let Err(e) = b.finish_with(key.map(|k| &k.as_bytes()[..]), fingerprint) {
+        tracing::debug!(error = %e, ?method, "answer not encoded, not sent");
+        return None;
+    }
+    Some(out)
+}
+
+/// The error code a request whose attribute does not decode is answered with
+/// ([`DecodeError::error_code`]; 400 for the rest, which a parsed message cannot produce).
+pub(super) fn code_of(e: DecodeError) -> u16 {
+    e.error_code().unwrap_or(error_code::BAD_REQUEST)
+}
 
 impl<R: RngCore> Core<R> {
+    /// Queues `data` for `client`.
+    pub(super) fn send(&mut self, client: FiveTuple, data: Vec<u8>) {
+        self.transmits
+            .push_back(Transmit::ToClient { client, data });
+    }
+
+    /// Unauthenticated error answer with an empty reason phrase.
     pub(super) fn error_plain(&mut self, from: FiveTuple, msg: &Message<'_>, code: u16, fp: bool) {
-        let mut out = Vec::with_capacity(40);
-        let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
-        b.error(code, "");
-        if !b.finish(None, fp) {
-            return;
+        let head = (msg.method(), Class::Error, msg.transaction_id());
+        if let Some(out) = encode(40, head, None, fp, |b| b.error_code(code, "")) {
+            self.send(from, out);
         }
-        self.transmits.push_back(Transmit::ToClient {
-            client: from,
-            data: out,
-        });
     }
 
     /// Authenticated answer: SOFTWARE, MESSAGE-INTEGRITY, FINGERPRINT when the client uses it;
@@ -31,21 +59,18 @@ impl<R: RngCore> Core<R> {
         now: Instant,
         from: FiveTuple,
         msg: &Message<'_>,
-        key: &Key,
         out: Vec<u8>,
     ) {
-        let _ = (msg, key);
         if self.tx_cache.len() < self.cfg.tx_cache_max {
-            self.tx_cache
-                .insert((from, msg.tid), (now + TRANSACTION_CACHE, out.clone()));
+            self.tx_cache.insert(
+                (from, msg.transaction_id()),
+                (now + TRANSACTION_CACHE, out.clone()),
+            );
             self.arm(now);
         } else {
             self.stats.tx_cache_full += 1;
         }
-        self.transmits.push_back(Transmit::ToClient {
-            client: from,
-            data: out,
-        });
+        self.send(from, out);
     }
 
     pub(super) fn reply_error(
@@ -57,15 +82,14 @@ impl<R: RngCore> Core<R> {
         code: u16,
         reason: &str,
     ) {
-        tracing::debug!(method = msg.method, code, reason, tid = ?msg.tid, "request rejected");
-        let mut out = Vec::with_capacity(96);
-        let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
-        b.error(code, reason);
-        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
-        if !b.finish(Some(&authed.key.0), msg.has_fingerprint()) {
+        tracing::debug!(method = ?msg.method(), code, reason, tid = ?msg.transaction_id(), "request rejected");
+        let head = (msg.method(), Class::Error, msg.transaction_id());
+        let Some(out) = encode(96, head, Some(&authed.key), msg.has_fingerprint(), |b| {
+            b.error_code(code, reason).software(SOFTWARE)
+        }) else {
             return;
-        }
-        self.send_authed(now, from, msg, &authed.key, out);
+        };
+        self.send_authed(now, from, msg, out);
     }
 
     pub(super) fn reply_ok(
@@ -76,15 +100,16 @@ impl<R: RngCore> Core<R> {
         authed: &Authed,
         lifetime: Option<u32>,
     ) {
-        let mut out = Vec::with_capacity(96);
-        let mut b = Builder::new(&mut out, msg.method, Class::Success, msg.tid);
-        if let Some(l) = lifetime {
-            b.u32_attr(attr::LIFETIME, l);
-        }
-        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
-        if !b.finish(Some(&authed.key.0), msg.has_fingerprint()) {
+        let head = (msg.method(), Class::Success, msg.transaction_id());
+        let Some(out) = encode(96, head, Some(&authed.key), msg.has_fingerprint(), |b| {
+            let b = match lifetime {
+                Some(l) => b.lifetime(l),
+                None => b,
+            };
+            b.software(SOFTWARE)
+        }) else {
             return;
-        }
-        self.send_authed(now, from, msg, &authed.key, out);
+        };
+        self.send_authed(now, from, msg, out);
     }
 }

@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use rand::RngCore;
 
+use shared_ice::stun::{Class, Message, Method, error_code};
+
+use super::reply::encode;
 use super::stats::AllocResult;
-use super::{Core, FiveTuple, Transmit};
-use crate::stun::{Builder, Class, Message, attr, error_code, method};
+use super::{Core, FiveTuple};
 
 impl<R: RngCore> Core<R> {
     pub(super) fn request(
@@ -18,7 +20,7 @@ impl<R: RngCore> Core<R> {
         from: FiveTuple,
         msg: &Message<'_>,
     ) {
-        self.count_method(msg.method);
+        self.count_method(msg.method());
         // Never answer sources that cannot be real (reflection targets): port 0,
         // unspecified, broadcast, multicast; IPv4-mapped spellings (a dual-stack socket's
         // view of IPv4) included.
@@ -28,28 +30,26 @@ impl<R: RngCore> Core<R> {
             || ip.is_multicast()
             || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
         if bogus {
-            if msg.method == method::ALLOCATE {
+            if msg.method() == Method::ALLOCATE {
                 self.stats.allocations[AllocResult::Forbidden as usize] += 1;
             }
             return;
         }
-        if let Some((_, cached)) = self.tx_cache.get(&(from, msg.tid)) {
-            self.transmits.push_back(Transmit::ToClient {
-                client: from,
-                data: cached.clone(),
-            });
+        if let Some((_, cached)) = self.tx_cache.get(&(from, msg.transaction_id())) {
+            let data = cached.clone();
+            self.send(from, data);
             return;
         }
         let fp = msg.has_fingerprint();
         if !matches!(
-            msg.method,
-            method::BINDING
-                | method::ALLOCATE
-                | method::REFRESH
-                | method::CREATE_PERMISSION
-                | method::CHANNEL_BIND
-                | method::CONNECT
-                | method::CONNECTION_BIND
+            msg.method(),
+            Method::BINDING
+                | Method::ALLOCATE
+                | Method::REFRESH
+                | Method::CREATE_PERMISSION
+                | Method::CHANNEL_BIND
+                | Method::CONNECT
+                | Method::CONNECTION_BIND
         ) {
             if self.rate_ok(now, from) {
                 self.error_plain(from, msg, error_code::BAD_REQUEST, fp);
@@ -60,58 +60,54 @@ impl<R: RngCore> Core<R> {
         // every method including Binding (RFC 8489 §6.3.1).
         let mut unknown = std::mem::take(&mut self.scratch);
         unknown.clear();
-        msg.unknown_required(&mut unknown);
+        for t in msg.unknown_comprehension_required() {
+            if !unknown.contains(&t) {
+                unknown.push(t);
+            }
+        }
         if !unknown.is_empty() {
             if self.rate_ok(now, from) {
-                let mut out = Vec::with_capacity(48 + unknown.len() * 2);
-                let mut b = Builder::new(&mut out, msg.method, Class::Error, msg.tid);
-                b.error(
-                    error_code::UNKNOWN_ATTRIBUTE,
-                    error_code::reason(error_code::UNKNOWN_ATTRIBUTE),
-                );
-                b.unknown_attributes(&unknown);
-                if b.finish(None, fp) {
-                    self.transmits.push_back(Transmit::ToClient {
-                        client: from,
-                        data: out,
-                    });
+                let head = (msg.method(), Class::Error, msg.transaction_id());
+                let code = error_code::UNKNOWN_ATTRIBUTE;
+                if let Some(out) = encode(48 + unknown.len() * 2, head, None, fp, |b| {
+                    b.error_code(code, error_code::reason(code))
+                        .unknown_attributes(unknown.iter().copied())
+                }) {
+                    self.send(from, out);
                 }
             }
             self.scratch = unknown;
             return;
         }
         self.scratch = unknown;
-        if msg.method == method::BINDING {
+        if msg.method() == Method::BINDING {
             if !self.rate_ok(now, from) {
                 return;
             }
-            let mut out = Vec::with_capacity(48);
-            let mut b = Builder::new(&mut out, method::BINDING, Class::Success, msg.tid);
-            b.xor_addr(attr::XOR_MAPPED_ADDRESS, from.remote);
-            if !b.finish(None, fp) {
-                return;
+            let head = (Method::BINDING, Class::Success, msg.transaction_id());
+            if let Some(out) = encode(48, head, None, fp, |b| b.xor_mapped_address(from.remote)) {
+                self.send(from, out);
             }
-            self.transmits.push_back(Transmit::ToClient {
-                client: from,
-                data: out,
-            });
             return;
         }
         let Ok(authed) = self.authenticate(now, unix_now, from, msg) else {
-            if msg.method == method::ALLOCATE {
+            if msg.method() == Method::ALLOCATE {
                 self.stats.allocations[AllocResult::Unauthorized as usize] += 1;
             }
             return;
         };
         self.trust_source(now, from);
-        match msg.method {
-            method::ALLOCATE => self.allocate(now, from, msg, authed),
-            method::REFRESH => self.refresh(now, from, msg, &authed),
-            method::CREATE_PERMISSION => self.create_permission(now, from, msg, &authed),
-            method::CHANNEL_BIND => self.channel_bind(now, from, msg, &authed),
-            method::CONNECT => self.connect(now, from, msg, &authed),
-            method::CONNECTION_BIND => self.connection_bind(now, from, msg, &authed),
-            _ => self.reply_error(now, from, msg, &authed, 400, "Bad Request"),
+        match msg.method() {
+            Method::ALLOCATE => self.allocate(now, from, msg, authed),
+            Method::REFRESH => self.refresh(now, from, msg, &authed),
+            Method::CREATE_PERMISSION => self.create_permission(now, from, msg, &authed),
+            Method::CHANNEL_BIND => self.channel_bind(now, from, msg, &authed),
+            Method::CONNECT => self.connect(now, from, msg, &authed),
+            Method::CONNECTION_BIND => self.connection_bind(now, from, msg, &authed),
+            _ => {
+                let code = error_code::BAD_REQUEST;
+                self.reply_error(now, from, msg, &authed, code, error_code::reason(code));
+            }
         }
     }
 }

@@ -9,7 +9,9 @@ use super::allocation::install_permission;
 use super::auth::Authed;
 use super::stats::QuotaKind;
 use super::*;
-use crate::stun::{Builder, Class, Message, TransactionId, attr, method};
+use shared_ice::stun::{Class, Message, Method, TransactionId, error_code};
+
+use super::reply::{code_of, encode};
 
 /// A Connect waiting for the runtime's TCP connect.
 #[derive(Debug)]
@@ -48,18 +50,40 @@ impl<R: RngCore> Core<R> {
         let Some(slot) = self.own_allocation(now, from, msg, authed) else {
             return;
         };
-        let Some(peer) = msg.peer_address() else {
-            return self.reply_error(now, from, msg, authed, 400, "Missing XOR-PEER-ADDRESS");
+        let peer = match msg.xor_peer_addresses().next() {
+            Some(Ok(peer)) => peer,
+            Some(Err(e)) => {
+                let code = code_of(e);
+                return self.reply_error(now, from, msg, authed, code, "Bad XOR-PEER-ADDRESS");
+            }
+            None => {
+                let code = error_code::BAD_REQUEST;
+                return self.reply_error(now, from, msg, authed, code, "Missing XOR-PEER-ADDRESS");
+            }
         };
         let (tcp, busy, generation) = match self.slots.get(slot as usize).and_then(Option::as_ref) {
             Some(a) => (a.tcp, a.tcp_peers.contains(&peer), a.generation),
             None => return,
         };
         if !tcp {
-            return self.reply_error(now, from, msg, authed, 400, "Not a TCP allocation");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::BAD_REQUEST,
+                "Not a TCP allocation",
+            );
         }
         if busy {
-            return self.reply_error(now, from, msg, authed, 446, "Connection Already Exists");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::CONNECTION_ALREADY_EXISTS,
+                "Connection Already Exists",
+            );
         }
         // Each peer connection needs a permission: bounded like CreatePermission.
         let max = self.cfg.max_permissions;
@@ -70,7 +94,14 @@ impl<R: RngCore> Core<R> {
             .is_some_and(|a| a.tcp_peers.len() < max && a.permissions_fit(&[peer.ip()], max, now));
         if !fits {
             self.stats.quota[QuotaKind::Permissions as usize] += 1;
-            return self.reply_error(now, from, msg, authed, 508, "Insufficient Capacity");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::INSUFFICIENT_CAPACITY,
+                "Insufficient Capacity",
+            );
         }
         if let Err((code, reason)) = self.check_peer(slot, peer) {
             return self.reply_error(now, from, msg, authed, code, reason);
@@ -84,7 +115,14 @@ impl<R: RngCore> Core<R> {
                     .and_then(|i| a.relays.get(i).copied().flatten().map(|r| (i, r.bind)))
             })
         else {
-            return self.reply_error(now, from, msg, authed, 443, "Peer Address Family Mismatch");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::PEER_ADDRESS_FAMILY_MISMATCH,
+                "Peer Address Family Mismatch",
+            );
         };
         let conn_id = self.new_conn_id();
         if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
@@ -96,7 +134,7 @@ impl<R: RngCore> Core<R> {
                 slot,
                 generation,
                 peer,
-                tid: msg.tid,
+                tid: msg.transaction_id(),
                 fingerprint: msg.has_fingerprint(),
             },
         );
@@ -126,28 +164,33 @@ impl<R: RngCore> Core<R> {
         else {
             return;
         };
-        let mut out = Vec::with_capacity(96);
-        let mut b = Builder::new(
-            &mut out,
-            method::CONNECT,
-            if ok { Class::Success } else { Class::Error },
-            p.tid,
-        );
         if ok {
             install_permission(a, p.peer.ip(), now);
-            b.u32_attr(attr::CONNECTION_ID, conn_id);
             self.quota
                 .tcp_conns()
                 .insert(conn_id, (a.username.clone(), now + CONNECTION_BIND_TIMEOUT));
         } else {
             a.tcp_peers.retain(|x| *x != p.peer);
-            b.error(447, "Connection Timeout or Failure");
         }
-        b.attr(attr::SOFTWARE, SOFTWARE.as_bytes());
         let client = a.client;
-        if b.finish(Some(&a.key.0), p.fingerprint) {
-            self.transmits
-                .push_back(Transmit::ToClient { client, data: out });
+        let class = if ok { Class::Success } else { Class::Error };
+        let out = encode(
+            96,
+            (Method::CONNECT, class, p.tid),
+            Some(&a.key),
+            p.fingerprint,
+            |b| {
+                let b = if ok {
+                    b.connection_id(conn_id)
+                } else {
+                    let code = error_code::CONNECTION_TIMEOUT_OR_FAILURE;
+                    b.error_code(code, error_code::reason(code))
+                };
+                b.software(SOFTWARE)
+            },
+        );
+        if let Some(out) = out {
+            self.send(client, out);
         }
     }
 
@@ -168,20 +211,17 @@ impl<R: RngCore> Core<R> {
         self.quota
             .tcp_conns()
             .insert(conn_id, (username, now + CONNECTION_BIND_TIMEOUT));
-        let mut out = Vec::with_capacity(64);
         let mut tid = [0u8; 12];
         self.rng.fill_bytes(&mut tid);
-        let mut b = Builder::new(
-            &mut out,
-            method::CONNECTION_ATTEMPT,
+        let head = (
+            Method::CONNECTION_ATTEMPT,
             Class::Indication,
             TransactionId(tid),
         );
-        b.xor_addr(attr::XOR_PEER_ADDRESS, peer);
-        b.u32_attr(attr::CONNECTION_ID, conn_id);
-        if b.finish(None, false) {
-            self.transmits
-                .push_back(Transmit::ToClient { client, data: out });
+        if let Some(out) = encode(64, head, None, false, |b| {
+            b.xor_peer_address(peer).connection_id(conn_id)
+        }) {
+            self.send(client, out);
         }
         Some(conn_id)
     }
@@ -200,12 +240,20 @@ impl<R: RngCore> Core<R> {
                 from,
                 msg,
                 authed,
-                400,
+                error_code::BAD_REQUEST,
                 "ConnectionBind needs a new TCP connection",
             );
         }
-        let Some(conn_id) = msg.u32_attr(attr::CONNECTION_ID) else {
-            return self.reply_error(now, from, msg, authed, 400, "Missing CONNECTION-ID");
+        let conn_id = match msg.connection_id() {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                let code = error_code::BAD_REQUEST;
+                return self.reply_error(now, from, msg, authed, code, "Missing CONNECTION-ID");
+            }
+            Err(e) => {
+                let code = code_of(e);
+                return self.reply_error(now, from, msg, authed, code, "Bad CONNECTION-ID");
+            }
         };
         let entry = {
             let mut conns = self.quota.tcp_conns();
@@ -221,7 +269,14 @@ impl<R: RngCore> Core<R> {
             }
         };
         if entry.is_none() {
-            return self.reply_error(now, from, msg, authed, 400, "Unknown CONNECTION-ID");
+            return self.reply_error(
+                now,
+                from,
+                msg,
+                authed,
+                error_code::BAD_REQUEST,
+                "Unknown CONNECTION-ID",
+            );
         }
         self.reply_ok(now, from, msg, authed, None);
         self.commands.push_back(Command::SpliceData {

@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use super::{Core, Proto};
 use crate::policy::DenyClass;
-use crate::stun::method;
+use shared_ice::stun::Method;
 
 /// Counters the runtime exports as Prometheus metrics (monotonic).
 #[derive(Clone, Debug, Default)]
@@ -159,15 +159,15 @@ impl<R: RngCore> Core<R> {
         g
     }
 
-    pub(super) fn count_method(&mut self, m: u16) {
+    pub(super) fn count_method(&mut self, m: Method) {
         let i = match m {
-            method::BINDING => 0,
-            method::ALLOCATE => 1,
-            method::REFRESH => 2,
-            method::CREATE_PERMISSION => 3,
-            method::CHANNEL_BIND => 4,
-            method::CONNECT => 5,
-            method::CONNECTION_BIND => 6,
+            Method::BINDING => 0,
+            Method::ALLOCATE => 1,
+            Method::REFRESH => 2,
+            Method::CREATE_PERMISSION => 3,
+            Method::CHANNEL_BIND => 4,
+            Method::CONNECT => 5,
+            Method::CONNECTION_BIND => 6,
             _ => return,
         };
         self.stats.requests[i] += 1;

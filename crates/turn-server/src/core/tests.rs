@@ -6,12 +6,15 @@ use rand::rngs::StdRng;
 
 use std::net::{IpAddr, SocketAddr};
 
+use self::wire::{
+    self as stun, Builder, Class, Message, TransactionId, attr, method, rest_credentials,
+};
 use super::allocate::MAX_BIND_RETRIES;
 use super::stats::{AllocResult, AuthFail, QuotaKind};
 use super::*;
-use crate::auth::rest_credentials;
 use crate::policy::DenyClass;
-use crate::stun::{self, Builder, Class, Message, TransactionId, attr, method};
+
+mod wire;
 
 const UNIX0: u64 = 1_800_000_000;
 
@@ -67,8 +70,8 @@ impl Sim {
         let core = Core::new(
             cfg,
             StdRng::seed_from_u64(7),
-            vec!["s3cret".into(), "old".into()],
-            vec![],
+            RestSecrets::new(["s3cret".into(), "old".into()]),
+            &[],
             policy,
             q,
         );
@@ -181,7 +184,7 @@ impl Creds {
         }
     }
     fn key(&self) -> [u8; 16] {
-        crate::auth::long_term_key(&self.user, "test", &self.pass).0
+        shared_ice::auth::long_term_key(&self.user, "test", &self.pass)
     }
 }
 
@@ -341,7 +344,8 @@ fn cached_keys_follow_secrets_and_expiry() {
     // SIGHUP drops the secret: a key cached under it no longer opens anything.
     let mut d = Creds::rest(b"s3cret", UNIX0 + 10_000);
     allocate(&mut sim, client(5), &mut d);
-    sim.core.set_credentials(vec!["other".into()], vec![]);
+    sim.core
+        .set_credentials(RestSecrets::new(["other".into()]), &[]);
     let tid = sim.next_tid();
     let r = request(tid, method::ALLOCATE, Some(&d), false, |bb| {
         bb.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use shared_ice::auth::RestSecrets;
 use shared_ice::framing::Framer;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -116,7 +117,7 @@ pub enum Control {
     /// New secrets, users and peer policy.
     Reload {
         /// TURN REST secrets.
-        secrets: Vec<String>,
+        secrets: RestSecrets,
         /// Static users.
         users: Vec<StaticUser>,
         /// Peer policy.
@@ -280,8 +281,8 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
     let core = Core::new(
         core_cfg,
         StdRng::from_os_rng(),
-        cfg.auth_secrets.0.clone(),
-        cfg.users.clone(),
+        cfg.auth_secrets.clone(),
+        &cfg.users,
         cfg.policy.clone(),
         quota,
     );
@@ -349,7 +350,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
             msg = control.recv() => match msg {
                 Some(Control::Reload { secrets, users, policy }) => {
                     let mut c = w.core.borrow_mut();
-                    c.set_credentials(secrets, users);
+                    c.set_credentials(secrets, &users);
                     c.set_policy(policy);
                 }
                 Some(Control::Drain) => w.core.borrow_mut().set_draining(),

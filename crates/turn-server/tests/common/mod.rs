@@ -48,6 +48,25 @@ fn rand_u16() -> u16 {
     (n ^ (std::process::id() << 7)) as u16
 }
 
+/// TURN REST credentials `(username, password)` for `user` under `secret`, minted with
+/// shared-ice the way Mattermost and the gateway mint them.
+pub fn rest_credentials(secret: &[u8], expiry_unix: u64, user: &str) -> (String, String) {
+    let c = shared_ice::auth::mint(
+        &shared_ice::auth::RestSecret::new(secret),
+        user,
+        expiry_unix,
+    );
+    (c.username.clone(), c.password.clone())
+}
+
+/// The TURN REST password of `username` under `secret`.
+pub fn rest_password(secret: &[u8], username: &str) -> String {
+    shared_ice::auth::RestSecret::new(secret)
+        .password(username)
+        .as_str()
+        .to_owned()
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

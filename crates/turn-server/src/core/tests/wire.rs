@@ -1,23 +1,13 @@
-//! The core's view of the STUN/TURN codec: a thin facade over `shared_ice::stun` and
-//! `shared_ice::channel` (zero-copy parse, builder into a caller-owned buffer with
-//! MESSAGE-INTEGRITY and FINGERPRINT always last).
-//!
-//! The facade keeps the core's call sites short (`msg.get(attr::X)`, `b.attr(..)` on a
-//! `&mut` builder) and decides two things in one place: which channel numbers are valid
-//! and how a message that fails to encode is handled (it is never sent).
-#![deny(clippy::indexing_slicing)]
+//! The tests' view of the STUN codec: a `&mut` face over shared-ice's builder and parser
+//! that keeps thousands of lines of scenarios short (`b.attr(..)`, `m.get(..)`). Test code
+//! only: the core itself speaks `shared_ice::stun` directly.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 
 use shared_ice::channel::{ChannelData, ChannelNumber};
 use shared_ice::stun as si;
-
-/// STUN error codes and reason phrases (shared-ice's, RFC 8489 §14.8, RFC 8656 §19).
-pub(crate) use shared_ice::stun::error_code;
-
-/// RFC 8489 §5 magic cookie.
-#[cfg(test)]
-pub(crate) const MAGIC_COOKIE: u32 = si::MAGIC_COOKIE;
+pub(crate) use shared_ice::stun::{Class, MAGIC_COOKIE, TransactionId};
 
 /// STUN methods (RFC 8489 §18.2, RFC 8656 §17, RFC 6062 §6.1).
 pub(crate) mod method {
@@ -36,63 +26,14 @@ pub(crate) mod method {
 /// Attribute types (shared-ice's constants, re-exported under the names the core uses).
 pub(crate) mod attr {
     pub(crate) use shared_ice::stun::attr::{
-        ADDITIONAL_ADDRESS_FAMILY, CHANNEL_NUMBER, CONNECTION_ID, DATA, DONT_FRAGMENT, EVEN_PORT,
-        LIFETIME, MESSAGE_INTEGRITY, NONCE, REALM, REQUESTED_ADDRESS_FAMILY, REQUESTED_TRANSPORT,
-        RESERVATION_TOKEN, SOFTWARE, USERNAME, XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS,
-        XOR_RELAYED_ADDRESS,
+        ADDITIONAL_ADDRESS_FAMILY, CHANNEL_NUMBER, CONNECTION_ID, DATA, EVEN_PORT, LIFETIME, NONCE,
+        REALM, REQUESTED_ADDRESS_FAMILY, REQUESTED_TRANSPORT, RESERVATION_TOKEN, SOFTWARE,
+        USERNAME, XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
     };
-    #[cfg(test)]
     pub(crate) use shared_ice::stun::attr::{ERROR_CODE, FINGERPRINT, UNKNOWN_ATTRIBUTES};
 }
 
-/// STUN message classes (RFC 8489 §5).
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub(crate) enum Class {
-    Request,
-    Indication,
-    Success,
-    Error,
-}
-
-impl From<si::Class> for Class {
-    fn from(c: si::Class) -> Self {
-        match c {
-            si::Class::Request => Self::Request,
-            si::Class::Indication => Self::Indication,
-            si::Class::Success => Self::Success,
-            si::Class::Error => Self::Error,
-        }
-    }
-}
-
-impl From<Class> for si::Class {
-    fn from(c: Class) -> Self {
-        match c {
-            Class::Request => Self::Request,
-            Class::Indication => Self::Indication,
-            Class::Success => Self::Success,
-            Class::Error => Self::Error,
-        }
-    }
-}
-
-/// 96-bit transaction id (hex `Debug`).
-#[derive(Clone, Copy, Eq, Hash, PartialEq)]
-pub(crate) struct TransactionId(pub(crate) [u8; 12]);
-
-impl std::fmt::Debug for TransactionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Valid channel numbers, decided here once: shared-ice's `ChannelNumber` accepts the
-/// RFC 5766 range 0x4000-0x7FFF. RFC 8656 §12 narrowed it to 0x4000-0x4FFF, but RFC 5766
-/// clients (coturn's `turnutils_uclient` among them) still pick numbers above 0x4FFF, so
-/// we accept the wider range, as coturn does.
+/// Valid channel numbers: shared-ice's `ChannelNumber` (0x4000-0x7FFF, see `permission.rs`).
 pub(crate) fn valid_channel(n: u16) -> bool {
     ChannelNumber::new(n).is_some()
 }
@@ -112,8 +53,8 @@ impl<'a> Message<'a> {
         let inner = si::Message::parse(buf)?;
         Ok(Self {
             method: inner.method().as_u16(),
-            class: inner.class().into(),
-            tid: TransactionId(inner.transaction_id().0),
+            class: inner.class(),
+            tid: inner.transaction_id(),
             inner,
         })
     }
@@ -127,15 +68,6 @@ impl<'a> Message<'a> {
         self.get(ty).is_some()
     }
 
-    /// Comprehension-required attributes shared-ice does not know (→ 420).
-    pub(crate) fn unknown_required(&self, out: &mut Vec<u16>) {
-        for t in self.inner.unknown_comprehension_required() {
-            if !out.contains(&t) {
-                out.push(t);
-            }
-        }
-    }
-
     pub(crate) fn u32_attr(&self, ty: u16) -> Option<u32> {
         let v: [u8; 4] = self.get(ty)?.get(..4)?.try_into().ok()?;
         Some(u32::from_be_bytes(v))
@@ -146,12 +78,6 @@ impl<'a> Message<'a> {
         self.inner.xor_peer_addresses().next()?.ok()
     }
 
-    /// All XOR-PEER-ADDRESS attributes (`None` for a malformed one).
-    pub(crate) fn peer_addresses(&self) -> impl Iterator<Item = Option<SocketAddr>> + 'a {
-        self.inner.xor_peer_addresses().map(Result::ok)
-    }
-
-    #[cfg(test)]
     pub(crate) fn xor_addr(&self, ty: u16) -> Option<SocketAddr> {
         match ty {
             attr::XOR_MAPPED_ADDRESS => self.inner.xor_mapped_address().ok().flatten(),
@@ -162,7 +88,6 @@ impl<'a> Message<'a> {
 
     /// Whether the message carries FINGERPRINT (shared-ice's parser guarantees it is last).
     /// Every XOR-RELAYED-ADDRESS (dual-stack answers) and the ADDRESS-ERROR-CODE, if any.
-    #[cfg(test)]
     pub(crate) fn relayed_addresses(&self) -> (Vec<SocketAddr>, Option<u16>) {
         let addrs = self
             .inner
@@ -206,12 +131,7 @@ impl<'b> Builder<'b> {
     pub(crate) fn new(buf: &'b mut Vec<u8>, method: u16, class: Class, tid: TransactionId) -> Self {
         let method = si::Method::new(method).unwrap_or(si::Method::BINDING);
         Self {
-            inner: Some(si::MessageBuilder::new(
-                buf,
-                class.into(),
-                method,
-                si::TransactionId(tid.0),
-            )),
+            inner: Some(si::MessageBuilder::new(buf, class, method, tid)),
         }
     }
 
@@ -231,20 +151,6 @@ impl<'b> Builder<'b> {
         self.attr(ty, &v.to_be_bytes())
     }
 
-    pub(crate) fn error(&mut self, code: u16, reason: &str) -> &mut Self {
-        self.map(|b| b.error_code(code, reason))
-    }
-
-    /// UNKNOWN-ATTRIBUTES listing `types` (RFC 8489 §14.13), for a 420 answer.
-    pub(crate) fn unknown_attributes(&mut self, types: &[u16]) -> &mut Self {
-        self.map(|b| b.unknown_attributes(types.iter().copied()))
-    }
-
-    /// ADDRESS-ERROR-CODE 440 for IPv6 (RFC 8656 §18.11).
-    pub(crate) fn ipv6_not_supported(&mut self) -> &mut Self {
-        self.map(|b| b.address_error_code(si::AddressFamily::V6, 440, ""))
-    }
-
     pub(crate) fn xor_addr(&mut self, ty: u16, addr: SocketAddr) -> &mut Self {
         match ty {
             attr::XOR_MAPPED_ADDRESS => self.map(|b| b.xor_mapped_address(addr)),
@@ -260,14 +166,18 @@ impl<'b> Builder<'b> {
         let Some(b) = self.inner.take() else {
             return false;
         };
-        let r = match (integrity_key, fingerprint) {
-            (Some(k), true) => b.finish_with_integrity_and_fingerprint(k).map(|_| ()),
-            (Some(k), false) => b.finish_with_integrity(k).map(|_| ()),
-            (None, true) => b.finish_with_fingerprint().map(|_| ()),
-            (None, false) => b.finish().map(|_| ()),
-        };
-        r.is_ok()
+        b.finish_with(integrity_key, fingerprint).is_ok()
     }
+}
+
+/// TURN REST credentials `(username, password)` for `user` under `secret`.
+pub(crate) fn rest_credentials(secret: &[u8], expiry_unix: u64, user: &str) -> (String, String) {
+    let c = shared_ice::auth::mint(
+        &shared_ice::auth::RestSecret::new(secret),
+        user,
+        expiry_unix,
+    );
+    (c.username.clone(), c.password.clone())
 }
 
 /// ChannelData (RFC 8656 §12.4): `(channel, payload)`; up to 3 padding bytes allowed.
@@ -276,7 +186,6 @@ pub(crate) fn parse_channel_data(buf: &[u8]) -> Option<(u16, &[u8])> {
     Some((cd.channel().get(), cd.data()))
 }
 
-#[cfg(test)]
 mod tests {
     use super::*;
     use hex_literal::hex;
