@@ -603,6 +603,7 @@ async fn idle_session(
     Ok(())
 }
 
+#[expect(clippy::print_stdout, reason = "the report goes to stdout")]
 pub(crate) fn run(c: Common, a: &GatewayArgs) -> Result<()> {
     let mut a = a.clone();
     let mut runs = c.runs.max(1);

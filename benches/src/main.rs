@@ -5,7 +5,8 @@
 //! * `callrelay-bench gateway` — gateway vs Janus (videocall signalling).
 //! * `callrelay-bench all --smoke` — both, in a few seconds (CI).
 //! * `callrelay-bench soak --secs N` — churn, abuse and chaos, then leak checks.
-#![allow(clippy::print_stdout)]
+// Library-style code: no unwrap/expect outside tests (clippy.toml relaxes them in tests).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod forwarder;
 mod gateway;
@@ -248,6 +249,7 @@ fn turn_opts(c: Common, a: &TurnArgs, scratch: &Path) -> Result<(TurnOpts, usize
     Ok((o, runs))
 }
 
+#[expect(clippy::print_stdout, reason = "the report goes to stdout")]
 pub(crate) fn print_header(title: &str) {
     println!("## {title}");
     println!();
@@ -266,6 +268,7 @@ pub(crate) fn first_line(s: &str) -> String {
         .to_owned()
 }
 
+#[expect(clippy::print_stdout, reason = "the report goes to stdout")]
 fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
     let scratch = ScratchDir::new("turn")?;
     let (opts, runs) = turn_opts(c, a, &scratch.0)?;

@@ -1051,7 +1051,7 @@ pub(crate) fn run(a: &SoakArgs) -> Result<()> {
     tokio::task::LocalSet::new().block_on(&rt, soak(a))
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "the report goes to stdout")]
 async fn soak(a: &SoakArgs) -> Result<()> {
     let scratch = ScratchDir::new("soak")?;
     let turn_bin = a

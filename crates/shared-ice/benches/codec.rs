@@ -1,7 +1,6 @@
 //! Codec hot paths: parse + verify a typical TURN Allocate, build its response,
 //! ChannelData parse, stream framing; plus the webrtc-rs `stun` crate doing the same
 //! parse + verify as a reference. Numbers and command: docs/performance.md.
-#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
 

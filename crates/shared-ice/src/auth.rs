@@ -117,8 +117,10 @@ impl RestSecret {
     /// The REST password for `username`: `base64(HMAC-SHA1(secret, username))`.
     #[must_use]
     pub fn password(&self, username: &str) -> RestPassword {
-        // Infallible: HMAC accepts keys of any length.
-        #[allow(clippy::expect_used)]
+        #[expect(
+            clippy::expect_used,
+            reason = "infallible: HMAC accepts keys of any length"
+        )]
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&self.0).expect("any key length");
         mac.update(username.as_bytes());
         let digest = Zeroizing::new(<[u8; 20]>::from(mac.finalize().into_bytes()));
@@ -428,7 +430,6 @@ impl fmt::Display for RestError {
 impl std::error::Error for RestError {}
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use hex_literal::hex;
 

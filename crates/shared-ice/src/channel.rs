@@ -15,7 +15,6 @@
 //! therefore accepts the RFC 5766 range 0x4000..=0x7FFF (as coturn does); a client
 //! that follows RFC 8656 only ever uses a subset of it. The stream
 //! [framer](crate::framing) treats every first byte 0x40..=0x7F as ChannelData.
-#![deny(clippy::indexing_slicing)]
 
 use core::fmt;
 

@@ -7,7 +7,6 @@
 //! [`ChannelData::parse`](crate::channel::ChannelData::parse) and drops it from the
 //! buffer. Nothing is allocated. An error means the stream is out of sync or abusive
 //! and the connection should be closed.
-#![deny(clippy::indexing_slicing)]
 
 use core::fmt;
 
@@ -154,7 +153,6 @@ impl Framer {
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use proptest::prelude::*;
 

@@ -103,7 +103,6 @@ impl fmt::Debug for TurnRestResponse {
 }
 
 #[cfg(all(test, feature = "serde"))]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::auth::{RestSecret, mint};

@@ -67,6 +67,10 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+// No input makes the codec panic, and no call is assumed to succeed: outside tests
+// (clippy.toml relaxes these there) nothing indexes, slices, unwraps or expects.
+#![deny(clippy::indexing_slicing)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod auth;
 pub mod channel;

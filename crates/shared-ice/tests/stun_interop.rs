@@ -3,7 +3,6 @@
 //! `stun` decode correctly with shared-ice, over a property-generated range of
 //! messages (methods, classes, text attributes, XOR addresses v4/v6, ERROR-CODE,
 //! raw attributes, MESSAGE-INTEGRITY with short- and long-term keys, FINGERPRINT).
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -492,8 +492,10 @@ impl Integrity {
 }
 
 fn mac_over<M: Mac + hmac::digest::KeyInit>(key: &[u8], covered: &[u8]) -> hmac::digest::Output<M> {
-    // Infallible: HMAC accepts keys of any length (longer ones are hashed first).
-    #[allow(clippy::expect_used)]
+    #[expect(
+        clippy::expect_used,
+        reason = "infallible: HMAC accepts keys of any length (longer ones are hashed first)"
+    )]
     let mut mac = <M as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(covered);
     mac.finalize().into_bytes()

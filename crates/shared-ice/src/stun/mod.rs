@@ -14,7 +14,6 @@
 //!   ignored: [`Message::attributes`] does not yield them;
 //! * when an attribute repeats, getters return the first one (XOR-PEER-ADDRESS and
 //!   the raw iterator yield all of them).
-#![deny(clippy::indexing_slicing)]
 
 pub mod attr;
 mod builder;
@@ -1121,7 +1120,6 @@ pub fn exercise_accessors(m: &Message<'_>) {
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use hex_literal::hex;
     use proptest::prelude::*;
