@@ -84,7 +84,7 @@ fn check_config(cli: &Cli, cfg: &Config) -> i32 {
 fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let tls: SharedTls = Arc::new(RwLock::new(None));
     if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
-        *tls.write().expect("fresh lock") = Some(runtime::load_tls(c, k)?);
+        runtime::swap_tls(&tls, c, k)?;
     }
     let metrics_std = std::net::TcpListener::bind(cfg.metrics_listen).with_context(|| {
         format!(
@@ -254,13 +254,8 @@ fn reload(
         }
     };
     if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
-        match runtime::load_tls(c, k) {
-            Ok(a) => {
-                if let Ok(mut g) = tls.write() {
-                    *g = Some(a);
-                }
-                record_cert_expiry(metrics, c);
-            }
+        match runtime::swap_tls(tls, c, k) {
+            Ok(()) => record_cert_expiry(metrics, c),
             Err(e) => tracing::error!(error = %e, "TLS reload failed, keeping the old certificate"),
         }
     }

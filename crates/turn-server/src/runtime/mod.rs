@@ -63,7 +63,7 @@ pub use limits::{StreamLimits, nofile_limit, stream_cap};
 pub use mesh::{Handoff, Inbox, Mesh};
 pub use metrics_http::{MetricsBounds, metrics_app, serve_metrics};
 pub use rfc6062::PeerStreams;
-pub use tls::{SharedTls, TlsError, load_tls};
+pub use tls::{SharedTls, TlsError, load_tls, swap_tls};
 pub use watchdog::{Heartbeat, Watchdog, watchdog_interval};
 
 use bind::relay_socket;

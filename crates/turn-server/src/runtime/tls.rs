@@ -64,3 +64,14 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
 
 /// Shared, reloadable TLS acceptor.
 pub type SharedTls = Arc<RwLock<Option<tokio_rustls::TlsAcceptor>>>;
+
+/// Loads the pair and, only when it loads, puts it in place of `tls`'s acceptor (at start,
+/// and on SIGHUP: connections accepted afterwards get the new certificate, open ones keep
+/// theirs). A pair that does not load leaves the running acceptor as it was.
+pub fn swap_tls(tls: &SharedTls, cert: &Path, key: &Path) -> Result<(), TlsError> {
+    let acceptor = load_tls(cert, key)?;
+    if let Ok(mut g) = tls.write() {
+        *g = Some(acceptor);
+    }
+    Ok(())
+}
