@@ -424,7 +424,7 @@ mod tests {
         c.calls_started = 2;
         c.call_ended(CallEnd::Busy);
         c.session_refused(SessionLimit::Token);
-        c.candidates_refused(CandidateRefusal::Count, 5);
+        c.candidate_refused(CandidateRefusal::Count, 5);
         c.candidate_wait_ms = 250;
         m.error(490);
         m.export_core(&c);

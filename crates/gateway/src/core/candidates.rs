@@ -136,7 +136,7 @@ impl Core {
             .iter()
             .any(|i| serde_json::to_string(i).map_or(usize::MAX, |t| t.len()) > max_bytes)
         {
-            self.counters.candidates_refused(CandidateRefusal::Size, 1);
+            self.counters.candidate_refused(CandidateRefusal::Size, 1);
             return Err(format!(
                 "Invalid element type (candidate larger than {max_bytes} bytes)"
             ));
@@ -206,7 +206,7 @@ impl Core {
         if over_count > 0 {
             // beyond max_candidates a browser is not gathering any more: ignored, counted
             self.counters
-                .candidates_refused(CandidateRefusal::Count, over_count);
+                .candidate_refused(CandidateRefusal::Count, over_count);
         }
         if flush {
             self.flush_pending(now, hid);
@@ -218,7 +218,7 @@ impl Core {
         }
         if over_total {
             self.counters
-                .candidates_refused(CandidateRefusal::HandleBytes, 1);
+                .candidate_refused(CandidateRefusal::HandleBytes, 1);
             return Err(format!(
                 "Invalid element type (candidates of this handle exceed {max_total} bytes)"
             ));

@@ -164,7 +164,7 @@ impl Counters {
     }
 
     /// Counts `n` refused candidates.
-    pub(crate) fn candidates_refused(&mut self, why: CandidateRefusal, n: u64) {
+    pub(crate) fn candidate_refused(&mut self, why: CandidateRefusal, n: u64) {
         self.candidates_refused[why as usize] += n;
     }
 }
