@@ -5,4 +5,5 @@ pub mod config;
 pub mod core;
 pub mod metrics;
 pub mod policy;
+pub mod quota;
 pub mod runtime;

@@ -8,8 +8,8 @@ use clap::Parser as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use turn_server::config::{Cli, Config};
-use turn_server::core::SharedQuota;
 use turn_server::metrics::Metrics;
+use turn_server::quota::SharedQuota;
 use turn_server::runtime::{self, Control, SharedTls, WorkerArgs};
 
 fn main() {

@@ -80,15 +80,7 @@ impl<R: RngCore> Core<R> {
         let picked = if retries > MAX_BIND_RETRIES {
             None
         } else {
-            let mut pool = self.quota.ports();
-            let p = pool.pick(&mut self.rng, fp_even, false);
-            if let Some(p) = p {
-                pool.take(p);
-                if let Some(busy) = port {
-                    pool.release(busy);
-                }
-            }
-            p
+            self.quota.replace_port(port, &mut self.rng, fp_even)
         };
         match picked {
             Some(p) => {
@@ -327,17 +319,13 @@ impl<R: RngCore> Core<R> {
         let mut port4 = None;
         let mut reservation_token = None;
         if let Some(t) = token {
-            let r = self.quota.ports().reserved.remove(&u64::from_be_bytes(t));
             // The reservation's quota unit goes back to its holder; the allocation that
             // redeems it takes one below like any other.
-            if let Some((_, _, holder)) = &r {
-                self.quota.unreserve(holder);
-            }
-            match r {
-                Some((p, e, _)) if e > now => port4 = Some(p),
-                Some((p, _, _)) => {
+            match self.quota.redeem(u64::from_be_bytes(t)) {
+                Some((p, e)) if e > now => port4 = Some(p),
+                Some((p, _)) => {
                     // Expired, not yet swept: its port goes back now.
-                    self.quota.ports().release(p);
+                    self.quota.release_port(p);
                     return bad(
                         self,
                         error_code::INSUFFICIENT_CAPACITY,
@@ -360,11 +348,11 @@ impl<R: RngCore> Core<R> {
             .acquire(quota_key(&authed.username, authed.rest_expiry))
         {
             if let Some(p) = port4 {
-                self.quota.ports().release(p);
+                self.quota.release_port(p);
             }
-            self.stats.quota[kind as usize] += 1;
+            self.stats.quota[QuotaKind::from(kind) as usize] += 1;
             return match kind {
-                QuotaKind::User => bad(
+                Exceeded::User => bad(
                     self,
                     error_code::ALLOCATION_QUOTA_REACHED,
                     "Allocation Quota Reached",
@@ -379,12 +367,8 @@ impl<R: RngCore> Core<R> {
             };
         }
         let reserve_next = even == Some(true);
-        let pick = |s: &mut Self, even: bool, pair: bool| {
-            let mut pool = s.quota.ports();
-            let p = pool.pick(&mut s.rng, even, pair)?;
-            pool.take(p);
-            Some(p)
-        };
+        let pick =
+            |s: &mut Self, even: bool, pair: bool| s.quota.take_free_port(&mut s.rng, even, pair);
         let p_main = match port4 {
             Some(p) => Some(p),
             None => pick(self, even.is_some(), reserve_next),
@@ -406,9 +390,9 @@ impl<R: RngCore> Core<R> {
             // with EVEN-PORT and deleting the allocation, again and again.
             let holder = quota_key(&authed.username, authed.rest_expiry);
             if let Err(kind) = self.quota.reserve(holder) {
-                self.quota.ports().release(p_main);
+                self.quota.release_port(p_main);
                 self.quota.release(holder);
-                self.stats.quota[kind as usize] += 1;
+                self.stats.quota[QuotaKind::from(kind) as usize] += 1;
                 return bad(
                     self,
                     error_code::ALLOCATION_QUOTA_REACHED,
@@ -418,10 +402,8 @@ impl<R: RngCore> Core<R> {
             }
             let next = p_main + 1;
             let t = self.rng.next_u64();
-            let mut pool = self.quota.ports();
-            pool.take(next);
-            pool.reserved
-                .insert(t, (next, now + RESERVATION_LIFETIME, holder.to_owned()));
+            self.quota
+                .hold_port(t, next, now + RESERVATION_LIFETIME, holder);
             reservation_token = Some(t);
         }
         let mut relays = [None, None];
@@ -442,7 +424,7 @@ impl<R: RngCore> Core<R> {
                 Some(p_main)
             };
             let Some(p6) = p6 else {
-                self.quota.ports().release(p_main);
+                self.quota.release_port(p_main);
                 self.quota
                     .release(quota_key(&authed.username, authed.rest_expiry));
                 self.stats.quota[QuotaKind::RelayPorts as usize] += 1;

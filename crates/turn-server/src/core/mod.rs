@@ -22,8 +22,8 @@
 //! * `relay.rs` — **Send**/**Data** indications and **ChannelData** (the fast path);
 //! * `rfc6062.rs` — **Connect**, **ConnectionAttempt**, **ConnectionBind** (TCP relays);
 //! * `reply.rs` — error and authenticated answers, the transaction cache;
-//! * `allocation.rs` — one allocation's state; `quota.rs` — quotas and the relay-port
-//!   pool; `rate.rs` — the per-source request limit; `stats.rs` — counters and gauges;
+//! * `allocation.rs` — one allocation's state; `quota.rs` — the [`QuotaLedger`]
+//!   interface to what the workers share (implemented by the shell); `rate.rs` — the per-source request limit; `stats.rs` — counters and gauges;
 //!   `fxhash.rs` — the hasher of the hot-path tables.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,7 +46,7 @@ use crate::policy::PeerPolicy;
 pub use self::api::{Command, CoreConfig, FiveTuple, Proto, Relay, RelayToken, Transmit};
 pub use self::auth::StaticUser;
 pub(crate) use self::fxhash::FxMap;
-pub use self::quota::SharedQuota;
+pub use self::quota::{Exceeded, QuotaLedger};
 pub use self::rfc6062::CONNECTION_BIND_TIMEOUT;
 pub use self::stats::{Gauges, Stats, deny_labels, labels};
 
@@ -93,7 +93,7 @@ pub struct Core<R> {
     /// `KEY_CACHE_MAX` entries.
     key_cache: HashMap<String, (LongTermKey, Instant)>,
     policy: PeerPolicy,
-    quota: Arc<SharedQuota>,
+    quota: Arc<dyn QuotaLedger>,
     nonce_key: [u8; 20],
     slots: Vec<Option<Allocation>>,
     free_slots: Vec<u32>,
@@ -121,7 +121,7 @@ impl<R: RngCore> Core<R> {
         secrets: RestSecrets,
         users: &[StaticUser],
         policy: PeerPolicy,
-        quota: Arc<SharedQuota>,
+        quota: Arc<dyn QuotaLedger>,
     ) -> Self {
         let nonce_key = cfg.nonce_key.unwrap_or_else(|| {
             let mut k = [0u8; 20];
@@ -233,30 +233,7 @@ impl<R: RngCore> Core<R> {
             });
         }
         self.tx_cache.retain(|_, (t, _)| *t > now);
-        self.quota
-            .tcp_conns()
-            .retain(|_, (_, deadline)| *deadline > now);
-        let (reservations, holders) = {
-            let mut pool = self.quota.ports();
-            let expired: Vec<u64> = pool
-                .reserved
-                .iter()
-                .filter(|(_, (_, e, _))| *e <= now)
-                .map(|(t, _)| *t)
-                .collect();
-            let mut holders = Vec::new();
-            for t in expired {
-                if let Some((p, _, user)) = pool.reserved.remove(&t) {
-                    pool.release(p);
-                    holders.push(user);
-                }
-            }
-            (!pool.reserved.is_empty(), holders)
-        };
-        // Outside the pool lock: the quota map has its own.
-        for user in holders {
-            self.quota.unreserve(&user);
-        }
+        let reservations = self.quota.sweep(now);
         self.next_sweep = if self.slots.iter().any(Option::is_some)
             || !self.tx_cache.is_empty()
             || reservations
@@ -296,7 +273,7 @@ impl<R: RngCore> Core<R> {
                 if self.by_relay_addr.remove(&r.advertised).is_some() {
                     self.quota.set_owner(r.advertised.port(), None);
                 }
-                self.quota.ports().release(r.bind.port());
+                self.quota.release_port(r.bind.port());
                 self.commands.push_back(Command::CloseRelaySocket {
                     relay: RelayToken {
                         slot,

@@ -1,123 +1,67 @@
-//! Allocation quotas and the relay-port pool shared by every worker.
+//! The interface to the state every worker shares — allocation quotas, the relay-port
+//! pool, RFC 6062 connections waiting for their ConnectionBind, relay-port owners. The
+//! state itself lives in the shell (`crate::quota::SharedQuota`, locks and maps); the core
+//! only calls [`QuotaLedger`], on Allocate, deallocation, its timer sweep and RFC 6062
+//! set-up. The one call on the packet path, [`QuotaLedger::owner`], must not lock.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::Instant;
 
 use rand::RngCore;
 
-use super::stats::QuotaKind;
-
-/// Allocation limits shared by every worker (touched only on allocate/free, never per packet).
-///
-/// It also holds the relay-port pool, so EVEN-PORT reservations work whichever worker the
-/// second Allocate reaches.
-#[derive(Debug)]
-pub struct SharedQuota {
-    pub(super) user_limit: u32,
-    pub(super) total_limit: u32,
-    pub(super) total: AtomicU32,
-    pub(super) per_user: Mutex<HashMap<String, u32>>,
-    pub(super) ports: Mutex<PortPool>,
-    /// RFC 6062 peer connections waiting for ConnectionBind: id → (username, deadline).
-    /// Shared because the data connection may reach another worker.
-    pub(super) tcp_conns: Mutex<HashMap<u32, (String, Instant)>>,
-    /// Owner of each open UDP relay port: worker index + 1, 0 = none. Lock-free (one
-    /// relaxed load per relay-to-relay packet); written on allocate/free only. A port is in
-    /// the pool at most once, so the port alone names the relayed address.
-    pub(super) owners: Box<[AtomicU8]>,
+/// Which allocation limit a request is over.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Exceeded {
+    /// `user_quota`: the user's allocations (and held EVEN-PORT reservations).
+    User,
+    /// `total_quota`: allocations across all workers.
+    Total,
 }
 
-impl SharedQuota {
-    /// `0` means unlimited.
-    pub fn new(user_limit: u32, total_limit: u32, ports: (u16, u16)) -> Self {
-        Self {
-            user_limit,
-            total_limit,
-            total: AtomicU32::new(0),
-            per_user: Mutex::new(HashMap::new()),
-            ports: Mutex::new(PortPool::new(ports.0, ports.1)),
-            tcp_conns: Mutex::new(HashMap::new()),
-            owners: (0..=u16::MAX).map(|_| AtomicU8::new(0)).collect(),
-        }
-    }
+/// What a core asks of the state shared by all workers. Every method is atomic with
+/// respect to the other workers.
+pub trait QuotaLedger: Send + Sync {
+    /// Counts one allocation of `user` (the user part of a REST username), unless over a limit.
+    fn acquire(&self, user: &str) -> Result<(), Exceeded>;
+    /// Gives back one allocation of `user`.
+    fn release(&self, user: &str);
+    /// Counts an EVEN-PORT reservation (the held second port) against `user`'s quota,
+    /// like an allocation.
+    fn reserve(&self, user: &str) -> Result<(), Exceeded>;
+    /// Gives back one reservation unit of `user`; whether there was one.
+    fn unreserve(&self, user: &str) -> bool;
 
-    /// The worker that owns UDP relay port `port`, if any.
-    pub(super) fn owner(&self, port: u16) -> Option<usize> {
-        let v = self.owners.get(usize::from(port))?.load(Ordering::Relaxed);
-        (v != 0).then(|| usize::from(v - 1))
-    }
-
-    pub(super) fn set_owner(&self, port: u16, worker: Option<usize>) {
-        let v = worker.map_or(0, |w| u8::try_from(w + 1).unwrap_or(0));
-        if let Some(o) = self.owners.get(usize::from(port)) {
-            o.store(v, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn tcp_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (String, Instant)>> {
-        self.tcp_conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
-        self.ports.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+    /// Takes a random free relay port (`even`: an even one; `pair`: port+1 free too).
+    fn take_free_port(&self, rng: &mut dyn RngCore, even: bool, pair: bool) -> Option<u16>;
+    /// Takes another free port for a relay whose bind failed and only then gives `busy`
+    /// back, so the pick cannot return it.
+    fn replace_port(&self, busy: Option<u16>, rng: &mut dyn RngCore, even: bool) -> Option<u16>;
+    /// Gives a relay port back to the pool.
+    fn release_port(&self, port: u16);
     /// Free relay ports.
-    pub fn ports_free(&self) -> usize {
-        self.ports().free
-    }
+    fn ports_free(&self) -> usize;
+    /// Holds `port` for a RESERVATION-TOKEN `token` until `expires`, counted against
+    /// `holder` (already [`reserve`](Self::reserve)d).
+    fn hold_port(&self, token: u64, port: u16, expires: Instant, holder: &str);
+    /// Takes the reservation `token` (its holder's unit goes back): `(port, expiry)`.
+    /// An expired one's port is the caller's to release.
+    fn redeem(&self, token: u64) -> Option<(u16, Instant)>;
+    /// Drops expired reservations (ports and units back) and RFC 6062 connections past
+    /// their deadline; whether reservations remain.
+    fn sweep(&self, now: Instant) -> bool;
 
-    pub(super) fn acquire(&self, user: &str) -> Result<(), QuotaKind> {
-        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.get(user).copied().unwrap_or(0);
-        if self.user_limit != 0 && n >= self.user_limit {
-            return Err(QuotaKind::User);
-        }
-        if self.total_limit != 0 && self.total.load(Ordering::Relaxed) >= self.total_limit {
-            return Err(QuotaKind::Total);
-        }
-        self.total.fetch_add(1, Ordering::Relaxed);
-        map.insert(user.to_owned(), n + 1);
-        Ok(())
-    }
+    /// The worker that owns UDP relay port `port`, if any. On the packet path (relay to
+    /// relay): lock-free.
+    fn owner(&self, port: u16) -> Option<usize>;
+    /// Records (or clears) the owner of a UDP relay port.
+    fn set_owner(&self, port: u16, worker: Option<usize>);
 
-    pub(super) fn release(&self, user: &str) {
-        if self.unreserve(user) {
-            self.total.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts an EVEN-PORT reservation (the held second port) against `user`'s quota, like
-    /// an allocation; not against `total_limit`, which counts allocations.
-    pub(super) fn reserve(&self, user: &str) -> Result<(), QuotaKind> {
-        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.get(user).copied().unwrap_or(0);
-        if self.user_limit != 0 && n >= self.user_limit {
-            return Err(QuotaKind::User);
-        }
-        map.insert(user.to_owned(), n + 1);
-        Ok(())
-    }
-
-    /// Gives back one unit of `user`'s quota (a reservation); whether there was one.
-    pub(super) fn unreserve(&self, user: &str) -> bool {
-        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(n) = map.get_mut(user) else {
-            return false;
-        };
-        *n -= 1;
-        if *n == 0 {
-            map.remove(user);
-        }
-        true
-    }
-
-    /// Allocations across all workers.
-    pub fn total(&self) -> u32 {
-        self.total.load(Ordering::Relaxed)
-    }
+    /// Whether an RFC 6062 connection `id` waits for its ConnectionBind.
+    fn conn_pending(&self, id: u32) -> bool;
+    /// A peer connection `id` of `user` waits for ConnectionBind until `deadline`.
+    fn conn_insert(&self, id: u32, user: String, deadline: Instant);
+    /// ConnectionBind of `id` by `user`: takes it when live and `user`'s; a live one of
+    /// another user stays, an expired one is dropped.
+    fn conn_claim(&self, id: u32, user: &str, now: Instant) -> bool;
 }
 
 /// What `user_quota` counts allocations under: the user part of a TURN REST username
@@ -128,75 +72,5 @@ pub(super) fn quota_key(username: &str, rest_expiry: Option<u64>) -> &str {
     match rest_expiry {
         Some(_) => username.split_once(':').map_or(username, |(_, user)| user),
         None => username,
-    }
-}
-
-/// Relay-port pool of one shard (bitset, random probing).
-#[derive(Debug)]
-pub(super) struct PortPool {
-    pub(super) lo: u16,
-    pub(super) used: Vec<bool>,
-    pub(super) free: usize,
-    /// Reserved by RESERVATION-TOKEN: token → (port, expiry, quota key of the user who
-    /// holds it: a reservation counts against `user_quota` until redeemed or expired).
-    pub(super) reserved: HashMap<u64, (u16, Instant, String)>,
-}
-
-impl PortPool {
-    pub(super) fn new(lo: u16, hi: u16) -> Self {
-        let n = usize::from(hi - lo) + 1;
-        Self {
-            lo,
-            used: vec![false; n],
-            free: n,
-            reserved: HashMap::new(),
-        }
-    }
-    pub(super) fn is_free(&self, p: u16) -> bool {
-        p.checked_sub(self.lo)
-            .and_then(|i| self.used.get(usize::from(i)))
-            .is_some_and(|u| !u)
-    }
-    pub(super) fn take(&mut self, p: u16) {
-        if let Some(u) = p
-            .checked_sub(self.lo)
-            .and_then(|i| self.used.get_mut(usize::from(i)))
-            && !*u
-        {
-            *u = true;
-            self.free -= 1;
-        }
-    }
-    pub(super) fn release(&mut self, p: u16) {
-        if let Some(u) = p
-            .checked_sub(self.lo)
-            .and_then(|i| self.used.get_mut(usize::from(i)))
-            && *u
-        {
-            *u = false;
-            self.free += 1;
-        }
-    }
-    /// A random free port; `even` also requires port+1 free when `pair`.
-    pub(super) fn pick(&mut self, rng: &mut impl RngCore, even: bool, pair: bool) -> Option<u16> {
-        let n = self.used.len();
-        if self.free == 0 {
-            return None;
-        }
-        let ok = |s: &Self, p: u16| {
-            s.is_free(p)
-                && (!even || p.is_multiple_of(2))
-                && (!pair || p.checked_add(1).is_some_and(|q| s.is_free(q)))
-        };
-        for _ in 0..32 {
-            let p = self.lo + (rng.next_u32() as usize % n) as u16;
-            if ok(self, p) {
-                return Some(p);
-            }
-        }
-        let start = rng.next_u32() as usize % n;
-        (0..n)
-            .map(|i| self.lo + ((start + i) % n) as u16)
-            .find(|p| ok(self, *p))
     }
 }

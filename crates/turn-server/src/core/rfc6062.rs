@@ -30,10 +30,7 @@ impl<R: RngCore> Core<R> {
     pub(super) fn new_conn_id(&mut self) -> u32 {
         loop {
             let id = self.rng.next_u32();
-            if id != 0
-                && !self.pending_connects.contains_key(&id)
-                && !self.quota.tcp_conns().contains_key(&id)
-            {
+            if id != 0 && !self.pending_connects.contains_key(&id) && !self.quota.conn_pending(id) {
                 return id;
             }
         }
@@ -167,8 +164,7 @@ impl<R: RngCore> Core<R> {
         if ok {
             install_permission(a, p.peer.ip(), now);
             self.quota
-                .tcp_conns()
-                .insert(conn_id, (a.username.clone(), now + CONNECTION_BIND_TIMEOUT));
+                .conn_insert(conn_id, a.username.clone(), now + CONNECTION_BIND_TIMEOUT);
         } else {
             a.tcp_peers.retain(|x| *x != p.peer);
         }
@@ -209,8 +205,7 @@ impl<R: RngCore> Core<R> {
         let (client, username) = (a.client, a.username.clone());
         let conn_id = self.new_conn_id();
         self.quota
-            .tcp_conns()
-            .insert(conn_id, (username, now + CONNECTION_BIND_TIMEOUT));
+            .conn_insert(conn_id, username, now + CONNECTION_BIND_TIMEOUT);
         let mut tid = [0u8; 12];
         self.rng.fill_bytes(&mut tid);
         let head = (
@@ -255,20 +250,7 @@ impl<R: RngCore> Core<R> {
                 return self.reply_error(now, from, msg, authed, code, "Bad CONNECTION-ID");
             }
         };
-        let entry = {
-            let mut conns = self.quota.tcp_conns();
-            match conns.get(&conn_id) {
-                Some((user, deadline)) if *deadline > now && *user == authed.username => {
-                    conns.remove(&conn_id)
-                }
-                Some((_, deadline)) if *deadline > now => None,
-                _ => {
-                    conns.remove(&conn_id);
-                    None
-                }
-            }
-        };
-        if entry.is_none() {
+        if !self.quota.conn_claim(conn_id, &authed.username, now) {
             return self.reply_error(
                 now,
                 from,

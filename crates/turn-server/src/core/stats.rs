@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rand::RngCore;
 
-use super::{Core, Proto};
+use super::{Core, Exceeded, Proto};
 use crate::policy::DenyClass;
 use shared_ice::stun::Method;
 
@@ -115,6 +115,15 @@ pub(super) enum QuotaKind {
     Channels = 6,
 }
 
+impl From<Exceeded> for QuotaKind {
+    fn from(e: Exceeded) -> Self {
+        match e {
+            Exceeded::User => Self::User,
+            Exceeded::Total => Self::Total,
+        }
+    }
+}
+
 /// Gauges computed on demand.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub struct Gauges {
@@ -145,7 +154,7 @@ impl<R: RngCore> Core<R> {
     /// Current gauge values.
     pub fn gauges(&self, now: Instant) -> Gauges {
         let mut g = Gauges {
-            relay_ports_free: self.quota.ports().free as u64,
+            relay_ports_free: self.quota.ports_free() as u64,
             ..Gauges::default()
         };
         for a in self.slots.iter().flatten() {

@@ -13,6 +13,7 @@ use super::allocate::MAX_BIND_RETRIES;
 use super::stats::{AllocResult, AuthFail, QuotaKind};
 use super::*;
 use crate::policy::DenyClass;
+use crate::quota::SharedQuota;
 
 mod wire;
 

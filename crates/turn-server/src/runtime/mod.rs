@@ -53,10 +53,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StaticUser};
 use crate::core::{
-    Command, Core, CoreConfig, FiveTuple, Gauges, Proto, RelayToken, SharedQuota, Stats, Transmit,
+    Command, Core, CoreConfig, FiveTuple, Gauges, Proto, RelayToken, Stats, Transmit,
 };
 use crate::metrics::Metrics;
 use crate::policy::PeerPolicy;
+use crate::quota::SharedQuota;
 
 pub use bind::{Bound, WorkerSockets, bind_all};
 pub use limits::{StreamLimits, nofile_limit, stream_cap};
