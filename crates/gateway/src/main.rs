@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "doctor")]
 mod doctor;
 
 /// Janus API (WebSocket, HTTP, Admin) gateway with janus.plugin.videocall and TURN REST
@@ -30,6 +31,7 @@ enum Command {
     /// Check a Mattermost WebRTC deployment end to end (Admin URL, WebSocket URL, STUN,
     /// TURN) with Mattermost's eight settings, or with --calls the STUN/TURN servers of
     /// the Calls plugin; exit status 1 when a check fails.
+    #[cfg(feature = "doctor")]
     Doctor(doctor::DoctorArgs),
 }
 
@@ -238,8 +240,9 @@ impl RunArgs {
 fn main() -> std::process::ExitCode {
     use std::io::IsTerminal as _;
     let cli = Cli::parse();
+    #[cfg(feature = "doctor")]
     if let Some(Command::Doctor(args)) = cli.command {
-        return run_doctor(&args);
+        return doctor::main(&args);
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -327,51 +330,6 @@ fn check_config(source: &str, cfg: &Config) -> std::process::ExitCode {
         cfg.turn_uris.len()
     );
     std::process::ExitCode::SUCCESS
-}
-
-fn run_doctor(args: &doctor::DoctorArgs) -> std::process::ExitCode {
-    let plan = match args.plan() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("gateway doctor: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("gateway doctor: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let checks = rt.block_on(async {
-        match &plan {
-            doctor::Plan::Webrtc(s) => doctor::run(args, s).await,
-            doctor::Plan::Calls(c) => doctor::run_calls(args, c).await,
-        }
-    });
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    // the report is the command's output: stdout, so `--json | jq` works
-    let text = if args.json {
-        format!("{}\n", doctor::render_json(&checks))
-    } else {
-        doctor::render_text(&checks)
-    };
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-    }
-    if checks.iter().all(|c| c.ok) {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
 }
 
 async fn run(cfg: Config, reloader: gateway::Reloader) -> anyhow::Result<()> {

@@ -5,6 +5,9 @@
 //! tokio-tungstenite for the WebSocket, the webrtc-rs `stun` codec for STUN and the
 //! webrtc-rs `turn` client for TURN — none of it is callrelay's server code, so a bug
 //! there cannot hide a bug here. Every network step is bounded by `--timeout`.
+//!
+//! Built with the `doctor` cargo feature (on by default), which also brings in those
+//! client crates; `--no-default-features` leaves the subcommand and them out.
 
 mod calls;
 mod check_admin;
@@ -18,20 +21,16 @@ mod report;
 mod tests;
 mod turn_tcp;
 
-pub(crate) use calls::run_calls;
-use check_admin::check_admin;
-use check_stun::check_stun;
-use check_turn::check_turn;
-use check_ws::check_ws;
-pub(crate) use cli::DoctorArgs;
-pub(crate) use report::{render_json, render_text};
+pub(crate) use self::cli::DoctorArgs;
 
-use self::calls::CallsSettings;
-use self::check_admin::admin_call;
-use self::check_turn::local_utc_offset;
+use self::calls::{CallsSettings, run_calls};
+use self::check_admin::{admin_call, check_admin};
+use self::check_stun::check_stun;
+use self::check_turn::{check_turn, local_utc_offset};
+use self::check_ws::check_ws;
 use self::cli::Settings;
 use self::net::tls_connector;
-use self::report::{Check, ms};
+use self::report::{Check, ms, render_json, render_text};
 use std::time::Duration;
 
 /// What `gateway doctor` checks.
@@ -131,4 +130,51 @@ pub(crate) async fn run(args: &DoctorArgs, s: &Settings) -> Vec<Check> {
         out.push(c);
     }
     out
+}
+
+/// `gateway doctor`: runs the plan the flags choose and prints the report (stdout);
+/// exit status 0 when every check passed, 1 when one failed, 2 for unusable flags.
+pub(crate) fn main(args: &DoctorArgs) -> std::process::ExitCode {
+    let plan = match args.plan() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("gateway doctor: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway doctor: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let checks = rt.block_on(async {
+        match &plan {
+            Plan::Webrtc(s) => run(args, s).await,
+            Plan::Calls(c) => run_calls(args, c).await,
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    // the report is the command's output: stdout, so `--json | jq` works
+    let text = if args.json {
+        format!("{}\n", render_json(&checks))
+    } else {
+        render_text(&checks)
+    };
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+    if checks.iter().all(|c| c.ok) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }
