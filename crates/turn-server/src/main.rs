@@ -1,6 +1,6 @@
 //! `turn-server` binary: config, logging, worker threads, signals, metrics endpoint.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -37,24 +37,6 @@ fn main() {
     }
 }
 
-/// Exports the expiry of the first certificate in `cert` (the leaf) as
-/// `callrelay_turn_tls_cert_not_after_seconds`. Called after the pair loaded.
-fn record_cert_expiry(metrics: &Metrics, cert: &std::path::Path) {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let leaf = CertificateDer::pem_file_iter(cert)
-        .ok()
-        .and_then(|mut it| it.next())
-        .and_then(Result::ok);
-    match leaf.map(|d| shared_ice::x509::not_after(&d)) {
-        Some(Ok(t)) => metrics.set_tls_cert_not_after(t),
-        Some(Err(e)) => {
-            tracing::warn!(cert = %cert.display(), error = ?e, "cannot read the certificate's expiry")
-        }
-        None => tracing::warn!(cert = %cert.display(), "no certificate to read the expiry of"),
-    }
-}
-
 /// `--check-config`: the parsed configuration is valid; also load what SIGHUP and the
 /// start would load from disk (the TLS pair). Exit status 0 or 2.
 fn check_config(cli: &Cli, cfg: &Config) -> i32 {
@@ -63,7 +45,7 @@ fn check_config(cli: &Cli, cfg: &Config) -> i32 {
         .as_ref()
         .map_or_else(|| "flags".to_string(), |p| p.display().to_string());
     if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key)
-        && let Err(e) = runtime::load_tls(c, k)
+        && let Err(e) = callrelay_service::tls::load_acceptor(c, k, &[])
     {
         eprintln!(
             "turn-server: {source}: config key `cert`/`key`: {e}; fix the files or the paths"
@@ -82,9 +64,11 @@ fn check_config(cli: &Cli, cfg: &Config) -> i32 {
 }
 
 fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
-    let tls: SharedTls = Arc::new(RwLock::new(None));
+    let tls = SharedTls::default();
+    // the leaf's expiry, exported once the metrics exist
+    let mut not_after = None;
     if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
-        runtime::swap_tls(&tls, c, k)?;
+        not_after = tls.reload(c, k, &[]).context("TLS")?;
     }
     let metrics_std = std::net::TcpListener::bind(cfg.metrics_listen).with_context(|| {
         format!(
@@ -95,8 +79,8 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     metrics_std.set_nonblocking(true)?;
     let (sockets, bound, tls_bound) = runtime::bind_all(&cfg)?;
     let metrics = Metrics::new();
-    if let Some(c) = &cfg.cert {
-        record_cert_expiry(&metrics, c);
+    if let Some(t) = not_after {
+        metrics.set_tls_cert_not_after(t);
     }
     let quota = Arc::new(SharedQuota::new(
         cfg.user_quota,
@@ -254,8 +238,12 @@ fn reload(
         }
     };
     if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
-        match runtime::swap_tls(tls, c, k) {
-            Ok(()) => record_cert_expiry(metrics, c),
+        match tls.reload(c, k, &[]) {
+            Ok(not_after) => {
+                if let Some(t) = not_after {
+                    metrics.set_tls_cert_not_after(t);
+                }
+            }
             Err(e) => tracing::error!(error = %e, "TLS reload failed, keeping the old certificate"),
         }
     }

@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use webrtc_util::Conn as _;
@@ -115,12 +115,7 @@ pub(super) async fn check_turn(uri: &str, s: &Settings, utc_offset: i32, t: Dura
     check_turn_with(c, &u, username, password, CredSource::Webrtc, None, t).await
 }
 
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(super) use callrelay_service::time::unix_now;
 
 /// Allocates on the TURN server of `u` with `username`/`password` and relays data both
 /// ways. `tls` is needed for `turns:` URIs.

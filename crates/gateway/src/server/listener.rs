@@ -2,10 +2,10 @@
 
 use super::admin::speaks_plain;
 use super::limits::{ConnLimiter, ConnSlot};
-use super::tls::SharedTls;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::body::Body;
+use callrelay_service::tls::SharedTls;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -73,9 +73,7 @@ pub(super) async fn accept_loop(
         let open = acct.open.clone();
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let tls = tls
-            .as_ref()
-            .and_then(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone());
+        let tls = tls.as_ref().and_then(SharedTls::current);
         let shutdown = shutdown.clone();
         let plain_ok = acct.plain_from_loopback && peer.ip().to_canonical().is_loopback();
         tokio::spawn(async move {

@@ -29,7 +29,7 @@ use self::reload::reload_loop;
 use self::state::{App, Shared};
 use self::testpage::test_session;
 use self::timers::{timer_loop, watchdog_loop};
-use self::tls::{SharedTls, load_tls, record_cert_expiry};
+use self::tls::ALPN;
 use self::tokens::{open_token_file, persist_tokens};
 use self::ws::ws_entry;
 use crate::config::Config;
@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{any, get};
+use callrelay_service::tls::SharedTls;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -57,7 +58,7 @@ pub enum ServeError {
     StateDir(String),
     /// TLS files unusable.
     #[error("cert/key: {0}")]
-    Tls(String),
+    Tls(#[from] callrelay_service::tls::TlsError),
     /// I/O error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -163,13 +164,14 @@ async fn serve_inner(
     ready: Arc<Notify>,
 ) -> Result<(), ServeError> {
     let (tokens_path, file) = open_token_file(&cfg.state_dir)?;
-    let tls: SharedTls = Arc::new(std::sync::RwLock::new(match &cfg.tls {
-        Some((c, k)) => Some(load_tls(c, k)?),
+    let tls = SharedTls::default();
+    let not_after = match &cfg.tls {
+        Some((c, k)) => tls.reload(c, k, ALPN)?,
         None => None,
-    }));
+    };
     let metrics = Metrics::new();
-    if let Some((c, _)) = &cfg.tls {
-        record_cert_expiry(&metrics, c);
+    if let Some(t) = not_after {
+        metrics.set_tls_cert_not_after(t);
     }
     let ws_port = listeners.ws.local_addr()?.port();
     let (app, expired) = Shared::start(&cfg, metrics, tokens_path, file, ws_port);

@@ -2,8 +2,9 @@
 
 use super::core_config;
 use super::state::{App, Shared};
-use super::tls::{SharedTls, load_tls, record_cert_expiry};
+use super::tls::ALPN;
 use crate::config::Config;
+use callrelay_service::tls::SharedTls;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -98,10 +99,11 @@ pub(super) async fn reload_loop(
         // the certificate files are re-read even when the config is unchanged or
         // invalid: a renewed certificate does not wait for a config fix
         if let Some((cert, key)) = &tls_files {
-            match load_tls(cert, key) {
-                Ok(a) => {
-                    *tls.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
-                    record_cert_expiry(&app.metrics, cert);
+            match tls.reload(cert, key, ALPN) {
+                Ok(not_after) => {
+                    if let Some(t) = not_after {
+                        app.metrics.set_tls_cert_not_after(t);
+                    }
                     tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {

@@ -1,4 +1,5 @@
 //! The tokio shell around [`crate::core::Core`]: sockets, TLS, timers, signals, metrics.
+//! TLS loading and the reloadable acceptor ([`SharedTls`]) are `callrelay_service::tls`'s.
 //!
 //! Sharding: `workers` OS threads, each with a single-threaded tokio runtime that owns one
 //! `Core` (its own allocation table and its own slice of the relay port range). Every worker
@@ -18,7 +19,6 @@
 //! | `mesh` | relay to relay between workers ([`Mesh`], [`Handoff`]) |
 //! | `limits` | caps on TCP/TLS connections ([`StreamLimits`], [`stream_cap`]) |
 //! | `bind` | socket set-up ([`bind_all`]) |
-//! | `tls` | certificate loading and the reloadable acceptor ([`load_tls`], [`SharedTls`]) |
 //! | `watchdog` | the systemd watchdog: worker heartbeats and the pings ([`Watchdog`]) |
 //! | `metrics_http` | the bounded `/metrics` endpoint ([`serve_metrics`]) |
 
@@ -28,7 +28,6 @@ mod mesh;
 mod metrics_http;
 mod rfc6062;
 mod stream;
-mod tls;
 mod udp;
 mod watchdog;
 
@@ -38,7 +37,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use callrelay_service::time::unix_now;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -60,11 +61,11 @@ use crate::policy::PeerPolicy;
 use crate::quota::SharedQuota;
 
 pub use bind::{Bound, WorkerSockets, bind_all};
+pub use callrelay_service::tls::SharedTls;
 pub use limits::{StreamLimits, nofile_limit, stream_cap};
 pub use mesh::{Handoff, Inbox, Mesh};
 pub use metrics_http::{MetricsBounds, metrics_app, serve_metrics};
 pub use rfc6062::PeerStreams;
-pub use tls::{SharedTls, TlsError, load_tls, swap_tls};
 pub use watchdog::{Heartbeat, Watchdog, watchdog_interval};
 
 use bind::relay_socket;
@@ -223,13 +224,6 @@ where
         let _slot = slot;
         fut.await
     })
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Runs one worker until shutdown (blocking; call on its own thread).

@@ -181,7 +181,7 @@ pub(super) async fn accept_loop(w: Rc<Worker>, l: TcpListener, proto: Proto, tls
         };
         match proto {
             Proto::Tls => {
-                let acceptor = tls.read().ok().and_then(|g| g.clone());
+                let acceptor = tls.current();
                 let Some(acceptor) = acceptor else { continue };
                 let ws = w.clone();
                 spawn(&w.tasks, async move {

@@ -1,0 +1,13 @@
+//! The service shell both callrelay binaries (turn-server, gateway) share: what each did
+//! the same way in its own style, now once.
+//!
+//! * [`tls`] — a PEM certificate chain + key → rustls acceptor, the hot-swappable
+//!   acceptor a SIGHUP replaces (a broken pair keeps the old one), the leaf's expiry.
+//! * [`time`] — wall-clock Unix time for the sans-IO cores' `unix_now` input.
+//!
+//! It depends only downward (on shared-ice); the services depend on it and never on each
+//! other.
+#![warn(missing_docs)]
+
+pub mod time;
+pub mod tls;
