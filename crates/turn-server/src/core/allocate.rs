@@ -31,6 +31,16 @@ pub(super) struct PendingAllocate {
     pub(super) bind_retries: u8,
 }
 
+/// The command that opens an allocation's relay: a UDP socket, or a TCP listener
+/// (RFC 6062).
+fn open_relay(tcp: bool, relay: RelayToken, bind: SocketAddr) -> Command {
+    if tcp {
+        Command::OpenTcpRelay { relay, bind }
+    } else {
+        Command::OpenRelaySocket { relay, bind }
+    }
+}
+
 /// Busy relay ports an Allocate tries before it gets 508.
 pub(super) const MAX_BIND_RETRIES: u8 = 8;
 
@@ -95,17 +105,7 @@ impl<R: RngCore> Core<R> {
                 if let Some(Some(r)) = a.relays.get_mut(idx) {
                     r.bind.set_port(p);
                     r.advertised.set_port(p);
-                    self.commands.push_back(if tcp {
-                        Command::OpenTcpRelay {
-                            relay,
-                            bind: r.bind,
-                        }
-                    } else {
-                        Command::OpenRelaySocket {
-                            relay,
-                            bind: r.bind,
-                        }
-                    });
+                    self.commands.push_back(open_relay(tcp, relay, r.bind));
                 }
             }
             None => {
@@ -171,8 +171,20 @@ impl<R: RngCore> Core<R> {
         }
         // Attribute values that do not decode are answered with the code shared-ice maps
         // them to (400, or 440 for an unknown address family).
-        let transport = match msg.requested_transport() {
-            Ok(t) => t,
+        let parsed = (|| {
+            Ok::<_, DecodeError>((
+                msg.requested_transport()?,
+                (
+                    msg.even_port()?,
+                    msg.reservation_token()?,
+                    msg.requested_address_family()?,
+                    msg.additional_address_family()?,
+                ),
+                self.lifetime(msg, true)?,
+            ))
+        })();
+        let (transport, (even, token, raf, aaf), lifetime) = match parsed {
+            Ok(p) => p,
             Err(e) => {
                 let code = code_of(e);
                 return bad(
@@ -231,38 +243,6 @@ impl<R: RngCore> Core<R> {
             }
         }
         let tcp = transport == Some(PROTOCOL_TCP);
-        let options = (|| {
-            Ok::<_, DecodeError>((
-                msg.even_port()?,
-                msg.reservation_token()?,
-                msg.requested_address_family()?,
-                msg.additional_address_family()?,
-            ))
-        })();
-        let (even, token, raf, aaf) = match options {
-            Ok(o) => o,
-            Err(e) => {
-                let code = code_of(e);
-                return bad(
-                    self,
-                    code,
-                    error_code::reason(code),
-                    AllocResult::BadRequest,
-                );
-            }
-        };
-        let lifetime = match self.lifetime(msg, true) {
-            Ok(l) => l,
-            Err(e) => {
-                let code = code_of(e);
-                return bad(
-                    self,
-                    code,
-                    error_code::reason(code),
-                    AllocResult::BadRequest,
-                );
-            }
-        };
         if (even.is_some() && token.is_some())
             || (raf.is_some() && token.is_some())
             || (raf.is_some() && aaf.is_some())
@@ -475,17 +455,7 @@ impl<R: RngCore> Core<R> {
                     generation,
                     v6: i == 1,
                 };
-                self.commands.push_back(if tcp {
-                    Command::OpenTcpRelay {
-                        relay,
-                        bind: r.bind,
-                    }
-                } else {
-                    Command::OpenRelaySocket {
-                        relay,
-                        bind: r.bind,
-                    }
-                });
+                self.commands.push_back(open_relay(tcp, relay, r.bind));
             }
         }
         if let Some(s) = self.slots.get_mut(slot as usize) {

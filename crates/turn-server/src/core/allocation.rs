@@ -96,6 +96,13 @@ impl Allocation {
         self.permissions.retain(|_, e| *e > now);
         self.permissions.len() + count_new(self) <= max
     }
+    /// Takes `len` bytes from the allocation's bucket of `bandwidth` bytes/s (0: unlimited);
+    /// `false` when over.
+    pub(super) fn within_bandwidth(&mut self, now: Instant, bandwidth: u64, len: usize) -> bool {
+        let rate = bandwidth as f64;
+        bandwidth == 0 || self.bucket.take(now, rate, rate, len as f64)
+    }
+
     pub(super) fn relay_for(&self, peer: SocketAddr) -> Option<usize> {
         let i = usize::from(peer.is_ipv6());
         self.relays.get(i).and_then(|r| r.as_ref()).map(|_| i)

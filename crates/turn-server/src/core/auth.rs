@@ -126,8 +126,16 @@ enum Answer {
 }
 
 impl<R: RngCore> Core<R> {
+    /// A stateless nonce: its expiry (8 hex digits) and a tag binding it to `client`.
     pub(super) fn nonce(&self, unix_now: u64, client: IpAddr) -> String {
         let expiry = (unix_now + u64::from(self.cfg.nonce_lifetime)) as u32;
+        let mut s = format!("{expiry:08x}");
+        self.nonce_tag(expiry, client, &mut s);
+        s
+    }
+
+    /// Appends the hex of the first 8 bytes of HMAC-SHA1(nonce key, expiry ‖ client IP).
+    fn nonce_tag(&self, expiry: u32, client: IpAddr, out: &mut String) {
         let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("any key");
         mac.update(&expiry.to_be_bytes());
         match client {
@@ -135,11 +143,9 @@ impl<R: RngCore> Core<R> {
             IpAddr::V6(v) => mac.update(&v.octets()),
         }
         let tag = mac.finalize().into_bytes();
-        let mut s = format!("{expiry:08x}");
         for b in tag.iter().take(8) {
-            s.push_str(&format!("{b:02x}"));
+            out.push_str(&format!("{b:02x}"));
         }
-        s
     }
 
     pub(super) fn nonce_valid(&self, nonce: &[u8], unix_now: u64, client: IpAddr) -> bool {
@@ -155,17 +161,8 @@ impl<R: RngCore> Core<R> {
         if u64::from(expiry) <= unix_now {
             return false;
         }
-        let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("any key");
-        mac.update(&expiry.to_be_bytes());
-        match client {
-            IpAddr::V4(v) => mac.update(&v.octets()),
-            IpAddr::V6(v) => mac.update(&v.octets()),
-        }
-        let tag = mac.finalize().into_bytes();
         let mut want = String::with_capacity(16);
-        for b in tag.iter().take(8) {
-            want.push_str(&format!("{b:02x}"));
-        }
+        self.nonce_tag(expiry, client, &mut want);
         use subtle::ConstantTimeEq as _;
         s.get(8..)
             .is_some_and(|got| bool::from(got.as_bytes().ct_eq(want.as_bytes())))

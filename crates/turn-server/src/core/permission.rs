@@ -15,6 +15,24 @@ use shared_ice::stun::{Message, error_code};
 use super::reply::code_of;
 
 impl<R: RngCore> Core<R> {
+    /// The request's first XOR-PEER-ADDRESS; a missing or malformed one is answered
+    /// (400) and gives `None`.
+    pub(super) fn first_peer(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed,
+    ) -> Option<SocketAddr> {
+        let (code, reason) = match msg.xor_peer_addresses().next() {
+            Some(Ok(peer)) => return Some(peer),
+            Some(Err(e)) => (code_of(e), "Bad XOR-PEER-ADDRESS"),
+            None => (error_code::BAD_REQUEST, "Missing XOR-PEER-ADDRESS"),
+        };
+        self.reply_error(now, from, msg, authed, code, reason);
+        None
+    }
+
     /// Family and policy checks for a peer address. `Err((code, reason))` to answer.
     pub(super) fn check_peer(
         &mut self,
@@ -123,16 +141,8 @@ impl<R: RngCore> Core<R> {
                 return self.reply_error(now, from, msg, authed, code, "Bad CHANNEL-NUMBER");
             }
         };
-        let peer = match msg.xor_peer_addresses().next() {
-            Some(Ok(peer)) => peer,
-            Some(Err(e)) => {
-                let code = code_of(e);
-                return self.reply_error(now, from, msg, authed, code, "Bad XOR-PEER-ADDRESS");
-            }
-            None => {
-                let code = error_code::BAD_REQUEST;
-                return self.reply_error(now, from, msg, authed, code, "Missing XOR-PEER-ADDRESS");
-            }
+        let Some(peer) = self.first_peer(now, from, msg, authed) else {
+            return;
         };
         if let Err((code, reason)) = self.check_peer(slot, peer) {
             return self.reply_error(now, from, msg, authed, code, reason);

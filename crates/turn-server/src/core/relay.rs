@@ -32,14 +32,7 @@ impl<R: RngCore> Core<R> {
         if a.expires <= now || !a.permitted(peer.ip(), now) {
             return None;
         }
-        if bandwidth != 0
-            && !a.bucket.take(
-                now,
-                bandwidth as f64,
-                bandwidth as f64,
-                payload.len() as f64,
-            )
-        {
+        if !a.within_bandwidth(now, bandwidth, payload.len()) {
             self.stats.quota[QuotaKind::Bandwidth as usize] += 1;
             return None;
         }
@@ -94,14 +87,7 @@ impl<R: RngCore> Core<R> {
         if !a.permitted(peer.ip(), now) {
             return None;
         }
-        if bandwidth != 0
-            && !a.bucket.take(
-                now,
-                bandwidth as f64,
-                bandwidth as f64,
-                payload.len() as f64,
-            )
-        {
+        if !a.within_bandwidth(now, bandwidth, payload.len()) {
             self.stats.quota[QuotaKind::Bandwidth as usize] += 1;
             return None;
         }
@@ -200,11 +186,7 @@ impl<R: RngCore> Core<R> {
         if a.expires <= now || !a.permitted(peer.ip(), now) {
             return None;
         }
-        if bandwidth != 0
-            && !a
-                .bucket
-                .take(now, bandwidth as f64, bandwidth as f64, data.len() as f64)
-        {
+        if !a.within_bandwidth(now, bandwidth, data.len()) {
             self.stats.quota[QuotaKind::Bandwidth as usize] += 1;
             return None;
         }

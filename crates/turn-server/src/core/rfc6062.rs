@@ -47,16 +47,8 @@ impl<R: RngCore> Core<R> {
         let Some(slot) = self.own_allocation(now, from, msg, authed) else {
             return;
         };
-        let peer = match msg.xor_peer_addresses().next() {
-            Some(Ok(peer)) => peer,
-            Some(Err(e)) => {
-                let code = code_of(e);
-                return self.reply_error(now, from, msg, authed, code, "Bad XOR-PEER-ADDRESS");
-            }
-            None => {
-                let code = error_code::BAD_REQUEST;
-                return self.reply_error(now, from, msg, authed, code, "Missing XOR-PEER-ADDRESS");
-            }
+        let Some(peer) = self.first_peer(now, from, msg, authed) else {
+            return;
         };
         let (tcp, busy, generation) = match self.slots.get(slot as usize).and_then(Option::as_ref) {
             Some(a) => (a.tcp, a.tcp_peers.contains(&peer), a.generation),
