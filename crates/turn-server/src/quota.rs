@@ -280,3 +280,100 @@ impl PortPool {
             .find(|p| ok(self, *p))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    #[test]
+    fn user_and_total_limits_and_reservations() {
+        let q = SharedQuota::new(2, 3, (40000, 40009));
+        assert_eq!(q.acquire("alice"), Ok(()));
+        assert_eq!(q.reserve("alice"), Ok(()));
+        assert_eq!(q.acquire("alice"), Err(Exceeded::User));
+        assert_eq!(q.reserve("alice"), Err(Exceeded::User));
+        assert_eq!(q.acquire("bob"), Ok(()));
+        assert_eq!(q.acquire("carol"), Ok(()));
+        assert_eq!(q.acquire("dave"), Err(Exceeded::Total));
+        assert_eq!(q.total(), 3, "a reservation is not an allocation");
+        assert!(q.unreserve("alice"));
+        q.release("alice");
+        assert!(!q.unreserve("alice"), "nothing left for alice");
+        assert_eq!(q.total(), 2);
+    }
+
+    #[test]
+    fn ports_replace_hold_redeem_and_sweep() {
+        let q = SharedQuota::new(0, 0, (40000, 40003));
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut p = q.take_free_port(&mut rng, false, false).unwrap();
+        assert_eq!(q.ports_free(), 3);
+        // A busy port is given back only after its replacement is taken: never re-picked.
+        for _ in 0..50 {
+            let r = q.replace_port(Some(p), &mut rng, false).unwrap();
+            assert_ne!(r, p);
+            assert_eq!(q.ports_free(), 3, "one taken, one given back");
+            p = r;
+        }
+        q.release_port(p);
+        assert_eq!(q.ports_free(), 4);
+        let now = Instant::now();
+        assert_eq!(q.reserve("alice"), Ok(()));
+        q.hold_port(7, 40001, now + Duration::from_secs(30), "alice");
+        assert_eq!(q.ports_free(), 3);
+        assert!(q.sweep(now), "the reservation is still live");
+        assert_eq!(q.redeem(7), Some((40001, now + Duration::from_secs(30))));
+        assert_eq!(q.redeem(7), None);
+        assert!(!q.unreserve("alice"), "redeeming gave alice's unit back");
+        assert_eq!(q.reserve("bob"), Ok(()));
+        q.hold_port(8, 40002, now + Duration::from_secs(30), "bob");
+        assert!(
+            !q.sweep(now + Duration::from_secs(30)),
+            "expired and dropped"
+        );
+        assert!(!q.unreserve("bob"), "expiry gave bob's unit back");
+        assert_eq!(
+            q.ports_free(),
+            3,
+            "40001 is held by the redeemer, 40002 is free again"
+        );
+    }
+
+    #[test]
+    fn rfc6062_connections_are_claimed_once_by_their_user() {
+        let q = SharedQuota::new(0, 0, (40000, 40001));
+        let now = Instant::now();
+        let later = now + Duration::from_secs(30);
+        q.conn_insert(1, "alice".into(), later);
+        assert!(q.conn_pending(1));
+        assert!(
+            !q.conn_claim(1, "mallory", now),
+            "another user's live one stays"
+        );
+        assert!(q.conn_pending(1));
+        assert!(q.conn_claim(1, "alice", now));
+        assert!(!q.conn_claim(1, "alice", now), "claimed once");
+        q.conn_insert(2, "alice".into(), later);
+        assert!(!q.conn_claim(2, "alice", later), "expired");
+        assert!(!q.conn_pending(2), "and dropped");
+        q.conn_insert(3, "alice".into(), later);
+        q.sweep(later);
+        assert!(!q.conn_pending(3));
+    }
+
+    #[test]
+    fn owners_are_per_port() {
+        let q = SharedQuota::new(0, 0, (40000, 40001));
+        assert_eq!(q.owner(40000), None);
+        q.set_owner(40000, Some(3));
+        assert_eq!(q.owner(40000), Some(3));
+        assert_eq!(q.owner(40001), None);
+        q.set_owner(40000, None);
+        assert_eq!(q.owner(40000), None);
+    }
+}
