@@ -191,7 +191,7 @@ pub(super) async fn check_admin(
     }
 }
 
-pub(super) fn is_private_host(h: &str) -> bool {
+fn is_private_host(h: &str) -> bool {
     match h.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) => a.is_loopback() || a.is_private() || a.is_link_local(),
         Ok(std::net::IpAddr::V6(a)) => a.is_loopback(),

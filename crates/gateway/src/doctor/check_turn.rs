@@ -56,7 +56,7 @@ pub(super) enum CredSource {
     Static,
 }
 
-pub(super) fn turn_error_fix(e: &str, u: &IceUri, username: &str, src: CredSource) -> String {
+fn turn_error_fix(e: &str, u: &IceUri, username: &str, src: CredSource) -> String {
     if e.contains("401") || e.contains("441") {
         match src {
             CredSource::Webrtc => format!(
@@ -232,7 +232,7 @@ pub(super) async fn check_turn_with(
     }
 }
 
-pub(super) async fn turn_allocate_and_echo(
+async fn turn_allocate_and_echo(
     client: &turn::client::Client,
     u: &IceUri,
     server: SocketAddr,
@@ -395,7 +395,7 @@ pub(super) async fn turn_allocate_and_echo(
     ))
 }
 
-pub(super) fn is_private_ip(ip: std::net::IpAddr) -> bool {
+fn is_private_ip(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(a) => a.is_private() || a.is_loopback() || a.is_link_local(),
         std::net::IpAddr::V6(a) => a.is_loopback(),

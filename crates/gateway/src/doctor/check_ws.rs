@@ -92,7 +92,7 @@ pub(super) async fn check_ws(
     let hs_ms = ms(t0.elapsed());
     c.m("handshake_ms", hs_ms);
     let token_v = token.map(|t| Value::String(t.to_string()));
-    pub(super) async fn send_json(
+    async fn send_json(
         ws: &mut tokio_tungstenite::WebSocketStream<Box<dyn Io>>,
         token: &Option<Value>,
         mut v: Value,
@@ -104,7 +104,7 @@ pub(super) async fn check_ws(
             .await
             .map_err(|e| e.to_string())
     }
-    pub(super) async fn wait_for(
+    async fn wait_for(
         ws: &mut tokio_tungstenite::WebSocketStream<Box<dyn Io>>,
         t: Duration,
         pred: impl Fn(&Value) -> bool,
@@ -242,6 +242,6 @@ pub(super) async fn check_ws(
     ))
 }
 
-pub(super) fn http_value(s: &'static str) -> tokio_tungstenite::tungstenite::http::HeaderValue {
+fn http_value(s: &'static str) -> tokio_tungstenite::tungstenite::http::HeaderValue {
     tokio_tungstenite::tungstenite::http::HeaderValue::from_static(s)
 }

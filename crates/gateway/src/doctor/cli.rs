@@ -132,7 +132,7 @@ pub(crate) fn parse_mattermost_config(text: &str) -> Result<Settings, String> {
 }
 
 impl DoctorArgs {
-    pub(super) fn wants_calls(&self) -> bool {
+    fn wants_calls(&self) -> bool {
         self.calls
             || self.ice_servers.is_some()
             || self.turn_static_auth_secret.is_some()

@@ -43,7 +43,7 @@ pub(super) fn parse_url(u: &str) -> Result<Url, String> {
     })
 }
 
-pub(super) fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {
+fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {
     if let Some(r) = authority.strip_prefix('[') {
         let (h, rest) = r.split_once(']').ok_or("unclosed [ in host")?;
         let port = match rest.strip_prefix(':') {
@@ -312,7 +312,7 @@ pub(super) async fn http_post(
 }
 
 /// Length of a complete response in `buf` (Content-Length or chunked), if complete.
-pub(super) fn complete_response(buf: &[u8]) -> Option<usize> {
+fn complete_response(buf: &[u8]) -> Option<usize> {
     let text = std::str::from_utf8(buf).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
     let head_len = head.len() + 4;
@@ -326,7 +326,7 @@ pub(super) fn complete_response(buf: &[u8]) -> Option<usize> {
     body.ends_with("0\r\n\r\n").then_some(buf.len())
 }
 
-pub(super) fn dechunk(mut s: &str) -> String {
+fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);

@@ -18,7 +18,7 @@ use std::time::Instant;
 /// `127.0.0.1`, which no certificate names, and `http://127.0.0.1` is a secure context
 /// (camera and microphone work); everything else still needs TLS.
 pub(super) fn speaks_plain(peer: std::net::IpAddr, first_byte: u8) -> bool {
-    pub(super) const TLS_HANDSHAKE: u8 = 22;
+    const TLS_HANDSHAKE: u8 = 22;
     peer.to_canonical().is_loopback() && first_byte != TLS_HANDSHAKE
 }
 
@@ -75,7 +75,7 @@ pub(super) async fn admin_entry(State(app): State<App>, req: Request) -> Respons
     admin_http(&app, method, &path, req.into_body()).await
 }
 
-pub(super) async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Response {
+async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Response {
     let Some(rest) = path.strip_prefix("/admin") else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -136,7 +136,7 @@ mod tests {
     use super::speaks_plain;
 
     #[test]
-    pub(super) fn plain_http_on_a_tls_listener_only_from_loopback() {
+    fn plain_http_on_a_tls_listener_only_from_loopback() {
         let ip = |s: &str| s.parse().unwrap();
         // "G" of GET from an ssh tunnel (127.0.0.1), IPv6 loopback, IPv4-mapped loopback
         for a in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {

@@ -18,7 +18,7 @@ pub(super) async fn http_entry(State(app): State<App>, req: Request) -> Response
     cors(&app, resp, &headers)
 }
 
-pub(super) async fn http_inner(app: &App, req: Request) -> Response {
+async fn http_inner(app: &App, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -114,7 +114,7 @@ pub(super) async fn http_inner(app: &App, req: Request) -> Response {
     json_response(StatusCode::OK, &reply)
 }
 
-pub(super) async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
+async fn long_poll(app: &App, sid: u64, query: Option<&str>) -> Response {
     let q = query_params(query);
     let maxev = q
         .get("maxev")

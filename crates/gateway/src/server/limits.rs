@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 
 /// File descriptors kept free beyond the public listeners' cap: the admin listener's
 /// connections, tokens.json writes, the runtime's own descriptors.
-pub(super) const RESERVED_FDS: usize = 64;
+const RESERVED_FDS: usize = 64;
 
 /// The soft `RLIMIT_NOFILE` of this process (from /proc; None where unavailable).
-pub(super) fn nofile_limit() -> Option<usize> {
+fn nofile_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
@@ -17,7 +17,7 @@ pub(super) fn nofile_limit() -> Option<usize> {
 
 /// `max_connections`, lowered when the fd limit could not hold it plus the admin
 /// listener's connections and [`RESERVED_FDS`].
-pub(super) fn public_connection_cap(max_connections: usize, max_admin: usize) -> usize {
+fn public_connection_cap(max_connections: usize, max_admin: usize) -> usize {
     let Some(nofile) = nofile_limit() else {
         return max_connections;
     };
@@ -60,7 +60,7 @@ impl ConnLimiter {
     }
 
     /// Exempts these sources from the per-address cap (never from `max_total`).
-    pub(super) fn exempt(mut self, nets: Vec<crate::config::Cidr>) -> Self {
+    fn exempt(mut self, nets: Vec<crate::config::Cidr>) -> Self {
         self.exempt = nets;
         self
     }

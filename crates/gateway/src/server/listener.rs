@@ -178,7 +178,7 @@ impl Drop for GaugeGuard {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-pub(super) async fn serve_conn<S>(
+async fn serve_conn<S>(
     io: S,
     router: Router,
     shutdown: CancellationToken,

@@ -16,7 +16,7 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 /// The keys a reload cannot change (sockets bound, caps and TLS set up at start): the
 /// names of those that differ between `old` and `new`, and `new` with them reset to
 /// `old`'s values.
-pub(super) fn restart_only(old: &Config, mut new: Config) -> (Vec<&'static str>, Config) {
+fn restart_only(old: &Config, mut new: Config) -> (Vec<&'static str>, Config) {
     let mut changed = Vec::new();
     macro_rules! keep {
         ($($field:ident => $key:literal),* $(,)?) => {$(

@@ -66,7 +66,7 @@ pub(super) fn query_params(q: Option<&str>) -> HashMap<String, String> {
     m
 }
 
-pub(super) fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -101,7 +101,7 @@ pub(super) fn percent_decode(s: &str) -> String {
 }
 
 /// A Janus error reply; Janus answers errors with HTTP 200 and the error in the body.
-pub(super) fn janus_error(code: u16, reason: &str) -> Response {
+fn janus_error(code: u16, reason: &str) -> Response {
     json_response(StatusCode::OK, &error_reply(0, None, code, reason))
 }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub(super) const HTTP_QUEUE_MAX: usize = 1000;
+const HTTP_QUEUE_MAX: usize = 1000;
 
 #[derive(Default)]
 pub(super) struct HttpQueue {

@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::json;
 
 /// Lifetime of a test-page token and of its TURN credentials.
-pub(super) const TEST_TOKEN_TTL: u64 = 600;
+const TEST_TOKEN_TTL: u64 = 600;
 
 /// `POST /test/session` on the admin listener: mints a short-lived videocall-only token
 /// and TURN credentials for the test call page (see docs/gateway.md § Test call page).

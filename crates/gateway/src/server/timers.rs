@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long the last events of an ended HTTP session wait for a long poll.
-pub(super) const HTTP_LEFTOVER: Duration = Duration::from_secs(60);
+const HTTP_LEFTOVER: Duration = Duration::from_secs(60);
 
 /// Sleeps until the core's next deadline (O(1) to ask), or until a request armed an
 /// earlier one (`timer_wake`), then runs what is due: no periodic tick, so idle

@@ -30,7 +30,7 @@ pub(super) fn open_token_file(state_dir: &Path) -> Result<(PathBuf, TokenFile), 
     Ok((tokens_path, file))
 }
 
-pub(super) fn load_tokens(path: &Path) -> Result<TokenFile, ServeError> {
+fn load_tokens(path: &Path) -> Result<TokenFile, ServeError> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| {
             ServeError::StateDir(format!(
@@ -49,7 +49,7 @@ pub(super) fn load_tokens(path: &Path) -> Result<TokenFile, ServeError> {
     }
 }
 
-pub(super) fn write_tokens(path: &Path, file: &TokenFile) -> std::io::Result<()> {
+fn write_tokens(path: &Path, file: &TokenFile) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
