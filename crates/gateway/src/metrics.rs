@@ -377,6 +377,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{JanusError, VideocallError};
 
     /// Every error code passed to `err(`, `plugin_error(`, `PluginError::new(` (or
     /// `Self::new(` inside its impl), `error_reply(`, `metrics.error(`, `janus_error(`
@@ -451,15 +452,14 @@ mod tests {
 
     #[test]
     fn every_error_code_in_the_source_is_preregistered() {
-        let mut used = std::collections::BTreeSet::new();
+        // the core answers only codes of its table (`core::JanusError`,
+        // `core::VideocallError`); the shell writes numbers, found by the scanner
+        let mut used: std::collections::BTreeSet<u16> = JanusError::ALL
+            .iter()
+            .map(|c| c.code())
+            .chain(VideocallError::ALL.iter().map(|c| c.code()))
+            .collect();
         for src in [
-            include_str!("core/mod.rs"),
-            include_str!("core/janus.rs"),
-            include_str!("core/session.rs"),
-            include_str!("core/videocall.rs"),
-            include_str!("core/candidates.rs"),
-            include_str!("core/admin.rs"),
-            include_str!("core/tokens.rs"),
             include_str!("server/admin.rs"),
             include_str!("server/credentials.rs"),
             include_str!("server/http.rs"),

@@ -2,6 +2,7 @@
 //! before it is handed to the peer, or forwarded once the SDP has gone.
 
 use super::counters::CandidateRefusal;
+use super::janus::{Jsep, JsepType};
 use super::{Core, ForwardKind, Pending, Timer};
 use crate::sdp::{self, Candidate};
 use serde_json::{Value, json};
@@ -10,15 +11,7 @@ use std::time::Instant;
 impl Core {
     /// Holds an SDP from `hid` until its candidates are complete or the deadline passes
     /// (first SDP of a call), or forwards it right away (renegotiation).
-    pub(super) fn queue_forward(
-        &mut self,
-        now: Instant,
-        hid: u64,
-        kind: ForwardKind,
-        jsep_type: String,
-        sdp_text: String,
-        e2ee: bool,
-    ) {
+    pub(super) fn queue_forward(&mut self, now: Instant, hid: u64, kind: ForwardKind, jsep: Jsep) {
         let wait = self.cfg.candidate_wait;
         let Some(h) = self.handles.get_mut(&hid) else {
             return;
@@ -28,7 +21,7 @@ impl Core {
             // PeerConnection of this handle — e.g. trickled after a busy reply — carry
             // another ufrag: drop them, and do not trust a `completed` that no current
             // candidate backs.
-            let ufrags = sdp::sdp_ufrags(&sdp_text);
+            let ufrags = sdp::sdp_ufrags(&jsep.sdp);
             let before = h.cands.len();
             h.cands
                 .retain(|c| sdp::candidate_ufrag(&c.candidate).is_none_or(|u| ufrags.contains(&u)));
@@ -47,9 +40,9 @@ impl Core {
         h.jsep_complete = false;
         h.pending = Some(Pending {
             kind,
-            jsep_type,
-            sdp: sdp_text,
-            e2ee,
+            jsep_type: jsep.kind,
+            sdp: jsep.sdp,
+            e2ee: jsep.e2ee,
             since: now,
             deadline: now + wait,
         });
@@ -97,7 +90,7 @@ impl Core {
             .counters
             .candidate_wait_ms
             .saturating_add(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
-        let mut jsep = json!({"type": p.jsep_type, "sdp": merged});
+        let mut jsep = json!({"type": p.jsep_type.as_str(), "sdp": merged});
         if p.e2ee {
             jsep["e2ee"] = true.into();
         }
@@ -109,7 +102,7 @@ impl Core {
         if let Some(ph) = self.handles.get_mut(&peer) {
             // the peer's browser now negotiates a PeerConnection for this call
             ph.has_pc = true;
-            if p.jsep_type == "offer" {
+            if p.jsep_type == JsepType::Offer {
                 ph.got_offer = true;
             }
         }

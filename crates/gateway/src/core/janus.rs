@@ -1,30 +1,206 @@
-//! The Janus API: requests parsed and dispatched, error replies, `server_info`.
+//! The Janus API: the error-code table, requests parsed once into typed values, the
+//! envelope checks in Janus's order, and `server_info`. What each request does lives
+//! with its subject (`session.rs`, `videocall.rs`, `candidates.rs`, `admin.rs`).
 
-use super::counters::{CallEnd, SessionLimit};
-use super::videocall::hangup_result;
-use super::{Core, Handle, JANUS_VERSION, Session, Source, Timer, VIDEOCALL};
+use super::{Core, JANUS_VERSION, Source, VIDEOCALL};
+use crate::sdp;
 use serde_json::{Map, Value, json};
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 pub(super) const UNAUTHORIZED: &str = "Unauthorized request (wrong or missing secret/token)";
 
-/// Parsed addressing of a request.
-pub(super) struct Req<'a> {
-    pub(super) root: &'a Map<String, Value>,
-    pub(super) verb: String,
-    pub(super) tx: &'a str,
-    pub(super) session_id: u64,
+/// Janus API error codes, as Janus names and numbers them (`apierror.h`,
+/// `JANUS_ERROR_*`). With [`VideocallError`] this is the one table every error answer
+/// takes its number from, and the `code` labels of `callrelay_gateway_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JanusError {
+    /// 403 `JANUS_ERROR_UNAUTHORIZED`
+    Unauthorized,
+    /// 405 `JANUS_ERROR_UNAUTHORIZED_PLUGIN`
+    UnauthorizedPlugin,
+    /// 450 `JANUS_ERROR_TRANSPORT_SPECIFIC`
+    TransportSpecific,
+    /// 453 `JANUS_ERROR_UNKNOWN_REQUEST`
+    UnknownRequest,
+    /// 454 `JANUS_ERROR_INVALID_JSON`
+    InvalidJson,
+    /// 455 `JANUS_ERROR_INVALID_JSON_OBJECT`
+    InvalidJsonObject,
+    /// 456 `JANUS_ERROR_MISSING_MANDATORY_ELEMENT`
+    MissingMandatoryElement,
+    /// 457 `JANUS_ERROR_INVALID_REQUEST_PATH`
+    InvalidRequestPath,
+    /// 458 `JANUS_ERROR_SESSION_NOT_FOUND`
+    SessionNotFound,
+    /// 459 `JANUS_ERROR_HANDLE_NOT_FOUND`
+    HandleNotFound,
+    /// 460 `JANUS_ERROR_PLUGIN_NOT_FOUND`
+    PluginNotFound,
+    /// 461 `JANUS_ERROR_PLUGIN_ATTACH`
+    PluginAttach,
+    /// 464 `JANUS_ERROR_JSEP_UNKNOWN_TYPE`
+    JsepUnknownType,
+    /// 465 `JANUS_ERROR_JSEP_INVALID_SDP`
+    JsepInvalidSdp,
+    /// 467 `JANUS_ERROR_INVALID_ELEMENT_TYPE`
+    InvalidElementType,
+    /// 468 `JANUS_ERROR_SESSION_CONFLICT`
+    SessionConflict,
+    /// 469 `JANUS_ERROR_UNEXPECTED_ANSWER`
+    UnexpectedAnswer,
+    /// 470 `JANUS_ERROR_TOKEN_NOT_FOUND`
+    TokenNotFound,
+    /// 490 `JANUS_ERROR_UNKNOWN` (Janus also answers it for refused sessions)
+    Unknown,
+}
+
+impl JanusError {
+    /// Every code of the table.
+    pub const ALL: [Self; 19] = [
+        Self::Unauthorized,
+        Self::UnauthorizedPlugin,
+        Self::TransportSpecific,
+        Self::UnknownRequest,
+        Self::InvalidJson,
+        Self::InvalidJsonObject,
+        Self::MissingMandatoryElement,
+        Self::InvalidRequestPath,
+        Self::SessionNotFound,
+        Self::HandleNotFound,
+        Self::PluginNotFound,
+        Self::PluginAttach,
+        Self::JsepUnknownType,
+        Self::JsepInvalidSdp,
+        Self::InvalidElementType,
+        Self::SessionConflict,
+        Self::UnexpectedAnswer,
+        Self::TokenNotFound,
+        Self::Unknown,
+    ];
+
+    /// The number on the wire.
+    pub const fn code(self) -> u16 {
+        match self {
+            Self::Unauthorized => 403,
+            Self::UnauthorizedPlugin => 405,
+            Self::TransportSpecific => 450,
+            Self::UnknownRequest => 453,
+            Self::InvalidJson => 454,
+            Self::InvalidJsonObject => 455,
+            Self::MissingMandatoryElement => 456,
+            Self::InvalidRequestPath => 457,
+            Self::SessionNotFound => 458,
+            Self::HandleNotFound => 459,
+            Self::PluginNotFound => 460,
+            Self::PluginAttach => 461,
+            Self::JsepUnknownType => 464,
+            Self::JsepInvalidSdp => 465,
+            Self::InvalidElementType => 467,
+            Self::SessionConflict => 468,
+            Self::UnexpectedAnswer => 469,
+            Self::TokenNotFound => 470,
+            Self::Unknown => 490,
+        }
+    }
+}
+
+/// janus.plugin.videocall error codes (`error_code` of its error events), as the
+/// plugin names and numbers them (`JANUS_VIDEOCALL_ERROR_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideocallError {
+    /// 472 `JANUS_VIDEOCALL_ERROR_INVALID_REQUEST`
+    InvalidRequest,
+    /// 473 `JANUS_VIDEOCALL_ERROR_REGISTER_FIRST`
+    RegisterFirst,
+    /// 474 `JANUS_VIDEOCALL_ERROR_INVALID_ELEMENT`
+    InvalidElement,
+    /// 475 `JANUS_VIDEOCALL_ERROR_MISSING_ELEMENT`
+    MissingElement,
+    /// 476 `JANUS_VIDEOCALL_ERROR_USERNAME_TAKEN`
+    UsernameTaken,
+    /// 477 `JANUS_VIDEOCALL_ERROR_ALREADY_REGISTERED`
+    AlreadyRegistered,
+    /// 478 `JANUS_VIDEOCALL_ERROR_NO_SUCH_USERNAME`
+    NoSuchUsername,
+    /// 479 `JANUS_VIDEOCALL_ERROR_USE_ECHO_TEST`
+    UseEchoTest,
+    /// 480 `JANUS_VIDEOCALL_ERROR_ALREADY_IN_CALL`
+    AlreadyInCall,
+    /// 481 `JANUS_VIDEOCALL_ERROR_NO_CALL`
+    NoCall,
+    /// 482 `JANUS_VIDEOCALL_ERROR_MISSING_SDP`
+    MissingSdp,
+    /// 483 `JANUS_VIDEOCALL_ERROR_INVALID_SDP`
+    InvalidSdp,
+}
+
+impl VideocallError {
+    /// Every code the plugin answers.
+    pub const ALL: [Self; 12] = [
+        Self::InvalidRequest,
+        Self::RegisterFirst,
+        Self::InvalidElement,
+        Self::MissingElement,
+        Self::UsernameTaken,
+        Self::AlreadyRegistered,
+        Self::NoSuchUsername,
+        Self::UseEchoTest,
+        Self::AlreadyInCall,
+        Self::NoCall,
+        Self::MissingSdp,
+        Self::InvalidSdp,
+    ];
+
+    /// The number on the wire.
+    pub const fn code(self) -> u16 {
+        match self {
+            Self::InvalidRequest => 472,
+            Self::RegisterFirst => 473,
+            Self::InvalidElement => 474,
+            Self::MissingElement => 475,
+            Self::UsernameTaken => 476,
+            Self::AlreadyRegistered => 477,
+            Self::NoSuchUsername => 478,
+            Self::UseEchoTest => 479,
+            Self::AlreadyInCall => 480,
+            Self::NoCall => 481,
+            Self::MissingSdp => 482,
+            Self::InvalidSdp => 483,
+        }
+    }
+}
+
+/// A request refused while it was parsed: the Janus error to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub(super) code: JanusError,
+    pub(super) reason: String,
+}
+
+impl Refusal {
+    pub(super) fn new(code: JanusError, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// 457, the request is not handled at this level of the path.
+    fn wrong_path(verb: &str) -> Self {
+        Self::new(
+            JanusError::InvalidRequestPath,
+            format!("Unhandled request '{verb}' at this path"),
+        )
+    }
 }
 
 /// A mandatory string field of a Janus API request (or, with `jsep`, of its `jsep`
-/// object), or the error code and reason Janus answers: 456 when it is missing,
-/// 467 when it is not a string.
+/// object), or what Janus answers: 456 when it is missing, 467 when it is not a string.
 pub(super) fn janus_str<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
     jsep: bool,
-) -> Result<&'a str, (u16, String)> {
+) -> Result<&'a str, Refusal> {
     let (missing, invalid) = if jsep {
         (
             "JSEP error: missing mandatory element",
@@ -34,9 +210,15 @@ pub(super) fn janus_str<'a>(
         ("Missing mandatory element", "Invalid element type")
     };
     match obj.get(key) {
-        None => Err((456, format!("{missing} ({key})"))),
+        None => Err(Refusal::new(
+            JanusError::MissingMandatoryElement,
+            format!("{missing} ({key})"),
+        )),
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err((467, format!("{invalid} ({key} should be a string)"))),
+        Some(_) => Err(Refusal::new(
+            JanusError::InvalidElementType,
+            format!("{invalid} ({key} should be a string)"),
+        )),
     }
 }
 
@@ -54,6 +236,255 @@ pub fn error_reply(session_id: u64, tx: Option<&str>, code: u16, reason: &str) -
     Value::Object(m)
 }
 
+/// What every Janus API request carries, read once.
+pub(super) struct Envelope<'a> {
+    pub(super) root: &'a Map<String, Value>,
+    /// The `janus` verb, lower-cased.
+    pub(super) verb: String,
+    pub(super) tx: &'a str,
+    /// 0 when absent (or not a non-negative integer).
+    pub(super) session_id: u64,
+    /// `session_id` was a negative integer.
+    bad_session: bool,
+    /// `handle_id` was a number (0 when it is not a non-negative integer).
+    handle: Option<u64>,
+    pub(super) token: Option<&'a str>,
+    pub(super) apisecret: Option<&'a str>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads the envelope; a missing or non-string `transaction` or `janus` is refused
+    /// (with the session id read so far, for the reply).
+    fn parse(root: &'a Map<String, Value>) -> Result<Self, (u64, Refusal)> {
+        let (mut session_id, mut bad_session) = (0u64, false);
+        if let Some(Value::Number(n)) = root.get("session_id") {
+            match n.as_u64() {
+                Some(x) => session_id = x,
+                None => bad_session = n.is_i64(),
+            }
+        }
+        let handle = match root.get("handle_id") {
+            Some(Value::Number(n)) => Some(n.as_u64().unwrap_or(0)),
+            _ => None,
+        };
+        let tx = janus_str(root, "transaction", false).map_err(|r| (session_id, r))?;
+        let verb = janus_str(root, "janus", false)
+            .map_err(|r| (session_id, r))?
+            .to_ascii_lowercase();
+        Ok(Self {
+            root,
+            verb,
+            tx,
+            session_id,
+            bad_session,
+            handle,
+            token: root.get("token").and_then(Value::as_str),
+            apisecret: root.get("apisecret").and_then(Value::as_str),
+        })
+    }
+
+    /// Addressed to the root (like Janus, a zero `handle_id` does not leave it).
+    fn at_root(&self) -> bool {
+        self.session_id == 0 && self.handle.unwrap_or(0) == 0 && !self.bad_session
+    }
+}
+
+/// The `type` of a JSEP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum JsepType {
+    Offer,
+    Answer,
+}
+
+impl JsepType {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Offer => "offer",
+            Self::Answer => "answer",
+        }
+    }
+}
+
+/// The `jsep` of a `message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Jsep {
+    pub(super) kind: JsepType,
+    pub(super) sdp: String,
+    pub(super) e2ee: bool,
+    /// The SDP carries all its candidates: the client does not trickle (janus.js sends
+    /// `"trickle": false`) or the SDP ends its candidates itself.
+    pub(super) complete: bool,
+}
+
+impl Jsep {
+    /// Checks in Janus's order: an object (455), `type` then `sdp` strings (456/467),
+    /// an offer or answer (464), something like SDP (465).
+    fn parse(v: &Value) -> Result<Self, Refusal> {
+        let Some(j) = v.as_object() else {
+            return Err(Refusal::new(
+                JanusError::InvalidJsonObject,
+                "Invalid jsep object",
+            ));
+        };
+        let jtype = janus_str(j, "type", true)?;
+        let sdp_text = janus_str(j, "sdp", true)?;
+        let kind = match jtype.to_ascii_lowercase().as_str() {
+            "offer" => JsepType::Offer,
+            "answer" => JsepType::Answer,
+            _ => {
+                return Err(Refusal::new(
+                    JanusError::JsepUnknownType,
+                    format!("JSEP error: unknown message type '{jtype}'"),
+                ));
+            }
+        };
+        if !sdp::looks_like_sdp(sdp_text) {
+            return Err(Refusal::new(
+                JanusError::JsepInvalidSdp,
+                "Invalid SDP (doesn't start with v=)",
+            ));
+        }
+        Ok(Self {
+            kind,
+            sdp: sdp_text.to_string(),
+            e2ee: j.get("e2ee").and_then(Value::as_bool).unwrap_or(false),
+            complete: j.get("trickle").and_then(Value::as_bool) == Some(false)
+                || sdp_text.contains("a=end-of-candidates"),
+        })
+    }
+}
+
+/// The candidates of a `trickle`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Trickle {
+    /// `candidate`, or the items of a `candidates` array.
+    Candidates(Vec<Value>),
+    /// A `candidates` that is not an array: Janus 1.1.2 acks and ignores it.
+    Ignored,
+}
+
+/// A Janus API request to the root (no session), parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RootRequest {
+    Info,
+    Ping,
+    /// `create`, with the session id the client asks for (0: any).
+    Create {
+        id: u64,
+    },
+}
+
+impl RootRequest {
+    /// Anything but `info`, `ping` and `create` is 457 at the root.
+    fn parse(env: &Envelope<'_>) -> Result<Self, Refusal> {
+        match env.verb.as_str() {
+            "info" => Ok(Self::Info),
+            "ping" => Ok(Self::Ping),
+            "create" => Ok(Self::Create {
+                id: env.root.get("id").and_then(Value::as_u64).unwrap_or(0),
+            }),
+            v => Err(Refusal::wrong_path(v)),
+        }
+    }
+}
+
+/// A Janus API request below the root, parsed: what its verb needs is present and typed.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum SessionRequest<'a> {
+    KeepAlive,
+    Claim,
+    Attach {
+        plugin: &'a str,
+    },
+    Destroy,
+    Detach(u64),
+    Hangup(u64),
+    Message {
+        handle: u64,
+        body: Map<String, Value>,
+        jsep: Option<Jsep>,
+    },
+    Trickle(u64, Trickle),
+}
+
+impl<'a> SessionRequest<'a> {
+    /// Parses the request to a session (`handle`: the handle it is addressed to, known
+    /// to exist). A verb at the wrong level is 457, an unknown one 453; then the fields,
+    /// in the order Janus checks them.
+    fn parse(env: &Envelope<'a>, handle: Option<u64>) -> Result<Self, Refusal> {
+        let root = env.root;
+        let wrong_path = || Refusal::wrong_path(&env.verb);
+        let needs_handle = || handle.ok_or_else(wrong_path);
+        let no_handle = || match handle {
+            Some(_) => Err(wrong_path()),
+            None => Ok(()),
+        };
+        Ok(match env.verb.as_str() {
+            "keepalive" => Self::KeepAlive,
+            "claim" => Self::Claim,
+            "attach" => {
+                no_handle()?;
+                Self::Attach {
+                    plugin: janus_str(root, "plugin", false)?,
+                }
+            }
+            "destroy" => {
+                no_handle()?;
+                Self::Destroy
+            }
+            "detach" => Self::Detach(needs_handle()?),
+            "hangup" => Self::Hangup(needs_handle()?),
+            "message" => {
+                let handle = needs_handle()?;
+                let body = match root.get("body") {
+                    None => {
+                        return Err(Refusal::new(
+                            JanusError::MissingMandatoryElement,
+                            "Missing mandatory element (body)",
+                        ));
+                    }
+                    Some(Value::Object(b)) => b.clone(),
+                    Some(_) => {
+                        return Err(Refusal::new(
+                            JanusError::InvalidElementType,
+                            "Invalid element type (body should be an object)",
+                        ));
+                    }
+                };
+                let jsep = root.get("jsep").map(Jsep::parse).transpose()?;
+                Self::Message { handle, body, jsep }
+            }
+            "trickle" => {
+                let handle = needs_handle()?;
+                let items = match (root.get("candidate"), root.get("candidates")) {
+                    (None, None) => {
+                        return Err(Refusal::new(
+                            JanusError::MissingMandatoryElement,
+                            "Missing mandatory element (candidate|candidates)",
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(Refusal::new(
+                            JanusError::InvalidJson,
+                            "Can't have both candidate and candidates",
+                        ));
+                    }
+                    (Some(c), None) => Trickle::Candidates(vec![c.clone()]),
+                    (None, Some(Value::Array(list))) => Trickle::Candidates(list.clone()),
+                    (None, Some(_)) => Trickle::Ignored,
+                };
+                Self::Trickle(handle, items)
+            }
+            v => {
+                return Err(Refusal::new(
+                    JanusError::UnknownRequest,
+                    format!("Unknown request '{v}'"),
+                ));
+            }
+        })
+    }
+}
+
 impl Core {
     /// Handles one Janus API request given as text (WebSocket frame).
     pub fn handle_text(&mut self, now: Instant, unix: u64, source: Source, text: &str) -> Value {
@@ -64,7 +495,7 @@ impl Core {
                 self.err(
                     0,
                     None,
-                    454,
+                    JanusError::InvalidJson,
                     &format!(
                         "Invalid Janus API request - <string>({},{}): {}",
                         e.line(),
@@ -76,82 +507,73 @@ impl Core {
         }
     }
 
-    /// Handles one parsed Janus API request.
+    /// Handles one parsed Janus API request: the envelope, then the address (root,
+    /// session, handle) and the credentials in Janus's order, then the request itself.
     pub fn handle_value(&mut self, now: Instant, unix: u64, source: Source, v: Value) -> Value {
         let empty = Map::new();
         let root = v.as_object().unwrap_or(&empty);
-        let (mut session_id, mut bad_session) = (0u64, false);
-        match root.get("session_id") {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(x) => session_id = x,
-                None => bad_session = n.is_i64(),
-            },
-            Some(_) => {}
-        }
-        let (mut handle_id, mut handle_given) = (0u64, false);
-        match root.get("handle_id") {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) => {
-                handle_given = true;
-                handle_id = n.as_u64().unwrap_or(0);
-            }
-            Some(_) => {}
-        }
-        let tx_and_verb = janus_str(root, "transaction", false)
-            .and_then(|tx| Ok((tx, janus_str(root, "janus", false)?.to_ascii_lowercase())));
-        let (tx, verb) = match tx_and_verb {
-            Ok(tv) => tv,
-            Err((code, reason)) => {
+        let env = match Envelope::parse(root) {
+            Ok(env) => env,
+            Err((session_id, r)) => {
                 self.counters.request("other");
-                return self.err(session_id, None, code, &reason);
+                return self.err(session_id, None, r.code, &r.reason);
             }
         };
-        self.counters.request(&verb);
-        let req = Req {
-            root,
-            verb,
-            tx,
-            session_id,
-        };
-        // like Janus: a zero handle_id does not leave the root level
-        if session_id == 0 && handle_id == 0 && !bad_session {
-            return self.root_request(now, unix, source, &req);
+        self.counters.request(&env.verb);
+        let (sid, tx) = (env.session_id, env.tx);
+        if env.at_root() {
+            return match RootRequest::parse(&env) {
+                Ok(RootRequest::Info) => self.server_info(tx),
+                Ok(RootRequest::Ping) => json!({"janus": "pong", "transaction": tx}),
+                Ok(RootRequest::Create { id }) => self.create_session(now, unix, source, &env, id),
+                Err(r) => self.err(0, Some(tx), r.code, &r.reason),
+            };
         }
-        if session_id == 0 || bad_session {
-            return self.err(session_id, Some(tx), 458, "Session not found");
-        }
-        if handle_given && handle_id < 1 {
-            return self.err(session_id, Some(tx), 459, "Handle not found");
-        }
-        if !self.check_secret(&req, unix) {
-            return self.err(session_id, Some(tx), 403, UNAUTHORIZED);
-        }
-        let Some(sess) = self.sessions.get_mut(&session_id) else {
+        if sid == 0 || env.bad_session {
             return self.err(
-                session_id,
+                sid,
                 Some(tx),
-                458,
-                &format!("No such session {session_id}"),
+                JanusError::SessionNotFound,
+                "Session not found",
+            );
+        }
+        if env.handle == Some(0) {
+            return self.err(
+                sid,
+                Some(tx),
+                JanusError::HandleNotFound,
+                "Handle not found",
+            );
+        }
+        if !self.check_secret(&env, unix) {
+            return self.err(sid, Some(tx), JanusError::Unauthorized, UNAUTHORIZED);
+        }
+        let Some(sess) = self.sessions.get_mut(&sid) else {
+            return self.err(
+                sid,
+                Some(tx),
+                JanusError::SessionNotFound,
+                &format!("No such session {sid}"),
             );
         };
         sess.last_activity = now;
-        let handle = if handle_id > 0 {
-            if !sess.handles.contains(&handle_id) {
-                return self.err(
-                    session_id,
-                    Some(tx),
-                    459,
-                    &format!("No such handle {handle_id} in session {session_id}"),
-                );
-            }
-            Some(handle_id)
-        } else {
-            None
-        };
-        self.session_request(now, unix, source, &req, handle)
+        if let Some(hid) = env.handle
+            && !sess.handles.contains(&hid)
+        {
+            return self.err(
+                sid,
+                Some(tx),
+                JanusError::HandleNotFound,
+                &format!("No such handle {hid} in session {sid}"),
+            );
+        }
+        match SessionRequest::parse(&env, env.handle) {
+            Ok(request) => self.session_request(now, unix, source, &env, request),
+            Err(r) => self.err(sid, Some(tx), r.code, &r.reason),
+        }
     }
 
+    /// The `info` answer: what Janus reports about itself, for a gateway of this shape.
     pub(super) fn server_info(&self, tx: &str) -> Value {
         json!({
             "janus": "server_info",
@@ -198,230 +620,5 @@ impl Core {
                 }
             }
         })
-    }
-
-    pub(super) fn root_request(
-        &mut self,
-        now: Instant,
-        unix: u64,
-        source: Source,
-        req: &Req<'_>,
-    ) -> Value {
-        match req.verb.as_str() {
-            "info" => self.server_info(req.tx),
-            "ping" => json!({"janus": "pong", "transaction": req.tx}),
-            "create" => {
-                if !self.check_secret(req, unix) {
-                    return self.err(0, Some(req.tx), 403, UNAUTHORIZED);
-                }
-                let wanted = req.root.get("id").and_then(Value::as_u64).unwrap_or(0);
-                if self.sessions.len() >= self.cfg.max_sessions {
-                    return self.refuse_session(SessionLimit::Global, req.tx);
-                }
-                let token = self.session_token(req);
-                if let Some(limit) = self.over_session_cap(source, token.as_deref()) {
-                    return self.refuse_session(limit, req.tx);
-                }
-                let id = if wanted > 0 {
-                    if self.sessions.contains_key(&wanted) || self.handles.contains_key(&wanted) {
-                        return self.err(wanted, Some(req.tx), 468, "Session ID already in use");
-                    }
-                    wanted
-                } else {
-                    self.new_id()
-                };
-                self.sessions.insert(
-                    id,
-                    Session {
-                        owner: source,
-                        last_activity: now,
-                        handles: BTreeSet::new(),
-                        orphaned_until: None,
-                        token: token.clone(),
-                    },
-                );
-                self.count_session(source, token.as_deref(), true);
-                if !self.cfg.session_timeout.is_zero() {
-                    self.arm(now + self.cfg.session_timeout, Timer::Session(id));
-                }
-                json!({"janus": "success", "transaction": req.tx, "data": {"id": id}})
-            }
-            v => self.err(
-                0,
-                Some(req.tx),
-                457,
-                &format!("Unhandled request '{v}' at this path"),
-            ),
-        }
-    }
-
-    pub(super) fn wrong_path(&mut self, req: &Req<'_>) -> Value {
-        self.err(
-            req.session_id,
-            Some(req.tx),
-            457,
-            &format!("Unhandled request '{}' at this path", req.verb),
-        )
-    }
-
-    pub(super) fn session_request(
-        &mut self,
-        now: Instant,
-        unix: u64,
-        source: Source,
-        req: &Req<'_>,
-        handle: Option<u64>,
-    ) -> Value {
-        let sid = req.session_id;
-        let tx = req.tx;
-        let ack = json!({"janus": "ack", "session_id": sid, "transaction": tx});
-        let success = json!({"janus": "success", "session_id": sid, "transaction": tx});
-        match req.verb.as_str() {
-            "keepalive" => ack,
-            "attach" => {
-                if handle.is_some() {
-                    return self.wrong_path(req);
-                }
-                let plugin = match janus_str(req.root, "plugin", false) {
-                    Ok(p) => p.to_string(),
-                    Err((code, reason)) => return self.err(sid, Some(tx), code, &reason),
-                };
-                if plugin != VIDEOCALL {
-                    return self.err(sid, Some(tx), 460, &format!("No such plugin '{plugin}'"));
-                }
-                if self.cfg.token_auth
-                    && let Some(t) = req.root.get("token").and_then(Value::as_str)
-                {
-                    let allowed = self.tokens.check(t, unix);
-                    if let Some(list) = allowed
-                        && !list.iter().any(|p| p == VIDEOCALL)
-                    {
-                        return self.err(
-                            sid,
-                            Some(tx),
-                            405,
-                            &format!("Provided token can't access plugin '{plugin}'"),
-                        );
-                    }
-                }
-                if self
-                    .sessions
-                    .get(&sid)
-                    .is_some_and(|s| s.handles.len() >= self.cfg.max_handles_per_session)
-                {
-                    return self.err(
-                        sid,
-                        Some(tx),
-                        461,
-                        "Couldn't attach to plugin: error 'too many handles in this session'",
-                    );
-                }
-                let hid = self.new_id();
-                self.handles.insert(hid, Handle::new(sid));
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.handles.insert(hid);
-                }
-                json!({"janus": "success", "session_id": sid, "transaction": tx, "data": {"id": hid}})
-            }
-            "destroy" => {
-                if handle.is_some() {
-                    return self.wrong_path(req);
-                }
-                self.destroy_session(now, sid, CallEnd::Hangup);
-                success
-            }
-            "detach" => {
-                let Some(hid) = handle else {
-                    return self.wrong_path(req);
-                };
-                self.detach_handle(now, hid, CallEnd::Detached);
-                self.emit(
-                    sid,
-                    json!({"janus": "detached", "session_id": sid, "sender": hid}),
-                );
-                success
-            }
-            "hangup" => {
-                let Some(hid) = handle else {
-                    return self.wrong_path(req);
-                };
-                let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
-                let peer =
-                    self.teardown_call(now, hid, "Remote WebRTC hangup", CallEnd::Hangup, false);
-                if had_pc {
-                    self.core_hangup(hid, "Janus API");
-                    if let Some(peer_name) = peer {
-                        // Janus closes the peer's PeerConnection too, which reports back
-                        self.plugin_result(
-                            hid,
-                            None,
-                            hangup_result(peer_name.as_deref(), "Remote WebRTC hangup"),
-                        );
-                    }
-                }
-                success
-            }
-            "claim" => {
-                let old = self.sessions.get(&sid).map(|s| s.owner);
-                if let Some(old) = old
-                    && old != source
-                {
-                    if let Some(limit) = self.over_session_cap(source, None) {
-                        return self.refuse_session(limit, tx);
-                    }
-                    self.count_session(old, None, false);
-                    self.count_session(source, None, true);
-                }
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.owner = source;
-                    s.orphaned_until = None;
-                }
-                success
-            }
-            "message" => {
-                let Some(hid) = handle else {
-                    return self.wrong_path(req);
-                };
-                self.message(now, req, hid)
-            }
-            "trickle" => {
-                let Some(hid) = handle else {
-                    return self.wrong_path(req);
-                };
-                let candidate = req.root.get("candidate");
-                let candidates = req.root.get("candidates");
-                match (candidate, candidates) {
-                    (None, None) => self.err(
-                        sid,
-                        Some(tx),
-                        456,
-                        "Missing mandatory element (candidate|candidates)",
-                    ),
-                    (Some(_), Some(_)) => self.err(
-                        sid,
-                        Some(tx),
-                        454,
-                        "Can't have both candidate and candidates",
-                    ),
-                    (Some(c), None) => {
-                        let c = c.clone();
-                        match self.trickle(now, hid, std::slice::from_ref(&c)) {
-                            Ok(()) => ack,
-                            Err(reason) => self.err(sid, Some(tx), 467, &reason),
-                        }
-                    }
-                    (None, Some(Value::Array(list))) => {
-                        let list = list.clone();
-                        match self.trickle(now, hid, &list) {
-                            Ok(()) => ack,
-                            Err(reason) => self.err(sid, Some(tx), 467, &reason),
-                        }
-                    }
-                    // Janus 1.1.2 acks (and ignores) a non-array `candidates`
-                    (None, Some(_)) => ack,
-                }
-            }
-            v => self.err(sid, Some(tx), 453, &format!("Unknown request '{v}'")),
-        }
     }
 }

@@ -20,7 +20,8 @@ mod tokens;
 mod videocall;
 
 pub use counters::Counters;
-pub use janus::error_reply;
+use janus::JsepType;
+pub use janus::{JanusError, VideocallError, error_reply};
 
 /// The only plugin this gateway implements.
 pub const VIDEOCALL: &str = "janus.plugin.videocall";
@@ -150,7 +151,7 @@ enum ForwardKind {
 #[derive(Debug)]
 struct Pending {
     kind: ForwardKind,
-    jsep_type: String,
+    jsep_type: JsepType,
     sdp: String,
     e2ee: bool,
     since: Instant,
@@ -370,9 +371,10 @@ impl Core {
         &self.counters
     }
 
-    fn err(&mut self, session_id: u64, tx: Option<&str>, code: u16, reason: &str) -> Value {
-        self.counters.error(code);
-        error_reply(session_id, tx, code, reason)
+    /// An error answer with a code of the table, counted.
+    fn err(&mut self, session_id: u64, tx: Option<&str>, code: JanusError, reason: &str) -> Value {
+        self.counters.error(code.code());
+        error_reply(session_id, tx, code.code(), reason)
     }
 
     fn emit(&mut self, session_id: u64, msg: Value) {

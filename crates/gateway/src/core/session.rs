@@ -1,10 +1,12 @@
 //! Sessions and handles: caps, lifetimes, closed connections, long polls and timers.
 
 use super::counters::{CallEnd, SessionLimit};
-use super::{ConnId, Core, LongPollError, Output, Source, Timer};
+use super::janus::{Envelope, JanusError, Refusal, SessionRequest, Trickle, UNAUTHORIZED};
+use super::videocall::hangup_result;
+use super::{ConnId, Core, Handle, LongPollError, Output, Session, Source, Timer, VIDEOCALL};
 use serde_json::{Value, json};
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 impl Core {
@@ -39,7 +41,7 @@ impl Core {
             SessionLimit::Token => "Maximum number of sessions for this token reached",
             SessionLimit::Connection => "Maximum number of sessions for this connection reached",
         };
-        self.err(0, Some(tx), 490, reason)
+        self.err(0, Some(tx), JanusError::Unknown, reason)
     }
 
     /// Counts a session in (`add`) or out of the per-token and per-connection tallies.
@@ -208,6 +210,186 @@ impl Core {
                     self.next_token_sweep = Some(now + Duration::from_secs(3600));
                 }
                 Some(_) => {}
+            }
+        }
+    }
+
+    /// `create`: credentials (403), the caps (490), a wanted id that is taken (468).
+    pub(super) fn create_session(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        source: Source,
+        env: &Envelope<'_>,
+        wanted: u64,
+    ) -> Value {
+        let tx = env.tx;
+        if !self.check_secret(env, unix) {
+            return self.err(0, Some(tx), JanusError::Unauthorized, UNAUTHORIZED);
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            return self.refuse_session(SessionLimit::Global, tx);
+        }
+        let token = self.session_token(env);
+        if let Some(limit) = self.over_session_cap(source, token.as_deref()) {
+            return self.refuse_session(limit, tx);
+        }
+        let id = if wanted > 0 {
+            if self.sessions.contains_key(&wanted) || self.handles.contains_key(&wanted) {
+                return self.err(
+                    wanted,
+                    Some(tx),
+                    JanusError::SessionConflict,
+                    "Session ID already in use",
+                );
+            }
+            wanted
+        } else {
+            self.new_id()
+        };
+        self.sessions.insert(
+            id,
+            Session {
+                owner: source,
+                last_activity: now,
+                handles: BTreeSet::new(),
+                orphaned_until: None,
+                token: token.clone(),
+            },
+        );
+        self.count_session(source, token.as_deref(), true);
+        if !self.cfg.session_timeout.is_zero() {
+            self.arm(now + self.cfg.session_timeout, Timer::Session(id));
+        }
+        json!({"janus": "success", "transaction": tx, "data": {"id": id}})
+    }
+
+    /// Runs a request to an existing session (and handle).
+    pub(super) fn session_request(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        source: Source,
+        env: &Envelope<'_>,
+        request: SessionRequest<'_>,
+    ) -> Value {
+        let sid = env.session_id;
+        let tx = env.tx;
+        let ack = json!({"janus": "ack", "session_id": sid, "transaction": tx});
+        let success = json!({"janus": "success", "session_id": sid, "transaction": tx});
+        match request {
+            SessionRequest::KeepAlive => ack,
+            SessionRequest::Attach { plugin } => match self.attach(unix, env, plugin) {
+                Ok(hid) => {
+                    json!({"janus": "success", "session_id": sid, "transaction": tx, "data": {"id": hid}})
+                }
+                Err(r) => self.err(sid, Some(tx), r.code, &r.reason),
+            },
+            SessionRequest::Destroy => {
+                self.destroy_session(now, sid, CallEnd::Hangup);
+                success
+            }
+            SessionRequest::Detach(hid) => {
+                self.detach_handle(now, hid, CallEnd::Detached);
+                self.emit(
+                    sid,
+                    json!({"janus": "detached", "session_id": sid, "sender": hid}),
+                );
+                success
+            }
+            SessionRequest::Hangup(hid) => {
+                self.janus_hangup(now, hid);
+                success
+            }
+            SessionRequest::Claim => match self.claim(sid, source) {
+                Ok(()) => success,
+                Err(limit) => self.refuse_session(limit, tx),
+            },
+            SessionRequest::Message { handle, body, jsep } => {
+                self.message(now, env, handle, &body, jsep)
+            }
+            SessionRequest::Trickle(hid, items) => match items {
+                Trickle::Candidates(list) => match self.trickle(now, hid, &list) {
+                    Ok(()) => ack,
+                    Err(reason) => self.err(sid, Some(tx), JanusError::InvalidElementType, &reason),
+                },
+                Trickle::Ignored => ack,
+            },
+        }
+    }
+
+    /// A videocall handle in session `env.session_id`: the plugin must be ours (460), a
+    /// stored token must allow it (405), the session must have room (461).
+    fn attach(&mut self, unix: u64, env: &Envelope<'_>, plugin: &str) -> Result<u64, Refusal> {
+        let sid = env.session_id;
+        if plugin != VIDEOCALL {
+            return Err(Refusal::new(
+                JanusError::PluginNotFound,
+                format!("No such plugin '{plugin}'"),
+            ));
+        }
+        if self.cfg.token_auth
+            && let Some(t) = env.token
+            && let Some(list) = self.tokens.check(t, unix)
+            && !list.iter().any(|p| p == VIDEOCALL)
+        {
+            return Err(Refusal::new(
+                JanusError::UnauthorizedPlugin,
+                format!("Provided token can't access plugin '{plugin}'"),
+            ));
+        }
+        if self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.handles.len() >= self.cfg.max_handles_per_session)
+        {
+            return Err(Refusal::new(
+                JanusError::PluginAttach,
+                "Couldn't attach to plugin: error 'too many handles in this session'",
+            ));
+        }
+        let hid = self.new_id();
+        self.handles.insert(hid, Handle::new(sid));
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.handles.insert(hid);
+        }
+        Ok(hid)
+    }
+
+    /// `claim`: the session's events go to `source` from now on (a WebSocket that takes
+    /// a session over must have room for it).
+    fn claim(&mut self, sid: u64, source: Source) -> Result<(), SessionLimit> {
+        let old = self.sessions.get(&sid).map(|s| s.owner);
+        if let Some(old) = old
+            && old != source
+        {
+            if let Some(limit) = self.over_session_cap(source, None) {
+                return Err(limit);
+            }
+            self.count_session(old, None, false);
+            self.count_session(source, None, true);
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.owner = source;
+            s.orphaned_until = None;
+        }
+        Ok(())
+    }
+
+    /// The Janus API `hangup` of a handle's PeerConnection: ends its call; if the browser
+    /// held a PeerConnection, the core `hangup` and, with a peer, the "Remote WebRTC
+    /// hangup" Janus reports when it closes the peer's PeerConnection too.
+    fn janus_hangup(&mut self, now: Instant, hid: u64) {
+        let had_pc = self.handles.get(&hid).is_some_and(|h| h.has_pc);
+        let peer = self.teardown_call(now, hid, "Remote WebRTC hangup", CallEnd::Hangup, false);
+        if had_pc {
+            self.core_hangup(hid, "Janus API");
+            if let Some(peer_name) = peer {
+                self.plugin_result(
+                    hid,
+                    None,
+                    hangup_result(peer_name.as_deref(), "Remote WebRTC hangup"),
+                );
             }
         }
     }

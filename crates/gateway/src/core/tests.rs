@@ -603,3 +603,162 @@ fn janus_field_errors_keep_the_janus_codes_and_texts() {
         assert_eq!(r["error"], json!({"code": code, "reason": reason}), "{msg}");
     }
 }
+
+/// Every refusal path of the Janus and Admin APIs answers exactly what it answered
+/// before requests were parsed into types: code, reason, and which of `session_id`
+/// and `transaction` the reply carries ($S and $H stand for the session and handle).
+#[test]
+fn every_refusal_path_answers_the_same_bytes() {
+    let t0 = Instant::now();
+    let mut c = core(CoreConfig {
+        admin_secret: Some("adm".into()),
+        ..CoreConfig::default()
+    });
+    let (s, h) = party(&mut c, t0, 1, "alice");
+    let sub = |text: &str| {
+        text.replace("\"$S\"", &s.to_string())
+            .replace("\"$H\"", &h.to_string())
+    };
+    let janus = [
+        r#"{"janus":"nonsense","transaction":"t"}"#,
+        r#"{"janus":"keepalive","transaction":"t"}"#,
+        r#"{"janus":"create","transaction":"t","session_id":-5}"#,
+        r#"{"janus":"keepalive","transaction":"t","session_id":"$S","handle_id":0}"#,
+        r#"{"janus":"keepalive","transaction":"t","session_id":"$S","handle_id":-1}"#,
+        r#"{"janus":"keepalive","transaction":"t","session_id":12345}"#,
+        r#"{"janus":"keepalive","transaction":"t","session_id":"$S","handle_id":777}"#,
+        r#"{"janus":"create","transaction":"t","session_id":"$S"}"#,
+        r#"{"janus":"attach","transaction":"t","session_id":"$S","handle_id":"$H","plugin":"janus.plugin.videocall"}"#,
+        r#"{"janus":"destroy","transaction":"t","session_id":"$S","handle_id":"$H"}"#,
+        r#"{"janus":"detach","transaction":"t","session_id":"$S"}"#,
+        r#"{"janus":"hangup","transaction":"t","session_id":"$S"}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","body":{}}"#,
+        r#"{"janus":"trickle","transaction":"t","session_id":"$S","candidate":{}}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","handle_id":"$H"}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","handle_id":"$H","body":"x"}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","handle_id":"$H","body":{},"jsep":"x"}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","handle_id":"$H","body":{},"jsep":{"type":"pranswer","sdp":"v=0"}}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","handle_id":"$H","body":{},"jsep":{"type":"offer","sdp":"x=0"}}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","handle_id":"$H","body":{},"jsep":{"type":"answer","sdp":"v=0"}}"#,
+        r#"{"janus":"message","transaction":"t","session_id":"$S","handle_id":"$H","body":"x","jsep":"x"}"#,
+        r#"{"janus":"MESSAGE","transaction":"t","session_id":"$S","handle_id":"$H","body":{"request":"nonsense"},"jsep":{"type":"OFFER","sdp":"v=0"}}"#,
+        r#"{"janus":"trickle","transaction":"t","session_id":"$S","handle_id":"$H"}"#,
+        r#"{"janus":"trickle","transaction":"t","session_id":"$S","handle_id":"$H","candidate":{},"candidates":[]}"#,
+        r#"{"janus":"trickle","transaction":"t","session_id":"$S","handle_id":"$H","candidates":5}"#,
+        r#"{"janus":"attach","transaction":"t","session_id":"$S","plugin":"janus.plugin.echotest"}"#,
+        r#"{"janus":"create","transaction":"t","id":"$S"}"#,
+        r#"{"janus":"create","transaction":"t","id":"$H"}"#,
+        r#"{"transaction":"t","session_id":5}"#,
+        r#"{"janus":"keepalive","transaction":"t","session_id":"$S","handle_id":"5"}"#,
+        r#"{"janus":"keepalive","transaction":"t","session_id":1.5}"#,
+        r#"{"janus":"keepalive","transaction":"t","session_id":"$S","handle_id":1.5}"#,
+        r#"{"janus":"ping","transaction":"t","handle_id":0}"#,
+        r#"[1,2]"#,
+        r#"{"#,
+    ];
+    let mut got = Vec::new();
+    for text in janus {
+        let r = c.handle_text(t0, 0, Source::Ws(1), &sub(text));
+        got.push(r.to_string());
+    }
+    let admin = [
+        r#"{"janus":"list_handles","transaction":"t","admin_secret":"adm"}"#,
+        r#"{"janus":"list_tokens","transaction":"t","admin_secret":"adm","session_id":"$S"}"#,
+        r#"{"janus":"list_handles","transaction":"t","admin_secret":"adm","session_id":999}"#,
+        r#"{"janus":"add_token","transaction":"t","admin_secret":"adm","token":"k","plugins":"x"}"#,
+        r#"{"janus":"add_token","transaction":"t","admin_secret":"adm","token":"k","plugins":[1]}"#,
+        r#"{"janus":"allow_token","transaction":"t","admin_secret":"adm","token":"k"}"#,
+        r#"{"janus":"allow_token","transaction":"t","admin_secret":"adm","token":"k","plugins":[]}"#,
+        r#"{"janus":"allow_token","transaction":"t","admin_secret":"adm","token":"k","plugins":["janus.plugin.echotest"]}"#,
+        r#"{"janus":"allow_token","transaction":"t","admin_secret":"adm","token":"k","plugins":["janus.plugin.videocall"]}"#,
+        r#"{"janus":"disallow_token","transaction":"t","admin_secret":"adm","token":"k","plugins":["janus.plugin.videocall"]}"#,
+        r#"{"janus":"remove_token","transaction":"t","admin_secret":"adm","token":"k"}"#,
+        r#"{"janus":"list_sessions","transaction":"t","admin_secret":"nope","session_id":"$S"}"#,
+        r#"{"janus":"info","transaction":"t","admin_secret":"adm","session_id":"$S"}"#,
+        r#"{"janus":"add_token","transaction":"t","admin_secret":"adm","token":"k","plugins":[]}"#,
+        r#"{"janus":"add_token","transaction":"t","admin_secret":"adm","token":"k2","plugins":["janus.plugin.echotest"]}"#,
+        r#"{"janus":"ALLOW_TOKEN","transaction":"t","admin_secret":"adm","token":"k2","plugins":["janus.plugin.videocall"]}"#,
+        r#"{"janus":"list_tokens","transaction":"t","admin_secret":"adm"}"#,
+        r#"{"janus":"list_sessions","transaction":"t","admin_secret":"adm"}"#,
+        r#"{"janus":"list_handles","transaction":"t","admin_secret":"adm","session_id":"$S"}"#,
+        r#"{"janus":"get_status","transaction":"t","admin_secret":"adm"}"#,
+        r#"{"janus":"ping","transaction":"t","session_id":"$S"}"#,
+        r#"{"janus":"destroy_session","transaction":"t","admin_secret":"adm","session_id":"$S"}"#,
+        r#"["#,
+    ];
+    for text in admin {
+        let r = c.admin_text(t0, 0, &sub(text));
+        got.push(format!("{} {}", r.reply, r.tokens_changed));
+    }
+    let got: Vec<String> = got
+        .iter()
+        .map(|g| {
+            g.replace(&s.to_string(), "\"$S\"")
+                .replace(&h.to_string(), "\"$H\"")
+        })
+        .collect();
+    let want = [
+        r#"{"error":{"code":457,"reason":"Unhandled request 'nonsense' at this path"},"janus":"error","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'keepalive' at this path"},"janus":"error","transaction":"t"}"#,
+        r#"{"error":{"code":458,"reason":"Session not found"},"janus":"error","transaction":"t"}"#,
+        r#"{"error":{"code":459,"reason":"Handle not found"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":459,"reason":"Handle not found"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":458,"reason":"No such session 12345"},"janus":"error","session_id":12345,"transaction":"t"}"#,
+        r#"{"error":{"code":459,"reason":"No such handle 777 in session "$S""},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":453,"reason":"Unknown request 'create'"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'attach' at this path"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'destroy' at this path"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'detach' at this path"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'hangup' at this path"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'message' at this path"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'trickle' at this path"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":456,"reason":"Missing mandatory element (body)"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":467,"reason":"Invalid element type (body should be an object)"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":455,"reason":"Invalid jsep object"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":464,"reason":"JSEP error: unknown message type 'pranswer'"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":465,"reason":"Invalid SDP (doesn't start with v=)"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":469,"reason":"Unexpected ANSWER (did we offer?)"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":467,"reason":"Invalid element type (body should be an object)"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"janus":"ack","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":456,"reason":"Missing mandatory element (candidate|candidates)"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":454,"reason":"Can't have both candidate and candidates"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"janus":"ack","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":460,"reason":"No such plugin 'janus.plugin.echotest'"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":468,"reason":"Session ID already in use"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":468,"reason":"Session ID already in use"},"janus":"error","session_id":"$H","transaction":"t"}"#,
+        r#"{"error":{"code":456,"reason":"Missing mandatory element (janus)"},"janus":"error","session_id":5}"#,
+        r#"{"janus":"ack","session_id":"$S","transaction":"t"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'keepalive' at this path"},"janus":"error","transaction":"t"}"#,
+        r#"{"error":{"code":459,"reason":"Handle not found"},"janus":"error","session_id":"$S","transaction":"t"}"#,
+        r#"{"janus":"pong","transaction":"t"}"#,
+        r#"{"error":{"code":456,"reason":"Missing mandatory element (transaction)"},"janus":"error"}"#,
+        r#"{"error":{"code":454,"reason":"Invalid Janus API request - <string>(1,1): EOF while parsing an object at line 1 column 1"},"janus":"error"}"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'list_handles' at this path"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'list_tokens' at this path"},"janus":"error","session_id":"$S","transaction":"t"} false"#,
+        r#"{"error":{"code":458,"reason":"No such session 999"},"janus":"error","session_id":999,"transaction":"t"} false"#,
+        r#"{"error":{"code":467,"reason":"Invalid element type (plugins should be an array)"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":467,"reason":"Invalid element type (plugins should be an array of strings)"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":467,"reason":"Invalid element type (plugins should be a non-empty array)"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":467,"reason":"Invalid element type (plugins should be a non-empty array)"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":467,"reason":"Invalid element type (some of the provided plugins are invalid)"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":470,"reason":"Token k not found"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":470,"reason":"Token k not found"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":490,"reason":"Error removing token"},"janus":"error","transaction":"t"} false"#,
+        r#"{"error":{"code":403,"reason":"Unauthorized request (wrong or missing secret/token)"},"janus":"error","session_id":"$S","transaction":"t"} false"#,
+        r#"{"error":{"code":457,"reason":"Unhandled request 'info' at this path"},"janus":"error","session_id":"$S","transaction":"t"} false"#,
+        r#"{"data":{"plugins":["janus.plugin.videocall"]},"janus":"success","transaction":"t"} true"#,
+        r#"{"data":{"plugins":[]},"janus":"success","transaction":"t"} true"#,
+        r#"{"data":{"plugins":["janus.plugin.videocall"]},"janus":"success","transaction":"t"} true"#,
+        r#"{"data":{"tokens":[{"allowed_plugins":["janus.plugin.videocall"],"token":"k"},{"allowed_plugins":["janus.plugin.videocall"],"token":"k2"}]},"janus":"success","transaction":"t"} false"#,
+        r#"{"janus":"success","sessions":["$S"],"transaction":"t"} false"#,
+        r#"{"handles":["$H"],"janus":"success","session_id":"$S","transaction":"t"} false"#,
+        r#"{"janus":"success","status":{"candidate_wait_ms":1000,"handles":1,"reclaim_session_timeout":0,"session_timeout":60,"sessions":1,"token_auth":false,"tokens":2},"transaction":"t"} false"#,
+        r#"{"error":{"code":403,"reason":"Unauthorized request (wrong or missing secret/token)"},"janus":"error","session_id":"$S","transaction":"t"} false"#,
+        r#"{"janus":"success","session_id":"$S","transaction":"t"} false"#,
+        r#"{"error":{"code":454,"reason":"JSON error: on line 1: EOF while parsing a list at line 1 column 1"},"janus":"error"} false"#,
+    ];
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g, w);
+    }
+}

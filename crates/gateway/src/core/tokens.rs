@@ -1,9 +1,8 @@
 //! Credentials: api secret, stored tokens (with their idle expiry) and test-page tokens.
 
 use super::Core;
-use super::janus::Req;
+use super::janus::Envelope;
 use crate::store::TokenFile;
-use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 pub(super) fn ct_eq(a: &str, b: &str) -> bool {
@@ -92,29 +91,22 @@ impl Core {
 
     /// The token a `create` was authorised by, for the per-token cap: None when no
     /// authentication is configured or the api secret authorised it.
-    pub(super) fn session_token(&self, req: &Req<'_>) -> Option<String> {
+    pub(super) fn session_token(&self, env: &Envelope<'_>) -> Option<String> {
         if !self.auth_required() {
             return None;
         }
-        let via_secret = match (
-            self.cfg.api_secret.as_deref(),
-            req.root.get("apisecret").and_then(Value::as_str),
-        ) {
+        let via_secret = match (self.cfg.api_secret.as_deref(), env.apisecret) {
             (Some(secret), Some(given)) => ct_eq(secret, given),
             _ => false,
         };
         if via_secret {
             return None;
         }
-        req.root
-            .get("token")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        env.token.map(str::to_string)
     }
 
-    pub(super) fn check_secret(&mut self, req: &Req<'_>, unix: u64) -> bool {
-        let token = req.root.get("token").and_then(Value::as_str);
-        let secret = req.root.get("apisecret").and_then(Value::as_str);
-        self.check_credentials(token, secret, unix)
+    /// The request's `token` or `apisecret` is good (or none is needed).
+    pub(super) fn check_secret(&mut self, env: &Envelope<'_>, unix: u64) -> bool {
+        self.check_credentials(env.token, env.apisecret, unix)
     }
 }

@@ -1,9 +1,8 @@
 //! janus.plugin.videocall: register, list, call, accept, set, hangup, and the plugin's events.
 
 use super::counters::CallEnd;
-use super::janus::{Req, janus_str};
+use super::janus::{Envelope, JanusError, Jsep, JsepType, VideocallError};
 use super::{CallState, Core, ForwardKind, VIDEOCALL};
-use crate::sdp;
 use serde_json::{Map, Value, json};
 use std::time::Instant;
 
@@ -18,12 +17,12 @@ pub(super) fn hangup_result(username: Option<&str>, reason: &str) -> Value {
 /// A videocall request refused: the `error_code` and `error` text of the plugin event.
 #[derive(Debug)]
 pub(super) struct PluginError {
-    code: u16,
+    code: VideocallError,
     reason: String,
 }
 
 impl PluginError {
-    fn new(code: u16, reason: impl Into<String>) -> Self {
+    fn new(code: VideocallError, reason: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),
@@ -32,13 +31,16 @@ impl PluginError {
 
     /// 475, as Janus names a missing field.
     fn missing(key: &str) -> Self {
-        Self::new(475, format!("Missing mandatory element ({key})"))
+        Self::new(
+            VideocallError::MissingElement,
+            format!("Missing mandatory element ({key})"),
+        )
     }
 
     /// 474, as Janus names a field of the wrong type; `expected` reads "a string" etc.
     fn wrong_type(key: &str, expected: &str) -> Self {
         Self::new(
-            474,
+            VideocallError::InvalidElement,
             format!("Invalid element type ({key} should be {expected})"),
         )
     }
@@ -98,12 +100,18 @@ impl Core {
         );
     }
 
-    pub(super) fn plugin_error(&mut self, handle_id: u64, tx: &str, code: u16, reason: &str) {
-        self.counters.error(code);
+    pub(super) fn plugin_error(
+        &mut self,
+        handle_id: u64,
+        tx: &str,
+        code: VideocallError,
+        reason: &str,
+    ) {
+        self.counters.error(code.code());
         self.plugin_event(
             handle_id,
             Some(tx),
-            json!({"videocall": "event", "error_code": code, "error": reason}),
+            json!({"videocall": "event", "error_code": code.code(), "error": reason}),
             None,
         );
     }
@@ -152,58 +160,33 @@ impl Core {
         Some(peer_name)
     }
 
-    pub(super) fn message(&mut self, now: Instant, req: &Req<'_>, hid: u64) -> Value {
-        let sid = req.session_id;
-        let tx = req.tx;
-        let body = match req.root.get("body") {
-            None => return self.err(sid, Some(tx), 456, "Missing mandatory element (body)"),
-            Some(Value::Object(b)) => b.clone(),
-            Some(_) => {
+    /// A `message` to handle `hid`: an answer must follow an offer this handle was sent
+    /// (469); the body goes to the plugin, whose answer comes as an event; the reply is
+    /// an `ack`.
+    pub(super) fn message(
+        &mut self,
+        now: Instant,
+        env: &Envelope<'_>,
+        hid: u64,
+        body: &Map<String, Value>,
+        jsep: Option<Jsep>,
+    ) -> Value {
+        let (sid, tx) = (env.session_id, env.tx);
+        if let Some(j) = &jsep {
+            if j.kind == JsepType::Answer && !self.handles.get(&hid).is_some_and(|h| h.got_offer) {
                 return self.err(
                     sid,
                     Some(tx),
-                    467,
-                    "Invalid element type (body should be an object)",
+                    JanusError::UnexpectedAnswer,
+                    "Unexpected ANSWER (did we offer?)",
                 );
             }
-        };
-        let mut jsep: Option<(String, String, bool)> = None;
-        if let Some(j) = req.root.get("jsep") {
-            let Some(j) = j.as_object() else {
-                return self.err(sid, Some(tx), 455, "Invalid jsep object");
-            };
-            let type_and_sdp = janus_str(j, "type", true)
-                .and_then(|t| Ok((t.to_string(), janus_str(j, "sdp", true)?.to_string())));
-            let (jtype, sdp_text) = match type_and_sdp {
-                Ok(ts) => ts,
-                Err((code, reason)) => return self.err(sid, Some(tx), code, &reason),
-            };
-            let lower = jtype.to_ascii_lowercase();
-            if lower != "offer" && lower != "answer" {
-                return self.err(
-                    sid,
-                    Some(tx),
-                    464,
-                    &format!("JSEP error: unknown message type '{jtype}'"),
-                );
-            }
-            if !sdp::looks_like_sdp(&sdp_text) {
-                return self.err(sid, Some(tx), 465, "Invalid SDP (doesn't start with v=)");
-            }
-            if lower == "answer" && !self.handles.get(&hid).is_some_and(|h| h.got_offer) {
-                return self.err(sid, Some(tx), 469, "Unexpected ANSWER (did we offer?)");
-            }
-            let e2ee = j.get("e2ee").and_then(Value::as_bool).unwrap_or(false);
-            // A client that does not trickle (janus.js sends `"trickle": false`) or whose
-            // SDP already ends its candidates must not wait for the candidate deadline.
-            let complete = j.get("trickle").and_then(Value::as_bool) == Some(false)
-                || sdp_text.contains("a=end-of-candidates");
+            // an SDP that carries all its candidates must not wait for the deadline
             if let Some(h) = self.handles.get_mut(&hid) {
-                h.jsep_complete = complete;
+                h.jsep_complete = j.complete;
             }
-            jsep = Some((lower, sdp_text, e2ee));
         }
-        self.videocall(now, hid, tx, &body, jsep);
+        self.videocall(now, hid, tx, body, jsep);
         if let Some(h) = self.handles.get_mut(&hid) {
             h.jsep_complete = false;
         }
@@ -216,7 +199,7 @@ impl Core {
         hid: u64,
         tx: &str,
         body: &Map<String, Value>,
-        jsep: Option<(String, String, bool)>,
+        jsep: Option<Jsep>,
     ) {
         if let Err(e) = self.videocall_request(now, hid, tx, body, jsep) {
             self.plugin_error(hid, tx, e.code, &e.reason);
@@ -230,7 +213,7 @@ impl Core {
         hid: u64,
         tx: &str,
         body: &Map<String, Value>,
-        jsep: Option<(String, String, bool)>,
+        jsep: Option<Jsep>,
     ) -> Result<(), PluginError> {
         let request = str_field(body, "request")?.to_ascii_lowercase();
         let (username, peer, call) = match self.handles.get(&hid) {
@@ -244,19 +227,22 @@ impl Core {
             }
             "register" => {
                 if let Some(u) = username {
-                    return Err(PluginError::new(477, format!("Already registered ({u})")));
+                    return Err(PluginError::new(
+                        VideocallError::AlreadyRegistered,
+                        format!("Already registered ({u})"),
+                    ));
                 }
                 let name = str_field(body, "username")?;
                 let max = self.cfg.max_username_bytes;
                 if name.len() > max {
                     return Err(PluginError::new(
-                        474,
+                        VideocallError::InvalidElement,
                         format!("Invalid element (username longer than {max} bytes)"),
                     ));
                 }
                 if !self.registry.register(&name, hid) {
                     return Err(PluginError::new(
-                        476,
+                        VideocallError::UsernameTaken,
                         format!("Username '{name}' already taken"),
                     ));
                 }
@@ -271,15 +257,21 @@ impl Core {
             }
             "call" => {
                 let Some(own) = username else {
-                    return Err(PluginError::new(473, "Register a username first"));
+                    return Err(PluginError::new(
+                        VideocallError::RegisterFirst,
+                        "Register a username first",
+                    ));
                 };
                 if peer.is_some() || call != CallState::Idle {
-                    return Err(PluginError::new(480, "Already in a call"));
+                    return Err(PluginError::new(
+                        VideocallError::AlreadyInCall,
+                        "Already in a call",
+                    ));
                 }
                 let target = str_field(body, "username")?;
                 if target == own {
                     return Err(PluginError::new(
-                        479,
+                        VideocallError::UseEchoTest,
                         "You can't call yourself... use the EchoTest for that",
                     ));
                 }
@@ -289,7 +281,7 @@ impl Core {
                     .filter(|c| self.handles.contains_key(c))
                 else {
                     return Err(PluginError::new(
-                        478,
+                        VideocallError::NoSuchUsername,
                         format!("Username '{target}' doesn't exist"),
                     ));
                 };
@@ -314,13 +306,16 @@ impl Core {
                     }
                     return Ok(());
                 }
-                let Some((jtype, sdp_text, e2ee)) = jsep else {
+                let Some(jsep) = jsep else {
                     self.counters.call_ended(CallEnd::Error);
-                    return Err(PluginError::new(482, "Missing SDP"));
+                    return Err(PluginError::new(VideocallError::MissingSdp, "Missing SDP"));
                 };
-                if jtype != "offer" {
+                if jsep.kind != JsepType::Offer {
                     self.counters.call_ended(CallEnd::Error);
-                    return Err(PluginError::new(483, "Error parsing offer: not an offer"));
+                    return Err(PluginError::new(
+                        VideocallError::InvalidSdp,
+                        "Error parsing offer: not an offer",
+                    ));
                 }
                 if let Some(h) = self.handles.get_mut(&hid) {
                     h.peer = Some(callee);
@@ -333,17 +328,23 @@ impl Core {
                     c.call = CallState::Incoming;
                 }
                 self.plugin_result(hid, Some(tx), json!({"event": "calling"}));
-                self.queue_forward(now, hid, ForwardKind::IncomingCall, jtype, sdp_text, e2ee);
+                self.queue_forward(now, hid, ForwardKind::IncomingCall, jsep);
             }
             "accept" => {
                 let Some(p) = peer.filter(|_| call == CallState::Incoming) else {
-                    return Err(PluginError::new(481, "No incoming call to accept"));
+                    return Err(PluginError::new(
+                        VideocallError::NoCall,
+                        "No incoming call to accept",
+                    ));
                 };
-                let Some((jtype, sdp_text, e2ee)) = jsep else {
-                    return Err(PluginError::new(482, "Missing SDP"));
+                let Some(jsep) = jsep else {
+                    return Err(PluginError::new(VideocallError::MissingSdp, "Missing SDP"));
                 };
-                if jtype != "answer" {
-                    return Err(PluginError::new(483, "Error parsing answer: not an answer"));
+                if jsep.kind != JsepType::Answer {
+                    return Err(PluginError::new(
+                        VideocallError::InvalidSdp,
+                        "Error parsing answer: not an answer",
+                    ));
                 }
                 if let Some(h) = self.handles.get_mut(&hid) {
                     h.call = CallState::Connected;
@@ -355,7 +356,7 @@ impl Core {
                 }
                 self.counters.calls_connected += 1;
                 self.plugin_result(hid, Some(tx), json!({"event": "accepted"}));
-                self.queue_forward(now, hid, ForwardKind::Accepted, jtype, sdp_text, e2ee);
+                self.queue_forward(now, hid, ForwardKind::Accepted, jsep);
             }
             "set" => {
                 for key in ["audio", "video", "record"] {
@@ -368,7 +369,7 @@ impl Core {
                         && v.as_u64().is_none_or(|x| x > 2)
                     {
                         return Err(PluginError::new(
-                            474,
+                            VideocallError::InvalidElement,
                             format!("Invalid value ({key} should be 0, 1 or 2)"),
                         ));
                     }
@@ -377,13 +378,13 @@ impl Core {
                     && v.as_u64().is_none()
                 {
                     return Err(PluginError::new(
-                        474,
+                        VideocallError::InvalidElement,
                         "Invalid value (fallback should be a positive integer)",
                     ));
                 }
                 self.plugin_result(hid, Some(tx), json!({"event": "set"}));
-                if let (Some((jtype, sdp_text, e2ee)), Some(_)) = (jsep, peer) {
-                    if jtype == "answer"
+                if let (Some(jsep), Some(_)) = (jsep, peer) {
+                    if jsep.kind == JsepType::Answer
                         && let Some(h) = self.handles.get_mut(&hid)
                     {
                         h.got_offer = false;
@@ -391,7 +392,7 @@ impl Core {
                     if let Some(h) = self.handles.get_mut(&hid) {
                         h.has_pc = true;
                     }
-                    self.queue_forward(now, hid, ForwardKind::Update, jtype, sdp_text, e2ee);
+                    self.queue_forward(now, hid, ForwardKind::Update, jsep);
                 }
             }
             "hangup" => {
@@ -419,7 +420,10 @@ impl Core {
                 }
             }
             other => {
-                return Err(PluginError::new(472, format!("Unknown request ({other})")));
+                return Err(PluginError::new(
+                    VideocallError::InvalidRequest,
+                    format!("Unknown request ({other})"),
+                ));
             }
         }
         Ok(())
