@@ -90,10 +90,11 @@ impl Default for Metrics {
     }
 }
 
-/// Every `code` label of `callrelay_gateway_errors_total` the gateway can emit (Janus
-/// core errors 403-490 and janus.plugin.videocall errors 472-483). All are registered at
-/// 0 at start so that `increase()`/`rate()` in alert rules see the first error after a
-/// restart. A unit test checks this list against the codes in the source.
+/// Every `code` label of `callrelay_gateway_errors_total` the gateway can emit: the codes
+/// of [`crate::core::JanusError`] (403-490) and [`crate::core::VideocallError`] (472-483),
+/// in numeric order. All are registered at 0 at start so that `increase()`/`rate()` in
+/// alert rules see the first error after a restart. A unit test checks this list against
+/// the table and the codes the shell writes.
 pub const ERROR_CODES: &[u16] = &[
     403, 405, 450, 453, 454, 455, 456, 457, 458, 459, 460, 461, 464, 465, 467, 468, 469, 470, 472,
     473, 474, 475, 476, 477, 478, 479, 480, 481, 482, 483, 490,
@@ -483,6 +484,16 @@ mod tests {
         let listed: std::collections::BTreeSet<u16> = ERROR_CODES.iter().copied().collect();
         let missing: Vec<_> = used.difference(&listed).collect();
         assert!(missing.is_empty(), "add to ERROR_CODES: {missing:?}");
+        // and nothing else: ERROR_CODES is the code table, pre-registered
+        let table: std::collections::BTreeSet<u16> = JanusError::ALL
+            .iter()
+            .map(|c| c.code())
+            .chain(VideocallError::ALL.iter().map(|c| c.code()))
+            .collect();
+        assert_eq!(
+            listed, table,
+            "ERROR_CODES and core::JanusError/VideocallError"
+        );
         let text = Metrics::new().render();
         for code in ERROR_CODES {
             let line = format!("callrelay_gateway_errors_total{{code=\"{code}\"}} 0");
