@@ -3,7 +3,7 @@
 use super::check_stun::check_stun;
 use super::check_turn::{CredSource, check_turn_with, unix_now};
 use super::cli::{DoctorArgs, nonempty};
-use super::net::{parse_ice_uri, tls_connector};
+use super::net::parse_ice_uri;
 use super::report::Check;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -185,14 +185,9 @@ pub(super) fn calls_turn_credentials(
 /// Runs the checks of a Calls plugin deployment: the ICE servers setting itself, then
 /// STUN and TURN against every URL with credentials minted as the plugin mints them.
 pub(crate) async fn run_calls(args: &DoctorArgs, cs: &CallsSettings) -> Vec<Check> {
-    let t = Duration::from_secs(args.timeout.clamp(1, 60));
-    let (tls, _roots) = match tls_connector(args.ca_file.as_ref()) {
+    let (t, tls) = match super::start(args) {
         Ok(x) => x,
-        Err(e) => {
-            return vec![
-                Check::new("TLS roots", "").fail(e, "give a readable PEM file to --ca-file"),
-            ];
-        }
+        Err(checks) => return checks,
     };
     let example = "paste a JSON array such as [{\"urls\":[\"stun:rtc.example.com:3478\"]},{\"urls\":[\"turn:rtc.example.com:3478\",\"turn:rtc.example.com:3478?transport=tcp\"]}] (docs/mattermost-calls.md §3)";
     let cfg = Check::new("ICE servers", "ICE Servers Configurations");

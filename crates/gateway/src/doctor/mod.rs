@@ -32,6 +32,7 @@ use self::cli::Settings;
 use self::net::tls_connector;
 use self::report::{Check, ms, render_json, render_text};
 use std::time::Duration;
+use tokio_rustls::TlsConnector;
 
 /// What `gateway doctor` checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,16 +43,23 @@ pub(crate) enum Plan {
     Calls(CallsSettings),
 }
 
+/// What every run needs: the time limit of each network step, and the TLS client with
+/// the system's roots and `--ca-file` (or the failed check that says why not).
+fn start(args: &DoctorArgs) -> Result<(Duration, TlsConnector), Vec<Check>> {
+    let t = Duration::from_secs(args.timeout.clamp(1, 60));
+    match tls_connector(args.ca_file.as_ref()) {
+        Ok((tls, _roots)) => Ok((t, tls)),
+        Err(e) => Err(vec![
+            Check::new("TLS roots", "").fail(e, "give a readable PEM file to --ca-file"),
+        ]),
+    }
+}
+
 /// Runs every check; returns them in display order.
 pub(crate) async fn run(args: &DoctorArgs, s: &Settings) -> Vec<Check> {
-    let t = Duration::from_secs(args.timeout.clamp(1, 60));
-    let (tls, _roots) = match tls_connector(args.ca_file.as_ref()) {
+    let (t, tls) = match start(args) {
         Ok(x) => x,
-        Err(e) => {
-            return vec![
-                Check::new("TLS roots", "").fail(e, "give a readable PEM file to --ca-file"),
-            ];
-        }
+        Err(checks) => return checks,
     };
     let offset = args.utc_offset.unwrap_or_else(local_utc_offset);
     let bound = |d: Duration| d * 6;

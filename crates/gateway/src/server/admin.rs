@@ -3,7 +3,7 @@
 use super::respond::{counted_error, empty, json_object, json_response, read_body};
 use super::state::{App, unix_now};
 use super::tokens::{persist_tokens, unsaved_reply};
-use super::ws::{WS_READ_BUFFER, wants_protocol, ws_session};
+use super::ws::accept;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
@@ -53,17 +53,7 @@ pub(super) async fn admin_entry(State(app): State<App>, req: Request) -> Respons
     if is_upgrade {
         let (mut parts, _b) = req.into_parts();
         return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-            Ok(u) => {
-                let max = app.cfg().max_message_bytes;
-                let mut u = u
-                    .max_message_size(max)
-                    .max_frame_size(max)
-                    .read_buffer_size(WS_READ_BUFFER);
-                if wants_protocol(&headers, "janus-admin-protocol") {
-                    u = u.protocols(["janus-admin-protocol"]);
-                }
-                u.on_upgrade(move |socket| ws_session(app, socket, true))
-            }
+            Ok(u) => accept(app, u, &headers, true),
             Err(e) => e.into_response(),
         };
     }

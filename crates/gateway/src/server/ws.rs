@@ -39,15 +39,32 @@ pub(super) async fn ws_entry(State(app): State<App>, req: Request) -> Response {
             &json!({"error": "this port speaks WebSocket (subprotocol janus-protocol); /turn-credentials is also served here"}),
         );
     };
+    accept(app, upgrade, &headers, false)
+}
+
+/// Accepts a WebSocket with the message limits, echoing the subprotocol
+/// (`janus-protocol`, or `janus-admin-protocol` for the Admin API) when the client asked
+/// for it, and runs the connection's [`ws_session`].
+pub(super) fn accept(
+    app: App,
+    upgrade: WebSocketUpgrade,
+    headers: &HeaderMap,
+    admin: bool,
+) -> Response {
     let max = app.cfg().max_message_bytes;
     let mut upgrade = upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER);
-    if wants_protocol(&headers, "janus-protocol") {
-        upgrade = upgrade.protocols(["janus-protocol"]);
+    let proto = if admin {
+        "janus-admin-protocol"
+    } else {
+        "janus-protocol"
+    };
+    if wants_protocol(headers, proto) {
+        upgrade = upgrade.protocols([proto]);
     }
-    upgrade.on_upgrade(move |socket| ws_session(app, socket, false))
+    upgrade.on_upgrade(move |socket| ws_session(app, socket, admin))
 }
 
 /// One task per WebSocket connection reads requests and writes everything addressed to
