@@ -238,20 +238,12 @@ impl RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    use std::io::IsTerminal as _;
     let cli = Cli::parse();
     #[cfg(feature = "doctor")]
     if let Some(Command::Doctor(args)) = cli.command {
         return doctor::main(&args);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    callrelay_service::logging::init_tracing();
     let check = cli.run.check_config;
     let source = cli
         .run
@@ -358,10 +350,10 @@ async fn run(cfg: Config, reloader: gateway::Reloader) -> anyhow::Result<()> {
     let r = ready.clone();
     tokio::spawn(async move {
         r.notified().await;
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        callrelay_service::systemd::notify_ready();
     });
     gateway::serve_with_reloader(cfg, listeners, shutdown, reload, reloader, ready).await?;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    callrelay_service::systemd::notify_stopping();
     Ok(())
 }
 

@@ -4,10 +4,15 @@
 //! * [`tls`] — a PEM certificate chain + key → rustls acceptor, the hot-swappable
 //!   acceptor a SIGHUP replaces (a broken pair keeps the old one), the leaf's expiry.
 //! * [`time`] — wall-clock Unix time for the sans-IO cores' `unix_now` input.
+//! * [`systemd`] — `READY=1`/`STOPPING=1`, the watchdog interval, [`systemd::Heartbeat`]
+//!   and the [`systemd::Watchdog`] that pings only while the watched loops turn.
+//! * [`logging`] — the `tracing` subscriber (stderr, `RUST_LOG`, default `info`).
 //!
 //! It depends only downward (on shared-ice); the services depend on it and never on each
 //! other.
 #![warn(missing_docs)]
 
+pub mod logging;
+pub mod systemd;
 pub mod time;
 pub mod tls;

@@ -87,25 +87,26 @@ pub fn load_acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<TlsAccep
     Ok(TlsAcceptor::from(Arc::new(sc)))
 }
 
+/// Why [`cert_not_after`] found no expiry.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpiryError {
+    /// The file holds no readable certificate.
+    #[error("no certificate to read the expiry of")]
+    NoCertificate,
+    /// The leaf's DER does not parse as far as its validity.
+    #[error("cannot read the certificate's expiry: {0:?}")]
+    Der(shared_ice::x509::CertError),
+}
+
 /// The expiry (`notAfter`, Unix seconds) of the first certificate in `cert` (the leaf),
-/// the value of the services' `*_tls_cert_not_after_seconds` gauge. `None`, logged as a
-/// warning, when it cannot be read.
-pub fn cert_not_after(cert: &Path) -> Option<u64> {
+/// the value of the services' `*_tls_cert_not_after_seconds` gauge.
+pub fn cert_not_after(cert: &Path) -> Result<u64, ExpiryError> {
     let leaf = CertificateDer::pem_file_iter(cert)
         .ok()
         .and_then(|mut it| it.next())
-        .and_then(Result::ok);
-    match leaf.map(|d| shared_ice::x509::not_after(&d)) {
-        Some(Ok(t)) => Some(t),
-        Some(Err(e)) => {
-            tracing::warn!(cert = %cert.display(), error = ?e, "cannot read the certificate's expiry");
-            None
-        }
-        None => {
-            tracing::warn!(cert = %cert.display(), "no certificate to read the expiry of");
-            None
-        }
-    }
+        .and_then(Result::ok)
+        .ok_or(ExpiryError::NoCertificate)?;
+    shared_ice::x509::not_after(&leaf).map_err(ExpiryError::Der)
 }
 
 /// The acceptor every listener task reads at each accept and a SIGHUP replaces; `None`
@@ -134,9 +135,14 @@ impl SharedTls {
     }
 
     /// Loads the pair again ([`load_acceptor`]) and, when it loads, swaps it in and
-    /// returns the new leaf's expiry ([`cert_not_after`]). On an error the running
-    /// acceptor stays.
-    pub fn reload(&self, cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Option<u64>, TlsError> {
+    /// returns the new leaf's expiry ([`cert_not_after`]; `Err` inside when unreadable,
+    /// for the service to log). On an error the running acceptor stays.
+    pub fn reload(
+        &self,
+        cert: &Path,
+        key: &Path,
+        alpn: &[&[u8]],
+    ) -> Result<Result<u64, ExpiryError>, TlsError> {
         let acceptor = load_acceptor(cert, key, alpn)?;
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
         Ok(cert_not_after(cert))

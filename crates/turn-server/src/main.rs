@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use callrelay_service::tls::ExpiryError;
 use clap::Parser as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,13 +15,7 @@ use turn_server::runtime::{self, Control, SharedTls, WorkerArgs};
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    callrelay_service::logging::init_tracing();
     let cfg = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -34,6 +29,19 @@ fn main() {
     if let Err(e) = run(cli, cfg) {
         eprintln!("turn-server: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Exports the leaf's expiry read after the pair loaded as
+/// `callrelay_turn_tls_cert_not_after_seconds`.
+fn record_cert_expiry(
+    metrics: &Metrics,
+    cert: &std::path::Path,
+    not_after: Result<u64, ExpiryError>,
+) {
+    match not_after {
+        Ok(t) => metrics.set_tls_cert_not_after(t),
+        Err(e) => tracing::warn!(cert = %cert.display(), "{e}"),
     }
 }
 
@@ -68,7 +76,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     // the leaf's expiry, exported once the metrics exist
     let mut not_after = None;
     if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
-        not_after = tls.reload(c, k, &[]).context("TLS")?;
+        not_after = Some(tls.reload(c, k, &[]).context("TLS")?);
     }
     let metrics_std = std::net::TcpListener::bind(cfg.metrics_listen).with_context(|| {
         format!(
@@ -79,8 +87,8 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     metrics_std.set_nonblocking(true)?;
     let (sockets, bound, tls_bound) = runtime::bind_all(&cfg)?;
     let metrics = Metrics::new();
-    if let Some(t) = not_after {
-        metrics.set_tls_cert_not_after(t);
+    if let (Some(c), Some(t)) = (&cfg.cert, not_after) {
+        record_cert_expiry(&metrics, c, t);
     }
     let quota = Arc::new(SharedQuota::new(
         cfg.user_quota,
@@ -163,7 +171,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             secrets = cfg.auth_secrets.len(),
             "turn-server ready"
         );
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        callrelay_service::systemd::notify_ready();
         let mut watchdog = runtime::Watchdog::new(runtime::watchdog_interval(), heartbeats);
 
         use tokio::signal::unix::{SignalKind, signal};
@@ -178,7 +186,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 () = watchdog.tick() => {}
             }
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        callrelay_service::systemd::notify_stopping();
         for c in &controls {
             let _ = c.send(Control::Drain);
         }
@@ -239,11 +247,7 @@ fn reload(
     };
     if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
         match tls.reload(c, k, &[]) {
-            Ok(not_after) => {
-                if let Some(t) = not_after {
-                    metrics.set_tls_cert_not_after(t);
-                }
-            }
+            Ok(not_after) => record_cert_expiry(metrics, c, not_after),
             Err(e) => tracing::error!(error = %e, "TLS reload failed, keeping the old certificate"),
         }
     }

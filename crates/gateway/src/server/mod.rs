@@ -29,7 +29,7 @@ use self::reload::reload_loop;
 use self::state::{App, Shared};
 use self::testpage::test_session;
 use self::timers::{timer_loop, watchdog_loop};
-use self::tls::ALPN;
+use self::tls::{ALPN, record_cert_expiry};
 use self::tokens::{open_token_file, persist_tokens};
 use self::ws::ws_entry;
 use crate::config::Config;
@@ -45,9 +45,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use callrelay_service::systemd::watchdog_interval;
 pub use listener::PeerAddr;
 pub use reload::Reloader;
-pub use timers::watchdog_interval;
 pub use tls::check_tls;
 
 /// Errors starting the gateway.
@@ -166,12 +166,12 @@ async fn serve_inner(
     let (tokens_path, file) = open_token_file(&cfg.state_dir)?;
     let tls = SharedTls::default();
     let not_after = match &cfg.tls {
-        Some((c, k)) => tls.reload(c, k, ALPN)?,
+        Some((c, k)) => Some((c, tls.reload(c, k, ALPN)?)),
         None => None,
     };
     let metrics = Metrics::new();
-    if let Some(t) = not_after {
-        metrics.set_tls_cert_not_after(t);
+    if let Some((c, t)) = not_after {
+        record_cert_expiry(&metrics, c, t);
     }
     let ws_port = listeners.ws.local_addr()?.port();
     let (app, expired) = Shared::start(&cfg, metrics, tokens_path, file, ws_port);
@@ -225,7 +225,8 @@ async fn serve_inner(
     ));
     if let Some(period) = watchdog_interval() {
         tracing::info!(watchdog = ?period, "systemd watchdog enabled");
-        tasks.spawn(watchdog_loop(app.clone(), period));
+        let dog = callrelay_service::systemd::Watchdog::new(Some(period));
+        tasks.spawn(watchdog_loop(app.clone(), dog));
     }
     ready.notify_one();
     shutdown.cancelled().await;

@@ -2,7 +2,7 @@
 
 use super::core_config;
 use super::state::{App, Shared};
-use super::tls::ALPN;
+use super::tls::{ALPN, record_cert_expiry};
 use crate::config::Config;
 use callrelay_service::tls::SharedTls;
 use std::path::PathBuf;
@@ -101,9 +101,7 @@ pub(super) async fn reload_loop(
         if let Some((cert, key)) = &tls_files {
             match tls.reload(cert, key, ALPN) {
                 Ok(not_after) => {
-                    if let Some(t) = not_after {
-                        app.metrics.set_tls_cert_not_after(t);
-                    }
+                    record_cert_expiry(&app.metrics, cert, not_after);
                     tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {

@@ -2,6 +2,7 @@
 
 use super::state::{App, unix_now};
 use super::tokens::{TOKEN_RETRY, persist_tokens};
+use callrelay_service::systemd::{Report, Watchdog};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -63,35 +64,19 @@ pub(super) async fn timer_loop(app: App, shutdown: CancellationToken) {
     }
 }
 
-/// The watchdog interval systemd asked for (`WATCHDOG_USEC`; `WATCHDOG_PID`, when set,
-/// must be this process), as libsystemd's `sd_watchdog_enabled` reads it.
-pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok() != Some(std::process::id())
-    {
-        return None;
-    }
-    (usec > 0).then(|| Duration::from_micros(usec))
-}
-
 /// The systemd watchdog: every quarter of `WatchdogSec`, wake the timer task and wait
 /// (up to half of it) for its loop to turn — which takes the core's lock and needs the
 /// runtime to schedule tasks — and only then send `WATCHDOG=1`. A deadlocked core or a
 /// starved runtime stops the pings, and systemd restarts the gateway.
-pub(super) async fn watchdog_loop(app: App, period: Duration) {
-    let mut stalled = false;
+pub(super) async fn watchdog_loop(app: App, mut dog: Watchdog) {
     loop {
-        tokio::time::sleep(period / 4).await;
+        let limit = dog.due().await;
         let turned = app.timer_turned.notified();
         tokio::pin!(turned);
         turned.as_mut().enable();
         app.timer_wake.notify_one();
-        if tokio::time::timeout(period / 2, turned).await.is_ok() {
-            stalled = false;
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-        } else if !stalled {
-            stalled = true;
+        let alive = tokio::time::timeout(limit, turned).await.is_ok();
+        if dog.report(alive) == Report::StallBegan {
             tracing::error!(
                 "timer task stalled: withholding the systemd watchdog ping (systemd restarts the gateway after WatchdogSec)"
             );

@@ -113,7 +113,7 @@ fn a_broken_pair_keeps_the_running_acceptor() {
     let not_after = shared
         .reload(&fixture("cert1.pem"), &fixture("key1.pem"), &[])
         .unwrap();
-    assert_eq!(not_after, Some(FIXTURE_NOT_AFTER));
+    assert_eq!(not_after.ok(), Some(FIXTURE_NOT_AFTER));
     let running = shared.current().unwrap();
     let garbage = temp_file("broken-cert.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n");
     for (cert, key) in [
@@ -131,19 +131,24 @@ fn a_broken_pair_keeps_the_running_acceptor() {
     }
     // a clone is the same slot: a good pair reaches every listener holding it
     let listener = shared.clone();
-    shared
+    let not_after = shared
         .reload(&fixture("cert2.pem"), &fixture("key2.pem"), &[])
         .unwrap();
+    assert_eq!(not_after.ok(), Some(FIXTURE_NOT_AFTER));
     handshake(&listener.current().unwrap(), &fixture("cert2.pem")).unwrap();
     assert!(handshake(&listener.current().unwrap(), &fixture("cert1.pem")).is_err());
 }
 
 #[test]
-fn not_after_of_an_unreadable_certificate_is_none() {
-    assert_eq!(cert_not_after(&fixture("missing.pem")), None);
-    assert_eq!(cert_not_after(&fixture("key1.pem")), None);
+fn not_after_of_an_unreadable_certificate_is_an_error() {
+    for f in ["missing.pem", "key1.pem"] {
+        assert!(matches!(
+            cert_not_after(&fixture(f)),
+            Err(ExpiryError::NoCertificate)
+        ));
+    }
     assert_eq!(
-        cert_not_after(&fixture("cert2.pem")),
+        cert_not_after(&fixture("cert2.pem")).ok(),
         Some(FIXTURE_NOT_AFTER)
     );
 }
