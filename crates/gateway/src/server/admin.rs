@@ -4,6 +4,7 @@ use super::respond::{counted_error, empty, json_object, json_response, read_body
 use super::state::{App, unix_now};
 use super::tokens::{persist_tokens, unsaved_reply};
 use super::ws::accept;
+use crate::core::JanusError;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
@@ -83,17 +84,29 @@ async fn admin_http(app: &App, method: Method, path: &str, body: Body) -> Respon
     }
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if method != Method::POST {
-        return counted_error(app, 450, "Transport specific error (use POST)");
+        return counted_error(
+            app,
+            JanusError::TransportSpecific,
+            "Transport specific error (use POST)",
+        );
     }
     if segs.len() > 1 {
-        return counted_error(app, 457, "Invalid path for this request");
+        return counted_error(
+            app,
+            JanusError::InvalidRequestPath,
+            "Invalid path for this request",
+        );
     }
     let path_session = match segs.first() {
         None => None,
         Some(s) => match s.parse::<u64>() {
             Ok(x) if x > 0 => Some(x),
             _ => {
-                return counted_error(app, 458, &format!("Invalid session {s}"));
+                return counted_error(
+                    app,
+                    JanusError::SessionNotFound,
+                    &format!("Invalid session {s}"),
+                );
             }
         },
     };

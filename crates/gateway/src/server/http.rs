@@ -5,7 +5,7 @@ use super::respond::{
     random_transaction, read_body,
 };
 use super::state::{App, unix_now};
-use crate::core::{LongPollError, Source};
+use crate::core::{JanusError, LongPollError, Source};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
@@ -58,7 +58,11 @@ async fn http_inner(app: &App, req: Request) -> Response {
         .filter(|x| *x > 0);
     if method == Method::GET {
         let Some(sid) = session else {
-            return counted_error(app, 450, "GET on the root path is not supported (use POST)");
+            return counted_error(
+                app,
+                JanusError::TransportSpecific,
+                "GET on the root path is not supported (use POST)",
+            );
         };
         if handle.is_some() {
             let mut r = empty(StatusCode::FOUND);
@@ -70,7 +74,11 @@ async fn http_inner(app: &App, req: Request) -> Response {
         return long_poll(app, sid, query.as_deref()).await;
     }
     if method != Method::POST {
-        return counted_error(app, 450, "Transport specific error (unsupported method)");
+        return counted_error(
+            app,
+            JanusError::TransportSpecific,
+            "Transport specific error (unsupported method)",
+        );
     }
     let body = match read_body(app, req.into_body()).await {
         Ok(b) => b,
@@ -93,7 +101,7 @@ async fn http_inner(app: &App, req: Request) -> Response {
             Some(_) => {
                 return counted_error(
                     app,
-                    457,
+                    JanusError::InvalidRequestPath,
                     &format!("Conflicting {what} ID (payload and path)"),
                 );
             }

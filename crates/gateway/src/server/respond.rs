@@ -1,7 +1,7 @@
 //! Response helpers shared by the handlers: JSON bodies, CORS, Janus errors, bodies, query strings.
 
 use super::state::{App, Shared};
-use crate::core::error_reply;
+use crate::core::{JanusError, error_reply};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -101,22 +101,28 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// A Janus error reply; Janus answers errors with HTTP 200 and the error in the body.
-fn janus_error(code: u16, reason: &str) -> Response {
-    json_response(StatusCode::OK, &error_reply(0, None, code, reason))
+fn janus_error(code: JanusError, reason: &str) -> Response {
+    json_response(StatusCode::OK, &error_reply(0, None, code.code(), reason))
 }
 
 /// A Janus error reply counted in `callrelay_gateway_errors_total`.
-pub(super) fn counted_error(app: &App, code: u16, reason: &str) -> Response {
-    app.metrics.error(code);
+pub(super) fn counted_error(app: &App, code: JanusError, reason: &str) -> Response {
+    app.metrics.error(code.code());
     janus_error(code, reason)
 }
 
 /// A request body parsed as a JSON object, or the 454/455 error Janus answers.
-pub(super) fn json_object(body: &[u8]) -> Result<Map<String, Value>, (u16, String)> {
+pub(super) fn json_object(body: &[u8]) -> Result<Map<String, Value>, (JanusError, String)> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(obj)) => Ok(obj),
-        Ok(_) => Err((455, "JSON error: not an object".to_string())),
-        Err(e) => Err((454, format!("JSON error: on line {}: {}", e.line(), e))),
+        Ok(_) => Err((
+            JanusError::InvalidJsonObject,
+            "JSON error: not an object".to_string(),
+        )),
+        Err(e) => Err((
+            JanusError::InvalidJson,
+            format!("JSON error: on line {}: {}", e.line(), e),
+        )),
     }
 }
 
@@ -130,7 +136,7 @@ pub(super) async fn read_body(app: &App, body: Body) -> Result<Vec<u8>, Box<Resp
         Ok(Ok(b)) => Ok(b.to_vec()),
         Ok(Err(_)) => Err(Box::new(counted_error(
             app,
-            454,
+            JanusError::InvalidJson,
             "JSON error: request body too large",
         ))),
         Err(_) => {

@@ -48,7 +48,8 @@ pub(super) async fn test_session(State(app): State<App>, req: Request) -> Respon
         given,
         app.cfg().admin_secret.as_deref(),
     ) {
-        app.metrics.error(403);
+        app.metrics
+            .error(crate::core::JanusError::Unauthorized.code());
         return nostore(json_response(
             StatusCode::FORBIDDEN,
             &json!({"error": why, "need_secret": true}),

@@ -2,7 +2,7 @@
 
 use super::ServeError;
 use super::state::App;
-use crate::core::error_reply;
+use crate::core::{JanusError, error_reply};
 use crate::store::TokenFile;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -113,12 +113,12 @@ pub(super) const TOKEN_RETRY: Duration = Duration::from_secs(5);
 /// The Admin API answer when a token change could not be written: a Janus error (490),
 /// counted, instead of `success` (the change is kept in memory and the write retried).
 pub(super) fn unsaved_reply(app: &App, reply: &Value, error: &str) -> Value {
-    app.metrics.error(490);
+    app.metrics.error(JanusError::Unknown.code());
     let tx = reply.get("transaction").and_then(Value::as_str);
     error_reply(
         0,
         tx,
-        490,
+        JanusError::Unknown.code(),
         &format!("Token change kept in memory but not saved to tokens.json ({error}); retrying"),
     )
 }
