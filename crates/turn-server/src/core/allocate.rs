@@ -16,7 +16,7 @@ use shared_ice::stun::{
     error_code,
 };
 
-use super::reply::{code_of, encode};
+use super::reply::{Reject, Req, code_of, encode};
 use super::stats::{AllocResult, QuotaKind};
 use super::*;
 
@@ -39,6 +39,16 @@ fn open_relay(tcp: bool, relay: RelayToken, bind: SocketAddr) -> Command {
     } else {
         Command::OpenRelaySocket { relay, bind }
     }
+}
+
+/// What an Allocate that passed its checks gets: the relay ports taken and what its
+/// answer will say.
+struct Grant {
+    tcp: bool,
+    lifetime: u32,
+    relays: [Option<RelaySlot>; 2],
+    reservation_token: Option<u64>,
+    v6_error: bool,
 }
 
 /// Busy relay ports an Allocate tries before it gets 508.
@@ -142,6 +152,8 @@ impl<R: RngCore> Core<R> {
         })
     }
 
+    /// Allocate: on success the allocation is installed (still `pending`) and its relay
+    /// sockets are asked for; it is answered once they are open ([`Self::answer_allocate`]).
     pub(super) fn allocate(
         &mut self,
         now: Instant,
@@ -149,274 +161,19 @@ impl<R: RngCore> Core<R> {
         msg: &Message<'_>,
         authed: Authed,
     ) {
-        let bad = |s: &mut Self, code: u16, reason: &str, result: AllocResult| {
-            s.stats.allocations[result as usize] += 1;
-            s.reply_error(now, from, msg, &authed, code, reason);
+        let rq = Req {
+            now,
+            from,
+            msg,
+            authed: &authed,
         };
-        if let Some(&slot) = self.by_client.get(&from) {
-            let live = self
-                .slots
-                .get(slot as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|a| a.expires > now);
-            if live {
-                return bad(
-                    self,
-                    error_code::ALLOCATION_MISMATCH,
-                    "Allocation Mismatch",
-                    AllocResult::Mismatch,
-                );
-            }
-            self.delete(slot);
-        }
-        // Attribute values that do not decode are answered with the code shared-ice maps
-        // them to (400, or 440 for an unknown address family).
-        let parsed = (|| {
-            Ok::<_, DecodeError>((
-                msg.requested_transport()?,
-                (
-                    msg.even_port()?,
-                    msg.reservation_token()?,
-                    msg.requested_address_family()?,
-                    msg.additional_address_family()?,
-                ),
-                self.lifetime(msg, true)?,
-            ))
-        })();
-        let (transport, (even, token, raf, aaf), lifetime) = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                let code = code_of(e);
-                return bad(
-                    self,
-                    code,
-                    error_code::reason(code),
-                    AllocResult::BadRequest,
-                );
+        let grant = match self.allocate_grant(&rq) {
+            Ok(g) => g,
+            Err((reject, result)) => {
+                self.stats.allocations[result as usize] += 1;
+                return self.reply_error(&rq, reject);
             }
         };
-        match transport {
-            None => {
-                return bad(
-                    self,
-                    error_code::BAD_REQUEST,
-                    "Missing REQUESTED-TRANSPORT",
-                    AllocResult::BadRequest,
-                );
-            }
-            Some(PROTOCOL_UDP) => {}
-            // RFC 6062 §5.1: TCP relaying only for clients on TCP/TLS, without the UDP-only
-            // options.
-            Some(PROTOCOL_TCP) if from.proto == Proto::Udp => {
-                return bad(
-                    self,
-                    error_code::BAD_REQUEST,
-                    "TCP relay needs a TCP/TLS connection",
-                    AllocResult::BadRequest,
-                );
-            }
-            Some(PROTOCOL_TCP) => {
-                if [
-                    attr::EVEN_PORT,
-                    attr::RESERVATION_TOKEN,
-                    attr::DONT_FRAGMENT,
-                    attr::ADDITIONAL_ADDRESS_FAMILY,
-                ]
-                .iter()
-                .any(|t| msg.attribute(*t).is_some())
-                {
-                    return bad(
-                        self,
-                        error_code::BAD_REQUEST,
-                        "Option not valid for a TCP relay",
-                        AllocResult::BadRequest,
-                    );
-                }
-            }
-            Some(_) => {
-                return bad(
-                    self,
-                    error_code::UNSUPPORTED_TRANSPORT_PROTOCOL,
-                    "Unsupported Transport Protocol",
-                    AllocResult::BadRequest,
-                );
-            }
-        }
-        let tcp = transport == Some(PROTOCOL_TCP);
-        if (even.is_some() && token.is_some())
-            || (raf.is_some() && token.is_some())
-            || (raf.is_some() && aaf.is_some())
-        {
-            return bad(
-                self,
-                error_code::BAD_REQUEST,
-                "Conflicting attributes",
-                AllocResult::BadRequest,
-            );
-        }
-        if aaf.is_some_and(|f| f != AddressFamily::V6) {
-            return bad(
-                self,
-                error_code::BAD_REQUEST,
-                "ADDITIONAL-ADDRESS-FAMILY must be IPv6",
-                AllocResult::BadRequest,
-            );
-        }
-        if self.draining {
-            return bad(
-                self,
-                error_code::INSUFFICIENT_CAPACITY,
-                "Server Draining",
-                AllocResult::Capacity,
-            );
-        }
-        // Which relay families: requested (default IPv4), plus IPv6 for dual-stack.
-        let (want4, want6) = match raf {
-            None | Some(AddressFamily::V4) => (true, aaf.is_some()),
-            Some(AddressFamily::V6) => (false, true),
-        };
-        let have4 = self.cfg.relay_ip4.is_some();
-        let have6 = self.cfg.relay_ip6.is_some();
-        let mut v6_error = false;
-        let (use4, use6) = if aaf.is_some() {
-            v6_error = !have6;
-            (have4, have6)
-        } else {
-            (want4 && have4, want6 && have6)
-        };
-        if (want4 && !have4 && raf.is_some())
-            || (raf == Some(AddressFamily::V6) && !have6)
-            || (!use4 && !use6)
-        {
-            return bad(
-                self,
-                error_code::ADDRESS_FAMILY_NOT_SUPPORTED,
-                "Address Family not Supported",
-                AllocResult::BadRequest,
-            );
-        }
-        // Port selection.
-        let mut port4 = None;
-        let mut reservation_token = None;
-        if let Some(t) = token {
-            // The reservation's quota unit goes back to its holder; the allocation that
-            // redeems it takes one below like any other.
-            match self.quota.redeem(u64::from_be_bytes(t)) {
-                Some((p, e)) if e > now => port4 = Some(p),
-                Some((p, _)) => {
-                    // Expired, not yet swept: its port goes back now.
-                    self.quota.release_port(p);
-                    return bad(
-                        self,
-                        error_code::INSUFFICIENT_CAPACITY,
-                        "Insufficient Capacity",
-                        AllocResult::Capacity,
-                    );
-                }
-                None => {
-                    return bad(
-                        self,
-                        error_code::INSUFFICIENT_CAPACITY,
-                        "Insufficient Capacity",
-                        AllocResult::Capacity,
-                    );
-                }
-            }
-        }
-        if let Err(kind) = self
-            .quota
-            .acquire(quota_key(&authed.username, authed.rest_expiry))
-        {
-            if let Some(p) = port4 {
-                self.quota.release_port(p);
-            }
-            self.stats.quota[QuotaKind::from(kind) as usize] += 1;
-            return match kind {
-                Exceeded::User => bad(
-                    self,
-                    error_code::ALLOCATION_QUOTA_REACHED,
-                    "Allocation Quota Reached",
-                    AllocResult::Quota,
-                ),
-                _ => bad(
-                    self,
-                    error_code::INSUFFICIENT_CAPACITY,
-                    "Insufficient Capacity",
-                    AllocResult::Capacity,
-                ),
-            };
-        }
-        let reserve_next = even == Some(true);
-        let pick =
-            |s: &mut Self, even: bool, pair: bool| s.quota.take_free_port(&mut s.rng, even, pair);
-        let p_main = match port4 {
-            Some(p) => Some(p),
-            None => pick(self, even.is_some(), reserve_next),
-        };
-        let Some(p_main) = p_main else {
-            self.quota
-                .release(quota_key(&authed.username, authed.rest_expiry));
-            self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
-            return bad(
-                self,
-                error_code::INSUFFICIENT_CAPACITY,
-                "Insufficient Capacity",
-                AllocResult::Capacity,
-            );
-        };
-        if reserve_next {
-            // The held port counts against the user's quota like an allocation: without
-            // this one user held half the port range with `user_quota = 1` by allocating
-            // with EVEN-PORT and deleting the allocation, again and again.
-            let holder = quota_key(&authed.username, authed.rest_expiry);
-            if let Err(kind) = self.quota.reserve(holder) {
-                self.quota.release_port(p_main);
-                self.quota.release(holder);
-                self.stats.quota[QuotaKind::from(kind) as usize] += 1;
-                return bad(
-                    self,
-                    error_code::ALLOCATION_QUOTA_REACHED,
-                    "Allocation Quota Reached",
-                    AllocResult::Quota,
-                );
-            }
-            let next = p_main + 1;
-            let t = self.rng.next_u64();
-            self.quota
-                .hold_port(t, next, now + RESERVATION_LIFETIME, holder);
-            reservation_token = Some(t);
-        }
-        let mut relays = [None, None];
-        let mk = |ip: Option<IpAddr>, ext: Option<IpAddr>, port: u16| {
-            ip.map(|ip| RelaySlot {
-                bind: SocketAddr::new(ip, port),
-                advertised: SocketAddr::new(ext.unwrap_or(ip), port),
-                open: false,
-            })
-        };
-        if use4 {
-            relays[0] = mk(self.cfg.relay_ip4, self.cfg.external_ip4, p_main);
-        }
-        if use6 {
-            let p6 = if use4 {
-                pick(self, false, false)
-            } else {
-                Some(p_main)
-            };
-            let Some(p6) = p6 else {
-                self.quota.release_port(p_main);
-                self.quota
-                    .release(quota_key(&authed.username, authed.rest_expiry));
-                self.stats.quota[QuotaKind::RelayPorts as usize] += 1;
-                return bad(
-                    self,
-                    error_code::INSUFFICIENT_CAPACITY,
-                    "Insufficient Capacity",
-                    AllocResult::Capacity,
-                );
-            };
-            relays[1] = mk(self.cfg.relay_ip6, self.cfg.external_ip6, p6);
-        }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
             (self.slots.len() - 1) as u32
@@ -424,6 +181,13 @@ impl<R: RngCore> Core<R> {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let burst = self.cfg.bandwidth as f64;
+        let Grant {
+            tcp,
+            lifetime,
+            relays,
+            reservation_token,
+            v6_error,
+        } = grant;
         let alloc = Allocation {
             generation,
             client: from,
@@ -463,6 +227,196 @@ impl<R: RngCore> Core<R> {
         }
         self.by_client.insert(from, slot);
         self.arm(now);
+    }
+
+    /// Allocate's checks, quota and relay-port choice. `Err` is the answer and the
+    /// `allocations{result}` it counts as; whatever was taken before it is given back.
+    fn allocate_grant(&mut self, rq: &Req<'_>) -> Result<Grant, (Reject, AllocResult)> {
+        const CAPACITY: (Reject, AllocResult) = (Reject::CAPACITY, AllocResult::Capacity);
+        const QUOTA: (Reject, AllocResult) = (
+            Reject::code(error_code::ALLOCATION_QUOTA_REACHED),
+            AllocResult::Quota,
+        );
+        let bad = |reason| (Reject::bad_request(reason), AllocResult::BadRequest);
+        let (now, from, msg, authed) = (rq.now, rq.from, rq.msg, rq.authed);
+        if let Some(&slot) = self.by_client.get(&from) {
+            let live = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|a| a.expires > now);
+            if live {
+                let mismatch = Reject::code(error_code::ALLOCATION_MISMATCH);
+                return Err((mismatch, AllocResult::Mismatch));
+            }
+            self.delete(slot);
+        }
+        // Attribute values that do not decode are answered with the code shared-ice maps
+        // them to (400, or 440 for an unknown address family).
+        let parsed = (|| {
+            Ok::<_, DecodeError>((
+                msg.requested_transport()?,
+                (
+                    msg.even_port()?,
+                    msg.reservation_token()?,
+                    msg.requested_address_family()?,
+                    msg.additional_address_family()?,
+                ),
+                self.lifetime(msg, true)?,
+            ))
+        })();
+        let (transport, (even, token, raf, aaf), lifetime) =
+            parsed.map_err(|e| (Reject::code(code_of(e)), AllocResult::BadRequest))?;
+        match transport {
+            None => return Err(bad("Missing REQUESTED-TRANSPORT")),
+            Some(PROTOCOL_UDP) => {}
+            // RFC 6062 §5.1: TCP relaying only for clients on TCP/TLS, without the UDP-only
+            // options.
+            Some(PROTOCOL_TCP) if from.proto == Proto::Udp => {
+                return Err(bad("TCP relay needs a TCP/TLS connection"));
+            }
+            Some(PROTOCOL_TCP) => {
+                if [
+                    attr::EVEN_PORT,
+                    attr::RESERVATION_TOKEN,
+                    attr::DONT_FRAGMENT,
+                    attr::ADDITIONAL_ADDRESS_FAMILY,
+                ]
+                .iter()
+                .any(|t| msg.attribute(*t).is_some())
+                {
+                    return Err(bad("Option not valid for a TCP relay"));
+                }
+            }
+            Some(_) => {
+                let unsupported = Reject::code(error_code::UNSUPPORTED_TRANSPORT_PROTOCOL);
+                return Err((unsupported, AllocResult::BadRequest));
+            }
+        }
+        let tcp = transport == Some(PROTOCOL_TCP);
+        if (even.is_some() && token.is_some())
+            || (raf.is_some() && token.is_some())
+            || (raf.is_some() && aaf.is_some())
+        {
+            return Err(bad("Conflicting attributes"));
+        }
+        if aaf.is_some_and(|f| f != AddressFamily::V6) {
+            return Err(bad("ADDITIONAL-ADDRESS-FAMILY must be IPv6"));
+        }
+        if self.draining {
+            let draining = Reject::new(error_code::INSUFFICIENT_CAPACITY, "Server Draining");
+            return Err((draining, AllocResult::Capacity));
+        }
+        // Which relay families: requested (default IPv4), plus IPv6 for dual-stack.
+        let (want4, want6) = match raf {
+            None | Some(AddressFamily::V4) => (true, aaf.is_some()),
+            Some(AddressFamily::V6) => (false, true),
+        };
+        let have4 = self.cfg.relay_ip4.is_some();
+        let have6 = self.cfg.relay_ip6.is_some();
+        let mut v6_error = false;
+        let (use4, use6) = if aaf.is_some() {
+            v6_error = !have6;
+            (have4, have6)
+        } else {
+            (want4 && have4, want6 && have6)
+        };
+        if (want4 && !have4 && raf.is_some())
+            || (raf == Some(AddressFamily::V6) && !have6)
+            || (!use4 && !use6)
+        {
+            let family = Reject::code(error_code::ADDRESS_FAMILY_NOT_SUPPORTED);
+            return Err((family, AllocResult::BadRequest));
+        }
+        // Port selection.
+        let mut port4 = None;
+        let mut reservation_token = None;
+        if let Some(t) = token {
+            // The reservation's quota unit goes back to its holder; the allocation that
+            // redeems it takes one below like any other.
+            match self.quota.redeem(u64::from_be_bytes(t)) {
+                Some((p, e)) if e > now => port4 = Some(p),
+                Some((p, _)) => {
+                    // Expired, not yet swept: its port goes back now.
+                    self.quota.release_port(p);
+                    return Err(CAPACITY);
+                }
+                None => return Err(CAPACITY),
+            }
+        }
+        let holder = quota_key(&authed.username, authed.rest_expiry);
+        if let Err(kind) = self.quota.acquire(holder) {
+            if let Some(p) = port4 {
+                self.quota.release_port(p);
+            }
+            self.stats.quota[QuotaKind::from(kind) as usize] += 1;
+            return Err(match kind {
+                Exceeded::User => QUOTA,
+                _ => CAPACITY,
+            });
+        }
+        // Out of relay ports: the quota unit just taken goes back.
+        let no_port = |s: &mut Self| {
+            s.quota.release(holder);
+            s.stats.quota[QuotaKind::RelayPorts as usize] += 1;
+            CAPACITY
+        };
+        let reserve_next = even == Some(true);
+        let pick =
+            |s: &mut Self, even: bool, pair: bool| s.quota.take_free_port(&mut s.rng, even, pair);
+        let p_main = match port4 {
+            Some(p) => Some(p),
+            None => pick(self, even.is_some(), reserve_next),
+        };
+        let Some(p_main) = p_main else {
+            return Err(no_port(self));
+        };
+        if reserve_next {
+            // The held port counts against the user's quota like an allocation: without
+            // this one user held half the port range with `user_quota = 1` by allocating
+            // with EVEN-PORT and deleting the allocation, again and again.
+            if let Err(kind) = self.quota.reserve(holder) {
+                self.quota.release_port(p_main);
+                self.quota.release(holder);
+                self.stats.quota[QuotaKind::from(kind) as usize] += 1;
+                return Err(QUOTA);
+            }
+            let next = p_main + 1;
+            let t = self.rng.next_u64();
+            self.quota
+                .hold_port(t, next, now + RESERVATION_LIFETIME, holder);
+            reservation_token = Some(t);
+        }
+        let mut relays = [None, None];
+        let mk = |ip: Option<IpAddr>, ext: Option<IpAddr>, port: u16| {
+            ip.map(|ip| RelaySlot {
+                bind: SocketAddr::new(ip, port),
+                advertised: SocketAddr::new(ext.unwrap_or(ip), port),
+                open: false,
+            })
+        };
+        if use4 {
+            relays[0] = mk(self.cfg.relay_ip4, self.cfg.external_ip4, p_main);
+        }
+        if use6 {
+            let p6 = if use4 {
+                pick(self, false, false)
+            } else {
+                Some(p_main)
+            };
+            let Some(p6) = p6 else {
+                self.quota.release_port(p_main);
+                return Err(no_port(self));
+            };
+            relays[1] = mk(self.cfg.relay_ip6, self.cfg.external_ip6, p6);
+        }
+        Ok(Grant {
+            tcp,
+            lifetime,
+            relays,
+            reservation_token,
+            v6_error,
+        })
     }
 
     pub(super) fn answer_allocate(&mut self, now: Instant, slot: u32) {

@@ -21,7 +21,9 @@
 //! * `permission.rs` — **CreatePermission** and **ChannelBind**;
 //! * `relay.rs` — **Send**/**Data** indications and **ChannelData** (the fast path);
 //! * `rfc6062.rs` — **Connect**, **ConnectionAttempt**, **ConnectionBind** (TCP relays);
-//! * `reply.rs` — error and authenticated answers, the transaction cache;
+//! * `reply.rs` — `Req` (what a method handler is given) and `Reject` (what it refuses
+//!   with, answered once by the dispatcher), error and authenticated answers, the
+//!   transaction cache;
 //! * `allocation.rs` — one allocation's state; `quota.rs` — the [`QuotaLedger`]
 //!   interface to what the workers share (implemented by the shell); `rate.rs` — the per-source request limit; `stats.rs` — counters and gauges;
 //!   `fxhash.rs` — the hasher of the hot-path tables.
@@ -37,9 +39,10 @@ use shared_ice::auth::{LongTermKey, RestSecrets};
 use shared_ice::stun::{Class, Message, Method, TransactionId, error_code};
 
 use self::allocation::Allocation;
-use self::auth::{Authed, Credentials};
+use self::auth::Credentials;
 use self::quota::quota_key;
 use self::rate::RateTable;
+use self::reply::{Reject, Req};
 use self::rfc6062::PendingConnect;
 use crate::policy::PeerPolicy;
 
@@ -324,31 +327,19 @@ impl<R: RngCore> Core<R> {
         }
     }
 
-    fn own_allocation(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'_>,
-        authed: &Authed,
-    ) -> Option<u32> {
-        let slot = self.by_client.get(&from).copied();
-        match slot
-            .and_then(|s| self.slots.get(s as usize))
-            .and_then(Option::as_ref)
-        {
-            Some(a) if a.expires > now && a.pending.is_none() => {
-                if a.username != authed.username {
-                    let code = error_code::WRONG_CREDENTIALS;
-                    self.reply_error(now, from, msg, authed, code, error_code::reason(code));
-                    return None;
+    /// The slot of the allocation `rq` comes from: 437 when the 5-tuple has none (or it
+    /// expired, or is still opening), 441 when it belongs to another user.
+    fn own_allocation(&self, rq: &Req<'_>) -> Result<u32, Reject> {
+        const MISMATCH: Reject = Reject::code(error_code::ALLOCATION_MISMATCH);
+        let slot = *self.by_client.get(&rq.from).ok_or(MISMATCH)?;
+        match self.slots.get(slot as usize).and_then(Option::as_ref) {
+            Some(a) if a.expires > rq.now && a.pending.is_none() => {
+                if a.username != rq.authed.username {
+                    return Err(Reject::code(error_code::WRONG_CREDENTIALS));
                 }
-                slot
+                Ok(slot)
             }
-            _ => {
-                let code = error_code::ALLOCATION_MISMATCH;
-                self.reply_error(now, from, msg, authed, code, error_code::reason(code));
-                None
-            }
+            _ => Err(MISMATCH),
         }
     }
 }

@@ -11,6 +11,48 @@ use shared_ice::stun::{Class, Message, MessageBuilder, Method, TransactionId, er
 use super::auth::Authed;
 use super::{Core, FiveTuple, SOFTWARE, TRANSACTION_CACHE, Transmit};
 
+/// An authenticated request as the method handlers see it: when it came, from where, the
+/// message and who sent it. Every answer to it is built from these four.
+pub(super) struct Req<'r> {
+    pub(super) now: Instant,
+    pub(super) from: FiveTuple,
+    pub(super) msg: &'r Message<'r>,
+    pub(super) authed: &'r Authed,
+}
+
+/// A refused request: the error code and reason phrase it is answered with. Method
+/// handlers return it as their `Err`; the dispatcher sends the one answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Reject {
+    pub(super) code: u16,
+    pub(super) reason: &'static str,
+}
+
+impl Reject {
+    /// 508 with its standard reason: a bound (quota, cap, relay ports) is reached.
+    pub(super) const CAPACITY: Self = Self::code(error_code::INSUFFICIENT_CAPACITY);
+
+    /// `code` with a reason phrase of our own.
+    pub(super) const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+
+    /// `code` with its standard reason phrase ([`error_code::reason`]).
+    pub(super) const fn code(code: u16) -> Self {
+        Self::new(code, error_code::reason(code))
+    }
+
+    /// 400 with a reason phrase of our own.
+    pub(super) const fn bad_request(reason: &'static str) -> Self {
+        Self::new(error_code::BAD_REQUEST, reason)
+    }
+
+    /// An attribute that does not decode ([`code_of`]), with `reason`.
+    pub(super) fn decode(e: DecodeError, reason: &'static str) -> Self {
+        Self::new(code_of(e), reason)
+    }
+}
+
 /// Encodes a message into a new buffer of `capacity`: `attrs` adds the attributes, then
 /// MESSAGE-INTEGRITY with `key` and FINGERPRINT when `fingerprint`. `None` when it does
 /// not encode (too long for STUN): nothing is sent then.
@@ -73,35 +115,24 @@ impl<R: RngCore> Core<R> {
         self.send(from, out);
     }
 
-    pub(super) fn reply_error(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'_>,
-        authed: &Authed,
-        code: u16,
-        reason: &str,
-    ) {
+    /// Authenticated error answer to `rq`.
+    pub(super) fn reply_error(&mut self, rq: &Req<'_>, r: Reject) {
+        let (msg, code, reason) = (rq.msg, r.code, r.reason);
         tracing::debug!(method = ?msg.method(), code, reason, tid = ?msg.transaction_id(), "request rejected");
         let head = (msg.method(), Class::Error, msg.transaction_id());
-        let Some(out) = encode(96, head, Some(&authed.key), msg.has_fingerprint(), |b| {
+        let Some(out) = encode(96, head, Some(&rq.authed.key), msg.has_fingerprint(), |b| {
             b.error_code(code, reason).software(SOFTWARE)
         }) else {
             return;
         };
-        self.send_authed(now, from, msg, out);
+        self.send_authed(rq.now, rq.from, msg, out);
     }
 
-    pub(super) fn reply_ok(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'_>,
-        authed: &Authed,
-        lifetime: Option<u32>,
-    ) {
+    /// Authenticated success answer to `rq`, with LIFETIME when `lifetime` is given.
+    pub(super) fn reply_ok(&mut self, rq: &Req<'_>, lifetime: Option<u32>) {
+        let msg = rq.msg;
         let head = (msg.method(), Class::Success, msg.transaction_id());
-        let Some(out) = encode(96, head, Some(&authed.key), msg.has_fingerprint(), |b| {
+        let Some(out) = encode(96, head, Some(&rq.authed.key), msg.has_fingerprint(), |b| {
             let b = match lifetime {
                 Some(l) => b.lifetime(l),
                 None => b,
@@ -110,6 +141,65 @@ impl<R: RngCore> Core<R> {
         }) else {
             return;
         };
-        self.send_authed(now, from, msg, out);
+        self.send_authed(rq.now, rq.from, msg, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reject;
+    use shared_ice::stun::error_code;
+
+    /// The standard reason phrases the handlers now take from shared-ice are the ones they
+    /// used to spell out: the answers' bytes did not change.
+    #[test]
+    fn standard_reasons_are_the_phrases_on_the_wire() {
+        let cases = [
+            (Reject::CAPACITY, 508, "Insufficient Capacity"),
+            (
+                Reject::code(error_code::ALLOCATION_MISMATCH),
+                437,
+                "Allocation Mismatch",
+            ),
+            (
+                Reject::code(error_code::WRONG_CREDENTIALS),
+                441,
+                "Wrong Credentials",
+            ),
+            (Reject::code(error_code::FORBIDDEN), 403, "Forbidden"),
+            (
+                Reject::code(error_code::ALLOCATION_QUOTA_REACHED),
+                486,
+                "Allocation Quota Reached",
+            ),
+            (
+                Reject::code(error_code::PEER_ADDRESS_FAMILY_MISMATCH),
+                443,
+                "Peer Address Family Mismatch",
+            ),
+            (
+                Reject::code(error_code::CONNECTION_ALREADY_EXISTS),
+                446,
+                "Connection Already Exists",
+            ),
+            (
+                Reject::code(error_code::UNSUPPORTED_TRANSPORT_PROTOCOL),
+                442,
+                "Unsupported Transport Protocol",
+            ),
+            (
+                Reject::code(error_code::ADDRESS_FAMILY_NOT_SUPPORTED),
+                440,
+                "Address Family not Supported",
+            ),
+            (
+                Reject::bad_request("Missing CONNECTION-ID"),
+                400,
+                "Missing CONNECTION-ID",
+            ),
+        ];
+        for (got, code, reason) in cases {
+            assert_eq!(got, Reject::new(code, reason));
+        }
     }
 }

@@ -8,7 +8,7 @@ use rand::RngCore;
 
 use shared_ice::stun::{Class, Message, Method, error_code};
 
-use super::reply::encode;
+use super::reply::{Reject, Req, encode};
 use super::stats::AllocResult;
 use super::{Core, FiveTuple};
 
@@ -97,17 +97,25 @@ impl<R: RngCore> Core<R> {
             return;
         };
         self.trust_source(now, from);
-        match msg.method() {
-            Method::ALLOCATE => self.allocate(now, from, msg, authed),
-            Method::REFRESH => self.refresh(now, from, msg, &authed),
-            Method::CREATE_PERMISSION => self.create_permission(now, from, msg, &authed),
-            Method::CHANNEL_BIND => self.channel_bind(now, from, msg, &authed),
-            Method::CONNECT => self.connect(now, from, msg, &authed),
-            Method::CONNECTION_BIND => self.connection_bind(now, from, msg, &authed),
-            _ => {
-                let code = error_code::BAD_REQUEST;
-                self.reply_error(now, from, msg, &authed, code, error_code::reason(code));
-            }
+        if msg.method() == Method::ALLOCATE {
+            return self.allocate(now, from, msg, authed);
+        }
+        let rq = Req {
+            now,
+            from,
+            msg,
+            authed: &authed,
+        };
+        let done = match msg.method() {
+            Method::REFRESH => self.refresh(&rq),
+            Method::CREATE_PERMISSION => self.create_permission(&rq),
+            Method::CHANNEL_BIND => self.channel_bind(&rq),
+            Method::CONNECT => self.connect(&rq),
+            Method::CONNECTION_BIND => self.connection_bind(&rq),
+            _ => Err(Reject::code(error_code::BAD_REQUEST)),
+        };
+        if let Err(r) = done {
+            self.reply_error(&rq, r);
         }
     }
 }

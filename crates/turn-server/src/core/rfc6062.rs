@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use super::allocation::install_permission;
-use super::auth::Authed;
+use super::permission::first_peer;
+use super::reply::{Reject, Req, encode};
 use super::stats::QuotaKind;
 use super::*;
-use shared_ice::stun::{Class, Message, Method, TransactionId, error_code};
-
-use super::reply::{code_of, encode};
+use shared_ice::stun::{Class, Method, TransactionId, error_code};
 
 /// A Connect waiting for the runtime's TCP connect.
 #[derive(Debug)]
@@ -36,66 +35,33 @@ impl<R: RngCore> Core<R> {
         }
     }
 
-    /// RFC 6062 §5.2 Connect.
-    pub(super) fn connect(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'_>,
-        authed: &Authed,
-    ) {
-        let Some(slot) = self.own_allocation(now, from, msg, authed) else {
-            return;
-        };
-        let Some(peer) = self.first_peer(now, from, msg, authed) else {
-            return;
-        };
+    /// RFC 6062 §5.2 Connect. Answered once the runtime reports the TCP connect
+    /// ([`Core::tcp_peer_connected`]).
+    pub(super) fn connect(&mut self, rq: &Req<'_>) -> Result<(), Reject> {
+        let slot = self.own_allocation(rq)?;
+        let peer = first_peer(rq.msg)?;
         let (tcp, busy, generation) = match self.slots.get(slot as usize).and_then(Option::as_ref) {
             Some(a) => (a.tcp, a.tcp_peers.contains(&peer), a.generation),
-            None => return,
+            None => return Ok(()),
         };
         if !tcp {
-            return self.reply_error(
-                now,
-                from,
-                msg,
-                authed,
-                error_code::BAD_REQUEST,
-                "Not a TCP allocation",
-            );
+            return Err(Reject::bad_request("Not a TCP allocation"));
         }
         if busy {
-            return self.reply_error(
-                now,
-                from,
-                msg,
-                authed,
-                error_code::CONNECTION_ALREADY_EXISTS,
-                "Connection Already Exists",
-            );
+            return Err(Reject::code(error_code::CONNECTION_ALREADY_EXISTS));
         }
         // Each peer connection needs a permission: bounded like CreatePermission.
-        let max = self.cfg.max_permissions;
+        let (max, now) = (self.cfg.max_permissions, rq.now);
         let fits = self
             .slots
             .get_mut(slot as usize)
             .and_then(Option::as_mut)
             .is_some_and(|a| a.tcp_peers.len() < max && a.permissions_fit(&[peer.ip()], max, now));
         if !fits {
-            self.stats.quota[QuotaKind::Permissions as usize] += 1;
-            return self.reply_error(
-                now,
-                from,
-                msg,
-                authed,
-                error_code::INSUFFICIENT_CAPACITY,
-                "Insufficient Capacity",
-            );
+            return Err(self.over_quota(QuotaKind::Permissions));
         }
-        if let Err((code, reason)) = self.check_peer(slot, peer) {
-            return self.reply_error(now, from, msg, authed, code, reason);
-        }
-        let Some((i, bind)) = self
+        self.check_peer(slot, peer)?;
+        let (i, bind) = self
             .slots
             .get(slot as usize)
             .and_then(Option::as_ref)
@@ -103,16 +69,7 @@ impl<R: RngCore> Core<R> {
                 a.relay_for(peer)
                     .and_then(|i| a.relays.get(i).copied().flatten().map(|r| (i, r.bind)))
             })
-        else {
-            return self.reply_error(
-                now,
-                from,
-                msg,
-                authed,
-                error_code::PEER_ADDRESS_FAMILY_MISMATCH,
-                "Peer Address Family Mismatch",
-            );
-        };
+            .ok_or(Reject::code(error_code::PEER_ADDRESS_FAMILY_MISMATCH))?;
         let conn_id = self.new_conn_id();
         if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
             a.tcp_peers.push(peer);
@@ -123,8 +80,8 @@ impl<R: RngCore> Core<R> {
                 slot,
                 generation,
                 peer,
-                tid: msg.transaction_id(),
-                fingerprint: msg.has_fingerprint(),
+                tid: rq.msg.transaction_id(),
+                fingerprint: rq.msg.has_fingerprint(),
             },
         );
         self.commands.push_back(Command::ConnectPeer {
@@ -137,6 +94,7 @@ impl<R: RngCore> Core<R> {
             bind,
             peer,
         });
+        Ok(())
     }
 
     /// The runtime's answer to [`Command::ConnectPeer`]: success (the stream is kept under
@@ -214,48 +172,26 @@ impl<R: RngCore> Core<R> {
     }
 
     /// RFC 6062 §5.4 ConnectionBind, on a new TCP/TLS connection without allocation.
-    pub(super) fn connection_bind(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'_>,
-        authed: &Authed,
-    ) {
+    pub(super) fn connection_bind(&mut self, rq: &Req<'_>) -> Result<(), Reject> {
+        let from = rq.from;
         if from.proto == Proto::Udp || self.by_client.contains_key(&from) {
-            return self.reply_error(
-                now,
-                from,
-                msg,
-                authed,
-                error_code::BAD_REQUEST,
+            return Err(Reject::bad_request(
                 "ConnectionBind needs a new TCP connection",
-            );
+            ));
         }
-        let conn_id = match msg.connection_id() {
+        let conn_id = match rq.msg.connection_id() {
             Ok(Some(id)) => id,
-            Ok(None) => {
-                let code = error_code::BAD_REQUEST;
-                return self.reply_error(now, from, msg, authed, code, "Missing CONNECTION-ID");
-            }
-            Err(e) => {
-                let code = code_of(e);
-                return self.reply_error(now, from, msg, authed, code, "Bad CONNECTION-ID");
-            }
+            Ok(None) => return Err(Reject::bad_request("Missing CONNECTION-ID")),
+            Err(e) => return Err(Reject::decode(e, "Bad CONNECTION-ID")),
         };
-        if !self.quota.conn_claim(conn_id, &authed.username, now) {
-            return self.reply_error(
-                now,
-                from,
-                msg,
-                authed,
-                error_code::BAD_REQUEST,
-                "Unknown CONNECTION-ID",
-            );
+        if !self.quota.conn_claim(conn_id, &rq.authed.username, rq.now) {
+            return Err(Reject::bad_request("Unknown CONNECTION-ID"));
         }
-        self.reply_ok(now, from, msg, authed, None);
+        self.reply_ok(rq, None);
         self.commands.push_back(Command::SpliceData {
             client: from,
             conn_id,
         });
+        Ok(())
     }
 }
