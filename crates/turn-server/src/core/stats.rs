@@ -38,39 +38,61 @@ pub struct Stats {
     pub tx_cache_full: u64,
 }
 
+/// Declares a counter-index enum and the label of each variant as one table: a variant's
+/// discriminant is its index into the [`Stats`] array and into `LABELS`, so an index and
+/// its label cannot drift apart.
+macro_rules! labelled_index {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub(super) enum $name {
+            $($variant,)+
+        }
+
+        impl $name {
+            /// The labels, in discriminant order.
+            pub(super) const LABELS: [&'static str; [$($label),+].len()] = [$($label),+];
+        }
+    };
+}
+
+labelled_index! {
+    /// `callrelay_turn_allocations_total{result}`.
+    AllocResult {
+        Ok = "ok", Unauthorized = "unauthorized", Quota = "quota", Capacity = "capacity",
+        Mismatch = "mismatch", BadRequest = "bad_request", Forbidden = "forbidden",
+    }
+}
+
+labelled_index! {
+    /// `callrelay_turn_auth_failures_total{reason}`.
+    AuthFail {
+        Missing = "missing", BadIntegrity = "bad_integrity", UnknownUser = "unknown_user",
+        Expired = "expired", StaleNonce = "stale_nonce", BadUsername = "bad_username",
+    }
+}
+
+labelled_index! {
+    /// `callrelay_turn_quota_rejections_total{kind}`.
+    QuotaKind {
+        User = "user_allocations", Total = "total_allocations", Bandwidth = "bandwidth",
+        RateLimit = "rate_limit", RelayPorts = "relay_ports", Permissions = "permissions",
+        Channels = "channels",
+    }
+}
+
 /// Label tables matching [`Stats`] indexes.
 pub mod labels {
+    use super::{AllocResult, AuthFail, QuotaKind};
+
     /// `callrelay_turn_allocations_total{result}`.
-    pub const ALLOC_RESULT: [&str; 7] = [
-        "ok",
-        "unauthorized",
-        "quota",
-        "capacity",
-        "mismatch",
-        "bad_request",
-        "forbidden",
-    ];
+    pub const ALLOC_RESULT: [&str; 7] = AllocResult::LABELS;
     /// `callrelay_turn_auth_failures_total{reason}`.
-    pub const AUTH_REASON: [&str; 6] = [
-        "missing",
-        "bad_integrity",
-        "unknown_user",
-        "expired",
-        "stale_nonce",
-        "bad_username",
-    ];
+    pub const AUTH_REASON: [&str; 6] = AuthFail::LABELS;
     /// `direction`.
     pub const DIRECTION: [&str; 2] = ["to_peer", "to_client"];
     /// `callrelay_turn_quota_rejections_total{kind}`.
-    pub const QUOTA_KIND: [&str; 7] = [
-        "user_allocations",
-        "total_allocations",
-        "bandwidth",
-        "rate_limit",
-        "relay_ports",
-        "permissions",
-        "channels",
-    ];
+    pub const QUOTA_KIND: [&str; 7] = QuotaKind::LABELS;
     /// `callrelay_turn_requests_total{method}`.
     pub const METHOD: [&str; 7] = [
         "binding",
@@ -81,38 +103,6 @@ pub mod labels {
         "connect",
         "connection_bind",
     ];
-}
-
-#[derive(Clone, Copy)]
-pub(super) enum AllocResult {
-    Ok = 0,
-    Unauthorized = 1,
-    Quota = 2,
-    Capacity = 3,
-    Mismatch = 4,
-    BadRequest = 5,
-    Forbidden = 6,
-}
-
-#[derive(Clone, Copy)]
-pub(super) enum AuthFail {
-    Missing = 0,
-    BadIntegrity = 1,
-    UnknownUser = 2,
-    Expired = 3,
-    StaleNonce = 4,
-    BadUsername = 5,
-}
-
-#[derive(Clone, Copy)]
-pub(super) enum QuotaKind {
-    User = 0,
-    Total = 1,
-    Bandwidth = 2,
-    RateLimit = 3,
-    RelayPorts = 4,
-    Permissions = 5,
-    Channels = 6,
 }
 
 impl From<Exceeded> for QuotaKind {
@@ -186,4 +176,44 @@ impl<R: RngCore> Core<R> {
 /// Exposes deny classes for the metrics registry.
 pub fn deny_labels() -> impl Iterator<Item = &'static str> {
     DenyClass::ALL.iter().map(|c| c.label())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AllocResult, AuthFail, QuotaKind, labels};
+
+    /// A variant indexes its own label (the exported label sets did not change).
+    #[test]
+    fn an_index_names_its_own_label() {
+        assert_eq!(
+            labels::ALLOC_RESULT[AllocResult::Forbidden as usize],
+            "forbidden"
+        );
+        assert_eq!(
+            labels::ALLOC_RESULT[AllocResult::BadRequest as usize],
+            "bad_request"
+        );
+        assert_eq!(
+            labels::AUTH_REASON[AuthFail::BadUsername as usize],
+            "bad_username"
+        );
+        assert_eq!(labels::AUTH_REASON[AuthFail::Missing as usize], "missing");
+        assert_eq!(
+            labels::QUOTA_KIND[QuotaKind::User as usize],
+            "user_allocations"
+        );
+        assert_eq!(labels::QUOTA_KIND[QuotaKind::Channels as usize], "channels");
+        assert_eq!(
+            labels::QUOTA_KIND,
+            [
+                "user_allocations",
+                "total_allocations",
+                "bandwidth",
+                "rate_limit",
+                "relay_ports",
+                "permissions",
+                "channels"
+            ]
+        );
+    }
 }
