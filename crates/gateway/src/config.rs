@@ -1,7 +1,7 @@
 //! Gateway configuration: TOML file + command-line flags (flags win), validated at start.
 
 use serde::Deserialize;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -380,6 +380,10 @@ pub const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/callrelay-gateway";
 
 impl Default for Config {
+    #[expect(
+        clippy::expect_used,
+        reason = "the defaults resolve (tests build Config::default() and --check-config resolves them)"
+    )]
     fn default() -> Self {
         Self::resolve(FileConfig::default(), FileConfig::default()).expect("defaults are valid")
     }
@@ -415,11 +419,11 @@ impl Config {
     /// Merges flags over file values over defaults and validates.
     pub fn resolve(cli: FileConfig, file: FileConfig) -> Result<Self, ConfigError> {
         let listen =
-            pick!(cli, file, listen).unwrap_or_else(|| "0.0.0.0:8188".parse().expect("addr"));
-        let http_listen =
-            pick!(cli, file, http_listen).unwrap_or_else(|| "0.0.0.0:8088".parse().expect("addr"));
-        let admin_listen = pick!(cli, file, admin_listen)
-            .unwrap_or_else(|| "127.0.0.1:7088".parse().expect("addr"));
+            pick!(cli, file, listen).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8188)));
+        let http_listen = pick!(cli, file, http_listen)
+            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8088)));
+        let admin_listen =
+            pick!(cli, file, admin_listen).unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 7088)));
         let admin_secret = pick!(cli, file, admin_secret).filter(|s| !s.is_empty());
         let api_secret = pick!(cli, file, api_secret).filter(|s| !s.is_empty());
         let token_auth = cli.token_auth.or(file.token_auth).unwrap_or(false);
@@ -610,8 +614,8 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?,
             None => DEFAULT_TRUSTED_PROXIES
                 .iter()
-                .map(|s| Cidr::parse(s).expect("default CIDR"))
-                .collect(),
+                .map(|s| Cidr::parse(s).map_err(|m| invalid("trusted_proxies", m)))
+                .collect::<Result<Vec<_>, _>>()?,
         };
         let max_admin_connections = in_range(
             "max_admin_connections",

@@ -6,6 +6,8 @@
 //! * [`server`] — the tokio/axum shell (WebSocket, HTTP long poll, Admin API, TLS).
 //! * [`testpage`] — the test call page served on the admin listener.
 #![warn(missing_docs)]
+// Outside tests (clippy.toml relaxes these there) nothing unwraps or expects.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
 pub mod core;

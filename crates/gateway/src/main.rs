@@ -1,4 +1,7 @@
 //! `gateway`: callrelay's Janus-compatible signaling gateway.
+// Outside tests (clippy.toml relaxes these there) nothing unwraps or expects.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 use anyhow::Context as _;
 use clap::Parser;
 use gateway::{CliConfig, Config, FileConfig, Listeners};

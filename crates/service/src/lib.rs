@@ -11,6 +11,8 @@
 //! It depends only downward (on shared-ice); the services depend on it and never on each
 //! other.
 #![warn(missing_docs)]
+// Outside tests (clippy.toml relaxes these there) nothing unwraps or expects.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod logging;
 pub mod systemd;

@@ -3,7 +3,7 @@
 //! Every flag has a TOML key of the same name with `-` replaced by `_`; a flag given on the
 //! command line replaces the key from the file. Errors name the key and say how to fix it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -387,8 +387,8 @@ impl Config {
             let l = pick_list(&cli.listen, &f.listen);
             if l.is_empty() {
                 vec![
-                    "0.0.0.0:3478".parse().expect("literal"),
-                    "[::]:3478".parse().expect("literal"),
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, 3478)),
                 ]
             } else {
                 addrs("listen", &l)?
@@ -412,8 +412,8 @@ impl Config {
             let l = pick_list(&cli.tls_listen, &f.tls_listen);
             if l.is_empty() && cert.is_some() {
                 vec![
-                    "0.0.0.0:5349".parse().expect("literal"),
-                    "[::]:5349".parse().expect("literal"),
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5349)),
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5349)),
                 ]
             } else {
                 addrs("tls_listen", &l)?

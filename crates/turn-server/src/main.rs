@@ -1,4 +1,6 @@
 //! `turn-server` binary: config, logging, worker threads, signals, metrics endpoint.
+// Outside tests (clippy.toml relaxes these there) nothing unwraps or expects.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -80,12 +80,20 @@ pub struct Metrics {
     tls_not_after: IntGauge,
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
+)]
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
     r.register(Box::new(v.clone())).expect("unique metric");
     v
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
+)]
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
@@ -100,6 +108,10 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every metric with all label values pre-created (so they show as 0).
+    #[expect(
+        clippy::expect_used,
+        reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
+    )]
     pub fn new() -> Self {
         let r = Registry::new();
         let active = IntGaugeVec::new(

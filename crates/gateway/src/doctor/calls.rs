@@ -176,6 +176,10 @@ pub(super) fn calls_turn_credentials(
         "{}:{mattermost_username}",
         now_unix.saturating_add(minutes.saturating_mul(60))
     );
+    #[expect(
+        clippy::expect_used,
+        reason = "infallible: HMAC accepts keys of any length"
+    )]
     let mut mac =
         Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(username.as_bytes());

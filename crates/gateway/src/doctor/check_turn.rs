@@ -25,6 +25,10 @@ pub(crate) fn mattermost_turn_credentials(
 ) -> (String, String) {
     let expiry = shared_ice::auth::mattermost_expiry(now_unix, utc_offset);
     let username = format!("{expiry}:{turn_username}");
+    #[expect(
+        clippy::expect_used,
+        reason = "infallible: HMAC accepts keys of any length"
+    )]
     let mut mac =
         Hmac::<Sha1>::new_from_slice(shared_key.as_bytes()).expect("HMAC takes any key length");
     mac.update(username.as_bytes());

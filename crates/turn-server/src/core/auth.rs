@@ -136,6 +136,10 @@ impl<R: RngCore> Core<R> {
 
     /// Appends the hex of the first 8 bytes of HMAC-SHA1(nonce key, expiry ‖ client IP).
     fn nonce_tag(&self, expiry: u32, client: IpAddr, out: &mut String) {
+        #[expect(
+            clippy::expect_used,
+            reason = "infallible: HMAC accepts keys of any length"
+        )]
         let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("any key");
         mac.update(&expiry.to_be_bytes());
         match client {
