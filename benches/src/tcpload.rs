@@ -379,24 +379,31 @@ async fn run_step(
     })
 }
 
-/// One CPU step over TCP: `allocs` fresh TURN-over-TCP allocations on `server`
+/// One CPU step over TCP: `opts.cpu_allocs` fresh TURN-over-TCP allocations on `server`
 /// (channel 0x4000 to the echo peer; bare connections without a `secret`),
 /// `size`-byte payloads at `rate` relayed packets/s in total (to_peer + to_client),
-/// each connection writing `burst` frames at a time, for `step`. Allocation set-up is outside the measured window.
-#[allow(clippy::too_many_arguments)]
+/// each connection writing `opts.burst` frames at a time, for `opts.step`. Allocation
+/// set-up is outside the measured window.
 pub(crate) async fn tcp_cpu_step(
     server: SocketAddr,
     secret: Option<&str>,
     peer: &EchoPeer,
-    allocs: usize,
+    opts: &TurnOpts,
     size: usize,
     rate: f64,
-    burst: u64,
-    step: Duration,
     server_pid: u32,
 ) -> Result<TcpStep> {
-    let a = allocate_tcp(server, secret, peer.addr, allocs.max(1)).await?;
-    run_step(a, peer, size, rate / 2.0, burst.max(1), step, server_pid).await
+    let a = allocate_tcp(server, secret, peer.addr, opts.cpu_allocs.max(1)).await?;
+    run_step(
+        a,
+        peer,
+        size,
+        rate / 2.0,
+        opts.burst.max(1),
+        opts.step,
+        server_pid,
+    )
+    .await
 }
 
 /// The TCP rows of the data session: "CPU µs/relayed pkt, TCP N B" and the load
@@ -414,18 +421,7 @@ pub(crate) async fn tcp_cpu_rows(
 ) -> Result<()> {
     for (rate, tag) in &opts.cpu_rates() {
         for &size in &opts.sizes {
-            let s = tcp_cpu_step(
-                server,
-                secret,
-                peer,
-                opts.cpu_allocs,
-                size,
-                *rate,
-                opts.burst,
-                opts.step,
-                server_pid,
-            )
-            .await?;
+            let s = tcp_cpu_step(server, secret, peer, opts, size, *rate, server_pid).await?;
             eprintln!(
                 "  {label} cpu TCP {size}B{tag}: relayed {} loss {:.3}%{} server {:.2} µs/pkt loadgen {:.2} µs/pkt",
                 s.r.relayed(),

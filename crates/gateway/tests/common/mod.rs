@@ -1,6 +1,10 @@
 //! Test harness: starts the gateway in-process on 127.0.0.1 ephemeral ports and talks
 //! to it over real WebSocket (tokio-tungstenite) and raw HTTP/1.1.
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different part of this helper module"
+)]
 
 use futures_util::{SinkExt, StreamExt};
 use gateway::{Config, FileConfig, Listeners};

@@ -86,7 +86,10 @@ type UdpSocket = AsyncFd<std::net::UdpSocket>;
 // owns its descriptor for its whole life and never swaps it, which is the condition the
 // unsafe version asks the caller to guarantee; our crates forbid `unsafe`, so we use the
 // safe (deprecated) spelling for this one type only.
-#[allow(deprecated)]
+#[expect(
+    deprecated,
+    reason = "the safe spelling; the non-deprecated one is `unsafe`"
+)]
 fn rx_socket(s: std::net::UdpSocket) -> io::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     AsyncFd::with_interest(s, tokio::io::Interest::READABLE)

@@ -1,5 +1,9 @@
 //! Helpers for tests that start the real `turn-server` binary on loopback.
-#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different part of this helper module"
+)]
 
 pub mod raw;
 

@@ -1,6 +1,10 @@
 //! A minimal hand-written STUN/TURN client for tests that need exact control of the bytes
 //! (forbidden peers, IPv6 spellings, malformed input). Independent of the server's codec.
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different part of this helper module"
+)]
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;

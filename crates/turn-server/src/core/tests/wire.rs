@@ -1,7 +1,6 @@
 //! The tests' view of the STUN codec: a `&mut` face over shared-ice's builder and parser
 //! that keeps thousands of lines of scenarios short (`b.attr(..)`, `m.get(..)`). Test code
 //! only: the core itself speaks `shared_ice::stun` directly.
-#![allow(clippy::indexing_slicing, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 
