@@ -2,6 +2,8 @@
 //!
 //! janus.js before 0.5 ignores server `trickle` events, so the SDP the gateway forwards
 //! to the other browser must already carry the sender's candidates (janus-api.md §11).
+// The SDP and the candidates are remote input: no indexing that could panic on them.
+#![deny(clippy::indexing_slicing)]
 
 /// One trickled candidate as received in a Janus `trickle` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +86,9 @@ pub fn merge_candidates(sdp: &str, candidates: &[Candidate], end_of_candidates: 
     }
     let media_count = sections.len() - 1;
     if media_count > 0 {
-        let mids: Vec<Option<String>> = sections[1..]
+        let mids: Vec<Option<String>> = sections
             .iter()
+            .skip(1)
             .map(|s| {
                 s.iter()
                     .find_map(|l| l.strip_prefix("a=mid:").map(|m| m.trim().to_string()))
@@ -104,7 +107,9 @@ pub fn merge_candidates(sdp: &str, candidates: &[Candidate], end_of_candidates: 
                 .and_then(|i| usize::try_from(i).ok())
                 .filter(|i| *i < media_count);
             let idx = by_mid.or(by_index).unwrap_or(0) + 1;
-            let section = &mut sections[idx];
+            let Some(section) = sections.get_mut(idx) else {
+                continue;
+            };
             if !section.contains(&line) {
                 // Keep candidates before an existing end-of-candidates marker.
                 let pos = section
@@ -115,7 +120,7 @@ pub fn merge_candidates(sdp: &str, candidates: &[Candidate], end_of_candidates: 
             }
         }
         if end_of_candidates {
-            for section in &mut sections[1..] {
+            for section in sections.iter_mut().skip(1) {
                 if !section.iter().any(|l| l == "a=end-of-candidates") {
                     section.push("a=end-of-candidates".to_string());
                 }

@@ -1,4 +1,6 @@
 //! Response helpers shared by the handlers: JSON bodies, CORS, Janus errors, bodies, query strings.
+// Query strings and bodies are remote input: no indexing that could panic on them.
+#![deny(clippy::indexing_slicing)]
 
 use super::state::{App, Shared};
 use crate::core::{JanusError, error_reply};
@@ -67,33 +69,24 @@ pub(super) fn query_params(q: Option<&str>) -> HashMap<String, String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(x) => {
-                        out.push(x);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
+    let mut rest = s.as_bytes();
+    let mut out = Vec::with_capacity(rest.len());
+    while let Some((&c, tail)) = rest.split_first() {
+        let escaped = match (c, tail) {
+            (b'%', [h, l, after @ ..]) => std::str::from_utf8(&[*h, *l])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .map(|x| (x, after)),
+            _ => None,
+        };
+        match escaped {
+            Some((x, after)) => {
+                out.push(x);
+                rest = after;
             }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
+            None => {
+                out.push(if c == b'+' { b' ' } else { c });
+                rest = tail;
             }
         }
     }
@@ -154,4 +147,29 @@ pub(super) async fn read_body(app: &App, body: Body) -> Result<Vec<u8>, Box<Resp
 
 pub(super) fn empty(status: StatusCode) -> Response {
     status.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{percent_decode, query_params};
+
+    #[test]
+    fn percent_decoding_takes_whole_escapes_only() {
+        assert_eq!(percent_decode("a%3Db+c"), "a=b c");
+        assert_eq!(percent_decode("%e2%82%AC"), "€");
+        // an escape cut short or not hex stays as it was
+        for kept in ["%", "%4", "100%", "%zz1", "%4g"] {
+            assert_eq!(percent_decode(kept), kept);
+        }
+        assert_eq!(percent_decode("%%41%"), "%A%");
+        assert_eq!(percent_decode("%ff"), "\u{fffd}");
+        assert_eq!(percent_decode(""), "");
+    }
+
+    #[test]
+    fn query_params_decode_keys_and_values() {
+        let q = query_params(Some("token=abc%3D%3D&transaction=x+y&flag"));
+        assert_eq!(q.get("token").map(String::as_str), Some("abc=="));
+        assert_eq!(q.get("transaction").map(String::as_str), Some("x y"));
+    }
 }
