@@ -22,40 +22,64 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::stun::Message;
 
+/// `H(parts[0] ":" parts[1] ":" …)`: the one shape of the three RFC 8489 hashes below.
+fn hash_joined<H: Digest>(parts: &[&str]) -> md5::digest::Output<H> {
+    let mut h = H::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b":");
+        }
+        h.update(part.as_bytes());
+    }
+    h.finalize()
+}
+
 /// `MD5(username ":" realm ":" password)`, the long-term key of RFC 8489 §9.2.2.
 #[must_use]
 pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update(username.as_bytes());
-    h.update(b":");
-    h.update(realm.as_bytes());
-    h.update(b":");
-    h.update(password.as_bytes());
-    h.finalize().into()
+    hash_joined::<Md5>(&[username, realm, password]).into()
 }
 
 /// `SHA-256(username ":" realm ":" password)`, the long-term key when
 /// PASSWORD-ALGORITHM is SHA-256 (RFC 8489 §9.2.2, §18.5.1.2).
 #[must_use]
 pub fn long_term_key_sha256(username: &str, realm: &str, password: &str) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    h.update(username.as_bytes());
-    h.update(b":");
-    h.update(realm.as_bytes());
-    h.update(b":");
-    h.update(password.as_bytes());
-    h.finalize().into()
+    hash_joined::<sha2::Sha256>(&[username, realm, password]).into()
 }
 
 /// `SHA-256(username ":" realm)`, the USERHASH value (RFC 8489 §14.4).
 #[must_use]
 pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    h.update(username.as_bytes());
-    h.update(b":");
-    h.update(realm.as_bytes());
-    h.finalize().into()
+    hash_joined::<sha2::Sha256>(&[username, realm]).into()
 }
+
+/// The impls every secret wrapper here shares (the bytes are its field `.0`; zeroizing
+/// is each type's `#[derive(Zeroize, ZeroizeOnDrop)]`): a `Debug` that prints only
+/// `Name(<redacted>)`, and with `eq` also a constant-time `PartialEq`/`Eq`.
+macro_rules! secret_impls {
+    ($name:ident) => {
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
+    ($name:ident, eq) => {
+        secret_impls!($name);
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.ct_eq(&other.0).into()
+            }
+        }
+
+        impl Eq for $name {}
+    };
+}
+
+secret_impls!(LongTermKey, eq);
+secret_impls!(RestSecret);
+secret_impls!(RestPassword, eq);
 
 /// A long-term key (the HMAC key of MESSAGE-INTEGRITY), zeroized on drop, redacted
 /// in `Debug`, compared in constant time.
@@ -85,20 +109,6 @@ impl LongTermKey {
 impl AsRef<[u8]> for LongTermKey {
     fn as_ref(&self) -> &[u8] {
         &self.0
-    }
-}
-
-impl PartialEq for LongTermKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-
-impl Eq for LongTermKey {}
-
-impl fmt::Debug for LongTermKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LongTermKey(<redacted>)")
     }
 }
 
@@ -134,12 +144,6 @@ impl RestSecret {
     }
 }
 
-impl fmt::Debug for RestSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RestSecret(<redacted>)")
-    }
-}
-
 impl From<&str> for RestSecret {
     fn from(s: &str) -> Self {
         Self::new(s)
@@ -167,20 +171,6 @@ impl RestPassword {
     #[must_use]
     pub fn long_term_key(&self, username: &str, realm: &str) -> LongTermKey {
         LongTermKey::new(username, realm, self.as_str())
-    }
-}
-
-impl PartialEq for RestPassword {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-
-impl Eq for RestPassword {}
-
-impl fmt::Debug for RestPassword {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RestPassword(<redacted>)")
     }
 }
 
@@ -462,6 +452,13 @@ mod tests {
         assert_eq!(c.password, s.password("1700000000:alice").as_str());
         assert_eq!(c.password.len(), 28);
         assert_eq!(format!("{s:?}"), "RestSecret(<redacted>)");
+        let p = s.password("1700000000:alice");
+        assert_eq!(format!("{p:?}"), "RestPassword(<redacted>)");
+        assert_eq!(p, s.password("1700000000:alice"));
+        assert_ne!(p, s.password("1700000000:bob"));
+        let k = p.long_term_key("1700000000:alice", "realm");
+        assert_eq!(k, LongTermKey::new("1700000000:alice", "realm", p.as_str()));
+        assert_ne!(k, LongTermKey::from_bytes([0; 16]));
         assert!(!format!("{c:?}").contains(&c.password));
         assert_eq!(mint(&s, "", 5).username, "5");
         assert_eq!(mint_with_ttl(&s, "bob", 100, 86_400).username, "86500:bob");
