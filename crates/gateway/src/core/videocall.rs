@@ -186,24 +186,13 @@ impl Core {
                 h.jsep_complete = j.complete;
             }
         }
-        self.videocall(now, hid, tx, body, jsep);
+        if let Err(e) = self.videocall_request(now, hid, tx, body, jsep) {
+            self.plugin_error(hid, tx, e.code, &e.reason);
+        }
         if let Some(h) = self.handles.get_mut(&hid) {
             h.jsep_complete = false;
         }
         json!({"janus": "ack", "session_id": sid, "transaction": tx})
-    }
-
-    pub(super) fn videocall(
-        &mut self,
-        now: Instant,
-        hid: u64,
-        tx: &str,
-        body: &Map<String, Value>,
-        jsep: Option<Jsep>,
-    ) {
-        if let Err(e) = self.videocall_request(now, hid, tx, body, jsep) {
-            self.plugin_error(hid, tx, e.code, &e.reason);
-        }
     }
 
     /// One videocall request; a refusal comes back as the plugin error to send.
