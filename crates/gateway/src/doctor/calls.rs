@@ -303,10 +303,7 @@ pub(crate) async fn run_calls(args: &DoctorArgs, cs: &CallsSettings) -> Vec<Chec
             let u = match parse_ice_uri(url, scheme) {
                 Ok(u) => u,
                 Err(e) => {
-                    out.push(c.fail(
-                        format!("cannot parse: {e}"),
-                        "use the form turn:rtc.example.com:3478, turn:rtc.example.com:3478?transport=tcp or turns:rtc.example.com:443?transport=tcp",
-                    ));
+                    out.push(c.unparsable(e, "turn:rtc.example.com:3478, turn:rtc.example.com:3478?transport=tcp or turns:rtc.example.com:443?transport=tcp"));
                     continue;
                 }
             };

@@ -64,13 +64,7 @@ pub(super) async fn check_admin(
             );
         }
         Err(e) => {
-            return (
-                c.fail(
-                    format!("cannot parse: {e}"),
-                    "use the form https://host:7089/admin",
-                ),
-                None,
-            );
+            return (c.unparsable(e, "https://host:7089/admin"), None);
         }
     };
     let Some(secret) = s.admin_secret.clone() else {

@@ -70,12 +70,7 @@ pub(super) async fn check_stun(uri: &str, t: Duration) -> Check {
     let c = Check::new("STUN URI", uri);
     let u = match parse_ice_uri(uri, "stun") {
         Ok(u) => u,
-        Err(e) => {
-            return c.fail(
-                format!("cannot parse: {e}"),
-                "use the form stun:rtc.example.com:3478",
-            );
-        }
+        Err(e) => return c.unparsable(e, "stun:rtc.example.com:3478"),
     };
     let server = match resolve(&u.host, u.port, t).await {
         Ok(a) => a,

@@ -102,9 +102,9 @@ pub(super) async fn check_turn(uri: &str, s: &Settings, utc_offset: i32, t: Dura
     let u = match parse_ice_uri(uri, "turn") {
         Ok(u) => u,
         Err(e) => {
-            return c.fail(
-                format!("cannot parse: {e}"),
-                "use the form turn:rtc.example.com:3478 or turn:rtc.example.com:3478?transport=tcp",
+            return c.unparsable(
+                e,
+                "turn:rtc.example.com:3478 or turn:rtc.example.com:3478?transport=tcp",
             );
         }
     };

@@ -43,6 +43,10 @@ impl Check {
         self.fix = Some(fix.into());
         self
     }
+    /// Fails on a target that does not parse: `form` is what a valid one looks like.
+    pub(super) fn unparsable(self, e: impl std::fmt::Display, form: &str) -> Self {
+        self.fail(format!("cannot parse: {e}"), format!("use the form {form}"))
+    }
     pub(super) fn pass(mut self, detail: impl Into<String>) -> Self {
         self.ok = true;
         self.detail = detail.into();

@@ -256,3 +256,15 @@ fn token_is_base64_of_a_26_char_id() {
     assert_eq!(tok.len(), 36);
     assert_eq!(tok.matches('=').count(), 1);
 }
+
+#[test]
+fn an_unparsable_target_fails_with_the_form_to_use() {
+    let e = parse_ice_uri("stun.example.com", "stun").unwrap_err();
+    let c = Check::new("STUN URI", "stun.example.com").unparsable(e, "stun:rtc.example.com:3478");
+    assert!(!c.ok);
+    assert_eq!(c.detail, "cannot parse: must start with stun:");
+    assert_eq!(
+        c.fix.as_deref(),
+        Some("use the form stun:rtc.example.com:3478")
+    );
+}
