@@ -6,6 +6,8 @@
 //! * [`time`] — wall-clock Unix time for the sans-IO cores' `unix_now` input.
 //! * [`systemd`] — `READY=1`/`STOPPING=1`, the watchdog interval, [`systemd::Heartbeat`]
 //!   and the [`systemd::Watchdog`] that pings only while the watched loops turn.
+//! * [`config`] — the TOML file, flags over file over defaults, range checks and the
+//!   address/CIDR parsers, with errors that name the key (each service keeps its keys).
 //! * [`logging`] — the `tracing` subscriber (stderr, `RUST_LOG`, default `info`).
 //!
 //! It depends only downward (on shared-ice); the services depend on it and never on each
@@ -14,6 +16,7 @@
 // Outside tests (clippy.toml relaxes these there) nothing unwraps or expects.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod config;
 pub mod logging;
 pub mod systemd;
 pub mod time;
