@@ -4,14 +4,20 @@
 //! command line replaces the key from the file. Errors name the key and say how to fix it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use callrelay_service::config::{
+    cidrs, in_range, pick, pick_list, read_toml, socket_addr, socket_addrs,
+};
 use clap::Parser;
 use serde::Deserialize;
 use shared_ice::auth::{RestSecret, RestSecrets};
 
-use crate::policy::{Cidr, PeerPolicy};
+use crate::policy::PeerPolicy;
+
+/// A configuration error naming the key (or the file) and the fix.
+pub use callrelay_service::config::ConfigError;
 
 /// Command-line flags (see docs/turn-server.md).
 #[derive(Debug, Default, Parser)]
@@ -204,48 +210,6 @@ pub fn default_workers(cpus: usize) -> usize {
     (cpus / 2).clamp(1, 16)
 }
 
-/// A configuration error naming the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A key has a bad value.
-    #[error("config key `{key}`: {msg}")]
-    Key {
-        /// The TOML key / flag name.
-        key: &'static str,
-        /// What is wrong and how to fix it.
-        msg: String,
-    },
-    /// The file cannot be read or parsed.
-    #[error("config file {path}: {msg}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// The reader/parser message (names the unknown or mistyped key).
-        msg: String,
-    },
-}
-
-fn key_err(key: &'static str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Key {
-        key,
-        msg: msg.into(),
-    }
-}
-
-/// `value` when it lies in `range`, else the error naming `key` with `why` (the fix).
-fn ranged<T: PartialOrd>(
-    key: &'static str,
-    value: T,
-    range: std::ops::RangeInclusive<T>,
-    why: &str,
-) -> Result<T, ConfigError> {
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(key_err(key, why))
-    }
-}
-
 /// A static long-term user: the core's type, parsed straight into.
 pub use crate::core::StaticUser;
 
@@ -330,52 +294,28 @@ pub struct Config {
     pub stream_auth_timeout: Duration,
 }
 
-fn pick<T>(cli: Option<T>, file: Option<T>, default: T) -> T {
-    cli.or(file).unwrap_or(default)
-}
-
-fn pick_list(cli: &[String], file: &[String]) -> Vec<String> {
-    if cli.is_empty() {
-        file.to_vec()
-    } else {
-        cli.to_vec()
-    }
-}
-
-fn addrs(key: &'static str, v: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
-    v.iter()
-        .map(|s| {
-            s.parse::<SocketAddr>()
-                .map_err(|_| key_err(key, format!("`{s}` is not ADDR:PORT (IPv6 as [::1]:3478)")))
-        })
-        .collect()
-}
-
 fn ips(key: &'static str, v: &[String]) -> Result<(Option<IpAddr>, Option<IpAddr>), ConfigError> {
     let (mut v4, mut v6) = (None, None);
     for s in v {
         let ip: IpAddr = s
             .parse()
-            .map_err(|_| key_err(key, format!("`{s}` is not an IP address")))?;
+            .map_err(|_| ConfigError::key(key, format!("`{s}` is not an IP address")))?;
         let slot = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
         if slot.replace(ip).is_some() {
-            return Err(key_err(key, "give at most one IPv4 and one IPv6 address"));
+            return Err(ConfigError::key(
+                key,
+                "give at most one IPv4 and one IPv6 address",
+            ));
         }
     }
     Ok((v4, v6))
-}
-
-fn cidrs(key: &'static str, v: &[String]) -> Result<Vec<Cidr>, ConfigError> {
-    v.iter()
-        .map(|s| s.parse::<Cidr>().map_err(|e| key_err(key, e.to_string())))
-        .collect()
 }
 
 impl Config {
     /// Loads `cli.config` (if any) and merges the flags over it.
     pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
         let file = match &cli.config {
-            Some(p) => read_file(p)?,
+            Some(p) => read_toml(p)?,
             None => FileConfig::default(),
         };
         Self::merge(cli, file)
@@ -384,77 +324,82 @@ impl Config {
     /// Merges flags over a parsed file and validates.
     pub fn merge(cli: &Cli, f: FileConfig) -> Result<Self, ConfigError> {
         let listen = {
-            let l = pick_list(&cli.listen, &f.listen);
+            let l = pick_list(cli.listen.clone(), f.listen);
             if l.is_empty() {
                 vec![
                     SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
                     SocketAddr::from((Ipv6Addr::UNSPECIFIED, 3478)),
                 ]
             } else {
-                addrs("listen", &l)?
+                socket_addrs("listen", &l)?
             }
         };
         let cert = cli.cert.clone().or(f.cert);
         let key = cli.key.clone().or(f.key);
         match (&cert, &key) {
             (Some(_), None) => {
-                return Err(key_err(
+                return Err(ConfigError::key(
                     "key",
                     "`cert` is set: also set `key` (PEM private key)",
                 ));
             }
             (None, Some(_)) => {
-                return Err(key_err("cert", "`key` is set: also set `cert` (PEM chain)"));
+                return Err(ConfigError::key(
+                    "cert",
+                    "`key` is set: also set `cert` (PEM chain)",
+                ));
             }
             _ => {}
         }
         let tls_listen = {
-            let l = pick_list(&cli.tls_listen, &f.tls_listen);
+            let l = pick_list(cli.tls_listen.clone(), f.tls_listen);
             if l.is_empty() && cert.is_some() {
                 vec![
                     SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5349)),
                     SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5349)),
                 ]
             } else {
-                addrs("tls_listen", &l)?
+                socket_addrs("tls_listen", &l)?
             }
         };
         if !tls_listen.is_empty() && cert.is_none() {
-            return Err(key_err(
+            return Err(ConfigError::key(
                 "tls_listen",
                 "TLS needs `cert` and `key` (PEM files)",
             ));
         }
-        let realm = cli
-            .realm
-            .clone()
-            .or(f.realm)
-            .unwrap_or_else(|| "callrelay".into());
+        let realm = pick(cli.realm.clone(), f.realm, "callrelay".into());
         if realm.is_empty() || realm.len() > 127 || realm.contains('"') {
-            return Err(key_err("realm", "use 1-127 characters without quotes"));
+            return Err(ConfigError::key(
+                "realm",
+                "use 1-127 characters without quotes",
+            ));
         }
-        let auth_secrets = pick_list(&cli.auth_secret, &f.auth_secret);
+        let auth_secrets = pick_list(cli.auth_secret.clone(), f.auth_secret);
         if auth_secrets.iter().any(String::is_empty) {
-            return Err(key_err("auth_secret", "a secret must not be empty"));
+            return Err(ConfigError::key(
+                "auth_secret",
+                "a secret must not be empty",
+            ));
         }
-        let users = pick_list(&cli.user, &f.user)
+        let users = pick_list(cli.user.clone(), f.user)
             .into_iter()
             .map(|u| match u.split_once(':') {
                 Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok(StaticUser {
                     name: n.into(),
                     password: p.into(),
                 }),
-                _ => Err(key_err("user", "write NAME:PASSWORD")),
+                _ => Err(ConfigError::key("user", "write NAME:PASSWORD")),
             })
             .collect::<Result<Vec<_>, _>>()?;
         if auth_secrets.is_empty() && users.is_empty() {
-            return Err(key_err(
+            return Err(ConfigError::key(
                 "auth_secret",
                 "no credentials configured: set `auth_secret` (TURN REST shared secret, the TURN Shared Key in Mattermost) or `user`",
             ));
         }
         let (mut relay_ip4, mut relay_ip6) =
-            ips("relay_ip", &pick_list(&cli.relay_ip, &f.relay_ip))?;
+            ips("relay_ip", &pick_list(cli.relay_ip.clone(), f.relay_ip))?;
         if relay_ip4.is_none() && relay_ip6.is_none() {
             // Default: the first specific listen address of each family.
             relay_ip4 = listen
@@ -466,7 +411,7 @@ impl Config {
                 .map(|a| a.ip())
                 .find(|i| i.is_ipv6() && !i.is_unspecified());
             if relay_ip4.is_none() && relay_ip6.is_none() {
-                return Err(key_err(
+                return Err(ConfigError::key(
                     "relay_ip",
                     "listening on a wildcard address: set `relay_ip` to the local address relay sockets bind to",
                 ));
@@ -474,34 +419,32 @@ impl Config {
         }
         for ip in [relay_ip4, relay_ip6].into_iter().flatten() {
             if ip.is_unspecified() || ip.is_multicast() {
-                return Err(key_err(
+                return Err(ConfigError::key(
                     "relay_ip",
                     format!("{ip} cannot be a relay address: use a unicast local IP"),
                 ));
             }
         }
-        let (external_ip4, external_ip6) =
-            ips("external_ip", &pick_list(&cli.external_ip, &f.external_ip))?;
+        let (external_ip4, external_ip6) = ips(
+            "external_ip",
+            &pick_list(cli.external_ip.clone(), f.external_ip),
+        )?;
         if external_ip4.is_some() && relay_ip4.is_none() {
-            return Err(key_err(
+            return Err(ConfigError::key(
                 "external_ip",
                 "an IPv4 external_ip needs an IPv4 relay_ip",
             ));
         }
         if external_ip6.is_some() && relay_ip6.is_none() {
-            return Err(key_err(
+            return Err(ConfigError::key(
                 "external_ip",
                 "an IPv6 external_ip needs an IPv6 relay_ip",
             ));
         }
         let relay_ports = {
-            let s = cli
-                .relay_ports
-                .clone()
-                .or(f.relay_ports)
-                .unwrap_or_else(|| "49152-65535".into());
+            let s = pick(cli.relay_ports.clone(), f.relay_ports, "49152-65535".into());
             let bad = || {
-                key_err(
+                ConfigError::key(
                     "relay_ports",
                     format!("`{s}` is not MIN-MAX with 1024 <= MIN <= MAX <= 65535"),
                 )
@@ -515,66 +458,71 @@ impl Config {
             (a, b)
         };
         let policy = PeerPolicy::new(
-            cidrs("allow_peer", &pick_list(&cli.allow_peer, &f.allow_peer))?,
-            cidrs("deny_peer", &pick_list(&cli.deny_peer, &f.deny_peer))?,
+            cidrs(
+                "allow_peer",
+                &pick_list(cli.allow_peer.clone(), f.allow_peer),
+            )?,
+            cidrs("deny_peer", &pick_list(cli.deny_peer.clone(), f.deny_peer))?,
         );
-        let metrics_listen = {
-            let s = cli
-                .metrics_listen
-                .clone()
-                .or(f.metrics_listen)
-                .unwrap_or_else(|| "127.0.0.1:9641".into());
-            s.parse()
-                .map_err(|_| key_err("metrics_listen", format!("`{s}` is not ADDR:PORT")))?
-        };
-        let metrics_max_connections = ranged(
+        let metrics_listen = socket_addr(
+            "metrics_listen",
+            &pick(
+                cli.metrics_listen.clone(),
+                f.metrics_listen,
+                "127.0.0.1:9641".into(),
+            ),
+        )?;
+        let metrics_max_connections = in_range(
             "metrics_max_connections",
             pick(cli.metrics_max_connections, f.metrics_max_connections, 64),
             4..=10_000,
-            "must be between 4 and 10000 (64 is the default; a Prometheus server holds one)",
+            " (64 is the default; a Prometheus server holds one)",
         )?;
-        let metrics_header_timeout = ranged(
+        let metrics_header_timeout = in_range(
             "metrics_header_timeout",
             pick(cli.metrics_header_timeout, f.metrics_header_timeout, 10),
             1..=300,
-            "must be between 1 and 300 seconds (10 is the default)",
+            " seconds (10 is the default)",
         )?;
-        let metrics_shutdown_grace = ranged(
+        let metrics_shutdown_grace = in_range(
             "metrics_shutdown_grace",
             pick(cli.metrics_shutdown_grace, f.metrics_shutdown_grace, 1),
             0..=30,
-            "must be between 0 and 30 seconds (1 is the default)",
+            " seconds (1 is the default)",
         )?;
-        let worker_stop_timeout = ranged(
+        let worker_stop_timeout = in_range(
             "worker_stop_timeout",
             pick(cli.worker_stop_timeout, f.worker_stop_timeout, 3),
             1..=60,
-            "must be between 1 and 60 seconds (3 is the default)",
+            " seconds (3 is the default)",
         )?;
-        let default_lifetime = pick(cli.default_lifetime, f.default_lifetime, 600);
+        let default_lifetime = in_range(
+            "default_lifetime",
+            pick(cli.default_lifetime, f.default_lifetime, 600),
+            2..,
+            " seconds (600 is the RFC default)",
+        )?;
         let max_lifetime = pick(cli.max_lifetime, f.max_lifetime, 3600);
-        if default_lifetime < 2 {
-            return Err(key_err(
-                "default_lifetime",
-                "must be at least 2 seconds (600 is the RFC default)",
+        if max_lifetime < default_lifetime {
+            return Err(ConfigError::key(
+                "max_lifetime",
+                "must be >= default_lifetime",
             ));
         }
-        if max_lifetime < default_lifetime {
-            return Err(key_err("max_lifetime", "must be >= default_lifetime"));
-        }
-        let nonce_lifetime = pick(cli.nonce_lifetime, f.nonce_lifetime, 600);
-        if nonce_lifetime < 10 {
-            return Err(key_err("nonce_lifetime", "must be at least 10 seconds"));
-        }
-        let max_frame = ranged(
+        let nonce_lifetime = in_range(
+            "nonce_lifetime",
+            pick(cli.nonce_lifetime, f.nonce_lifetime, 600),
+            10..,
+            " seconds",
+        )?;
+        let max_frame = in_range(
             "max_frame",
             pick(cli.max_frame, f.max_frame, 16384),
             1500..=65540,
-            "must be between 1500 and 65540 bytes",
+            " bytes",
         )?;
         let workers = match cli.workers.or(f.workers) {
-            Some(0) => return Err(key_err("workers", "must be at least 1")),
-            Some(n) => n,
+            Some(n) => in_range("workers", n, 1.., "")?,
             None => default_workers(
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -584,61 +532,61 @@ impl Config {
         let unauth_rate = pick(cli.unauth_rate, f.unauth_rate, 50).max(1);
         // Never below `unauth_rate` (benchmarks raise that one alone to disable the limit).
         let auth_rate = pick(cli.auth_rate, f.auth_rate, 2000).max(unauth_rate);
-        let rate_limit_sources = ranged(
+        let rate_limit_sources = in_range(
             "rate_limit_sources",
             pick(cli.rate_limit_sources, f.rate_limit_sources, 65_536),
             64..=4_194_304,
-            "must be between 64 and 4194304 entries (40 bytes each, per worker)",
+            " entries (40 bytes each, per worker)",
         )?;
-        let rate_limit_ipv6_prefix = ranged(
+        let rate_limit_ipv6_prefix = in_range(
             "rate_limit_ipv6_prefix",
             pick(cli.rate_limit_ipv6_prefix, f.rate_limit_ipv6_prefix, 64),
             16..=128,
-            "must be between 16 and 128 bits (64: one entry per IPv6 subnet)",
+            " bits (64: one entry per IPv6 subnet)",
         )?;
-        let max_permissions = ranged(
+        let max_permissions = in_range(
             "max_permissions",
             pick(cli.max_permissions, f.max_permissions, 256),
             1..=65_536,
-            "must be between 1 and 65536 (a call needs a few; 256 is the default)",
+            " (a call needs a few; 256 is the default)",
         )?;
-        let max_channels = ranged(
+        let max_channels = in_range(
             "max_channels",
             pick(cli.max_channels, f.max_channels, 256),
             1..=4096,
-            "must be between 1 and 4096 (the channel-number range; 256 is the default)",
+            " (the channel-number range; 256 is the default)",
         )?;
-        let transaction_cache = ranged(
+        let transaction_cache = in_range(
             "transaction_cache",
             pick(cli.transaction_cache, f.transaction_cache, 65_536),
             1024..=1_048_576,
-            "must be between 1024 and 1048576 answers per worker (at most about 600 bytes each)",
+            " answers per worker (at most about 600 bytes each)",
         )?;
-        let max_stream_connections = ranged(
+        let max_stream_connections = in_range(
             "max_stream_connections",
             pick(cli.max_stream_connections, f.max_stream_connections, 10_000),
-            1..=u32::MAX,
-            "must be at least 1 (10000 is the default)",
+            1..,
+            " (10000 is the default)",
         )?;
-        let max_stream_connections_per_ip = ranged(
+        let max_stream_connections_per_ip = in_range(
             "max_stream_connections_per_ip",
             pick(
                 cli.max_stream_connections_per_ip,
                 f.max_stream_connections_per_ip,
                 1_000,
             ),
-            1..=u32::MAX,
-            "must be at least 1 (1000 is the default: an office behind one NAT address)",
+            1..,
+            " (1000 is the default: an office behind one NAT address)",
         )?;
-        let stream_auth_timeout = ranged(
+        let stream_auth_timeout = in_range(
             "stream_auth_timeout",
             pick(cli.stream_auth_timeout, f.stream_auth_timeout, 15),
             1..=600,
-            "must be between 1 and 600 seconds (15 is the default)",
+            " seconds (15 is the default)",
         )?;
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < workers {
-            return Err(key_err(
+            return Err(ConfigError::key(
                 "relay_ports",
                 format!("the range needs at least {workers} ports (one shard per worker)"),
             ));
@@ -684,18 +632,6 @@ impl Config {
             stream_auth_timeout: Duration::from_secs(stream_auth_timeout),
         })
     }
-}
-
-/// Reads and parses a TOML file (unknown keys rejected).
-pub fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
-        path: p.into(),
-        msg: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::File {
-        path: p.into(),
-        msg: e.to_string(),
-    })
 }
 
 #[cfg(test)]

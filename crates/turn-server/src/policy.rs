@@ -14,9 +14,7 @@
 //! Lists are matched against the address as given and against any IPv4 address embedded in it,
 //! so `--deny-peer 203.0.113.0/24` also denies `::ffff:203.0.113.5`.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
 /// Why a peer was denied; the label of `callrelay_turn_denied_peers_total`.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -76,65 +74,9 @@ impl DenyClass {
     }
 }
 
-/// An IP network in CIDR notation.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-/// A CIDR that does not parse.
-#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
-#[error("`{0}` is not a CIDR: write ADDRESS/PREFIX, e.g. 127.0.0.1/32 or 2001:db8::/32")]
-pub struct CidrError(String);
-
-impl Cidr {
-    /// Whether `ip` lies inside this network (families must match).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || CidrError(s.to_owned());
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.trim().parse().map_err(|_| err())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| err())?,
-            None => max,
-        };
-        if prefix > max {
-            return Err(err());
-        }
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+/// An IP network in CIDR notation (`allow_peer`/`deny_peer`), parsed as both services
+/// parse their CIDR keys.
+pub use callrelay_service::config::Cidr;
 
 /// The peer-address policy of one server.
 #[derive(Clone, Debug, Default)]
@@ -364,26 +306,5 @@ mod tests {
         assert_eq!(deny(&p, "::ffff:8.8.8.8"), Err(DenyClass::DenyList));
         assert_eq!(deny(&p, "2002:808:808::1"), Err(DenyClass::DenyList));
         assert_eq!(deny(&p, "8.8.4.4"), Ok(()));
-    }
-
-    #[test]
-    fn cidr_parse() {
-        assert!("10.0.0.0/8".parse::<Cidr>().is_ok());
-        assert!("::1".parse::<Cidr>().is_ok());
-        assert!(
-            "::/0"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains("2001:db8::1".parse().unwrap())
-        );
-        assert!(
-            "0.0.0.0/0"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains("1.2.3.4".parse().unwrap())
-        );
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("banana/8".parse::<Cidr>().is_err());
-        assert!("10.0.0.0/x".parse::<Cidr>().is_err());
     }
 }

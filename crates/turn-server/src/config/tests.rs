@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use super::*;
 
 fn cli(args: &[&str]) -> Cli {
@@ -170,7 +172,8 @@ fn example_configs_load() {
     // has a secret, validate.
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/turn-server.toml");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let f: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let f: FileConfig = callrelay_service::config::parse_toml(&p, &text)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let c = cli(&["--auth-secret", "s"]);
     Config::merge(&c, f).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
 }
