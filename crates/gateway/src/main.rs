@@ -256,12 +256,12 @@ fn main() -> std::process::ExitCode {
     let cli_config = cli.run.into_config();
     let cfg = match Config::load(cli_config.clone()) {
         Ok(c) => c,
-        Err(e @ gateway::ConfigError::Read { .. }) => {
+        Err(e @ gateway::ConfigError::File { .. }) => {
             eprintln!("gateway: configuration error: {e}");
             return std::process::ExitCode::from(2);
         }
         Err(e) => {
-            // which file (or the flags): a TOML error's line number means nothing without it
+            // a key error: say where the keys came from (the file, or the flags alone)
             eprintln!("gateway: configuration error: {source}: {e}");
             return std::process::ExitCode::from(2);
         }
@@ -282,7 +282,7 @@ fn main() -> std::process::ExitCode {
     // SIGHUP reads the same file and flags again
     let reloader: gateway::Reloader = Box::new(move || {
         Config::load(cli_config.clone()).map_err(|e| match e {
-            e @ gateway::ConfigError::Read { .. } => e.to_string(),
+            e @ gateway::ConfigError::File { .. } => e.to_string(),
             e => format!("{source}: {e}"),
         })
     });

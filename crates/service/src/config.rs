@@ -114,16 +114,23 @@ pub fn socket_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigE
 }
 
 /// Parses every `ADDR:PORT` of the list `key`.
-pub fn socket_addrs(key: &'static str, values: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
-    values.iter().map(|s| socket_addr(key, s)).collect()
+pub fn socket_addrs<S: AsRef<str>>(
+    key: &'static str,
+    values: &[S],
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    values
+        .iter()
+        .map(|s| socket_addr(key, s.as_ref()))
+        .collect()
 }
 
 /// Parses every CIDR block of the list `key`.
-pub fn cidrs(key: &'static str, values: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+pub fn cidrs<S: AsRef<str>>(key: &'static str, values: &[S]) -> Result<Vec<Cidr>, ConfigError> {
     values
         .iter()
         .map(|s| {
-            s.parse()
+            s.as_ref()
+                .parse()
                 .map_err(|e: CidrError| ConfigError::key(key, e.to_string()))
         })
         .collect()

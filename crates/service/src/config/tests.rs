@@ -128,7 +128,7 @@ fn socket_addresses_name_the_key_and_the_value() {
     let got = socket_addrs("listen", &list).unwrap();
     assert_eq!(got[0].to_string(), "127.0.0.1:3478");
     assert_eq!(got[1].to_string(), "[::1]:3478");
-    let e = socket_addrs("listen", &["127.0.0.1:1".into(), "nope".into()]).unwrap_err();
+    let e = socket_addrs("listen", &["127.0.0.1:1", "nope"]).unwrap_err();
     assert_eq!(
         e.to_string(),
         "config key `listen`: `nope` is not ADDR:PORT (IPv6 as [::1]:3478)"
@@ -183,12 +183,9 @@ fn cidr_errors_say_what_to_write() {
     );
     assert_eq!(e("::/129"), "`::/129`: the prefix length must be 0..=128");
     assert!(e("proxy.example").contains("not an address"));
-    let err = cidrs(
-        "trusted_proxies",
-        &["10.0.0.0/8".into(), "10.0.0.1/8".into()],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = cidrs("trusted_proxies", &["10.0.0.0/8", "10.0.0.1/8"])
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "config key `trusted_proxies`: `10.0.0.1/8` has host bits set; write 10.0.0.0/8"
