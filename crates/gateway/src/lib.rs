@@ -20,7 +20,7 @@ pub mod store;
 pub mod testpage;
 pub mod turn;
 
-pub use config::{CliConfig, Config, ConfigError, FileConfig};
+pub use config::{CliConfig, ClusterConfig, Config, ConfigError, FileConfig, NatsAuth};
 pub use server::{
     Listeners, Reloader, ServeError, check_tls, serve, serve_with_reload, serve_with_reloader,
 };

@@ -183,6 +183,41 @@ struct RunArgs {
     /// Access-Control-Allow-Origin of the HTTP transport [default: *].
     #[arg(long, value_name = "ORIGIN")]
     cors_allow_origin: Option<String>,
+    /// NATS server URL, nats://HOST:PORT or tls://HOST:PORT (repeatable or
+    /// comma-separated): run as one node of a cluster (docs/scale-out.md).
+    #[arg(long = "nats-url", value_name = "URL")]
+    nats_url: Vec<String>,
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    node_id: Option<String>,
+    /// Prefix of the cluster's NATS subjects and buckets [default: callrelay].
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, value_name = "USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "CALLRELAY_GATEWAY_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "CALLRELAY_GATEWAY_NATS_TOKEN",
+        hide_env_values = true
+    )]
+    nats_token: Option<String>,
+    /// File holding this node's NATS NKey seed (SU...).
+    #[arg(long, value_name = "FILE")]
+    nats_nkey_seed_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the NATS servers' certificates; implies TLS to NATS.
+    #[arg(long, value_name = "PEM")]
+    nats_ca_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -235,6 +270,14 @@ impl RunArgs {
                 max_candidate_bytes: self.max_candidate_bytes,
                 max_candidate_bytes_per_handle: self.max_candidate_bytes_per_handle,
                 cors_allow_origin: self.cors_allow_origin,
+                nats_url: (!self.nats_url.is_empty()).then_some(self.nats_url),
+                node_id: self.node_id,
+                cluster: self.cluster,
+                nats_user: self.nats_user,
+                nats_password: self.nats_password,
+                nats_token: self.nats_token,
+                nats_nkey_seed_file: self.nats_nkey_seed_file,
+                nats_ca_file: self.nats_ca_file,
             },
         }
     }
@@ -305,6 +348,28 @@ fn check_config(source: &str, cfg: &Config) -> std::process::ExitCode {
             "gateway: configuration error: {source}: config key `cert`/`key`: {e}; fix the files or the paths"
         );
         return std::process::ExitCode::from(2);
+    }
+    if let Some(c) = &cfg.cluster {
+        for (key, path) in [
+            (
+                "nats_nkey_seed_file",
+                match &c.auth {
+                    gateway::NatsAuth::NkeySeedFile(p) => Some(p),
+                    _ => None,
+                },
+            ),
+            ("nats_ca_file", c.ca_file.as_ref()),
+        ] {
+            if let Some(p) = path
+                && let Err(e) = std::fs::metadata(p)
+            {
+                eprintln!(
+                    "gateway: configuration error: {source}: config key `{key}`: {}: {e}",
+                    p.display()
+                );
+                return std::process::ExitCode::from(2);
+            }
+        }
     }
     if cfg.state_dir.exists() && !cfg.state_dir.is_dir() {
         eprintln!(

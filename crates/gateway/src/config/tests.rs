@@ -379,3 +379,127 @@ fn flags_override_file_and_validation_names_keys() {
             .starts_with("config key `admin_secret`:")
     );
 }
+
+#[test]
+fn cluster_keys_resolve_validate_and_redact() {
+    let d = FileConfig::default;
+    assert!(
+        Config::default().cluster.is_none(),
+        "no nats_url: a node alone"
+    );
+    let toml = r#"
+        nats_url = ["nats://127.0.0.1:4222, tls://10.0.0.2:4222", "nats://10.0.0.3:4222"]
+        node_id = "gw-1"
+        nats_user = "gateway"
+        nats_password = "hunter2-secret"
+    "#;
+    let c = Config::resolve(d(), parse_toml(toml).unwrap()).unwrap();
+    let cl = c.cluster.clone().unwrap();
+    assert_eq!(
+        cl.urls,
+        [
+            "nats://127.0.0.1:4222",
+            "tls://10.0.0.2:4222",
+            "nats://10.0.0.3:4222"
+        ]
+    );
+    assert_eq!(
+        (cl.node_id.as_str(), cl.name.as_str()),
+        ("gw-1", "callrelay")
+    );
+    assert!(cl.tls, "a tls:// URL requires TLS");
+    assert_eq!(cl.token_bucket(), "callrelay_tokens");
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+    assert!(dbg.contains("<redacted>"), "{dbg}");
+    // flags win over the file, the default node id is a valid name
+    let cli = FileConfig {
+        nats_url: Some(vec!["nats://127.0.0.1:4333".into()]),
+        nats_user: Some(String::new()),
+        nats_password: Some(String::new()),
+        nats_token: Some("tok-secret".into()),
+        ..d()
+    };
+    let file = FileConfig {
+        nats_url: Some(vec!["nats://127.0.0.1:4222".into()]),
+        ..d()
+    };
+    let cl = Config::resolve(cli, file).unwrap().cluster.unwrap();
+    assert_eq!(cl.urls, ["nats://127.0.0.1:4333"]);
+    assert!(is_name(&cl.node_id), "{:?}", cl.node_id);
+    assert!(!format!("{cl:?}").contains("tok-secret"));
+    assert!(!cl.tls);
+    // every error names its key
+    let url = || Some(vec!["nats://127.0.0.1:4222".to_string()]);
+    for (f, key) in [
+        (
+            FileConfig {
+                nats_user: Some("u".into()),
+                ..d()
+            },
+            "config key `nats_user`:",
+        ),
+        (
+            FileConfig {
+                cluster: Some("c".into()),
+                ..d()
+            },
+            "config key `cluster`:",
+        ),
+        (
+            FileConfig {
+                nats_url: Some(vec!["http://x:1".into()]),
+                ..d()
+            },
+            "config key `nats_url`:",
+        ),
+        (
+            FileConfig {
+                nats_url: url(),
+                node_id: Some("a.b".into()),
+                ..d()
+            },
+            "config key `node_id`:",
+        ),
+        (
+            FileConfig {
+                nats_url: url(),
+                cluster: Some("a b".into()),
+                ..d()
+            },
+            "config key `cluster`:",
+        ),
+        (
+            FileConfig {
+                nats_url: url(),
+                nats_user: Some("u".into()),
+                ..d()
+            },
+            "config key `nats_password`:",
+        ),
+        (
+            FileConfig {
+                nats_url: url(),
+                nats_password: Some("p".into()),
+                ..d()
+            },
+            "config key `nats_user`:",
+        ),
+        (
+            FileConfig {
+                nats_url: url(),
+                nats_token: Some("t".into()),
+                nats_nkey_seed_file: Some("seed".into()),
+                ..d()
+            },
+            "config key `nats_token`:",
+        ),
+    ] {
+        let e = Config::resolve(f, d()).unwrap_err().to_string();
+        assert!(e.starts_with(key), "{e}");
+    }
+    assert!(
+        parse_toml("nats_urls = []").is_err(),
+        "unknown keys are refused"
+    );
+}

@@ -40,6 +40,8 @@ fn restart_only(old: &Config, mut new: Config) -> (Vec<&'static str>, Config) {
         max_connections_per_ip => "max_connections_per_ip",
         trusted_proxies => "trusted_proxies",
         max_admin_connections => "max_admin_connections",
+        // the NATS connection and the node's name are set up once at start
+        cluster => "nats_url/node_id/cluster/nats_*",
     );
     (changed, new)
 }
