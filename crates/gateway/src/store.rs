@@ -1,6 +1,8 @@
-//! The two pieces of state a multi-node gateway will share: the Janus token store and the
-//! registry of videocall usernames. Both sit behind small traits so that a NATS-backed
-//! implementation can be added later without touching the protocol core.
+//! The two pieces of state a multi-node gateway shares: the Janus token store and the
+//! registry of videocall usernames, behind small traits. In a cluster each node's core
+//! keeps its own in-memory copy of the token table: local changes leave the core as
+//! [`crate::core::TokenUpdate`]s that the shell writes to NATS, other nodes' changes come
+//! back in through [`crate::core::Core::apply_shared_token`] (docs/scale-out.md).
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,8 +22,13 @@ pub trait TokenStore: Send {
     fn disallow(&mut self, token: &str, plugins: &[String]) -> Option<Vec<String>>;
     /// All tokens with their allowed plugins, sorted by token.
     fn list(&self) -> Vec<(String, Vec<String>)>;
-    /// Drops tokens not seen for more than `max_idle_secs`; returns how many.
-    fn expire(&mut self, now_unix: u64, max_idle_secs: u64) -> usize;
+    /// Drops tokens not seen for more than `max_idle_secs`; returns them, sorted.
+    fn expire(&mut self, now_unix: u64, max_idle_secs: u64) -> Vec<String>;
+    /// One token's state, without refreshing its last-seen time.
+    fn get(&self, token: &str) -> Option<TokenEntry>;
+    /// Sets a token's plugins to `entry`'s (another node's change); its last-seen time
+    /// becomes the later of both, so a use seen by either node counts.
+    fn put(&mut self, entry: TokenEntry);
     /// Number of stored tokens.
     fn len(&self) -> usize;
     /// True when empty.
@@ -134,11 +141,34 @@ impl TokenStore for MemoryTokenStore {
             .collect()
     }
 
-    fn expire(&mut self, now_unix: u64, max_idle_secs: u64) -> usize {
-        let before = self.tokens.len();
-        self.tokens
-            .retain(|_, s| now_unix.saturating_sub(s.last_seen) <= max_idle_secs);
-        before - self.tokens.len()
+    fn expire(&mut self, now_unix: u64, max_idle_secs: u64) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.tokens.retain(|t, s| {
+            let keep = now_unix.saturating_sub(s.last_seen) <= max_idle_secs;
+            if !keep {
+                gone.push(t.clone());
+            }
+            keep
+        });
+        gone.sort();
+        gone
+    }
+
+    fn get(&self, token: &str) -> Option<TokenEntry> {
+        self.tokens.get(token).map(|s| TokenEntry {
+            token: token.to_string(),
+            plugins: s.plugins.iter().cloned().collect(),
+            last_seen: s.last_seen,
+        })
+    }
+
+    fn put(&mut self, entry: TokenEntry) {
+        let st = self.tokens.entry(entry.token).or_insert(TokenState {
+            plugins: BTreeSet::new(),
+            last_seen: entry.last_seen,
+        });
+        st.last_seen = st.last_seen.max(entry.last_seen);
+        st.plugins = entry.plugins.into_iter().collect();
     }
 
     fn len(&self) -> usize {
@@ -244,7 +274,32 @@ mod tests {
         let snap = s.snapshot();
         let back = MemoryTokenStore::from_file(snap.clone());
         assert_eq!(back.snapshot(), snap);
-        assert_eq!(s.expire(1000, 800), 1, "t2 last seen at 100 is dropped");
+        assert_eq!(
+            s.expire(1000, 800),
+            ["t2"],
+            "t2 last seen at 100 is dropped"
+        );
+        // another node's state: its plugins, the later last-seen time
+        s.put(TokenEntry {
+            token: "t1".into(),
+            plugins: vec![],
+            last_seen: 5,
+        });
+        assert_eq!(
+            s.get("t1"),
+            Some(TokenEntry {
+                token: "t1".into(),
+                plugins: vec![],
+                last_seen: 300
+            })
+        );
+        s.put(TokenEntry {
+            token: "t3".into(),
+            plugins: vc.clone(),
+            last_seen: 7,
+        });
+        assert_eq!(s.get("t3").map(|e| e.last_seen), Some(7));
+        assert!(s.remove("t3"));
         assert!(s.remove("t1"));
         assert!(!s.remove("t1"));
         assert!(s.is_empty());

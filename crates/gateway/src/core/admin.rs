@@ -274,6 +274,7 @@ impl Core {
             Some(list) => list.into_iter().filter(|p| p == VIDEOCALL).collect(),
         };
         let now_allowed = self.tokens.add(token, &allowed, unix);
+        self.token_changed(token);
         success(tx, json!({"data": {"plugins": now_allowed}}))
     }
 
@@ -302,7 +303,10 @@ impl Core {
             self.tokens.disallow(token, plugins)
         };
         match r {
-            Some(list) => (success(tx, json!({"data": {"plugins": list}})), true),
+            Some(list) => {
+                self.token_changed(token);
+                (success(tx, json!({"data": {"plugins": list}})), true)
+            }
             None => (
                 self.err(
                     0,
@@ -317,6 +321,7 @@ impl Core {
 
     fn admin_remove_token(&mut self, tx: &str, token: &str) -> (Value, bool) {
         if self.tokens.remove(token) {
+            self.token_changed(token);
             (success(tx, json!({})), true)
         } else {
             (

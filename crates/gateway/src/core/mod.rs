@@ -8,7 +8,7 @@ use crate::store::{TokenStore, UserRegistry};
 use rand::{Rng, rngs::StdRng};
 use serde_json::Value;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 mod admin;
@@ -22,6 +22,7 @@ mod videocall;
 pub use counters::Counters;
 use janus::JsepType;
 pub use janus::{JanusError, VideocallError, error_reply};
+pub use tokens::TokenUpdate;
 
 /// The only plugin this gateway implements.
 pub const VIDEOCALL: &str = "janus.plugin.videocall";
@@ -265,6 +266,19 @@ pub struct Core {
     /// Not persisted and not in the Admin API's token list; they allow
     /// janus.plugin.videocall only.
     test_tokens: HashMap<String, u64>,
+    /// Cluster mode ([`Core::share_tokens`]): token changes for the shell to publish.
+    shared: Option<SharedTokens>,
+}
+
+/// What the core keeps for a token table shared with other nodes.
+#[derive(Debug, Default)]
+struct SharedTokens {
+    /// Changes made here (Admin API, expiry, last use), oldest first, until the shell
+    /// takes them after the request or timer that made them.
+    updates: Vec<TokenUpdate>,
+    /// Tokens used since the last sweep: their last-seen time is published then, so
+    /// another node's expiry does not drop a token that is used only here.
+    used: HashSet<String>,
 }
 
 impl std::fmt::Debug for Core {
@@ -302,6 +316,7 @@ impl Core {
             per_conn: HashMap::new(),
             test_tokens: HashMap::new(),
             tokens_dirty: false,
+            shared: None,
         }
     }
 

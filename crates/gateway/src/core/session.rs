@@ -204,9 +204,7 @@ impl Core {
             match self.next_token_sweep {
                 None => self.next_token_sweep = Some(now + Duration::from_secs(3600)),
                 Some(t) if t <= now => {
-                    self.tokens.expire(unix, self.cfg.token_max_idle.as_secs());
-                    // also persists the last-seen times refreshed by token use
-                    self.tokens_dirty = true;
+                    self.sweep_tokens(unix);
                     self.next_token_sweep = Some(now + Duration::from_secs(3600));
                 }
                 Some(_) => {}

@@ -762,3 +762,106 @@ fn every_refusal_path_answers_the_same_bytes() {
         assert_eq!(g, w);
     }
 }
+
+/// Cluster mode: every local change of the token table comes out as a `TokenUpdate`
+/// (state, not operation), another node's change goes in without coming out again, a
+/// full table replaces the local one except what is not written yet, and the hourly
+/// sweep publishes the last use before it expires idle tokens.
+#[test]
+fn shared_tokens_come_out_as_updates_and_go_in_silently() {
+    use crate::store::TokenEntry;
+    let t0 = Instant::now();
+    let day = 86_400;
+    let mut c = core(CoreConfig {
+        admin_secret: Some("adm".into()),
+        token_auth: true,
+        token_max_idle: Duration::from_secs(7 * day),
+        ..CoreConfig::default()
+    });
+    let admin = |c: &mut Core, unix: u64, v: Value| c.admin_value(t0, unix, v, None).reply;
+    // alone (no share_tokens): nothing is queued
+    admin(
+        &mut c,
+        10,
+        json!({"janus": "add_token", "transaction": "t", "admin_secret": "adm", "token": "solo"}),
+    );
+    assert!(c.take_token_updates().is_empty());
+    c.share_tokens();
+    let entry = |t: &str, plugins: &[&str], last_seen: u64| TokenEntry {
+        token: t.into(),
+        plugins: plugins.iter().map(|p| p.to_string()).collect(),
+        last_seen,
+    };
+    admin(
+        &mut c,
+        100,
+        json!({"janus": "add_token", "transaction": "t", "admin_secret": "adm", "token": "a"}),
+    );
+    admin(
+        &mut c,
+        101,
+        json!({"janus": "disallow_token", "transaction": "t", "admin_secret": "adm", "token": "a", "plugins": [VIDEOCALL]}),
+    );
+    admin(
+        &mut c,
+        102,
+        json!({"janus": "remove_token", "transaction": "t", "admin_secret": "adm", "token": "solo"}),
+    );
+    // refused changes change nothing and queue nothing
+    let r = admin(
+        &mut c,
+        103,
+        json!({"janus": "remove_token", "transaction": "t", "admin_secret": "adm", "token": "nope"}),
+    );
+    assert_eq!(r["janus"], "error");
+    assert_eq!(
+        c.take_token_updates(),
+        [
+            TokenUpdate::Put(entry("a", &[VIDEOCALL], 100)),
+            TokenUpdate::Put(entry("a", &[], 100)),
+            TokenUpdate::Delete("solo".into()),
+        ]
+    );
+    // another node's changes: applied, not queued again
+    c.apply_shared_token("b", Some(entry("b", &[VIDEOCALL], 200)));
+    c.apply_shared_token("a", None);
+    assert!(c.take_token_updates().is_empty());
+    assert!(c.check_credentials(Some("b"), None, 300));
+    assert!(!c.check_credentials(Some("a"), None, 300));
+    // a full table: "b" is not in it (removed elsewhere while we were away), "c" is
+    // new, "d" was added here and is not written yet
+    admin(
+        &mut c,
+        301,
+        json!({"janus": "add_token", "transaction": "t", "admin_secret": "adm", "token": "d"}),
+    );
+    c.take_token_updates();
+    let keep = ["d".to_string()].into_iter().collect();
+    assert_eq!(
+        c.replace_shared_tokens(vec![entry("c", &[VIDEOCALL], 250)], &keep),
+        1
+    );
+    assert!(!c.check_credentials(Some("b"), None, 302));
+    assert!(c.check_credentials(Some("c"), None, 302));
+    assert!(c.check_credentials(Some("d"), None, 302));
+    assert!(c.take_token_updates().is_empty());
+    // the sweep (first run arms it, the next one an hour later does the work): "c" and
+    // "d" were used at 302 and are published with that time; 8 days later both are idle
+    c.handle_timeout(t0, 400);
+    c.handle_timeout(t0 + Duration::from_secs(3600), 500);
+    assert_eq!(
+        c.take_token_updates(),
+        [
+            TokenUpdate::Put(entry("c", &[VIDEOCALL], 302)),
+            TokenUpdate::Put(entry("d", &[VIDEOCALL], 302)),
+        ]
+    );
+    c.handle_timeout(t0 + Duration::from_secs(7200), 302 + 8 * day);
+    assert_eq!(
+        c.take_token_updates(),
+        [
+            TokenUpdate::Delete("c".into()),
+            TokenUpdate::Delete("d".into())
+        ]
+    );
+}

@@ -1,9 +1,23 @@
 //! Credentials: api secret, stored tokens (with their idle expiry) and test-page tokens.
 
-use super::Core;
 use super::janus::Envelope;
-use crate::store::TokenFile;
+use super::{Core, SharedTokens};
+use crate::store::{TokenEntry, TokenFile};
+use std::collections::HashSet;
 use subtle::ConstantTimeEq;
+
+/// A change of the token table made on this node, for the other nodes of a cluster: the
+/// shell writes it to the shared store ([`Core::take_token_updates`]). State, not
+/// operations: a `Put` carries the token's whole state after the change, so writing
+/// the newest one is enough and the order of two writes of one token does not matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenUpdate {
+    /// The token as it is now (`add_token`, `allow_token`, `disallow_token`, or its
+    /// last use published by the hourly sweep).
+    Put(TokenEntry),
+    /// The token is gone (`remove_token`, or idle longer than `token_max_idle`).
+    Delete(String),
+}
 
 pub(super) fn ct_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
@@ -35,6 +49,11 @@ impl Core {
             && let Some(t) = token
             && self.tokens.check(t, unix).is_some()
         {
+            if let Some(sh) = &mut self.shared
+                && !sh.used.contains(t)
+            {
+                sh.used.insert(t.to_string());
+            }
             return true;
         }
         token.is_some_and(|t| self.test_token_valid(t, unix))
@@ -82,11 +101,101 @@ impl Core {
         if self.cfg.token_max_idle.is_zero() {
             return 0;
         }
-        let n = self.tokens.expire(unix, self.cfg.token_max_idle.as_secs());
-        if n > 0 {
+        let gone = self.tokens.expire(unix, self.cfg.token_max_idle.as_secs());
+        if !gone.is_empty() {
             self.tokens_dirty = true;
         }
+        let n = gone.len();
+        if let Some(sh) = &mut self.shared {
+            sh.updates.extend(gone.into_iter().map(TokenUpdate::Delete));
+        }
         n
+    }
+
+    /// The hourly sweep: publishes the last-seen times of the tokens used since the
+    /// previous sweep (cluster mode), then drops the idle ones.
+    pub(super) fn sweep_tokens(&mut self, unix: u64) {
+        if let Some(sh) = &mut self.shared {
+            let mut used: Vec<String> = sh.used.drain().collect();
+            used.sort();
+            // a token removed since its use is not published (that would delete it
+            // again, perhaps after another node re-added it)
+            let entries: Vec<TokenEntry> = used.iter().filter_map(|t| self.tokens.get(t)).collect();
+            if let Some(sh) = &mut self.shared {
+                sh.updates.extend(entries.into_iter().map(TokenUpdate::Put));
+            }
+        }
+        self.expire_tokens(unix);
+        // also persists the last-seen times refreshed by token use
+        self.tokens_dirty = true;
+    }
+
+    /// Cluster mode: from now on every change of the token table made here is queued as
+    /// a [`TokenUpdate`] for [`Core::take_token_updates`].
+    pub fn share_tokens(&mut self) {
+        self.shared.get_or_insert_with(SharedTokens::default);
+    }
+
+    /// The token changes made here since the last call, oldest first (always empty
+    /// unless [`Core::share_tokens`] was called). The shell takes them after each
+    /// request and timer run, as it takes the events.
+    pub fn take_token_updates(&mut self) -> Vec<TokenUpdate> {
+        self.shared
+            .as_mut()
+            .map(|sh| std::mem::take(&mut sh.updates))
+            .unwrap_or_default()
+    }
+
+    /// Queues the current state of `token` (after a local change) for the other nodes.
+    pub(super) fn token_changed(&mut self, token: &str) {
+        let entry = self.tokens.get(token);
+        if let Some(sh) = &mut self.shared {
+            sh.updates.push(match entry {
+                Some(e) => TokenUpdate::Put(e),
+                None => TokenUpdate::Delete(token.to_string()),
+            });
+        }
+    }
+
+    /// Another node's change of one token (`None`: removed there). Applied as it is,
+    /// queued for nobody (it came from the shared store); tokens.json follows.
+    pub fn apply_shared_token(&mut self, token: &str, entry: Option<TokenEntry>) {
+        match entry {
+            Some(e) => self.tokens.put(e),
+            None => {
+                self.tokens.remove(token);
+            }
+        }
+        self.tokens_dirty = true;
+    }
+
+    /// The whole shared table (read when the node (re)connects): tokens it does not
+    /// hold are dropped here, except those in `keep` (changes made here that are not
+    /// written yet); every entry of it is applied as [`Core::apply_shared_token`] does.
+    /// Returns how many local tokens were dropped.
+    pub fn replace_shared_tokens(
+        &mut self,
+        entries: Vec<TokenEntry>,
+        keep: &HashSet<String>,
+    ) -> usize {
+        let names: HashSet<&str> = entries.iter().map(|e| e.token.as_str()).collect();
+        let stale: Vec<String> = self
+            .tokens
+            .list()
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| !names.contains(t.as_str()) && !keep.contains(t))
+            .collect();
+        for t in &stale {
+            self.tokens.remove(t);
+        }
+        for e in entries {
+            if !keep.contains(&e.token) {
+                self.tokens.put(e);
+            }
+        }
+        self.tokens_dirty = true;
+        stale.len()
     }
 
     /// The token a `create` was authorised by, for the per-token cap: None when no
