@@ -77,7 +77,9 @@ pub(super) struct Shared {
     pub(super) metrics: Metrics,
     /// The running configuration; a SIGHUP reload swaps it (see [`apply_reload`]).
     pub(super) cfg: std::sync::RwLock<Arc<Config>>,
-    pub(super) persist_lock: tokio::sync::Mutex<()>,
+    /// Held by the tokens.json write in progress, until its blocking write ends (the
+    /// write outlives a task aborted at shutdown: the last write must wait for it).
+    pub(super) persist_lock: Arc<tokio::sync::Mutex<()>>,
     pub(super) tokens_path: PathBuf,
     /// The last tokens.json write failed (the timer task retries).
     pub(super) tokens_unsaved: std::sync::atomic::AtomicBool,
@@ -133,7 +135,7 @@ impl Shared {
             }),
             metrics,
             cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
-            persist_lock: tokio::sync::Mutex::new(()),
+            persist_lock: Arc::new(tokio::sync::Mutex::new(())),
             tokens_path,
             tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
             timer_wake,

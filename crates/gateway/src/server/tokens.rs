@@ -79,14 +79,23 @@ fn write_tokens(path: &Path, file: &TokenFile) -> std::io::Result<()> {
 /// flagged unsaved (`callrelay_gateway_token_store_unsaved` = 1) and the timer task
 /// retries; the error text is returned for the Admin API reply.
 pub(super) async fn persist_tokens(app: &App) -> Result<(), String> {
-    let _guard = app.persist_lock.lock().await;
+    // the guard moves into the blocking write: a caller aborted at shutdown drops its
+    // future, not the write, and the final write waits for it instead of racing it
+    // for tokens.json.tmp
+    let guard = app.persist_lock.clone().lock_owned().await;
     let snap = {
         let mut inner = app.lock();
         let _ = inner.core.take_token_snapshot();
         inner.core.token_snapshot()
     };
     let path = app.tokens_path.clone();
-    let res = match tokio::task::spawn_blocking(move || write_tokens(&path, &snap)).await {
+    let res = match tokio::task::spawn_blocking(move || {
+        let r = write_tokens(&path, &snap);
+        drop(guard);
+        r
+    })
+    .await
+    {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(format!("persistence task failed: {e}")),
     };
