@@ -363,6 +363,24 @@ impl Metrics {
             .set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 
+    /// Registers the cluster metrics (only a gateway with `nats_url` has them, so a node
+    /// alone shows no NATS state at all).
+    pub fn register_cluster(&self) -> ClusterMetrics {
+        let m = ClusterMetrics::new();
+        for c in [
+            Box::new(m.nats_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.kv_failures.clone()),
+            Box::new(m.kv_writes.clone()),
+            Box::new(m.kv_writes_pending.clone()),
+            Box::new(m.kv_writes_dropped.clone()),
+            Box::new(m.kv_updates_received.clone()),
+        ] {
+            // a second registration (never done) would only keep the first
+            let _ = self.registry.register(c);
+        }
+        m
+    }
+
     /// Counts one error reply.
     pub fn error(&self, code: u16) {
         self.errors.with_label_values(&[&code.to_string()]).inc();
@@ -376,6 +394,73 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The metrics of a cluster node (`nats_url` set; docs/scale-out.md).
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    /// `callrelay_gateway_nats_connected` — 1 while the node is connected to NATS.
+    pub nats_connected: IntGauge,
+    /// `callrelay_gateway_nats_kv_failures_total{op}` — key-value operations that
+    /// failed: `put`, `delete` (token writes, retried), `watch` (reading the bucket),
+    /// `bucket` (opening or creating it).
+    pub kv_failures: IntCounterVec,
+    /// `callrelay_gateway_nats_kv_writes_total` — token changes written to the bucket.
+    pub kv_writes: IntCounter,
+    /// `callrelay_gateway_nats_kv_writes_pending` — token changes made here and not yet
+    /// written (NATS unreachable), at most `CLUSTER_WRITE_QUEUE`.
+    pub kv_writes_pending: IntGauge,
+    /// `callrelay_gateway_nats_kv_writes_dropped_total` — token changes not queued
+    /// because the queue was full: the other nodes never see them.
+    pub kv_writes_dropped: IntCounter,
+    /// `callrelay_gateway_nats_kv_updates_received_total` — other nodes' token changes
+    /// applied here (full reads of the bucket count each token).
+    pub kv_updates_received: IntCounter,
+}
+
+impl ClusterMetrics {
+    #[expect(
+        clippy::expect_used,
+        reason = "metric names and help texts are literals: a bad one panics at start-up, in every cluster test"
+    )]
+    fn new() -> Self {
+        let g = |n: &str, h: &str| IntGauge::new(n, h).expect("valid metric");
+        let c = |n: &str, h: &str| IntCounter::new(n, h).expect("valid metric");
+        let kv_failures = IntCounterVec::new(
+            Opts::new(
+                "callrelay_gateway_nats_kv_failures_total",
+                "NATS key-value operations that failed (put, delete, watch, bucket)",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        for op in ["put", "delete", "watch", "bucket"] {
+            kv_failures.with_label_values(&[op]);
+        }
+        Self {
+            nats_connected: g(
+                "callrelay_gateway_nats_connected",
+                "1 while this node is connected to NATS",
+            ),
+            kv_failures,
+            kv_writes: c(
+                "callrelay_gateway_nats_kv_writes_total",
+                "Token changes written to the NATS key-value bucket",
+            ),
+            kv_writes_pending: g(
+                "callrelay_gateway_nats_kv_writes_pending",
+                "Token changes made here and not yet written to NATS",
+            ),
+            kv_writes_dropped: c(
+                "callrelay_gateway_nats_kv_writes_dropped_total",
+                "Token changes dropped because the queue of unwritten changes was full",
+            ),
+            kv_updates_received: c(
+                "callrelay_gateway_nats_kv_updates_received_total",
+                "Token changes of other nodes applied here",
+            ),
+        }
     }
 }
 

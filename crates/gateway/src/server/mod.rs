@@ -7,6 +7,7 @@
 //! `ws_session`), and unlocks — the lock is never held across an `.await`.
 
 mod admin;
+mod cluster;
 mod credentials;
 mod http;
 mod limits;
@@ -65,6 +66,9 @@ pub enum ServeError {
     /// Stopped with token changes that could not be written to tokens.json.
     #[error("tokens: {0}")]
     TokensUnsaved(String),
+    /// The cluster settings cannot be used (NKey seed or CA file, NATS URL).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// The three bound listeners.
@@ -174,9 +178,38 @@ async fn serve_inner(
         record_cert_expiry(&metrics, c, t);
     }
     let ws_port = listeners.ws.local_addr()?.port();
+    let cluster_metrics = cfg.cluster.as_ref().map(|_| metrics.register_cluster());
     let (app, expired) = Shared::start(&cfg, metrics, tokens_path, file, ws_port);
     if expired > 0 {
         let _ = persist_tokens(&app).await;
+    }
+    // cluster mode: connect in the background and share the token table
+    let mut cluster_task = None;
+    if let (Some(ccfg), Some(cm)) = (&cfg.cluster, cluster_metrics) {
+        let reconnected = Arc::new(Notify::new());
+        let client = cluster::connect(ccfg, &cm, reconnected.clone()).await?;
+        let outbox = Arc::new(cluster::Outbox::new(cm));
+        {
+            let mut inner = app.lock();
+            inner.core.share_tokens();
+            inner.cluster = Some(outbox.clone());
+        }
+        tracing::info!(
+            node = %ccfg.node_id,
+            cluster = %ccfg.name,
+            nats = %ccfg.urls.join(","),
+            bucket = %ccfg.token_bucket(),
+            "cluster mode: tokens are shared through NATS"
+        );
+        cluster_task = Some(tokio::spawn(cluster::cluster_loop(
+            app.clone(),
+            client,
+            ccfg.clone(),
+            cfg.token_max_idle,
+            outbox,
+            reconnected,
+            shutdown.clone(),
+        )));
     }
 
     for (name, l) in [
@@ -232,6 +265,15 @@ async fn serve_inner(
     shutdown.cancelled().await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    if let Some(t) = cluster_task {
+        // it writes what is queued when NATS is there; a moment at most
+        if tokio::time::timeout(Duration::from_secs(3), t)
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS writes did not finish within 3 s at shutdown");
+        }
+    }
     stop(&app).await
 }
 

@@ -1,5 +1,6 @@
 //! The shared state behind the handlers: the core's lock, per-connection queues, delivery.
 
+use super::cluster::Outbox;
 use super::core_config;
 use crate::config::Config;
 use crate::core::{ConnId, Core, Output, Source};
@@ -70,6 +71,8 @@ pub(super) struct Inner {
     pub(super) ws_queue_bytes: usize,
     pub(super) http_queue_bytes: usize,
     pub(super) metrics: Metrics,
+    /// Cluster mode: the core's token changes go here, to be written to NATS.
+    pub(super) cluster: Option<Arc<Outbox>>,
 }
 
 pub(super) struct Shared {
@@ -132,6 +135,7 @@ impl Shared {
                 metrics: metrics.clone(),
                 closed_http: VecDeque::new(),
                 timer_wake: timer_wake.clone(),
+                cluster: None,
             }),
             metrics,
             cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
@@ -186,6 +190,11 @@ impl Inner {
     }
 
     pub(super) fn deliver(&mut self) {
+        if let Some(outbox) = &self.cluster {
+            for u in self.core.take_token_updates() {
+                outbox.push(u);
+            }
+        }
         let mut unread: Vec<u64> = Vec::new();
         loop {
             for out in self.core.drain() {
