@@ -1,0 +1,382 @@
+//! Cluster mode (docs/scale-out.md) with a real `nats-server` (JetStream, file storage)
+//! started by the test on a free loopback port, and three real gateway binaries: a
+//! token added on one node is usable on another, a removal reaches the others, the
+//! tokens survive a full restart of the nodes and of NATS, and a NATS outage leaves the
+//! nodes serving the tokens they know and heals by itself. Every wait polls what a
+//! client can observe, up to a deadline.
+
+mod common;
+use common::*;
+
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long anything in this test may take to propagate or recover.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A `nats-server -js` on 127.0.0.1 with its store in a directory of the test.
+struct Nats {
+    child: Child,
+    port: u16,
+    store: PathBuf,
+}
+
+impl Nats {
+    /// Starts it on `port` (0: a free one) and waits until it accepts connections.
+    fn start(port: u16, store: &Path) -> Self {
+        Self::start_with(port, store, None)
+    }
+
+    /// [`Nats::start`] with a configuration file (`-c`; the flags win over it).
+    fn start_with(port: u16, store: &Path, conf: Option<&Path>) -> Self {
+        let port = if port == 0 {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        } else {
+            port
+        };
+        // Debian installs it in /usr/sbin, which a user's PATH may not hold
+        let bin = if Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let mut cmd = Command::new(bin);
+        if let Some(c) = conf {
+            cmd.arg("-c").arg(c);
+        }
+        let child = cmd
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run nats-server ({e}): the cluster tests need it; install the Debian package: apt-get install nats-server"
+                )
+            });
+        let mut n = Self {
+            child,
+            port,
+            store: store.to_path_buf(),
+        };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(st) = n.child.try_wait().unwrap() {
+                panic!("nats-server exited at start: {st}");
+            }
+            assert!(
+                t.elapsed() < DEADLINE,
+                "nats-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n.port = port;
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGTERM: a clean shutdown, as systemd does) and waits for the exit.
+    fn stop(mut self) -> (u16, PathBuf) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        wait_exit(&mut self.child, 20);
+        (self.port, self.store.clone())
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(nats: &str, id: &str, state: &Path) -> Bin {
+    node_with(nats, id, state, &[], &[])
+}
+
+fn node_with(nats: &str, id: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Bin {
+    let mut all = vec![
+        "--nats-url",
+        nats,
+        "--node-id",
+        id,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--admin-secret",
+        ADMIN_SECRET,
+        "--token-auth",
+    ];
+    all.extend_from_slice(args);
+    let bin = Bin::start_env(&all, env);
+    // serving already; ready for the cluster once it has read the shared tokens
+    bin.wait_log(0, &["shared tokens read from NATS"]);
+    bin
+}
+
+async fn admin(bin: &Bin, body: Value) -> Value {
+    let mut body = body;
+    body["admin_secret"] = ADMIN_SECRET.into();
+    body["transaction"] = "cluster-test".into();
+    post_json(bin.admin, "/admin", &body).await
+}
+
+/// `create` with `token` over the node's HTTP transport: Ok(session) or Err(code).
+async fn create(bin: &Bin, token: &str) -> Result<u64, u64> {
+    let r = post_json(
+        bin.http,
+        "/janus",
+        &json!({"janus": "create", "transaction": "c", "token": token}),
+    )
+    .await;
+    match r["data"]["id"].as_u64() {
+        Some(id) => Ok(id),
+        None => Err(r["error"]["code"].as_u64().unwrap_or(0)),
+    }
+}
+
+/// Polls `create` on `bin` until it succeeds (`valid`) or is refused with 403; returns
+/// how long that took.
+async fn until_token(bin: &Bin, token: &str, valid: bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        let r = create(bin, token).await;
+        match (&r, valid) {
+            (Ok(_), true) | (Err(403), false) => return t.elapsed(),
+            (Ok(_) | Err(403), _) => {}
+            (Err(code), _) => panic!("create answered {code}"),
+        }
+        assert!(
+            t.elapsed() < DEADLINE,
+            "token {token} still {r:?} on {} after {DEADLINE:?}",
+            bin.admin
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn until_metric(admin: SocketAddr, series: &str, want: f64) {
+    let t = Instant::now();
+    loop {
+        let v = metric_at(admin, series).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < DEADLINE,
+            "{series} stayed {v}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stop_node(mut bin: Bin) {
+    bin.signal("TERM");
+    let st = bin.wait_exit(20);
+    assert!(st.success(), "gateway exited with {st}");
+}
+
+const CONNECTED: &str = "callrelay_gateway_nats_connected";
+
+#[tokio::test]
+async fn three_nodes_share_tokens_through_nats() {
+    let dir = temp_dir();
+    let nats = Nats::start(0, &dir.join("nats"));
+    let url = nats.url();
+    let states: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("n{i}"))).collect();
+    let nodes: Vec<Bin> = states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| node(&url, &format!("n{}", i + 1), s))
+        .collect();
+    for n in &nodes {
+        assert_eq!(metric_at(n.admin, CONNECTED).await, 1.0);
+    }
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // added through node 1's Admin API, used to create a session on node 3
+    assert_eq!(
+        create(n3, "tok-a").await,
+        Err(403),
+        "unknown before add_token"
+    );
+    let t = Instant::now();
+    let r = admin(n1, json!({"janus": "add_token", "token": "tok-a"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(n3, "tok-a", true).await;
+    let propagated = t.elapsed();
+    until_token(n2, "tok-a", true).await;
+    let r = admin(n2, json!({"janus": "list_tokens"})).await;
+    assert_eq!(
+        r["data"]["tokens"],
+        json!([{"token": "tok-a", "allowed_plugins": ["janus.plugin.videocall"]}])
+    );
+
+    // removed on node 2: node 3 refuses it
+    let t = Instant::now();
+    let r = admin(n2, json!({"janus": "remove_token", "token": "tok-a"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(n3, "tok-a", false).await;
+    let removed = t.elapsed();
+    until_token(n1, "tok-a", false).await;
+    eprintln!(
+        "token propagation: add on node 1 -> create on node 3 in {propagated:?}; remove on node 2 -> refused on node 3 in {removed:?}"
+    );
+
+    // full restart of the nodes and of nats-server: the token is still valid, also on
+    // a node that starts with an empty state directory (it can only come from NATS)
+    let r = admin(n1, json!({"janus": "add_token", "token": "tok-b"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(n3, "tok-b", true).await;
+    for n in nodes {
+        stop_node(n);
+    }
+    let (port, store) = nats.stop();
+    let nats = Nats::start(port, &store);
+    let fresh = dir.join("n3-fresh");
+    let nodes = vec![
+        node(&url, "n1", &states[0]),
+        node(&url, "n2", &states[1]),
+        node(&url, "n3", &fresh),
+    ];
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    assert!(
+        create(n3, "tok-b").await.is_ok(),
+        "tok-b from NATS after a full restart"
+    );
+    assert!(create(n1, "tok-b").await.is_ok());
+    assert_eq!(
+        create(n1, "tok-a").await,
+        Err(403),
+        "a removed token stays removed"
+    );
+
+    // NATS stopped: every node keeps serving the tokens it knows, /metrics says so
+    let (port, store) = nats.stop();
+    for n in &nodes {
+        until_metric(n.admin, CONNECTED, 0.0).await;
+        assert!(
+            create(n, "tok-b").await.is_ok(),
+            "known token during the outage"
+        );
+    }
+    // a token added meanwhile works where it was added and waits to be written
+    let r = admin(n1, json!({"janus": "add_token", "token": "tok-c"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    assert!(create(n1, "tok-c").await.is_ok());
+    assert_eq!(create(n3, "tok-c").await, Err(403));
+    until_metric(n1.admin, "callrelay_gateway_nats_kv_writes_pending", 1.0).await;
+    assert_eq!(
+        metric_at(n1.admin, "callrelay_gateway_nats_kv_writes_dropped_total").await,
+        0.0
+    );
+
+    // NATS back: it heals by itself, the queued token reaches the other nodes
+    let t = Instant::now();
+    let _nats = Nats::start(port, &store);
+    until_token(n3, "tok-c", true).await;
+    let healed = t.elapsed();
+    until_token(n2, "tok-c", true).await;
+    for n in &nodes {
+        until_metric(n.admin, CONNECTED, 1.0).await;
+    }
+    until_metric(n1.admin, "callrelay_gateway_nats_kv_writes_pending", 0.0).await;
+    eprintln!("NATS restarted -> token queued on node 1 usable on node 3 in {healed:?}");
+    for n in nodes {
+        stop_node(n);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The documented production shape (docs/scale-out.md): NATS with a user whose
+/// password comes from the environment and whose permissions are only the subjects the
+/// gateway uses. Tokens still travel both ways (put and delete), the password never
+/// reaches the log, and a node with a wrong password serves alone, disconnected.
+#[tokio::test]
+async fn nodes_authenticate_with_a_user_limited_to_the_documented_subjects() {
+    let dir = temp_dir();
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        r#"authorization {
+  users = [
+    { user: gateway, password: "s3cret-pw-not-in-logs",
+      permissions: { publish: ["$JS.API.>", "$JS.FC.>", "$KV.callrelay_tokens.>"],
+                     subscribe: ["_INBOX.>"] } }
+  ]
+}
+"#,
+    )
+    .unwrap();
+    let nats = Nats::start_with(0, &dir.join("nats"), Some(&conf));
+    let url = nats.url();
+    let user = ["--nats-user", "gateway"];
+    let pw = [("CALLRELAY_GATEWAY_NATS_PASSWORD", "s3cret-pw-not-in-logs")];
+    let n1 = node_with(&url, "a1", &dir.join("a1"), &user, &pw);
+    let n2 = node_with(&url, "a2", &dir.join("a2"), &user, &pw);
+    let r = admin(&n1, json!({"janus": "add_token", "token": "tok-auth"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(&n2, "tok-auth", true).await;
+    let r = admin(&n2, json!({"janus": "remove_token", "token": "tok-auth"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(&n1, "tok-auth", false).await;
+    for n in [&n1, &n2] {
+        assert_eq!(
+            metric_at(
+                n.admin,
+                "callrelay_gateway_nats_kv_failures_total{op=\"put\"}"
+            )
+            .await,
+            0.0
+        );
+    }
+
+    let bad = Bin::start_env(
+        &[
+            "--nats-url",
+            &url,
+            "--state-dir",
+            dir.join("bad").to_str().unwrap(),
+            "--admin-secret",
+            ADMIN_SECRET,
+            "--token-auth",
+            "--nats-user",
+            "gateway",
+        ],
+        &[("CALLRELAY_GATEWAY_NATS_PASSWORD", "wrong-pw-not-in-logs")],
+    );
+    bad.wait_log(0, &["NATS", "authorization violation"]);
+    assert_eq!(metric_at(bad.admin, CONNECTED).await, 0.0);
+    let r = admin(&bad, json!({"janus": "add_token", "token": "tok-alone"})).await;
+    assert_eq!(
+        r["janus"], "success",
+        "a node without NATS still serves: {r}"
+    );
+    assert!(create(&bad, "tok-alone").await.is_ok());
+    for n in [&n1, &n2, &bad] {
+        let log = n.log();
+        assert!(
+            !log.contains("pw-not-in-logs"),
+            "a NATS password in the log:\n{log}"
+        );
+    }
+    drop(bad);
+    stop_node(n1);
+    stop_node(n2);
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
