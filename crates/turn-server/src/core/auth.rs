@@ -125,6 +125,17 @@ enum Answer {
     BadRequest,
 }
 
+/// HMAC-SHA1 under a 20-byte key. HMAC zero-pads a key shorter than SHA-1's 64-byte block
+/// (RFC 2104 §2), so the padded block is the same key, and a block-sized key needs no
+/// length check: the constructor cannot fail.
+fn hmac_sha1_key20(key: &[u8; 20]) -> Hmac<Sha1> {
+    let mut block = [0u8; 64];
+    for (b, k) in block.iter_mut().zip(key) {
+        *b = *k;
+    }
+    <Hmac<Sha1> as Mac>::new(&block.into())
+}
+
 impl<R: RngCore> Core<R> {
     /// A stateless nonce: its expiry (8 hex digits) and a tag binding it to `client`.
     pub(super) fn nonce(&self, unix_now: u64, client: IpAddr) -> String {
@@ -136,11 +147,7 @@ impl<R: RngCore> Core<R> {
 
     /// Appends the hex of the first 8 bytes of HMAC-SHA1(nonce key, expiry ‖ client IP).
     fn nonce_tag(&self, expiry: u32, client: IpAddr, out: &mut String) {
-        #[expect(
-            clippy::expect_used,
-            reason = "infallible: HMAC accepts keys of any length"
-        )]
-        let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("any key");
+        let mut mac = hmac_sha1_key20(&self.nonce_key);
         mac.update(&expiry.to_be_bytes());
         match client {
             IpAddr::V4(v) => mac.update(&v.octets()),
@@ -348,6 +355,27 @@ mod tests {
         .username(username)
         .finish_with(Some(key.as_bytes()), false)
         .unwrap();
+    }
+
+    #[test]
+    fn nonce_hmac_is_hmac_sha1_of_the_20_byte_key() {
+        // RFC 2202 §3 test case 1: a 20-byte key.
+        let mut mac = hmac_sha1_key20(&[0x0b; 20]);
+        mac.update(b"Hi There");
+        assert_eq!(
+            mac.finalize().into_bytes().as_slice(),
+            hex_literal::hex!("b617318655057264e28bc0b6fb378c8ef146be00")
+        );
+        // and the same as the variable-length constructor for other keys
+        for seed in [0u8, 1, 0x5c, 0xff] {
+            let key: [u8; 20] =
+                std::array::from_fn(|i| seed.wrapping_mul(31).wrapping_add(i as u8));
+            let mut a = hmac_sha1_key20(&key);
+            let mut b = Hmac::<Sha1>::new_from_slice(&key).unwrap();
+            a.update(b"expiry and address");
+            b.update(b"expiry and address");
+            assert_eq!(a.finalize().into_bytes(), b.finalize().into_bytes());
+        }
     }
 
     #[test]
