@@ -15,6 +15,8 @@
 #![warn(missing_docs)]
 // Outside tests (clippy.toml relaxes these there) nothing unwraps or expects.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+// It parses operator input (config files, flags, PEM): no indexing that could panic.
+#![deny(clippy::indexing_slicing)]
 
 pub mod config;
 pub mod logging;
