@@ -4,6 +4,7 @@
 //! The relay path never touches these: each worker's core counts in plain `u64` fields
 //! ([`Stats`]) and the worker adds the deltas here once a second.
 
+use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::core::{Gauges, Proto, Stats, labels};
@@ -80,24 +81,40 @@ pub struct Metrics {
     tls_not_after: IntGauge,
 }
 
+/// Registers a new metric with `r` and gives it back: the one place a metric that does
+/// not build or is registered twice is caught.
 #[expect(
     clippy::expect_used,
     reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
 )]
-fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    r.register(Box::new(v.clone())).expect("unique metric");
-    v
+fn register<C: Collector + Clone + 'static>(r: &Registry, metric: prometheus::Result<C>) -> C {
+    let m = metric.expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
 }
 
-#[expect(
-    clippy::expect_used,
-    reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
-)]
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help))
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+    register(r, IntGauge::new(name, help))
+}
+
+/// A counter with one label, one handle per value of `values` (pre-created, so each
+/// shows as 0), in their order.
+fn counters<'a>(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = &'a str>,
+) -> Vec<IntCounter> {
+    let v = register(r, IntCounterVec::new(Opts::new(name, help), &[label]));
+    values
+        .into_iter()
+        .map(|l| v.with_label_values(&[l]))
+        .collect()
 }
 
 impl Default for Metrics {
@@ -110,59 +127,49 @@ impl Metrics {
     /// Registers every metric with all label values pre-created (so they show as 0).
     #[expect(
         clippy::expect_used,
-        reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
+        reason = "metric names and help texts are literals: a bad one panics at start-up, in every test"
     )]
     pub fn new() -> Self {
         let r = Registry::new();
-        let active = IntGaugeVec::new(
-            Opts::new(
-                "callrelay_turn_allocations_active",
-                "Active allocations by client transport",
+        let active = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "callrelay_turn_allocations_active",
+                    "Active allocations by client transport",
+                ),
+                &["transport"],
             ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(active.clone())).expect("unique metric");
+        );
         let allocations_active = Proto::ALL.map(|p| active.with_label_values(&[p.label()]));
-        let res = counter_vec(
+        let allocations_total = counters(
             &r,
             "callrelay_turn_allocations_total",
             "Allocate requests by result",
             "result",
+            labels::ALLOC_RESULT,
         );
-        let allocations_total = labels::ALLOC_RESULT
-            .iter()
-            .map(|l| res.with_label_values(&[*l]))
-            .collect();
-        let af = counter_vec(
+        let auth_failures = counters(
             &r,
             "callrelay_turn_auth_failures_total",
             "Authentication failures by reason",
             "reason",
+            labels::AUTH_REASON,
         );
-        let auth_failures = labels::AUTH_REASON
-            .iter()
-            .map(|l| af.with_label_values(&[*l]))
-            .collect();
-        let pk = IntCounterVec::new(
-            Opts::new("callrelay_turn_relayed_packets_total", "Packets relayed"),
-            &["direction", "transport"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(pk.clone())).expect("unique metric");
-        let by = IntCounterVec::new(
-            Opts::new(
-                "callrelay_turn_relayed_bytes_total",
-                "Payload bytes relayed",
-            ),
-            &["direction", "transport"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(by.clone())).expect("unique metric");
-        let packets = [0, 1]
-            .map(|d| Proto::ALL.map(|p| pk.with_label_values(&[labels::DIRECTION[d], p.label()])));
-        let bytes = [0, 1]
-            .map(|d| Proto::ALL.map(|p| by.with_label_values(&[labels::DIRECTION[d], p.label()])));
+        let by_direction = |name, help| {
+            let v = register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), &["direction", "transport"]),
+            );
+            [0, 1].map(|d| {
+                Proto::ALL.map(|p| v.with_label_values(&[labels::DIRECTION[d], p.label()]))
+            })
+        };
+        let packets = by_direction("callrelay_turn_relayed_packets_total", "Packets relayed");
+        let bytes = by_direction(
+            "callrelay_turn_relayed_bytes_total",
+            "Payload bytes relayed",
+        );
         let permissions = gauge(
             &r,
             "callrelay_turn_permissions_active",
@@ -173,78 +180,57 @@ impl Metrics {
             "callrelay_turn_channels_active",
             "Active channel bindings",
         );
-        let dn = counter_vec(
+        let denied = counters(
             &r,
             "callrelay_turn_denied_peers_total",
             "Peers denied by the peer policy",
             "class",
+            DenyClass::ALL.iter().map(|c| c.label()),
         );
-        let denied = DenyClass::ALL
-            .iter()
-            .map(|c| dn.with_label_values(&[c.label()]))
-            .collect();
-        let qt = counter_vec(
+        let quota = counters(
             &r,
             "callrelay_turn_quota_rejections_total",
             "Quota and rate-limit rejections",
             "kind",
+            labels::QUOTA_KIND,
         );
-        let quota = labels::QUOTA_KIND
-            .iter()
-            .map(|l| qt.with_label_values(&[*l]))
-            .collect();
         let relay_ports_free = gauge(&r, "callrelay_turn_relay_ports_free", "Free relay ports");
-        let rq = counter_vec(
+        let requests = counters(
             &r,
             "callrelay_turn_requests_total",
             "STUN/TURN requests by method",
             "method",
+            labels::METHOD,
         );
-        let requests = labels::METHOD
-            .iter()
-            .map(|l| rq.with_label_values(&[*l]))
-            .collect();
-        let ip = counter_vec(
+        let in_process = counters(
             &r,
             "callrelay_turn_relayed_in_process_total",
             "Relay-to-relay packets delivered in process (both allocations on this server)",
             "path",
+            ["same_worker", "cross_worker"],
         );
-        let in_process = ["same_worker", "cross_worker"]
-            .iter()
-            .map(|l| ip.with_label_values(&[*l]))
-            .collect();
-        let rate_evictions = IntCounter::new(
+        let rate_evictions = counter(
+            &r,
             "callrelay_turn_rate_limit_evictions_total",
             "Rate-limit table entries replaced by a new source (the table was full)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(rate_evictions.clone()))
-            .expect("unique metric");
-        let rate_limit_closed = IntCounter::new(
+        );
+        let rate_limit_closed = counter(
+            &r,
             "callrelay_turn_rate_limit_closed_total",
             "TCP/TLS connections closed for going over their source's request rate",
-        )
-        .expect("valid metric");
-        r.register(Box::new(rate_limit_closed.clone()))
-            .expect("unique metric");
-        let tx_cache_full = IntCounter::new(
+        );
+        let tx_cache_full = counter(
+            &r,
             "callrelay_turn_transaction_cache_full_total",
             "Answers not kept for retransmissions because the transaction cache (transaction_cache) was full",
-        )
-        .expect("valid metric");
-        r.register(Box::new(tx_cache_full.clone()))
-            .expect("unique metric");
-        let sr = counter_vec(
+        );
+        let stream_rejections = counters(
             &r,
             "callrelay_turn_stream_rejections_total",
             "TCP/TLS client connections refused or closed by a bound",
             "reason",
+            StreamReject::LABELS,
         );
-        let stream_rejections = StreamReject::LABELS
-            .iter()
-            .map(|l| sr.with_label_values(&[*l]))
-            .collect();
         let streams_active = gauge(
             &r,
             "callrelay_turn_stream_connections_active",
@@ -255,28 +241,28 @@ impl Metrics {
             "callrelay_turn_worker_tasks",
             "Tasks alive on the worker runtimes (listeners, one per TCP/TLS connection and per relay socket); back to its idle level when nothing is connected",
         );
-        let mr = counter_vec(
+        let metrics_rejections = counters(
             &r,
             "callrelay_turn_metrics_rejections_total",
             "Connections to the /metrics endpoint refused or closed by a bound",
             "reason",
+            MetricsReject::LABELS,
         );
-        let metrics_rejections = MetricsReject::LABELS
-            .iter()
-            .map(|l| mr.with_label_values(&[*l]))
-            .collect();
         let metrics_connections = gauge(
             &r,
             "callrelay_turn_metrics_connections_active",
             "Open connections to the /metrics endpoint (at most metrics_max_connections)",
         );
-        let bi = IntGaugeVec::new(
-            Opts::new("callrelay_turn_build_info", "Build information"),
-            &["version"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(bi.clone())).expect("unique metric");
-        bi.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build_info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("callrelay_turn_build_info", "Build information"),
+                &["version"],
+            ),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Self {
             registry: r,
             allocations_active,
