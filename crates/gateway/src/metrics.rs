@@ -4,6 +4,7 @@
 
 use crate::core::counters::{CallEnd, CandidateRefusal, Counters, REQUEST_KINDS, SessionLimit};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -100,35 +101,45 @@ pub const ERROR_CODES: &[u16] = &[
     473, 474, 475, 476, 477, 478, 479, 480, 481, 482, 483, 490,
 ];
 
+/// Registers a new metric with `r` and gives it back: the one place a metric that does
+/// not build or is registered twice is caught.
+#[expect(
+    clippy::expect_used,
+    reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
+)]
+fn register<C: Collector + Clone + 'static>(r: &Registry, metric: prometheus::Result<C>) -> C {
+    let m = metric.expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+/// A counter with one label, every value of `values` pre-created at 0 so that
+/// `increase()`/`rate()` see the first event after a restart.
+fn counter_family(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = impl AsRef<str>>,
+) -> IntCounterVec {
+    let m = register(r, IntCounterVec::new(Opts::new(name, help), &[label]));
+    for v in values {
+        m.with_label_values(&[v.as_ref()]);
+    }
+    m
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     #[expect(
         clippy::expect_used,
-        reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
+        reason = "metric names and help texts are literals: a bad one panics at start-up, in every test"
     )]
     pub fn new() -> Self {
         let registry = Registry::new();
-        let g = |n: &str, h: &str| {
-            let m = IntGauge::new(n, h).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
-            m
-        };
-        let c = |n: &str, h: &str| {
-            let m = IntCounter::new(n, h).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
-            m
-        };
-        let cv = |n: &str, h: &str, l: &str| {
-            let m = IntCounterVec::new(Opts::new(n, h), &[l]).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
-            m
-        };
+        let r = &registry;
+        let g = |n, h| register(r, IntGauge::new(n, h));
+        let c = |n, h| register(r, IntCounter::new(n, h));
         let sessions = g("callrelay_gateway_sessions", "Janus sessions alive");
         let tasks = g(
             "callrelay_gateway_tasks",
@@ -147,20 +158,26 @@ impl Metrics {
             "callrelay_gateway_calls_connected_total",
             "videocall calls accepted by the callee",
         );
-        let calls_ended = cv(
+        let calls_ended = counter_family(
+            r,
             "callrelay_gateway_calls_ended_total",
             "videocall calls ended, by reason",
             "reason",
+            CallEnd::ALL.map(CallEnd::label),
         );
-        let requests = cv(
+        let requests = counter_family(
+            r,
             "callrelay_gateway_requests_total",
             "Janus API requests, by request type",
             "request",
+            REQUEST_KINDS,
         );
-        let errors = cv(
+        let errors = counter_family(
+            r,
             "callrelay_gateway_errors_total",
             "Janus API error replies, by error code",
             "code",
+            ERROR_CODES.iter().map(u16::to_string),
         );
         let websocket_connections = g(
             "callrelay_gateway_websocket_connections",
@@ -179,55 +196,50 @@ impl Metrics {
             "callrelay_gateway_candidate_wait_milliseconds_total",
             "Milliseconds offers/answers were held back to merge trickled candidates",
         );
-        let slow_clients = cv(
+        let slow_clients = counter_family(
+            r,
             "callrelay_gateway_slow_clients_total",
             "Clients that stopped reading: WebSockets disconnected and HTTP sessions ended at the queue's byte bound, by transport",
             "transport",
+            ["websocket", "http"],
         );
-        for t in ["websocket", "http"] {
-            slow_clients.with_label_values(&[t]);
-        }
-        let sessions_refused = cv(
+        let sessions_refused = counter_family(
+            r,
             "callrelay_gateway_sessions_refused_total",
             "Session creations refused with 490, by the limit reached (global, token, connection)",
             "limit",
+            SessionLimit::ALL.map(SessionLimit::label),
         );
-        for l in SessionLimit::ALL {
-            sessions_refused.with_label_values(&[l.label()]);
-        }
-        let candidates_refused = cv(
+        let candidates_refused = counter_family(
+            r,
             "callrelay_gateway_candidates_refused_total",
             "Trickled candidates refused: larger than max_candidate_bytes (size), past max_candidate_bytes_per_handle (handle_bytes), or ignored beyond max_candidates (count)",
             "reason",
+            CandidateRefusal::ALL.map(CandidateRefusal::label),
         );
-        for r in CandidateRefusal::ALL {
-            candidates_refused.with_label_values(&[r.label()]);
-        }
-        let connections_rejected = cv(
+        let connections_rejected = counter_family(
+            r,
             "callrelay_gateway_connections_rejected_total",
             "TCP connections refused at accept (max_connections, per_ip, admin) or closed by a timeout (ws_idle, body_timeout)",
             "reason",
+            [
+                "max_connections",
+                "per_ip",
+                "admin",
+                "ws_idle",
+                "body_timeout",
+            ],
         );
-        for r in [
-            "max_connections",
-            "per_ip",
-            "admin",
-            "ws_idle",
-            "body_timeout",
-        ] {
-            connections_rejected.with_label_values(&[r]);
-        }
-        let tcp_connections = IntGaugeVec::new(
-            Opts::new(
-                "callrelay_gateway_tcp_connections",
-                "Open TCP connections, by listener",
+        let tcp_connections = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "callrelay_gateway_tcp_connections",
+                    "Open TCP connections, by listener",
+                ),
+                &["listener"],
             ),
-            &["listener"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(tcp_connections.clone()))
-            .expect("unique metric");
+        );
         for l in ["websocket", "http", "admin"] {
             tcp_connections.with_label_values(&[l]);
         }
@@ -239,32 +251,21 @@ impl Metrics {
             "callrelay_gateway_token_store_write_failures_total",
             "Failed writes of tokens.json",
         );
-        let config_reloads = cv(
+        let config_reloads = counter_family(
+            r,
             "callrelay_gateway_config_reloads_total",
             "Configuration reloads on SIGHUP: applied (ok) or refused because the file is invalid, keeping the running settings (error)",
             "result",
+            ["ok", "error"],
         );
-        for r in ["ok", "error"] {
-            config_reloads.with_label_values(&[r]);
-        }
-        let build = IntGaugeVec::new(
-            Opts::new("callrelay_gateway_build_info", "Build information"),
-            &["version"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(build.clone()))
-            .expect("unique metric");
+        let build = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("callrelay_gateway_build_info", "Build information"),
+                &["version"],
+            ),
+        );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for r in CallEnd::ALL {
-            calls_ended.with_label_values(&[r.label()]);
-        }
-        for r in REQUEST_KINDS {
-            requests.with_label_values(&[r]);
-        }
-        for code in ERROR_CODES {
-            errors.with_label_values(&[&code.to_string()]);
-        }
         Self {
             tasks,
             registry,
@@ -368,7 +369,7 @@ impl Metrics {
     pub fn register_cluster(&self) -> ClusterMetrics {
         let m = ClusterMetrics::new();
         for c in [
-            Box::new(m.nats_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.nats_connected.clone()) as Box<dyn Collector>,
             Box::new(m.kv_failures.clone()),
             Box::new(m.kv_writes.clone()),
             Box::new(m.kv_writes_pending.clone()),
