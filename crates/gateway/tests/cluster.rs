@@ -110,6 +110,14 @@ fn node(nats: &str, id: &str, state: &Path) -> Bin {
 }
 
 fn node_with(nats: &str, id: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Bin {
+    let bin = spawn_node(nats, id, state, args, env);
+    // serving already; ready for the cluster once it has read the shared tokens
+    bin.wait_log(0, &["shared tokens read from NATS"]);
+    bin
+}
+
+/// A node, serving (its listeners are up), whether or not it reached NATS.
+fn spawn_node(nats: &str, id: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Bin {
     let mut all = vec![
         "--nats-url",
         nats,
@@ -122,10 +130,7 @@ fn node_with(nats: &str, id: &str, state: &Path, args: &[&str], env: &[(&str, &s
         "--token-auth",
     ];
     all.extend_from_slice(args);
-    let bin = Bin::start_env(&all, env);
-    // serving already; ready for the cluster once it has read the shared tokens
-    bin.wait_log(0, &["shared tokens read from NATS"]);
-    bin
+    Bin::start_env(&all, env)
 }
 
 async fn admin(bin: &Bin, body: Value) -> Value {
@@ -285,12 +290,29 @@ async fn three_nodes_share_tokens_through_nats() {
         0.0
     );
 
+    // a node started during the outage serves the tokens of its tokens.json (here a
+    // copy of node 2's), says it cannot reach NATS, and keeps trying
+    let n4_state = dir.join("n4");
+    std::fs::create_dir_all(&n4_state).unwrap();
+    std::fs::copy(states[1].join("tokens.json"), n4_state.join("tokens.json")).unwrap();
+    let n4 = spawn_node(&url, "n4", &n4_state, &[], &[]);
+    n4.wait_log(0, &["cannot connect to NATS"]);
+    assert_eq!(metric_at(n4.admin, CONNECTED).await, 0.0);
+    assert!(
+        create(&n4, "tok-b").await.is_ok(),
+        "from tokens.json, NATS down"
+    );
+    assert_eq!(create(&n4, "tok-c").await, Err(403));
+
     // NATS back: it heals by itself, the queued token reaches the other nodes
     let t = Instant::now();
     let _nats = Nats::start(port, &store);
     until_token(n3, "tok-c", true).await;
     let healed = t.elapsed();
     until_token(n2, "tok-c", true).await;
+    until_token(&n4, "tok-c", true).await;
+    until_metric(n4.admin, CONNECTED, 1.0).await;
+    stop_node(n4);
     for n in &nodes {
         until_metric(n.admin, CONNECTED, 1.0).await;
     }
@@ -375,6 +397,77 @@ async fn nodes_authenticate_with_a_user_limited_to_the_documented_subjects() {
         );
     }
     drop(bad);
+    stop_node(n1);
+    stop_node(n2);
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// TLS to NATS (`tls://` URL, the server's certificate checked against `nats_ca_file`)
+/// and NKey authentication (`nats_nkey_seed_file`): tokens travel, the seed never
+/// reaches the log, and a node that does not trust the server's certificate stays
+/// disconnected while serving alone.
+#[tokio::test]
+async fn nodes_reach_nats_over_tls_with_nkeys() {
+    let dir = temp_dir();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let kp = nkeys::KeyPair::new_user();
+    let seed = kp.seed().unwrap();
+    let seed_file = dir.join("node.nk");
+    std::fs::write(&seed_file, format!("{seed}\n")).unwrap();
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{ cert_file: {:?}, key_file: {:?} }}\nauthorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            fixtures.join("cert1.pem"),
+            fixtures.join("key1.pem"),
+            kp.public_key()
+        ),
+    )
+    .unwrap();
+    let nats = Nats::start_with(0, &dir.join("nats"), Some(&conf));
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let ca = fixtures.join("cert1.pem");
+    let args = [
+        "--nats-nkey-seed-file",
+        seed_file.to_str().unwrap(),
+        "--nats-ca-file",
+        ca.to_str().unwrap(),
+    ];
+    let n1 = node_with(&url, "t1", &dir.join("t1"), &args, &[]);
+    let n2 = node_with(&url, "t2", &dir.join("t2"), &args, &[]);
+    let r = admin(&n1, json!({"janus": "add_token", "token": "tok-tls"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(&n2, "tok-tls", true).await;
+
+    // the same server, but a CA that did not sign its certificate
+    let wrong_ca = fixtures.join("cert2.pem");
+    let untrusting = Bin::start(&[
+        "--nats-url",
+        &url,
+        "--state-dir",
+        dir.join("t3").to_str().unwrap(),
+        "--admin-secret",
+        ADMIN_SECRET,
+        "--token-auth",
+        "--nats-nkey-seed-file",
+        seed_file.to_str().unwrap(),
+        "--nats-ca-file",
+        wrong_ca.to_str().unwrap(),
+    ]);
+    untrusting.wait_log(0, &["cannot connect to NATS", "certificate"]);
+    assert_eq!(metric_at(untrusting.admin, CONNECTED).await, 0.0);
+    assert_eq!(
+        create(&untrusting, "tok-tls").await,
+        Err(403),
+        "never reached NATS"
+    );
+    for n in [&n1, &n2, &untrusting] {
+        let log = n.log();
+        assert!(!log.contains(&seed), "the NKey seed in the log:\n{log}");
+    }
+    drop(untrusting);
     stop_node(n1);
     stop_node(n2);
     drop(nats);

@@ -108,10 +108,15 @@ impl Outbox {
         } else if p.order.len() >= CLUSTER_WRITE_QUEUE {
             drop(p);
             self.metrics.kv_writes_dropped.inc();
-            tracing::error!(
-                queued = CLUSTER_WRITE_QUEUE,
-                "token change not queued for NATS (queue full): the other nodes will not see it"
-            );
+            // the first drop and every 1000th: a long outage must not flood the log
+            let dropped = self.metrics.kv_writes_dropped.get();
+            if dropped % 1000 == 1 {
+                tracing::error!(
+                    queued = CLUSTER_WRITE_QUEUE,
+                    dropped,
+                    "token change not queued for NATS (queue full): the other nodes will not see it"
+                );
+            }
             return;
         } else {
             p.order.push_back(token.clone());
@@ -159,17 +164,16 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Connects to NATS in the background (the node serves at once; the connection is
-/// retried until it succeeds). Errors here are configuration errors: an unreadable
-/// NKey seed or CA file, a bad URL.
-pub(super) async fn connect(
+/// How this node connects to NATS: the options (credentials, TLS, the events that
+/// drive the connection gauge and `reconnected`) and the servers. Errors here are
+/// configuration errors, found at start: an unreadable NKey seed or CA file, a bad URL.
+pub(super) fn connect_options(
     cfg: &ClusterConfig,
     metrics: &ClusterMetrics,
     reconnected: Arc<Notify>,
-) -> Result<Client, ServeError> {
+) -> Result<(ConnectOptions, Vec<async_nats::ServerAddr>), ServeError> {
     let mut opts = ConnectOptions::new()
         .name(format!("callrelay-gateway {}", cfg.node_id))
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         // a reconnect is attempted at once, then with growing pauses up to 2 s: a
@@ -233,23 +237,55 @@ pub(super) async fn connect(
         .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ServeError::Cluster(format!("nats_url: {e}")))?;
-    opts.connect(addrs)
-        .await
-        .map_err(|e| ServeError::Cluster(format!("nats_url: {e}")))
+    Ok((opts, addrs))
+}
+
+/// Connects, retrying until it succeeds or `shutdown` (None then): the node serves
+/// alone meanwhile. Each new reason of failure is logged (a wrong CA, a refused
+/// password, no server listening); once connected, the client reconnects by itself.
+async fn connect(
+    opts: &ConnectOptions,
+    addrs: &[async_nats::ServerAddr],
+    shutdown: &CancellationToken,
+) -> Option<Client> {
+    let mut last = String::new();
+    loop {
+        match opts.clone().connect(addrs.to_vec()).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                let why = e.to_string();
+                if why != last {
+                    tracing::warn!(error = %why, "cannot connect to NATS: serving alone with the tokens this node knows, retrying");
+                    last = why;
+                }
+            }
+        }
+        if pause(shutdown).await {
+            return None;
+        }
+    }
 }
 
 /// The shared token table's driver: until `shutdown`, (re)opens the bucket whenever the
 /// connection is up, writes what is queued, reads the whole bucket into the core, then
 /// follows its changes and writes new local ones as they come.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the task's whole state, handed over once at start"
+)]
 pub(super) async fn cluster_loop(
     app: App,
-    client: Client,
+    opts: ConnectOptions,
+    addrs: Vec<async_nats::ServerAddr>,
     cfg: ClusterConfig,
     token_max_idle: Duration,
     outbox: Arc<Outbox>,
     reconnected: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let Some(client) = connect(&opts, &addrs, &shutdown).await else {
+        return;
+    };
     let js = async_nats::jetstream::new(client.clone());
     let metrics = outbox.metrics.clone();
     // revision of this node's last write per token: the watch echoes our own writes,
@@ -304,6 +340,8 @@ pub(super) async fn cluster_loop(
             }
             continue;
         }
+        // the full read below is the state: echoes of older writes no longer matter
+        written.clear();
         let mut watch = match snapshot(&app, &kv, &outbox).await {
             Ok(w) => w,
             Err(e) => {
@@ -512,9 +550,10 @@ async fn snapshot(app: &App, kv: &Store, outbox: &Outbox) -> Result<kv::Watch, S
             .map_err(|_| format!("no answer within {SNAPSHOT_TIMEOUT:?}"))??;
     }
     let n = table.len();
-    let keep = outbox.tokens();
     let dropped = {
         let mut inner = app.lock();
+        // under the core's lock, where local changes are queued: none slips between
+        let keep = outbox.tokens();
         inner
             .core
             .replace_shared_tokens(table.into_values().collect(), &keep)
@@ -557,9 +596,6 @@ fn apply(app: &App, outbox: &Outbox, written: &mut HashMap<String, u64>, e: kv::
     let Some((token, entry)) = decode(&e) else {
         return;
     };
-    if outbox.contains(&token) {
-        return;
-    }
     match written.get(&token) {
         Some(&rev) if e.revision < rev => return,
         Some(&rev) if e.revision == rev => {
@@ -569,7 +605,13 @@ fn apply(app: &App, outbox: &Outbox, written: &mut HashMap<String, u64>, e: kv::
         }
         _ => {}
     }
-    app.lock().core.apply_shared_token(&token, entry);
+    let mut inner = app.lock();
+    // checked under the core's lock, where local changes are queued
+    if outbox.contains(&token) {
+        return;
+    }
+    inner.core.apply_shared_token(&token, entry);
+    drop(inner);
     outbox.metrics.kv_updates_received.inc();
     app.timer_wake.notify_one();
 }

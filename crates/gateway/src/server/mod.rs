@@ -187,7 +187,7 @@ async fn serve_inner(
     let mut cluster_task = None;
     if let (Some(ccfg), Some(cm)) = (&cfg.cluster, cluster_metrics) {
         let reconnected = Arc::new(Notify::new());
-        let client = cluster::connect(ccfg, &cm, reconnected.clone()).await?;
+        let (opts, addrs) = cluster::connect_options(ccfg, &cm, reconnected.clone())?;
         let outbox = Arc::new(cluster::Outbox::new(cm));
         {
             let mut inner = app.lock();
@@ -203,7 +203,8 @@ async fn serve_inner(
         );
         cluster_task = Some(tokio::spawn(cluster::cluster_loop(
             app.clone(),
-            client,
+            opts,
+            addrs,
             ccfg.clone(),
             cfg.token_max_idle,
             outbox,
