@@ -365,21 +365,9 @@ impl Metrics {
     }
 
     /// Registers the cluster metrics (only a gateway with `nats_url` has them, so a node
-    /// alone shows no NATS state at all).
+    /// alone shows no NATS state at all). Called once, at start.
     pub fn register_cluster(&self) -> ClusterMetrics {
-        let m = ClusterMetrics::new();
-        for c in [
-            Box::new(m.nats_connected.clone()) as Box<dyn Collector>,
-            Box::new(m.kv_failures.clone()),
-            Box::new(m.kv_writes.clone()),
-            Box::new(m.kv_writes_pending.clone()),
-            Box::new(m.kv_writes_dropped.clone()),
-            Box::new(m.kv_updates_received.clone()),
-        ] {
-            // a second registration (never done) would only keep the first
-            let _ = self.registry.register(c);
-        }
-        m
+        ClusterMetrics::new(&self.registry)
     }
 
     /// Counts one error reply.
@@ -421,45 +409,49 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    #[expect(
-        clippy::expect_used,
-        reason = "metric names and help texts are literals: a bad one panics at start-up, in every cluster test"
-    )]
-    fn new() -> Self {
-        let g = |n: &str, h: &str| IntGauge::new(n, h).expect("valid metric");
-        let c = |n: &str, h: &str| IntCounter::new(n, h).expect("valid metric");
-        let kv_failures = IntCounterVec::new(
-            Opts::new(
+    fn new(r: &Registry) -> Self {
+        Self {
+            nats_connected: register(
+                r,
+                IntGauge::new(
+                    "callrelay_gateway_nats_connected",
+                    "1 while this node is connected to NATS",
+                ),
+            ),
+            kv_failures: counter_family(
+                r,
                 "callrelay_gateway_nats_kv_failures_total",
                 "NATS key-value operations that failed (put, delete, watch, bucket)",
+                "op",
+                ["put", "delete", "watch", "bucket"],
             ),
-            &["op"],
-        )
-        .expect("valid metric");
-        for op in ["put", "delete", "watch", "bucket"] {
-            kv_failures.with_label_values(&[op]);
-        }
-        Self {
-            nats_connected: g(
-                "callrelay_gateway_nats_connected",
-                "1 while this node is connected to NATS",
+            kv_writes: register(
+                r,
+                IntCounter::new(
+                    "callrelay_gateway_nats_kv_writes_total",
+                    "Token changes written to the NATS key-value bucket",
+                ),
             ),
-            kv_failures,
-            kv_writes: c(
-                "callrelay_gateway_nats_kv_writes_total",
-                "Token changes written to the NATS key-value bucket",
+            kv_writes_pending: register(
+                r,
+                IntGauge::new(
+                    "callrelay_gateway_nats_kv_writes_pending",
+                    "Token changes made here and not yet written to NATS",
+                ),
             ),
-            kv_writes_pending: g(
-                "callrelay_gateway_nats_kv_writes_pending",
-                "Token changes made here and not yet written to NATS",
+            kv_writes_dropped: register(
+                r,
+                IntCounter::new(
+                    "callrelay_gateway_nats_kv_writes_dropped_total",
+                    "Token changes dropped because the queue of unwritten changes was full",
+                ),
             ),
-            kv_writes_dropped: c(
-                "callrelay_gateway_nats_kv_writes_dropped_total",
-                "Token changes dropped because the queue of unwritten changes was full",
-            ),
-            kv_updates_received: c(
-                "callrelay_gateway_nats_kv_updates_received_total",
-                "Token changes of other nodes applied here",
+            kv_updates_received: register(
+                r,
+                IntCounter::new(
+                    "callrelay_gateway_nats_kv_updates_received_total",
+                    "Token changes of other nodes applied here",
+                ),
             ),
         }
     }
