@@ -122,3 +122,38 @@ fn tls_files_that_do_not_load_exit_2_naming_cert_and_key() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The cluster keys (docs/scale-out.md): a valid set passes without reaching NATS
+/// (none listens at the URL) and prints no NATS secret; an invalid one exits 2 naming
+/// its key, as does a cluster key without `nats_url` and a missing NKey seed file.
+#[test]
+fn cluster_keys_are_checked_without_connecting() {
+    let (code, err) = check(
+        "nats_url = [\"nats://127.0.0.1:9\"]\nnode_id = \"gw-1\"\nnats_user = \"gateway\"\nnats_password = \"n4ts-pw\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("n4ts-pw"), "secrets are never printed: {err}");
+    for (toml, key) in [
+        ("nats_token = \"t\"\n", "`nats_token`"),
+        ("nats_url = [\"http://h:4222\"]\n", "`nats_url`"),
+        (
+            "nats_url = [\"nats://h:4222\"]\nnode_id = \"gw.example.com\"\n",
+            "`node_id`",
+        ),
+        (
+            "nats_url = [\"nats://h:4222\"]\nnats_nkey_seed_file = \"/nonexistent/seed.nk\"\n",
+            "`nats_nkey_seed_file`",
+        ),
+        (
+            "nats_url = [\"nats://h:4222\"]\nnats_ca_file = \"/nonexistent/ca.pem\"\n",
+            "`nats_ca_file`",
+        ),
+    ] {
+        let (code, err) = check(toml);
+        assert_eq!(code, 2, "{toml}: {err}");
+        assert!(
+            err.contains(key),
+            "{toml}: error does not name {key}: {err}"
+        );
+    }
+}
