@@ -49,7 +49,10 @@ impl Core {
             && let Some(t) = token
             && self.tokens.check(t, unix).is_some()
         {
+            // remembered for the hourly sweep, which runs only with an idle expiry
+            // (without one nothing would ever empty the set)
             if let Some(sh) = &mut self.shared
+                && !self.cfg.token_max_idle.is_zero()
                 && !sh.used.contains(t)
             {
                 sh.used.insert(t.to_string());
