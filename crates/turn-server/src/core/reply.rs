@@ -154,52 +154,25 @@ mod tests {
     /// used to spell out: the answers' bytes did not change.
     #[test]
     fn standard_reasons_are_the_phrases_on_the_wire() {
-        let cases = [
-            (Reject::CAPACITY, 508, "Insufficient Capacity"),
+        use error_code::*;
+        assert_eq!(Reject::CAPACITY, Reject::new(508, "Insufficient Capacity"));
+        let phrases = [
+            (ALLOCATION_MISMATCH, "Allocation Mismatch"),
+            (WRONG_CREDENTIALS, "Wrong Credentials"),
+            (FORBIDDEN, "Forbidden"),
+            (ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached"),
+            (PEER_ADDRESS_FAMILY_MISMATCH, "Peer Address Family Mismatch"),
+            (CONNECTION_ALREADY_EXISTS, "Connection Already Exists"),
             (
-                Reject::code(error_code::ALLOCATION_MISMATCH),
-                437,
-                "Allocation Mismatch",
-            ),
-            (
-                Reject::code(error_code::WRONG_CREDENTIALS),
-                441,
-                "Wrong Credentials",
-            ),
-            (Reject::code(error_code::FORBIDDEN), 403, "Forbidden"),
-            (
-                Reject::code(error_code::ALLOCATION_QUOTA_REACHED),
-                486,
-                "Allocation Quota Reached",
-            ),
-            (
-                Reject::code(error_code::PEER_ADDRESS_FAMILY_MISMATCH),
-                443,
-                "Peer Address Family Mismatch",
-            ),
-            (
-                Reject::code(error_code::CONNECTION_ALREADY_EXISTS),
-                446,
-                "Connection Already Exists",
-            ),
-            (
-                Reject::code(error_code::UNSUPPORTED_TRANSPORT_PROTOCOL),
-                442,
+                UNSUPPORTED_TRANSPORT_PROTOCOL,
                 "Unsupported Transport Protocol",
             ),
-            (
-                Reject::code(error_code::ADDRESS_FAMILY_NOT_SUPPORTED),
-                440,
-                "Address Family not Supported",
-            ),
-            (
-                Reject::bad_request("Missing CONNECTION-ID"),
-                400,
-                "Missing CONNECTION-ID",
-            ),
+            (ADDRESS_FAMILY_NOT_SUPPORTED, "Address Family not Supported"),
         ];
-        for (got, code, reason) in cases {
-            assert_eq!(got, Reject::new(code, reason));
+        for (code, reason) in phrases {
+            assert_eq!(Reject::code(code), Reject::new(code, reason));
         }
+        let own = Reject::bad_request("Missing CONNECTION-ID");
+        assert_eq!(own, Reject::new(400, "Missing CONNECTION-ID"));
     }
 }
