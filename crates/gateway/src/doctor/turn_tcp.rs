@@ -3,14 +3,10 @@
 //! ChannelData on one byte stream, a TCP connection or a TLS session over one (RFC 8656
 //! §12.5: ChannelData padded to 4 bytes over TCP).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
 use webrtc_util::Conn;
-
-type Fut<'a, T> = Pin<Box<dyn Future<Output = webrtc_util::Result<T>> + Send + 'a>>;
 
 /// A byte stream to a TURN server (TCP, or TLS over TCP).
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -67,49 +63,26 @@ impl TcpConn {
     }
 }
 
+#[async_trait::async_trait]
 impl Conn for TcpConn {
-    fn connect<'a, 'b>(&'a self, _addr: SocketAddr) -> Fut<'b, ()>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async { Ok(()) })
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
     }
 
-    fn recv<'a, 'c, 'b>(&'a self, buf: &'c mut [u8]) -> Fut<'b, usize>
-    where
-        'a: 'b,
-        'c: 'b,
-        Self: 'b,
-    {
-        Box::pin(self.read_frame(buf))
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        self.read_frame(buf).await
     }
 
-    fn recv_from<'a, 'c, 'b>(&'a self, buf: &'c mut [u8]) -> Fut<'b, (usize, SocketAddr)>
-    where
-        'a: 'b,
-        'c: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move { Ok((self.read_frame(buf).await?, self.server)) })
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        Ok((self.read_frame(buf).await?, self.server))
     }
 
-    fn send<'a, 'c, 'b>(&'a self, buf: &'c [u8]) -> Fut<'b, usize>
-    where
-        'a: 'b,
-        'c: 'b,
-        Self: 'b,
-    {
-        Box::pin(self.write_frame(buf))
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.write_frame(buf).await
     }
 
-    fn send_to<'a, 'c, 'b>(&'a self, buf: &'c [u8], _target: SocketAddr) -> Fut<'b, usize>
-    where
-        'a: 'b,
-        'c: 'b,
-        Self: 'b,
-    {
-        Box::pin(self.write_frame(buf))
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.write_frame(buf).await
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -120,15 +93,9 @@ impl Conn for TcpConn {
         Some(self.server)
     }
 
-    fn close<'a, 'b>(&'a self) -> Fut<'b, ()>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let _ = self.wr.lock().await.shutdown().await;
-            Ok(())
-        })
+    async fn close(&self) -> webrtc_util::Result<()> {
+        let _ = self.wr.lock().await.shutdown().await;
+        Ok(())
     }
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
