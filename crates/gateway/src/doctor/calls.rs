@@ -1,15 +1,11 @@
 //! The Mattermost Calls plugin: its settings, its ICE servers, and the run of its checks.
 
 use super::check_stun::check_stun;
-use super::check_turn::{CredSource, check_turn_with, unix_now};
+use super::check_turn::{CredSource, check_turn_with, rest_credentials, unix_now};
 use super::cli::{DoctorArgs, nonempty};
 use super::net::parse_ice_uri;
 use super::report::Check;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha1::Sha1;
 use std::time::Duration;
 
 /// The Calls plugin's TURN settings (`PluginSettings.Plugins["com.mattermost.calls"]`).
@@ -172,18 +168,8 @@ pub(super) fn calls_turn_credentials(
     now_unix: u64,
     minutes: u64,
 ) -> (String, String) {
-    let username = format!(
-        "{}:{mattermost_username}",
-        now_unix.saturating_add(minutes.saturating_mul(60))
-    );
-    #[expect(
-        clippy::expect_used,
-        reason = "infallible: HMAC accepts keys of any length"
-    )]
-    let mut mac =
-        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(username.as_bytes());
-    (username, STANDARD.encode(mac.finalize().into_bytes()))
+    let expiry = now_unix.saturating_add(minutes.saturating_mul(60));
+    rest_credentials(expiry, mattermost_username, secret)
 }
 
 /// Runs the checks of a Calls plugin deployment: the ICE servers setting itself, then

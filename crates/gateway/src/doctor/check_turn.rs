@@ -24,13 +24,21 @@ pub(crate) fn mattermost_turn_credentials(
     utc_offset: i32,
 ) -> (String, String) {
     let expiry = shared_ice::auth::mattermost_expiry(now_unix, utc_offset);
-    let username = format!("{expiry}:{turn_username}");
+    rest_credentials(expiry, turn_username, shared_key)
+}
+
+/// TURN REST credentials as Mattermost and its Calls plugin mint them: username
+/// `"<expiry>:<user>"`, password `base64(HMAC-SHA1(secret, username))`. Written here
+/// rather than taken from shared-ice, so doctor checks the turn-server against the
+/// formula and not against the server's own code.
+pub(super) fn rest_credentials(expiry: u64, user: &str, secret: &str) -> (String, String) {
+    let username = format!("{expiry}:{user}");
     #[expect(
         clippy::expect_used,
         reason = "infallible: HMAC accepts keys of any length"
     )]
     let mut mac =
-        Hmac::<Sha1>::new_from_slice(shared_key.as_bytes()).expect("HMAC takes any key length");
+        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(username.as_bytes());
     (username, STANDARD.encode(mac.finalize().into_bytes()))
 }
