@@ -63,7 +63,7 @@ pub(super) async fn check_ws(
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", http_value("janus-protocol"));
     let hs = tokio::time::timeout(t, tokio_tungstenite::client_async(req, conn.io)).await;
-    let (mut ws, resp) = match hs {
+    let (ws, resp) = match hs {
         Err(_) => {
             return c.fail(
                 format!("WebSocket handshake timed out after {} s", t.as_secs()),
@@ -91,54 +91,19 @@ pub(super) async fn check_ws(
     }
     let hs_ms = ms(t0.elapsed());
     c.m("handshake_ms", hs_ms);
-    let token_v = token.map(|t| Value::String(t.to_string()));
-    async fn send_json(
-        ws: &mut tokio_tungstenite::WebSocketStream<Box<dyn Io>>,
-        token: &Option<Value>,
-        mut v: Value,
-    ) -> Result<(), String> {
-        if let Some(tk) = token {
-            v["token"] = tk.clone();
-        }
-        ws.send(WsMessage::Text(v.to_string().into()))
-            .await
-            .map_err(|e| e.to_string())
-    }
-    async fn wait_for(
-        ws: &mut tokio_tungstenite::WebSocketStream<Box<dyn Io>>,
-        t: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value, String> {
-        let deadline = tokio::time::Instant::now() + t;
-        loop {
-            match tokio::time::timeout_at(deadline, ws.next()).await {
-                Err(_) => return Err(format!("no reply within {} s", t.as_secs())),
-                Ok(None) => return Err("the gateway closed the WebSocket".into()),
-                Ok(Some(Err(e))) => return Err(format!("WebSocket error: {e}")),
-                Ok(Some(Ok(WsMessage::Text(txt)))) => {
-                    if let Ok(v) = serde_json::from_str::<Value>(&txt)
-                        && pred(&v)
-                    {
-                        return Ok(v);
-                    }
-                }
-                Ok(Some(Ok(_))) => {}
-            }
-        }
-    }
+    let mut j = JanusWs {
+        ws,
+        token: token.map(|t| Value::String(t.to_string())),
+        t,
+    };
     let tx = |n: &str| format!("doctor-{n}-{}", mattermost_id());
     // create
-    let txc = tx("create");
-    let r = match send_json(
-        &mut ws,
-        &token_v,
-        json!({"janus": "create", "transaction": txc}),
-    )
-    .await
-    {
-        Err(e) => Err(e),
-        Ok(()) => wait_for(&mut ws, t, |v| v["transaction"] == txc.as_str()).await,
-    };
+    let r = j
+        .call(
+            json!({"janus": "create", "transaction": tx("create")}),
+            |_| true,
+        )
+        .await;
     let sid = match r {
         Ok(v) if v["janus"] == "success" => v["data"]["id"].as_u64().unwrap_or(0),
         Ok(v) => {
@@ -162,17 +127,12 @@ pub(super) async fn check_ws(
     };
     c.m("session_id", sid);
     // attach
-    let txa = tx("attach");
-    let r = match send_json(
-        &mut ws,
-        &token_v,
-        json!({"janus": "attach", "plugin": "janus.plugin.videocall", "session_id": sid, "transaction": txa}),
-    )
-    .await
-    {
-        Err(e) => Err(e),
-        Ok(()) => wait_for(&mut ws, t, |v| v["transaction"] == txa.as_str()).await,
-    };
+    let r = j
+        .call(
+            json!({"janus": "attach", "plugin": "janus.plugin.videocall", "session_id": sid, "transaction": tx("attach")}),
+            |_| true,
+        )
+        .await;
     let hid = match r {
         Ok(v) if v["janus"] == "success" => v["data"]["id"].as_u64().unwrap_or(0),
         Ok(v) => {
@@ -188,23 +148,13 @@ pub(super) async fn check_ws(
     };
     // register
     let user = format!("doctor-{}", mattermost_id());
-    let txr = tx("register");
-    let r = match send_json(
-        &mut ws,
-        &token_v,
-        json!({"janus": "message", "session_id": sid, "handle_id": hid, "transaction": txr,
+    let r = j
+        .call(
+            json!({"janus": "message", "session_id": sid, "handle_id": hid, "transaction": tx("register"),
                "body": {"request": "register", "username": user}}),
-    )
-    .await
-    {
-        Err(e) => Err(e),
-        Ok(()) => {
-            wait_for(&mut ws, t, |v| {
-                v["transaction"] == txr.as_str() && (v["janus"] == "event" || v["janus"] == "error")
-            })
-            .await
-        }
-    };
+            |v| v["janus"] == "event" || v["janus"] == "error",
+        )
+        .await;
     match r {
         Ok(v) if v["plugindata"]["data"]["result"]["event"] == "registered" => {}
         Ok(v) => {
@@ -216,30 +166,72 @@ pub(super) async fn check_ws(
         Err(e) => return c.fail(format!("register: {e}"), "see the gateway's log"),
     }
     // destroy
-    let txd = tx("destroy");
-    let r = match send_json(
-        &mut ws,
-        &token_v,
-        json!({"janus": "destroy", "session_id": sid, "transaction": txd}),
-    )
-    .await
-    {
-        Err(e) => Err(e),
-        Ok(()) => wait_for(&mut ws, t, |v| v["transaction"] == txd.as_str()).await,
-    };
+    let r = j
+        .call(
+            json!({"janus": "destroy", "session_id": sid, "transaction": tx("destroy")}),
+            |_| true,
+        )
+        .await;
     if !matches!(&r, Ok(v) if v["janus"] == "success") {
         return c.fail(
             format!("destroy → {r:?}"),
             "the session could not be destroyed; see the gateway's log",
         );
     }
-    let _ = ws.close(None).await;
+    let _ = j.ws.close(None).await;
     let total = ms(t0.elapsed());
     c.m("total_ms", total);
     c.pass(format!(
         "{}handshake janus-protocol {hs_ms} ms, create/attach videocall/register/destroy ok ({total} ms total)",
         if url.tls { "TLS certificate valid, " } else { "" }
     ))
+}
+
+/// The doctor's Janus client on one WebSocket: requests carry the token, answers are
+/// waited for at most `t`.
+struct JanusWs {
+    ws: tokio_tungstenite::WebSocketStream<Box<dyn Io>>,
+    token: Option<Value>,
+    t: Duration,
+}
+
+impl JanusWs {
+    /// Sends `v` and waits for the first message of its transaction that `done` accepts.
+    async fn call(&mut self, v: Value, done: impl Fn(&Value) -> bool) -> Result<Value, String> {
+        let tx = v["transaction"].clone();
+        self.send_json(v).await?;
+        self.wait_for(|r| r["transaction"] == tx && done(r)).await
+    }
+
+    async fn send_json(&mut self, mut v: Value) -> Result<(), String> {
+        if let Some(tk) = &self.token {
+            v["token"] = tk.clone();
+        }
+        self.ws
+            .send(WsMessage::Text(v.to_string().into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
+        let t = self.t;
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Err(format!("no reply within {} s", t.as_secs())),
+                Ok(None) => return Err("the gateway closed the WebSocket".into()),
+                Ok(Some(Err(e))) => return Err(format!("WebSocket error: {e}")),
+                Ok(Some(Ok(WsMessage::Text(txt)))) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&txt)
+                        && pred(&v)
+                    {
+                        return Ok(v);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
 }
 
 fn http_value(s: &'static str) -> tokio_tungstenite::tungstenite::http::HeaderValue {
