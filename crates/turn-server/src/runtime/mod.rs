@@ -390,18 +390,11 @@ fn flush(w: &Rc<Worker>, now: Instant) {
         }
         match c {
             Some(Command::OpenRelaySocket { relay, bind }) => {
-                let ok = match relay_socket(bind).and_then(rx_socket) {
-                    Ok(sock) => {
-                        let sock = Rc::new(sock);
-                        let task = spawn(&w.tasks, relay_loop(w.clone(), relay, sock.clone()));
-                        w.relays.borrow_mut().insert(relay, (sock, task));
-                        true
-                    }
-                    Err(e) => {
-                        tracing::debug!(%bind, error = %e, "relay port busy, trying another");
-                        false
-                    }
-                };
+                let ok = relay_bound(bind, relay_socket(bind).and_then(rx_socket), |sock| {
+                    let sock = Rc::new(sock);
+                    let task = spawn(&w.tasks, relay_loop(w.clone(), relay, sock.clone()));
+                    w.relays.borrow_mut().insert(relay, (sock, task));
+                });
                 w.core.borrow_mut().relay_opened(now, relay, ok);
             }
             Some(Command::CloseRelaySocket { relay }) => {
@@ -421,19 +414,12 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 }
             }
             Some(Command::OpenTcpRelay { relay, bind }) => {
-                let ok = match tcp_relay_listener(bind).and_then(TcpListener::from_std) {
-                    Ok(l) => {
-                        let conns = CancellationToken::new();
-                        let task =
-                            spawn(&w.tasks, tcp_relay_loop(w.clone(), relay, l, conns.clone()));
-                        w.tcp_relays.borrow_mut().insert(relay, (task, conns));
-                        true
-                    }
-                    Err(e) => {
-                        tracing::debug!(%bind, error = %e, "TCP relay port busy, trying another");
-                        false
-                    }
-                };
+                let listener = tcp_relay_listener(bind).and_then(TcpListener::from_std);
+                let ok = relay_bound(bind, listener, |l| {
+                    let conns = CancellationToken::new();
+                    let task = spawn(&w.tasks, tcp_relay_loop(w.clone(), relay, l, conns.clone()));
+                    w.tcp_relays.borrow_mut().insert(relay, (task, conns));
+                });
                 w.core.borrow_mut().relay_opened(now, relay, ok);
             }
             Some(Command::ConnectPeer {
@@ -459,6 +445,21 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 w.splices.borrow_mut().insert(client, conn_id);
             }
             None => {}
+        }
+    }
+}
+
+/// Whether a relay socket (UDP) or listener (RFC 6062 TCP) could be bound: `keep` starts
+/// its task; a bind error is the port busy on this host, and the core picks another.
+fn relay_bound<S>(bind: SocketAddr, bound: io::Result<S>, keep: impl FnOnce(S)) -> bool {
+    match bound {
+        Ok(s) => {
+            keep(s);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(%bind, error = %e, "relay port busy, trying another");
+            false
         }
     }
 }
