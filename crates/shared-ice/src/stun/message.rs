@@ -270,10 +270,7 @@ impl<'a> Message<'a> {
     /// Every XOR-PEER-ADDRESS (RFC 8656 §18.3), in order; several are allowed in
     /// CreatePermission.
     pub fn xor_peer_addresses(&self) -> impl Iterator<Item = Result<SocketAddr, DecodeError>> + 'a {
-        let tid = self.header.transaction_id;
-        self.attributes()
-            .filter(|&(t, _)| t == attr::XOR_PEER_ADDRESS)
-            .map(move |(t, v)| decode_address(t, v, Some(&tid)))
+        self.xor_addresses(attr::XOR_PEER_ADDRESS)
     }
 
     /// XOR-MAPPED-ADDRESS (RFC 8489 §14.2).
@@ -291,9 +288,14 @@ impl<'a> Message<'a> {
     pub fn xor_relayed_addresses(
         &self,
     ) -> impl Iterator<Item = Result<SocketAddr, DecodeError>> + 'a {
+        self.xor_addresses(attr::XOR_RELAYED_ADDRESS)
+    }
+
+    /// Every XOR-ed address attribute of type `ty`, in order.
+    fn xor_addresses(&self, ty: u16) -> impl Iterator<Item = Result<SocketAddr, DecodeError>> + 'a {
         let tid = self.header.transaction_id;
         self.attributes()
-            .filter(|&(t, _)| t == attr::XOR_RELAYED_ADDRESS)
+            .filter(move |&(t, _)| t == ty)
             .map(move |(t, v)| decode_address(t, v, Some(&tid)))
     }
 
