@@ -13,15 +13,16 @@ pub(super) async fn turn_credentials(State(app): State<App>, req: Request) -> Re
     if req.method() == Method::OPTIONS {
         return cors(&app, StatusCode::OK.into_response(), &headers);
     }
-    if req.method() != Method::GET {
-        return cors(
+    // A refusal: `{"error": why}` with the CORS headers every answer here carries.
+    let refuse = |status, why: &str| {
+        cors(
             &app,
-            json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "method not allowed"}),
-            ),
+            json_response(status, &json!({"error": why})),
             &headers,
-        );
+        )
+    };
+    if req.method() != Method::GET {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let q = query_params(req.uri().query());
     let bearer = headers
@@ -35,21 +36,13 @@ pub(super) async fn turn_credentials(State(app): State<App>, req: Request) -> Re
         .core
         .check_credentials(token.as_deref(), apisecret.as_deref(), unix_now());
     if !ok {
-        return cors(
-            &app,
-            json_response(StatusCode::FORBIDDEN, &json!({"error": "unauthorized"})),
-            &headers,
-        );
+        return refuse(StatusCode::FORBIDDEN, "unauthorized");
     }
     let cfg = app.cfg();
     let Some(secret) = cfg.turn_secret.as_deref() else {
-        return cors(
-            &app,
-            json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"error": "turn credentials not configured (no turn_secret)"}),
-            ),
-            &headers,
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "turn credentials not configured (no turn_secret)",
         );
     };
     let user = match &token {
