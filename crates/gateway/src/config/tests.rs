@@ -1,3 +1,4 @@
+use super::cluster::is_name;
 use super::*;
 use std::net::IpAddr;
 use std::path::Path;
