@@ -32,14 +32,25 @@ pub fn free_port() -> u16 {
 
 /// A free range of `n` consecutive UDP ports (checked now; relay ports of one test).
 pub fn free_range(n: u16) -> (u16, u16) {
+    // Ranges already handed to servers of this test binary: tests run in parallel, and a
+    // range is checked free before its server binds any of it, so two concurrent picks
+    // could overlap. Then one server's relay sockets took the other's ports and its
+    // Allocates ran out of bind retries (508, flaky when both tests started together).
+    static TAKEN: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
     'outer: for _ in 0..200 {
         let base = 20000 + (rand_u16() % 30000);
-        for p in base..base + n {
+        let last = base + n - 1;
+        if taken.iter().any(|&(a, b)| base <= b && a <= last) {
+            continue;
+        }
+        for p in base..=last {
             if UdpSocket::bind(("127.0.0.1", p)).is_err() {
                 continue 'outer;
             }
         }
-        return (base, base + n - 1);
+        taken.push((base, last));
+        return (base, last);
     }
     panic!("no free range");
 }
