@@ -13,24 +13,46 @@ struct Peer(Child, u16);
 
 impl Peer {
     fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("turnutils_peer (Debian package coturn) must be installed");
-        // Wait until the peer holds its port (binding it ourselves then fails).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "turnutils_peer did not bind {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        // A port can be taken between free_port() and the peer's bind (tests run in
+        // parallel): a peer that exits is started again on another port.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new("turnutils_peer")
+                .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("turnutils_peer (Debian package coturn) must be installed");
+            // Wait until the peer holds its port, read from /proc/net/udp: probing by
+            // binding the port ourselves could take it at the very moment the peer binds
+            // (the peer then exits and the port stays free).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if udp_bound_on_loopback(port) {
+                    return Self(child, port);
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "turnutils_peer did not bind {port}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Self(child, port)
+        panic!("turnutils_peer exited three times without binding its port");
     }
+}
+
+/// Whether a UDP socket is bound to 127.0.0.1:`port` (from /proc/net/udp).
+fn udp_bound_on_loopback(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+    })
 }
 
 impl Drop for Peer {
