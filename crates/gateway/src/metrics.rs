@@ -4,7 +4,6 @@
 
 use crate::core::counters::{CallEnd, CandidateRefusal, Counters, REQUEST_KINDS, SessionLimit};
 
-use prometheus::core::Collector;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -101,17 +100,7 @@ pub const ERROR_CODES: &[u16] = &[
     473, 474, 475, 476, 477, 478, 479, 480, 481, 482, 483, 490,
 ];
 
-/// Registers a new metric with `r` and gives it back: the one place a metric that does
-/// not build or is registered twice is caught.
-#[expect(
-    clippy::expect_used,
-    reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
-)]
-fn register<C: Collector + Clone + 'static>(r: &Registry, metric: prometheus::Result<C>) -> C {
-    let m = metric.expect("valid metric");
-    r.register(Box::new(m.clone())).expect("unique metric");
-    m
-}
+use callrelay_service::metrics::register;
 
 /// A counter with one label, every value of `values` pre-created at 0 so that
 /// `increase()`/`rate()` see the first event after a restart.

@@ -8,6 +8,7 @@
 //!   and the [`systemd::Watchdog`] that pings only while the watched loops turn.
 //! * [`config`] — the TOML file, flags over file over defaults, range checks and the
 //!   address/CIDR parsers, with errors that name the key (each service keeps its keys).
+//! * [`metrics`] — `register`, the one place a metric that does not build or is registered twice is caught.
 //! * [`logging`] — the `tracing` subscriber (stderr, `RUST_LOG`, default `info`).
 //!
 //! It depends only downward (on shared-ice); the services depend on it and never on each
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod systemd;
 pub mod time;
 pub mod tls;

@@ -4,7 +4,6 @@
 //! The relay path never touches these: each worker's core counts in plain `u64` fields
 //! ([`Stats`]) and the worker adds the deltas here once a second.
 
-use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::core::{Gauges, Proto, Stats, labels};
@@ -81,17 +80,7 @@ pub struct Metrics {
     tls_not_after: IntGauge,
 }
 
-/// Registers a new metric with `r` and gives it back: the one place a metric that does
-/// not build or is registered twice is caught.
-#[expect(
-    clippy::expect_used,
-    reason = "metric names, help texts and labels are literals: a bad or duplicate one panics at start-up, in every test"
-)]
-fn register<C: Collector + Clone + 'static>(r: &Registry, metric: prometheus::Result<C>) -> C {
-    let m = metric.expect("valid metric");
-    r.register(Box::new(m.clone())).expect("unique metric");
-    m
-}
+use callrelay_service::metrics::register;
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     register(r, IntCounter::new(name, help))
