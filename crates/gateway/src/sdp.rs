@@ -34,6 +34,17 @@ pub fn candidate_ufrag(candidate: &str) -> Option<&str> {
     None
 }
 
+/// The `typ` of a candidate line (`host`, `srflx`, `prflx`, `relay`).
+pub fn candidate_type(candidate: &str) -> Option<&str> {
+    let mut it = candidate.split_ascii_whitespace();
+    while let Some(t) = it.next() {
+        if t == "typ" {
+            return it.next();
+        }
+    }
+    None
+}
+
 /// Every `a=ice-ufrag:` value in the SDP (session level and all m-sections).
 pub fn sdp_ufrags(sdp: &str) -> Vec<&str> {
     sdp.split('\n')
@@ -311,6 +322,21 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=mid:
             None
         );
         assert_eq!(sdp_ufrags(BUNDLE_CRLF), vec!["abcd", "abcd"]);
+    }
+
+    #[test]
+    fn candidate_types() {
+        let relay = "candidate:9 1 udp 41885439 203.0.113.1 50001 typ relay raddr 0.0.0.0 rport 0 generation 0 ufrag EsAw";
+        assert_eq!(candidate_type(relay), Some("relay"));
+        assert_eq!(
+            candidate_type("a=candidate:1 1 UDP 2122252543 10.0.0.2 5000 typ host"),
+            Some("host")
+        );
+        assert_eq!(
+            candidate_type("candidate:1 1 udp 1 10.0.0.2 5000 typ"),
+            None
+        );
+        assert_eq!(candidate_type("candidate:1 1 udp 1 10.0.0.2 5000"), None);
     }
 
     mod props {

@@ -123,7 +123,7 @@ async function startTurnServer({ secret, realm = 'callrelay-test' }) {
  * Starts our gateway with token auth, an admin secret and TURN REST credentials for
  * `turnUris` signed with `turnSecret`. Ready when Admin API `info` answers.
  */
-async function startGateway({ adminSecret, turnSecret, turnUris, tls, extraArgs = [] }) {
+async function startGateway({ adminSecret, turnSecret, turnUris, tls, extraArgs = [], bin }) {
   const [ws, http, admin] = await freePorts(3);
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'callrelay-gw-'));
   const args = [
@@ -138,7 +138,8 @@ async function startGateway({ adminSecret, turnSecret, turnUris, tls, extraArgs 
   // e.g. --test-page-ws-url, --longpoll-timeout (test/nginx.test.js)
   args.push(...extraArgs);
   const s = tls ? 's' : '';
-  const proc = new Proc('gateway', binary('gateway'), args);
+  // `bin`: another build of the gateway (benches/browser compares two)
+  const proc = new Proc('gateway', bin || binary('gateway'), args);
   const adminUrl = `http${s}://127.0.0.1:${admin}/admin`;
   try {
     await waitUntil(`gateway admin info on ${adminUrl}`, async () => {

@@ -43,6 +43,17 @@
       const forced = Object.assign({}, config || {}, { iceTransportPolicy: forcedPolicy });
       super(forced, ...rest);
       rec.pcs.push({ passedPolicy: passed, forcedPolicy: this.getConfiguration().iceTransportPolicy, iceServers: (config && config.iceServers) || [] });
+      // State changes and the first remote RTP with wall-clock times, for timelines
+      // (benches/browser): `unmute` fires when a remote track's first packet arrives.
+      this.addEventListener('iceconnectionstatechange', () => event('pc-ice', { state: this.iceConnectionState }));
+      this.addEventListener('connectionstatechange', () => event('pc-conn', { state: this.connectionState }));
+      this.addEventListener('icegatheringstatechange', () => event('pc-gathering', { state: this.iceGatheringState }));
+      this.addEventListener('icecandidate', (e) => event('pc-candidate', { typ: e.candidate ? (e.candidate.candidate.match(/ typ (\S+)/) || [])[1] : null }));
+      this.addEventListener('track', (e) => {
+        const kind = e.track.kind;
+        if (e.track.muted) e.track.addEventListener('unmute', () => event('remote-unmute', { trackKind: kind }), { once: true });
+        else event('remote-unmute', { trackKind: kind });
+      });
     }
   }
   window.RTCPeerConnection = RelayOnlyPeerConnection;
@@ -139,6 +150,7 @@
     handle.createOffer(Object.assign(mediaOptions(), {
       success(jsep) {
         event('offer-created', { sdpCandidates: (jsep.sdp.match(/a=candidate:/g) || []).length });
+        event('call-sent');
         handle.send({ message: { request: 'call', username: opts.peerId }, jsep });
       },
       error(err) {
@@ -171,6 +183,7 @@
         jsep,
         success(answer) {
           event('answer-created');
+          event('accept-sent');
           handle.send({ message: { request: 'accept' }, jsep: answer });
         },
         error(err) {

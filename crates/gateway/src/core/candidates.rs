@@ -37,6 +37,14 @@ impl Core {
             }
         }
         let immediate = h.forwarded || h.completed || h.jsep_complete || wait.is_zero();
+        tracing::debug!(
+            handle = hid,
+            ?kind,
+            buffered = h.cands.len(),
+            completed = h.completed,
+            immediate,
+            "SDP received"
+        );
         h.jsep_complete = false;
         h.pending = Some(Pending {
             kind,
@@ -156,6 +164,7 @@ impl Core {
                         .and_then(Value::as_str)
                         .is_some_and(str::is_empty);
                 if completed {
+                    tracing::debug!(handle = hid, forwarded = h.forwarded, "end of candidates");
                     if h.forwarded {
                         to_peer.push(json!({"completed": true}));
                     } else {
@@ -171,6 +180,12 @@ impl Core {
                 let Some(c) = obj.get("candidate").and_then(Value::as_str) else {
                     continue;
                 };
+                tracing::debug!(
+                    handle = hid,
+                    typ = sdp::candidate_type(c).unwrap_or("?"),
+                    forwarded = h.forwarded,
+                    "candidate"
+                );
                 if h.forwarded {
                     to_peer.push(item.clone());
                 } else if h.cands.len() >= max {
