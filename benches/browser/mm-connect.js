@@ -263,6 +263,17 @@ function analyse(call, gwLines) {
   const acc = w(ce, (e) => e.kind === 'plugin-event' && e.event === 'accepted' && e.jsepType === 'answer');
   t.answerToAccepted = Math.round(acc - w(ee, (e) => e.kind === 'accept-sent'));
   t.acceptedToConnected = Math.round(Math.max(conn(ce), conn(ee)) - acc);
+  if (gwLines) {
+    // the serial phases of a forwarded call (see docs/performance.md)
+    const g = (hid, pred) => (first(gwLines, (l) => l.fields.handle === String(hid) && pred(l)) || {}).wall;
+    const relayIn = (hid) => g(hid, (l) => l.msg === 'candidate' && l.fields.typ === 'relay');
+    const fwd = (hid) => g(hid, (l) => /^forwarding SDP/.test(l.msg));
+    t.callerRelay = relayIn(handles.caller) - t0;
+    t.offerHold = fwd(handles.caller) - relayIn(handles.caller);
+    t.calleeAnswer = w(ee, (e) => e.kind === 'accept-sent') - w(ee, (e) => e.kind === 'plugin-event' && e.event === 'incomingcall');
+    t.calleeRelay = relayIn(handles.callee) - g(handles.callee, (l) => l.msg === 'SDP received');
+    t.answerHold = fwd(handles.callee) - relayIn(handles.callee);
+  }
   t.media = Math.max(...['caller', 'callee'].map((s) => w(call[s], (e) => e.kind === 'remote-unmute'))) - t0;
   return { t, timeline: tl.filter(([, v]) => v !== undefined).sort((a, b) => a[1] - b[1]) };
 }
@@ -319,6 +330,10 @@ async function main() {
         const r = results.filter((x) => x.gen === gen && x.stack === name);
         const f = (k) => { const s = summary(r.map((x) => x.t[k])); return `${s.median} (${s.min}–${s.max})`; };
         console.log(`janus.js ${gen} ${name.padEnd(6)} n=${r.length}: connected ${f('connected')}; incomingcall ${f('offerHeld')}; answer→accepted ${f('answerToAccepted')}; accepted→connected ${f('acceptedToConnected')}; media ${f('media')}`);
+        if (stacks[name].gwProc) {
+          console.log(`    phases: caller's relay candidate at the gateway ${f('callerRelay')}, offer held after it ${f('offerHold')}; ` +
+            `callee incomingcall→answer ${f('calleeAnswer')}, answer in→callee's relay candidate ${f('calleeRelay')}, answer held after it ${f('answerHold')}; accepted→connected ${f('acceptedToConnected')}`);
+        }
       }
     }
     if (o.json) fs.writeFileSync(o.json, JSON.stringify(results, null, 1));

@@ -55,6 +55,9 @@ pub struct FileConfig {
     pub reclaim_session_timeout: Option<u64>,
     /// Milliseconds an offer/answer waits for trickled candidates.
     pub candidate_wait_ms: Option<u64>,
+    /// Milliseconds a held offer/answer that can already connect (a relay candidate
+    /// for every transport) still waits for host/server-reflexive candidates.
+    pub candidate_grace_ms: Option<u64>,
     /// Seconds after which an unused token is dropped (0 = never).
     pub token_max_idle: Option<u64>,
     /// Most Janus sessions held at once (`create` beyond it gets 490).
@@ -165,6 +168,8 @@ pub struct Config {
     pub reclaim_timeout: Duration,
     /// Candidate wait.
     pub candidate_wait: Duration,
+    /// Candidate grace.
+    pub candidate_grace: Duration,
     /// Token idle expiry.
     pub token_max_idle: Duration,
     /// Session cap.
@@ -228,6 +233,7 @@ impl std::fmt::Debug for Config {
             .field("session_timeout", &self.session_timeout)
             .field("reclaim_timeout", &self.reclaim_timeout)
             .field("candidate_wait", &self.candidate_wait)
+            .field("candidate_grace", &self.candidate_grace)
             .field("token_max_idle", &self.token_max_idle)
             .field("max_sessions", &self.max_sessions)
             .field("max_sessions_per_token", &self.max_sessions_per_token)
@@ -423,6 +429,12 @@ impl Config {
             0..=10_000,
             " ms (a longer wait stalls call set-up)",
         )?;
+        let candidate_grace_ms = in_range(
+            "candidate_grace_ms",
+            pick(cli.candidate_grace_ms, file.candidate_grace_ms, 100),
+            0..=10_000,
+            " ms (capped by candidate_wait_ms anyway)",
+        )?;
         let token_max_idle = in_range(
             "token_max_idle",
             pick(cli.token_max_idle, file.token_max_idle, 7 * 86400),
@@ -572,6 +584,7 @@ impl Config {
             session_timeout: Duration::from_secs(session_timeout),
             reclaim_timeout: Duration::from_secs(reclaim),
             candidate_wait: Duration::from_millis(candidate_wait_ms),
+            candidate_grace: Duration::from_millis(candidate_grace_ms),
             token_max_idle: Duration::from_secs(token_max_idle),
             max_sessions,
             max_sessions_per_token,

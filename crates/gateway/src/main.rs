@@ -122,6 +122,10 @@ struct RunArgs {
     /// How long an offer/answer waits for trickled candidates, ms [default: 1000].
     #[arg(long, value_name = "MS")]
     candidate_wait_ms: Option<u64>,
+    /// How long an offer/answer that can connect (a relay candidate per transport) still
+    /// waits for host/server-reflexive candidates, ms [default: 100].
+    #[arg(long, value_name = "MS")]
+    candidate_grace_ms: Option<u64>,
     /// Seconds a closed WebSocket's sessions wait for a claim, 0 = none [default: 0].
     #[arg(long, value_name = "SECS")]
     reclaim_session_timeout: Option<u64>,
@@ -244,6 +248,7 @@ impl RunArgs {
                 state_dir: self.state_dir,
                 session_timeout: self.session_timeout,
                 candidate_wait_ms: self.candidate_wait_ms,
+                candidate_grace_ms: self.candidate_grace_ms,
                 reclaim_session_timeout: self.reclaim_session_timeout,
                 token_max_idle: self.token_max_idle,
                 max_sessions: self.max_sessions,

@@ -71,6 +71,112 @@ fn normalise(candidate: &str) -> Option<String> {
     Some(format!("a={c}"))
 }
 
+/// How far the candidates of a held SDP go toward a call that connects (janus-api.md §11):
+/// decides whether it can be forwarded before its sender finished gathering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Some transport has no relay candidate yet: wait (for gathering to complete or the
+    /// deadline, as for a sender without TURN).
+    Wait,
+    /// Every transport has a relay candidate, which connects whatever the NATs on the
+    /// way, but the sender also gathers host candidates and some transport has no
+    /// server-reflexive one yet: a direct path may still be on its way; wait a grace.
+    Usable,
+    /// Every transport has a relay candidate and nothing that could beat it is still to
+    /// come: the sender is relay-only (no host candidate) or every transport also has a
+    /// server-reflexive one. Forward now; later candidates go out as server `trickle`.
+    Ready,
+}
+
+/// The m-sections whose candidates the answerer uses (RFC 9143 BUNDLE: the first m-section
+/// of each group carries the group's one transport; every m-section outside a group and
+/// not rejected with port 0 has its own), as indexes into the m-sections.
+fn transport_sections(sdp: &str) -> Vec<usize> {
+    let mut mids: Vec<Option<&str>> = Vec::new();
+    let mut ports: Vec<bool> = Vec::new();
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    for l in sdp.split('\n').map(|l| l.trim_end_matches('\r')) {
+        if let Some(m) = l.strip_prefix("m=") {
+            mids.push(None);
+            ports.push(m.split_ascii_whitespace().nth(1).is_some_and(|p| p != "0"));
+        } else if let Some(mid) = l.strip_prefix("a=mid:") {
+            if let Some(last) = mids.last_mut() {
+                *last = Some(mid.trim());
+            }
+        } else if let Some(g) = l.strip_prefix("a=group:BUNDLE") {
+            groups.push(g.split_ascii_whitespace().collect());
+        }
+    }
+    let index_of = |mid: &str| mids.iter().position(|m| *m == Some(mid));
+    let mut out: Vec<usize> = Vec::new();
+    for g in &groups {
+        if let Some(i) = g.iter().find_map(|m| index_of(m)) {
+            out.push(i);
+        }
+    }
+    for (i, (mid, open)) in mids.iter().zip(&ports).enumerate() {
+        let bundled = mid.is_some_and(|m| groups.iter().any(|g| g.contains(&m)));
+        if *open && !bundled && !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The m-section a trickled candidate belongs to, as [`merge_candidates`] places it.
+fn section_of_candidate(sdp_mids: &[Option<&str>], c: &Candidate) -> usize {
+    let by_mid = c
+        .sdp_mid
+        .as_deref()
+        .and_then(|m| sdp_mids.iter().position(|x| *x == Some(m)));
+    let by_index = c
+        .sdp_mline_index
+        .and_then(|i| usize::try_from(i).ok())
+        .filter(|i| *i < sdp_mids.len());
+    by_mid.or(by_index).unwrap_or(0)
+}
+
+/// Whether `sdp` with the trickled `candidates` (and any `a=candidate:` lines it has
+/// itself) may be forwarded before gathering completes; see [`Readiness`].
+pub fn readiness(sdp: &str, candidates: &[Candidate]) -> Readiness {
+    let transports = transport_sections(sdp);
+    if transports.is_empty() {
+        return Readiness::Wait;
+    }
+    // (m-section, candidate type) of every candidate known
+    let mut mids: Vec<Option<&str>> = Vec::new();
+    let mut known: Vec<(usize, &str)> = Vec::new();
+    for l in sdp.split('\n').map(|l| l.trim_end_matches('\r')) {
+        if l.starts_with("m=") {
+            mids.push(None);
+        } else if let Some(mid) = l.strip_prefix("a=mid:") {
+            if let Some(last) = mids.last_mut() {
+                *last = Some(mid.trim());
+            }
+        } else if l.starts_with("a=candidate:")
+            && let (Some(i), Some(t)) = (mids.len().checked_sub(1), candidate_type(l))
+        {
+            known.push((i, t));
+        }
+    }
+    for c in candidates {
+        if let Some(t) = candidate_type(&c.candidate) {
+            known.push((section_of_candidate(&mids, c), t));
+        }
+    }
+    let has = |i: usize, typ: &str| known.iter().any(|(s, t)| *s == i && *t == typ);
+    if !transports.iter().all(|i| has(*i, "relay")) {
+        return Readiness::Wait;
+    }
+    let gathers_host = known.iter().any(|(_, t)| *t == "host");
+    if !gathers_host || transports.iter().all(|i| has(*i, "srflx")) {
+        Readiness::Ready
+    } else {
+        Readiness::Usable
+    }
+}
+
 /// Adds `candidates` as `a=candidate:` lines to the m-sections they belong to and, when
 /// `end_of_candidates` is set, an `a=end-of-candidates` line to every m-section.
 ///
@@ -322,6 +428,47 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=mid:
             None
         );
         assert_eq!(sdp_ufrags(BUNDLE_CRLF), vec!["abcd", "abcd"]);
+    }
+
+    #[test]
+    fn readiness_needs_a_relay_candidate_per_transport() {
+        let c = |typ: &str, mid: &str| {
+            cand(
+                &format!("candidate:1 1 udp 1 203.0.113.1 9 typ {typ}"),
+                Some(mid),
+                None,
+            )
+        };
+        // BUNDLE 0 1: one transport, on mid 0
+        assert_eq!(readiness(BUNDLE_CRLF, &[]), Readiness::Wait);
+        assert_eq!(readiness(BUNDLE_CRLF, &[c("host", "0")]), Readiness::Wait);
+        assert_eq!(readiness(BUNDLE_CRLF, &[c("relay", "1")]), Readiness::Wait);
+        // relay-only sender: nothing better can follow
+        assert_eq!(readiness(BUNDLE_CRLF, &[c("relay", "0")]), Readiness::Ready);
+        // a sender that gathers host candidates may still find a direct path
+        let host_relay = [c("host", "0"), c("relay", "0")];
+        assert_eq!(readiness(BUNDLE_CRLF, &host_relay), Readiness::Usable);
+        let all = [c("host", "0"), c("srflx", "0"), c("relay", "0")];
+        assert_eq!(readiness(BUNDLE_CRLF, &all), Readiness::Ready);
+        // without BUNDLE every open m-section is a transport; port 0 is rejected
+        let plain = BUNDLE_CRLF.replace("a=group:BUNDLE 0 1\r\n", "");
+        assert_eq!(readiness(&plain, &[c("relay", "0")]), Readiness::Wait);
+        assert_eq!(
+            readiness(&plain, &[c("relay", "0"), c("relay", "1")]),
+            Readiness::Ready
+        );
+        let rejected = plain.replace("m=video 9 ", "m=video 0 ");
+        assert_eq!(readiness(&rejected, &[c("relay", "0")]), Readiness::Ready);
+        // candidates the SDP carries itself count too
+        let inline = BUNDLE_CRLF.replace(
+            "a=mid:0\r\n",
+            "a=mid:0\r\na=candidate:1 1 udp 1 203.0.113.1 9 typ relay\r\n",
+        );
+        assert_eq!(readiness(&inline, &[]), Readiness::Ready);
+        assert_eq!(
+            readiness("v=0\r\ns=-\r\n", &[c("relay", "0")]),
+            Readiness::Wait
+        );
     }
 
     #[test]

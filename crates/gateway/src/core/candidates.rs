@@ -4,7 +4,7 @@
 use super::counters::CandidateRefusal;
 use super::janus::{Jsep, JsepType};
 use super::{Core, ForwardKind, Pending, Timer};
-use crate::sdp::{self, Candidate};
+use crate::sdp::{self, Candidate, Readiness};
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -58,6 +58,45 @@ impl Core {
             self.flush_pending(now, hid);
         } else {
             self.arm(now + wait, Timer::Pending(hid));
+            // candidates trickled before their SDP (HTTP requests can overtake it)
+            self.forward_early(now, hid);
+        }
+    }
+
+    /// Forwards the held SDP of `hid` before its sender finished gathering when the
+    /// candidates it has can already connect the call (`sdp::readiness`): at once when
+    /// nothing better can follow, else after `candidate_grace`. Old janus.js never sees
+    /// the candidates that come later (server `trickle`), so this never forwards an SDP
+    /// without a relay candidate for every transport.
+    fn forward_early(&mut self, now: Instant, hid: u64) {
+        let grace = self.cfg.candidate_grace;
+        let Some(h) = self.handles.get_mut(&hid) else {
+            return;
+        };
+        let Some(p) = h.pending.as_mut().filter(|_| !h.forwarded) else {
+            return;
+        };
+        let ready = sdp::readiness(&p.sdp, &h.cands);
+        let at = match ready {
+            Readiness::Wait => return,
+            Readiness::Ready => now,
+            Readiness::Usable => now + grace,
+        };
+        if at >= p.deadline {
+            return;
+        }
+        tracing::debug!(
+            handle = hid,
+            ?ready,
+            grace_ms =
+                u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX),
+            "candidates can connect"
+        );
+        p.deadline = at;
+        if at <= now {
+            self.flush_pending(now, hid);
+        } else {
+            self.arm(at, Timer::Pending(hid));
         }
     }
 
@@ -218,6 +257,8 @@ impl Core {
         }
         if flush {
             self.flush_pending(now, hid);
+        } else {
+            self.forward_early(now, hid);
         }
         if let Some(p) = peer {
             for c in to_peer {

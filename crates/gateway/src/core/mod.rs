@@ -72,6 +72,12 @@ pub struct CoreConfig {
     pub reclaim_timeout: Duration,
     /// How long an offer/answer waits for trickled candidates before it is forwarded.
     pub candidate_wait: Duration,
+    /// Once every transport of a held offer/answer has a relay candidate but a direct
+    /// path may still come (the sender gathers host candidates, some transport has no
+    /// server-reflexive one), how much longer it waits for them (capped by
+    /// `candidate_wait`; 0 = forward at once). A relay-only sender's SDP goes at its
+    /// first relay candidates, whatever this says.
+    pub candidate_grace: Duration,
     /// Require a stored token on every request (Janus `token_auth`).
     pub token_auth: bool,
     /// Optional Janus `api_secret`.
@@ -106,6 +112,7 @@ impl Default for CoreConfig {
             session_timeout: Duration::from_secs(60),
             reclaim_timeout: Duration::ZERO,
             candidate_wait: Duration::from_millis(1000),
+            candidate_grace: Duration::from_millis(100),
             token_auth: false,
             api_secret: None,
             admin_secret: None,

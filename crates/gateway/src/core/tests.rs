@@ -232,6 +232,96 @@ fn completed_overtaking_the_last_candidate_does_not_empty_the_sdp() {
     assert!(sdp.contains("a=end-of-candidates"), "{sdp}");
 }
 
+/// The incomingcall SDP bob got, if any.
+fn incoming_sdp(ev: &[(Source, Value)]) -> Option<String> {
+    ev.iter()
+        .find(|(o, m)| {
+            *o == Source::Ws(2) && m["plugindata"]["data"]["result"]["event"] == "incomingcall"
+        })
+        .map(|(_, m)| m["jsep"]["sdp"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn relay_only_offer_goes_at_its_first_relay_candidate_and_the_rest_trickles() {
+    let t0 = Instant::now();
+    let (mut c, sa, ha, hb, _) = trickle_offer(t0, Duration::from_millis(1000));
+    events(&mut c);
+    let relay =
+        "candidate:1 1 udp 41885439 203.0.113.1 50000 typ relay raddr 0.0.0.0 rport 0 ufrag u1";
+    req(
+        &mut c,
+        t0 + Duration::from_millis(70),
+        1,
+        trickle_candidate(sa, ha, relay),
+    );
+    let ev = events(&mut c);
+    let sdp = incoming_sdp(&ev).expect("forwarded at the relay candidate");
+    assert!(sdp.contains(&format!("a={relay}\r\n")), "{sdp}");
+    assert!(
+        !sdp.contains("end-of-candidates"),
+        "gathering goes on: {sdp}"
+    );
+    // a later candidate reaches bob as a server trickle, `completed` too
+    let tcp =
+        "candidate:2 1 udp 41885183 203.0.113.1 50002 typ relay raddr 0.0.0.0 rport 0 ufrag u1";
+    req(
+        &mut c,
+        t0 + Duration::from_millis(90),
+        1,
+        trickle_candidate(sa, ha, tcp),
+    );
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ev[0].0, &ev[0].1["janus"]),
+        (Source::Ws(2), &json!("trickle"))
+    );
+    assert_eq!(ev[0].1["sender"], hb);
+    assert_eq!(ev[0].1["candidate"]["candidate"], tcp);
+}
+
+#[test]
+fn offer_with_host_candidates_waits_a_grace_for_srflx_after_the_relay() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let host = "candidate:1 1 udp 2122260223 10.10.1.2 50000 typ host ufrag u1";
+    let srflx = "candidate:2 1 udp 1686052607 203.0.113.10 50000 typ srflx raddr 10.10.1.2 rport 50000 ufrag u1";
+    let relay = "candidate:3 1 udp 41885439 203.0.113.1 50001 typ relay raddr 203.0.113.10 rport 50000 ufrag u1";
+    // host, relay: held for the grace (100 ms by default), then forwarded
+    let (mut c, sa, ha, _, _) = trickle_offer(t0, Duration::from_millis(1000));
+    events(&mut c);
+    req(&mut c, ms(5), 1, trickle_candidate(sa, ha, host));
+    req(&mut c, ms(60), 1, trickle_candidate(sa, ha, relay));
+    assert!(
+        incoming_sdp(&events(&mut c)).is_none(),
+        "a srflx may still come"
+    );
+    assert_eq!(c.poll_timeout(), Some(ms(160)));
+    c.handle_timeout(ms(159), 0);
+    assert!(events(&mut c).is_empty());
+    c.handle_timeout(ms(160), 0);
+    let sdp = incoming_sdp(&events(&mut c)).expect("forwarded after the grace");
+    assert!(sdp.contains(host) && sdp.contains(relay), "{sdp}");
+    // host, relay, then srflx within the grace: forwarded at the srflx
+    let (mut c, sa, ha, _, _) = trickle_offer(t0, Duration::from_millis(1000));
+    events(&mut c);
+    req(&mut c, ms(5), 1, trickle_candidate(sa, ha, host));
+    req(&mut c, ms(60), 1, trickle_candidate(sa, ha, relay));
+    req(&mut c, ms(80), 1, trickle_candidate(sa, ha, srflx));
+    let sdp = incoming_sdp(&events(&mut c)).expect("forwarded at the srflx");
+    assert!(
+        sdp.contains(host) && sdp.contains(srflx) && sdp.contains(relay),
+        "{sdp}"
+    );
+    // the grace never outlasts candidate_wait
+    let (mut c, sa, ha, _, _) = trickle_offer(t0, Duration::from_millis(100));
+    events(&mut c);
+    req(&mut c, ms(5), 1, trickle_candidate(sa, ha, host));
+    req(&mut c, ms(60), 1, trickle_candidate(sa, ha, relay));
+    c.handle_timeout(ms(100), 0);
+    assert!(incoming_sdp(&events(&mut c)).is_some(), "deadline first");
+}
+
 #[test]
 fn non_trickle_offers_are_forwarded_at_once() {
     let t0 = Instant::now();

@@ -99,6 +99,7 @@ fn core_config(cfg: &Config) -> CoreConfig {
         session_timeout: cfg.session_timeout,
         reclaim_timeout: cfg.reclaim_timeout,
         candidate_wait: cfg.candidate_wait,
+        candidate_grace: cfg.candidate_grace,
         token_auth: cfg.token_auth,
         api_secret: cfg.api_secret.clone(),
         admin_secret: cfg.admin_secret.clone(),
