@@ -16,6 +16,9 @@ use shared_ice::auth::{RestSecret, RestSecrets};
 
 use crate::policy::PeerPolicy;
 
+/// The `offload` setting (turn-offload's `Mode`).
+pub use turn_offload::Mode as OffloadMode;
+
 /// A configuration error naming the key (or the file) and the fix.
 pub use callrelay_service::config::ConfigError;
 
@@ -147,6 +150,12 @@ pub struct Cli {
     /// Seconds a TCP/TLS connection may stay open without an allocation.
     #[arg(long, value_name = "SECS")]
     pub stream_auth_timeout: Option<u64>,
+    /// Kernel fast path for UDP ChannelData: auto, xdp, tc or off (docs/offload.md).
+    #[arg(long, value_name = "MODE")]
+    pub offload: Option<String>,
+    /// Interface the offload attaches to (repeatable). Default: every interface but lo.
+    #[arg(long, value_name = "NAME")]
+    pub offload_interface: Vec<String>,
 }
 
 /// The TOML file. Keys mirror the flags.
@@ -199,6 +208,9 @@ pub struct FileConfig {
     max_stream_connections: Option<u32>,
     max_stream_connections_per_ip: Option<u32>,
     stream_auth_timeout: Option<u64>,
+    offload: Option<String>,
+    #[serde(default)]
+    offload_interface: Vec<String>,
 }
 
 /// Workers when the configuration does not say: half the CPUs (at least 1, at most 16).
@@ -292,6 +304,10 @@ pub struct Config {
     pub max_stream_connections_per_ip: u32,
     /// Time a stream connection may stay without an allocation.
     pub stream_auth_timeout: Duration,
+    /// Kernel fast path for UDP ChannelData.
+    pub offload: OffloadMode,
+    /// Interfaces the offload attaches to (empty: every interface but lo).
+    pub offload_interfaces: Vec<String>,
 }
 
 fn ips(key: &'static str, v: &[String]) -> Result<(Option<IpAddr>, Option<IpAddr>), ConfigError> {
@@ -584,6 +600,25 @@ impl Config {
             1..=600,
             " seconds (15 is the default)",
         )?;
+        let offload = {
+            let s = pick(cli.offload.clone(), f.offload, "off".into());
+            OffloadMode::parse(&s).ok_or_else(|| {
+                ConfigError::key(
+                    "offload",
+                    format!("`{s}` is not one of \"auto\", \"xdp\", \"tc\", \"off\""),
+                )
+            })?
+        };
+        let offload_interfaces = pick_list(cli.offload_interface.clone(), f.offload_interface);
+        if let Some(bad) = offload_interfaces
+            .iter()
+            .find(|i| i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+        {
+            return Err(ConfigError::key(
+                "offload_interface",
+                format!("`{bad}` is not an interface name (1-15 characters, no `/` or space)"),
+            ));
+        }
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < workers {
             return Err(ConfigError::key(
@@ -630,6 +665,8 @@ impl Config {
             max_stream_connections,
             max_stream_connections_per_ip,
             stream_auth_timeout: Duration::from_secs(stream_auth_timeout),
+            offload,
+            offload_interfaces,
         })
     }
 }

@@ -111,6 +111,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         stream_cap,
         cfg.max_stream_connections_per_ip,
     ));
+    let offload = start_offload(&cfg, &metrics);
     let shutdown = CancellationToken::new();
     let peer_streams: runtime::PeerStreams = Arc::default();
     let mut nonce_key = [0u8; 20];
@@ -142,6 +143,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 heartbeats.push(h.clone());
                 h
             },
+            offload: offload.clone(),
         };
         threads.push(
             std::thread::Builder::new()
@@ -180,12 +182,17 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut offload_seen = turn_offload::Counters::default();
+        let mut offload_tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => reload(&cli, &tls, &controls, &metrics),
                 () = watchdog.tick() => {}
+                _ = offload_tick.tick(), if offload.is_some() => {
+                    report_offload(offload.as_ref(), &metrics, &mut offload_seen);
+                }
             }
         }
         callrelay_service::systemd::notify_stopping();
@@ -207,6 +214,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             }
         }
         shutdown.cancel();
+        report_offload(offload.as_ref(), &metrics, &mut offload_seen);
         // Bounded: serve_metrics gives answers in flight `metrics_shutdown_grace`, then closes.
         let _ = metrics_task.await;
         anyhow::Ok(())
@@ -230,6 +238,56 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("turn-server stopped");
     Ok(())
+}
+
+/// Starts the kernel fast path when `offload` asks for it; otherwise, or when it cannot
+/// run here, logs and counts why, and the relay serves every packet in userspace.
+fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOffload> {
+    use turn_offload::{Fallback, Mode as OffloadMode, Offload, Unavailable};
+    let started = if cfg.offload == OffloadMode::Off {
+        Err(Unavailable {
+            reason: Fallback::Disabled,
+            detail: "offload = \"off\"".into(),
+        })
+    } else if cfg.bandwidth != 0 {
+        Err(Unavailable {
+            reason: Fallback::BandwidthLimit,
+            detail: format!(
+                "bandwidth = {} is not enforced by the kernel path yet; set bandwidth = 0 to offload",
+                cfg.bandwidth
+            ),
+        })
+    } else {
+        Offload::start(cfg.offload, &cfg.offload_interfaces)
+    };
+    match started {
+        Ok(o) => {
+            tracing::info!(mode = cfg.offload.label(), interfaces = ?o.interfaces(), "kernel offload for UDP ChannelData attached (TC ingress, IPv4)");
+            metrics.set_offload_active(true);
+            Some(Arc::new(std::sync::Mutex::new(o)))
+        }
+        Err(e) if e.reason == Fallback::Disabled => None,
+        Err(e) => {
+            tracing::warn!(mode = cfg.offload.label(), reason = e.reason.label(), detail = %e.detail, "kernel offload unavailable: relaying in userspace");
+            metrics.offload_fallback(e.reason);
+            None
+        }
+    }
+}
+
+/// Adds what the kernel relayed since the last call to `/metrics`.
+fn report_offload(
+    offload: Option<&runtime::SharedOffload>,
+    metrics: &Metrics,
+    seen: &mut turn_offload::Counters,
+) {
+    if let Some(o) = offload {
+        let now = o
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counters();
+        metrics.report_offload(seen, now);
+    }
 }
 
 /// SIGHUP: re-read the config file; swap secrets, users, peer policy and the TLS cert.

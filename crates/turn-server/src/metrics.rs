@@ -78,6 +78,9 @@ pub struct Metrics {
     metrics_connections: IntGauge,
     /// Registered on the first `set_tls_cert_not_after`: absent without TLS.
     tls_not_after: IntGauge,
+    offload_packets: [IntCounter; 2],
+    offload_fallback: Vec<IntCounter>,
+    offload_active: IntGauge,
 }
 
 use callrelay_service::metrics::register;
@@ -252,6 +255,31 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let offload_packets = {
+            let v = register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "callrelay_turn_offload_packets_total",
+                        "Packets the kernel fast path relayed (also counted in callrelay_turn_relayed_packets_total)",
+                    ),
+                    &["direction"],
+                ),
+            );
+            [0, 1].map(|d| v.with_label_values(&[labels::DIRECTION[d]]))
+        };
+        let offload_fallback = counters(
+            &r,
+            "callrelay_turn_offload_fallback_total",
+            "Times the kernel fast path could not start (offload set to auto, xdp or tc) and the relay stayed in userspace, by reason",
+            "reason",
+            turn_offload::Fallback::LABELS,
+        );
+        let offload_active = gauge(
+            &r,
+            "callrelay_turn_offload_active",
+            "1 while the kernel fast path for UDP ChannelData is attached",
+        );
         Self {
             registry: r,
             allocations_active,
@@ -279,7 +307,54 @@ impl Metrics {
                 "Expiry (notAfter, Unix seconds) of the TLS certificate in use",
             )
             .expect("valid metric"),
+            offload_packets,
+            offload_fallback,
+            offload_active,
         }
+    }
+
+    /// The kernel fast path could not start: counted by reason.
+    pub fn offload_fallback(&self, reason: turn_offload::Fallback) {
+        if let Some(c) = self.offload_fallback.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// Whether the kernel fast path is attached.
+    pub fn set_offload_active(&self, on: bool) {
+        self.offload_active.set(i64::from(on));
+    }
+
+    /// Adds what the kernel fast path relayed since `prev` (its per-CPU counters, summed)
+    /// to the offload counters and to the UDP relayed totals, and remembers `now`.
+    pub fn report_offload(&self, prev: &mut turn_offload::Counters, now: turn_offload::Counters) {
+        let udp = Proto::ALL
+            .iter()
+            .position(|p| *p == Proto::Udp)
+            .unwrap_or(0);
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let deltas = [
+            (
+                d(now.to_peer_packets, prev.to_peer_packets),
+                d(now.to_peer_bytes, prev.to_peer_bytes),
+            ),
+            (
+                d(now.to_client_packets, prev.to_client_packets),
+                d(now.to_client_bytes, prev.to_client_bytes),
+            ),
+        ];
+        for (dir, (p, b)) in deltas.into_iter().enumerate() {
+            if let Some(c) = self.offload_packets.get(dir) {
+                c.inc_by(p);
+            }
+            if let Some(c) = self.packets.get(dir).and_then(|v| v.get(udp)) {
+                c.inc_by(p);
+            }
+            if let Some(c) = self.bytes.get(dir).and_then(|v| v.get(udp)) {
+                c.inc_by(b);
+            }
+        }
+        *prev = now;
     }
 
     /// The TLS certificate in use expires at `unix` (set at start and on every reload;
@@ -433,6 +508,9 @@ mod tests {
             "callrelay_turn_relayed_in_process_total{path=\"cross_worker\"} 4",
             "callrelay_turn_rate_limit_evictions_total 6",
             "callrelay_turn_rate_limit_closed_total 2",
+            "callrelay_turn_offload_packets_total{direction=\"to_peer\"} 0",
+            "callrelay_turn_offload_fallback_total{reason=\"not_built\"} 0",
+            "callrelay_turn_offload_active 0",
         ] {
             // Whole lines: "x 1" must not pass for "x 10", nor "x{a=\"b\"} 0" for a
             // longer label set.
@@ -443,5 +521,40 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert!(t.lines().any(|l| l == build), "missing {build} in\n{t}");
+    }
+}
+
+#[cfg(test)]
+mod offload_tests {
+    use super::*;
+
+    #[test]
+    fn offloaded_packets_count_in_the_relayed_totals_too() {
+        let m = Metrics::new();
+        let mut prev = turn_offload::Counters::default();
+        let mut now = turn_offload::Counters {
+            to_peer_packets: 3,
+            to_peer_bytes: 300,
+            to_client_packets: 2,
+            to_client_bytes: 40,
+        };
+        m.report_offload(&mut prev, now);
+        now.to_peer_packets = 5;
+        now.to_peer_bytes = 500;
+        m.report_offload(&mut prev, now);
+        m.offload_fallback(turn_offload::Fallback::NoPermission);
+        m.set_offload_active(true);
+        let t = m.render();
+        for needle in [
+            "callrelay_turn_offload_packets_total{direction=\"to_peer\"} 5",
+            "callrelay_turn_offload_packets_total{direction=\"to_client\"} 2",
+            "callrelay_turn_relayed_packets_total{direction=\"to_peer\",transport=\"udp\"} 5",
+            "callrelay_turn_relayed_bytes_total{direction=\"to_peer\",transport=\"udp\"} 500",
+            "callrelay_turn_relayed_bytes_total{direction=\"to_client\",transport=\"udp\"} 40",
+            "callrelay_turn_offload_fallback_total{reason=\"no_permission\"} 1",
+            "callrelay_turn_offload_active 1",
+        ] {
+            assert!(t.lines().any(|l| l == needle), "missing {needle} in\n{t}");
+        }
     }
 }

@@ -46,6 +46,40 @@ fn typical_test_invocation() {
     assert!(!format!("{c:?}").contains("\"S\""));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(c.workers, default_workers(cpus));
+    // The kernel fast path is off until it enforces everything userspace does.
+    assert_eq!(c.offload, OffloadMode::Off);
+    assert!(c.offload_interfaces.is_empty());
+}
+
+#[test]
+fn offload_mode_and_interfaces_are_checked() {
+    let base = ["--listen", "127.0.0.1:0", "--auth-secret", "S"];
+    let with = |extra: &[&str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        cli(&v)
+    };
+    for (s, m) in [
+        ("auto", OffloadMode::Auto),
+        ("xdp", OffloadMode::Xdp),
+        ("tc", OffloadMode::Tc),
+        ("off", OffloadMode::Off),
+    ] {
+        assert_eq!(Config::load(&with(&["--offload", s])).unwrap().offload, m);
+    }
+    assert_eq!(err_key(&with(&["--offload", "on"])), "offload");
+    let c = Config::load(&with(&[
+        "--offload-interface",
+        "eth0",
+        "--offload-interface",
+        "veth1",
+    ]))
+    .unwrap();
+    assert_eq!(c.offload_interfaces, ["eth0", "veth1"]);
+    assert_eq!(
+        err_key(&with(&["--offload-interface", "a-name-far-too-long"])),
+        "offload_interface"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::time::Instant;
 
 /// Transport of a client connection.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -161,6 +162,36 @@ pub enum Command {
     },
 }
 
+/// One channel binding of a UDP allocation, as the kernel fast path needs it
+/// (docs/offload.md): the client's 5-tuple, the relay socket's bound address, the peer and
+/// the channel number, valid until `expires`.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct OffloadBinding {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Our listener address the client sends to.
+    pub server: SocketAddr,
+    /// The relay socket's bound address.
+    pub relay: SocketAddr,
+    /// The peer.
+    pub peer: SocketAddr,
+    /// Channel number.
+    pub channel: u16,
+    /// The earliest of the channel's, its permission's and the allocation's expiry.
+    pub expires: Instant,
+}
+
+/// The complete set of a UDP allocation's live channel bindings, emitted whenever it may
+/// have changed (ChannelBind, CreatePermission, Refresh, expiry sweeps) and with no
+/// bindings when the allocation is gone. The shell makes the kernel hold exactly these.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct OffloadSync {
+    /// The allocation's client 5-tuple (unique across workers).
+    pub client: FiveTuple,
+    /// Its bindings now.
+    pub bindings: Vec<OffloadBinding>,
+}
+
 /// Static settings of one core.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -206,4 +237,6 @@ pub struct CoreConfig {
     /// Answers kept for retransmitted requests (`transaction_cache`); the table is
     /// allocated at start for twice that, so its memory never steps up under churn.
     pub tx_cache_max: usize,
+    /// Emit [`OffloadSync`]s for the kernel fast path ([`Core::poll_offload`](super::Core::poll_offload)).
+    pub offload: bool,
 }

@@ -46,7 +46,9 @@ use self::reply::{Reject, Req};
 use self::rfc6062::PendingConnect;
 use crate::policy::PeerPolicy;
 
-pub use self::api::{Command, CoreConfig, FiveTuple, Proto, Relay, RelayToken, Transmit};
+pub use self::api::{
+    Command, CoreConfig, FiveTuple, OffloadBinding, OffloadSync, Proto, Relay, RelayToken, Transmit,
+};
 pub use self::auth::StaticUser;
 pub(crate) use self::fxhash::FxMap;
 pub use self::quota::{Exceeded, QuotaLedger};
@@ -109,6 +111,7 @@ pub struct Core<R> {
     rate: RateTable,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
+    offload: VecDeque<OffloadSync>,
     next_sweep: Option<Instant>,
     draining: bool,
     stats: Stats,
@@ -158,6 +161,7 @@ impl<R: RngCore> Core<R> {
             rate,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
+            offload: VecDeque::new(),
             next_sweep: None,
             draining: false,
             stats: Stats::default(),
@@ -200,7 +204,7 @@ impl<R: RngCore> Core<R> {
 
     /// Whether `poll_transmit`/`poll_command` have something (cheap check for the fast path).
     pub fn has_pending(&self) -> bool {
-        !self.transmits.is_empty() || !self.commands.is_empty()
+        !self.transmits.is_empty() || !self.commands.is_empty() || !self.offload.is_empty()
     }
 
     /// Next datagram/frame to send.
@@ -211,6 +215,55 @@ impl<R: RngCore> Core<R> {
     /// Next socket command.
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
+    }
+
+    /// Next change of an allocation's offloadable channel bindings (only with
+    /// [`CoreConfig::offload`]).
+    pub fn poll_offload(&mut self) -> Option<OffloadSync> {
+        self.offload.pop_front()
+    }
+
+    /// Queues the current channel bindings of the UDP allocation in `slot` for the kernel
+    /// fast path. Channels whose peer is one of our own relayed addresses are left out:
+    /// the in-process path delivers those (with the other allocation's checks).
+    pub(super) fn offload_sync(&mut self, slot: u32, now: Instant) {
+        if !self.cfg.offload {
+            return;
+        }
+        let Some(a) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if a.client.proto != Proto::Udp || a.tcp || a.pending.is_some() {
+            return;
+        }
+        let mut bindings = Vec::new();
+        for (&channel, c) in &a.channels {
+            let Some(&perm) = a.permissions.get(&c.peer.ip()) else {
+                continue;
+            };
+            let expires = c.expires.min(perm).min(a.expires);
+            let relay = a
+                .relay_for(c.peer)
+                .and_then(|i| a.relays.get(i).copied().flatten());
+            let Some(relay) = relay.filter(|r| r.open) else {
+                continue;
+            };
+            if expires <= now || self.is_relay_ip(c.peer.ip()) {
+                continue;
+            }
+            bindings.push(OffloadBinding {
+                client: a.client.remote,
+                server: a.client.local,
+                relay: relay.bind,
+                peer: c.peer,
+                channel,
+                expires,
+            });
+        }
+        self.offload.push_back(OffloadSync {
+            client: a.client,
+            bindings,
+        });
     }
 
     /// Expires allocations, permissions, channels, cached answers and rate-limit state.
@@ -224,7 +277,10 @@ impl<R: RngCore> Core<R> {
         for slot in expired {
             self.delete(slot);
         }
-        for a in self.slots.iter_mut().flatten() {
+        let mut changed = Vec::new();
+        for (slot, a) in self.slots.iter_mut().enumerate() {
+            let Some(a) = a else { continue };
+            let before = (a.permissions.len(), a.channels.len());
             a.permissions.retain(|_, e| *e > now);
             let channel_of = &mut a.channel_of;
             a.channels.retain(|_, c| {
@@ -234,6 +290,13 @@ impl<R: RngCore> Core<R> {
                 }
                 keep
             });
+            if self.cfg.offload && before != (a.permissions.len(), a.channels.len()) {
+                changed.push(slot as u32);
+            }
+        }
+        // The kernel checks each binding's expiry itself; this only frees its entries.
+        for slot in changed {
+            self.offload_sync(slot, now);
         }
         self.tx_cache.retain(|_, (t, _)| *t > now);
         let reservations = self.quota.sweep(now);
@@ -291,6 +354,12 @@ impl<R: RngCore> Core<R> {
             let _ = tok;
         }
         self.by_client.remove(&a.client);
+        if self.cfg.offload && a.client.proto == Proto::Udp {
+            self.offload.push_back(OffloadSync {
+                client: a.client,
+                bindings: Vec::new(),
+            });
+        }
         self.quota.release(quota_key(&a.username, a.rest_expiry));
         self.free_slots.push(slot);
     }

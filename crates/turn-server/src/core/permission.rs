@@ -69,6 +69,7 @@ impl<R: RngCore> Core<R> {
         for ip in ips {
             install_permission(a, ip, now);
         }
+        self.offload_sync(slot, now);
         self.reply_ok(rq, None);
         Ok(())
     }
@@ -108,6 +109,7 @@ impl<R: RngCore> Core<R> {
         a.channels.insert(number, Channel { peer, expires });
         a.channel_of.insert(peer, number);
         install_permission(a, peer.ip(), now);
+        self.offload_sync(slot, now);
         self.reply_ok(rq, None);
         Ok(())
     }

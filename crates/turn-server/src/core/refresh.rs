@@ -21,6 +21,7 @@ impl<R: RngCore> Core<R> {
         if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
             a.expires = rq.now + Duration::from_secs(u64::from(lifetime));
         }
+        self.offload_sync(slot, rq.now);
         self.reply_ok(rq, Some(lifetime));
         Ok(())
     }

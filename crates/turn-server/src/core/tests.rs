@@ -55,6 +55,7 @@ fn cfg() -> CoreConfig {
         max_permissions: 256,
         max_channels: 256,
         tx_cache_max: 65_536,
+        offload: false,
     }
 }
 
@@ -1999,4 +2000,107 @@ fn transaction_cache_is_bounded_and_counts_what_it_does_not_keep() {
     sim.input(c, &r);
     let again = last(&mut sim);
     assert_eq!(error_code(&Message::parse(&again).unwrap()), Some(437));
+}
+
+/// What the kernel fast path is told: exactly the live channel bindings of each UDP
+/// allocation, each with the earliest of its channel, permission and allocation expiry,
+/// and nothing once the allocation is gone (Refresh 0).
+#[test]
+fn offload_follows_channel_bindings_and_their_expiry() {
+    let mut c0 = cfg();
+    c0.offload = true;
+    c0.nonce_lifetime = 7200;
+    let mut sim = Sim::new(c0, PeerPolicy::default());
+    let c = client(2222);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    allocate(&mut sim, c, &mut creds);
+    let bind = *sim.relays.values().next().unwrap();
+    let mut syncs = Vec::new();
+    while let Some(s) = sim.core.poll_offload() {
+        syncs.push(s);
+    }
+    assert!(syncs.is_empty(), "no channel yet: {syncs:?}");
+
+    let t0 = sim.now;
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4001_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    let s = sim.core.poll_offload().expect("a sync after ChannelBind");
+    assert_eq!(s.client, c);
+    assert_eq!(
+        s.bindings,
+        [OffloadBinding {
+            client: c.remote,
+            server: c.local,
+            relay: bind,
+            peer: peer(),
+            channel: 0x4001,
+            // the permission (300 s) ends before the channel (600 s)
+            expires: t0 + PERMISSION_LIFETIME,
+        }]
+    );
+    assert_eq!(sim.core.poll_offload(), None);
+
+    // CreatePermission at 200 s moves the binding's end with the permission's (500 s,
+    // still before the channel's 600 s).
+    sim.advance(200);
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    let s = sim
+        .core
+        .poll_offload()
+        .expect("a sync after CreatePermission");
+    assert_eq!(s.bindings.len(), 1);
+    assert_eq!(s.bindings[0].expires, sim.now + PERMISSION_LIFETIME);
+    assert!(sim.now + PERMISSION_LIFETIME < t0 + CHANNEL_LIFETIME);
+
+    // A channel to one of our own relayed addresses stays on the in-process path.
+    let own: SocketAddr = "192.0.2.1:40005".parse().unwrap();
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4002_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, own);
+        }),
+        None
+    );
+    let s = sim.core.poll_offload().unwrap();
+    assert_eq!(
+        s.bindings.iter().map(|b| b.channel).collect::<Vec<_>>(),
+        [0x4001]
+    );
+
+    // Refresh 0: the allocation goes, and so does every binding.
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::REFRESH, |b| {
+            b.u32_attr(attr::LIFETIME, 0);
+        }),
+        None
+    );
+    let s = sim.core.poll_offload().expect("a sync at deletion");
+    assert_eq!((s.client, s.bindings.len()), (c, 0));
+    assert_eq!(sim.core.poll_offload(), None);
+}
+
+#[test]
+fn offload_off_emits_nothing() {
+    let mut sim = Sim::new(cfg(), PeerPolicy::default());
+    let c = client(2223);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    allocate(&mut sim, c, &mut creds);
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4001_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    assert_eq!(sim.core.poll_offload(), None);
 }

@@ -164,7 +164,13 @@ pub struct WorkerArgs {
     pub streams: Arc<StreamLimits>,
     /// Beats on every turn of the worker's loop (the systemd watchdog checks it).
     pub heartbeat: Heartbeat,
+    /// The kernel fast path, shared by all workers, when it runs (docs/offload.md).
+    pub offload: Option<SharedOffload>,
 }
+
+/// The loaded kernel fast path; its maps are written only on the control path
+/// (ChannelBind, CreatePermission, Refresh, expiry), never per packet.
+pub type SharedOffload = Arc<std::sync::Mutex<turn_offload::Offload>>;
 
 struct Worker {
     core: RefCell<Core<StdRng>>,
@@ -204,6 +210,7 @@ struct Worker {
     /// Tasks of this worker alive right now (see [`spawn`]), for the
     /// `callrelay_turn_worker_tasks` gauge: a leaked task shows there.
     tasks: Rc<Cell<usize>>,
+    offload: Option<SharedOffload>,
 }
 
 /// Decrements a worker's task count when its task ends or is aborted.
@@ -254,6 +261,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         shutdown,
         streams: stream_limits,
         heartbeat,
+        offload,
     } = args;
     let core_cfg = CoreConfig {
         realm: cfg.realm.clone(),
@@ -275,6 +283,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         max_permissions: cfg.max_permissions as usize,
         max_channels: cfg.max_channels as usize,
         tx_cache_max: cfg.transaction_cache as usize,
+        offload: offload.is_some(),
     };
     let core = Core::new(
         core_cfg,
@@ -316,6 +325,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         to_wake: Cell::new(0),
         gso: RefCell::new(SendBatch::new(gso_segments)),
         tasks: Rc::new(Cell::new(0)),
+        offload,
     });
     if let Some(wake) = w.mesh.wake.get(index).cloned() {
         spawn(&w.tasks, inbox_loop(w.clone(), inbox, wake));
@@ -375,8 +385,37 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
     Ok(())
 }
 
-/// Drains the core's transmits and commands.
+/// Drains the core's transmits, commands and offload changes.
 fn flush(w: &Rc<Worker>, now: Instant) {
+    if let Some(offload) = &w.offload {
+        let mut syncs = Vec::new();
+        {
+            let mut core = w.core.borrow_mut();
+            while let Some(s) = core.poll_offload() {
+                syncs.push(s);
+            }
+        }
+        if !syncs.is_empty() {
+            let mut o = offload
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for s in syncs {
+                let bindings: Vec<turn_offload::Binding> = s
+                    .bindings
+                    .iter()
+                    .map(|b| turn_offload::Binding {
+                        client: b.client,
+                        server: b.server,
+                        relay: b.relay,
+                        peer: b.peer,
+                        channel: b.channel,
+                        expires: b.expires,
+                    })
+                    .collect();
+                o.sync((s.client.remote, s.client.local), &bindings);
+            }
+        }
+    }
     loop {
         let (t, c) = {
             let mut core = w.core.borrow_mut();

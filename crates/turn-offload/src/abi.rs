@@ -1,0 +1,122 @@
+//! The map layouts shared with `bpf/channel.bpf.c`, and the kernel's monotonic clock.
+//!
+//! This is the crate's only `unsafe`: aya reads and writes map keys and values as raw
+//! bytes, so each type must promise (`aya::Pod`) that every bit pattern is valid and
+//! that it has no padding the kernel could see uninitialised; and the expiry instants
+//! the program compares with `bpf_ktime_get_ns()` come from `clock_gettime`.
+#![allow(
+    unsafe_code,
+    reason = "aya::Pod impls and clock_gettime, see the module docs"
+)]
+
+/// Key of `CLIENT_TO_PEER`: a client's 5-tuple toward our listener and the channel number.
+/// Addresses, ports and the channel are in network byte order, as in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
+pub(crate) struct C2pKey {
+    pub(crate) client_ip: u32,
+    pub(crate) server_ip: u32,
+    pub(crate) client_port: u16,
+    pub(crate) server_port: u16,
+    pub(crate) channel: u16,
+    pub(crate) pad: u16,
+}
+
+/// Value of `CLIENT_TO_PEER`: where the payload goes, and until when (CLOCK_MONOTONIC ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub(crate) struct C2pVal {
+    pub(crate) relay_ip: u32,
+    pub(crate) peer_ip: u32,
+    pub(crate) relay_port: u16,
+    pub(crate) peer_port: u16,
+    pub(crate) pad: u32,
+    pub(crate) expires_ns: u64,
+}
+
+/// Key of `PEER_TO_CLIENT`: a peer's datagram to a relayed address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
+pub(crate) struct P2cKey {
+    pub(crate) peer_ip: u32,
+    pub(crate) relay_ip: u32,
+    pub(crate) peer_port: u16,
+    pub(crate) relay_port: u16,
+}
+
+/// Value of `PEER_TO_CLIENT`: the client's 5-tuple, the channel, and until when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub(crate) struct P2cVal {
+    pub(crate) server_ip: u32,
+    pub(crate) client_ip: u32,
+    pub(crate) server_port: u16,
+    pub(crate) client_port: u16,
+    pub(crate) channel: u16,
+    pub(crate) pad: u16,
+    pub(crate) expires_ns: u64,
+}
+
+/// One CPU's slot of `COUNTERS`: packets and payload bytes relayed by the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub(crate) struct Counter {
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+}
+
+// SAFETY (all five): `repr(C)` structs of plain integers whose field sizes add up to the
+// struct's size (16, 24, 12, 24 and 16 bytes, checked by `layouts_have_no_padding`), so
+// there is no padding and every bit pattern is a valid value; all are `Copy + 'static`.
+unsafe impl aya::Pod for C2pKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for C2pVal {}
+// SAFETY: see above.
+unsafe impl aya::Pod for P2cKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for P2cVal {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Counter {}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()` and of
+/// `std::time::Instant` on Linux.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
+    // CLOCK_MONOTONIC is always supported on Linux (the call cannot fail with it).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<C2pKey>(), 4 + 4 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<C2pVal>(), 4 + 4 + 2 + 2 + 4 + 8);
+        assert_eq!(size_of::<P2cKey>(), 4 + 4 + 2 + 2);
+        assert_eq!(size_of::<P2cVal>(), 4 + 4 + 2 + 2 + 2 + 2 + 8);
+        assert_eq!(size_of::<Counter>(), 16);
+    }
+
+    #[test]
+    fn monotonic_clock_advances() {
+        // two reads 2 ms apart are at least 2 ms apart
+        let a = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = monotonic_ns();
+        assert!(b >= a + 2_000_000, "{a} {b}");
+    }
+}

@@ -1,0 +1,504 @@
+//! The turn-server's kernel fast path for UDP ChannelData (docs/offload.md).
+//!
+//! A TC (clsact ingress) program, `bpf/channel.bpf.c`, relays ChannelData from a client to
+//! its peer and UDP from the peer back to the client as ChannelData, IPv4 only so far,
+//! without waking userspace. Userspace stays the authority: [`Offload::sync`] installs
+//! exactly the channel bindings the TURN core reports for an allocation (and removes the
+//! ones it no longer reports), each with the instant it stops being valid, which the
+//! program checks on every packet. Everything else, and anything the program is unsure
+//! of, passes to the userspace relay unchanged.
+//!
+//! Where the program cannot run (not built, no privilege, old kernel, no interface)
+//! [`Offload::start`] says why ([`Fallback`]) and the caller keeps relaying in userspace.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TcAttachType};
+
+mod abi;
+
+use abi::{C2pKey, C2pVal, Counter, P2cKey, P2cVal, monotonic_ns};
+
+/// The compiled program (empty when build.rs could not build it).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/channel.bpf.o"));
+/// Why build.rs did not build it (empty when it did).
+const BUILD_ERROR: &str = env!("TURN_OFFLOAD_BUILD");
+
+/// The `offload` setting.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum Mode {
+    /// The best hook that works here (today: TC), else userspace with the reason logged.
+    Auto,
+    /// XDP only (not implemented yet: falls back with `xdp_unsupported`).
+    Xdp,
+    /// TC (clsact ingress) only.
+    Tc,
+    /// No offload: every packet takes the userspace path.
+    #[default]
+    Off,
+}
+
+impl Mode {
+    /// Config spelling.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+            Self::Off => "off",
+        }
+    }
+
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Auto, Self::Xdp, Self::Tc, Self::Off]
+            .into_iter()
+            .find(|m| m.label() == s)
+    }
+}
+
+/// Why the offload is not running (`callrelay_turn_offload_fallback_total{reason}`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Fallback {
+    /// `offload = "off"`.
+    Disabled = 0,
+    /// The BPF program was not compiled into this binary (no clang at build time).
+    NotBuilt = 1,
+    /// `offload = "xdp"`: the XDP hook is not implemented yet.
+    XdpUnsupported = 2,
+    /// Loading or attaching needs CAP_BPF and CAP_NET_ADMIN (or root).
+    NoPermission = 3,
+    /// The kernel refused the program or a map (too old, BPF disabled, verifier).
+    Kernel = 4,
+    /// No interface to attach to, or attaching to one failed.
+    Interface = 5,
+    /// A per-allocation `bandwidth` limit is set: the program does not enforce it yet.
+    BandwidthLimit = 6,
+    /// IPv4 forwarding is off on an interface: `bpf_fib_lookup`, which finds where a
+    /// relayed packet leaves, answers only for interfaces that forward.
+    ForwardingDisabled = 7,
+}
+
+impl Fallback {
+    /// Label values in index order.
+    pub const LABELS: [&str; 8] = [
+        "disabled",
+        "not_built",
+        "xdp_unsupported",
+        "no_permission",
+        "kernel",
+        "interface",
+        "bandwidth_limit",
+        "forwarding_disabled",
+    ];
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        Self::LABELS.get(self as usize).copied().unwrap_or("kernel")
+    }
+}
+
+/// The offload could not start: why, and what the system said.
+#[derive(Debug, thiserror::Error)]
+#[error("kernel offload unavailable ({}): {detail}", reason.label())]
+pub struct Unavailable {
+    /// Reason class.
+    pub reason: Fallback,
+    /// Details for the log.
+    pub detail: String,
+}
+
+impl Unavailable {
+    fn new(reason: Fallback, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// Sorts a loader error: permission errors apart from everything the kernel refused.
+    fn load(what: &str, e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+            {
+                return Self::new(
+                    Fallback::NoPermission,
+                    format!("{what}: {e}: needs CAP_BPF and CAP_NET_ADMIN"),
+                );
+            }
+            src = s.source();
+        }
+        Self::new(Fallback::Kernel, format!("{what}: {e}"))
+    }
+}
+
+/// Whether this binary carries the BPF program; `Err` says why not.
+pub fn built() -> Result<(), Unavailable> {
+    if OBJECT.is_empty() {
+        let why = if BUILD_ERROR.is_empty() {
+            "empty object"
+        } else {
+            BUILD_ERROR
+        };
+        return Err(Unavailable::new(Fallback::NotBuilt, why));
+    }
+    Ok(())
+}
+
+/// One channel binding the kernel may relay on its own.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct Binding {
+    /// The client's address (UDP).
+    pub client: SocketAddr,
+    /// Our listener address the client sends to.
+    pub server: SocketAddr,
+    /// The relay socket's bound address (where the peer's datagrams arrive).
+    pub relay: SocketAddr,
+    /// The peer.
+    pub peer: SocketAddr,
+    /// Channel number.
+    pub channel: u16,
+    /// When the binding stops relaying: the earliest of the channel's, the permission's
+    /// and the allocation's expiry.
+    pub expires: Instant,
+}
+
+/// Packets and payload bytes the program relayed, per direction.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct Counters {
+    /// Client to peer: packets.
+    pub to_peer_packets: u64,
+    /// Client to peer: payload bytes.
+    pub to_peer_bytes: u64,
+    /// Peer to client: packets.
+    pub to_client_packets: u64,
+    /// Peer to client: payload bytes.
+    pub to_client_bytes: u64,
+}
+
+type Keys = (C2pKey, P2cKey);
+
+/// An allocation, named by its client's address and our listener address (a UDP
+/// allocation's 5-tuple).
+pub type AllocKey = (SocketAddr, SocketAddr);
+
+/// The loaded and attached program with its maps. Dropping it detaches the program.
+pub struct Offload {
+    // Keeps the program and its TCX links alive.
+    _ebpf: aya::Ebpf,
+    c2p: BpfHashMap<MapData, C2pKey, C2pVal>,
+    p2c: BpfHashMap<MapData, P2cKey, P2cVal>,
+    counters: PerCpuArray<MapData, Counter>,
+    installed: HashMap<AllocKey, Vec<Keys>>,
+    interfaces: Vec<String>,
+}
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offload")
+            .field("interfaces", &self.interfaces)
+            .field("allocations", &self.installed.len())
+            .finish()
+    }
+}
+
+const PROGRAM: &str = "channel_data_ingress";
+
+impl Offload {
+    /// Loads the program and attaches it to the ingress of `interfaces` (empty: every
+    /// interface but `lo`). `Err` says why the relay stays in userspace.
+    pub fn start(mode: Mode, interfaces: &[String]) -> Result<Self, Unavailable> {
+        match mode {
+            Mode::Off => return Err(Unavailable::new(Fallback::Disabled, "offload = \"off\"")),
+            Mode::Xdp => {
+                return Err(Unavailable::new(
+                    Fallback::XdpUnsupported,
+                    "the XDP hook is not implemented yet; use \"tc\" or \"auto\"",
+                ));
+            }
+            Mode::Auto | Mode::Tc => {}
+        }
+        built()?;
+        let interfaces = if interfaces.is_empty() {
+            all_interfaces()
+        } else {
+            interfaces.to_vec()
+        };
+        if interfaces.is_empty() {
+            return Err(Unavailable::new(
+                Fallback::Interface,
+                "no network interface but lo",
+            ));
+        }
+        let off: Vec<&String> = interfaces.iter().filter(|i| !forwarding(i)).collect();
+        if !off.is_empty() {
+            return Err(Unavailable::new(
+                Fallback::ForwardingDisabled,
+                format!(
+                    "net.ipv4.conf.<interface>.forwarding is 0 on {off:?}: the program routes relayed packets with bpf_fib_lookup, which needs it (docs/offload.md)"
+                ),
+            ));
+        }
+        let mut ebpf = aya::Ebpf::load(OBJECT).map_err(|e| Unavailable::load("loading", &e))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| Unavailable::new(Fallback::Kernel, "program missing from object"))?
+            .try_into()
+            .map_err(|e| Unavailable::load("program type", &e))?;
+        prog.load().map_err(|e| Unavailable::load("verifier", &e))?;
+        for i in &interfaces {
+            prog.attach(i, TcAttachType::Ingress).map_err(|e| {
+                let u = Unavailable::load(&format!("attaching to {i}"), &e);
+                match u.reason {
+                    Fallback::NoPermission => u,
+                    _ => Unavailable::new(Fallback::Interface, u.detail),
+                }
+            })?;
+        }
+        let map = |ebpf: &mut aya::Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| Unavailable::new(Fallback::Kernel, format!("map {name} missing")))
+        };
+        let c2p = BpfHashMap::try_from(map(&mut ebpf, "CLIENT_TO_PEER")?)
+            .map_err(|e| Unavailable::load("CLIENT_TO_PEER", &e))?;
+        let p2c = BpfHashMap::try_from(map(&mut ebpf, "PEER_TO_CLIENT")?)
+            .map_err(|e| Unavailable::load("PEER_TO_CLIENT", &e))?;
+        let counters = PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?)
+            .map_err(|e| Unavailable::load("COUNTERS", &e))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            c2p,
+            p2c,
+            counters,
+            installed: HashMap::new(),
+            interfaces,
+        })
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
+    }
+
+    /// Number of allocations with bindings in the kernel.
+    pub fn allocations(&self) -> usize {
+        self.installed.len()
+    }
+
+    /// Makes the kernel hold exactly `bindings` for allocation `alloc` (empty: none, the
+    /// allocation is gone). Bindings the program cannot relay (IPv6, mixed families) are
+    /// left to userspace. A binding whose insert fails (map full) stays in userspace too.
+    pub fn sync(&mut self, alloc: AllocKey, bindings: &[Binding]) {
+        let (now_ns, now) = (monotonic_ns(), Instant::now());
+        let mut keep = Vec::with_capacity(bindings.len());
+        for b in bindings {
+            let Some((ck, cv, pk, pv)) = entries(b, now_ns, now) else {
+                continue;
+            };
+            let ok = self.c2p.insert(ck, cv, 0).is_ok() && self.p2c.insert(pk, pv, 0).is_ok();
+            if ok {
+                keep.push((ck, pk));
+            } else {
+                tracing::debug!(
+                    channel = b.channel,
+                    "offload map full: binding stays in userspace"
+                );
+                let _ = self.c2p.remove(&ck);
+                let _ = self.p2c.remove(&pk);
+            }
+        }
+        let old = if keep.is_empty() {
+            self.installed.remove(&alloc)
+        } else {
+            self.installed.insert(alloc, keep.clone())
+        };
+        for (ck, pk) in old.unwrap_or_default() {
+            if !keep.contains(&(ck, pk)) {
+                let _ = self.c2p.remove(&ck);
+                let _ = self.p2c.remove(&pk);
+            }
+        }
+    }
+
+    /// Removes every binding (drain, shutdown).
+    pub fn clear(&mut self) {
+        let all: Vec<AllocKey> = self.installed.keys().copied().collect();
+        for a in all {
+            self.sync(a, &[]);
+        }
+    }
+
+    /// What the program relayed since it was loaded, summed over CPUs.
+    pub fn counters(&self) -> Counters {
+        let sum = |i: u32| {
+            self.counters
+                .get(&i, 0)
+                .map(|v| {
+                    v.iter().fold((0u64, 0u64), |(p, b), c| {
+                        (p.wrapping_add(c.packets), b.wrapping_add(c.bytes))
+                    })
+                })
+                .unwrap_or_default()
+        };
+        let (tp, tb) = sum(0);
+        let (cp, cb) = sum(1);
+        Counters {
+            to_peer_packets: tp,
+            to_peer_bytes: tb,
+            to_client_packets: cp,
+            to_client_bytes: cb,
+        }
+    }
+}
+
+/// Every interface in /sys/class/net but `lo`, sorted.
+fn all_interfaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n != "lo")
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Whether IPv4 forwarding is on for `interface` (a missing interface reads as on: the
+/// attach reports it).
+fn forwarding(interface: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"))
+        .map_or(true, |v| v.trim() != "0")
+}
+
+fn v4(a: SocketAddr) -> Option<(u32, u16)> {
+    match a.ip() {
+        IpAddr::V4(ip) => Some((ne(ip), a.port().to_be())),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped().map(|ip| (ne(ip), a.port().to_be())),
+    }
+}
+
+/// The address as the program reads it from the packet (network order in memory).
+fn ne(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// The two map entries of one binding, or `None` when the program cannot relay it.
+fn entries(b: &Binding, now_ns: u64, now: Instant) -> Option<(C2pKey, C2pVal, P2cKey, P2cVal)> {
+    let (client_ip, client_port) = v4(b.client)?;
+    let (server_ip, server_port) = v4(b.server)?;
+    // A wildcard listener: the packet's destination never matches it.
+    if server_ip == 0 {
+        return None;
+    }
+    let (relay_ip, relay_port) = v4(b.relay)?;
+    let (peer_ip, peer_port) = v4(b.peer)?;
+    // Read the kernel clock before `now`, so the deadline errs early, never late.
+    let left = u64::try_from(b.expires.saturating_duration_since(now).as_nanos()).ok()?;
+    if left == 0 {
+        return None;
+    }
+    let expires_ns = now_ns.saturating_add(left);
+    let channel = b.channel.to_be();
+    Some((
+        C2pKey {
+            client_ip,
+            server_ip,
+            client_port,
+            server_port,
+            channel,
+            pad: 0,
+        },
+        C2pVal {
+            relay_ip,
+            peer_ip,
+            relay_port,
+            peer_port,
+            pad: 0,
+            expires_ns,
+        },
+        P2cKey {
+            peer_ip,
+            relay_ip,
+            peer_port,
+            relay_port,
+        },
+        P2cVal {
+            server_ip,
+            client_ip,
+            server_port,
+            client_port,
+            channel,
+            pad: 0,
+            expires_ns,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn binding(expires: Instant) -> Binding {
+        Binding {
+            client: "10.0.1.2:5000".parse().unwrap(),
+            server: "10.0.1.1:3478".parse().unwrap(),
+            relay: "10.0.2.1:50000".parse().unwrap(),
+            peer: "10.0.2.2:6000".parse().unwrap(),
+            channel: 0x4001,
+            expires,
+        }
+    }
+
+    #[test]
+    fn entries_are_in_network_order_and_expire_early_not_late() {
+        let now = Instant::now();
+        let b = binding(now + Duration::from_secs(10));
+        let (ck, cv, pk, pv) = entries(&b, 1_000, now).unwrap();
+        assert_eq!(ck.client_ip.to_ne_bytes(), [10, 0, 1, 2]);
+        assert_eq!(ck.server_port.to_ne_bytes(), 3478u16.to_be_bytes());
+        assert_eq!(ck.channel.to_ne_bytes(), [0x40, 0x01]);
+        assert_eq!(cv.peer_port.to_ne_bytes(), 6000u16.to_be_bytes());
+        assert_eq!(pk.relay_ip.to_ne_bytes(), [10, 0, 2, 1]);
+        assert_eq!(pv.client_port.to_ne_bytes(), 5000u16.to_be_bytes());
+        assert_eq!(cv.expires_ns, 1_000 + 10_000_000_000);
+        assert_eq!(pv.expires_ns, cv.expires_ns);
+    }
+
+    #[test]
+    fn expired_and_ipv6_bindings_are_not_offloaded() {
+        let now = Instant::now();
+        assert!(entries(&binding(now), 1, now).is_none());
+        let mut b = binding(now + Duration::from_secs(1));
+        b.peer = "[2001:db8::2]:6000".parse().unwrap();
+        assert!(entries(&b, 1, now).is_none());
+    }
+
+    #[test]
+    fn modes_parse_from_their_labels() {
+        for m in [Mode::Auto, Mode::Xdp, Mode::Tc, Mode::Off] {
+            assert_eq!(Mode::parse(m.label()), Some(m));
+        }
+        assert_eq!(Mode::parse("on"), None);
+    }
+
+    #[test]
+    fn off_and_xdp_fall_back_with_their_reason() {
+        assert_eq!(
+            Offload::start(Mode::Off, &[]).unwrap_err().reason,
+            Fallback::Disabled
+        );
+        assert_eq!(
+            Offload::start(Mode::Xdp, &[]).unwrap_err().reason,
+            Fallback::XdpUnsupported
+        );
+        assert_eq!(Fallback::BandwidthLimit.label(), "bandwidth_limit");
+    }
+}
