@@ -5,7 +5,8 @@
 use crate::core::counters::{CallEnd, CandidateRefusal, Counters, REQUEST_KINDS, SessionLimit};
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::{Arc, Mutex};
 
@@ -91,13 +92,13 @@ impl Default for Metrics {
 }
 
 /// Every `code` label of `callrelay_gateway_errors_total` the gateway can emit: the codes
-/// of [`crate::core::JanusError`] (403-490) and [`crate::core::VideocallError`] (472-483),
+/// of [`crate::core::JanusError`] (403-490) and [`crate::core::VideocallError`] (472-483, 499),
 /// in numeric order. All are registered at 0 at start so that `increase()`/`rate()` in
 /// alert rules see the first error after a restart. A unit test checks this list against
 /// the table and the codes the shell writes.
 pub const ERROR_CODES: &[u16] = &[
     403, 405, 450, 453, 454, 455, 456, 457, 458, 459, 460, 461, 464, 465, 467, 468, 469, 470, 472,
-    473, 474, 475, 476, 477, 478, 479, 480, 481, 482, 483, 490,
+    473, 474, 475, 476, 477, 478, 479, 480, 481, 482, 483, 490, 499,
 ];
 
 use callrelay_service::metrics::register;
@@ -395,6 +396,27 @@ pub struct ClusterMetrics {
     /// `callrelay_gateway_nats_kv_updates_received_total` — other nodes' token changes
     /// applied here (full reads of the bucket count each token).
     pub kv_updates_received: IntCounter,
+    /// `callrelay_gateway_cluster_peers` — other nodes whose liveness lease is current.
+    pub peers: IntGauge,
+    /// `callrelay_gateway_cluster_remote_users` — videocall users of other nodes.
+    pub remote_users: IntGauge,
+    /// `callrelay_gateway_cluster_messages_total{direction,kind}` — call messages
+    /// between nodes (`sent`/`received`; `call`, `ringing`, `busy`, `no_such_user`,
+    /// `forward`, `trickle`, `hangup`).
+    pub messages: IntCounterVec,
+    /// `callrelay_gateway_cluster_message_failures_total{reason}` — call messages not
+    /// delivered: `disconnected` (no NATS connection), `publish` (refused), `queue_full`
+    /// (the outgoing queue's byte bound), `decode` (a received one that is not ours).
+    pub message_failures: IntCounterVec,
+    /// `callrelay_gateway_cluster_call_setup_seconds` — a `call` to another node's user
+    /// until that node's answer (ringing, busy, no such user) is back here.
+    pub call_setup: Histogram,
+    /// `callrelay_gateway_cluster_claims_total{result}` — username claims in the
+    /// presence bucket: `won`, `taken` (another node holds it: 476), `error`.
+    pub claims: IntCounterVec,
+    /// `callrelay_gateway_cluster_nodes_gone_total` — nodes whose lease ran out (or that
+    /// restarted): their users left the list and their calls ended here.
+    pub nodes_gone: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -440,6 +462,71 @@ impl ClusterMetrics {
                 IntCounter::new(
                     "callrelay_gateway_nats_kv_updates_received_total",
                     "Token changes of other nodes applied here",
+                ),
+            ),
+            peers: register(
+                r,
+                IntGauge::new(
+                    "callrelay_gateway_cluster_peers",
+                    "Other gateway nodes whose liveness lease is current",
+                ),
+            ),
+            remote_users: register(
+                r,
+                IntGauge::new(
+                    "callrelay_gateway_cluster_remote_users",
+                    "Videocall users registered on other nodes",
+                ),
+            ),
+            messages: {
+                let m = register(
+                    r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "callrelay_gateway_cluster_messages_total",
+                            "Call messages between gateway nodes",
+                        ),
+                        &["direction", "kind"],
+                    ),
+                );
+                for d in ["sent", "received"] {
+                    for k in crate::core::NodeBody::KINDS {
+                        m.with_label_values(&[d, k]);
+                    }
+                }
+                m
+            },
+            message_failures: counter_family(
+                r,
+                "callrelay_gateway_cluster_message_failures_total",
+                "Call messages between nodes not delivered (disconnected, publish, queue_full, decode)",
+                "reason",
+                ["disconnected", "publish", "queue_full", "decode"],
+            ),
+            call_setup: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "callrelay_gateway_cluster_call_setup_seconds",
+                        "A call to another node's user until that node answered",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                    ]),
+                ),
+            ),
+            claims: counter_family(
+                r,
+                "callrelay_gateway_cluster_claims_total",
+                "Username claims in the presence bucket (won, taken, error)",
+                "result",
+                ["won", "taken", "error"],
+            ),
+            nodes_gone: register(
+                r,
+                IntCounter::new(
+                    "callrelay_gateway_cluster_nodes_gone_total",
+                    "Gateway nodes whose liveness lease ran out or that restarted",
                 ),
             ),
         }

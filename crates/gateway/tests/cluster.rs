@@ -337,8 +337,9 @@ async fn nodes_authenticate_with_a_user_limited_to_the_documented_subjects() {
         r#"authorization {
   users = [
     { user: gateway, password: "s3cret-pw-not-in-logs",
-      permissions: { publish: ["$JS.API.>", "$JS.FC.>", "$KV.callrelay_tokens.>"],
-                     subscribe: ["_INBOX.>"] } }
+      permissions: { publish: ["$JS.API.>", "$JS.FC.>", "$KV.callrelay_tokens.>",
+                               "$KV.callrelay_users.>", "callrelay.>"],
+                     subscribe: ["_INBOX.>", "callrelay.>"] } }
   ]
 }
 "#,
@@ -468,6 +469,324 @@ async fn nodes_reach_nats_over_tls_with_nkeys() {
         assert!(!log.contains(&seed), "the NKey seed in the log:\n{log}");
     }
     drop(untrusting);
+    stop_node(n1);
+    stop_node(n2);
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A WebSocket client of `bin` with a videocall handle that registered `name`: the
+/// client, session, handle and the plugin's answer (`registered` or an error).
+async fn user(bin: &Bin, token: &str, name: &str) -> (Client, u64, u64, Value) {
+    let mut c = Client::connect(bin.ws, "janus-protocol").await;
+    let (s, h) = c.session_handle(Some(token)).await;
+    let r = c
+        .req(
+            json!({"janus": "message", "session_id": s, "handle_id": h, "token": token,
+            "body": {"request": "register", "username": name}}),
+        )
+        .await;
+    assert_eq!(r["janus"], "ack", "{r}");
+    let ev = c
+        .wait("register answer", |m| {
+            m["plugindata"]["data"]["result"]["event"] == "registered"
+                || m["plugindata"]["data"]["error_code"].is_u64()
+        })
+        .await;
+    (c, s, h, ev)
+}
+
+/// Reads what `c` was sent until nothing comes for 200 ms, and forgets it.
+async fn drain(c: &mut Client) {
+    let t = Instant::now();
+    while c.next_within(200).await.is_some() {
+        assert!(t.elapsed() < DEADLINE, "a client that is never quiet");
+    }
+    c.backlog.clear();
+}
+
+fn vc(m: &Value) -> &Value {
+    &m["plugindata"]["data"]
+}
+
+fn event_is(m: &Value, event: &str) -> bool {
+    vc(m)["result"]["event"] == event
+}
+
+/// A videocall request of (`s`, `h`) with an optional jsep; returns the ack.
+async fn vc_req(c: &mut Client, s: u64, h: u64, token: &str, body: Value, jsep: Option<Value>) {
+    let mut m =
+        json!({"janus": "message", "session_id": s, "handle_id": h, "token": token, "body": body});
+    if let Some(j) = jsep {
+        m["jsep"] = j;
+    }
+    let r = c.req(m).await;
+    assert_eq!(r["janus"], "ack", "{r}");
+}
+
+/// Polls `list` from (`c`, `s`, `h`) until it is `want`.
+async fn until_list(c: &mut Client, s: u64, h: u64, token: &str, want: &[&str]) -> Duration {
+    let t = Instant::now();
+    loop {
+        vc_req(c, s, h, token, json!({"request": "list"}), None).await;
+        let ev = c.wait("list", |m| vc(m)["result"]["list"].is_array()).await;
+        let list: Vec<&str> = vc(&ev)["result"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if list == want {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < DEADLINE,
+            "list is {list:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `a` (session, handle) calls `callee` with a complete offer; the callee's client `b`
+/// gets `incomingcall`; returns how long that took.
+async fn call(
+    a: &mut Client,
+    (s, h): (u64, u64),
+    b: &mut Client,
+    token: &str,
+    callee: &str,
+) -> Duration {
+    let t = Instant::now();
+    vc_req(
+        a,
+        s,
+        h,
+        token,
+        json!({"request": "call", "username": callee}),
+        Some(json!({"type": "offer", "sdp": OFFER, "trickle": false})),
+    )
+    .await;
+    a.wait("calling", |m| event_is(m, "calling")).await;
+    let inc = b
+        .wait("incomingcall", |m| event_is(m, "incomingcall"))
+        .await;
+    let took = t.elapsed();
+    assert_eq!(inc["jsep"]["type"], "offer", "{inc}");
+    assert!(
+        inc["jsep"]["sdp"]
+            .as_str()
+            .unwrap()
+            .contains("a=ice-ufrag:EsAw")
+    );
+    took
+}
+
+/// `b` accepts with a complete answer; `a` gets `accepted` with it.
+async fn accept(
+    b: &mut Client,
+    (s, h): (u64, u64),
+    a: &mut Client,
+    token: &str,
+    caller_sees: &str,
+) {
+    vc_req(
+        b,
+        s,
+        h,
+        token,
+        json!({"request": "accept"}),
+        Some(json!({"type": "answer", "sdp": answer_sdp(), "trickle": false})),
+    )
+    .await;
+    b.wait("accepted (callee)", |m| event_is(m, "accepted"))
+        .await;
+    let acc = a
+        .wait("accepted (caller)", |m| event_is(m, "accepted"))
+        .await;
+    assert_eq!(vc(&acc)["result"]["username"], caller_sees, "{acc}");
+    assert_eq!(acc["jsep"]["type"], "answer", "{acc}");
+}
+
+/// Videocall across nodes (issue 14): users of every node in `list`, a name held by
+/// one node only, a call from a user of node 1 to a user of node 3 with its SDPs,
+/// trickle and hangup; then node 3 killed (SIGKILL) mid-call: the caller gets `hangup`
+/// within the documented bound and the callee leaves the list.
+#[tokio::test]
+async fn videocall_users_and_calls_span_nodes() {
+    let dir = temp_dir();
+    let nats = Nats::start(0, &dir.join("nats"));
+    let url = nats.url();
+    let n1 = node(&url, "v1", &dir.join("v1"));
+    let n2 = node(&url, "v2", &dir.join("v2"));
+    let n3 = node(&url, "v3", &dir.join("v3"));
+    let tok = "tok-vc";
+    let r = admin(&n1, json!({"janus": "add_token", "token": tok})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(&n3, tok, true).await;
+    until_token(&n2, tok, true).await;
+
+    let (mut alice, sa, ha, ev) = user(&n1, tok, "alice").await;
+    assert!(event_is(&ev, "registered"), "{ev}");
+    let (mut bob, sb, hb, ev) = user(&n3, tok, "bob").await;
+    assert!(event_is(&ev, "registered"), "{ev}");
+    let (mut carol, sc, hc, ev) = user(&n2, tok, "carol").await;
+    assert!(event_is(&ev, "registered"), "{ev}");
+    let took = until_list(&mut carol, sc, hc, tok, &["alice", "bob", "carol"]).await;
+    eprintln!("# users of three nodes listed on node 2 within {took:?}");
+    // a name node 3 holds cannot be registered on node 2
+    let (_dup, _, _, ev) = user(&n2, tok, "bob").await;
+    assert_eq!(vc(&ev)["error_code"], 476, "{ev}");
+
+    // alice (node 1) calls bob (node 3)
+    let mut setup = Vec::new();
+    for round in 0..3 {
+        setup.push(call(&mut alice, (sa, ha), &mut bob, tok, "bob").await);
+        accept(&mut bob, (sb, hb), &mut alice, tok, "bob").await;
+        if round == 0 {
+            // bob's trickle after his answer reaches alice
+            let c = cand_u(7, "0", 0, "AnSw");
+            let r = bob
+                .req(json!({"janus": "trickle", "session_id": sb, "handle_id": hb, "token": tok, "candidate": c}))
+                .await;
+            assert_eq!(r["janus"], "ack", "{r}");
+            let tr = alice.wait("trickle", |m| m["janus"] == "trickle").await;
+            assert_eq!(tr["candidate"]["candidate"], c["candidate"], "{tr}");
+            // carol (node 2) calling bob: busy, as on one node
+            vc_req(
+                &mut carol,
+                sc,
+                hc,
+                tok,
+                json!({"request": "call", "username": "bob"}),
+                Some(json!({"type": "offer", "sdp": OFFER, "trickle": false})),
+            )
+            .await;
+            let busy = carol.wait("busy", |m| event_is(m, "hangup")).await;
+            assert_eq!(vc(&busy)["result"]["reason"], "User busy", "{busy}");
+        }
+        vc_req(&mut alice, sa, ha, tok, json!({"request": "hangup"}), None).await;
+        let h = bob.wait("hangup", |m| event_is(m, "hangup")).await;
+        assert_eq!(vc(&h)["result"]["username"], "alice", "{h}");
+        alice.wait("own hangup", |m| event_is(m, "hangup")).await;
+        drain(&mut alice).await;
+        drain(&mut bob).await;
+    }
+    eprintln!("# cross-node call set-up (call sent → incomingcall at the callee): {setup:?}");
+    assert!(
+        metric_at(
+            n1.admin,
+            "callrelay_gateway_cluster_messages_total{direction=\"sent\",kind=\"call\"}"
+        )
+        .await
+            >= 3.0
+    );
+    assert_eq!(
+        metric_at(n1.admin, "callrelay_gateway_cluster_peers").await,
+        2.0
+    );
+
+    // a call in progress, then bob's node dies
+    drain(&mut alice).await;
+    call(&mut alice, (sa, ha), &mut bob, tok, "bob").await;
+    accept(&mut bob, (sb, hb), &mut alice, tok, "bob").await;
+    let mut n3 = n3;
+    let _ = n3.child.kill();
+    let _ = n3.child.wait();
+    let t = Instant::now();
+    let bound = Duration::from_secs(15);
+    let h = loop {
+        if let Some(m) = alice.next_within(100).await
+            && event_is(&m, "hangup")
+        {
+            break m;
+        }
+        assert!(
+            t.elapsed() < bound,
+            "no hangup within {bound:?} of node 3's death"
+        );
+    };
+    let took = t.elapsed();
+    eprintln!("# callee's node killed: caller's hangup after {took:?}");
+    assert_eq!(vc(&h)["result"]["username"], "bob", "{h}");
+    until_list(&mut carol, sc, hc, tok, &["alice", "carol"]).await;
+    assert_eq!(
+        metric_at(n1.admin, "callrelay_gateway_cluster_peers").await,
+        1.0
+    );
+    // bob's name is free again: he comes back on node 2
+    let (_bob2, _, _, ev) = user(&n2, tok, "bob").await;
+    assert!(event_is(&ev, "registered"), "{ev}");
+
+    stop_node(n1);
+    stop_node(n2);
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// NATS stopped: calls between users of one node still work, a call to another node's
+/// user fails with a clear 499; NATS back: the nodes claim their users again and the
+/// cross-node call works.
+#[tokio::test]
+async fn a_nats_outage_keeps_calls_on_one_node_and_heals() {
+    let dir = temp_dir();
+    let nats = Nats::start(0, &dir.join("nats"));
+    let url = nats.url();
+    let n1 = node(&url, "o1", &dir.join("o1"));
+    let n2 = node(&url, "o2", &dir.join("o2"));
+    let tok = "tok-outage";
+    let r = admin(&n1, json!({"janus": "add_token", "token": tok})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(&n2, tok, true).await;
+    let (mut alice, sa, ha, _) = user(&n1, tok, "alice").await;
+    let (mut carol, sc, hc, _) = user(&n1, tok, "carol").await;
+    let (mut bob, sb, hb, _) = user(&n2, tok, "bob").await;
+    until_list(&mut alice, sa, ha, tok, &["alice", "bob", "carol"]).await;
+
+    let (port, store) = nats.stop();
+    until_metric(n1.admin, CONNECTED, 0.0).await;
+    // same node: fine
+    call(&mut alice, (sa, ha), &mut carol, tok, "carol").await;
+    accept(&mut carol, (sc, hc), &mut alice, tok, "carol").await;
+    vc_req(&mut alice, sa, ha, tok, json!({"request": "hangup"}), None).await;
+    carol.wait("hangup", |m| event_is(m, "hangup")).await;
+    alice.wait("own hangup", |m| event_is(m, "hangup")).await;
+    // another node's user: 499, saying why
+    vc_req(
+        &mut alice,
+        sa,
+        ha,
+        tok,
+        json!({"request": "call", "username": "bob"}),
+        Some(json!({"type": "offer", "sdp": OFFER, "trickle": false})),
+    )
+    .await;
+    let t = Instant::now();
+    let err = loop {
+        if let Some(m) = alice.next_within(100).await
+            && vc(&m)["error_code"].is_u64()
+        {
+            break m;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(7),
+            "no error for the cross-node call"
+        );
+    };
+    assert_eq!(vc(&err)["error_code"], 499, "{err}");
+    let text = vc(&err)["error"].as_str().unwrap();
+    assert!(text.contains("o2") && text.contains("bob"), "{text}");
+    // a user registering during the outage is claimed once NATS is back
+    let (_dave, _, _, ev) = user(&n1, tok, "dave").await;
+    assert!(event_is(&ev, "registered"), "{ev}");
+
+    let nats = Nats::start(port, &store);
+    until_metric(n1.admin, CONNECTED, 1.0).await;
+    let took = until_list(&mut bob, sb, hb, tok, &["alice", "bob", "carol", "dave"]).await;
+    eprintln!("# NATS back: every user listed on the other node within {took:?}");
+    drain(&mut alice).await;
+    call(&mut alice, (sa, ha), &mut bob, tok, "bob").await;
+    accept(&mut bob, (sb, hb), &mut alice, tok, "bob").await;
+
     stop_node(n1);
     stop_node(n2);
     drop(nats);

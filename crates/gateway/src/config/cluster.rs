@@ -27,6 +27,11 @@ impl ClusterConfig {
     pub fn token_bucket(&self) -> String {
         format!("{}_tokens", self.name)
     }
+
+    /// The key-value bucket of videocall presence: `<cluster>_users`.
+    pub fn user_bucket(&self) -> String {
+        format!("{}_users", self.name)
+    }
 }
 
 impl std::fmt::Debug for ClusterConfig {

@@ -107,7 +107,9 @@ impl Core {
         let Some(p) = h.pending.take() else {
             return;
         };
-        let Some(peer) = h.peer else {
+        // a peer on another node gets the SDP through the cluster (`forward_remote`)
+        let remote = h.remote.is_some();
+        let Some(peer) = h.peer.or(remote.then_some(hid)) else {
             return;
         };
         if !h.forwarded {
@@ -146,6 +148,10 @@ impl Core {
             ForwardKind::Accepted => json!({"event": "accepted", "username": username}),
             ForwardKind::Update => json!({"event": "update"}),
         };
+        if remote {
+            self.forward_remote(hid, p.kind, username, jsep);
+            return;
+        }
         if let Some(ph) = self.handles.get_mut(&peer) {
             // the peer's browser now negotiates a PeerConnection for this call
             ph.has_pc = true;
@@ -187,12 +193,14 @@ impl Core {
         let mut to_peer: Vec<Value> = Vec::new();
         let mut flush = false;
         let peer;
+        let remote;
         {
             let Some(h) = self.handles.get_mut(&hid) else {
                 return Ok(());
             };
             let mut buffered: usize = h.cands.iter().map(Candidate::bytes).sum();
             peer = h.peer;
+            remote = h.remote.is_some();
             for item in items {
                 let Some(obj) = item.as_object() else {
                     continue;
@@ -260,7 +268,14 @@ impl Core {
         } else {
             self.forward_early(now, hid);
         }
-        if let Some(p) = peer {
+        if remote && !to_peer.is_empty() {
+            self.send_to_remote(
+                hid,
+                super::cluster::NodeBody::Trickle {
+                    candidates: to_peer,
+                },
+            );
+        } else if let Some(p) = peer {
             for c in to_peer {
                 self.emit_to_handle(p, json!({"janus": "trickle", "candidate": c}));
             }

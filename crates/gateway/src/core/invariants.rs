@@ -25,8 +25,14 @@ pub(crate) fn check(core: &Core) {
                 "handle {hid} registered as {name:?} but the registry disagrees"
             );
         }
+        assert!(
+            h.peer.is_none() || h.remote.is_none(),
+            "handle {hid} has a local and a remote peer"
+        );
         match (h.call, h.peer) {
             (CallState::Idle, _) => {}
+            // the other half of the call is another node's to check
+            (_, None) if h.remote.is_some() => {}
             (state, None) => panic!("handle {hid} in {state:?} without a peer"),
             (state, Some(p)) => {
                 let ph = core

@@ -132,11 +132,14 @@ pub enum VideocallError {
     MissingSdp,
     /// 483 `JANUS_VIDEOCALL_ERROR_INVALID_SDP`
     InvalidSdp,
+    /// 499 `JANUS_VIDEOCALL_ERROR_UNKNOWN_ERROR`: in a cluster, the callee's node did
+    /// not answer (NATS unreachable, node gone).
+    Unknown,
 }
 
 impl VideocallError {
     /// Every code the plugin answers.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::InvalidRequest,
         Self::RegisterFirst,
         Self::InvalidElement,
@@ -149,6 +152,7 @@ impl VideocallError {
         Self::NoCall,
         Self::MissingSdp,
         Self::InvalidSdp,
+        Self::Unknown,
     ];
 
     /// The number on the wire.
@@ -166,6 +170,7 @@ impl VideocallError {
             Self::NoCall => 481,
             Self::MissingSdp => 482,
             Self::InvalidSdp => 483,
+            Self::Unknown => 499,
         }
     }
 }

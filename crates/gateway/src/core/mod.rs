@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 
 mod admin;
 mod candidates;
+mod cluster;
 pub mod counters;
 mod janus;
 mod session;
 mod tokens;
 mod videocall;
 
+pub use cluster::{ClusterOut, NodeBody, NodeMessage, RING_TIMEOUT, UserLocation};
 pub use counters::Counters;
 use janus::JsepType;
 pub use janus::{JanusError, VideocallError, error_reply};
@@ -184,6 +186,11 @@ struct Handle {
     has_pc: bool,
     /// The SDP of the current message carries all its candidates (no trickle).
     jsep_complete: bool,
+    /// The call's other side when it is on another node (then `peer` is None).
+    remote: Option<cluster::RemotePeer>,
+    /// A `register` waiting for the cluster's answer: the name and the request's
+    /// transaction.
+    claim: Option<(String, String)>,
 }
 
 impl Handle {
@@ -200,7 +207,14 @@ impl Handle {
             got_offer: false,
             has_pc: false,
             jsep_complete: false,
+            remote: None,
+            claim: None,
         }
+    }
+
+    /// In a call, ringing or being called (a new call to it is busy).
+    fn in_call(&self) -> bool {
+        self.peer.is_some() || self.remote.is_some() || self.call != CallState::Idle
     }
 
     fn reset_call(&mut self) {
@@ -212,6 +226,7 @@ impl Handle {
         self.pending = None;
         self.got_offer = false;
         self.has_pc = false;
+        self.remote = None;
     }
 }
 
@@ -226,6 +241,8 @@ enum Timer {
     Orphan(u64),
     /// Candidate deadline of a handle's held SDP.
     Pending(u64),
+    /// A `call` to another node's user waiting for that node's answer.
+    Ring(u64),
 }
 
 /// Outcome of an Admin API request.
@@ -275,6 +292,8 @@ pub struct Core {
     test_tokens: HashMap<String, u64>,
     /// Cluster mode ([`Core::share_tokens`]): token changes for the shell to publish.
     shared: Option<SharedTokens>,
+    /// Cluster mode for videocall users and calls ([`Core::join_cluster`]).
+    cluster: Option<cluster::ClusterState>,
 }
 
 /// What the core keeps for a token table shared with other nodes.
@@ -324,6 +343,7 @@ impl Core {
             test_tokens: HashMap::new(),
             tokens_dirty: false,
             shared: None,
+            cluster: None,
         }
     }
 

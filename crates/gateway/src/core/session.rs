@@ -86,8 +86,13 @@ impl Core {
     pub(super) fn detach_handle(&mut self, now: Instant, hid: u64, reason: CallEnd) {
         self.teardown_call(now, hid, "Remote WebRTC hangup", reason, false);
         if let Some(h) = self.handles.remove(&hid) {
-            if let Some(name) = &h.username {
+            let name = h.username.as_ref().or(h.claim.as_ref().map(|(n, _)| n));
+            if let Some(name) = name {
                 self.registry.unregister(name, hid);
+                self.cluster_push(super::ClusterOut::Release {
+                    username: name.clone(),
+                    handle: hid,
+                });
             }
             if let Some(s) = self.sessions.get_mut(&h.session_id) {
                 s.handles.remove(&hid);
@@ -170,6 +175,7 @@ impl Core {
                         self.flush_pending(now, hid);
                     }
                 }
+                Timer::Ring(hid) => self.ring_timeout(hid),
                 Timer::Session(sid) => {
                     let timeout = self.cfg.session_timeout;
                     let Some(s) = self.sessions.get(&sid) else {

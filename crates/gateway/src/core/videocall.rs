@@ -1,8 +1,9 @@
 //! janus.plugin.videocall: register, list, call, accept, set, hangup, and the plugin's events.
 
+use super::cluster::{ClusterOut, NodeBody, RemotePeer};
 use super::counters::CallEnd;
 use super::janus::{Envelope, JanusError, Jsep, JsepType, VideocallError};
-use super::{CallState, Core, ForwardKind, VIDEOCALL};
+use super::{CallState, Core, ForwardKind, Handle, VIDEOCALL};
 use serde_json::{Map, Value, json};
 use std::time::Instant;
 
@@ -133,10 +134,31 @@ impl Core {
         metric: CallEnd,
         peer_extra: bool,
     ) -> Option<Option<String>> {
-        let h = self.handles.get_mut(&hid)?;
+        let h = self.handles.get(&hid)?;
         let peer = h.peer;
         let own_name = h.username.clone();
-        h.reset_call();
+        if let Some(r) = &h.remote {
+            // the other side is on another node: it tears its half down itself
+            let peer_name = r.username.clone();
+            let ringing = r.ring.is_some();
+            self.send_to_remote(
+                hid,
+                NodeBody::Hangup {
+                    username: own_name,
+                    reason: peer_reason.to_string(),
+                    extra: peer_extra,
+                },
+            );
+            if let Some(h) = self.handles.get_mut(&hid) {
+                h.reset_call();
+            }
+            self.counters
+                .call_ended(if ringing { CallEnd::Error } else { metric });
+            return Some(Some(peer_name));
+        }
+        if let Some(h) = self.handles.get_mut(&hid) {
+            h.reset_call();
+        }
         let p = peer?;
         let ph = self.handles.get_mut(&p)?;
         if ph.peer != Some(hid) {
@@ -205,17 +227,21 @@ impl Core {
         jsep: Option<Jsep>,
     ) -> Result<(), PluginError> {
         let request = str_field(body, "request")?.to_ascii_lowercase();
-        let (username, peer, call) = match self.handles.get(&hid) {
-            Some(h) => (h.username.clone(), h.peer, h.call),
+        let (username, peer, call, remote) = match self.handles.get(&hid) {
+            Some(h) => (h.username.clone(), h.peer, h.call, h.remote.is_some()),
             None => return Ok(()),
         };
         match request.as_str() {
             "list" => {
-                let list = self.registry.usernames();
+                let list = self.all_usernames();
                 self.plugin_result(hid, Some(tx), json!({"list": list}));
             }
             "register" => {
-                if let Some(u) = username {
+                let claiming = self
+                    .handles
+                    .get(&hid)
+                    .and_then(|h| h.claim.as_ref().map(|(n, _)| n.clone()));
+                if let Some(u) = username.or(claiming) {
                     return Err(PluginError::new(
                         VideocallError::AlreadyRegistered,
                         format!("Already registered ({u})"),
@@ -229,11 +255,22 @@ impl Core {
                         format!("Invalid element (username longer than {max} bytes)"),
                     ));
                 }
-                if !self.registry.register(&name, hid) {
+                if self.remote_location(&name).is_some() || !self.registry.register(&name, hid) {
                     return Err(PluginError::new(
                         VideocallError::UsernameTaken,
                         format!("Username '{name}' already taken"),
                     ));
+                }
+                if self.cluster.as_ref().is_some_and(|c| c.online) {
+                    // no other node may hold it: the answer comes with the claim's
+                    if let Some(h) = self.handles.get_mut(&hid) {
+                        h.claim = Some((name.clone(), tx.to_string()));
+                    }
+                    self.cluster_push(ClusterOut::Claim {
+                        username: name,
+                        handle: hid,
+                    });
+                    return Ok(());
                 }
                 if let Some(h) = self.handles.get_mut(&hid) {
                     h.username = Some(name.clone());
@@ -251,7 +288,7 @@ impl Core {
                         "Register a username first",
                     ));
                 };
-                if peer.is_some() || call != CallState::Idle {
+                if peer.is_some() || remote || call != CallState::Idle {
                     return Err(PluginError::new(
                         VideocallError::AlreadyInCall,
                         "Already in a call",
@@ -264,21 +301,49 @@ impl Core {
                         "You can't call yourself... use the EchoTest for that",
                     ));
                 }
-                let Some(callee) = self
+                let local = self
                     .registry
                     .lookup(&target)
-                    .filter(|c| self.handles.contains_key(c))
-                else {
+                    .filter(|c| self.handles.contains_key(c));
+                if local.is_none()
+                    && let Some(at) = self.remote_location(&target)
+                {
+                    // the checks of a local call, before anything is sent (the callee's
+                    // node answers whether it is busy)
+                    self.counters.calls_started += 1;
+                    let Some(jsep) = jsep else {
+                        self.counters.call_ended(CallEnd::Error);
+                        return Err(PluginError::new(VideocallError::MissingSdp, "Missing SDP"));
+                    };
+                    if jsep.kind != JsepType::Offer {
+                        self.counters.call_ended(CallEnd::Error);
+                        return Err(PluginError::new(
+                            VideocallError::InvalidSdp,
+                            "Error parsing offer: not an offer",
+                        ));
+                    }
+                    return self
+                        .call_remote(
+                            now,
+                            hid,
+                            own,
+                            RemotePeer {
+                                node: at.node.as_str().into(),
+                                handle: at.handle,
+                                username: target,
+                                ring: Some((tx.to_string(), jsep)),
+                            },
+                        )
+                        .map_err(|(code, reason)| PluginError::new(code, reason));
+                }
+                let Some(callee) = local else {
                     return Err(PluginError::new(
                         VideocallError::NoSuchUsername,
                         format!("Username '{target}' doesn't exist"),
                     ));
                 };
                 self.counters.calls_started += 1;
-                let callee_busy = self
-                    .handles
-                    .get(&callee)
-                    .is_some_and(|c| c.peer.is_some() || c.call != CallState::Idle);
+                let callee_busy = self.handles.get(&callee).is_some_and(Handle::in_call);
                 if callee_busy {
                     self.counters.call_ended(CallEnd::Busy);
                     self.plugin_result(
@@ -320,12 +385,12 @@ impl Core {
                 self.queue_forward(now, hid, ForwardKind::IncomingCall, jsep);
             }
             "accept" => {
-                let Some(p) = peer.filter(|_| call == CallState::Incoming) else {
+                if call != CallState::Incoming || (peer.is_none() && !remote) {
                     return Err(PluginError::new(
                         VideocallError::NoCall,
                         "No incoming call to accept",
                     ));
-                };
+                }
                 let Some(jsep) = jsep else {
                     return Err(PluginError::new(VideocallError::MissingSdp, "Missing SDP"));
                 };
@@ -340,7 +405,7 @@ impl Core {
                     h.has_pc = true;
                     h.got_offer = false;
                 }
-                if let Some(ph) = self.handles.get_mut(&p) {
+                if let Some(ph) = peer.and_then(|p| self.handles.get_mut(&p)) {
                     ph.call = CallState::Connected;
                 }
                 self.counters.calls_connected += 1;
@@ -372,7 +437,7 @@ impl Core {
                     ));
                 }
                 self.plugin_result(hid, Some(tx), json!({"event": "set"}));
-                if let (Some(jsep), Some(_)) = (jsep, peer) {
+                if let Some(jsep) = jsep.filter(|_| peer.is_some() || remote) {
                     if jsep.kind == JsepType::Answer
                         && let Some(h) = self.handles.get_mut(&hid)
                     {

@@ -11,6 +11,7 @@
 //! reads the whole bucket again.
 
 use super::ServeError;
+use super::presence::{NodeOutbox, presence_loop};
 use super::state::App;
 use crate::config::{ClusterConfig, NatsAuth};
 use crate::core::TokenUpdate;
@@ -23,7 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -171,6 +172,7 @@ pub(super) fn connect_options(
     cfg: &ClusterConfig,
     metrics: &ClusterMetrics,
     reconnected: Arc<Notify>,
+    epoch: Arc<AtomicU64>,
 ) -> Result<(ConnectOptions, Vec<async_nats::ServerAddr>), ServeError> {
     let mut opts = ConnectOptions::new()
         .name(format!("callrelay-gateway {}", cfg.node_id))
@@ -211,10 +213,12 @@ pub(super) fn connect_options(
     let was_connected = Arc::new(AtomicBool::new(false));
     opts = opts.event_callback(move |event| {
         let (m, reconnected, was) = (m.clone(), reconnected.clone(), was_connected.clone());
+        let epoch = epoch.clone();
         async move {
             match event {
                 Event::Connected => {
                     m.nats_connected.set(1);
+                    epoch.fetch_add(1, Ordering::Relaxed);
                     if was.swap(true, Ordering::Relaxed) {
                         tracing::info!("NATS connection back: writing queued token changes and reading the shared tokens again");
                     } else {
@@ -280,12 +284,44 @@ pub(super) async fn cluster_loop(
     cfg: ClusterConfig,
     token_max_idle: Duration,
     outbox: Arc<Outbox>,
+    nodes: Arc<NodeOutbox>,
     reconnected: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let Some(client) = connect(&opts, &addrs, &shutdown).await else {
         return;
     };
+    // videocall users and calls across nodes: the same connection, its own task
+    let presence = tokio::spawn(presence_loop(
+        app.clone(),
+        client.clone(),
+        cfg.clone(),
+        nodes,
+        shutdown.clone(),
+    ));
+    tokens_loop(
+        app,
+        client,
+        cfg,
+        token_max_idle,
+        outbox,
+        reconnected,
+        shutdown,
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), presence).await;
+}
+
+/// The token half of [`cluster_loop`], once connected.
+async fn tokens_loop(
+    app: App,
+    client: Client,
+    cfg: ClusterConfig,
+    token_max_idle: Duration,
+    outbox: Arc<Outbox>,
+    reconnected: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let js = async_nats::jetstream::new(client.clone());
     let metrics = outbox.metrics.clone();
     // revision of this node's last write per token: the watch echoes our own writes,

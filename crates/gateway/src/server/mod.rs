@@ -12,6 +12,7 @@ mod credentials;
 mod http;
 mod limits;
 mod listener;
+mod presence;
 mod reload;
 mod respond;
 mod state;
@@ -188,19 +189,23 @@ async fn serve_inner(
     let mut cluster_task = None;
     if let (Some(ccfg), Some(cm)) = (&cfg.cluster, cluster_metrics) {
         let reconnected = Arc::new(Notify::new());
-        let (opts, addrs) = cluster::connect_options(ccfg, &cm, reconnected.clone())?;
+        let nodes = Arc::new(presence::NodeOutbox::new(cm.clone()));
+        let (opts, addrs) =
+            cluster::connect_options(ccfg, &cm, reconnected.clone(), nodes.epoch.clone())?;
         let outbox = Arc::new(cluster::Outbox::new(cm));
         {
             let mut inner = app.lock();
             inner.core.share_tokens();
+            inner.core.join_cluster(&ccfg.node_id);
             inner.cluster = Some(outbox.clone());
+            inner.nodes = Some(nodes.clone());
         }
         tracing::info!(
             node = %ccfg.node_id,
             cluster = %ccfg.name,
             nats = %ccfg.urls.join(","),
             bucket = %ccfg.token_bucket(),
-            "cluster mode: tokens are shared through NATS"
+            "cluster mode: tokens, videocall users and calls are shared through NATS"
         );
         cluster_task = Some(tokio::spawn(cluster::cluster_loop(
             app.clone(),
@@ -209,6 +214,7 @@ async fn serve_inner(
             ccfg.clone(),
             cfg.token_max_idle,
             outbox,
+            nodes,
             reconnected,
             shutdown.clone(),
         )));

@@ -2,6 +2,7 @@
 
 use super::cluster::Outbox;
 use super::core_config;
+use super::presence::NodeOutbox;
 use crate::config::Config;
 use crate::core::{ConnId, Core, Output, Source};
 use crate::metrics::Metrics;
@@ -73,6 +74,8 @@ pub(super) struct Inner {
     pub(super) metrics: Metrics,
     /// Cluster mode: the core's token changes go here, to be written to NATS.
     pub(super) cluster: Option<Arc<Outbox>>,
+    /// Cluster mode: the core's presence claims and call messages go here.
+    pub(super) nodes: Option<Arc<NodeOutbox>>,
 }
 
 pub(super) struct Shared {
@@ -136,6 +139,7 @@ impl Shared {
                 closed_http: VecDeque::new(),
                 timer_wake: timer_wake.clone(),
                 cluster: None,
+                nodes: None,
             }),
             metrics,
             cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
@@ -232,6 +236,11 @@ impl Inner {
                             q.notify.notify_waiters();
                         }
                     }
+                }
+            }
+            if let Some(nodes) = &self.nodes {
+                for o in self.core.take_cluster_out() {
+                    nodes.push(o);
                 }
             }
             if unread.is_empty() {
