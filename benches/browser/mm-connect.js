@@ -263,6 +263,15 @@ function analyse(call, gwLines) {
   const acc = w(ce, (e) => e.kind === 'plugin-event' && e.event === 'accepted' && e.jsepType === 'answer');
   t.answerToAccepted = Math.round(acc - w(ee, (e) => e.kind === 'accept-sent'));
   t.acceptedToConnected = Math.round(Math.max(conn(ce), conn(ee)) - acc);
+  // Every stack: connected = calleeStart + calleeAnswer + calleeGather + tail. Forwarding
+  // SDP, the callee can only start once the caller's relay candidate exists; Janus
+  // answers the caller itself, so there the callee starts at once.
+  const calleeRelay = w(ee, (e) => e.kind === 'pc-candidate' && e.typ === 'relay');
+  t.callerGather = w(ce, (e) => e.kind === 'pc-candidate' && e.typ === 'relay') - t0;
+  t.calleeStart = w(ee, (e) => e.kind === 'plugin-event' && e.event === 'incomingcall') - t0;
+  t.calleeAnswer = w(ee, (e) => e.kind === 'accept-sent') - w(ee, (e) => e.kind === 'plugin-event' && e.event === 'incomingcall');
+  t.calleeGather = calleeRelay - w(ee, (e) => e.kind === 'accept-sent');
+  t.tail = Math.max(conn(ce), conn(ee)) - calleeRelay;
   if (gwLines) {
     // the serial phases of a forwarded call (see docs/performance.md)
     const g = (hid, pred) => (first(gwLines, (l) => l.fields.handle === String(hid) && pred(l)) || {}).wall;
@@ -270,7 +279,6 @@ function analyse(call, gwLines) {
     const fwd = (hid) => g(hid, (l) => /^forwarding SDP/.test(l.msg));
     t.callerRelay = relayIn(handles.caller) - t0;
     t.offerHold = fwd(handles.caller) - relayIn(handles.caller);
-    t.calleeAnswer = w(ee, (e) => e.kind === 'accept-sent') - w(ee, (e) => e.kind === 'plugin-event' && e.event === 'incomingcall');
     t.calleeRelay = relayIn(handles.callee) - g(handles.callee, (l) => l.msg === 'SDP received');
     t.answerHold = fwd(handles.callee) - relayIn(handles.callee);
   }
@@ -330,6 +338,7 @@ async function main() {
         const r = results.filter((x) => x.gen === gen && x.stack === name);
         const f = (k) => { const s = summary(r.map((x) => x.t[k])); return `${s.median} (${s.min}–${s.max})`; };
         console.log(`janus.js ${gen} ${name.padEnd(6)} n=${r.length}: connected ${f('connected')}; incomingcall ${f('offerHeld')}; answer→accepted ${f('answerToAccepted')}; accepted→connected ${f('acceptedToConnected')}; media ${f('media')}`);
+        console.log(`    path: caller's first relay candidate ${f('callerGather')}; callee: incomingcall ${f('calleeStart')} + answer ${f('calleeAnswer')} + its relay candidate ${f('calleeGather')} + to both connected ${f('tail')}`);
         if (stacks[name].gwProc) {
           console.log(`    phases: caller's relay candidate at the gateway ${f('callerRelay')}, offer held after it ${f('offerHold')}; ` +
             `callee incomingcall→answer ${f('calleeAnswer')}, answer in→callee's relay candidate ${f('calleeRelay')}, answer held after it ${f('answerHold')}; accepted→connected ${f('acceptedToConnected')}`);
