@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::procfs::{CpuMeter, rss_kib};
+use crate::procfs::{CpuMeter, nofile_limit, rss_kib};
 use crate::report::{self, Figures};
 use crate::servers::{ScratchDir, Server, command_output, free_port, sibling_binary, wait_tcp};
 use crate::stats::Histogram;
@@ -58,6 +58,20 @@ pub(crate) struct GatewayArgs {
     /// including one warm-up session per connection.
     #[arg(long, default_value_t = 10_000)]
     idle_sessions: usize,
+    /// One-session WebSockets held at once, one row per count (comma separated): N
+    /// WebSockets, each with one session and one videocall handle, as Mattermost's
+    /// browsers hold them. Needs N + 300 open files in this process and in the server.
+    #[arg(long, value_delimiter = ',', default_value = "2000")]
+    ws_sessions: Vec<usize>,
+    /// Which steps to run (comma separated): loop (call cycles), idle (sessions on 20
+    /// WebSockets), ws (one session per WebSocket, `--ws-sessions`).
+    #[arg(long, value_delimiter = ',', default_value = "loop,idle,ws")]
+    gw_steps: Vec<String>,
+    /// Janus `event_loops` (0: its default, one thread and GLib loop per handle, which
+    /// takes an eventfd per handle: two files per one-session WebSocket). Set it to
+    /// hold more than half the open-file limit in one-session WebSockets.
+    #[arg(long, default_value_t = 0)]
+    janus_event_loops: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -81,7 +95,12 @@ struct Running {
     admin: SocketAddr,
 }
 
-fn janus_config(dir: &Path, ws: u16, admin: u16) -> Result<()> {
+fn janus_config(dir: &Path, ws: u16, admin: u16, event_loops: usize) -> Result<()> {
+    let loops = if event_loops > 0 {
+        format!("\tevent_loops = {event_loops}\n")
+    } else {
+        String::new()
+    };
     let general = format!(
         r#"general: {{
 	configs_folder = "{dir}"
@@ -94,7 +113,7 @@ fn janus_config(dir: &Path, ws: u16, admin: u16) -> Result<()> {
 	admin_secret = "{ADMIN_SECRET}"
 	session_timeout = 0
 	server_name = "callrelay-bench"
-}}
+{loops}}}
 media: {{
 	ipv6 = false
 }}
@@ -142,7 +161,15 @@ admin: {{
     Ok(())
 }
 
-async fn start(gw: Gw, a: &GatewayArgs, scratch: &Path, tag: &str) -> Result<Running> {
+/// Starts a server. `conns`: connections it must accept at once from the load client's
+/// one address (None: its defaults).
+async fn start(
+    gw: Gw,
+    a: &GatewayArgs,
+    scratch: &Path,
+    tag: &str,
+    conns: Option<usize>,
+) -> Result<Running> {
     let wsp = free_port()?;
     let adminp = free_port()?;
     let log = scratch.join(format!("{}-{tag}.log", gw.column()));
@@ -151,7 +178,7 @@ async fn start(gw: Gw, a: &GatewayArgs, scratch: &Path, tag: &str) -> Result<Run
         Gw::Janus => {
             let dir = scratch.join(format!("janus-conf-{tag}"));
             std::fs::create_dir_all(&dir)?;
-            janus_config(&dir, wsp, adminp)?;
+            janus_config(&dir, wsp, adminp, a.janus_event_loops)?;
             cmd = Command::new(&a.janus);
             cmd.arg("-F")
                 .arg(&dir)
@@ -178,6 +205,16 @@ async fn start(gw: Gw, a: &GatewayArgs, scratch: &Path, tag: &str) -> Result<Run
                 .arg("--state-dir")
                 .arg(&state)
                 .env("RUST_LOG", "warn");
+            if let Some(n) = conns {
+                // The load client is one address, like an office behind one NAT: it
+                // must not count as a reverse proxy (loopback does by default), and
+                // this run raises the total and per-address caps (10,000 / 1,000)
+                // to what it opens. A server's own fd limit still bounds both.
+                let n = n.to_string();
+                cmd.args(["--trusted-proxies", ""])
+                    .args(["--max-connections", &n])
+                    .args(["--max-connections-per-ip", &n]);
+            }
         }
     }
     let mut server = Server::spawn(gw.column(), cmd, &log)?;
@@ -497,7 +534,7 @@ async fn loop_session(
     run: usize,
     f: &mut Figures,
 ) -> Result<()> {
-    let srv = start(gw, a, scratch, &format!("loop{run}")).await?;
+    let srv = start(gw, a, scratch, &format!("loop{run}"), None).await?;
     let meter = CpuMeter::start(srv.server.pid())?;
     let client_meter = CpuMeter::start(std::process::id())?;
     let t0 = Instant::now();
@@ -560,7 +597,7 @@ async fn idle_session(
     run: usize,
     f: &mut Figures,
 ) -> Result<()> {
-    let srv = start(gw, a, scratch, &format!("idle{run}")).await?;
+    let srv = start(gw, a, scratch, &format!("idle{run}"), None).await?;
     let conns = 20.min(a.idle_sessions.max(1));
     let mut cs = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -603,6 +640,106 @@ async fn idle_session(
     Ok(())
 }
 
+/// Opens `count` WebSockets, each with one session and one videocall handle, at most
+/// `CONCURRENT` set-ups at a time, until `deadline`. Returns the connections opened
+/// and the first failure (a refused connection, a timeout) that stopped it.
+async fn open_one_session_sockets(
+    ws: SocketAddr,
+    count: usize,
+    deadline: Instant,
+    into: &mut Vec<Conn>,
+) -> Option<anyhow::Error> {
+    const CONCURRENT: usize = 64;
+    let mut set_ups = futures_util::stream::iter(0..count)
+        .map(|_| async move {
+            let mut c = Conn::connect(ws).await?;
+            c.create_attach(&mut Histogram::default()).await?;
+            c.pending.clear();
+            anyhow::Ok(c)
+        })
+        .buffer_unordered(CONCURRENT);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), set_ups.next()).await {
+            Ok(Some(Ok(c))) => into.push(c),
+            Ok(Some(Err(e))) => return Some(e),
+            Ok(None) => return None,
+            Err(_) => return Some(anyhow!("time bound reached")),
+        }
+    }
+}
+
+/// RSS per idle WebSocket holding one session + handle: a fresh server, 20 warm-up
+/// one-session WebSockets, VmRSS, then `n` more, VmRSS again; delta / n.
+async fn ws_sessions(
+    gw: Gw,
+    a: &GatewayArgs,
+    scratch: &Path,
+    run: usize,
+    n: usize,
+    f: &mut Figures,
+) -> Result<()> {
+    const WARM: usize = 20;
+    // the sockets, plus the runtime's, the servers' logs and the admin connection
+    let need = (n + WARM + 300) as u64;
+    if let Some(limit) = nofile_limit(std::process::id())?
+        && limit < need
+    {
+        bail!(
+            "{n} one-session WebSockets need {need} open files, this process may open {limit} \
+             (benches/run raises the soft limit to the hard limit, and the hard limit to \
+             65536 where it may)"
+        );
+    }
+    let mut srv = start(gw, a, scratch, &format!("ws{run}-{n}"), Some(n + WARM + 64)).await?;
+    if let Some(limit) = nofile_limit(srv.server.pid())?
+        && limit < need
+    {
+        bail!(
+            "{}: may open {limit} files, {n} WebSockets need {need}",
+            gw.column()
+        );
+    }
+    let mut conns = Vec::with_capacity(n + WARM);
+    let warm_deadline = Instant::now() + Duration::from_secs(20);
+    if let Some(e) = open_one_session_sockets(srv.ws, WARM, warm_deadline, &mut conns).await {
+        return Err(e.context("warm-up"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss0 = rss_kib(srv.server.pid())?;
+    // bounded: 20 s plus 3 ms per WebSocket (Janus sets up ~13,000 sessions/s)
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(20) + Duration::from_millis(3) * n as u32;
+    let failed = open_one_session_sockets(srv.ws, n, deadline, &mut conns).await;
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some(e) = failed {
+        bail!(
+            "{}: {} of {n} one-session WebSockets open after {secs:.1}s, then: {e:#}",
+            gw.column(),
+            conns.len() - WARM
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss1 = rss_kib(srv.server.pid())?;
+    srv.server
+        .check_alive()
+        .context("server exited while the WebSockets were open")?;
+    let per = (rss1.saturating_sub(rss0) * 1024) as f64 / n as f64;
+    eprintln!(
+        "  {}: {n} one-session WebSockets in {secs:.1}s, RSS {rss0} KiB -> {rss1} KiB ({per:.0} B each)",
+        gw.column()
+    );
+    f.set(&format!("RSS bytes per one-session WebSocket ({n})"), per);
+    f.set(
+        &format!("one-session WebSocket set-ups/s ({n})"),
+        n as f64 / secs,
+    );
+    // the server goes first: its side holds the closed sockets' TIME_WAIT, not the
+    // load client's ephemeral ports
+    drop(srv);
+    drop(conns);
+    Ok(())
+}
+
 #[expect(clippy::print_stdout, reason = "the report goes to stdout")]
 pub(crate) fn run(c: Common, a: &GatewayArgs) -> Result<()> {
     let mut a = a.clone();
@@ -612,7 +749,15 @@ pub(crate) fn run(c: Common, a: &GatewayArgs) -> Result<()> {
         a.pairs = a.pairs.min(2);
         a.loop_secs = 1.0;
         a.idle_sessions = 100;
+        a.ws_sessions = vec![50];
     }
+    for step in &a.gw_steps {
+        if !["loop", "idle", "ws"].contains(&step.as_str()) {
+            bail!("--gw-steps: unknown step {step:?} (loop, idle, ws)");
+        }
+    }
+    let step = |s: &str| a.gw_steps.iter().any(|x| x == s);
+    let (do_loop, do_idle, do_ws) = (step("loop"), step("idle"), step("ws"));
     let mut targets = Vec::new();
     for t in &a.gw_targets {
         let (g, ok) = match t.as_str() {
@@ -646,8 +791,8 @@ pub(crate) fn run(c: Common, a: &GatewayArgs) -> Result<()> {
         gateway_path(&a).display()
     );
     println!(
-        "runs={runs} pairs={} loop_secs={} idle_sessions={}",
-        a.pairs, a.loop_secs, a.idle_sessions
+        "runs={runs} pairs={} loop_secs={} idle_sessions={} ws_sessions={:?} steps={:?} janus_event_loops={}",
+        a.pairs, a.loop_secs, a.idle_sessions, a.ws_sessions, a.gw_steps, a.janus_event_loops
     );
     println!();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -660,8 +805,18 @@ pub(crate) fn run(c: Common, a: &GatewayArgs) -> Result<()> {
             let mut f = Figures::default();
             let g = *gw;
             let r: Result<()> = rt.block_on(async {
-                loop_session(g, &a, &scratch.0, run, &mut f).await?;
-                idle_session(g, &a, &scratch.0, run, &mut f).await
+                if do_loop {
+                    loop_session(g, &a, &scratch.0, run, &mut f).await?;
+                }
+                if do_idle {
+                    idle_session(g, &a, &scratch.0, run, &mut f).await?;
+                }
+                if do_ws {
+                    for &n in &a.ws_sessions {
+                        ws_sessions(g, &a, &scratch.0, run, n, &mut f).await?;
+                    }
+                }
+                anyhow::Ok(())
             });
             if let Err(e) = r {
                 eprintln!("  {} failed: {e:#}", g.column());

@@ -125,3 +125,19 @@ pub(crate) fn machine() -> String {
         .unwrap_or_default();
     format!("nproc={nproc} cpu=\"{model}\" kernel={kernel} loadavg=[{load}]")
 }
+
+/// The soft open-file limit of a process (`Max open files` in `/proc/<pid>/limits`;
+/// None when unlimited).
+pub(crate) fn nofile_limit(pid: u32) -> Result<Option<u64>> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .with_context(|| format!("reading /proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no 'Max open files' line")?;
+    let soft = line.split_whitespace().nth(3).context("bad limits line")?;
+    if soft == "unlimited" {
+        return Ok(None);
+    }
+    Ok(Some(soft.parse()?))
+}
