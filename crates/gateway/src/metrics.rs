@@ -417,6 +417,13 @@ pub struct ClusterMetrics {
     /// `callrelay_gateway_cluster_nodes_gone_total` — nodes whose lease ran out (or that
     /// restarted): their users left the list and their calls ended here.
     pub nodes_gone: IntCounter,
+    /// `callrelay_gateway_cluster_http_forwarded_total{result}` — HTTP requests for
+    /// another node's session sent there: `ok`, `no_node` (none serves it: answered
+    /// here), `timeout` (504), `error`.
+    pub http_forwarded: IntCounterVec,
+    /// `callrelay_gateway_cluster_http_served_total{result}` — HTTP requests other nodes
+    /// forwarded here: `ok`, `busy` (over the in-flight bound: 503), `error`.
+    pub http_served: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -528,6 +535,20 @@ impl ClusterMetrics {
                     "callrelay_gateway_cluster_nodes_gone_total",
                     "Gateway nodes whose liveness lease ran out or that restarted",
                 ),
+            ),
+            http_forwarded: counter_family(
+                r,
+                "callrelay_gateway_cluster_http_forwarded_total",
+                "HTTP requests for another node's session forwarded there (ok, no_node, timeout, error)",
+                "result",
+                ["ok", "no_node", "timeout", "error"],
+            ),
+            http_served: counter_family(
+                r,
+                "callrelay_gateway_cluster_http_served_total",
+                "HTTP requests forwarded here by other nodes (ok, busy, error)",
+                "result",
+                ["ok", "busy", "error"],
             ),
         }
     }

@@ -338,7 +338,7 @@ async fn nodes_authenticate_with_a_user_limited_to_the_documented_subjects() {
   users = [
     { user: gateway, password: "s3cret-pw-not-in-logs",
       permissions: { publish: ["$JS.API.>", "$JS.FC.>", "$KV.callrelay_tokens.>",
-                               "$KV.callrelay_users.>", "callrelay.>"],
+                               "$KV.callrelay_users.>", "callrelay.>", "_INBOX.>"],
                      subscribe: ["_INBOX.>", "callrelay.>"] } }
   ]
 }
@@ -357,6 +357,19 @@ async fn nodes_authenticate_with_a_user_limited_to_the_documented_subjects() {
     let r = admin(&n2, json!({"janus": "remove_token", "token": "tok-auth"})).await;
     assert_eq!(r["janus"], "success", "{r}");
     until_token(&n1, "tok-auth", false).await;
+    // an HTTP request for a session of a1 through a2: request and reply pass
+    let r = admin(&n1, json!({"janus": "add_token", "token": "tok-auth2"})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(&n2, "tok-auth2", true).await;
+    until_metric(n2.admin, "callrelay_gateway_cluster_peers", 1.0).await;
+    let sid = http_create(n1.http, "tok-auth2").await;
+    let ka = post_json(
+        n2.http,
+        &format!("/janus/{sid}"),
+        &json!({"janus": "keepalive", "transaction": "k", "token": "tok-auth2"}),
+    )
+    .await;
+    assert_eq!(ka["janus"], "ack", "{ka}");
     for n in [&n1, &n2] {
         assert_eq!(
             metric_at(
@@ -709,10 +722,7 @@ async fn videocall_users_and_calls_span_nodes() {
     eprintln!("# callee's node killed: caller's hangup after {took:?}");
     assert_eq!(vc(&h)["result"]["username"], "bob", "{h}");
     until_list(&mut carol, sc, hc, tok, &["alice", "carol"]).await;
-    assert_eq!(
-        metric_at(n1.admin, "callrelay_gateway_cluster_peers").await,
-        1.0
-    );
+    until_metric(n1.admin, "callrelay_gateway_cluster_peers", 1.0).await;
     // bob's name is free again: he comes back on node 2
     let (_bob2, _, _, ev) = user(&n2, tok, "bob").await;
     assert!(event_is(&ev, "registered"), "{ev}");
@@ -788,6 +798,186 @@ async fn a_nats_outage_keeps_calls_on_one_node_and_heals() {
     accept(&mut bob, (sb, hb), &mut alice, tok, "bob").await;
 
     stop_node(n1);
+    stop_node(n2);
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A long poll (`maxev` events) on `addr` for session `sid`: the events, or the status.
+async fn poll(addr: SocketAddr, sid: u64, token: &str) -> Result<Vec<Value>, u16> {
+    let (status, _, body) = http_get(addr, &format!("/janus/{sid}?maxev=10&token={token}")).await;
+    if status != 200 {
+        return Err(status);
+    }
+    match serde_json::from_str::<Value>(&body).unwrap() {
+        Value::Array(v) => Ok(v),
+        v => Ok(vec![v]),
+    }
+}
+
+/// Polls `sid` alternately through `addrs` until an event matching `pred` arrives.
+async fn poll_until(
+    addrs: &[SocketAddr],
+    sid: u64,
+    token: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let t = Instant::now();
+    for i in 0.. {
+        let evs = poll(addrs[i % addrs.len()], sid, token)
+            .await
+            .expect("long poll");
+        if let Some(e) = evs.into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        assert!(t.elapsed() < DEADLINE, "no such event on session {sid}");
+    }
+    unreachable!()
+}
+
+/// HTTP requests reaching any node (a round-robin load balancer): a session created on
+/// node 1 is attached, registered and long-polled through node 2 and node 1 alike; its
+/// user takes a call from a WebSocket user of node 2; unknown sessions get the answer a
+/// single node gives; node 1 gone → its sessions' requests through node 2 get 458/404.
+#[tokio::test]
+async fn http_requests_reach_the_sessions_node_through_any_node() {
+    let dir = temp_dir();
+    let nats = Nats::start(0, &dir.join("nats"));
+    let url = nats.url();
+    let n1 = node(&url, "h1", &dir.join("h1"));
+    let n2 = node(&url, "h2", &dir.join("h2"));
+    let tok = "tok-http";
+    let r = admin(&n1, json!({"janus": "add_token", "token": tok})).await;
+    assert_eq!(r["janus"], "success", "{r}");
+    until_token(&n2, tok, true).await;
+    // the other node's heartbeat (and so its subject) is there within a second
+    until_metric(n2.admin, "callrelay_gateway_cluster_peers", 1.0).await;
+
+    let sid = http_create(n1.http, tok).await;
+    let lb = [n2.http, n1.http];
+    let t = Instant::now();
+    let att = post_json(
+        n2.http,
+        &format!("/janus/{sid}"),
+        &json!({"janus": "attach", "transaction": "a", "token": tok, "plugin": "janus.plugin.videocall"}),
+    )
+    .await;
+    eprintln!(
+        "# attach through the other node answered in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(att["janus"], "success", "{att}");
+    let hid = att["data"]["id"].as_u64().unwrap();
+    let reg = post_json(
+        n2.http,
+        &format!("/janus/{sid}/{hid}"),
+        &json!({"janus": "message", "transaction": "r", "token": tok,
+            "body": {"request": "register", "username": "hanna"}}),
+    )
+    .await;
+    assert_eq!(reg["janus"], "ack", "{reg}");
+    let ev = poll_until(&lb, sid, tok, |e| event_is(e, "registered")).await;
+    assert_eq!(vc(&ev)["result"]["username"], "hanna");
+    // a WebSocket user of node 2 calls her; she answers through node 2 and node 1
+    let (mut ws, sw, hw, _) = user(&n2, tok, "walt").await;
+    vc_req(
+        &mut ws,
+        sw,
+        hw,
+        tok,
+        json!({"request": "call", "username": "hanna"}),
+        Some(json!({"type": "offer", "sdp": OFFER, "trickle": false})),
+    )
+    .await;
+    let inc = poll_until(&lb, sid, tok, |e| event_is(e, "incomingcall")).await;
+    assert_eq!(vc(&inc)["result"]["username"], "walt", "{inc}");
+    let acc = post_json(
+        n2.http,
+        &format!("/janus/{sid}/{hid}"),
+        &json!({"janus": "message", "transaction": "acc", "token": tok,
+            "body": {"request": "accept"},
+            "jsep": {"type": "answer", "sdp": answer_sdp(), "trickle": false}}),
+    )
+    .await;
+    assert_eq!(acc["janus"], "ack", "{acc}");
+    ws.wait("accepted", |m| event_is(m, "accepted")).await;
+    // keepalive through either node keeps the session
+    for a in lb {
+        let ka = post_json(
+            a,
+            &format!("/janus/{sid}"),
+            &json!({"janus": "keepalive", "transaction": "k", "token": tok}),
+        )
+        .await;
+        assert_eq!(ka["janus"], "ack", "{ka}");
+    }
+    assert!(
+        metric_at(
+            n2.admin,
+            "callrelay_gateway_cluster_http_forwarded_total{result=\"ok\"}"
+        )
+        .await
+            >= 4.0
+    );
+    assert!(
+        metric_at(
+            n1.admin,
+            "callrelay_gateway_cluster_http_served_total{result=\"ok\"}"
+        )
+        .await
+            >= 4.0
+    );
+    // a session id nobody has (no node tag): the single-node answer, at once
+    let t = Instant::now();
+    let r = post_json(
+        n2.http,
+        "/janus/12345",
+        &json!({"janus": "keepalive", "transaction": "k", "token": tok}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], 458, "{r}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+
+    // node 1 gone: its session is unknown everywhere (458). A request NATS still
+    // delivered to the dead node (before it noticed the closed connection) gets 504
+    // after the answer timeout; the next one is answered at once.
+    let mut n1 = n1;
+    let _ = n1.child.kill();
+    let _ = n1.child.wait();
+    let t = Instant::now();
+    let keepalive = json!({"janus": "keepalive", "transaction": "k", "token": tok}).to_string();
+    loop {
+        let (status, _, body) = http(
+            n2.http,
+            "POST",
+            &format!("/janus/{sid}"),
+            Some(&keepalive),
+            &[],
+        )
+        .await;
+        if status == 200 {
+            let r: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(r["error"]["code"], 458, "{r}");
+            break;
+        }
+        assert_eq!(status, 504, "{body}");
+        assert!(t.elapsed() < DEADLINE);
+    }
+    eprintln!(
+        "# the session's node killed: 458 through the other node after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(poll(n2.http, sid, tok).await.unwrap_err(), 404);
+    // and walt's call with her ends within the lease
+    let t = Instant::now();
+    loop {
+        if let Some(m) = ws.next_within(100).await
+            && event_is(&m, "hangup")
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "no hangup for walt");
+    }
     stop_node(n2);
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);

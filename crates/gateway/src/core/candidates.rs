@@ -109,7 +109,8 @@ impl Core {
         };
         // a peer on another node gets the SDP through the cluster (`forward_remote`)
         let remote = h.remote.is_some();
-        let Some(peer) = h.peer.or(remote.then_some(hid)) else {
+        // (0 stands for the remote peer in the log: handle ids start at 1)
+        let Some(peer) = h.peer.or(remote.then_some(0)) else {
             return;
         };
         if !h.forwarded {
@@ -125,6 +126,7 @@ impl Core {
         tracing::info!(
             handle = hid,
             peer,
+            remote,
             kind = ?p.kind,
             candidates = h.cands.len(),
             completed = h.completed,

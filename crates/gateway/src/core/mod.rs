@@ -31,6 +31,15 @@ pub const VIDEOCALL: &str = "janus.plugin.videocall";
 /// Janus API version reported in `server_info` (the API level we are compatible with).
 pub const JANUS_VERSION: u64 = 1102;
 const MAX_ID: u64 = 1 << 53;
+/// Session ids of a cluster node: its tag above this bit, 40 random bits below.
+const TAG_SHIFT: u32 = 40;
+const TAG_MASK: u16 = (1 << (53 - TAG_SHIFT)) - 1;
+
+/// The node tag a session id carries ([`Core::set_session_tag`]); 0 for ids drawn
+/// without one (a single node, or an id the client chose).
+pub fn session_tag_of(id: u64) -> u16 {
+    u16::try_from(id >> TAG_SHIFT).map_or(0, |t| t & TAG_MASK)
+}
 
 /// Identifies one transport connection (a WebSocket) in the shell.
 pub type ConnId = u64;
@@ -294,6 +303,8 @@ pub struct Core {
     shared: Option<SharedTokens>,
     /// Cluster mode for videocall users and calls ([`Core::join_cluster`]).
     cluster: Option<cluster::ClusterState>,
+    /// Cluster mode: the tag of this node's session ids ([`Core::set_session_tag`]).
+    session_tag: Option<u16>,
 }
 
 /// What the core keeps for a token table shared with other nodes.
@@ -344,6 +355,7 @@ impl Core {
             tokens_dirty: false,
             shared: None,
             cluster: None,
+            session_tag: None,
         }
     }
 
@@ -397,6 +409,26 @@ impl Core {
     /// armed by a request: the shell re-reads `poll_timeout` then.
     pub fn take_timer_moved(&mut self) -> bool {
         std::mem::take(&mut self.timer_moved)
+    }
+
+    /// Cluster mode: session ids drawn from now on carry `tag` (1..8191) in their bits
+    /// 40–52, so any node can tell which node a session id belongs to
+    /// ([`session_tag_of`]) and forward an HTTP request to it.
+    pub fn set_session_tag(&mut self, tag: u16) {
+        self.session_tag = Some(tag & TAG_MASK).filter(|t| *t > 0);
+    }
+
+    /// A new session id: random, with this node's tag in cluster mode.
+    fn new_session_id(&mut self) -> u64 {
+        let Some(tag) = self.session_tag else {
+            return self.new_id();
+        };
+        loop {
+            let id = (u64::from(tag) << TAG_SHIFT) | self.rng.random_range(1..1u64 << TAG_SHIFT);
+            if !self.sessions.contains_key(&id) && !self.handles.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     fn new_id(&mut self) -> u64 {

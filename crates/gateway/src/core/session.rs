@@ -249,7 +249,7 @@ impl Core {
             }
             wanted
         } else {
-            self.new_id()
+            self.new_session_id()
         };
         self.sessions.insert(
             id,

@@ -11,6 +11,7 @@
 //! reads the whole bucket again.
 
 use super::ServeError;
+use super::forward::{Forwarder, forward_loop};
 use super::presence::{NodeOutbox, presence_loop};
 use super::state::App;
 use crate::config::{ClusterConfig, NatsAuth};
@@ -291,6 +292,22 @@ pub(super) async fn cluster_loop(
     let Some(client) = connect(&opts, &addrs, &shutdown).await else {
         return;
     };
+    // HTTP requests for other nodes' sessions, and theirs for this node's
+    let tag = nodes.tag;
+    let _ = app.forward.set(Forwarder::new(
+        client.clone(),
+        cfg.name.clone(),
+        tag,
+        outbox.metrics.clone(),
+    ));
+    let forwarded = tokio::spawn(forward_loop(
+        app.clone(),
+        client.clone(),
+        cfg.name.clone(),
+        tag,
+        outbox.metrics.clone(),
+        shutdown.clone(),
+    ));
     // videocall users and calls across nodes: the same connection, its own task
     let presence = tokio::spawn(presence_loop(
         app.clone(),
@@ -310,6 +327,7 @@ pub(super) async fn cluster_loop(
     )
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), presence).await;
+    forwarded.abort();
 }
 
 /// The token half of [`cluster_loop`], once connected.

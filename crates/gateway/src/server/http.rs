@@ -5,10 +5,11 @@ use super::respond::{
     random_transaction, read_body,
 };
 use super::state::{App, unix_now};
-use crate::core::{JanusError, LongPollError, Source};
+use crate::core::{JanusError, LongPollError, Source, session_tag_of};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -56,7 +57,8 @@ async fn http_inner(app: &App, req: Request) -> Response {
         .get(1)
         .and_then(|h| h.parse::<u64>().ok())
         .filter(|x| *x > 0);
-    if method == Method::GET {
+    let get = method == Method::GET;
+    if get {
         let Some(sid) = session else {
             return counted_error(
                 app,
@@ -71,20 +73,78 @@ async fn http_inner(app: &App, req: Request) -> Response {
             }
             return r;
         }
-        return long_poll(app, sid, query.as_deref()).await;
-    }
-    if method != Method::POST {
+    } else if method != Method::POST {
         return counted_error(
             app,
             JanusError::TransportSpecific,
             "Transport specific error (unsupported method)",
         );
     }
-    let body = match read_body(app, req.into_body()).await {
-        Ok(b) => b,
-        Err(r) => return *r,
+    let body = if get {
+        String::new()
+    } else {
+        let bytes = match read_body(app, req.into_body()).await {
+            Ok(b) => b,
+            Err(r) => return *r,
+        };
+        match String::from_utf8(bytes) {
+            Ok(b) => b,
+            Err(_) => {
+                return counted_error(app, JanusError::InvalidJson, "JSON error: not UTF-8");
+            }
+        }
     };
-    let mut obj = match json_object(&body) {
+    let call = HttpCall {
+        get,
+        session,
+        handle,
+        query,
+        body,
+    };
+    // another node's session: its node answers (cluster mode, forward.rs)
+    if let (Some(sid), Some(fwd)) = (session, app.forward.get()) {
+        let tag = session_tag_of(sid);
+        let here = tag == 0 || tag == fwd.tag() || {
+            let inner = app.lock();
+            inner.core.session_owner(sid).is_some() || inner.http.contains_key(&sid)
+        };
+        if !here && let Some(r) = fwd.forward(app, &call, tag).await {
+            return r;
+        }
+    }
+    serve(app, call).await
+}
+
+/// One Janus HTTP request as parsed from its path, query and body: what a node serves,
+/// for its own client or for another node's (forward.rs).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpCall {
+    /// A long poll (GET `/janus/<session>`); otherwise a POST.
+    pub(super) get: bool,
+    pub(super) session: Option<u64>,
+    pub(super) handle: Option<u64>,
+    pub(super) query: Option<String>,
+    /// The POST body (checked to be UTF-8 when it arrived).
+    pub(super) body: String,
+}
+
+/// Answers `call` on this node.
+pub(super) async fn serve(app: &App, call: HttpCall) -> Response {
+    let HttpCall {
+        get,
+        session,
+        handle,
+        query,
+        body,
+    } = call;
+    if get {
+        let Some(sid) = session else {
+            return empty(StatusCode::NOT_FOUND);
+        };
+        return long_poll(app, sid, query.as_deref()).await;
+    }
+    let mut obj = match json_object(body.as_bytes()) {
         Ok(obj) => obj,
         Err((code, reason)) => return counted_error(app, code, &reason),
     };
@@ -106,9 +166,6 @@ async fn http_inner(app: &App, req: Request) -> Response {
                 );
             }
         }
-    }
-    if session.is_none() && handle.is_none() {
-        // POST /janus: ids in the body are not allowed to address a session here
     }
     let reply = {
         let mut inner = app.lock();

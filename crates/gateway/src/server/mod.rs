@@ -9,6 +9,7 @@
 mod admin;
 mod cluster;
 mod credentials;
+mod forward;
 mod http;
 mod limits;
 mod listener;
@@ -197,6 +198,7 @@ async fn serve_inner(
             let mut inner = app.lock();
             inner.core.share_tokens();
             inner.core.join_cluster(&ccfg.node_id);
+            inner.core.set_session_tag(nodes.tag);
             inner.cluster = Some(outbox.clone());
             inner.nodes = Some(nodes.clone());
         }

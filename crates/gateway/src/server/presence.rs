@@ -58,6 +58,8 @@ fn username_of(key: &str) -> Option<String> {
 struct Heartbeat {
     node: String,
     boot: u64,
+    /// The node's session tag (two nodes with one tag: logged, see `heard`).
+    tag: u16,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +72,9 @@ struct Queue {
 /// ([`Inner::deliver`](super::state::Inner::deliver)), emptied here.
 #[derive(Debug)]
 pub(super) struct NodeOutbox {
+    /// The tag of this node's session ids (drawn at start, 1..8191), announced in its
+    /// heartbeat; HTTP requests for them come to `<cluster>.http.<tag>` (forward.rs).
+    pub(super) tag: u16,
     /// Connections to NATS made so far (counted by the client's event callback): a new
     /// one means the bucket must be read again, even when the loss was too short for
     /// this task to see.
@@ -97,6 +102,7 @@ fn cost(o: &ClusterOut) -> usize {
 impl NodeOutbox {
     pub(super) fn new(metrics: ClusterMetrics) -> Self {
         Self {
+            tag: rand::random_range(1..8192),
             epoch: Arc::new(AtomicU64::new(0)),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -412,6 +418,7 @@ impl Presence {
         let hb = Heartbeat {
             node: self.cfg.node_id.clone(),
             boot: self.boot,
+            tag: self.outbox.tag,
         };
         let body = serde_json::to_vec(&hb).unwrap_or_default();
         let _ = self
@@ -444,7 +451,12 @@ impl Presence {
                         seen: now,
                     },
                 );
-                tracing::info!(node = %hb.node, "gateway node seen");
+                tracing::info!(node = %hb.node, tag = hb.tag, "gateway node seen");
+                if hb.tag == self.outbox.tag {
+                    // 1 in 8191 per pair: HTTP requests for the sessions of these two
+                    // nodes may reach the wrong one and get 458; a restart draws anew
+                    tracing::warn!(node = %hb.node, tag = hb.tag, "another gateway node drew this node's session tag: restart one of them");
+                }
                 false
             }
         };

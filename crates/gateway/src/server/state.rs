@@ -95,6 +95,9 @@ pub(super) struct Shared {
     pub(super) timer_turned: Notify,
     /// Port of the WebSocket listener (for the test page's default WebSocket URL).
     pub(super) ws_port: u16,
+    /// Cluster mode, once connected to NATS: HTTP requests for other nodes' sessions
+    /// go through it.
+    pub(super) forward: std::sync::OnceLock<super::forward::Forwarder>,
 }
 
 pub(super) type App = Arc<Shared>;
@@ -149,6 +152,7 @@ impl Shared {
             timer_wake,
             timer_turned: Notify::new(),
             ws_port,
+            forward: std::sync::OnceLock::new(),
         });
         (app, expired)
     }

@@ -457,3 +457,42 @@ fn a_handle_detached_during_its_claim_releases_the_name() {
     assert!(net.presence.is_empty(), "{:?}", net.presence);
     assert!(net.core("n2").all_usernames().is_empty());
 }
+
+#[test]
+fn session_ids_carry_the_node_tag_and_stay_janus_sized() {
+    let mut net = Net::new(&["n1"]);
+    net.core("n1").set_session_tag(4321);
+    for conn in 0..200 {
+        let r = net.req("n1", conn, json!({"janus": "create", "transaction": "c"}));
+        let id = r["data"]["id"].as_u64().unwrap();
+        assert_eq!(session_tag_of(id), 4321, "{id:#x}");
+        assert!(id < 1 << 53, "a JavaScript number holds it exactly");
+    }
+    // a client's own id is served as it is (tag 0: no other node claims it)
+    let r = net.req(
+        "n1",
+        999,
+        json!({"janus": "create", "transaction": "c", "id": 12345}),
+    );
+    assert_eq!(r["data"]["id"], 12345);
+    assert_eq!(session_tag_of(12345), 0);
+    // a single node draws from the whole range
+    let mut c = Core::new(
+        CoreConfig::default(),
+        Box::new(MemoryTokenStore::new()),
+        Box::new(MemoryRegistry::new()),
+        StdRng::seed_from_u64(9),
+    );
+    let tags: std::collections::HashSet<u16> = (0..50)
+        .map(|i| {
+            let r = c.handle_value(
+                Instant::now(),
+                0,
+                Source::Ws(i),
+                json!({"janus": "create", "transaction": "c"}),
+            );
+            session_tag_of(r["data"]["id"].as_u64().unwrap())
+        })
+        .collect();
+    assert!(tags.len() > 40, "{tags:?}");
+}
