@@ -483,7 +483,7 @@ fn session_ids_carry_the_node_tag_and_stay_janus_sized() {
         Box::new(MemoryRegistry::new()),
         StdRng::seed_from_u64(9),
     );
-    let tags: std::collections::HashSet<u16> = (0..50)
+    let tags: HashSet<u16> = (0..50)
         .map(|i| {
             let r = c.handle_value(
                 Instant::now(),
