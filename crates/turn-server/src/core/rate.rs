@@ -31,6 +31,15 @@ use super::{Command, Core, FiveTuple, Proto};
 
 /// Entries per set: the replacement choice is made among this many.
 const WAYS: usize = 4;
+/// Tokens of a new entry that took the place of one used within the last 2 s (the
+/// table is churning: a flood from more addresses than it holds). A full burst there
+/// would let a flooding source that was pushed out earn a fresh burst each time it comes
+/// back; 4 covers a real client's 401 round and a retransmission, and the bucket
+/// refills at the normal rate from there.
+const CHURN_START_TOKENS: f32 = 4.0;
+/// An entry unused this long would have refilled to its full burst anyway (burst = 2 s
+/// of rate): replacing it takes nothing from anyone.
+const CHURN_WINDOW_MS: u64 = 2000;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Entry {
@@ -173,11 +182,19 @@ impl RateTable {
             return (Some(e), false);
         }
         let evicted = e.last_ms != 0;
+        let churning = evicted && now_ms.saturating_sub(e.last_ms) < CHURN_WINDOW_MS;
+        let start = |burst: f32| {
+            if churning {
+                burst.min(CHURN_START_TOKENS)
+            } else {
+                burst
+            }
+        };
         *e = Entry {
             key,
             last_ms: now_ms,
-            tokens: 2.0 * l.unauth_rate,
-            stream_tokens: 2.0 * l.auth_rate,
+            tokens: start(2.0 * l.unauth_rate),
+            stream_tokens: start(2.0 * l.auth_rate),
             trusted_until_s: 0,
         };
         (Some(e), evicted)
@@ -338,6 +355,51 @@ mod tests {
             count(&mut t, now + Duration::from_secs(700), false, 300),
             10
         );
+    }
+
+    #[test]
+    fn churning_the_table_earns_a_flooding_source_no_fresh_burst() {
+        // the defaults: 50/s, a burst of 100
+        let l = Limits {
+            unauth_rate: 50.0,
+            auth_rate: 2000.0,
+        };
+        let mut t = RateTable::new(64, 64, (7, 8));
+        let mut now = Instant::now();
+        let flooder = ip("203.0.113.9");
+        let mut got = 0;
+        for round in 0..20u32 {
+            // the flooder takes what its bucket gives...
+            got += (0..200)
+                .filter(|_| t.allow(now, flooder, false, l).allowed)
+                .count();
+            // ...then spoofs a table's worth of sources to push its entry out
+            for i in 0..1_000u32 {
+                t.allow(
+                    now,
+                    IpAddr::from((0x0a00_0000 + round * 1_000 + i).to_be_bytes()),
+                    false,
+                    L,
+                );
+            }
+            now += Duration::from_millis(50);
+        }
+        // one full burst (100) at first, then 4 per push-out plus the refill of 50 ms at
+        // 50/s: far from the 20 bursts a fresh full bucket each time would give
+        assert!(got <= 100 + 19 * (4 + 3), "{got}");
+        // a source first seen while nothing churns gets the whole burst
+        now += Duration::from_secs(3);
+        let calm = ip("198.51.100.7");
+        let n = (0..300)
+            .filter(|_| t.allow(now, calm, false, l).allowed)
+            .count();
+        assert_eq!(n, 100);
+        // and a new source during a churn is still answered at once
+        let fresh = ip("198.51.100.8");
+        for i in 0..1_000u32 {
+            t.allow(now, IpAddr::from((0x0b00_0000 + i).to_be_bytes()), false, l);
+        }
+        assert!(t.allow(now, fresh, false, l).allowed);
     }
 
     #[test]
