@@ -36,7 +36,7 @@ struct c2p_val {
 	__u32 peer_ip;
 	__u16 relay_port;
 	__u16 peer_port;
-	__u32 pad;
+	__u32 alloc; // key of ALLOCS
 	__u64 expires_ns;
 };
 struct p2c_key {
@@ -52,7 +52,16 @@ struct p2c_val {
 	__u16 client_port;
 	__u16 channel;
 	__u16 pad;
+	__u32 alloc; // key of ALLOCS
+	__u32 pad2;
 	__u64 expires_ns;
+};
+// One allocation's share of `bandwidth` (both directions together, payload bytes), as a
+// GCRA: `tat` is the theoretical arrival time, at most 1 s (the userspace bucket's burst,
+// `rate` bytes) ahead of now. No entry: no limit.
+struct alloc_val {
+	__u64 tat;
+	__u64 rate;
 };
 struct counter {
 	__u64 packets;
@@ -73,10 +82,18 @@ struct {
 	__type(value, struct p2c_val);
 } PEER_TO_CLIENT SEC(".maps");
 
-// Index 0: client -> peer, 1: peer -> client. Payload bytes, as userspace counts them.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct alloc_val);
+} ALLOCS SEC(".maps");
+
+// Index 0: client -> peer, 1: peer -> client (payload bytes, as userspace counts them);
+// 2: packets dropped over an allocation's bandwidth (bytes unused).
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct counter);
 } COUNTERS SEC(".maps");
@@ -113,6 +130,29 @@ static __always_inline void count(__u32 dir, __u64 bytes)
 		c->packets += 1;
 		c->bytes += bytes;
 	}
+}
+
+#define NS_PER_S 1000000000ULL
+
+// Whether allocation `alloc` may relay `len` more payload bytes now. Lock-free: the
+// update is a compare-and-swap; after losing it twice to other CPUs the packet passes.
+static __always_inline int within_bandwidth(__u32 alloc, __u64 len)
+{
+	struct alloc_val *a = bpf_map_lookup_elem(&ALLOCS, &alloc);
+	if (!a || !a->rate)
+		return 1;
+	__u64 cost = len * NS_PER_S / a->rate;
+	__u64 now = bpf_ktime_get_ns();
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		__u64 old = a->tat;
+		__u64 t = old > now ? old : now;
+		if (t + cost > now + NS_PER_S)
+			return 0;
+		if (__sync_val_compare_and_swap(&a->tat, old, t + cost) == old)
+			return 1;
+	}
+	return 1;
 }
 
 // Where a packet from `src` to `dst` leaves: interface and MAC addresses, or < 0.
@@ -204,6 +244,10 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, const struct ip
 		return TC_ACT_OK;
 	if (partial_csum(ip, udp))
 		return TC_ACT_OK;
+	if (!within_bandwidth(v->alloc, data_len)) {
+		count(2, 0);
+		return TC_ACT_SHOT;
+	}
 	// New UDP checksum: old one minus the old head and the ChannelData header, plus the
 	// new head (the payload's share is unchanged; it moves by 4 bytes, an even offset).
 	struct udphdr nu = {
@@ -265,6 +309,10 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, const struct ip
 		return TC_ACT_OK;
 	if (partial_csum(ip, udp))
 		return TC_ACT_OK;
+	if (!within_bandwidth(v->alloc, data_len)) {
+		count(2, 0);
+		return TC_ACT_SHOT;
+	}
 	__u16 ch = v->channel; // network order
 	__u16 dl = bpf_htons(data_len);
 	struct {

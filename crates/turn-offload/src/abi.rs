@@ -30,7 +30,8 @@ pub(crate) struct C2pVal {
     pub(crate) peer_ip: u32,
     pub(crate) relay_port: u16,
     pub(crate) peer_port: u16,
-    pub(crate) pad: u32,
+    /// Key of the allocation's entry in `ALLOCS`.
+    pub(crate) alloc: u32,
     pub(crate) expires_ns: u64,
 }
 
@@ -54,7 +55,19 @@ pub(crate) struct P2cVal {
     pub(crate) client_port: u16,
     pub(crate) channel: u16,
     pub(crate) pad: u16,
+    /// Key of the allocation's entry in `ALLOCS`.
+    pub(crate) alloc: u32,
+    pub(crate) pad2: u32,
     pub(crate) expires_ns: u64,
+}
+
+/// Value of `ALLOCS`: the allocation's bandwidth as a GCRA (theoretical arrival time in
+/// CLOCK_MONOTONIC ns, and the rate in payload bytes per second).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub(crate) struct AllocVal {
+    pub(crate) tat: u64,
+    pub(crate) rate: u64,
 }
 
 /// One CPU's slot of `COUNTERS`: packets and payload bytes relayed by the program.
@@ -65,8 +78,8 @@ pub(crate) struct Counter {
     pub(crate) bytes: u64,
 }
 
-// SAFETY (all five): `repr(C)` structs of plain integers whose field sizes add up to the
-// struct's size (16, 24, 12, 24 and 16 bytes, checked by `layouts_have_no_padding`), so
+// SAFETY (all six): `repr(C)` structs of plain integers whose field sizes add up to the
+// struct's size (16, 24, 12, 32, 16 and 16 bytes, checked by `layouts_have_no_padding`), so
 // there is no padding and every bit pattern is a valid value; all are `Copy + 'static`.
 unsafe impl aya::Pod for C2pKey {}
 // SAFETY: see above.
@@ -77,6 +90,8 @@ unsafe impl aya::Pod for P2cKey {}
 unsafe impl aya::Pod for P2cVal {}
 // SAFETY: see above.
 unsafe impl aya::Pod for Counter {}
+// SAFETY: see above.
+unsafe impl aya::Pod for AllocVal {}
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()` and of
 /// `std::time::Instant` on Linux.
@@ -107,8 +122,9 @@ mod tests {
         assert_eq!(size_of::<C2pKey>(), 4 + 4 + 2 + 2 + 2 + 2);
         assert_eq!(size_of::<C2pVal>(), 4 + 4 + 2 + 2 + 4 + 8);
         assert_eq!(size_of::<P2cKey>(), 4 + 4 + 2 + 2);
-        assert_eq!(size_of::<P2cVal>(), 4 + 4 + 2 + 2 + 2 + 2 + 8);
+        assert_eq!(size_of::<P2cVal>(), 4 + 4 + 2 + 2 + 2 + 2 + 4 + 4 + 8);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<AllocVal>(), 16);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 
 mod abi;
 
-use abi::{C2pKey, C2pVal, Counter, P2cKey, P2cVal, monotonic_ns};
+use abi::{AllocVal, C2pKey, C2pVal, Counter, P2cKey, P2cVal, monotonic_ns};
 
 /// The compiled program (empty when build.rs could not build it).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/channel.bpf.o"));
@@ -75,23 +75,20 @@ pub enum Fallback {
     Kernel = 4,
     /// No interface to attach to, or attaching to one failed.
     Interface = 5,
-    /// A per-allocation `bandwidth` limit is set: the program does not enforce it yet.
-    BandwidthLimit = 6,
     /// IPv4 forwarding is off on an interface: `bpf_fib_lookup`, which finds where a
     /// relayed packet leaves, answers only for interfaces that forward.
-    ForwardingDisabled = 7,
+    ForwardingDisabled = 6,
 }
 
 impl Fallback {
     /// Label values in index order.
-    pub const LABELS: [&str; 8] = [
+    pub const LABELS: [&str; 7] = [
         "disabled",
         "not_built",
         "xdp_unsupported",
         "no_permission",
         "kernel",
         "interface",
-        "bandwidth_limit",
         "forwarding_disabled",
     ];
 
@@ -179,6 +176,8 @@ pub struct Counters {
     pub to_client_packets: u64,
     /// Peer to client: payload bytes.
     pub to_client_bytes: u64,
+    /// Packets dropped because their allocation was over its `bandwidth`.
+    pub bandwidth_drops: u64,
 }
 
 type Keys = (C2pKey, P2cKey);
@@ -194,7 +193,14 @@ pub struct Offload {
     c2p: BpfHashMap<MapData, C2pKey, C2pVal>,
     p2c: BpfHashMap<MapData, P2cKey, P2cVal>,
     counters: PerCpuArray<MapData, Counter>,
-    installed: HashMap<AllocKey, Vec<Keys>>,
+    allocs: BpfHashMap<MapData, u32, AllocVal>,
+    /// Per allocation: its id in `ALLOCS` and the entries it has in the kernel.
+    installed: HashMap<AllocKey, (u32, Vec<Keys>)>,
+    /// Ids of `ALLOCS` not in use (below `next_id`).
+    free_ids: Vec<u32>,
+    next_id: u32,
+    /// Bytes per second per allocation, both directions (0: unlimited).
+    bandwidth: u64,
     interfaces: Vec<String>,
 }
 
@@ -211,8 +217,9 @@ const PROGRAM: &str = "channel_data_ingress";
 
 impl Offload {
     /// Loads the program and attaches it to the ingress of `interfaces` (empty: every
-    /// interface but `lo`). `Err` says why the relay stays in userspace.
-    pub fn start(mode: Mode, interfaces: &[String]) -> Result<Self, Unavailable> {
+    /// interface but `lo`); each allocation may relay `bandwidth` payload bytes per second
+    /// through it (0: unlimited). `Err` says why the relay stays in userspace.
+    pub fn start(mode: Mode, interfaces: &[String], bandwidth: u64) -> Result<Self, Unavailable> {
         match mode {
             Mode::Off => return Err(Unavailable::new(Fallback::Disabled, "offload = \"off\"")),
             Mode::Xdp => {
@@ -270,12 +277,18 @@ impl Offload {
             .map_err(|e| Unavailable::load("PEER_TO_CLIENT", &e))?;
         let counters = PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?)
             .map_err(|e| Unavailable::load("COUNTERS", &e))?;
+        let allocs = BpfHashMap::try_from(map(&mut ebpf, "ALLOCS")?)
+            .map_err(|e| Unavailable::load("ALLOCS", &e))?;
         Ok(Self {
             _ebpf: ebpf,
             c2p,
             p2c,
             counters,
+            allocs,
             installed: HashMap::new(),
+            free_ids: Vec::new(),
+            next_id: 0,
+            bandwidth,
             interfaces,
         })
     }
@@ -295,9 +308,16 @@ impl Offload {
     /// left to userspace. A binding whose insert fails (map full) stays in userspace too.
     pub fn sync(&mut self, alloc: AllocKey, bindings: &[Binding]) {
         let (now_ns, now) = (monotonic_ns(), Instant::now());
+        let (id, old) = match self.installed.remove(&alloc) {
+            Some((id, old)) => (id, old),
+            None => match self.new_id() {
+                Some(id) => (id, Vec::new()),
+                None => return,
+            },
+        };
         let mut keep = Vec::with_capacity(bindings.len());
         for b in bindings {
-            let Some((ck, cv, pk, pv)) = entries(b, now_ns, now) else {
+            let Some((ck, cv, pk, pv)) = entries(b, id, now_ns, now) else {
                 continue;
             };
             let ok = self.c2p.insert(ck, cv, 0).is_ok() && self.p2c.insert(pk, pv, 0).is_ok();
@@ -312,16 +332,44 @@ impl Offload {
                 let _ = self.p2c.remove(&pk);
             }
         }
-        let old = if keep.is_empty() {
-            self.installed.remove(&alloc)
-        } else {
-            self.installed.insert(alloc, keep.clone())
-        };
-        for (ck, pk) in old.unwrap_or_default() {
-            if !keep.contains(&(ck, pk)) {
-                let _ = self.c2p.remove(&ck);
-                let _ = self.p2c.remove(&pk);
+        for (ck, pk) in &old {
+            if !keep.contains(&(*ck, *pk)) {
+                let _ = self.c2p.remove(ck);
+                let _ = self.p2c.remove(pk);
             }
+        }
+        if keep.is_empty() {
+            // Its bindings are gone from the maps: the id and its bucket can go.
+            let _ = self.allocs.remove(&id);
+            self.free_ids.push(id);
+        } else {
+            self.installed.insert(alloc, (id, keep));
+        }
+    }
+
+    /// A free `ALLOCS` id with a fresh bucket (full: `bandwidth` bytes may go at once, as
+    /// in userspace), or `None` when the map is full (the bindings stay in userspace).
+    fn new_id(&mut self) -> Option<u32> {
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None => {
+                let id = self.next_id;
+                self.next_id = self.next_id.checked_add(1)?;
+                id
+            }
+        };
+        if self.bandwidth == 0 {
+            return Some(id);
+        }
+        let v = AllocVal {
+            tat: 0,
+            rate: self.bandwidth,
+        };
+        if self.allocs.insert(id, v, 0).is_ok() {
+            Some(id)
+        } else {
+            self.free_ids.push(id);
+            None
         }
     }
 
@@ -347,11 +395,13 @@ impl Offload {
         };
         let (tp, tb) = sum(0);
         let (cp, cb) = sum(1);
+        let (drops, _) = sum(2);
         Counters {
             to_peer_packets: tp,
             to_peer_bytes: tb,
             to_client_packets: cp,
             to_client_bytes: cb,
+            bandwidth_drops: drops,
         }
     }
 }
@@ -390,7 +440,12 @@ fn ne(ip: Ipv4Addr) -> u32 {
 }
 
 /// The two map entries of one binding, or `None` when the program cannot relay it.
-fn entries(b: &Binding, now_ns: u64, now: Instant) -> Option<(C2pKey, C2pVal, P2cKey, P2cVal)> {
+fn entries(
+    b: &Binding,
+    alloc: u32,
+    now_ns: u64,
+    now: Instant,
+) -> Option<(C2pKey, C2pVal, P2cKey, P2cVal)> {
     let (client_ip, client_port) = v4(b.client)?;
     let (server_ip, server_port) = v4(b.server)?;
     // A wildcard listener: the packet's destination never matches it.
@@ -420,7 +475,7 @@ fn entries(b: &Binding, now_ns: u64, now: Instant) -> Option<(C2pKey, C2pVal, P2
             peer_ip,
             relay_port,
             peer_port,
-            pad: 0,
+            alloc,
             expires_ns,
         },
         P2cKey {
@@ -436,6 +491,8 @@ fn entries(b: &Binding, now_ns: u64, now: Instant) -> Option<(C2pKey, C2pVal, P2
             client_port,
             channel,
             pad: 0,
+            alloc,
+            pad2: 0,
             expires_ns,
         },
     ))
@@ -461,7 +518,7 @@ mod tests {
     fn entries_are_in_network_order_and_expire_early_not_late() {
         let now = Instant::now();
         let b = binding(now + Duration::from_secs(10));
-        let (ck, cv, pk, pv) = entries(&b, 1_000, now).unwrap();
+        let (ck, cv, pk, pv) = entries(&b, 7, 1_000, now).unwrap();
         assert_eq!(ck.client_ip.to_ne_bytes(), [10, 0, 1, 2]);
         assert_eq!(ck.server_port.to_ne_bytes(), 3478u16.to_be_bytes());
         assert_eq!(ck.channel.to_ne_bytes(), [0x40, 0x01]);
@@ -470,15 +527,16 @@ mod tests {
         assert_eq!(pv.client_port.to_ne_bytes(), 5000u16.to_be_bytes());
         assert_eq!(cv.expires_ns, 1_000 + 10_000_000_000);
         assert_eq!(pv.expires_ns, cv.expires_ns);
+        assert_eq!((cv.alloc, pv.alloc), (7, 7));
     }
 
     #[test]
     fn expired_and_ipv6_bindings_are_not_offloaded() {
         let now = Instant::now();
-        assert!(entries(&binding(now), 1, now).is_none());
+        assert!(entries(&binding(now), 0, 1, now).is_none());
         let mut b = binding(now + Duration::from_secs(1));
         b.peer = "[2001:db8::2]:6000".parse().unwrap();
-        assert!(entries(&b, 1, now).is_none());
+        assert!(entries(&b, 0, 1, now).is_none());
     }
 
     #[test]
@@ -492,13 +550,13 @@ mod tests {
     #[test]
     fn off_and_xdp_fall_back_with_their_reason() {
         assert_eq!(
-            Offload::start(Mode::Off, &[]).unwrap_err().reason,
+            Offload::start(Mode::Off, &[], 0).unwrap_err().reason,
             Fallback::Disabled
         );
         assert_eq!(
-            Offload::start(Mode::Xdp, &[]).unwrap_err().reason,
+            Offload::start(Mode::Xdp, &[], 0).unwrap_err().reason,
             Fallback::XdpUnsupported
         );
-        assert_eq!(Fallback::BandwidthLimit.label(), "bandwidth_limit");
+        assert_eq!(Fallback::ForwardingDisabled.label(), "forwarding_disabled");
     }
 }

@@ -249,16 +249,8 @@ fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOfflo
             reason: Fallback::Disabled,
             detail: "offload = \"off\"".into(),
         })
-    } else if cfg.bandwidth != 0 {
-        Err(Unavailable {
-            reason: Fallback::BandwidthLimit,
-            detail: format!(
-                "bandwidth = {} is not enforced by the kernel path yet; set bandwidth = 0 to offload",
-                cfg.bandwidth
-            ),
-        })
     } else {
-        Offload::start(cfg.offload, &cfg.offload_interfaces)
+        Offload::start(cfg.offload, &cfg.offload_interfaces, cfg.bandwidth)
     };
     match started {
         Ok(o) => {

@@ -343,6 +343,11 @@ impl Metrics {
                 d(now.to_client_bytes, prev.to_client_bytes),
             ),
         ];
+        // Dropped over an allocation's bandwidth: counted like the userspace path's drops.
+        let bw = labels::QUOTA_KIND.iter().position(|l| *l == "bandwidth");
+        if let Some(c) = bw.and_then(|i| self.quota.get(i)) {
+            c.inc_by(d(now.bandwidth_drops, prev.bandwidth_drops));
+        }
         for (dir, (p, b)) in deltas.into_iter().enumerate() {
             if let Some(c) = self.offload_packets.get(dir) {
                 c.inc_by(p);
@@ -537,6 +542,7 @@ mod offload_tests {
             to_peer_bytes: 300,
             to_client_packets: 2,
             to_client_bytes: 40,
+            bandwidth_drops: 4,
         };
         m.report_offload(&mut prev, now);
         now.to_peer_packets = 5;
@@ -553,6 +559,7 @@ mod offload_tests {
             "callrelay_turn_relayed_bytes_total{direction=\"to_client\",transport=\"udp\"} 40",
             "callrelay_turn_offload_fallback_total{reason=\"no_permission\"} 1",
             "callrelay_turn_offload_active 1",
+            "callrelay_turn_quota_rejections_total{kind=\"bandwidth\"} 4",
         ] {
             assert!(t.lines().any(|l| l == needle), "missing {needle} in\n{t}");
         }
