@@ -6,19 +6,10 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-static N: AtomicU64 = AtomicU64::new(0);
+mod scratch;
 
 fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "callrelay-gw-check-config-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    scratch::scratch_dir("callrelay-gw-check-config-")
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -9,21 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod scratch;
+
 const ADMIN_SECRET: &str = "doctor-admin-secret";
 const TURN_KEY: &str = "doctor-turn-key";
 
-static N: AtomicU64 = AtomicU64::new(0);
 static RELAY: AtomicU64 = AtomicU64::new(0);
 
 fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "callrelay-doctor-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    scratch::scratch_dir("callrelay-doctor-test-")
 }
 
 /// A free port for TCP and UDP on 127.0.0.1 (bound, read, released).

@@ -11,7 +11,6 @@ use gateway::{Config, FileConfig, Listeners};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,17 +21,12 @@ use tokio_util::sync::CancellationToken;
 pub const ADMIN_SECRET: &str = "janusoverlord";
 pub const TURN_SECRET: &str = "turn-shared-secret";
 
-static N: AtomicU64 = AtomicU64::new(0);
+#[path = "../scratch/mod.rs"]
+mod scratch;
 
+/// A fresh scratch directory (stale ones of earlier runs are swept: `scratch`).
 pub fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "callrelay-gw-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    scratch::scratch_dir("callrelay-gw-test-")
 }
 
 pub struct Gw {
