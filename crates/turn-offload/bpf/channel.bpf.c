@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-// callrelay turn-server: TC (clsact ingress) fast path for UDP ChannelData over IPv4.
+// callrelay turn-server: TC (clsact ingress) fast path for UDP ChannelData over IPv4 and IPv6.
 //
 // Userspace (crates/turn-offload) is the authority: it installs one entry per direction for
 // every live channel binding and removes it when the binding, its permission or its
@@ -13,6 +13,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
@@ -20,6 +21,9 @@
 
 #ifndef AF_INET
 #define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
 #endif
 
 // Layout shared with crates/turn-offload/src/maps.rs (addresses and ports in network order).
@@ -67,6 +71,40 @@ struct counter {
 	__u64 packets;
 	__u64 bytes;
 };
+// The same for IPv6 (both the client's 5-tuple and the peer's side in IPv6).
+struct c2p6_key {
+	__u32 client_ip[4];
+	__u32 server_ip[4];
+	__u16 client_port;
+	__u16 server_port;
+	__u16 channel;
+	__u16 pad;
+};
+struct c2p6_val {
+	__u32 relay_ip[4];
+	__u32 peer_ip[4];
+	__u16 relay_port;
+	__u16 peer_port;
+	__u32 alloc;
+	__u64 expires_ns;
+};
+struct p2c6_key {
+	__u32 peer_ip[4];
+	__u32 relay_ip[4];
+	__u16 peer_port;
+	__u16 relay_port;
+};
+struct p2c6_val {
+	__u32 server_ip[4];
+	__u32 client_ip[4];
+	__u16 server_port;
+	__u16 client_port;
+	__u16 channel;
+	__u16 pad;
+	__u32 alloc;
+	__u32 pad2;
+	__u64 expires_ns;
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -81,6 +119,20 @@ struct {
 	__type(key, struct p2c_key);
 	__type(value, struct p2c_val);
 } PEER_TO_CLIENT SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct c2p6_key);
+	__type(value, struct c2p6_val);
+} CLIENT_TO_PEER6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct p2c6_key);
+	__type(value, struct p2c6_val);
+} PEER_TO_CLIENT6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -344,10 +396,219 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, const struct ip
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+
+#define IP6_LEN 40
+#define L4_OFF6 (ETH_LEN + IP6_LEN)
+
+static __always_inline __u32 sum6(const __u32 *a)
+{
+	__u32 s = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		s += (a[i] & 0xffff) + (a[i] >> 16);
+	return s;
+}
+
+static __always_inline void copy6(__u32 *d, const __u32 *s)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		d[i] = s[i];
+}
+
+static __always_inline __u32 head_sum6(const __u32 *src, const __u32 *dst, __u16 sport,
+				       __u16 dport, __u16 ulen)
+{
+	return sum6(src) + sum6(dst) + bpf_htons(IPPROTO_UDP) + ulen + sport + dport + ulen;
+}
+
+// As `partial_csum`; IPv6 UDP always carries a checksum, so 0 is not valid either.
+static __always_inline int unusable_csum6(const struct ipv6hdr *ip, const struct udphdr *udp)
+{
+	if (udp->check == 0)
+		return 1;
+	__u32 s = sum6((const __u32 *)&ip->saddr) + sum6((const __u32 *)&ip->daddr) +
+		  bpf_htons(IPPROTO_UDP) + udp->len;
+	return udp->check == (__u16)fold(s);
+}
+
+static __always_inline int route6(struct __sk_buff *skb, const __u32 *src, const __u32 *dst,
+				  __u16 tot_len, struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET6;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->tot_len = tot_len;
+	copy6(fib->ipv6_src, src);
+	copy6(fib->ipv6_dst, dst);
+	fib->ifindex = skb->ingress_ifindex;
+	int rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
+	return rc == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
+}
+
+static __always_inline int rewrite_l2_l3_6(struct __sk_buff *skb, const struct bpf_fib_lookup *fib,
+					   const __u32 *src, const __u32 *dst, __u16 payload_len)
+{
+	struct ipv6hdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_LEN, &ip, IP6_LEN) < 0)
+		return -1;
+	copy6((__u32 *)&ip.saddr, src);
+	copy6((__u32 *)&ip.daddr, dst);
+	ip.payload_len = bpf_htons(payload_len);
+	ip.hop_limit = RELAY_TTL;
+	if (bpf_skb_store_bytes(skb, ETH_LEN, &ip, IP6_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, BPF_F_RECOMPUTE_CSUM) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, BPF_F_RECOMPUTE_CSUM) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline int client_to_peer6(struct __sk_buff *skb, const struct ipv6hdr *ip,
+					   const struct udphdr *udp)
+{
+	struct {
+		__u16 channel;
+		__u16 len;
+	} cd;
+	if (bpf_skb_load_bytes(skb, L4_OFF6 + UDP_LEN, &cd, CD_LEN) < 0)
+		return TC_ACT_OK;
+	if ((bpf_ntohs(cd.channel) & 0xc000) != 0x4000)
+		return TC_ACT_OK;
+	__u16 data_len = bpf_ntohs(cd.len);
+	__u16 ulen = bpf_ntohs(udp->len);
+	if (ulen != UDP_LEN + CD_LEN + data_len)
+		return TC_ACT_OK;
+	struct c2p6_key k = {
+		.client_port = udp->source,
+		.server_port = udp->dest,
+		.channel = cd.channel,
+	};
+	copy6(k.client_ip, (const __u32 *)&ip->saddr);
+	copy6(k.server_ip, (const __u32 *)&ip->daddr);
+	struct c2p6_val *v = bpf_map_lookup_elem(&CLIENT_TO_PEER6, &k);
+	if (!v || bpf_ktime_get_ns() >= v->expires_ns)
+		return TC_ACT_OK;
+	__u32 src[4], dst[4];
+	copy6(src, v->relay_ip);
+	copy6(dst, v->peer_ip);
+	__u16 sport = v->relay_port, dport = v->peer_port;
+	__u16 new_ulen = UDP_LEN + data_len;
+	struct bpf_fib_lookup fib;
+	if (route6(skb, src, dst, IP6_LEN + new_ulen, &fib) < 0)
+		return TC_ACT_OK;
+	if (unusable_csum6(ip, udp))
+		return TC_ACT_OK;
+	if (!within_bandwidth(v->alloc, data_len)) {
+		count(2, 0);
+		return TC_ACT_SHOT;
+	}
+	struct udphdr nu = { .source = sport, .dest = dport, .len = bpf_htons(new_ulen) };
+	__u32 s = (__u16)~udp->check;
+	__u32 old = fold(head_sum6((const __u32 *)&ip->saddr, (const __u32 *)&ip->daddr,
+				   udp->source, udp->dest, udp->len) +
+			 cd.channel + cd.len);
+	s += (__u16)~old;
+	s += head_sum6(src, dst, sport, dport, nu.len);
+	__u16 c = ~fold(s) & 0xffff;
+	nu.check = c ? c : 0xffff;
+	if (bpf_skb_adjust_room(skb, -CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, L4_OFF6, &nu, UDP_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
+		return TC_ACT_SHOT;
+	if (rewrite_l2_l3_6(skb, &fib, src, dst, new_ulen) < 0)
+		return TC_ACT_SHOT;
+	count(0, data_len);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+static __always_inline int peer_to_client6(struct __sk_buff *skb, const struct ipv6hdr *ip,
+					   const struct udphdr *udp)
+{
+	struct p2c6_key k = {
+		.peer_port = udp->source,
+		.relay_port = udp->dest,
+	};
+	copy6(k.peer_ip, (const __u32 *)&ip->saddr);
+	copy6(k.relay_ip, (const __u32 *)&ip->daddr);
+	struct p2c6_val *v = bpf_map_lookup_elem(&PEER_TO_CLIENT6, &k);
+	if (!v || bpf_ktime_get_ns() >= v->expires_ns)
+		return TC_ACT_OK;
+	__u16 ulen = bpf_ntohs(udp->len);
+	if (ulen < UDP_LEN || ulen > 0xffff - 64)
+		return TC_ACT_OK;
+	__u16 data_len = ulen - UDP_LEN;
+	__u32 src[4], dst[4];
+	copy6(src, v->server_ip);
+	copy6(dst, v->client_ip);
+	__u16 sport = v->server_port, dport = v->client_port;
+	__u16 new_ulen = UDP_LEN + CD_LEN + data_len;
+	struct bpf_fib_lookup fib;
+	if (route6(skb, src, dst, IP6_LEN + new_ulen, &fib) < 0)
+		return TC_ACT_OK;
+	if (unusable_csum6(ip, udp))
+		return TC_ACT_OK;
+	if (!within_bandwidth(v->alloc, data_len)) {
+		count(2, 0);
+		return TC_ACT_SHOT;
+	}
+	__u16 ch = v->channel, dl = bpf_htons(data_len);
+	struct {
+		struct udphdr u;
+		__u16 channel;
+		__u16 len;
+	} h = {
+		.u = { .source = sport, .dest = dport, .len = bpf_htons(new_ulen), .check = 0 },
+		.channel = ch,
+		.len = dl,
+	};
+	__u32 s = (__u16)~udp->check;
+	__u32 old = fold(head_sum6((const __u32 *)&ip->saddr, (const __u32 *)&ip->daddr,
+				   udp->source, udp->dest, udp->len));
+	s += (__u16)~old;
+	s += head_sum6(src, dst, sport, dport, h.u.len) + ch + dl;
+	__u16 c = ~fold(s) & 0xffff;
+	h.u.check = c ? c : 0xffff;
+	if (bpf_skb_adjust_room(skb, CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, L4_OFF6, &h, sizeof(h), BPF_F_RECOMPUTE_CSUM) < 0)
+		return TC_ACT_SHOT;
+	if (rewrite_l2_l3_6(skb, &fib, src, dst, new_ulen) < 0)
+		return TC_ACT_SHOT;
+	count(1, data_len);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+static __always_inline int ingress6(struct __sk_buff *skb)
+{
+	struct ipv6hdr ip;
+	struct udphdr udp;
+	if (bpf_skb_load_bytes(skb, ETH_LEN, &ip, IP6_LEN) < 0)
+		return TC_ACT_OK;
+	// UDP right after the fixed header: no extension headers (fragments among them)
+	if (ip.version != 6 || ip.nexthdr != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if (bpf_ntohs(ip.payload_len) + IP6_LEN + ETH_LEN != skb->len)
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, L4_OFF6, &udp, UDP_LEN) < 0)
+		return TC_ACT_OK;
+	if (udp.len != ip.payload_len)
+		return TC_ACT_OK;
+	int rc = peer_to_client6(skb, &ip, &udp);
+	if (rc != TC_ACT_OK)
+		return rc;
+	return client_to_peer6(skb, &ip, &udp);
+}
+
 SEC("classifier")
 int channel_data_ingress(struct __sk_buff *skb)
 {
-	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->gso_size)
+	if (skb->gso_size)
+		return TC_ACT_OK;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return ingress6(skb);
+	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	struct iphdr ip;
 	struct udphdr udp;

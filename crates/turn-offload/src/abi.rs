@@ -78,8 +78,57 @@ pub(crate) struct Counter {
     pub(crate) bytes: u64,
 }
 
-// SAFETY (all six): `repr(C)` structs of plain integers whose field sizes add up to the
-// struct's size (16, 24, 12, 32, 16 and 16 bytes, checked by `layouts_have_no_padding`), so
+/// `CLIENT_TO_PEER6` key: as [`C2pKey`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
+pub(crate) struct C2p6Key {
+    pub(crate) client_ip: [u32; 4],
+    pub(crate) server_ip: [u32; 4],
+    pub(crate) client_port: u16,
+    pub(crate) server_port: u16,
+    pub(crate) channel: u16,
+    pub(crate) pad: u16,
+}
+
+/// `CLIENT_TO_PEER6` value: as [`C2pVal`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub(crate) struct C2p6Val {
+    pub(crate) relay_ip: [u32; 4],
+    pub(crate) peer_ip: [u32; 4],
+    pub(crate) relay_port: u16,
+    pub(crate) peer_port: u16,
+    pub(crate) alloc: u32,
+    pub(crate) expires_ns: u64,
+}
+
+/// `PEER_TO_CLIENT6` key: as [`P2cKey`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
+pub(crate) struct P2c6Key {
+    pub(crate) peer_ip: [u32; 4],
+    pub(crate) relay_ip: [u32; 4],
+    pub(crate) peer_port: u16,
+    pub(crate) relay_port: u16,
+}
+
+/// `PEER_TO_CLIENT6` value: as [`P2cVal`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub(crate) struct P2c6Val {
+    pub(crate) server_ip: [u32; 4],
+    pub(crate) client_ip: [u32; 4],
+    pub(crate) server_port: u16,
+    pub(crate) client_port: u16,
+    pub(crate) channel: u16,
+    pub(crate) pad: u16,
+    pub(crate) alloc: u32,
+    pub(crate) pad2: u32,
+    pub(crate) expires_ns: u64,
+}
+
+// SAFETY (all ten): `repr(C)` structs of plain integers and integer arrays whose field
+// sizes add up to the struct's size (checked by `layouts_have_no_padding`), so
 // there is no padding and every bit pattern is a valid value; all are `Copy + 'static`.
 unsafe impl aya::Pod for C2pKey {}
 // SAFETY: see above.
@@ -92,6 +141,14 @@ unsafe impl aya::Pod for P2cVal {}
 unsafe impl aya::Pod for Counter {}
 // SAFETY: see above.
 unsafe impl aya::Pod for AllocVal {}
+// SAFETY: see above.
+unsafe impl aya::Pod for C2p6Key {}
+// SAFETY: see above.
+unsafe impl aya::Pod for C2p6Val {}
+// SAFETY: see above.
+unsafe impl aya::Pod for P2c6Key {}
+// SAFETY: see above.
+unsafe impl aya::Pod for P2c6Val {}
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()` and of
 /// `std::time::Instant` on Linux.
@@ -125,6 +182,10 @@ mod tests {
         assert_eq!(size_of::<P2cVal>(), 4 + 4 + 2 + 2 + 2 + 2 + 4 + 4 + 8);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<AllocVal>(), 16);
+        assert_eq!(size_of::<C2p6Key>(), 16 + 16 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<C2p6Val>(), 16 + 16 + 2 + 2 + 4 + 8);
+        assert_eq!(size_of::<P2c6Key>(), 16 + 16 + 2 + 2);
+        assert_eq!(size_of::<P2c6Val>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 4 + 8);
     }
 
     #[test]

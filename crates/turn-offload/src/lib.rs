@@ -1,7 +1,7 @@
 //! The turn-server's kernel fast path for UDP ChannelData (docs/offload.md).
 //!
 //! A TC (clsact ingress) program, `bpf/channel.bpf.c`, relays ChannelData from a client to
-//! its peer and UDP from the peer back to the client as ChannelData, IPv4 only so far,
+//! its peer and UDP from the peer back to the client as ChannelData, over IPv4 and IPv6,
 //! without waking userspace. Userspace stays the authority: [`Offload::sync`] installs
 //! exactly the channel bindings the TURN core reports for an allocation (and removes the
 //! ones it no longer reports), each with the instant it stops being valid, which the
@@ -12,7 +12,7 @@
 //! [`Offload::start`] says why ([`Fallback`]) and the caller keeps relaying in userspace.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
@@ -20,7 +20,10 @@ use aya::programs::{SchedClassifier, TcAttachType};
 
 mod abi;
 
-use abi::{AllocVal, C2pKey, C2pVal, Counter, P2cKey, P2cVal, monotonic_ns};
+use abi::{
+    AllocVal, C2p6Key, C2p6Val, C2pKey, C2pVal, Counter, P2c6Key, P2c6Val, P2cKey, P2cVal,
+    monotonic_ns,
+};
 
 /// The compiled program (empty when build.rs could not build it).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/channel.bpf.o"));
@@ -180,7 +183,28 @@ pub struct Counters {
     pub bandwidth_drops: u64,
 }
 
-type Keys = (C2pKey, P2cKey);
+/// The map keys of one installed binding.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Keys {
+    V4(C2pKey, P2cKey),
+    V6(C2p6Key, P2c6Key),
+}
+
+/// The two map entries (one per direction) of one binding.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Entry {
+    V4(C2pKey, C2pVal, P2cKey, P2cVal),
+    V6(C2p6Key, C2p6Val, P2c6Key, P2c6Val),
+}
+
+impl Entry {
+    fn keys(&self) -> Keys {
+        match *self {
+            Self::V4(ck, _, pk, _) => Keys::V4(ck, pk),
+            Self::V6(ck, _, pk, _) => Keys::V6(ck, pk),
+        }
+    }
+}
 
 /// An allocation, named by its client's address and our listener address (a UDP
 /// allocation's 5-tuple).
@@ -192,6 +216,8 @@ pub struct Offload {
     _ebpf: aya::Ebpf,
     c2p: BpfHashMap<MapData, C2pKey, C2pVal>,
     p2c: BpfHashMap<MapData, P2cKey, P2cVal>,
+    c2p6: BpfHashMap<MapData, C2p6Key, C2p6Val>,
+    p2c6: BpfHashMap<MapData, P2c6Key, P2c6Val>,
     counters: PerCpuArray<MapData, Counter>,
     allocs: BpfHashMap<MapData, u32, AllocVal>,
     /// Per allocation: its id in `ALLOCS` and the entries it has in the kernel.
@@ -275,6 +301,10 @@ impl Offload {
             .map_err(|e| Unavailable::load("CLIENT_TO_PEER", &e))?;
         let p2c = BpfHashMap::try_from(map(&mut ebpf, "PEER_TO_CLIENT")?)
             .map_err(|e| Unavailable::load("PEER_TO_CLIENT", &e))?;
+        let c2p6 = BpfHashMap::try_from(map(&mut ebpf, "CLIENT_TO_PEER6")?)
+            .map_err(|e| Unavailable::load("CLIENT_TO_PEER6", &e))?;
+        let p2c6 = BpfHashMap::try_from(map(&mut ebpf, "PEER_TO_CLIENT6")?)
+            .map_err(|e| Unavailable::load("PEER_TO_CLIENT6", &e))?;
         let counters = PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?)
             .map_err(|e| Unavailable::load("COUNTERS", &e))?;
         let allocs = BpfHashMap::try_from(map(&mut ebpf, "ALLOCS")?)
@@ -283,6 +313,8 @@ impl Offload {
             _ebpf: ebpf,
             c2p,
             p2c,
+            c2p6,
+            p2c6,
             counters,
             allocs,
             installed: HashMap::new(),
@@ -304,8 +336,8 @@ impl Offload {
     }
 
     /// Makes the kernel hold exactly `bindings` for allocation `alloc` (empty: none, the
-    /// allocation is gone). Bindings the program cannot relay (IPv6, mixed families) are
-    /// left to userspace. A binding whose insert fails (map full) stays in userspace too.
+    /// allocation is gone). Bindings the program cannot relay (client and peer sides of
+    /// different families, a wildcard listener) are left to userspace. A binding whose insert fails (map full) stays in userspace too.
     pub fn sync(&mut self, alloc: AllocKey, bindings: &[Binding]) {
         let (now_ns, now) = (monotonic_ns(), Instant::now());
         let (id, old) = match self.installed.remove(&alloc) {
@@ -317,25 +349,22 @@ impl Offload {
         };
         let mut keep = Vec::with_capacity(bindings.len());
         for b in bindings {
-            let Some((ck, cv, pk, pv)) = entries(b, id, now_ns, now) else {
+            let Some(e) = entries(b, id, now_ns, now) else {
                 continue;
             };
-            let ok = self.c2p.insert(ck, cv, 0).is_ok() && self.p2c.insert(pk, pv, 0).is_ok();
-            if ok {
-                keep.push((ck, pk));
+            if self.insert(&e) {
+                keep.push(e.keys());
             } else {
                 tracing::debug!(
                     channel = b.channel,
                     "offload map full: binding stays in userspace"
                 );
-                let _ = self.c2p.remove(&ck);
-                let _ = self.p2c.remove(&pk);
+                self.remove(&e.keys());
             }
         }
-        for (ck, pk) in &old {
-            if !keep.contains(&(*ck, *pk)) {
-                let _ = self.c2p.remove(ck);
-                let _ = self.p2c.remove(pk);
+        for k in &old {
+            if !keep.contains(k) {
+                self.remove(k);
             }
         }
         if keep.is_empty() {
@@ -344,6 +373,30 @@ impl Offload {
             self.free_ids.push(id);
         } else {
             self.installed.insert(alloc, (id, keep));
+        }
+    }
+
+    fn insert(&mut self, e: &Entry) -> bool {
+        match *e {
+            Entry::V4(ck, cv, pk, pv) => {
+                self.c2p.insert(ck, cv, 0).is_ok() && self.p2c.insert(pk, pv, 0).is_ok()
+            }
+            Entry::V6(ck, cv, pk, pv) => {
+                self.c2p6.insert(ck, cv, 0).is_ok() && self.p2c6.insert(pk, pv, 0).is_ok()
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &Keys) {
+        match k {
+            Keys::V4(ck, pk) => {
+                let _ = self.c2p.remove(ck);
+                let _ = self.p2c.remove(pk);
+            }
+            Keys::V6(ck, pk) => {
+                let _ = self.c2p6.remove(ck);
+                let _ = self.p2c6.remove(pk);
+            }
         }
     }
 
@@ -439,21 +492,23 @@ fn ne(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-/// The two map entries of one binding, or `None` when the program cannot relay it.
-fn entries(
-    b: &Binding,
-    alloc: u32,
-    now_ns: u64,
-    now: Instant,
-) -> Option<(C2pKey, C2pVal, P2cKey, P2cVal)> {
-    let (client_ip, client_port) = v4(b.client)?;
-    let (server_ip, server_port) = v4(b.server)?;
-    // A wildcard listener: the packet's destination never matches it.
-    if server_ip == 0 {
-        return None;
+/// IPv6 (not v4-mapped) address and port as the program reads them from the packet.
+fn v6(a: SocketAddr) -> Option<([u32; 4], u16)> {
+    match a.ip() {
+        IpAddr::V6(ip) if ip.to_ipv4_mapped().is_none() => Some((ne6(ip), a.port().to_be())),
+        _ => None,
     }
-    let (relay_ip, relay_port) = v4(b.relay)?;
-    let (peer_ip, peer_port) = v4(b.peer)?;
+}
+
+fn ne6(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// The two map entries of one binding, or `None` when the program cannot relay it: its
+/// four addresses must be of one family, and the listener address a specific one.
+fn entries(b: &Binding, alloc: u32, now_ns: u64, now: Instant) -> Option<Entry> {
     // Read the kernel clock before `now`, so the deadline errs early, never late.
     let left = u64::try_from(b.expires.saturating_duration_since(now).as_nanos()).ok()?;
     if left == 0 {
@@ -461,34 +516,81 @@ fn entries(
     }
     let expires_ns = now_ns.saturating_add(left);
     let channel = b.channel.to_be();
-    Some((
-        C2pKey {
-            client_ip,
-            server_ip,
-            client_port,
-            server_port,
+    if let (Some(c), Some(s), Some(r), Some(p)) =
+        (v4(b.client), v4(b.server), v4(b.relay), v4(b.peer))
+    {
+        // A wildcard listener: the packet's destination never matches it.
+        if s.0 == 0 {
+            return None;
+        }
+        return Some(Entry::V4(
+            C2pKey {
+                client_ip: c.0,
+                server_ip: s.0,
+                client_port: c.1,
+                server_port: s.1,
+                channel,
+                pad: 0,
+            },
+            C2pVal {
+                relay_ip: r.0,
+                peer_ip: p.0,
+                relay_port: r.1,
+                peer_port: p.1,
+                alloc,
+                expires_ns,
+            },
+            P2cKey {
+                peer_ip: p.0,
+                relay_ip: r.0,
+                peer_port: p.1,
+                relay_port: r.1,
+            },
+            P2cVal {
+                server_ip: s.0,
+                client_ip: c.0,
+                server_port: s.1,
+                client_port: c.1,
+                channel,
+                pad: 0,
+                alloc,
+                pad2: 0,
+                expires_ns,
+            },
+        ));
+    }
+    let (c, s, r, p) = (v6(b.client)?, v6(b.server)?, v6(b.relay)?, v6(b.peer)?);
+    if s.0 == [0; 4] {
+        return None;
+    }
+    Some(Entry::V6(
+        C2p6Key {
+            client_ip: c.0,
+            server_ip: s.0,
+            client_port: c.1,
+            server_port: s.1,
             channel,
             pad: 0,
         },
-        C2pVal {
-            relay_ip,
-            peer_ip,
-            relay_port,
-            peer_port,
+        C2p6Val {
+            relay_ip: r.0,
+            peer_ip: p.0,
+            relay_port: r.1,
+            peer_port: p.1,
             alloc,
             expires_ns,
         },
-        P2cKey {
-            peer_ip,
-            relay_ip,
-            peer_port,
-            relay_port,
+        P2c6Key {
+            peer_ip: p.0,
+            relay_ip: r.0,
+            peer_port: p.1,
+            relay_port: r.1,
         },
-        P2cVal {
-            server_ip,
-            client_ip,
-            server_port,
-            client_port,
+        P2c6Val {
+            server_ip: s.0,
+            client_ip: c.0,
+            server_port: s.1,
+            client_port: c.1,
             channel,
             pad: 0,
             alloc,
@@ -518,7 +620,9 @@ mod tests {
     fn entries_are_in_network_order_and_expire_early_not_late() {
         let now = Instant::now();
         let b = binding(now + Duration::from_secs(10));
-        let (ck, cv, pk, pv) = entries(&b, 7, 1_000, now).unwrap();
+        let Some(Entry::V4(ck, cv, pk, pv)) = entries(&b, 7, 1_000, now) else {
+            panic!("not an IPv4 entry")
+        };
         assert_eq!(ck.client_ip.to_ne_bytes(), [10, 0, 1, 2]);
         assert_eq!(ck.server_port.to_ne_bytes(), 3478u16.to_be_bytes());
         assert_eq!(ck.channel.to_ne_bytes(), [0x40, 0x01]);
@@ -531,12 +635,41 @@ mod tests {
     }
 
     #[test]
-    fn expired_and_ipv6_bindings_are_not_offloaded() {
+    fn expired_mixed_family_and_wildcard_bindings_are_not_offloaded() {
         let now = Instant::now();
         assert!(entries(&binding(now), 0, 1, now).is_none());
         let mut b = binding(now + Duration::from_secs(1));
         b.peer = "[2001:db8::2]:6000".parse().unwrap();
-        assert!(entries(&b, 0, 1, now).is_none());
+        assert!(entries(&b, 0, 1, now).is_none(), "IPv4 client, IPv6 peer");
+        let mut b = binding(now + Duration::from_secs(1));
+        b.server = "0.0.0.0:3478".parse().unwrap();
+        assert!(entries(&b, 0, 1, now).is_none(), "wildcard listener");
+    }
+
+    #[test]
+    fn ipv6_entries_are_in_network_order() {
+        let now = Instant::now();
+        let b = Binding {
+            client: "[2001:db8:1::2]:5000".parse().unwrap(),
+            server: "[2001:db8:1::1]:3478".parse().unwrap(),
+            relay: "[2001:db8:2::1]:50000".parse().unwrap(),
+            peer: "[2001:db8:2::2]:6000".parse().unwrap(),
+            channel: 0x4001,
+            expires: now + Duration::from_secs(1),
+        };
+        let Some(Entry::V6(ck, cv, pk, pv)) = entries(&b, 3, 5, now) else {
+            panic!("not an IPv6 entry")
+        };
+        assert_eq!(ck.client_ip[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(ck.client_ip[3].to_ne_bytes(), [0, 0, 0, 2]);
+        assert_eq!(ck.channel.to_ne_bytes(), [0x40, 0x01]);
+        assert_eq!(cv.peer_ip[3].to_ne_bytes(), [0, 0, 0, 2]);
+        assert_eq!(pk.relay_port.to_ne_bytes(), 50000u16.to_be_bytes());
+        assert_eq!((pv.alloc, pv.expires_ns), (3, 5 + 1_000_000_000));
+        // v4-mapped addresses are IPv4 on the wire
+        let mut m = binding(now + Duration::from_secs(1));
+        m.client = "[::ffff:10.0.1.2]:5000".parse().unwrap();
+        assert!(matches!(entries(&m, 0, 1, now), Some(Entry::V4(..))));
     }
 
     #[test]

@@ -254,7 +254,7 @@ fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOfflo
     };
     match started {
         Ok(o) => {
-            tracing::info!(mode = cfg.offload.label(), interfaces = ?o.interfaces(), "kernel offload for UDP ChannelData attached (TC ingress, IPv4)");
+            tracing::info!(mode = cfg.offload.label(), interfaces = ?o.interfaces(), "kernel offload for UDP ChannelData attached (TC ingress, IPv4 and IPv6)");
             metrics.set_offload_active(true);
             Some(Arc::new(std::sync::Mutex::new(o)))
         }

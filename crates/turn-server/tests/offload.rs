@@ -29,6 +29,8 @@ use common::{REALM, SECRET, Server, metric_value, rest_credentials, unix_now};
 const SERVER: &str = "10.0.1.1:3478";
 const METRICS: &str = "10.0.1.1:9641";
 const PEER: &str = "10.0.2.2:3480";
+const SERVER6: &str = "[2001:db8:1::1]:3478";
+const PEER6: &str = "[2001:db8:2::2]:3480";
 const ENV_NS: &str = "OFFLOAD_TEST_NS";
 const ENV_MODE: &str = "OFFLOAD_TEST_MODE";
 const DONE: &str = "offload inner test: all checks passed";
@@ -104,13 +106,52 @@ impl Namespaces {
             must(&["ip", "-n", n, "addr", "add", addr, "dev", dev]);
             must(&["ip", "-n", n, "link", "set", dev, "up"]);
         }
+        for (n, dev, addr) in [
+            (&c, "c0", "2001:db8:1::2/64"),
+            (&s, "s0", "2001:db8:1::1/64"),
+            (&s, "s1", "2001:db8:2::1/64"),
+            (&p, "p0", "2001:db8:2::2/64"),
+        ] {
+            must(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
+        }
         must(&["ip", "-n", &c, "route", "add", "default", "via", "10.0.1.1"]);
         must(&["ip", "-n", &p, "route", "add", "default", "via", "10.0.2.1"]);
-        for (dev, ip, mac) in [("s0", "10.0.1.2", mc), ("s1", "10.0.2.2", mp)] {
+        must(&[
+            "ip",
+            "-n",
+            &c,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::1",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &p,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:2::1",
+        ]);
+        for (n, dev, ip, mac) in [
+            (&s, "s0", "10.0.1.2", mc),
+            (&s, "s1", "10.0.2.2", mp),
+            (&s, "s0", "2001:db8:1::2", mc),
+            (&s, "s1", "2001:db8:2::2", mp),
+            (&c, "c0", "10.0.1.1", ms0),
+            (&c, "c0", "2001:db8:1::1", ms0),
+            (&p, "p0", "10.0.2.1", ms1),
+            (&p, "p0", "2001:db8:2::1", ms1),
+        ] {
             must(&[
                 "ip",
                 "-n",
-                &s,
+                n,
                 "neigh",
                 "replace",
                 ip,
@@ -122,12 +163,6 @@ impl Namespaces {
                 "permanent",
             ]);
         }
-        must(&[
-            "ip", "-n", &c, "neigh", "replace", "10.0.1.1", "lladdr", ms0, "dev", "c0",
-        ]);
-        must(&[
-            "ip", "-n", &p, "neigh", "replace", "10.0.2.1", "lladdr", ms1, "dev", "p0",
-        ]);
         // The program routes with bpf_fib_lookup, which needs forwarding on the interface.
         must(&[
             "ip",
@@ -136,7 +171,7 @@ impl Namespaces {
             &s,
             "sh",
             "-c",
-            "echo 1 > /proc/sys/net/ipv4/conf/s0/forwarding && echo 1 > /proc/sys/net/ipv4/conf/s1/forwarding",
+            "for f in ipv4/conf/s0 ipv4/conf/s1 ipv6/conf/s0 ipv6/conf/s1; do echo 1 > /proc/sys/net/$f/forwarding || exit 1; done",
         ]);
         // veth leaves UDP checksums to the "device" (CHECKSUM_PARTIAL), which the program
         // passes to userspace: senders on a real network hand the server complete ones.
@@ -250,7 +285,8 @@ fn offload_off_relays_the_same_in_userspace() {
 struct Peer(Child);
 
 impl Peer {
-    fn start(ns: &str) -> Self {
+    /// Listens on `ip`:3480; `proc` is that address as /proc/net/udp (`udp6`) writes it.
+    fn start(ns: &str, ip: &str, table: &str, proc: &str) -> Self {
         // Owned by `Peer` at once, so a failed wait below kills it (Drop).
         let peer = Self(
             Command::new("ip")
@@ -260,7 +296,7 @@ impl Peer {
                     ns,
                     "turnutils_peer",
                     "-L",
-                    "10.0.2.2",
+                    ip,
                     "-p",
                     "3480",
                 ])
@@ -269,14 +305,13 @@ impl Peer {
                 .spawn()
                 .unwrap(),
         );
-        // 10.0.2.2:3480 as /proc/net/udp writes it
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let t = Command::new("ip")
-                .args(["netns", "exec", ns, "cat", "/proc/net/udp"])
+                .args(["netns", "exec", ns, "cat", table])
                 .output()
                 .unwrap();
-            if String::from_utf8_lossy(&t.stdout).contains("0202000A:0D98") {
+            if String::from_utf8_lossy(&t.stdout).contains(&format!("{proc}:0D98")) {
                 return peer;
             }
             assert!(Instant::now() < deadline, "turnutils_peer did not bind");
@@ -418,16 +453,29 @@ fn inner_relay_through_the_server_namespace() {
     };
     let offloaded = mode != "off";
     let (srv, peer_ns) = (format!("{prefix}s"), format!("{prefix}p"));
-    let _peer = Peer::start(&peer_ns);
+    let _peer = Peer::start(&peer_ns, "10.0.2.2", "/proc/net/udp", "0202000A");
+    // 2001:db8:2::2, four native-endian words
+    let _peer6 = Peer::start(
+        &peer_ns,
+        "2001:db8:2::2",
+        "/proc/net/udp6",
+        "B80D0120000002000000000002000000",
+    );
     let args = [
         "--listen",
         SERVER,
+        "--listen",
+        SERVER6,
         "--relay-ip",
         "10.0.2.1",
+        "--relay-ip",
+        "2001:db8:2::1",
         "--relay-ports",
         "50000-50099",
         "--allow-peer",
         "10.0.2.0/24",
+        "--allow-peer",
+        "2001:db8:2::/64",
         "--auth-secret",
         SECRET,
         "--realm",
@@ -532,6 +580,27 @@ fn inner_relay_through_the_server_namespace() {
         );
     }
     let c = c2;
+
+    // IPv6 end to end: client, listener, relayed address and peer all IPv6.
+    let server6: SocketAddr = SERVER6.parse().unwrap();
+    let (u, p) = rest_credentials(SECRET.as_bytes(), unix_now() + 3600, "frank");
+    let mut v6 = RawClient::new_from("2001:db8:1::2".parse().unwrap(), server6, &u, &p, REALM)
+        .retransmitting();
+    assert_eq!(v6.allocate(2).code, None, "IPv6 allocate");
+    assert_eq!(v6.channel_bind(0x4003, PEER6.parse().unwrap()).code, None);
+    for i in 0..5u8 {
+        let p = [b'6', i, 9, 8, 7, 6, 5, 4, 3];
+        assert_eq!(echo(&v6.sock, server6, 0x4003, &p).as_deref(), Some(&p[..]));
+    }
+    let c6 = counts(&server);
+    let step = if offloaded { 5.0 } else { 0.0 };
+    assert_eq!(c6.off_to_peer, c.off_to_peer + step, "{c6:?}");
+    assert_eq!(c6.off_to_client, c.off_to_client + step, "{c6:?}");
+    assert_eq!(
+        (c6.to_peer, c6.to_client),
+        (c.to_peer + 5.0, c.to_client + 5.0)
+    );
+    let c = c6;
 
     // Our own client: the binding's lifetime ends with the allocation's.
     let mut a = client(server_addr, "bob");
