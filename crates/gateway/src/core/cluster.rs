@@ -79,6 +79,11 @@ pub enum NodeBody {
         /// Each as the browser sent it.
         candidates: Vec<Value>,
     },
+    /// After a reconnect: is the receiver's handle still in this call? Answered with
+    /// `gone` when not (the receiver's node ended it while the sender was unreachable).
+    Probe,
+    /// The receiver's handle is not in a call with the sender's (answer to `probe`).
+    Gone,
     /// The sender's side of the call ended.
     Hangup {
         /// The sender's username.
@@ -92,13 +97,15 @@ pub enum NodeBody {
 
 impl NodeBody {
     /// Every [`NodeBody::kind`].
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "call",
         "ringing",
         "busy",
         "no_such_user",
         "forward",
         "trickle",
+        "probe",
+        "gone",
         "hangup",
     ];
 
@@ -111,6 +118,8 @@ impl NodeBody {
             Self::NoSuchUser => "no_such_user",
             Self::Forward { .. } => "forward",
             Self::Trickle { .. } => "trickle",
+            Self::Probe => "probe",
+            Self::Gone => "gone",
             Self::Hangup { .. } => "hangup",
         }
     }
@@ -335,16 +344,30 @@ impl Core {
             .and_then(|h| h.remote.as_ref())
             .is_some_and(|r| r.is(&from_node, from));
         if !matches {
-            tracing::debug!(
-                handle = to,
-                from_node,
-                from,
-                "message for a call that is over; ignored"
-            );
+            if body == NodeBody::Probe {
+                self.cluster_push(reply(NodeBody::Gone));
+            } else {
+                tracing::debug!(
+                    handle = to,
+                    from_node,
+                    from,
+                    "message for a call that is over; ignored"
+                );
+            }
             return;
         }
         match body {
-            NodeBody::Call { .. } => {}
+            NodeBody::Call { .. } | NodeBody::Probe => {}
+            NodeBody::Gone => {
+                // ended over there while this node could not hear it
+                let name = self
+                    .handles
+                    .get(&to)
+                    .and_then(|h| h.remote.as_ref())
+                    .map(|r| r.username.clone());
+                self.counters.call_ended(CallEnd::Disconnect);
+                self.remote_hangup(to, name.as_deref(), "Remote WebRTC hangup", false);
+            }
             NodeBody::Ringing => {
                 let Some((tx, jsep)) = self.take_ring(to) else {
                     return;
@@ -437,6 +460,22 @@ impl Core {
             .is_some_and(|r| r.is(node, msg.to) && r.ring.is_some());
         if waiting {
             self.ring_failed(msg.from, "cannot be reached (no connection to NATS)");
+        }
+    }
+
+    /// The shell reached NATS again after a loss: asks the other node of every call in
+    /// progress whether its half is still there (a node that thought this one gone has
+    /// ended it; `gone` comes back and the call ends here too).
+    pub fn probe_remote_calls(&mut self) {
+        let mut hids: Vec<u64> = self
+            .handles
+            .iter()
+            .filter(|(_, h)| h.remote.as_ref().is_some_and(|r| r.ring.is_none()))
+            .map(|(id, _)| *id)
+            .collect();
+        hids.sort_unstable();
+        for hid in hids {
+            self.send_to_remote(hid, NodeBody::Probe);
         }
     }
 

@@ -365,6 +365,8 @@ impl Presence {
             let mut inner = self.app.lock();
             inner.core.replace_remote_users(others);
             inner.core.set_cluster_online(true);
+            // calls the other side may have ended while this node could not hear it
+            inner.core.probe_remote_calls();
             inner.deliver();
         }
         self.kv = Some(kv);

@@ -496,3 +496,41 @@ fn session_ids_carry_the_node_tag_and_stay_janus_sized() {
         .collect();
     assert!(tags.len() > 40, "{tags:?}");
 }
+
+#[test]
+fn after_a_partition_a_call_the_other_node_ended_ends_here_too() {
+    let mut net = Net::new(&["n1", "n2"]);
+    let (sa, ha, _) = net.party("n1", 1, "alice");
+    let (sb, hb, _) = net.party("n2", 2, "bob");
+    let (sc, hc, _) = net.party("n1", 3, "carol");
+    let (sd, hd, _) = net.party("n2", 4, "dave");
+    for (s, h, callee, (s2, h2), (c1, c2)) in [
+        (sa, ha, "bob", (sb, hb), (1, 2)),
+        (sc, hc, "dave", (sd, hd), (3, 4)),
+    ] {
+        let mut call = msg(s, h, "call", json!({"request": "call", "username": callee}));
+        call["jsep"] = json!({"type": "offer", "sdp": OFFER, "trickle": false});
+        net.req("n1", c1, call);
+        let mut acc = msg(s2, h2, "acc", json!({"request": "accept"}));
+        acc["jsep"] = json!({"type": "answer", "sdp": ANSWER, "trickle": false});
+        net.req("n2", c2, acc);
+        assert!(find(&net.events("n1", c1), "accepted").is_some());
+        net.events("n2", c2);
+    }
+    // n1 partitioned: n2 ended bob's call with alice (as when n1's lease runs out), and
+    // its hangup for n1 is lost; dave's call with carol is still up on both sides
+    net.deaf = Some("n1".into());
+    net.req("n2", 2, msg(sb, hb, "h", json!({"request": "hangup"})));
+    assert!(find(&net.events("n2", 2), "hangup").is_some());
+    net.deaf = None;
+    // n1 reconnects and probes: alice's call ends, carol's goes on
+    net.core("n1").probe_remote_calls();
+    net.settle();
+    let ev = net.events("n1", 1);
+    let h = find(&ev, "hangup").expect("alice's call ends");
+    assert_eq!(result(h)["username"], "bob");
+    assert!(net.events("n1", 3).is_empty(), "carol's call goes on");
+    assert!(net.core("n1").handles[&hc].remote.is_some());
+    assert!(net.core("n1").handles[&ha].remote.is_none());
+    assert!(net.core("n2").handles[&hd].remote.is_some());
+}
