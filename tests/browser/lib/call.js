@@ -74,11 +74,13 @@ async function relayOnlyMediaCheck({ caller, callee, offerSeen, answerSeen, stac
   // carry the other side's (relay) candidates.
   assert.ok(offerSeen.relayCandidates > 0, `the offer forwarded to the callee must contain the caller's relay candidates: ${JSON.stringify(offerSeen)}`);
   assert.ok(answerSeen.relayCandidates > 0, `the answer forwarded to the caller must contain the callee's relay candidates: ${JSON.stringify(answerSeen)}`);
-  const turnPort = creds === 'none' ? undefined : stack.turn.port;
+  // Each page relays through its own node's turn-server (`stack.turns`, test/cluster.test.js)
+  // or the one turn-server of the stack.
+  const turnPort = (role) => (creds === 'none' ? undefined : ((stack.turns && stack.turns[role]) || stack.turn).port);
   // Both sides sampled concurrently; connectMs = from `accepted` to media flowing.
   const [mc, me] = await Promise.all([
-    assertRelayedMedia(caller.label, () => caller.page.evaluate(() => window.party.stats()), { transport, turnPort }),
-    assertRelayedMedia(callee.label, () => callee.page.evaluate(() => window.party.stats()), { transport, turnPort }),
+    assertRelayedMedia(caller.label, () => caller.page.evaluate(() => window.party.stats()), { transport, turnPort: turnPort('caller') }),
+    assertRelayedMedia(callee.label, () => callee.page.evaluate(() => window.party.stats()), { transport, turnPort: turnPort('callee') }),
   ]);
   return { caller: mc, callee: me, remoteMediaExpected: true };
 }
@@ -86,7 +88,10 @@ async function relayOnlyMediaCheck({ caller, callee, offerSeen, answerSeen, stac
 /**
  * Runs the whole call. `stack` = {gw: {wsUrl, wsHttpBase, httpBase, adminUrl}, adminSecret,
  * turnSecret, turn: {port, uri}, mattermost?: {stunUri, turnUri, turnUsername,
- * turnSharedKey}}; `creds` = 'gateway' | 'mattermost' | 'none';
+ * turnSharedKey}}; with several gateway nodes (test/cluster.test.js) also `gws` =
+ * {caller, callee}, the node each page talks to (`gw` then gets the Admin API requests),
+ * `turns` = {caller, callee}, the turn-server each page must relay through, and for
+ * `end: 'callee-node-killed'` `killCalleeNode()`; `creds` = 'gateway' | 'mattermost' | 'none';
  * `media` false only for the developer check against real Janus (signaling only).
  * `browsers` {caller, callee} (default: `browser` for both), `policy` the
  * iceTransportPolicy the pages pass to janus.js ('relay'; 'all' only inside the NAT lab;
@@ -104,12 +109,13 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
     timings[k] = Date.now() - t0;
   };
   const { gw } = stack;
+  const gwOf = (role) => (stack.gws && stack.gws[role]) || gw;
   const policyOf = (role) => (typeof policy === 'string' ? policy : policy[role]);
   // Mattermost only ever gives janus.js the WebSocket URL; `api: 'http'` runs the same
   // call over the Janus HTTP REST + long-poll transport (credentials then come from
   // the HTTP listener's /turn-credentials).
-  const server = api === 'http' ? `${gw.httpBase}/janus` : gw.wsUrl;
-  const credBase = api === 'http' ? gw.httpBase : gw.wsHttpBase;
+  const serverOf = (role) => (api === 'http' ? `${gwOf(role).httpBase}/janus` : gwOf(role).wsUrl);
+  const credBaseOf = (role) => (api === 'http' ? gwOf(role).httpBase : gwOf(role).wsHttpBase);
   const token = newGatewayToken();
   assert.equal(token.length, 36);
   assert.equal((token.match(/=/g) || []).length, 1);
@@ -134,7 +140,7 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
     const ice = {};
     for (const p of parties) {
       if (creds === 'gateway') {
-        const j = await gatewayCredentials(p, credBase, token, stack.turnSecret, httpFetch);
+        const j = await gatewayCredentials(p, credBaseOf(p === caller ? 'caller' : 'callee'), token, stack.turnSecret, httpFetch);
         ice[p.label] = iceFilter ? iceFilter(j.iceServers, p === caller ? 'caller' : 'callee') : pickTransport(j.iceServers, transport);
       } else if (creds === 'mattermost' && stack.mattermost) {
         // The eight settings as an admin pasted them (test/up.test.js): the webapp builds
@@ -160,7 +166,7 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
 
     // Callee registers first, then the caller; the caller calls 750 ms after `registered`.
     const start = (p, role, userId, peerId) =>
-      withTimeout(p.page.evaluate((o) => window.party.start(o), { server, token, iceServers: ice[p.label], userId, peerId, role, policy: policyOf(role) }), 15000, `${p.label} registered`);
+      withTimeout(p.page.evaluate((o) => window.party.start(o), { server: serverOf(role), token, iceServers: ice[p.label], userId, peerId, role, policy: policyOf(role) }), 15000, `${p.label} registered`);
     const regCallee = await start(callee, 'callee', calleeId, callerId);
     assert.equal(regCallee.username, calleeId, `registered must echo the user id: ${JSON.stringify(regCallee)}`);
     const regCaller = await start(caller, 'caller', callerId, calleeId);
@@ -241,6 +247,22 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
         }, { timeoutMs: 5000 });
       }
       finishing = [caller];
+    } else if (end === 'callee-node-killed') {
+      // The callee's gateway node dies (SIGKILL) mid-call: the caller's node must notice
+      // (docs/scale-out.md, liveness lease) and end the call with a plugin hangup.
+      const killedAt = Date.now();
+      await stack.killCalleeNode();
+      const hc = await waitEvent(caller, "hangup at caller after the callee's node died", (e) => e.kind === 'plugin-event' && e.event === 'hangup', 15000);
+      result.hangupReasons = { caller: hc.reason };
+      result.hangupAfterKillMs = hc.wall - killedAt;
+      mark('hangup');
+      if (media) {
+        await waitUntil(`${caller.label}: PeerConnection closed after the peer's node died`, async () => {
+          const s = await caller.page.evaluate(() => window.party.stats());
+          return !s.pc || s.connectionState === 'closed';
+        }, { timeoutMs: 5000 });
+      }
+      finishing = [caller];
     } else {
       throw new Error(`unknown end ${end}`);
     }
@@ -266,24 +288,36 @@ async function runMattermostCall({ browser, browsers, web, gen, stack, creds = '
 
     // The Mattermost server: remove_token; the token must stop working everywhere.
     const rm = await adminPost(gw.adminUrl, stack.adminSecret, 'remove_token', token, httpFetch);
+    const removedAt = Date.now();
     assert.ok(rm.status < 300, `remove_token HTTP status ${rm.status}: ${rm.text}`);
     assert.equal(rm.json && rm.json.janus, 'success', `remove_token: ${rm.text}`);
-    const ws403 = await caller.page.evaluate(([u, t]) => window.party.rawCreate(u, t), [gw.wsUrl, token]);
-    assert.equal(ws403.janus, 'error', `create over WebSocket with a removed token must fail: ${JSON.stringify(ws403)}`);
-    assert.equal(ws403.error && ws403.error.code, 403, `…with 403: ${JSON.stringify(ws403)}`);
-    if (gw.httpBase) {
-      const res = await httpFetch({
-        url: `${gw.httpBase}/janus`,
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ janus: 'create', transaction: newId(), token }),
-      });
-      const j = JSON.parse(res.text);
-      assert.equal(j.error && j.error.code, 403, `create over HTTP with a removed token must fail with 403: ${JSON.stringify(j)}`);
-    }
-    if (creds === 'gateway') {
-      const r = await caller.page.evaluate(([b, t]) => window.party.turnCredentials(b, t), [credBase, token]);
-      assert.equal(r.status, 403, `/turn-credentials with a removed token must answer 403: ${JSON.stringify(r)}`);
+    // The node that removed it refuses it at once; every other node (alive) once the
+    // removal reached it through NATS (docs/scale-out.md: milliseconds).
+    const refuses = async (node) => {
+      const ws403 = await caller.page.evaluate(([u, t]) => window.party.rawCreate(u, t), [node.wsUrl, token]);
+      assert.equal(ws403.janus, 'error', `create over WebSocket with a removed token must fail: ${JSON.stringify(ws403)}`);
+      assert.equal(ws403.error && ws403.error.code, 403, `…with 403: ${JSON.stringify(ws403)}`);
+      if (node.httpBase) {
+        const res = await httpFetch({
+          url: `${node.httpBase}/janus`,
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ janus: 'create', transaction: newId(), token }),
+        });
+        const j = JSON.parse(res.text);
+        assert.equal(j.error && j.error.code, 403, `create over HTTP with a removed token must fail with 403: ${JSON.stringify(j)}`);
+      }
+      if (creds === 'gateway') {
+        const r = await caller.page.evaluate(([b, t]) => window.party.turnCredentials(b, t), [api === 'http' ? node.httpBase : node.wsHttpBase, token]);
+        assert.equal(r.status, 403, `/turn-credentials with a removed token must answer 403: ${JSON.stringify(r)}`);
+      }
+      return true;
+    };
+    await refuses(gw);
+    for (const node of new Set(Object.values(stack.gws || {}))) {
+      if (node === gw || !node.proc.alive()) continue;
+      await waitUntil(`removed token refused by ${node.wsUrl} too`, () => refuses(node), { timeoutMs: 5000, every: 20 });
+      timings.tokenRemovedElsewhereMs = Date.now() - removedAt; // from remove_token's reply
     }
     mark('tokenRemoved');
     return result;

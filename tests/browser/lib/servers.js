@@ -168,4 +168,34 @@ async function startGateway({ adminSecret, turnSecret, turnUris, tls, extraArgs 
   };
 }
 
-module.exports = { Proc, binary, startTurnServer, startGateway, BIN_DIR, REPO };
+/**
+ * Starts Debian's `nats-server` with JetStream on 127.0.0.1 (free port, store in a temporary
+ * directory) for gateway nodes in cluster mode (test/cluster.test.js, docs/scale-out.md).
+ * Ready when it accepts TCP.
+ */
+async function startNats() {
+  const [port] = await freePorts(1);
+  const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'callrelay-nats-'));
+  // Debian installs it in /usr/sbin, which a user's PATH may not hold.
+  const bin = fs.existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server';
+  const proc = new Proc('nats-server', bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir]);
+  try {
+    await waitUntil(`nats-server to accept TCP on 127.0.0.1:${port}`, async () => {
+      if (!proc.alive()) throw fatal('nats-server exited early (apt-get install nats-server)');
+      return tcpConnects(port);
+    }, { timeoutMs: 15000 });
+  } catch (e) {
+    await proc.stop();
+    e.message += `\n${proc.dump()}`;
+    throw e;
+  }
+  return {
+    proc,
+    url: `nats://127.0.0.1:${port}`,
+    async cleanup() {
+      fs.rmSync(storeDir, { recursive: true, force: true });
+    },
+  };
+}
+
+module.exports = { Proc, binary, startTurnServer, startGateway, startNats, BIN_DIR, REPO };
