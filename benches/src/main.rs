@@ -4,10 +4,12 @@
 //! * `callrelay-bench turn` — turn-server vs coturn vs a bare UDP forwarder.
 //! * `callrelay-bench gateway` — gateway vs Janus (videocall signalling).
 //! * `callrelay-bench all --smoke` — both, in a few seconds (CI).
+//! * `callrelay-bench cluster` — gateway nodes over NATS (1, 2, 3) vs one node.
 //! * `callrelay-bench soak --secs N` — churn, abuse and chaos, then leak checks.
 // Library-style code: no unwrap/expect outside tests (clippy.toml relaxes them in tests).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod forwarder;
 mod gateway;
 mod load;
@@ -77,6 +79,14 @@ enum Cmd {
         common: Common,
         #[command(flatten)]
         gateway: gateway::GatewayArgs,
+    },
+    /// Gateway cluster bench: 1, 2 and 3 nodes over NATS vs one node (call cycles,
+    /// cross-node set-up latency, idle WebSockets across nodes).
+    Cluster {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
     },
     /// Both benches.
     All {
@@ -334,6 +344,7 @@ fn main() -> Result<()> {
         Cmd::Turn { common, turn } => run_turn(common, &turn),
         Cmd::Soak { soak } => soak::run(&soak),
         Cmd::Gateway { common, gateway } => gateway::run(common, &gateway),
+        Cmd::Cluster { common, cluster } => cluster::run(common, &cluster),
         Cmd::All {
             common,
             turn,
