@@ -339,6 +339,9 @@ impl Offload {
     /// allocation is gone). Bindings the program cannot relay (client and peer sides of
     /// different families, a wildcard listener) are left to userspace. A binding whose insert fails (map full) stays in userspace too.
     pub fn sync(&mut self, alloc: AllocKey, bindings: &[Binding]) {
+        if bindings.is_empty() && !self.installed.contains_key(&alloc) {
+            return; // nothing in the kernel, nothing to add
+        }
         let (now_ns, now) = (monotonic_ns(), Instant::now());
         let (id, old) = match self.installed.remove(&alloc) {
             Some((id, old)) => (id, old),

@@ -2104,3 +2104,42 @@ fn offload_off_emits_nothing() {
     );
     assert_eq!(sim.core.poll_offload(), None);
 }
+
+/// The expiry sweep tells the kernel path when a permission or a channel goes (the kernel
+/// already stopped at the binding's own expiry; this frees the entries).
+#[test]
+fn offload_entries_go_with_the_expiry_sweep() {
+    let mut c0 = cfg();
+    c0.offload = true;
+    c0.max_lifetime = 3600;
+    let mut sim = Sim::new(c0, PeerPolicy::default());
+    let c = client(4444);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    allocate(&mut sim, c, &mut creds);
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::REFRESH, |b| {
+            b.u32_attr(attr::LIFETIME, 3600);
+        }),
+        None
+    );
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    let mut last = None;
+    while let Some(s) = sim.core.poll_offload() {
+        last = Some(s);
+    }
+    assert_eq!(last.map(|s| s.bindings.len()), Some(1));
+    // The permission (300 s) expires first: the next sweep drops the binding.
+    sim.advance(301);
+    let s = sim
+        .core
+        .poll_offload()
+        .expect("a sync when the permission expired");
+    assert_eq!((s.client, s.bindings.len()), (c, 0));
+    assert_eq!(sim.core.poll_offload(), None);
+}
