@@ -27,10 +27,12 @@ function substitute(text, pairs) {
 /**
  * Starts nginx with the shipped config for `name` on 127.0.0.1:`port`, TLS from
  * `certPath`/`keyPath`, proxying to the gateway's WebSocket listener `wsPort` and HTTP
- * listener `httpPort`. Its files live in a fresh folder of its own (removed by
- * cleanup()). Returns {proc, port, accessLog(), cleanup()}.
+ * listener `httpPort` — or, for several gateway nodes (docs/scale-out.md, Load balancer),
+ * arrays of ports: one `server` line each in the upstream, round robin. Its files live in
+ * a fresh folder of its own (removed by cleanup()). Returns {proc, port, accessLog(), cleanup()}.
  */
 async function startNginx({ name, port, certPath, keyPath, wsPort, httpPort }) {
+  const servers = (ports) => [].concat(ports).map((p) => `server 127.0.0.1:${p};`).join('\n    ');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'callrelay-nginx-'));
   const conf = substitute(fs.readFileSync(SHIPPED, 'utf8'), [
     ['listen 443 ssl;', `listen 127.0.0.1:${port} ssl;`],
@@ -38,8 +40,8 @@ async function startNginx({ name, port, certPath, keyPath, wsPort, httpPort }) {
     ['server_name rtc.example.com;', `server_name ${name};`],
     ['/etc/letsencrypt/live/rtc.example.com/fullchain.pem', certPath],
     ['/etc/letsencrypt/live/rtc.example.com/privkey.pem', keyPath],
-    ['server 127.0.0.1:8188;', `server 127.0.0.1:${wsPort};`],
-    ['server 127.0.0.1:8088;', `server 127.0.0.1:${httpPort};`],
+    ['server 127.0.0.1:8188;', servers(wsPort)],
+    ['server 127.0.0.1:8088;', servers(httpPort)],
   ]);
   fs.writeFileSync(path.join(dir, 'callrelay.conf'), conf);
   const tmp = path.join(dir, 'tmp');

@@ -9,10 +9,15 @@
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
 const { startTurnServer, startGateway, startNats } = require('../lib/servers');
 const { assertOnlyLoopback, startStaticServer, launchChromium } = require('../lib/web');
-const { runMattermostCall } = require('../lib/call');
-const { waitUntil } = require('../lib/util');
+const { runMattermostCall, relayOnlyMediaCheck } = require('../lib/call');
+const { makeTestCa, homeTrustingCa, fetchTrusting } = require('../lib/tls');
+const { startNginx } = require('../lib/nginx');
+const { freePort, waitUntil } = require('../lib/util');
 
 /** One series of a node's /metrics (0 when absent). */
 async function metric(gw, series) {
@@ -165,6 +170,63 @@ describe('videocall with the two users on different gateway nodes (NATS), each r
         `answer created → accepted: cross-node ${of(cross, 'answer')}; same-node ${of(same, 'answer')}; ` +
         `accepted at the caller → both connected (ICE + DTLS via TURN only): cross-node ${of(cross, 'tail')}; same-node ${of(same, 'tail')}`);
       assert.equal(cross.length + same.length, 2 * RUNS, `every ${gen} ${api} call measured (a failed call above has no number)`);
+    }
+  });
+
+  // Both pages behind one nginx (deploy/nginx/callrelay.conf as shipped, both nodes in each
+  // upstream: docs/scale-out.md, Load balancer), no stickiness: a WebSocket stays on the
+  // node nginx picked, HTTP requests go round robin, so a long-poll client's requests
+  // reach the node that does not hold its session and are forwarded over NATS.
+  it('through nginx round robin over both nodes: janus.js 0.2.3 over https long poll (requests forwarded to the session\'s node), 1.1.2 over wss; media both ways, hangup, remove_token', { timeout: 120000 }, async () => {
+    const NAME = 'callrelay.test';
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'callrelay-cluster-nginx-'));
+    let nginx;
+    let lbChrome;
+    try {
+      const ca = makeTestCa(dir, NAME);
+      const home = homeTrustingCa(path.join(dir, 'home'), ca.caPath);
+      const port = await freePort();
+      const nodes = [s.gw1, s.gw2];
+      nginx = await startNginx({
+        name: NAME, port, certPath: ca.certPath, keyPath: ca.keyPath,
+        wsPort: nodes.map((g) => Number(new URL(g.wsUrl).port)),
+        httpPort: nodes.map((g) => Number(new URL(g.httpBase).port)),
+      });
+      lbChrome = await launchChromium({ home, extraArgs: [`--host-resolver-rules=MAP ${NAME} 127.0.0.1`] });
+      const base = `https://${NAME}:${port}`;
+      const viaLb = { wsUrl: `wss://${NAME}:${port}/`, wsHttpBase: base, httpBase: base, proc: nginx.proc };
+      // The Mattermost server talks to node 1's Admin API; the pages only to nginx. The
+      // token removed on node 1 must be refused through nginx too (whichever node answers).
+      const stack = { adminSecret, turnSecret, gw: s.gw1, gws: { caller: viaLb, callee: viaLb } };
+      // Each page relays through the turn-server its credentials name (whichever node
+      // nginx sent its /turn-credentials to).
+      const turnOfPage = async (p) => {
+        const pcs = await p.page.evaluate(() => window.party.rec.pcs);
+        const url = pcs.flatMap((x) => x.iceServers).flatMap((x) => [].concat(x.urls)).find((u) => /^turn:/.test(u));
+        const tport = Number((url || '').replace(/^turn:127\.0\.0\.1:(\d+).*$/, '$1'));
+        assert.ok([s.turn1.port, s.turn2.port].includes(tport), `${p.label} was given one of the two turn-servers: ${url}`);
+        return { port: tport };
+      };
+      const mediaCheck = async (a) => relayOnlyMediaCheck({ ...a, stack: { ...a.stack, turns: { caller: await turnOfPage(a.caller), callee: await turnOfPage(a.callee) } } });
+      const fwd = async () => (await metric(s.gw1, 'callrelay_gateway_cluster_http_forwarded_total{result="ok"}')) + (await metric(s.gw2, 'callrelay_gateway_cluster_http_forwarded_total{result="ok"}'));
+      for (const [gen, api] of [['0.2.3', 'http'], ['1.1.2', 'ws']]) {
+        const before = await fwd();
+        const r = await runMattermostCall({ browser: lbChrome.browser, web, gen, stack, creds: 'gateway', transport: 'udp', api, mediaCheck, duringCall: setupTime, httpFetch: fetchTrusting(ca.caPem, { [NAME]: '127.0.0.1' }) });
+        const forwarded = (await fwd()) - before;
+        if (api === 'http') assert.ok(forwarded > 0, `round robin must have sent some of the long-poll client's requests to the other node (forwarded ${forwarded})`);
+        console.log(`# via nginx, janus.js ${gen} over ${api}: call → both connected ${r.during.setupMs} ms; HTTP requests forwarded between nodes ${forwarded}; ` +
+          `A relayed via ${r.caller.pair.local.url}, B via ${r.callee.pair.local.url}; hangup reasons ${JSON.stringify(r.hangupReasons)}`);
+      }
+    } catch (e) {
+      e.message += `\n${logs()}${nginx ? `\n${nginx.proc.dump()}\n----- nginx access log\n${nginx.accessLog().trimEnd()}` : ''}`;
+      throw e;
+    } finally {
+      if (lbChrome) await lbChrome.close();
+      if (nginx) {
+        await nginx.proc.stop();
+        nginx.cleanup();
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
