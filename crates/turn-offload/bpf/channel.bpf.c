@@ -142,10 +142,11 @@ struct {
 } ALLOCS SEC(".maps");
 
 // Index 0: client -> peer, 1: peer -> client (payload bytes, as userspace counts them);
-// 2: packets dropped over an allocation's bandwidth (bytes unused).
+// 2: packets dropped over an allocation's bandwidth; 3-6: packets of an installed binding
+// passed to userspace, by reason (PASS_*). Bytes are counted for 0 and 1 only.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 7);
 	__type(key, __u32);
 	__type(value, struct counter);
 } COUNTERS SEC(".maps");
@@ -185,6 +186,11 @@ static __always_inline void count(__u32 dir, __u64 bytes)
 }
 
 #define NS_PER_S 1000000000ULL
+// Why a packet of an installed binding went to userspace (COUNTERS index).
+#define PASS_EXPIRED 3
+#define PASS_NO_ROUTE 4
+#define PASS_CHECKSUM 5
+#define PASS_ROOM 6
 
 // Whether allocation `alloc` may relay `len` more payload bytes now. Lock-free: the
 // update is a compare-and-swap; after losing it twice to other CPUs the packet passes.
@@ -205,6 +211,12 @@ static __always_inline int within_bandwidth(__u32 alloc, __u64 len)
 			return 1;
 	}
 	return 1;
+}
+
+static __always_inline int pass(__u32 reason)
+{
+	count(reason, 0);
+	return TC_ACT_OK;
 }
 
 // Where a packet from `src` to `dst` leaves: interface and MAC addresses, or < 0.
@@ -285,17 +297,19 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, const struct ip
 	struct c2p_val *v = bpf_map_lookup_elem(&CLIENT_TO_PEER, &k);
 	if (!v)
 		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() >= v->expires_ns)
+	if (bpf_ktime_get_ns() >= v->expires_ns) {
+		count(PASS_EXPIRED, 0);
 		return TC_ACT_OK;
+	}
 	__u32 src = v->relay_ip, dst = v->peer_ip;
 	__u16 sport = v->relay_port, dport = v->peer_port;
 	__u16 new_ulen = UDP_LEN + data_len;
 	__u16 tot_len = IP_LEN + new_ulen;
 	struct bpf_fib_lookup fib;
 	if (route(skb, src, dst, tot_len, &fib) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_NO_ROUTE);
 	if (partial_csum(ip, udp))
-		return TC_ACT_OK;
+		return pass(PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
 		return TC_ACT_SHOT;
@@ -321,7 +335,7 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, const struct ip
 	// Remove 4 bytes right after the IP header: what followed ([UDP 4..8][CD 4]) is then
 	// overwritten by the new 8-byte UDP header.
 	if (bpf_skb_adjust_room(skb, -CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_ROOM);
 	if (bpf_skb_store_bytes(skb, L4_OFF, &nu, UDP_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
 		return TC_ACT_SHOT;
 	if (rewrite_l2_l3(skb, &fib, src, dst, tot_len) < 0)
@@ -344,8 +358,10 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, const struct ip
 	struct p2c_val *v = bpf_map_lookup_elem(&PEER_TO_CLIENT, &k);
 	if (!v)
 		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() >= v->expires_ns)
+	if (bpf_ktime_get_ns() >= v->expires_ns) {
+		count(PASS_EXPIRED, 0);
 		return TC_ACT_OK;
+	}
 	__u16 ulen = bpf_ntohs(udp->len);
 	if (ulen < UDP_LEN || ulen > 0xffff - 64)
 		return TC_ACT_OK;
@@ -358,9 +374,9 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, const struct ip
 	__u16 tot_len = IP_LEN + new_ulen;
 	struct bpf_fib_lookup fib;
 	if (route(skb, src, dst, tot_len, &fib) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_NO_ROUTE);
 	if (partial_csum(ip, udp))
-		return TC_ACT_OK;
+		return pass(PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
 		return TC_ACT_SHOT;
@@ -387,7 +403,7 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, const struct ip
 	// Insert 4 bytes right after the IP header, then write UDP header + ChannelData header
 	// over the first 12 bytes of the L4 part ([new 4][old UDP 8]).
 	if (bpf_skb_adjust_room(skb, CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_ROOM);
 	if (bpf_skb_store_bytes(skb, L4_OFF, &h, sizeof(h), BPF_F_RECOMPUTE_CSUM) < 0)
 		return TC_ACT_SHOT;
 	if (rewrite_l2_l3(skb, &fib, src, dst, tot_len) < 0)
@@ -488,8 +504,12 @@ static __always_inline int client_to_peer6(struct __sk_buff *skb, const struct i
 	copy6(k.client_ip, (const __u32 *)&ip->saddr);
 	copy6(k.server_ip, (const __u32 *)&ip->daddr);
 	struct c2p6_val *v = bpf_map_lookup_elem(&CLIENT_TO_PEER6, &k);
-	if (!v || bpf_ktime_get_ns() >= v->expires_ns)
+	if (!v)
 		return TC_ACT_OK;
+	if (bpf_ktime_get_ns() >= v->expires_ns) {
+		count(PASS_EXPIRED, 0);
+		return TC_ACT_OK;
+	}
 	__u32 src[4], dst[4];
 	copy6(src, v->relay_ip);
 	copy6(dst, v->peer_ip);
@@ -497,9 +517,9 @@ static __always_inline int client_to_peer6(struct __sk_buff *skb, const struct i
 	__u16 new_ulen = UDP_LEN + data_len;
 	struct bpf_fib_lookup fib;
 	if (route6(skb, src, dst, IP6_LEN + new_ulen, &fib) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_NO_ROUTE);
 	if (unusable_csum6(ip, udp))
-		return TC_ACT_OK;
+		return pass(PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
 		return TC_ACT_SHOT;
@@ -514,7 +534,7 @@ static __always_inline int client_to_peer6(struct __sk_buff *skb, const struct i
 	__u16 c = ~fold(s) & 0xffff;
 	nu.check = c ? c : 0xffff;
 	if (bpf_skb_adjust_room(skb, -CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_ROOM);
 	if (bpf_skb_store_bytes(skb, L4_OFF6, &nu, UDP_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
 		return TC_ACT_SHOT;
 	if (rewrite_l2_l3_6(skb, &fib, src, dst, new_ulen) < 0)
@@ -533,8 +553,12 @@ static __always_inline int peer_to_client6(struct __sk_buff *skb, const struct i
 	copy6(k.peer_ip, (const __u32 *)&ip->saddr);
 	copy6(k.relay_ip, (const __u32 *)&ip->daddr);
 	struct p2c6_val *v = bpf_map_lookup_elem(&PEER_TO_CLIENT6, &k);
-	if (!v || bpf_ktime_get_ns() >= v->expires_ns)
+	if (!v)
 		return TC_ACT_OK;
+	if (bpf_ktime_get_ns() >= v->expires_ns) {
+		count(PASS_EXPIRED, 0);
+		return TC_ACT_OK;
+	}
 	__u16 ulen = bpf_ntohs(udp->len);
 	if (ulen < UDP_LEN || ulen > 0xffff - 64)
 		return TC_ACT_OK;
@@ -546,9 +570,9 @@ static __always_inline int peer_to_client6(struct __sk_buff *skb, const struct i
 	__u16 new_ulen = UDP_LEN + CD_LEN + data_len;
 	struct bpf_fib_lookup fib;
 	if (route6(skb, src, dst, IP6_LEN + new_ulen, &fib) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_NO_ROUTE);
 	if (unusable_csum6(ip, udp))
-		return TC_ACT_OK;
+		return pass(PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
 		return TC_ACT_SHOT;
@@ -571,7 +595,7 @@ static __always_inline int peer_to_client6(struct __sk_buff *skb, const struct i
 	__u16 c = ~fold(s) & 0xffff;
 	h.u.check = c ? c : 0xffff;
 	if (bpf_skb_adjust_room(skb, CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return TC_ACT_OK;
+		return pass(PASS_ROOM);
 	if (bpf_skb_store_bytes(skb, L4_OFF6, &h, sizeof(h), BPF_F_RECOMPUTE_CSUM) < 0)
 		return TC_ACT_SHOT;
 	if (rewrite_l2_l3_6(skb, &fib, src, dst, new_ulen) < 0)

@@ -181,6 +181,16 @@ pub struct Counters {
     pub to_client_bytes: u64,
     /// Packets dropped because their allocation was over its `bandwidth`.
     pub bandwidth_drops: u64,
+    /// Packets of an installed binding the program passed to userspace, by reason
+    /// ([`Counters::PASSED`]).
+    pub passed: [u64; 4],
+}
+
+impl Counters {
+    /// Reasons of [`Counters::passed`], in order: the binding had expired (userspace
+    /// drops it), no forwarding route or neighbour (`bpf_fib_lookup`), a checksum left
+    /// to offload or missing, no room to resize the packet.
+    pub const PASSED: [&str; 4] = ["expired", "no_route", "checksum", "room"];
 }
 
 /// The map keys of one installed binding.
@@ -452,12 +462,14 @@ impl Offload {
         let (tp, tb) = sum(0);
         let (cp, cb) = sum(1);
         let (drops, _) = sum(2);
+        let passed = [3, 4, 5, 6].map(|i| sum(i).0);
         Counters {
             to_peer_packets: tp,
             to_peer_bytes: tb,
             to_client_packets: cp,
             to_client_bytes: cb,
             bandwidth_drops: drops,
+            passed,
         }
     }
 }

@@ -79,6 +79,7 @@ pub struct Metrics {
     /// Registered on the first `set_tls_cert_not_after`: absent without TLS.
     tls_not_after: IntGauge,
     offload_packets: [IntCounter; 2],
+    offload_passed: Vec<IntCounter>,
     offload_fallback: Vec<IntCounter>,
     offload_active: IntGauge,
 }
@@ -268,6 +269,13 @@ impl Metrics {
             );
             [0, 1].map(|d| v.with_label_values(&[labels::DIRECTION[d]]))
         };
+        let offload_passed = counters(
+            &r,
+            "callrelay_turn_offload_passed_total",
+            "Packets of a binding in the kernel fast path that it passed to the userspace relay, by reason",
+            "reason",
+            turn_offload::Counters::PASSED,
+        );
         let offload_fallback = counters(
             &r,
             "callrelay_turn_offload_fallback_total",
@@ -308,6 +316,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             offload_packets,
+            offload_passed,
             offload_fallback,
             offload_active,
         }
@@ -347,6 +356,9 @@ impl Metrics {
         let bw = labels::QUOTA_KIND.iter().position(|l| *l == "bandwidth");
         if let Some(c) = bw.and_then(|i| self.quota.get(i)) {
             c.inc_by(d(now.bandwidth_drops, prev.bandwidth_drops));
+        }
+        for ((c, n), b) in self.offload_passed.iter().zip(now.passed).zip(prev.passed) {
+            c.inc_by(n.saturating_sub(b));
         }
         for (dir, (p, b)) in deltas.into_iter().enumerate() {
             if let Some(c) = self.offload_packets.get(dir) {
@@ -543,6 +555,7 @@ mod offload_tests {
             to_client_packets: 2,
             to_client_bytes: 40,
             bandwidth_drops: 4,
+            passed: [1, 0, 2, 0],
         };
         m.report_offload(&mut prev, now);
         now.to_peer_packets = 5;
@@ -560,6 +573,9 @@ mod offload_tests {
             "callrelay_turn_offload_fallback_total{reason=\"no_permission\"} 1",
             "callrelay_turn_offload_active 1",
             "callrelay_turn_quota_rejections_total{kind=\"bandwidth\"} 4",
+            "callrelay_turn_offload_passed_total{reason=\"expired\"} 1",
+            "callrelay_turn_offload_passed_total{reason=\"checksum\"} 2",
+            "callrelay_turn_offload_passed_total{reason=\"no_route\"} 0",
         ] {
             assert!(t.lines().any(|l| l == needle), "missing {needle} in\n{t}");
         }

@@ -642,6 +642,20 @@ fn inner_relay_through_the_server_namespace() {
     assert_eq!(end.off_to_peer, after.off_to_peer + step, "{end:?}");
     assert_eq!(end.to_peer, after.to_peer + 1.0, "{end:?}");
     assert_eq!(end.to_client, after.to_client + 1.0, "{end:?}");
+    let t = server.metrics_text();
+    for l in t
+        .lines()
+        .filter(|l| l.starts_with("callrelay_turn_offload_passed_total"))
+    {
+        eprintln!("{mode}: {l}");
+    }
+    // Routes, neighbours and checksums are all in place here: the kernel never had to
+    // pass a bound packet up for them (an expired binding may be, depending on whether
+    // the sweep removed its entry before the packet came).
+    for reason in ["no_route", "checksum", "room"] {
+        let series = format!("callrelay_turn_offload_passed_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&t, &series), 0.0, "{series}");
+    }
     assert_eq!(server.stop(), Some(0));
     eprintln!("{DONE}");
 }
