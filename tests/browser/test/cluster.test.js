@@ -49,7 +49,12 @@ const stats = (xs) => {
   return s.length ? `median ${s[Math.floor((s.length - 1) / 2)]} ms (${s[0]}–${s[s.length - 1]}, n=${s.length})` : 'none';
 };
 
-describe('videocall with the two users on different gateway nodes (NATS), each relaying through its own turn-server', { timeout: 480000 }, () => {
+// Calls per placement and generation, interleaved so machine load affects both placements
+// alike; CALLRELAY_CLUSTER_RUNS raises it for a measurement (docs/scale-out.md's numbers).
+const RUNS = Math.max(1, Math.min(50, Number(process.env.CALLRELAY_CLUSTER_RUNS) || 3));
+
+// The suite's bound: set-up, nginx, the kill case, and ≤ 15 s per call (each takes ~5 s).
+describe('videocall with the two users on different gateway nodes (NATS), each relaying through its own turn-server', { timeout: 300000 + 4 * RUNS * 15000 }, () => {
   const adminSecret = crypto.randomBytes(12).toString('hex');
   const turnSecret = crypto.randomBytes(18).toString('base64');
   const s = {}; // nats, turn1, turn2, gw1, gw2
@@ -119,9 +124,6 @@ describe('videocall with the two users on different gateway nodes (NATS), each r
   // The comparison: both pages on node 1 (turn-server 1), same run, same browser.
   const sameStack = () => ({ adminSecret, turnSecret, gw: s.gw1, turn: s.turn1 });
 
-  // Interleaved, so machine load affects both placements alike. CALLRELAY_CLUSTER_RUNS
-  // raises the count for a measurement (docs/scale-out.md's numbers).
-  const RUNS = Math.max(1, Math.min(50, Number(process.env.CALLRELAY_CLUSTER_RUNS) || 3));
   const cases = [];
   for (const [gen, api] of [['1.1.2', 'ws'], ['0.2.3', 'http']]) {
     for (let i = 1; i <= RUNS; i++) {
