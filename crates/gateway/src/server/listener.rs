@@ -92,6 +92,7 @@ pub(super) async fn accept_loop(
             // the stream carries its slot: an upgraded WebSocket outlives this task
             let stream = Counted {
                 io: stream,
+                ahead: Vec::new(),
                 _slot: slot,
                 _open: GaugeGuard(open),
             };
@@ -111,10 +112,24 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Reads asking for less than this are served from one read of this size (see
+/// [`Counted`]).
+const READ_AHEAD: usize = 16 * 1024;
+
 /// A connection's stream together with its slot under the caps: both go when the
 /// stream is dropped (by hyper, or by the WebSocket it was upgraded to).
+///
+/// It also reads ahead for small reads: tungstenite reads at most its
+/// `read_buffer_size` at a time, which is kept small so that an idle WebSocket holds
+/// little (server/ws.rs `WS_READ_BUFFER`). Such a read gets one `read` of up to
+/// [`READ_AHEAD`] bytes into a buffer on the stack; what the caller had no room for is
+/// kept in `ahead` and handed out by the next reads, and `ahead` is freed once empty.
+/// A message of several kilobytes thus costs one system call, and an idle connection
+/// no buffer.
 pub(super) struct Counted<S> {
     pub(super) io: S,
+    /// Bytes read from `io` and not yet handed to the caller (empty: no allocation).
+    pub(super) ahead: Vec<u8>,
     pub(super) _slot: ConnSlot,
     pub(super) _open: GaugeGuard,
 }
@@ -125,7 +140,38 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        use std::task::Poll;
+        let this = &mut *self;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.ahead.is_empty() {
+            let n = buf.remaining().min(this.ahead.len());
+            buf.put_slice(this.ahead.get(..n).unwrap_or_default());
+            if n == this.ahead.len() {
+                this.ahead = Vec::new();
+            } else {
+                this.ahead.drain(..n);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= READ_AHEAD / 2 {
+            return std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_AHEAD];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut chunk);
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let got = rb.filled();
+        let n = buf.remaining().min(got.len());
+        let (now, later) = got.split_at(n);
+        buf.put_slice(now);
+        if !later.is_empty() {
+            this.ahead = later.to_vec();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -201,5 +247,65 @@ async fn serve_conn<S>(
     tokio::select! {
         r = conn => { if let Err(e) = r { tracing::debug!(error = %e, "http connection ended"); } }
         () = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn counted<S>(io: S) -> Counted<S> {
+        let limiter = Arc::new(ConnLimiter::new(10, 10, "max_connections"));
+        let slot = limiter
+            .acquire(std::net::Ipv4Addr::LOCALHOST.into())
+            .unwrap_or_else(|e| panic!("slot: {e}"));
+        let open = prometheus::IntGauge::new("open", "open").unwrap_or_else(|e| panic!("{e}"));
+        open.inc();
+        Counted {
+            io,
+            ahead: Vec::new(),
+            _slot: slot,
+            _open: GaugeGuard(open),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_ahead_and_nothing_stays_buffered() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut c = counted(server);
+        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        client
+            .write_all(&sent)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(client);
+        let mut got = Vec::new();
+        let mut small = [0u8; 300];
+        // a small read takes up to READ_AHEAD bytes from the stream at once
+        let n = c.read(&mut small).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, 300);
+        assert_eq!(c.ahead.len(), READ_AHEAD - 300);
+        got.extend_from_slice(&small[..n]);
+        // then alternating small and large reads see every byte once, in order
+        let mut large = vec![0u8; READ_AHEAD];
+        for i in 0.. {
+            let n = if i % 2 == 0 {
+                c.read(&mut small).await
+            } else {
+                c.read(&mut large).await
+            }
+            .unwrap_or_else(|e| panic!("{e}"));
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(if i % 2 == 0 { &small[..n] } else { &large[..n] });
+        }
+        assert_eq!(got, sent);
+        assert_eq!(
+            c.ahead.capacity(),
+            0,
+            "the read-ahead buffer is freed once drained"
+        );
     }
 }

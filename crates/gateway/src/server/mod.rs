@@ -324,7 +324,7 @@ async fn stop(app: &App) -> Result<(), ServeError> {
     {
         let mut inner = app.lock();
         for (_, c) in inner.conns.drain() {
-            c.kill.cancel();
+            c.shared.kill();
         }
     }
     // give the WebSocket writers a moment to send their close frames

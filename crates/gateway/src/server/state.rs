@@ -7,14 +7,14 @@ use crate::config::Config;
 use crate::core::{ConnId, Core, Output, Source};
 use crate::metrics::Metrics;
 use crate::store::{MemoryRegistry, MemoryTokenStore, TokenFile};
+use futures_util::task::AtomicWaker;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 const HTTP_QUEUE_MAX: usize = 1000;
 
@@ -48,12 +48,82 @@ impl HttpQueue {
     }
 }
 
+/// What other tasks hand a WebSocket connection's task: messages for it and the order
+/// to close. One allocation per connection, holding no buffer while nothing is queued
+/// (a channel would keep a block of slots and its own allocation per connection, and a
+/// cancellation token a third: 1.4 kB per idle WebSocket, measured).
+#[derive(Default)]
+pub(super) struct ConnShared {
+    /// Messages from other connections' requests and from timers, oldest first.
+    queue: Mutex<VecDeque<String>>,
+    /// Bytes queued for this connection and not yet handed to its socket (`queue` and
+    /// the connection task's own `out` queue together).
+    pub(super) queued: AtomicUsize,
+    killed: AtomicBool,
+    /// Something was queued, or the connection must close, since the task last looked.
+    woken: AtomicBool,
+    /// The connection's task, when it waits (a waker instead of a `Notify`: its
+    /// `notified()` future would take 64 bytes in every connection's task).
+    waker: AtomicWaker,
+}
+
+impl ConnShared {
+    /// Queues a message; returns the bytes now queued for the connection.
+    pub(super) fn push(&self, text: String) -> usize {
+        let len = text.len();
+        let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(text);
+        self.wake();
+        queued
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once something was queued or the connection must close since the last
+    /// time it was Ready (registers the task to be woken otherwise).
+    pub(super) fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Moves what is queued to the end of `out`, leaving no buffer behind.
+    pub(super) fn take_into(&self, out: &mut VecDeque<String>) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut q);
+            *q = VecDeque::new();
+        } else {
+            out.extend(std::mem::take(&mut *q));
+        }
+    }
+
+    /// Tells the connection's task to close the WebSocket.
+    pub(super) fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    pub(super) fn killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+}
+
+/// A WebSocket connection as the shared state knows it.
 pub(super) struct ConnHandle {
-    pub(super) tx: mpsc::UnboundedSender<String>,
-    /// Bytes queued for this connection and not yet handed to its socket (the channel
-    /// and the connection task's own `out` queue together).
-    pub(super) queued: Arc<AtomicUsize>,
-    pub(super) kill: CancellationToken,
+    pub(super) shared: Arc<ConnShared>,
 }
 
 pub(super) struct Inner {
@@ -88,7 +158,7 @@ pub(super) struct Shared {
     pub(super) persist_lock: Arc<tokio::sync::Mutex<()>>,
     pub(super) tokens_path: PathBuf,
     /// The last tokens.json write failed (the timer task retries).
-    pub(super) tokens_unsaved: std::sync::atomic::AtomicBool,
+    pub(super) tokens_unsaved: AtomicBool,
     /// See [`Inner::timer_wake`].
     pub(super) timer_wake: Arc<Notify>,
     /// Notified each time the timer task's loop turns (the systemd watchdog waits for it).
@@ -148,7 +218,7 @@ impl Shared {
             cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
             tokens_path,
-            tokens_unsaved: std::sync::atomic::AtomicBool::new(false),
+            tokens_unsaved: AtomicBool::new(false),
             timer_wake,
             timer_turned: Notify::new(),
             ws_port,
@@ -179,11 +249,10 @@ impl Inner {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let text = msg.to_string();
-        let len = text.len();
-        let queued = c.queued.fetch_add(len, Ordering::Relaxed) + len;
-        let full = queued > self.ws_queue_bytes || c.tx.send(text).is_err();
-        if full && let Some(c) = self.conns.remove(&conn) {
+        let queued = c.shared.push(msg.to_string());
+        if queued > self.ws_queue_bytes
+            && let Some(c) = self.conns.remove(&conn)
+        {
             tracing::warn!(
                 conn,
                 queued,
@@ -193,7 +262,7 @@ impl Inner {
                 .slow_clients
                 .with_label_values(&["websocket"])
                 .inc();
-            c.kill.cancel();
+            c.shared.kill();
         }
     }
 
@@ -267,5 +336,34 @@ impl Inner {
                 self.core.drop_unread_session(Instant::now(), sid);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll, Waker};
+
+    #[test]
+    fn conn_shared_wakes_once_per_burst_and_keeps_no_buffer() {
+        let s = ConnShared::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(s.poll_woken(&mut cx).is_pending());
+        assert_eq!(s.push("a".into()), 1);
+        assert_eq!(s.push("bc".into()), 3);
+        assert_eq!(s.poll_woken(&mut cx), Poll::Ready(()));
+        assert!(s.poll_woken(&mut cx).is_pending(), "one wake-up per burst");
+        let mut out = VecDeque::from(["first".to_string()]);
+        s.take_into(&mut out);
+        assert_eq!(out, ["first", "a", "bc"]);
+        let q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(q.capacity(), 0, "an emptied queue gives its buffer back");
+        drop(q);
+        // the bytes stay counted until the connection's task hands them to the socket
+        assert_eq!(s.queued.load(Ordering::Relaxed), 3);
+        assert!(!s.killed());
+        s.kill();
+        assert!(s.killed());
+        assert_eq!(s.poll_woken(&mut cx), Poll::Ready(()));
     }
 }

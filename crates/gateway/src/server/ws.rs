@@ -1,7 +1,7 @@
 //! The Janus WebSocket transport (and the Admin API over WebSocket).
 
 use super::respond::json_response;
-use super::state::{App, ConnHandle, unix_now};
+use super::state::{App, ConnHandle, ConnShared, unix_now};
 use super::tokens::{persist_tokens, unsaved_reply};
 use crate::core::Source;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -13,13 +13,18 @@ use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// Bytes tungstenite reads per `read` (its default, 128 KiB, is zero-filled before
-/// every read: 13 % of the gateway's CPU under load). Larger messages still arrive whole.
-pub(super) const WS_READ_BUFFER: usize = 8 * 1024;
+/// Bytes tungstenite reads per `read`, and the capacity its read buffer starts with
+/// (it grows to the largest frame received and stays). Its default, 128 KiB, is
+/// zero-filled before every read (13 % of the gateway's CPU under load); 8 KiB was
+/// two thirds of an idle WebSocket's memory (docs/performance.md). A client's first
+/// requests fit together (at 256 bytes the buffer soon doubled, leaving a hole in the
+/// heap per connection: more RSS, not less); larger messages arrive whole in several
+/// reads, which the listener's read-ahead (server/listener.rs `Counted`) serves from
+/// one system call.
+pub(super) const WS_READ_BUFFER: usize = 512;
 
 pub(super) fn wants_protocol(headers: &HeaderMap, proto: &str) -> bool {
     headers
@@ -72,14 +77,31 @@ pub(super) fn accept(
 /// through the connection's queue: they are collected under the core's lock (after
 /// whatever the queue already held, so the order is the order the core produced them)
 /// and written by this task right away — no wake-up of another task or thread per
-/// request. Events caused by other connections arrive through the bounded queue.
-/// Writing never stops reading: a client that does not read sees its messages pile up
-/// in `out`; more than `ws_queue` messages or `ws_queue_bytes` bytes queued for it (here
-/// and in its channel together) disconnect it.
-pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let kill = CancellationToken::new();
-    let queued = Arc::new(AtomicUsize::new(0));
+/// request. Events caused by other connections arrive through the connection's
+/// [`ConnShared`] queue. Writing never stops reading: a client that does not read sees
+/// its messages pile up in `out`; more than `ws_queue` messages or `ws_queue_bytes`
+/// bytes queued for it (here and in its shared queue together) disconnect it.
+///
+/// Idle, a connection costs its socket, this task and one small allocation: the
+/// WebSocket is not split (that would move it into a shared allocation), `out` is
+/// freed once drained, rare paths (saving tokens.json, the closing handshake) are boxed
+/// so they do not grow every connection's task, and tungstenite's read buffer starts at
+/// [`WS_READ_BUFFER`].
+pub(super) fn ws_session(
+    app: App,
+    socket: WebSocket,
+    admin: bool,
+) -> impl Future<Output = ()> + Send {
+    // not an `async fn` taking the WebSocket: that would keep its arguments apart from
+    // its locals, the WebSocket twice in every connection's task
+    // (rust-lang/rust#62958); held by this block and lent to `run`, it is stored once
+    let mut socket = socket;
+    async move { run(app, &mut socket, admin).await }
+}
+
+/// The body of [`ws_session`].
+async fn run(app: App, socket: &mut WebSocket, admin: bool) {
+    let shared = Arc::new(ConnShared::default());
     let conn = {
         let mut inner = app.lock();
         let id = inner.next_conn;
@@ -87,15 +109,12 @@ pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
         inner.conns.insert(
             id,
             ConnHandle {
-                tx,
-                queued: queued.clone(),
-                kill: kill.clone(),
+                shared: shared.clone(),
             },
         );
         id
     };
     app.metrics.websocket_connections.inc();
-    let (mut sink, mut stream) = socket.split();
     let mut out: VecDeque<String> = VecDeque::new();
     let mut unflushed = false;
     // Idle timeout: a Janus WebSocket that owned no session (at a check, or after any
@@ -113,7 +132,6 @@ pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
     loop {
         let msg = tokio::select! {
             biased;
-            () = kill.cancelled() => break,
             () = &mut idle_check => {
                 let now = Instant::now();
                 let busy = if admin {
@@ -145,21 +163,17 @@ pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
                 }
                 continue;
             }
-            r = std::future::poll_fn(|cx| poll_write(cx, &mut sink, &mut out, &mut unflushed, &queued)),
-                if !out.is_empty() || unflushed => {
-                if r.is_err() {
-                    break;
-                }
-                continue;
-            }
-            queued = rx.recv() => match queued {
-                Some(text) => {
-                    out.push_back(text);
+            io = std::future::poll_fn(|cx| poll_io(cx, socket, &mut out, &mut unflushed, &shared)) => match io {
+                Io::Woken => {
+                    if shared.killed() {
+                        break;
+                    }
+                    shared.take_into(&mut out);
                     continue;
                 }
-                None => break,
+                Io::Read(m) => m,
+                Io::WriteFailed => break,
             },
-            m = stream.next() => m,
         };
         let bytes;
         let text: &str = match &msg {
@@ -177,9 +191,7 @@ pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
         let (local, persist) = {
             let mut inner = app.lock();
             // what other connections queued for us before this request goes out first
-            while let Ok(t) = rx.try_recv() {
-                out.push_back(t);
-            }
+            shared.take_into(&mut out);
             inner.local = Some((conn, Vec::new()));
             let now = Instant::now();
             let unix = unix_now();
@@ -213,10 +225,10 @@ pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
         };
         for v in &local {
             let text = v.to_string();
-            queued.fetch_add(text.len(), Ordering::Relaxed);
+            shared.queued.fetch_add(text.len(), Ordering::Relaxed);
             out.push_back(text);
         }
-        let bytes = queued.load(Ordering::Relaxed);
+        let bytes = shared.queued.load(Ordering::Relaxed);
         let cfg = app.cfg();
         if out.len() > cfg.ws_queue || bytes > cfg.ws_queue_bytes {
             tracing::warn!(
@@ -231,18 +243,18 @@ pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
                 .inc();
             break;
         }
-        if persist && let Err(e) = persist_tokens(&app).await {
+        if persist && let Err(e) = Box::pin(persist_tokens(&app)).await {
             // the reply is still queued: an admin WebSocket only gets its own replies
             if let Some(reply) = out.pop_back() {
-                queued.fetch_sub(reply.len(), Ordering::Relaxed);
+                shared.queued.fetch_sub(reply.len(), Ordering::Relaxed);
                 let v: Value = serde_json::from_str(&reply).unwrap_or(Value::Null);
                 let text = unsaved_reply(&app, &v, &e).to_string();
-                queued.fetch_add(text.len(), Ordering::Relaxed);
+                shared.queued.fetch_add(text.len(), Ordering::Relaxed);
                 out.push_back(text);
             }
         }
     }
-    kill.cancel();
+    shared.kill();
     {
         let mut inner = app.lock();
         inner.conns.remove(&conn);
@@ -253,31 +265,65 @@ pub(super) async fn ws_session(app: App, socket: WebSocket, admin: bool) {
     }
     app.metrics.websocket_connections.dec();
     // a client that stopped reading must not pin this task
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
+    let close = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(None)));
+    let _ = Box::pin(close).await;
 }
 
-/// Hands queued messages to the WebSocket and flushes them (one `write` for a burst).
-/// Cancel-safe: a message leaves `out` only when the sink has taken it.
+/// What [`poll_io`] saw.
+enum Io {
+    /// Messages were queued for the connection, or it must close.
+    Woken,
+    /// The next message from the client (None: the connection ended).
+    Read(Option<Result<Message, axum::Error>>),
+    WriteFailed,
+}
+
+/// Drives the connection: takes what other tasks queued for it (or their order to
+/// close), hands what is queued in `out` to the socket (without waiting for it to
+/// drain), then reads the client's next message.
+fn poll_io(
+    cx: &mut Context<'_>,
+    socket: &mut WebSocket,
+    out: &mut VecDeque<String>,
+    unflushed: &mut bool,
+    shared: &ConnShared,
+) -> Poll<Io> {
+    if shared.poll_woken(cx).is_ready() {
+        return Poll::Ready(Io::Woken);
+    }
+    if (!out.is_empty() || *unflushed)
+        && let Poll::Ready(Err(_)) = poll_write(cx, socket, out, unflushed, &shared.queued)
+    {
+        return Poll::Ready(Io::WriteFailed);
+    }
+    socket.poll_next_unpin(cx).map(Io::Read)
+}
+
+/// Hands queued messages to the WebSocket and flushes them (one `write` for a burst);
+/// a drained `out` gives its buffer back. Cancel-safe: a message leaves `out` only when
+/// the socket has taken it.
 pub(super) fn poll_write(
-    cx: &mut std::task::Context<'_>,
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    cx: &mut Context<'_>,
+    socket: &mut WebSocket,
     out: &mut VecDeque<String>,
     unflushed: &mut bool,
     queued: &AtomicUsize,
-) -> std::task::Poll<Result<(), axum::Error>> {
-    use std::task::Poll;
+) -> Poll<Result<(), axum::Error>> {
     while !out.is_empty() {
-        match sink.poll_ready_unpin(cx) {
+        match socket.poll_ready_unpin(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
         let Some(text) = out.pop_front() else { break };
         queued.fetch_sub(text.len(), Ordering::Relaxed);
-        sink.start_send_unpin(Message::Text(text.into()))?;
+        socket.start_send_unpin(Message::Text(text.into()))?;
         *unflushed = true;
     }
-    match sink.poll_flush_unpin(cx) {
+    if out.capacity() > 0 {
+        *out = VecDeque::new();
+    }
+    match socket.poll_flush_unpin(cx) {
         Poll::Ready(Ok(())) => {
             *unflushed = false;
             Poll::Ready(Ok(()))
