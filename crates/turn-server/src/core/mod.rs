@@ -177,9 +177,35 @@ impl<R: RngCore> Core<R> {
         self.key_cache.clear();
     }
 
-    /// Replaces the peer policy (SIGHUP). Existing permissions stay until they expire.
-    pub fn set_policy(&mut self, policy: PeerPolicy) {
+    /// Replaces the peer policy (SIGHUP). Permissions of peers the new policy denies end
+    /// at once, and with them their channel bindings (which then cool down as after
+    /// expiry) and their entries in the kernel fast path: a deny an operator adds stops
+    /// relaying in progress, not only new permissions. Returns how many permissions
+    /// ended. RFC 6062 TCP peer connections already open are not cut.
+    pub fn set_policy(&mut self, now: Instant, policy: PeerPolicy) -> usize {
         self.policy = policy;
+        let mut revoked = 0;
+        let mut changed = Vec::new();
+        for (slot, a) in self.slots.iter_mut().enumerate() {
+            let Some(a) = a else { continue };
+            let before = a.permissions.len();
+            let policy = &self.policy;
+            a.permissions.retain(|ip, _| policy.check(*ip).is_ok());
+            if a.permissions.len() == before {
+                continue;
+            }
+            revoked += before - a.permissions.len();
+            for c in a.channels.values_mut() {
+                if policy.check(c.peer.ip()).is_err() && c.expires > now {
+                    c.expires = now;
+                }
+            }
+            changed.push(slot as u32);
+        }
+        for slot in changed {
+            self.offload_sync(slot, now);
+        }
+        revoked
     }
 
     /// Stop accepting new allocations (SIGTERM drain); existing ones keep working.

@@ -2143,3 +2143,62 @@ fn offload_entries_go_with_the_expiry_sweep() {
     assert_eq!((s.client, s.bindings.len()), (c, 0));
     assert_eq!(sim.core.poll_offload(), None);
 }
+
+/// A SIGHUP that denies a peer ends the permissions to it at once: ChannelData and peer
+/// data stop in userspace, the kernel is told the binding is gone, and the channel
+/// cools down as after expiry; other peers are untouched.
+#[test]
+fn a_policy_reload_that_denies_a_peer_ends_its_permissions_and_bindings() {
+    let mut c0 = cfg();
+    c0.offload = true;
+    c0.nonce_lifetime = 7200;
+    let mut sim = Sim::new(c0, PeerPolicy::default());
+    let c = client(2223);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    allocate(&mut sim, c, &mut creds);
+    let other: SocketAddr = "198.51.100.20:6000".parse().unwrap();
+    for (ch, p) in [(0x4001_0000, peer()), (0x4002_0000, other)] {
+        assert_eq!(
+            simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
+                b.u32_attr(attr::CHANNEL_NUMBER, ch);
+                b.xor_addr(attr::XOR_PEER_ADDRESS, p);
+            }),
+            None
+        );
+    }
+    while sim.core.poll_offload().is_some() {}
+    let token = *sim.relays.keys().next().unwrap();
+    assert!(sim.input(c, &channel_data(0x4001, b"hello")).is_some());
+
+    let deny: Vec<crate::policy::Cidr> = vec!["203.0.113.0/24".parse().unwrap()];
+    assert_eq!(
+        sim.core.set_policy(sim.now, PeerPolicy::new(vec![], deny)),
+        1
+    );
+    assert_eq!(
+        sim.input(c, &channel_data(0x4001, b"hello")),
+        None,
+        "ChannelData stops"
+    );
+    assert_eq!(
+        sim.core.handle_peer_data(sim.now, token, peer(), b"abc"),
+        None,
+        "peer data stops"
+    );
+    let s = sim.core.poll_offload().expect("the kernel is told at once");
+    assert_eq!(
+        s.bindings.iter().map(|b| b.channel).collect::<Vec<_>>(),
+        [0x4002],
+        "the other peer's binding stays"
+    );
+    assert!(sim.input(c, &channel_data(0x4002, b"hello")).is_some());
+    // the denied peer cannot be permitted again, and its channel number stays reserved
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::CREATE_PERMISSION, |b| {
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        Some(403)
+    );
+    // a reload that denies nothing new ends nothing
+    assert_eq!(sim.core.set_policy(sim.now, PeerPolicy::default()), 0);
+}

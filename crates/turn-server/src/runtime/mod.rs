@@ -357,9 +357,17 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
             _ = shutdown.cancelled() => break,
             msg = control.recv() => match msg {
                 Some(Control::Reload { secrets, users, policy }) => {
-                    let mut c = w.core.borrow_mut();
-                    c.set_credentials(secrets, &users);
-                    c.set_policy(policy);
+                    let now = Instant::now();
+                    let revoked = {
+                        let mut c = w.core.borrow_mut();
+                        c.set_credentials(secrets, &users);
+                        c.set_policy(now, policy)
+                    };
+                    if revoked > 0 {
+                        tracing::info!(revoked, "permissions of peers the new policy denies ended");
+                    }
+                    // the kernel's entries of those bindings go now, not at the next sweep
+                    flush(&w, now);
                 }
                 Some(Control::Drain) => w.core.borrow_mut().set_draining(),
                 None => {}
