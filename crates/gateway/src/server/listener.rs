@@ -93,6 +93,7 @@ pub(super) async fn accept_loop(
             let stream = Counted {
                 io: stream,
                 ahead: Vec::new(),
+                ahead_at: 0,
                 _slot: slot,
                 _open: GaugeGuard(open),
             };
@@ -123,13 +124,16 @@ const READ_AHEAD: usize = 16 * 1024;
 /// `read_buffer_size` at a time, which is kept small so that an idle WebSocket holds
 /// little (server/ws.rs `WS_READ_BUFFER`). Such a read gets one `read` of up to
 /// [`READ_AHEAD`] bytes into a buffer on the stack; what the caller had no room for is
-/// kept in `ahead` and handed out by the next reads, and `ahead` is freed once empty.
+/// kept in `ahead` and handed out by the next reads (from `ahead_at` on, so a large
+/// message read in small steps is not moved for each), and `ahead` is freed once empty.
 /// A message of several kilobytes thus costs one system call, and an idle connection
 /// no buffer.
 pub(super) struct Counted<S> {
     pub(super) io: S,
     /// Bytes read from `io` and not yet handed to the caller (empty: no allocation).
     pub(super) ahead: Vec<u8>,
+    /// How many bytes of `ahead` were handed out already.
+    pub(super) ahead_at: usize,
     pub(super) _slot: ConnSlot,
     pub(super) _open: GaugeGuard,
 }
@@ -145,13 +149,15 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if !this.ahead.is_empty() {
-            let n = buf.remaining().min(this.ahead.len());
-            buf.put_slice(this.ahead.get(..n).unwrap_or_default());
-            if n == this.ahead.len() {
+        if let Some(rest) = this.ahead.get(this.ahead_at..)
+            && !rest.is_empty()
+        {
+            let n = buf.remaining().min(rest.len());
+            buf.put_slice(rest.get(..n).unwrap_or_default());
+            this.ahead_at += n;
+            if this.ahead_at == this.ahead.len() {
                 this.ahead = Vec::new();
-            } else {
-                this.ahead.drain(..n);
+                this.ahead_at = 0;
             }
             return Poll::Ready(Ok(()));
         }
@@ -265,6 +271,7 @@ mod tests {
         Counted {
             io,
             ahead: Vec::new(),
+            ahead_at: 0,
             _slot: slot,
             _open: GaugeGuard(open),
         }
@@ -285,7 +292,7 @@ mod tests {
         // a small read takes up to READ_AHEAD bytes from the stream at once
         let n = c.read(&mut small).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 300);
-        assert_eq!(c.ahead.len(), READ_AHEAD - 300);
+        assert_eq!(c.ahead.len() - c.ahead_at, READ_AHEAD - 300);
         got.extend_from_slice(&small[..n]);
         // then alternating small and large reads see every byte once, in order
         let mut large = vec![0u8; READ_AHEAD];
