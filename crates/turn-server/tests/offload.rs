@@ -8,8 +8,8 @@
 //!
 //! coturn's `turnutils_uclient` relays through the server both ways; with `offload = "tc"`
 //! the offload counters prove the kernel relayed every packet, the relayed totals in
-//! `/metrics` equal the packets sent, and Refresh to a short lifetime (expiry) or to 0
-//! stops the relaying at once. With `offload = "off"` the same run passes in userspace.
+//! `/metrics` equal the packets sent, and Refresh to a short lifetime (expiry) or to 0, or
+//! a SIGHUP that denies the peer, stops the relaying at once. With `offload = "off"` the same run passes in userspace.
 //!
 //! Needs root, `ip` (iproute2), `ethtool` and coturn's tools: elsewhere the tests print why
 //! they skip — except under CI (`CI` set), where a missing piece fails them. The body runs
@@ -461,7 +461,13 @@ fn inner_relay_through_the_server_namespace() {
         "/proc/net/udp6",
         "B80D0120000002000000000002000000",
     );
+    // A config file for the SIGHUP step at the end (flags win over it; it adds deny_peer).
+    let conf = std::env::temp_dir().join(format!("callrelay-offload-{}.toml", std::process::id()));
+    std::fs::write(&conf, "").unwrap();
+    let conf_s = conf.to_string_lossy().into_owned();
     let args = [
+        "--config",
+        &conf_s,
         "--listen",
         SERVER,
         "--listen",
@@ -642,6 +648,43 @@ fn inner_relay_through_the_server_namespace() {
     assert_eq!(end.off_to_peer, after.off_to_peer + step, "{end:?}");
     assert_eq!(end.to_peer, after.to_peer + 1.0, "{end:?}");
     assert_eq!(end.to_client, after.to_client + 1.0, "{end:?}");
+
+    // SIGHUP with a policy that denies the peer: the binding's relaying stops at once, in
+    // the kernel as in userspace.
+    let mut d = client(server_addr, "dave");
+    assert_eq!(d.channel_bind(0x4002, peer).code, None, "channel bind");
+    assert!(echo(&d.sock, server_addr, 0x4002, b"bound").is_some());
+    let bound = counts(&server);
+    assert_eq!(bound.off_to_peer, end.off_to_peer + step, "{bound:?}");
+    std::fs::write(&conf, "deny_peer = [\"10.0.2.2/32\"]\n").unwrap();
+    let seen = server
+        .log
+        .lock()
+        .unwrap()
+        .matches("permissions of peers the new policy denies ended")
+        .count();
+    server.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .log
+        .lock()
+        .unwrap()
+        .matches("permissions of peers the new policy denies ended")
+        .count()
+        == seen
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no revocation logged after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..3 {
+        assert_eq!(echo(&d.sock, server_addr, 0x4002, b"after deny"), None);
+    }
+    let denied = counts(&server);
+    assert_eq!(denied, bound, "relayed after the policy denied the peer");
+    let _ = std::fs::remove_file(&conf);
     let t = server.metrics_text();
     for l in t
         .lines()
