@@ -46,14 +46,14 @@ impl Core {
             "SDP received"
         );
         h.jsep_complete = false;
-        h.pending = Some(Pending {
+        h.pending = Some(Box::new(Pending {
             kind,
             jsep_type: jsep.kind,
             sdp: jsep.sdp,
             e2ee: jsep.e2ee,
             since: now,
             deadline: now + wait,
-        });
+        }));
         if immediate {
             self.flush_pending(now, hid);
         } else {

@@ -260,7 +260,7 @@ impl Core {
             .handles
             .get(&handle)
             .and_then(|h| h.claim.as_ref())
-            .is_some_and(|(n, _)| n == username);
+            .is_some_and(|c| c.0 == username);
         if !claiming {
             // the handle went (or registered another way) while the claim was on its
             // way: give back what it won
@@ -272,7 +272,12 @@ impl Core {
             }
             return;
         }
-        let Some((name, tx)) = self.handles.get_mut(&handle).and_then(|h| h.claim.take()) else {
+        let Some((name, tx)) = self
+            .handles
+            .get_mut(&handle)
+            .and_then(|h| h.claim.take())
+            .map(|c| *c)
+        else {
             return;
         };
         if ok {
@@ -322,12 +327,12 @@ impl Core {
                         NodeBody::Busy
                     } else {
                         c.reset_call();
-                        c.remote = Some(RemotePeer {
+                        c.remote = Some(Box::new(RemotePeer {
                             node: from_node.as_str().into(),
                             handle: from,
                             username: caller,
                             ring: None,
-                        });
+                        }));
                         c.call = CallState::Incoming;
                         NodeBody::Ringing
                     }
@@ -542,7 +547,7 @@ impl Core {
             callee.username.clone(),
         );
         if let Some(h) = self.handles.get_mut(&hid) {
-            h.remote = Some(callee);
+            h.remote = Some(Box::new(callee));
             h.call = CallState::Outgoing;
             h.has_pc = true;
         }

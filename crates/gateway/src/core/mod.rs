@@ -188,7 +188,9 @@ struct Handle {
     completed: bool,
     /// This handle's first SDP of the current call has gone to the peer.
     forwarded: bool,
-    pending: Option<Pending>,
+    /// Boxed: held only between a message and its forward (a few ms to 1 s), and
+    /// every idle handle pays for what is inline (idle WebSockets, issue 15).
+    pending: Option<Box<Pending>>,
     /// An offer was forwarded to this handle (so an answer from it is expected).
     got_offer: bool,
     /// A PeerConnection exists on the browser side as far as we can tell.
@@ -196,10 +198,10 @@ struct Handle {
     /// The SDP of the current message carries all its candidates (no trickle).
     jsep_complete: bool,
     /// The call's other side when it is on another node (then `peer` is None).
-    remote: Option<cluster::RemotePeer>,
+    remote: Option<Box<cluster::RemotePeer>>,
     /// A `register` waiting for the cluster's answer: the name and the request's
     /// transaction.
-    claim: Option<(String, String)>,
+    claim: Option<Box<(String, String)>>,
 }
 
 impl Handle {

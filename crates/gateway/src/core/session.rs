@@ -86,7 +86,7 @@ impl Core {
     pub(super) fn detach_handle(&mut self, now: Instant, hid: u64, reason: CallEnd) {
         self.teardown_call(now, hid, "Remote WebRTC hangup", reason, false);
         if let Some(h) = self.handles.remove(&hid) {
-            let name = h.username.as_ref().or(h.claim.as_ref().map(|(n, _)| n));
+            let name = h.username.as_ref().or(h.claim.as_ref().map(|c| &c.0));
             if let Some(name) = name {
                 self.registry.unregister(name, hid);
                 self.cluster_push(super::ClusterOut::Release {

@@ -955,3 +955,19 @@ fn shared_tokens_come_out_as_updates_and_go_in_silently() {
         ]
     );
 }
+
+/// Every idle handle and session pays for its inline size (one WebSocket per browser:
+/// issue 15); what only a call in progress needs is boxed.
+#[test]
+fn idle_handles_and_sessions_stay_small() {
+    assert!(
+        size_of::<Handle>() <= 104,
+        "Handle is {} bytes",
+        size_of::<Handle>()
+    );
+    assert!(
+        size_of::<Session>() <= 96,
+        "Session is {} bytes",
+        size_of::<Session>()
+    );
+}

@@ -240,7 +240,7 @@ impl Core {
                 let claiming = self
                     .handles
                     .get(&hid)
-                    .and_then(|h| h.claim.as_ref().map(|(n, _)| n.clone()));
+                    .and_then(|h| h.claim.as_ref().map(|c| c.0.clone()));
                 if let Some(u) = username.or(claiming) {
                     return Err(PluginError::new(
                         VideocallError::AlreadyRegistered,
@@ -264,7 +264,7 @@ impl Core {
                 if self.cluster.as_ref().is_some_and(|c| c.online) {
                     // no other node may hold it: the answer comes with the claim's
                     if let Some(h) = self.handles.get_mut(&hid) {
-                        h.claim = Some((name.clone(), tx.to_string()));
+                        h.claim = Some(Box::new((name.clone(), tx.to_string())));
                     }
                     self.cluster_push(ClusterOut::Claim {
                         username: name,
