@@ -172,7 +172,12 @@ async fn start(setup: Setup, a: &ClusterArgs, scratch: &Path, tag: &str) -> Resu
             ])
             .arg("--state-dir")
             .arg(&state)
-            .env("RUST_LOG", "warn");
+            // CALLRELAY_BENCH_GATEWAY_LOG (e.g. `info`) with CALLRELAY_BENCH_KEEP=1 keeps
+            // the nodes' logs for a failure's diagnosis
+            .env(
+                "RUST_LOG",
+                std::env::var("CALLRELAY_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         if let Some(url) = &nats_url {
             cmd.args(["--nats-url", url, "--node-id", &format!("n{}", i + 1)]);
         }
@@ -230,15 +235,22 @@ async fn until_token(ws: SocketAddr) -> Result<()> {
     }
 }
 
-/// One series of the Prometheus text on the node's admin listener (`GET /metrics`).
-async fn metric(admin: SocketAddr, series: &str) -> Result<f64> {
+/// The Prometheus text on the node's admin listener (`GET /metrics`).
+async fn metrics_text(admin: SocketAddr) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(admin).await?;
     let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out)).await??;
-    out.lines()
+    Ok(out)
+}
+
+/// One series of the node's metrics.
+async fn metric(admin: SocketAddr, series: &str) -> Result<f64> {
+    metrics_text(admin)
+        .await?
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .context("series not found")?
         .trim()
@@ -489,6 +501,19 @@ async fn loop_step(
         100.0 * nats_cpu / secs,
         100.0 * client_cpu / secs,
     );
+    if errors > 0 {
+        // what each node counted of its cluster messages, for the failure's diagnosis
+        for n in &c.nodes {
+            if let Ok(text) = metrics_text(n.admin).await {
+                for l in text.lines().filter(|l| {
+                    l.starts_with("callrelay_gateway_cluster_message")
+                        || l.starts_with("callrelay_gateway_nats_connected")
+                }) {
+                    eprintln!("    {} {l}", n.admin);
+                }
+            }
+        }
+    }
     c.check_alive()?;
     if cycles == 0 {
         bail!("{}: no call cycle completed", setup.column());
