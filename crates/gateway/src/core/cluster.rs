@@ -160,7 +160,20 @@ pub(super) struct RemotePeer {
     pub(super) username: String,
     /// The caller's `call` waiting for the callee's node: the request's transaction and
     /// offer. None once ringing (and always on the callee's side).
-    pub(super) ring: Option<(String, Jsep)>,
+    pub(super) ring: Option<Ring>,
+}
+
+/// A caller's `call` waiting for the callee's node.
+#[derive(Debug, Clone)]
+pub(super) struct Ring {
+    /// The `call` request's transaction.
+    pub(super) tx: String,
+    /// Its offer, forwarded once the callee's node says it is ringing.
+    pub(super) jsep: Jsep,
+    /// When it fails with 499 ([`RING_TIMEOUT`] after the `call`). Kept here, not only in
+    /// the timer: a handle's earlier call may have left a timer that falls due during
+    /// this one.
+    pub(super) until: Instant,
 }
 
 impl RemotePeer {
@@ -567,13 +580,15 @@ impl Core {
         Ok(())
     }
 
-    /// [`Timer::Ring`]: the callee's node never answered.
-    pub(super) fn ring_timeout(&mut self, hid: u64) {
+    /// [`Timer::Ring`]: the callee's node never answered (unless the timer is an earlier
+    /// call's).
+    pub(super) fn ring_timeout(&mut self, now: Instant, hid: u64) {
         let waiting = self
             .handles
             .get(&hid)
             .and_then(|h| h.remote.as_ref())
-            .is_some_and(|r| r.ring.is_some());
+            .and_then(|r| r.ring.as_ref())
+            .is_some_and(|r| r.until <= now);
         if waiting {
             self.ring_failed(hid, "did not answer");
         }
@@ -648,10 +663,12 @@ impl Core {
 
     /// Takes the waiting `call` of `hid` (None when it is not waiting any more).
     fn take_ring(&mut self, hid: u64) -> Option<(String, Jsep)> {
-        self.handles
+        let ring = self
+            .handles
             .get_mut(&hid)
             .and_then(|h| h.remote.as_mut())
-            .and_then(|r| r.ring.take())
+            .and_then(|r| r.ring.take())?;
+        Some((ring.tx, ring.jsep))
     }
 
     /// Ends a `call` that never rang; returns the name called.

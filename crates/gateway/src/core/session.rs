@@ -175,7 +175,7 @@ impl Core {
                         self.flush_pending(now, hid);
                     }
                 }
-                Timer::Ring(hid) => self.ring_timeout(hid),
+                Timer::Ring(hid) => self.ring_timeout(now, hid),
                 Timer::Session(sid) => {
                     let timeout = self.cfg.session_timeout;
                     let Some(s) = self.sessions.get(&sid) else {

@@ -1,6 +1,6 @@
 //! janus.plugin.videocall: register, list, call, accept, set, hangup, and the plugin's events.
 
-use super::cluster::{ClusterOut, NodeBody, RemotePeer};
+use super::cluster::{ClusterOut, NodeBody, RemotePeer, Ring};
 use super::counters::CallEnd;
 use super::janus::{Envelope, JanusError, Jsep, JsepType, VideocallError};
 use super::{CallState, Core, ForwardKind, Handle, VIDEOCALL};
@@ -331,7 +331,11 @@ impl Core {
                                 node: at.node.as_str().into(),
                                 handle: at.handle,
                                 username: target,
-                                ring: Some((tx.to_string(), jsep)),
+                                ring: Some(Ring {
+                                    tx: tx.to_string(),
+                                    jsep,
+                                    until: now + super::RING_TIMEOUT,
+                                }),
                             },
                         )
                         .map_err(|(code, reason)| PluginError::new(code, reason));

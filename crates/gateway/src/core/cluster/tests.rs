@@ -6,7 +6,7 @@ use crate::store::{MemoryRegistry, MemoryTokenStore};
 use rand::SeedableRng;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const OFFER: &str =
     "v=0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:u1\r\na=mid:0\r\n";
@@ -533,4 +533,37 @@ fn after_a_partition_a_call_the_other_node_ended_ends_here_too() {
     assert!(net.core("n1").handles[&hc].remote.is_some());
     assert!(net.core("n1").handles[&ha].remote.is_none());
     assert!(net.core("n2").handles[&hd].remote.is_some());
+}
+
+#[test]
+fn an_earlier_calls_ring_timer_does_not_fail_the_next_call() {
+    let mut net = Net::new(&["n1", "n2"]);
+    let (sa, ha, _) = net.party("n1", 1, "alice");
+    let (sb, hb, _) = net.party("n2", 2, "bob");
+    let call = |s, h| {
+        let mut c = msg(s, h, "call", json!({"request": "call", "username": "bob"}));
+        c["jsep"] = json!({"type": "offer", "sdp": OFFER, "trickle": false});
+        c
+    };
+    // a first call rings at once and ends
+    net.req("n1", 1, call(sa, ha));
+    assert!(find(&net.events("n1", 1), "calling").is_some());
+    net.req("n2", 2, msg(sb, hb, "h", json!({"request": "hangup"})));
+    net.events("n1", 1);
+    net.events("n2", 2);
+    // 3 s later a second call, whose answer is slow to come
+    let t0 = net.now;
+    net.now = t0 + Duration::from_secs(3);
+    net.deaf = Some("n2".into());
+    net.req("n1", 1, call(sa, ha));
+    // the first call's timer falls due: the second call keeps waiting
+    net.core("n1").handle_timeout(t0 + RING_TIMEOUT, 0);
+    assert!(
+        net.events("n1", 1).is_empty(),
+        "the second call failed early"
+    );
+    // its own timer does fail it
+    net.core("n1")
+        .handle_timeout(t0 + Duration::from_secs(3) + RING_TIMEOUT, 0);
+    assert_eq!(error_code(&net.events("n1", 1)), Some(499));
 }
