@@ -395,9 +395,12 @@ async fn tokens_loop(
             continue;
         }
         // the full read below is the state: echoes of older writes no longer matter
-        written.clear();
-        let mut watch = match snapshot(&app, &kv, &outbox).await {
-            Ok(w) => w,
+        // (the read keeps what it may have missed of them, see `snapshot`)
+        let mut watch = match snapshot(&app, &kv, &outbox, &written).await {
+            Ok(w) => {
+                written.clear();
+                w
+            }
             Err(e) => {
                 metrics.kv_failures.with_label_values(&["watch"]).inc();
                 tracing::warn!(error = %e, "cannot read the shared tokens; retrying");
@@ -571,9 +574,23 @@ async fn flush(
 }
 
 /// Reads the whole bucket into the core (tokens not in it are dropped here, except
-/// changes still queued) and returns the watch that follows it from there.
-async fn snapshot(app: &App, kv: &Store, outbox: &Outbox) -> Result<kv::Watch, String> {
+/// changes still queued and this node's writes newer than the read: `written` holds their
+/// revisions) and returns the watch that follows it from there.
+async fn snapshot(
+    app: &App,
+    kv: &Store,
+    outbox: &Outbox,
+    written: &HashMap<String, u64>,
+) -> Result<kv::Watch, String> {
     let status = kv.status().await.map_err(|e| e.to_string())?;
+    // a token this node wrote after the state read here cannot be in the read: keep it
+    // (one written before it and missing from the read was deleted since: dropped)
+    let seq = status.info.state.last_sequence;
+    let fresh: Vec<String> = written
+        .iter()
+        .filter(|(_, rev)| **rev > seq)
+        .map(|(t, _)| t.clone())
+        .collect();
     let mut watch = kv
         .watch_with_history(">")
         .await
@@ -607,7 +624,8 @@ async fn snapshot(app: &App, kv: &Store, outbox: &Outbox) -> Result<kv::Watch, S
     let dropped = {
         let mut inner = app.lock();
         // under the core's lock, where local changes are queued: none slips between
-        let keep = outbox.tokens();
+        let mut keep = outbox.tokens();
+        keep.extend(fresh);
         inner
             .core
             .replace_shared_tokens(table.into_values().collect(), &keep)
