@@ -18,7 +18,6 @@
 //! ends, whatever happened.
 mod common;
 
-use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -221,7 +220,7 @@ fn outer(mode: &str, inner: &str) {
     }
     let ns = Namespaces::new(&mode[..1]);
     let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new("ip")
+    let child = Command::new("ip")
         .args(["netns", "exec", &ns.name('c')])
         .arg(exe)
         .args([
@@ -238,31 +237,7 @@ fn outer(mode: &str, inner: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let text = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
+    let (status, text) = common::output_within(child, Duration::from_secs(120));
     eprintln!("{text}");
     assert!(status.is_some(), "inner test timed out after 120 s");
     assert!(

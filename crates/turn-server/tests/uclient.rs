@@ -3,7 +3,6 @@
 //! expired credentials fail. CI installs Debian `coturn`.
 mod common;
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,37 +63,13 @@ impl Drop for Peer {
 
 /// Runs uclient (bounded to 40 s) and returns (success, combined output).
 fn uclient(args: &[&str]) -> (bool, String) {
-    let mut child = Command::new("turnutils_uclient")
+    let child = Command::new("turnutils_uclient")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("turnutils_uclient (Debian package coturn) must be installed");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
+    let (status, text) = common::output_within(child, Duration::from_secs(40));
     (status.is_some_and(|s| s.success()), text)
 }
 
