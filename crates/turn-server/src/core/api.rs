@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::time::Instant;
 
 /// Transport of a client connection.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -163,23 +162,9 @@ pub enum Command {
 }
 
 /// One channel binding of a UDP allocation, as the kernel fast path needs it
-/// (docs/offload.md): the client's 5-tuple, the relay socket's bound address, the peer and
-/// the channel number, valid until `expires`.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub struct OffloadBinding {
-    /// The client's address.
-    pub client: SocketAddr,
-    /// Our listener address the client sends to.
-    pub server: SocketAddr,
-    /// The relay socket's bound address.
-    pub relay: SocketAddr,
-    /// The peer.
-    pub peer: SocketAddr,
-    /// Channel number.
-    pub channel: u16,
-    /// The earliest of the channel's, its permission's and the allocation's expiry.
-    pub expires: Instant,
-}
+/// (docs/offload.md): the offload crate's own type, so the shell hands the core's
+/// bindings to the kernel maps as they are.
+pub use turn_offload::Binding as OffloadBinding;
 
 /// The complete set of a UDP allocation's live channel bindings, emitted whenever it may
 /// have changed (ChannelBind, CreatePermission, Refresh, expiry sweeps) and with no

@@ -408,19 +408,7 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for s in syncs {
-                let bindings: Vec<turn_offload::Binding> = s
-                    .bindings
-                    .iter()
-                    .map(|b| turn_offload::Binding {
-                        client: b.client,
-                        server: b.server,
-                        relay: b.relay,
-                        peer: b.peer,
-                        channel: b.channel,
-                        expires: b.expires,
-                    })
-                    .collect();
-                o.sync((s.client.remote, s.client.local), &bindings);
+                o.sync((s.client.remote, s.client.local), &s.bindings);
             }
         }
     }
