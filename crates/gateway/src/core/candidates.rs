@@ -109,10 +109,10 @@ impl Core {
         };
         // a peer on another node gets the SDP through the cluster (`forward_remote`)
         let remote = h.remote.is_some();
-        // (0 stands for the remote peer in the log: handle ids start at 1)
-        let Some(peer) = h.peer.or(remote.then_some(0)) else {
+        let peer = h.peer;
+        if peer.is_none() && !remote {
             return;
-        };
+        }
         if !h.forwarded {
             let ufrags = sdp::sdp_ufrags(&p.sdp);
             h.cands
@@ -123,24 +123,22 @@ impl Core {
         } else {
             sdp::merge_candidates(&p.sdp, &h.cands, h.completed)
         };
+        let waited_ms =
+            u64::try_from(now.saturating_duration_since(p.since).as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
             handle = hid,
-            peer,
+            peer = ?peer,
             remote,
             kind = ?p.kind,
             candidates = h.cands.len(),
             completed = h.completed,
-            waited_ms = u64::try_from(now.saturating_duration_since(p.since).as_millis()).unwrap_or(u64::MAX),
+            waited_ms,
             "forwarding SDP with merged candidates"
         );
         h.cands.clear();
         h.forwarded = true;
         let username = h.username.clone();
-        let waited = now.saturating_duration_since(p.since);
-        self.counters.candidate_wait_ms = self
-            .counters
-            .candidate_wait_ms
-            .saturating_add(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+        self.counters.candidate_wait_ms = self.counters.candidate_wait_ms.saturating_add(waited_ms);
         let mut jsep = json!({"type": p.jsep_type.as_str(), "sdp": merged});
         if p.e2ee {
             jsep["e2ee"] = true.into();
@@ -150,10 +148,10 @@ impl Core {
             ForwardKind::Accepted => json!({"event": "accepted", "username": username}),
             ForwardKind::Update => json!({"event": "update"}),
         };
-        if remote {
+        let Some(peer) = peer else {
             self.forward_remote(hid, p.kind, username, jsep);
             return;
-        }
+        };
         if let Some(ph) = self.handles.get_mut(&peer) {
             // the peer's browser now negotiates a PeerConnection for this call
             ph.has_pc = true;

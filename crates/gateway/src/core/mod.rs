@@ -34,6 +34,8 @@ const MAX_ID: u64 = 1 << 53;
 /// Session ids of a cluster node: its tag above this bit, 40 random bits below.
 const TAG_SHIFT: u32 = 40;
 const TAG_MASK: u16 = (1 << (53 - TAG_SHIFT)) - 1;
+/// The largest session tag ([`Core::set_session_tag`]): tags are 1..=this.
+pub const MAX_SESSION_TAG: u16 = TAG_MASK;
 
 /// The node tag a session id carries ([`Core::set_session_tag`]); 0 for ids drawn
 /// without one (a single node, or an id the client chose).

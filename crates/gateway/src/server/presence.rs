@@ -16,7 +16,7 @@
 
 use super::state::App;
 use crate::config::ClusterConfig;
-use crate::core::{ClusterOut, NodeBody, NodeMessage, UserLocation};
+use crate::core::{ClusterOut, MAX_SESSION_TAG, NodeBody, NodeMessage, UserLocation};
 use crate::metrics::ClusterMetrics;
 use async_nats::Client;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store};
@@ -72,7 +72,7 @@ struct Queue {
 /// ([`Inner::deliver`](super::state::Inner::deliver)), emptied here.
 #[derive(Debug)]
 pub(super) struct NodeOutbox {
-    /// The tag of this node's session ids (drawn at start, 1..8191), announced in its
+    /// The tag of this node's session ids (drawn at start, 1..=[`MAX_SESSION_TAG`]), announced in its
     /// heartbeat; HTTP requests for them come to `<cluster>.http.<tag>` (forward.rs).
     pub(super) tag: u16,
     /// Connections to NATS made so far (counted by the client's event callback): a new
@@ -102,7 +102,7 @@ fn cost(o: &ClusterOut) -> usize {
 impl NodeOutbox {
     pub(super) fn new(metrics: ClusterMetrics) -> Self {
         Self {
-            tag: rand::random_range(1..8192),
+            tag: rand::random_range(1..=MAX_SESSION_TAG),
             epoch: Arc::new(AtomicU64::new(0)),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
