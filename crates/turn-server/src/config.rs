@@ -156,6 +156,15 @@ pub struct Cli {
     /// Interface the offload attaches to (repeatable). Default: every interface but lo.
     #[arg(long, value_name = "NAME")]
     pub offload_interface: Vec<String>,
+    /// Bearer secret of the control endpoint on the metrics listener (`POST
+    /// /control/permission`, for the gateway's `early_offer`); without one the endpoint
+    /// does not exist (404). Prefer the config file: a flag shows in `ps`.
+    #[arg(long, value_name = "SECRET")]
+    pub control_secret: Option<String>,
+    /// Control requests per second the endpoint accepts (all callers together); more
+    /// get 429.
+    #[arg(long, value_name = "N")]
+    pub control_rate: Option<u32>,
 }
 
 /// The TOML file. Keys mirror the flags.
@@ -211,6 +220,8 @@ pub struct FileConfig {
     offload: Option<String>,
     #[serde(default)]
     offload_interface: Vec<String>,
+    control_secret: Option<String>,
+    control_rate: Option<u32>,
 }
 
 /// Workers when the configuration does not say: half the CPUs (at least 1, at most 16).
@@ -308,6 +319,38 @@ pub struct Config {
     pub offload: OffloadMode,
     /// Interfaces the offload attaches to (empty: every interface but lo).
     pub offload_interfaces: Vec<String>,
+    /// The control endpoint's bearer secret; `None`: no endpoint.
+    pub control_secret: Option<ControlSecret>,
+    /// Control requests per second.
+    pub control_rate: u32,
+}
+
+/// The control endpoint's bearer secret. Only its SHA-256 digest is kept, compared in
+/// constant time with the digest of what a request presents (so neither the length nor
+/// the bytes of the secret leak through timing); `Debug` prints no part of it.
+#[derive(Clone)]
+pub struct ControlSecret([u8; 32]);
+
+impl ControlSecret {
+    /// The digest of `secret`.
+    pub fn new(secret: &str) -> Self {
+        use sha2::Digest as _;
+        Self(sha2::Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Whether `presented` is the secret (constant time in its content).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let d: [u8; 32] = sha2::Sha256::digest(presented).into();
+        d.ct_eq(&self.0).into()
+    }
+}
+
+impl std::fmt::Debug for ControlSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlSecret(<redacted>)")
+    }
 }
 
 fn ips(key: &'static str, v: &[String]) -> Result<(Option<IpAddr>, Option<IpAddr>), ConfigError> {
@@ -619,6 +662,21 @@ impl Config {
                 format!("`{bad}` is not an interface name (1-15 characters, no `/` or space)"),
             ));
         }
+        let control_secret = match cli.control_secret.clone().or(f.control_secret) {
+            Some(s) if s.len() < 16 => {
+                return Err(ConfigError::key(
+                    "control_secret",
+                    "use at least 16 characters (e.g. `openssl rand -hex 32`), or leave it unset to disable the control endpoint",
+                ));
+            }
+            s => s.as_deref().map(ControlSecret::new),
+        };
+        let control_rate = in_range(
+            "control_rate",
+            pick(cli.control_rate, f.control_rate, 200),
+            1..=100_000,
+            " requests per second (200 is the default: two per call set-up)",
+        )?;
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < workers {
             return Err(ConfigError::key(
@@ -667,6 +725,8 @@ impl Config {
             stream_auth_timeout: Duration::from_secs(stream_auth_timeout),
             offload,
             offload_interfaces,
+            control_secret,
+            control_rate,
         })
     }
 }

@@ -121,7 +121,27 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let (mesh, inboxes) = runtime::Mesh::new(sockets.len());
     let epoch = Instant::now();
     let mut heartbeats = Vec::new();
-    for ((index, sockets), inbox) in sockets.into_iter().enumerate().zip(inboxes) {
+    // The control endpoint (docs/turn-server.md): only with a secret. Without one each
+    // worker's queue has no sender and its receiver stays idle.
+    let (control, permit_rxs) = match &cfg.control_secret {
+        Some(secret) => {
+            let (api, rxs) = runtime::ControlApi::new(
+                secret.clone(),
+                sockets.len(),
+                quota.clone(),
+                cfg.control_rate,
+                metrics.clone(),
+            );
+            (Some(api), rxs)
+        }
+        None => (
+            None,
+            (0..sockets.len()).map(|_| mpsc::channel(1).1).collect(),
+        ),
+    };
+    for (((index, sockets), inbox), permits) in
+        sockets.into_iter().enumerate().zip(inboxes).zip(permit_rxs)
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         controls.push(tx);
         let args = WorkerArgs {
@@ -144,6 +164,7 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
                 h
             },
             offload: offload.clone(),
+            permits,
         };
         threads.push(
             std::thread::Builder::new()
@@ -163,12 +184,14 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
             metrics_listener,
             metrics.clone(),
             runtime::MetricsBounds::from_config(&cfg),
+            control,
             shutdown.clone(),
         ));
         tracing::info!(
             listen = ?bound,
             tls_listen = ?tls_bound,
             metrics = %metrics_addr,
+            control = cfg.control_secret.is_some(),
             relay_ports = ?cfg.relay_ports,
             workers = cfg.workers,
             realm = %cfg.realm,

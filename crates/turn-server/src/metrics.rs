@@ -52,6 +52,50 @@ impl MetricsReject {
     pub const LABELS: [&str; 2] = ["max_connections", "header_timeout"];
 }
 
+/// The answer of one request to the control endpoint
+/// (`callrelay_turn_control_requests_total{result}`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum ControlResult {
+    /// Permission installed (or refreshed).
+    Installed = 0,
+    /// No allocation has that relayed address (404).
+    NoAllocation = 1,
+    /// The peer policy denies the IP (403).
+    Denied = 2,
+    /// The allocation's permission table is full (507).
+    Full = 3,
+    /// Missing or wrong bearer secret (401).
+    Unauthorized = 4,
+    /// Over `control_rate` (429).
+    RateLimited = 5,
+    /// Not the expected JSON, or the peer's family is not the relay's (400).
+    BadRequest = 6,
+    /// Body over the endpoint's limit (413).
+    TooLarge = 7,
+    /// The owning worker's queue was full or it did not answer in time (503).
+    Unavailable = 8,
+}
+
+impl ControlResult {
+    /// Label values in index order.
+    pub const LABELS: [&str; 9] = [
+        "installed",
+        "no_allocation",
+        "denied",
+        "full",
+        "unauthorized",
+        "rate_limited",
+        "bad_request",
+        "too_large",
+        "unavailable",
+    ];
+
+    /// This result's label.
+    pub fn label(self) -> &'static str {
+        Self::LABELS.get(self as usize).copied().unwrap_or("?")
+    }
+}
+
 /// All turn-server metrics, with label handles resolved once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -76,6 +120,7 @@ pub struct Metrics {
     worker_tasks: IntGauge,
     metrics_rejections: Vec<IntCounter>,
     metrics_connections: IntGauge,
+    control_requests: Vec<IntCounter>,
     /// Registered on the first `set_tls_cert_not_after`: absent without TLS.
     tls_not_after: IntGauge,
     offload_packets: [IntCounter; 2],
@@ -246,6 +291,13 @@ impl Metrics {
             "callrelay_turn_metrics_connections_active",
             "Open connections to the /metrics endpoint (at most metrics_max_connections)",
         );
+        let control_requests = counters(
+            &r,
+            "callrelay_turn_control_requests_total",
+            "Requests to the control endpoint (POST /control/permission) by answer",
+            "result",
+            ControlResult::LABELS,
+        );
         let build_info = register(
             &r,
             IntGaugeVec::new(
@@ -310,6 +362,7 @@ impl Metrics {
             worker_tasks,
             metrics_rejections,
             metrics_connections,
+            control_requests,
             tls_not_after: IntGauge::new(
                 "callrelay_turn_tls_cert_not_after_seconds",
                 "Expiry (notAfter, Unix seconds) of the TLS certificate in use",
@@ -386,6 +439,13 @@ impl Metrics {
     /// A stream connection refused or closed by a bound (accept path, not the relay path).
     pub fn stream_rejected(&self, reason: StreamReject) {
         if let Some(c) = self.stream_rejections.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// One answer of the control endpoint.
+    pub fn control_request(&self, result: ControlResult) {
+        if let Some(c) = self.control_requests.get(result as usize) {
             c.inc();
         }
     }

@@ -211,3 +211,34 @@ fn example_configs_load() {
     let c = cli(&["--auth-secret", "s"]);
     Config::merge(&c, f).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
 }
+
+#[test]
+fn control_secret_is_checked_redacted_and_off_by_default() {
+    let base = [
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--auth-secret",
+        "S",
+    ];
+    let c = Config::load(&cli(&base)).unwrap();
+    assert!(c.control_secret.is_none(), "no endpoint unless asked for");
+    assert_eq!(c.control_rate, 200);
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--control-secret", "short"]);
+    assert_eq!(err_key(&cli(&args)), "control_secret");
+    let secret = "a-control-secret-long-enough";
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--control-secret", secret, "--control-rate", "0"]);
+    assert_eq!(err_key(&cli(&args)), "control_rate");
+    args.pop();
+    args.push("50");
+    let c = Config::load(&cli(&args)).unwrap();
+    let s = c.control_secret.as_ref().unwrap();
+    assert!(s.matches(secret.as_bytes()));
+    assert!(!s.matches(b"a-control-secret-long-enougH"));
+    assert!(!s.matches(b""));
+    assert!(!format!("{c:?}").contains(secret));
+    assert_eq!(c.control_rate, 50);
+}

@@ -177,6 +177,25 @@ pub struct OffloadSync {
     pub bindings: Vec<OffloadBinding>,
 }
 
+/// What [`Core::install_permission`](super::Core::install_permission) did: the answer to
+/// the control endpoint's "install a permission for IP P on the allocation whose relayed
+/// address is R" (docs/turn-server.md, "Control endpoint").
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum InstallResult {
+    /// Installed (or refreshed): an ordinary permission, as CreatePermission makes.
+    Installed,
+    /// No live allocation of this shard has that relayed address.
+    NoSuchAllocation,
+    /// The peer's address family is not the relayed address's.
+    WrongFamily,
+    /// The peer policy denies the IP (counted in the denied-peer metric like a refused
+    /// CreatePermission).
+    Denied(crate::policy::DenyClass),
+    /// The allocation holds `max_permissions` live permissions already (counted as a
+    /// `permissions` quota rejection).
+    Full,
+}
+
 /// Static settings of one core.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {

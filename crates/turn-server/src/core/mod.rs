@@ -47,7 +47,8 @@ use self::rfc6062::PendingConnect;
 use crate::policy::PeerPolicy;
 
 pub use self::api::{
-    Command, CoreConfig, FiveTuple, OffloadBinding, OffloadSync, Proto, Relay, RelayToken, Transmit,
+    Command, CoreConfig, FiveTuple, InstallResult, OffloadBinding, OffloadSync, Proto, Relay,
+    RelayToken, Transmit,
 };
 pub use self::auth::StaticUser;
 pub(crate) use self::fxhash::FxMap;

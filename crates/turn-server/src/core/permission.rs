@@ -2,13 +2,14 @@
 //! checks both share.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use rand::RngCore;
 
 use super::allocation::{Channel, install_permission};
 use super::reply::{Reject, Req};
 use super::stats::QuotaKind;
-use super::{CHANNEL_LIFETIME, Core};
+use super::{CHANNEL_LIFETIME, Core, InstallResult};
 use shared_ice::stun::{Message, error_code};
 
 /// The request's first XOR-PEER-ADDRESS; a missing or malformed one is refused (400).
@@ -112,5 +113,59 @@ impl<R: RngCore> Core<R> {
         self.offload_sync(slot, now);
         self.reply_ok(rq, None);
         Ok(())
+    }
+
+    /// The control endpoint's input (docs/turn-server.md, "Control endpoint"): installs,
+    /// on the allocation whose advertised relayed address is `relay`, a permission for
+    /// `peer`, as if its client had sent CreatePermission for it — the same lifetime
+    /// ([`PERMISSION_LIFETIME`](super::PERMISSION_LIFETIME)), per-allocation cap, peer
+    /// policy, expiry, metrics and kernel fast-path update. The gateway uses it so that
+    /// the first ICE checks of a call's other browser are not dropped while this one's
+    /// client has not yet learnt that browser's address.
+    pub fn install_permission(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: IpAddr,
+    ) -> InstallResult {
+        let Some(&tok) = self.by_relay_addr.get(&relay) else {
+            return InstallResult::NoSuchAllocation;
+        };
+        let live = self
+            .slots
+            .get(tok.slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|a| {
+                a.generation == tok.generation && a.expires > now && a.pending.is_none()
+            });
+        if !live {
+            return InstallResult::NoSuchAllocation;
+        }
+        if peer.is_ipv4() != relay.is_ipv4() {
+            return InstallResult::WrongFamily;
+        }
+        if let Err(class) = self.policy.check(peer) {
+            self.stats.denied[class.index()] += 1;
+            tracing::debug!(
+                class = class.label(),
+                "installed permission denied by policy"
+            );
+            return InstallResult::Denied(class);
+        }
+        let max = self.cfg.max_permissions;
+        let Some(a) = self
+            .slots
+            .get_mut(tok.slot as usize)
+            .and_then(Option::as_mut)
+        else {
+            return InstallResult::NoSuchAllocation;
+        };
+        if !a.permissions_fit(&[peer], max, now) {
+            self.over_quota(QuotaKind::Permissions);
+            return InstallResult::Full;
+        }
+        install_permission(a, peer, now);
+        self.offload_sync(tok.slot, now);
+        InstallResult::Installed
     }
 }

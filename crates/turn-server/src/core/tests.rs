@@ -2202,3 +2202,141 @@ fn a_policy_reload_that_denies_a_peer_ends_its_permissions_and_bindings() {
     // a reload that denies nothing new ends nothing
     assert_eq!(sim.core.set_policy(sim.now, PeerPolicy::default()), 0);
 }
+
+#[test]
+fn installed_permission_lets_the_other_allocation_in_and_expires_like_one() {
+    // The gateway's control input (docs/turn-server.md, "Control endpoint"): B's
+    // allocation gets a permission for A's relayed IP without a CreatePermission from B,
+    // so A's first datagrams to B's relayed address reach B's client.
+    let mut c0 = cfg();
+    c0.offload = true;
+    c0.nonce_lifetime = 7200;
+    let mut sim = Sim::new(
+        c0,
+        PeerPolicy::new(vec!["192.0.2.1/32".parse().unwrap()], vec![]),
+    );
+    let (ca, cb) = (client(120), client(121));
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    let mut b = a.clone();
+    let ra = allocate(&mut sim, ca, &mut a);
+    let rb = allocate(&mut sim, cb, &mut b);
+    while sim.core.poll_offload().is_some() {}
+    // A's ChannelData to B's relayed address is delivered in process, with B's checks
+    let send = |sim: &mut Sim, payload: &[u8]| {
+        let r = sim.input(ca, &channel_data(0x4000, payload));
+        assert_eq!(r, None, "B has no channel: a Data indication or nothing");
+    };
+    // A may send (its own permission), B has none for A: dropped at B.
+    assert_eq!(
+        simple(&mut sim, ca, &a, method::CHANNEL_BIND, |bb| {
+            bb.u32_attr(attr::CHANNEL_NUMBER, 0x4000 << 16);
+            bb.xor_addr(attr::XOR_PEER_ADDRESS, rb);
+        }),
+        None
+    );
+    while sim.core.poll_offload().is_some() {}
+    send(&mut sim, b"early");
+    assert!(sim.out.is_empty(), "B has no permission for A yet");
+
+    assert_eq!(
+        sim.core.install_permission(sim.now, rb, ra.ip()),
+        InstallResult::Installed
+    );
+    // the kernel fast path hears of it as after a CreatePermission
+    let s = sim
+        .core
+        .poll_offload()
+        .expect("an offload sync, as CreatePermission");
+    assert_eq!(s.client, cb);
+    send(&mut sim, b"now");
+    let di = last(&mut sim);
+    let m = Message::parse(&di).unwrap();
+    assert_eq!(
+        (
+            m.method,
+            m.xor_addr(attr::XOR_PEER_ADDRESS),
+            m.get(attr::DATA)
+        ),
+        (method::DATA, Some(ra), Some(&b"now"[..]))
+    );
+    assert_eq!(sim.core.gauges(sim.now).permissions, 2);
+
+    // an ordinary permission: it ends 300 s later unless refreshed
+    sim.advance(PERMISSION_LIFETIME.as_secs() - 1);
+    send(&mut sim, b"still");
+    assert!(!sim.out.is_empty(), "alive until its lifetime ends");
+    sim.out.clear();
+    sim.advance(2);
+    // A refreshes its own permission (its channel lives 600 s); B's installed one has
+    // expired
+    assert_eq!(
+        simple(&mut sim, ca, &a, method::CREATE_PERMISSION, |bb| {
+            bb.xor_addr(attr::XOR_PEER_ADDRESS, rb);
+        }),
+        None
+    );
+    send(&mut sim, b"late");
+    assert!(sim.out.is_empty(), "expired like any permission");
+}
+
+#[test]
+fn installed_permission_refusals() {
+    let mut c0 = cfg();
+    c0.max_permissions = 1;
+    let mut sim = Sim::new(c0, PeerPolicy::default());
+    let c = client(130);
+    let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
+    let r = allocate(&mut sim, c, &mut creds);
+    let ok: IpAddr = peer().ip();
+    let other: IpAddr = "203.0.113.10".parse().unwrap();
+    let unknown: SocketAddr = SocketAddr::new(r.ip(), r.port() ^ 1);
+    assert_eq!(
+        sim.core.install_permission(sim.now, unknown, ok),
+        InstallResult::NoSuchAllocation
+    );
+    assert_eq!(
+        sim.core
+            .install_permission(sim.now, r, "2001:db8::1".parse().unwrap()),
+        InstallResult::WrongFamily
+    );
+    let denied_before = sim.core.stats().denied;
+    assert_eq!(
+        sim.core
+            .install_permission(sim.now, r, "10.1.2.3".parse().unwrap()),
+        InstallResult::Denied(DenyClass::Private)
+    );
+    assert_eq!(
+        sim.core.stats().denied[DenyClass::Private.index()],
+        denied_before[DenyClass::Private.index()] + 1,
+        "counted like a refused CreatePermission"
+    );
+    assert_eq!(
+        sim.core.install_permission(sim.now, r, ok),
+        InstallResult::Installed
+    );
+    // again: a refresh, not a second entry
+    assert_eq!(
+        sim.core.install_permission(sim.now, r, ok),
+        InstallResult::Installed
+    );
+    let quota_before = sim.core.stats().quota[QuotaKind::Permissions as usize];
+    assert_eq!(
+        sim.core.install_permission(sim.now, r, other),
+        InstallResult::Full
+    );
+    assert_eq!(
+        sim.core.stats().quota[QuotaKind::Permissions as usize],
+        quota_before + 1
+    );
+    // gone with its allocation
+    assert_eq!(
+        simple(&mut sim, c, &creds, method::REFRESH, |b| {
+            b.u32_attr(attr::LIFETIME, 0);
+        }),
+        None
+    );
+    assert_eq!(
+        sim.core.install_permission(sim.now, r, ok),
+        InstallResult::NoSuchAllocation
+    );
+}

@@ -1,4 +1,5 @@
-//! The Prometheus `/metrics` endpoint: HTTP/1 on its own listener, each resource bounded —
+//! The Prometheus `/metrics` endpoint (and, with `control_secret`, the control endpoint
+//! on the same listener, [`super::control`]): HTTP/1 on its own listener, each resource bounded —
 //! open connections (`metrics_max_connections`, over it closed at accept), the time to send
 //! a request head (`metrics_header_timeout`) and the time answers in flight get at shutdown
 //! (`metrics_shutdown_grace`) — and both refusals counted in
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::control::{ControlApi, control_routes};
 use crate::config::Config;
 use crate::metrics::{Metrics, MetricsReject};
 
@@ -37,9 +39,10 @@ impl MetricsBounds {
     }
 }
 
-/// The router: `GET /metrics` answers the Prometheus text exposition of `metrics`.
-pub fn metrics_app(metrics: Metrics) -> axum::Router {
-    axum::Router::new().route(
+/// The router: `GET /metrics` answers the Prometheus text exposition of `metrics`; with
+/// `control`, `POST /control/permission` is the control endpoint ([`ControlApi`]).
+pub fn metrics_app(metrics: Metrics, control: Option<Arc<ControlApi>>) -> axum::Router {
+    let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let m = metrics.clone();
@@ -53,7 +56,11 @@ pub fn metrics_app(metrics: Metrics) -> axum::Router {
                 )
             }
         }),
-    )
+    );
+    match control {
+        Some(api) => app.merge(control_routes(api)),
+        None => app,
+    }
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`, then gives answers in flight
@@ -64,9 +71,10 @@ pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Metrics,
     bounds: MetricsBounds,
+    control: Option<Arc<ControlApi>>,
     shutdown: CancellationToken,
 ) {
-    let app = metrics_app(metrics.clone());
+    let app = metrics_app(metrics.clone(), control);
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

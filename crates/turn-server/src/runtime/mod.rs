@@ -21,8 +21,10 @@
 //! | `bind` | socket set-up ([`bind_all`]) |
 //! | `watchdog` | the systemd watchdog: worker heartbeats and the pings ([`Watchdog`]) |
 //! | `metrics_http` | the bounded `/metrics` endpoint ([`serve_metrics`]) |
+//! | `control` | the gateway's control endpoint on the same listener ([`ControlApi`]): installs a permission through the owning worker's core |
 
 mod bind;
+mod control;
 mod limits;
 mod mesh;
 mod metrics_http;
@@ -62,6 +64,7 @@ use crate::quota::SharedQuota;
 
 pub use bind::{Bound, WorkerSockets, bind_all};
 pub use callrelay_service::tls::SharedTls;
+pub use control::{CONTROL_QUEUE, ControlApi, PermitRequest, PermitRx};
 pub use limits::{StreamLimits, nofile_limit, stream_cap};
 pub use mesh::{Handoff, Inbox, Mesh};
 pub use metrics_http::{MetricsBounds, metrics_app, serve_metrics};
@@ -166,6 +169,9 @@ pub struct WorkerArgs {
     pub heartbeat: Heartbeat,
     /// The kernel fast path, shared by all workers, when it runs (docs/offload.md).
     pub offload: Option<SharedOffload>,
+    /// Permissions the control endpoint asks this worker's core to install (bounded
+    /// queue, [`CONTROL_QUEUE`]).
+    pub permits: PermitRx,
 }
 
 /// The loaded kernel fast path; its maps are written only on the control path
@@ -262,6 +268,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         streams: stream_limits,
         heartbeat,
         offload,
+        mut permits,
     } = args;
     let core_cfg = CoreConfig {
         realm: cfg.realm.clone(),
@@ -372,6 +379,14 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
                 Some(Control::Drain) => w.core.borrow_mut().set_draining(),
                 None => {}
             },
+            Some(p) = permits.recv() => {
+                let now = Instant::now();
+                let result = w.core.borrow_mut().install_permission(now, p.relay, p.peer);
+                // the kernel fast path hears of it before the answer goes
+                flush(&w, now);
+                // the endpoint may have given up waiting: nothing to do then
+                let _ = p.reply.send(result);
+            }
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 w.core.borrow_mut().handle_timeout(now);
