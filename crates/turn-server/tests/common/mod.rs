@@ -5,6 +5,7 @@
     reason = "each test binary uses a different part of this helper module"
 )]
 
+pub mod netns;
 pub mod raw;
 
 use std::io::{BufRead, BufReader, Read, Write};
