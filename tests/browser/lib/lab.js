@@ -69,6 +69,52 @@ function createLab() {
   };
 }
 
+const OFFLOAD_LAB_SH = path.join(__dirname, '..', 'lab', 'offload-lab.sh');
+
+/** The offload lab's fixed addresses (see lab/offload-lab.sh). */
+const OFFLOAD_ADDR = { a: '10.0.1.2', t1: '10.0.1.1', relay1: '10.0.2.1', relay2: '10.0.2.2', t2: '10.0.3.1', b: '10.0.3.2' };
+
+const offloadLabs = new Set();
+process.on('exit', () => {
+  for (const id of offloadLabs) {
+    try {
+      execFileSync(OFFLOAD_LAB_SH, ['down', id], { stdio: 'ignore' });
+    } catch {
+      /* best effort on the way out */
+    }
+  }
+});
+
+/**
+ * Builds the namespaces of test/offload.test.js (lab/offload-lab.sh) after reaping labs
+ * left by killed runs. Returns {id, ns: {a, t1, t2, b}, destroy(), remaining()}.
+ */
+function createOffloadLab() {
+  execFileSync(OFFLOAD_LAB_SH, ['reap'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const id = `${process.pid}x${crypto.randomBytes(3).toString('hex')}`;
+  offloadLabs.add(id);
+  try {
+    execFileSync(OFFLOAD_LAB_SH, ['up', id], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30000 });
+  } catch (e) {
+    offloadLabs.delete(id);
+    throw new Error(`building the offload lab failed (needs root, iproute2, ethtool): ${e.message}\n${e.stderr || ''}`);
+  }
+  const ns = {};
+  for (const n of ['a', 't1', 't2', 'b']) ns[n] = `crb${id}-${n}`;
+  return {
+    id,
+    ns,
+    destroy() {
+      execFileSync(OFFLOAD_LAB_SH, ['down', id], { stdio: 'ignore' });
+      offloadLabs.delete(id);
+    },
+    remaining() {
+      const list = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+      return list.split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(`crb${id}-`));
+    },
+  };
+}
+
 /** A process started inside namespace `ns` (ip netns exec execs it: same pid). */
 function nsProc(ns, name, bin, args) {
   const p = new Proc(name, 'ip', ['netns', 'exec', ns, bin, ...args]);
@@ -122,4 +168,4 @@ async function startAgent(ns, host, port) {
   };
 }
 
-module.exports = { ADDR, createLab, nsProc, startAgent };
+module.exports = { ADDR, OFFLOAD_ADDR, createLab, createOffloadLab, nsProc, startAgent };
