@@ -12,12 +12,15 @@
 //   janus  — Janus 1.1.2 (videocall plugin, its ICE on 203.0.113.1) + coturn 4.6.1
 //   before — (optional) ours with the gateway from $CALLRELAY_BEFORE_BIN_DIR, e.g. the
 //            build before a change, so before and after are measured in the same run
+//   ours-early — (optional) ours with `early_offer = true` (docs/gateway.md "Early
+//            offer"): the offer goes at once, the turn-server's control endpoint installs
+//            both browsers' permissions before the answer goes
 // Janus' libnice skips loopback, so the namespace gets a veth with 203.0.113.1/24 (the
 // other end unaddressed); every server and both TURN relays use that address, Chromium
 // gathers only there (no --allow-loopback-in-peer-connection), and the only way out of
 // the namespace is none.
 //
-//   node mm-connect.js [--calls 7] [--gens 0.2.3,1.1.2] [--stacks ours,janus[,before]]
+//   node mm-connect.js [--calls 7] [--gens 0.2.3,1.1.2] [--stacks ours,janus[,before][,ours-early]]
 //                      [--gateway-arg=--candidate-wait-ms=1000 ...] [--json FILE]
 const { spawn, execFileSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -65,18 +68,23 @@ async function waitTcp(proc, port, host) {
   }, { timeoutMs: 15000 });
 }
 
-async function startOurs(name, secret, gatewayArgs, gatewayBin) {
+async function startOurs(name, secret, gatewayArgs, gatewayBin, early = false) {
   const [port, metrics] = await freePorts(2);
+  const control = 'bench-control-secret-0123456789';
   const turn = new Proc('turn-server', path.join(process.env.CALLRELAY_BIN_DIR || path.join(__dirname, '..', '..', 'target', 'debug'), 'turn-server'), [
     '--listen', `${ADDR}:${port}`, '--relay-ip', ADDR, '--auth-secret', secret, '--realm', 'bench',
     '--metrics-listen', `127.0.0.1:${metrics}`, '--drain-timeout', '1',
+    ...(early ? ['--control-secret', control] : []),
   ], { RUST_LOG: 'warn' });
   await waitTcp(turn, port, ADDR);
   const gw = await startGateway({
     adminSecret: 'bench-admin',
     turnSecret: secret,
     turnUris: [`turn:${ADDR}:${port}`],
-    extraArgs: gatewayArgs,
+    extraArgs: [
+      ...gatewayArgs,
+      ...(early ? ['--early-offer', 'true', '--turn-control-url', `http://127.0.0.1:${metrics}`, '--turn-control-secret', control] : []),
+    ],
     bin: gatewayBin,
   });
   return { name, turnUri: `turn:${ADDR}:${port}`, secret, gw, procs: [gw.proc, turn], gwProc: gw.proc };
@@ -249,6 +257,8 @@ function analyse(call, gwLines) {
     add('gateway: answer in', g(handles.callee, (l) => l.msg === 'SDP received'));
     add('gateway: callee relay candidate in', g(handles.callee, (l) => l.msg === 'candidate' && l.fields.typ === 'relay'));
     add('gateway: callee end-of-candidates', g(handles.callee, (l) => l.msg === 'end of candidates'));
+    add('gateway: permissions asked (early_offer)', g(handles.callee, (l) => l.msg === 'early offer: asking for permissions'));
+    add('gateway: permissions installed (early_offer)', g(handles.callee, (l) => l.msg === 'early offer: permissions installed'));
     add('gateway: answer forwarded (accepted)', g(handles.callee, (l) => /^forwarding SDP/.test(l.msg)));
   }
   add('caller: accepted', w(ce, (e) => e.kind === 'plugin-event' && e.event === 'accepted' && e.jsepType === 'answer'));
@@ -281,6 +291,9 @@ function analyse(call, gwLines) {
     t.offerHold = fwd(handles.caller) - relayIn(handles.caller);
     t.calleeRelay = relayIn(handles.callee) - g(handles.callee, (l) => l.msg === 'SDP received');
     t.answerHold = fwd(handles.callee) - relayIn(handles.callee);
+    const asked = g(handles.callee, (l) => l.msg === 'early offer: asking for permissions');
+    const installed = g(handles.callee, (l) => l.msg === 'early offer: permissions installed');
+    if (asked !== undefined && installed !== undefined) t.permits = installed - asked;
   }
   t.media = Math.max(...['caller', 'callee'].map((s) => w(call[s], (e) => e.kind === 'remote-unmute'))) - t0;
   return { t, timeline: tl.filter(([, v]) => v !== undefined).sort((a, b) => a[1] - b[1]) };
@@ -308,6 +321,7 @@ async function main() {
       if (!dir) throw new Error('--stacks before needs CALLRELAY_BEFORE_BIN_DIR (a directory with the other gateway build)');
       stacks.before = await startOurs('before', 'bench-before-secret', o.gatewayArgs, path.join(path.resolve(dir), 'gateway'));
     }
+    if (o.stacks.includes('ours-early')) stacks['ours-early'] = await startOurs('ours-early', 'bench-early-secret', o.gatewayArgs, undefined, true);
     if (o.stacks.includes('janus')) stacks.janus = await startJanus('bench-janus-secret');
     for (const s of Object.values(stacks)) all.push(...s.procs);
     web = await startStaticServer();
@@ -327,7 +341,7 @@ async function main() {
           const call = await oneCall(browser, web, s, gen);
           const a = analyse(call, s.gwProc ? gatewayLines(s.gwProc.log, since - 5) : null);
           results.push({ gen, stack: name, i, ...a });
-          console.log(`${gen} ${name.padEnd(6)} #${i + 1}: call sent → both connected ${a.t.connected} ms (incomingcall +${a.t.offerHeld}, answer→accepted ${a.t.answerToAccepted}, accepted→connected ${a.t.acceptedToConnected}, media +${a.t.media})`);
+          console.log(`${gen} ${name.padEnd(10)} #${i + 1}: call sent → both connected ${a.t.connected} ms (incomingcall +${a.t.offerHeld}, answer→accepted ${a.t.answerToAccepted}, accepted→connected ${a.t.acceptedToConnected}, media +${a.t.media})`);
           if (s.gwProc) for (const [what, ms] of a.timeline) console.log(`    TIMELINE ${String(ms).padStart(5)} ms  ${what}`);
         }
       }
@@ -337,13 +351,20 @@ async function main() {
       for (const name of order0) {
         const r = results.filter((x) => x.gen === gen && x.stack === name);
         const f = (k) => { const s = summary(r.map((x) => x.t[k])); return `${s.median} (${s.min}–${s.max})`; };
-        console.log(`janus.js ${gen} ${name.padEnd(6)} n=${r.length}: connected ${f('connected')}; incomingcall ${f('offerHeld')}; answer→accepted ${f('answerToAccepted')}; accepted→connected ${f('acceptedToConnected')}; media ${f('media')}`);
+        console.log(`janus.js ${gen} ${name.padEnd(10)} n=${r.length}: connected ${f('connected')}; incomingcall ${f('offerHeld')}; answer→accepted ${f('answerToAccepted')}; accepted→connected ${f('acceptedToConnected')}; media ${f('media')}`);
         console.log(`    path: caller's first relay candidate ${f('callerGather')}; callee: incomingcall ${f('calleeStart')} + answer ${f('calleeAnswer')} + its relay candidate ${f('calleeGather')} + to both connected ${f('tail')}`);
         if (stacks[name].gwProc) {
           console.log(`    phases: caller's relay candidate at the gateway ${f('callerRelay')}, offer held after it ${f('offerHold')}; ` +
-            `callee incomingcall→answer ${f('calleeAnswer')}, answer in→callee's relay candidate ${f('calleeRelay')}, answer held after it ${f('answerHold')}; accepted→connected ${f('acceptedToConnected')}`);
+            `callee incomingcall→answer ${f('calleeAnswer')}, answer in→callee's relay candidate ${f('calleeRelay')}, answer held after it ${f('answerHold')}; accepted→connected ${f('acceptedToConnected')}` +
+            (r.some((x) => x.t.permits !== undefined) ? `; permissions asked→installed ${f('permits')}` : ''));
         }
       }
+    }
+    for (const name of order0.filter((n) => n.endsWith('-early'))) {
+      // every fallback means a call whose answer went without the permissions
+      const text = await (await fetch(stacks[name].gw.adminUrl.replace(/\/admin$/, '/metrics'))).text();
+      const lines = text.split('\n').filter((l) => /^callrelay_gateway_early_offer/.test(l));
+      console.log(`${name}: ${lines.join('; ')}`);
     }
     if (o.json) fs.writeFileSync(o.json, JSON.stringify(results, null, 1));
   } finally {

@@ -47,6 +47,15 @@ pub struct FileConfig {
     pub turn_secret: Option<String>,
     /// Lifetime of minted TURN credentials, seconds.
     pub turn_ttl: Option<u64>,
+    /// Forward a local call's offer at once and have the turn-server install the two
+    /// browsers' permissions before the answer goes (docs/gateway.md, "Early offer").
+    pub early_offer: Option<bool>,
+    /// Milliseconds an early-offer answer waits for the turn-server's confirmations.
+    pub early_offer_timeout_ms: Option<u64>,
+    /// The turn-servers' control endpoints (`http://IP:PORT`, their metrics listener).
+    pub turn_control_urls: Option<Vec<String>>,
+    /// The turn-servers' `control_secret`.
+    pub turn_control_secret: Option<String>,
     /// Directory for tokens.json.
     pub state_dir: Option<PathBuf>,
     /// Session idle timeout, seconds (0 = never).
@@ -160,6 +169,14 @@ pub struct Config {
     pub turn_secret: Option<String>,
     /// TURN credential lifetime.
     pub turn_ttl: Duration,
+    /// `early_offer`.
+    pub early_offer: bool,
+    /// `early_offer_timeout_ms`.
+    pub early_offer_timeout: Duration,
+    /// The turn-servers' control endpoints (address of each metrics listener).
+    pub turn_control: Vec<SocketAddr>,
+    /// Their `control_secret`.
+    pub turn_control_secret: Option<String>,
     /// State directory.
     pub state_dir: PathBuf,
     /// Session timeout.
@@ -229,6 +246,10 @@ impl std::fmt::Debug for Config {
             .field("turn_uris", &self.turn_uris)
             .field("turn_secret", &redact(&self.turn_secret))
             .field("turn_ttl", &self.turn_ttl)
+            .field("early_offer", &self.early_offer)
+            .field("early_offer_timeout", &self.early_offer_timeout)
+            .field("turn_control", &self.turn_control)
+            .field("turn_control_secret", &redact(&self.turn_control_secret))
             .field("state_dir", &self.state_dir)
             .field("session_timeout", &self.session_timeout)
             .field("reclaim_timeout", &self.reclaim_timeout)
@@ -406,6 +427,47 @@ impl Config {
             60..=7 * 86400,
             " seconds",
         )?;
+        let early_offer = pick(cli.early_offer, file.early_offer, false);
+        let early_offer_timeout_ms = in_range(
+            "early_offer_timeout_ms",
+            pick(cli.early_offer_timeout_ms, file.early_offer_timeout_ms, 50),
+            1..=1000,
+            " ms (the turn-server answers in about 1 ms on its own host)",
+        )?;
+        let mut turn_control = Vec::new();
+        for u in cli
+            .turn_control_urls
+            .or(file.turn_control_urls)
+            .unwrap_or_default()
+        {
+            let addr = u
+                .strip_prefix("http://")
+                .map(|a| a.trim_end_matches('/'))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .ok_or_else(|| {
+                    ConfigError::key(
+                        "turn_control_urls",
+                        format!("{u:?} must be http://IP:PORT (a turn-server's metrics_listen)"),
+                    )
+                })?;
+            turn_control.push(addr);
+        }
+        if turn_control.len() > 8 {
+            return Err(ConfigError::key(
+                "turn_control_urls",
+                "at most 8 turn-servers (each early-offer call asks every one)",
+            ));
+        }
+        let turn_control_secret = cli
+            .turn_control_secret
+            .or(file.turn_control_secret)
+            .filter(|s| !s.is_empty());
+        if early_offer && (turn_control.is_empty() || turn_control_secret.is_none()) {
+            return Err(ConfigError::key(
+                "early_offer",
+                "early_offer = true needs turn_control_urls and turn_control_secret (the turn-server's metrics_listen and control_secret)",
+            ));
+        }
         let state_dir = pick(
             cli.state_dir,
             file.state_dir,
@@ -580,6 +642,10 @@ impl Config {
             turn_uris,
             turn_secret,
             turn_ttl: Duration::from_secs(turn_ttl),
+            early_offer,
+            early_offer_timeout: Duration::from_millis(early_offer_timeout_ms),
+            turn_control,
+            turn_control_secret,
             state_dir,
             session_timeout: Duration::from_secs(session_timeout),
             reclaim_timeout: Duration::from_secs(reclaim),

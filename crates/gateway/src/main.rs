@@ -113,6 +113,26 @@ struct RunArgs {
     /// Lifetime of minted TURN credentials in seconds [default: 86400].
     #[arg(long, value_name = "SECS")]
     turn_ttl: Option<u64>,
+    /// Forward a local call's offer at once; the turn-server installs both browsers'
+    /// permissions before the answer goes (only when every browser is relay-only on our
+    /// turn-server: docs/gateway.md "Early offer") [default: false].
+    #[arg(long, value_name = "BOOL")]
+    early_offer: Option<bool>,
+    /// How long an early-offer answer waits for the turn-server's confirmations, ms
+    /// [default: 50].
+    #[arg(long, value_name = "MS")]
+    early_offer_timeout_ms: Option<u64>,
+    /// A turn-server's control endpoint, http://IP:PORT of its metrics_listen (repeatable).
+    #[arg(long = "turn-control-url", value_name = "URL")]
+    turn_control_url: Vec<String>,
+    /// The turn-servers' control_secret.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "CALLRELAY_GATEWAY_TURN_CONTROL_SECRET",
+        hide_env_values = true
+    )]
+    turn_control_secret: Option<String>,
     /// Directory for tokens.json [default: /var/lib/callrelay-gateway].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -245,6 +265,11 @@ impl RunArgs {
                 turn_uris: (!self.turn_uri.is_empty()).then_some(self.turn_uri),
                 turn_secret: self.turn_secret,
                 turn_ttl: self.turn_ttl,
+                early_offer: self.early_offer,
+                early_offer_timeout_ms: self.early_offer_timeout_ms,
+                turn_control_urls: (!self.turn_control_url.is_empty())
+                    .then_some(self.turn_control_url),
+                turn_control_secret: self.turn_control_secret,
                 state_dir: self.state_dir,
                 session_timeout: self.session_timeout,
                 candidate_wait_ms: self.candidate_wait_ms,

@@ -2,7 +2,9 @@
 //! its own counters directly; the sans-IO core counts in plain numbers
 //! ([`crate::core::Counters`]) that [`Metrics::export_core`] copies in at each scrape.
 
-use crate::core::counters::{CallEnd, CandidateRefusal, Counters, REQUEST_KINDS, SessionLimit};
+use crate::core::counters::{
+    CallEnd, CandidateRefusal, Counters, EarlyFallback, REQUEST_KINDS, SessionLimit,
+};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -54,6 +56,12 @@ pub struct Metrics {
     /// refused (`size`, `handle_bytes`: answered 467) or ignored beyond
     /// `max_candidates` (`count`).
     pub candidates_refused: IntCounterVec,
+    /// `callrelay_gateway_early_offers_total` — calls whose offer went at once
+    /// (`early_offer`).
+    pub early_offers: IntCounter,
+    /// `callrelay_gateway_early_offer_fallbacks_total{reason}` — answers of those calls
+    /// forwarded without every permission confirmed.
+    pub early_offer_fallbacks: IntCounterVec,
     /// `callrelay_gateway_connections_rejected_total{reason}` — TCP connections refused
     /// at accept (`max_connections`, `per_ip`, `admin`) or closed by a timeout
     /// (`ws_idle`, `body_timeout`).
@@ -207,6 +215,17 @@ impl Metrics {
             "reason",
             CandidateRefusal::ALL.map(CandidateRefusal::label),
         );
+        let early_offers = c(
+            "callrelay_gateway_early_offers_total",
+            "Calls whose offer was forwarded at once (early_offer)",
+        );
+        let early_offer_fallbacks = counter_family(
+            r,
+            "callrelay_gateway_early_offer_fallbacks_total",
+            "Answers of early_offer calls forwarded without every turn-server permission confirmed, by reason",
+            "reason",
+            EarlyFallback::ALL.map(EarlyFallback::label),
+        );
         let connections_rejected = counter_family(
             r,
             "callrelay_gateway_connections_rejected_total",
@@ -275,6 +294,8 @@ impl Metrics {
             slow_clients,
             sessions_refused,
             candidates_refused,
+            early_offers,
+            early_offer_fallbacks,
             connections_rejected,
             tcp_connections,
             token_store_unsaved,
@@ -343,6 +364,14 @@ impl Metrics {
             core.candidate_wait_ms,
             last.candidate_wait_ms,
         );
+        add(&self.early_offers, core.early_offers, last.early_offers);
+        for (i, why) in EarlyFallback::ALL.iter().enumerate() {
+            add(
+                &self.early_offer_fallbacks.with_label_values(&[why.label()]),
+                core.early_offer_fallbacks[i],
+                last.early_offer_fallbacks[i],
+            );
+        }
         *last = core.clone();
     }
 

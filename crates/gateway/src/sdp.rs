@@ -45,6 +45,40 @@ pub fn candidate_type(candidate: &str) -> Option<&str> {
     None
 }
 
+/// The transport address (`connection-address` and `port`) of a candidate, when it is
+/// an IP address (relay candidates always are; host candidates may be mDNS names).
+pub fn candidate_addr(candidate: &str) -> Option<std::net::SocketAddr> {
+    let c = candidate.trim();
+    let c = c.strip_prefix("a=").unwrap_or(c);
+    let mut it = c.split_ascii_whitespace().skip(4);
+    let ip: std::net::IpAddr = it.next()?.parse().ok()?;
+    let port: u16 = it.next()?.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
+/// The relayed addresses of the relay candidates in `sdp` (its `a=candidate:` lines) and
+/// `candidates`, in order, without repeats, at most `max`.
+pub fn relay_addrs(sdp: &str, candidates: &[Candidate], max: usize) -> Vec<std::net::SocketAddr> {
+    let lines = sdp
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with("a=candidate:"));
+    let trickled = candidates.iter().map(|c| c.candidate.as_str());
+    let mut out = Vec::new();
+    for c in lines.chain(trickled) {
+        if out.len() >= max {
+            break;
+        }
+        if candidate_type(c) == Some("relay")
+            && let Some(a) = candidate_addr(c)
+            && !out.contains(&a)
+        {
+            out.push(a);
+        }
+    }
+    out
+}
+
 /// Every `a=ice-ufrag:` value in the SDP (session level and all m-sections).
 pub fn sdp_ufrags(sdp: &str) -> Vec<&str> {
     sdp.split('\n')

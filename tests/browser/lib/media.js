@@ -9,7 +9,7 @@ const { sleep, waitUntil } = require('./util');
  * selected pair is relay→relay on loopback via the expected TURN transport.
  * Returns {first, second, connectMs}.
  */
-async function assertRelayedMedia(label, getStats, { transport = 'udp', turnPort, timeoutMs = 20000, growMs = 2000 } = {}) {
+async function assertRelayedMedia(label, getStats, { transport = 'udp', turnPort, timeoutMs = 20000, growMs = 2000, remoteTypes = ['relay'] } = {}) {
   const started = Date.now();
   let last;
   try {
@@ -30,9 +30,14 @@ async function assertRelayedMedia(label, getStats, { transport = 'udp', turnPort
   assert.ok(second.inbound.video > first.inbound.video, `video bytesReceived must grow. ${ctx}`);
   const { local, remote } = second.pair;
   assert.equal(local.candidateType, 'relay', `selected local candidate must be relay. ${ctx}`);
-  assert.equal(remote.candidateType, 'relay', `selected remote candidate must be relay (the peer is relay-only too). ${ctx}`);
+  // `remoteTypes`: ['relay'] unless the case says otherwise (test/early-offer.test.js: a
+  // janus.js 0.2.x callee never gets the caller's candidates and learns its relayed
+  // address from its checks, as a peer-reflexive candidate)
+  assert.ok(remoteTypes.includes(remote.candidateType), `selected remote candidate must be ${remoteTypes.join(' or ')} (the peer is relay-only too). ${ctx}`);
   assert.equal(local.address, '127.0.0.1', `relayed address must be loopback. ${ctx}`);
-  assert.equal(remote.address, '127.0.0.1', `peer's relayed address must be loopback. ${ctx}`);
+  // Chromium does not report a peer-reflexive candidate's address (only its port); with
+  // the default remoteTypes a prflx pair has failed above already
+  if (remote.candidateType !== 'prflx') assert.equal(remote.address, '127.0.0.1', `peer's relayed address must be loopback. ${ctx}`);
   assert.equal(local.relayProtocol, transport, `client↔TURN transport must be ${transport}. ${ctx}`);
   if (turnPort !== undefined) {
     assert.match(String(local.url), new RegExp(`^turn:127\\.0\\.0\\.1:${turnPort}(\\?transport=${transport})?$`), `relay must come from our TURN server. ${ctx}`);

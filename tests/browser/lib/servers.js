@@ -87,7 +87,7 @@ function binary(name) {
  * With CALLRELAY_TURN=coturn (developer check of the harness only) starts Debian's
  * coturn with the equivalent configuration instead.
  */
-async function startTurnServer({ secret, realm = 'callrelay-test' }) {
+async function startTurnServer({ secret, realm = 'callrelay-test', extraArgs = [] }) {
   const [port, metrics] = await freePorts(2);
   let proc;
   if (process.env.CALLRELAY_TURN === 'coturn') {
@@ -104,6 +104,8 @@ async function startTurnServer({ secret, realm = 'callrelay-test' }) {
       // SIGTERM waits for active allocations (default 30 s); allocations of browsers that
       // just closed may still be listed, and the tests should not wait that long.
       '--drain-timeout', '2',
+      // e.g. --control-secret (test/early-offer.test.js)
+      ...extraArgs,
     ]);
   }
   try {

@@ -504,3 +504,37 @@ fn cluster_keys_resolve_validate_and_redact() {
         "unknown keys are refused"
     );
 }
+
+#[test]
+fn early_offer_needs_the_turn_servers_control_endpoint() {
+    let key_of = |f: FileConfig| match Config::resolve(FileConfig::default(), f) {
+        Err(e) => e.to_string(),
+        Ok(_) => "ok".into(),
+    };
+    let c = Config::default();
+    assert!(
+        !c.early_offer,
+        "off unless the deployment promises relay-only"
+    );
+    assert_eq!(c.early_offer_timeout, Duration::from_millis(50));
+    assert!(
+        key_of(parse_toml("early_offer = true").unwrap()).starts_with("config key `early_offer`:")
+    );
+    assert!(
+        key_of(parse_toml("turn_control_urls = [\"127.0.0.1:9641\"]").unwrap())
+            .starts_with("config key `turn_control_urls`:"),
+        "the scheme is required"
+    );
+    assert!(
+        key_of(parse_toml("early_offer_timeout_ms = 0").unwrap())
+            .starts_with("config key `early_offer_timeout_ms`:")
+    );
+    let f = parse_toml(
+        "early_offer = true\nturn_control_urls = [\"http://127.0.0.1:9641/\"]\nturn_control_secret = \"s3cret-control-0123\"\n",
+    )
+    .unwrap();
+    let c = Config::resolve(FileConfig::default(), f).unwrap();
+    assert!(c.early_offer);
+    assert_eq!(c.turn_control, ["127.0.0.1:9641".parse().unwrap()]);
+    assert!(!format!("{c:?}").contains("s3cret-control-0123"));
+}

@@ -36,7 +36,9 @@ impl Core {
                 );
             }
         }
-        let immediate = h.forwarded || h.completed || h.jsep_complete || wait.is_zero();
+        // `early_offer`: a call's offer goes at once, without candidates (early.rs)
+        let early = h.early && kind == ForwardKind::IncomingCall;
+        let immediate = h.forwarded || h.completed || h.jsep_complete || wait.is_zero() || early;
         tracing::debug!(
             handle = hid,
             ?kind,
@@ -101,6 +103,9 @@ impl Core {
     }
 
     pub(super) fn flush_pending(&mut self, now: Instant, hid: u64) {
+        if self.hold_answer(now, hid) {
+            return;
+        }
         let Some(h) = self.handles.get_mut(&hid) else {
             return;
         };
@@ -192,6 +197,8 @@ impl Core {
         let mut over_count = 0u64;
         let mut to_peer: Vec<Value> = Vec::new();
         let mut flush = false;
+        // `early_offer`: what the sender's trickle tells about its relay addresses
+        let mut early_seen: Vec<Option<String>> = Vec::new();
         let peer;
         let remote;
         {
@@ -212,6 +219,9 @@ impl Core {
                         .is_some_and(str::is_empty);
                 if completed {
                     tracing::debug!(handle = hid, forwarded = h.forwarded, "end of candidates");
+                    if h.early {
+                        early_seen.push(None);
+                    }
                     if h.forwarded {
                         to_peer.push(json!({"completed": true}));
                     } else {
@@ -233,6 +243,9 @@ impl Core {
                     forwarded = h.forwarded,
                     "candidate"
                 );
+                if h.early && sdp::candidate_type(c) == Some("relay") {
+                    early_seen.push(Some(c.to_string()));
+                }
                 if h.forwarded {
                     to_peer.push(item.clone());
                 } else if h.cands.len() >= max {
@@ -267,6 +280,9 @@ impl Core {
             self.flush_pending(now, hid);
         } else {
             self.forward_early(now, hid);
+        }
+        for c in early_seen {
+            self.early_candidate(now, hid, c.as_deref());
         }
         if remote && !to_peer.is_empty() {
             self.send_to_remote(

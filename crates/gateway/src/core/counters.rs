@@ -117,6 +117,51 @@ impl CandidateRefusal {
     }
 }
 
+/// Why an answer of an `early_offer` call went without the permissions installed (label
+/// `reason` of `callrelay_gateway_early_offer_fallbacks_total`): the call then connects
+/// only if the offerer's browser learns the answerer's candidates itself (docs/gateway.md,
+/// "Early offer").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyFallback {
+    /// By `candidate_wait_ms` the offerer (or the answerer) had trickled no relay
+    /// candidate: not relay-only, or its TURN server unreachable.
+    NoRelayCandidate,
+    /// A relay candidate is not an allocation of our turn-server(s) (404).
+    NotOurRelay,
+    /// The turn-server's peer policy refused the other browser's relay IP (403).
+    Denied,
+    /// The allocation's permission table was full (507).
+    Full,
+    /// The control request failed: unreachable, wrong secret, rate limit, overload.
+    Error,
+    /// No confirmation within `early_offer_timeout_ms`.
+    Timeout,
+}
+
+impl EarlyFallback {
+    /// Every reason, in the order of [`Counters::early_offer_fallbacks`].
+    pub const ALL: [Self; 6] = [
+        Self::NoRelayCandidate,
+        Self::NotOurRelay,
+        Self::Denied,
+        Self::Full,
+        Self::Error,
+        Self::Timeout,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoRelayCandidate => "no_relay_candidate",
+            Self::NotOurRelay => "not_our_relay",
+            Self::Denied => "denied",
+            Self::Full => "full",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
 /// Totals since the core was created; they only grow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -136,6 +181,11 @@ pub struct Counters {
     pub candidates_refused: [u64; CandidateRefusal::ALL.len()],
     /// Milliseconds offers/answers were held back to merge trickled candidates.
     pub candidate_wait_ms: u64,
+    /// Calls whose offer went at once (`early_offer`).
+    pub early_offers: u64,
+    /// Answers of those calls forwarded without every permission confirmed, indexed
+    /// like [`EarlyFallback::ALL`].
+    pub early_offer_fallbacks: [u64; EarlyFallback::ALL.len()],
 }
 
 impl Counters {

@@ -15,6 +15,7 @@ mod admin;
 mod candidates;
 mod cluster;
 pub mod counters;
+mod early;
 mod janus;
 mod session;
 mod tokens;
@@ -22,6 +23,7 @@ mod videocall;
 
 pub use cluster::{ClusterOut, NodeBody, NodeMessage, RING_TIMEOUT, UserLocation};
 pub use counters::Counters;
+pub use early::{PermitId, PermitRequest, PermitResult};
 use janus::JsepType;
 pub use janus::{JanusError, VideocallError, error_reply};
 pub use tokens::TokenUpdate;
@@ -91,6 +93,14 @@ pub struct CoreConfig {
     /// `candidate_wait`; 0 = forward at once). A relay-only sender's SDP goes at its
     /// first relay candidates, whatever this says.
     pub candidate_grace: Duration,
+    /// `early_offer` (docs/gateway.md, "Early offer"): the offer of a call between two
+    /// users of this node goes at once, and the answer waits until the turn-server
+    /// confirmed a permission for each browser's relay address on the other's
+    /// allocation ([`Core::take_permit_requests`], [`Core::permit_result`]).
+    pub early_offer: bool,
+    /// How long an early-offer answer waits for those confirmations before it goes
+    /// anyway (counted as a fallback).
+    pub early_offer_timeout: Duration,
     /// Require a stored token on every request (Janus `token_auth`).
     pub token_auth: bool,
     /// Optional Janus `api_secret`.
@@ -126,6 +136,8 @@ impl Default for CoreConfig {
             reclaim_timeout: Duration::ZERO,
             candidate_wait: Duration::from_millis(1000),
             candidate_grace: Duration::from_millis(100),
+            early_offer: false,
+            early_offer_timeout: Duration::from_millis(50),
             token_auth: false,
             api_secret: None,
             admin_secret: None,
@@ -204,6 +216,9 @@ struct Handle {
     /// A `register` waiting for the cluster's answer: the name and the request's
     /// transaction.
     claim: Option<Box<(String, String)>>,
+    /// This handle is in an `early_offer` call (its state, while the answer is
+    /// unsettled, is in [`Core`]'s `early` table: a flag here costs no room).
+    early: bool,
 }
 
 impl Handle {
@@ -222,6 +237,7 @@ impl Handle {
             jsep_complete: false,
             remote: None,
             claim: None,
+            early: false,
         }
     }
 
@@ -240,6 +256,7 @@ impl Handle {
         self.got_offer = false;
         self.has_pc = false;
         self.remote = None;
+        self.early = false;
     }
 }
 
@@ -309,6 +326,13 @@ pub struct Core {
     cluster: Option<cluster::ClusterState>,
     /// Cluster mode: the tag of this node's session ids ([`Core::set_session_tag`]).
     session_tag: Option<u16>,
+    /// `early_offer`: the state of each handle of a call whose answer is not settled
+    /// yet (entries of handles no longer in such a call go at the next timer).
+    early: HashMap<u64, early::Early>,
+    /// `early_offer`: permission requests for the shell to send to the turn-server.
+    permit_requests: Vec<PermitRequest>,
+    /// `early_offer`: the sequence number of the last batch of permission requests.
+    permit_seq: u64,
 }
 
 /// What the core keeps for a token table shared with other nodes.
@@ -360,6 +384,9 @@ impl Core {
             shared: None,
             cluster: None,
             session_tag: None,
+            early: HashMap::new(),
+            permit_requests: Vec::new(),
+            permit_seq: 0,
         }
     }
 

@@ -159,6 +159,9 @@ impl Core {
     /// reclaim timeouts, token expiry. Costs O(log n) per deadline that falls due (plus
     /// the stale entries it skips), nothing per idle session or handle.
     pub fn handle_timeout(&mut self, now: Instant, unix: u64) {
+        if !self.early.is_empty() {
+            self.sweep_early();
+        }
         while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
             if at > now {
                 break;

@@ -971,3 +971,181 @@ fn idle_handles_and_sessions_stay_small() {
         size_of::<Session>()
     );
 }
+
+const ANSWER: &str =
+    "v=0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:u2\r\na=mid:0\r\n";
+const RELAY_A: &str =
+    "candidate:1 1 udp 41885439 203.0.113.1 50000 typ relay raddr 0.0.0.0 rport 0 ufrag u1";
+const RELAY_B: &str =
+    "candidate:1 1 udp 41885439 203.0.113.1 50002 typ relay raddr 0.0.0.0 rport 0 ufrag u2";
+
+/// An `early_offer` call: alice (conn 1) calls bob (conn 2), bob accepts at `t0` + 10 ms.
+/// Returns the core and (alice's session, handle), (bob's session, handle).
+fn early_call(t0: Instant) -> (Core, (u64, u64), (u64, u64)) {
+    let mut c = core(CoreConfig {
+        early_offer: true,
+        ..CoreConfig::default()
+    });
+    let a = party(&mut c, t0, 1, "alice");
+    let b = party(&mut c, t0, 2, "bob");
+    req(
+        &mut c,
+        t0,
+        1,
+        call_bob(a.0, a.1, json!({"type": "offer", "sdp": OFFER})),
+    );
+    // the offer went at once, with no candidate
+    let sdp = incoming_sdp(&events(&mut c)).expect("the offer is not held");
+    assert!(!sdp.contains("a=candidate"), "{sdp}");
+    assert_eq!(c.counters().early_offers, 1);
+    let accept = with_jsep(
+        message(b.0, b.1, json!({"request": "accept"})),
+        json!({"type": "answer", "sdp": ANSWER}),
+    );
+    req(&mut c, t0 + Duration::from_millis(10), 2, accept);
+    events(&mut c);
+    (c, a, b)
+}
+
+/// The `accepted` SDP alice got, if any.
+fn accepted_sdp(ev: &[(Source, Value)]) -> Option<String> {
+    ev.iter()
+        .find(|(o, m)| {
+            *o == Source::Ws(1) && m["plugindata"]["data"]["result"]["event"] == "accepted"
+        })
+        .map(|(_, m)| m["jsep"]["sdp"].as_str().unwrap_or_default().to_string())
+}
+
+fn fallbacks(c: &Core) -> [u64; 6] {
+    c.counters().early_offer_fallbacks
+}
+
+#[test]
+fn early_offer_answer_waits_for_both_permissions() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let (mut c, a, b) = early_call(t0);
+    // alice's relay candidate reaches bob by trickle (janus.js 0.2.x ignores it)
+    req(&mut c, ms(60), 1, trickle_candidate(a.0, a.1, RELAY_A));
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].1["janus"], "trickle");
+    assert!(c.take_permit_requests().is_empty(), "no answer yet");
+    // bob's relay candidate: the answer could go; first the permissions, both ways
+    req(&mut c, ms(70), 2, trickle_candidate(b.0, b.1, RELAY_B));
+    assert!(
+        accepted_sdp(&events(&mut c)).is_none(),
+        "held for the permissions"
+    );
+    let reqs = c.take_permit_requests();
+    let ra: std::net::SocketAddr = "203.0.113.1:50000".parse().unwrap();
+    let rb: std::net::SocketAddr = "203.0.113.1:50002".parse().unwrap();
+    let pairs: Vec<_> = reqs.iter().map(|r| (r.relay, r.peer)).collect();
+    assert_eq!(pairs, [(rb, ra.ip()), (ra, rb.ip())]);
+    assert!(reqs.iter().all(|r| r.id.handle == b.1));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(ms(70 + 50)),
+        "bounded by early_offer_timeout"
+    );
+    c.permit_result(ms(72), reqs[0].id, PermitResult::Installed);
+    assert!(
+        accepted_sdp(&events(&mut c)).is_none(),
+        "one of two confirmed"
+    );
+    c.permit_result(ms(73), reqs[1].id, PermitResult::Installed);
+    let sdp = accepted_sdp(&events(&mut c)).expect("both confirmed: the answer goes");
+    assert!(sdp.contains(RELAY_B), "{sdp}");
+    assert_eq!(fallbacks(&c), [0; 6]);
+    // a late, duplicate answer changes nothing
+    c.permit_result(ms(74), reqs[1].id, PermitResult::Error);
+    assert_eq!(fallbacks(&c), [0; 6]);
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
+fn early_offer_answer_goes_anyway_on_timeout_or_refusal() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    // bob's relay candidate first: the answer waits for alice's, then for the
+    // turn-server, which never answers
+    let (mut c, a, b) = early_call(t0);
+    req(&mut c, ms(40), 2, trickle_candidate(b.0, b.1, RELAY_B));
+    assert!(accepted_sdp(&events(&mut c)).is_none());
+    assert!(
+        c.take_permit_requests().is_empty(),
+        "alice's address unknown"
+    );
+    req(&mut c, ms(60), 1, trickle_candidate(a.0, a.1, RELAY_A));
+    events(&mut c);
+    let reqs = c.take_permit_requests();
+    assert_eq!(reqs.len(), 2);
+    c.handle_timeout(ms(109), 0);
+    assert!(accepted_sdp(&events(&mut c)).is_none());
+    c.handle_timeout(ms(110), 0);
+    assert!(
+        accepted_sdp(&events(&mut c)).is_some(),
+        "timeout: forwarded"
+    );
+    assert_eq!(fallbacks(&c), [0, 0, 0, 0, 0, 1]);
+    c.permit_result(ms(111), reqs[0].id, PermitResult::Installed);
+    assert!(events(&mut c).is_empty(), "stale answer ignored");
+
+    // a relay address that is not our turn-server's: forwarded at that answer
+    let (mut c, a, b) = early_call(t0);
+    req(&mut c, ms(60), 1, trickle_candidate(a.0, a.1, RELAY_A));
+    req(&mut c, ms(70), 2, trickle_candidate(b.0, b.1, RELAY_B));
+    events(&mut c);
+    let reqs = c.take_permit_requests();
+    c.permit_result(ms(71), reqs[1].id, PermitResult::NotOurRelay);
+    assert!(accepted_sdp(&events(&mut c)).is_some());
+    assert_eq!(fallbacks(&c), [0, 1, 0, 0, 0, 0]);
+}
+
+#[test]
+fn early_offer_without_an_offerer_relay_falls_back() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let host = "candidate:2 1 udp 2122260223 10.1.2.3 50000 typ host ufrag u1";
+    // alice ends gathering with no relay candidate: bob's answer goes at its relay
+    let (mut c, a, b) = early_call(t0);
+    req(&mut c, ms(20), 1, trickle_candidate(a.0, a.1, host));
+    let done = json!({"janus": "trickle", "transaction": "d", "session_id": a.0, "handle_id": a.1,
+        "candidate": {"completed": true}});
+    req(&mut c, ms(30), 1, done);
+    events(&mut c);
+    req(&mut c, ms(70), 2, trickle_candidate(b.0, b.1, RELAY_B));
+    assert!(accepted_sdp(&events(&mut c)).is_some());
+    assert!(c.take_permit_requests().is_empty());
+    assert_eq!(fallbacks(&c), [1, 0, 0, 0, 0, 0]);
+    // alice says nothing at all: the answer goes at candidate_wait (1 s after it came)
+    let (mut c, _, b) = early_call(t0);
+    req(&mut c, ms(70), 2, trickle_candidate(b.0, b.1, RELAY_B));
+    assert!(accepted_sdp(&events(&mut c)).is_none());
+    assert_eq!(c.poll_timeout(), Some(ms(1010)));
+    c.handle_timeout(ms(1010), 0);
+    assert!(accepted_sdp(&events(&mut c)).is_some());
+    assert_eq!(fallbacks(&c), [1, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn without_early_offer_the_offer_still_waits_for_its_relay_candidate() {
+    let t0 = Instant::now();
+    let (mut c, _, _, _, _) = trickle_offer(t0, Duration::from_millis(1000));
+    assert!(incoming_sdp(&events(&mut c)).is_none());
+    assert_eq!(c.counters().early_offers, 0);
+    assert!(c.take_permit_requests().is_empty());
+}
+
+#[test]
+fn early_offer_state_goes_with_a_call_that_ends_unsettled() {
+    let t0 = Instant::now();
+    let (mut c, a, _) = early_call(t0);
+    assert_eq!(c.early.len(), 2, "both sides wait");
+    let hangup = message(a.0, a.1, json!({"request": "hangup"}));
+    req(&mut c, t0 + Duration::from_millis(20), 1, hangup);
+    events(&mut c);
+    c.handle_timeout(t0 + Duration::from_millis(30), 0);
+    assert!(c.early.is_empty(), "swept with the timers");
+    assert_eq!(fallbacks(&c), [0; 6]);
+}

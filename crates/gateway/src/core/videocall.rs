@@ -385,6 +385,9 @@ impl Core {
                     c.peer = Some(hid);
                     c.call = CallState::Incoming;
                 }
+                if self.cfg.early_offer {
+                    self.start_early(hid, callee);
+                }
                 self.plugin_result(hid, Some(tx), json!({"event": "calling"}));
                 self.queue_forward(now, hid, ForwardKind::IncomingCall, jsep);
             }

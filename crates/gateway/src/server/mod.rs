@@ -13,6 +13,7 @@ mod forward;
 mod http;
 mod limits;
 mod listener;
+mod permits;
 mod presence;
 mod reload;
 mod respond;
@@ -102,6 +103,8 @@ fn core_config(cfg: &Config) -> CoreConfig {
         reclaim_timeout: cfg.reclaim_timeout,
         candidate_wait: cfg.candidate_wait,
         candidate_grace: cfg.candidate_grace,
+        early_offer: cfg.early_offer,
+        early_offer_timeout: cfg.early_offer_timeout,
         token_auth: cfg.token_auth,
         api_secret: cfg.api_secret.clone(),
         admin_secret: cfg.admin_secret.clone(),
@@ -258,6 +261,20 @@ async fn serve_inner(
         Accounting::new(admin, "admin", &app.metrics).plain_from_loopback(),
     ));
     tasks.spawn(timer_loop(app.clone(), shutdown.clone()));
+    if let (false, Some(secret)) = (cfg.turn_control.is_empty(), &cfg.turn_control_secret) {
+        let (tx, rx) = tokio::sync::mpsc::channel(permits::QUEUE);
+        app.lock().permits = Some(tx);
+        tracing::info!(turn_control = ?cfg.turn_control, early_offer = cfg.early_offer, "turn-server control endpoints configured");
+        tasks.spawn(permits::permit_loop(
+            app.clone(),
+            rx,
+            permits::Targets {
+                addrs: cfg.turn_control.clone(),
+                secret: secret.clone(),
+            },
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(reload_loop(
         app.clone(),
         reload,

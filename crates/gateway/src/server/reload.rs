@@ -42,6 +42,10 @@ fn restart_only(old: &Config, mut new: Config) -> (Vec<&'static str>, Config) {
         max_admin_connections => "max_admin_connections",
         // the NATS connection and the node's name are set up once at start
         cluster => "nats_url/node_id/cluster/nats_*",
+        // the task that talks to the turn-servers is set up once at start
+        // (`early_offer` itself reloads)
+        turn_control => "turn_control_urls",
+        turn_control_secret => "turn_control_secret",
     );
     (changed, new)
 }

@@ -146,6 +146,9 @@ pub(super) struct Inner {
     pub(super) cluster: Option<Arc<Outbox>>,
     /// Cluster mode: the core's presence claims and call messages go here.
     pub(super) nodes: Option<Arc<NodeOutbox>>,
+    /// `early_offer`: the core's permission requests go here, to the turn-servers
+    /// (`permits::permit_loop`); None without `turn_control_urls`.
+    pub(super) permits: Option<tokio::sync::mpsc::Sender<crate::core::PermitRequest>>,
 }
 
 pub(super) struct Shared {
@@ -213,6 +216,7 @@ impl Shared {
                 timer_wake: timer_wake.clone(),
                 cluster: None,
                 nodes: None,
+                permits: None,
             }),
             metrics,
             cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
@@ -316,7 +320,22 @@ impl Inner {
                     nodes.push(o);
                 }
             }
-            if unread.is_empty() {
+            // `early_offer`: a request that cannot be queued is answered at once (the
+            // answer it holds then goes, counted as a fallback): nothing waits unbounded
+            let mut again = false;
+            for r in self.core.take_permit_requests() {
+                let id = r.id;
+                let queued = self
+                    .permits
+                    .as_ref()
+                    .is_some_and(|tx| tx.try_send(r).is_ok());
+                if !queued {
+                    self.core
+                        .permit_result(Instant::now(), id, crate::core::PermitResult::Error);
+                    again = true;
+                }
+            }
+            if unread.is_empty() && !again {
                 if self.core.take_timer_moved() {
                     self.timer_wake.notify_one();
                 }
