@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-// callrelay turn-server: TC (clsact ingress) fast path for UDP ChannelData over IPv4 and IPv6.
+// callrelay turn-server: fast path for UDP ChannelData over IPv4 and IPv6, at XDP (native)
+// or TC (TCX ingress): one relay, two entry points.
 //
 // Userspace (crates/turn-offload) is the authority: it installs one entry per direction for
 // every live channel binding and removes it when the binding, its permission or its
 // allocation goes. Every entry carries the CLOCK_MONOTONIC instant it stops being valid, so
 // a packet that arrives after expiry passes to userspace (which drops it) even before
 // userspace removed the entry. Anything this program is unsure of passes unchanged
-// (TC_ACT_OK): IP options, fragments, GSO packets, ChannelData whose length does not fill
+// (XDP_PASS / TC_ACT_OK): IP options, fragments, GSO packets, ChannelData whose length does not fill
 // the datagram exactly, checksums the sender left to the device (CHECKSUM_PARTIAL), and
 // destinations the FIB cannot forward to (local ones, unresolved neighbours).
 #include <linux/bpf.h>
@@ -151,14 +152,124 @@ struct {
 	__type(value, struct counter);
 } COUNTERS SEC(".maps");
 
+// XDP only: the interfaces a relayed frame may leave by (ifindex -> that interface), the
+// ones the XDP entry point is attached to natively (their drivers transmit XDP frames).
+// A frame whose route leaves by another interface passes to userspace unchanged.
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} XDP_EGRESS SEC(".maps");
+
 #define ETH_LEN 14
 #define IP_LEN 20
+#define IP6_LEN 40
 #define UDP_LEN 8
 #define CD_LEN 4
 #define L4_OFF (ETH_LEN + IP_LEN)
-#define IP_CSUM_OFF (ETH_LEN + offsetof(struct iphdr, check))
-#define UDP_CSUM_OFF (L4_OFF + offsetof(struct udphdr, check))
+#define L4_OFF6 (ETH_LEN + IP6_LEN)
 #define RELAY_TTL 64
+#define NS_PER_S 1000000000ULL
+// Why a packet of an installed binding went to userspace (COUNTERS index).
+#define PASS_EXPIRED 3
+#define PASS_NO_ROUTE 4
+#define PASS_CHECKSUM 5
+#define PASS_ROOM 6
+
+// The hook a copy of the relay runs at. Every function below takes it as a constant
+// argument and is inlined into the two entry points at the end, so each holds only its own
+// hook's calls: one relay, two thin entry points.
+#define TC 0
+#define XDP 1
+
+// "Not mine, or not sure": the packet goes on to the stack (and userspace) unchanged.
+static __always_inline int verdict_pass(int hook)
+{
+	return hook == XDP ? XDP_PASS : TC_ACT_OK;
+}
+
+static __always_inline int verdict_drop(int hook)
+{
+	return hook == XDP ? XDP_DROP : TC_ACT_SHOT;
+}
+
+static __always_inline long load(void *ctx, int hook, __u32 off, void *to, __u32 len)
+{
+	if (hook == XDP)
+		return bpf_xdp_load_bytes(ctx, off, to, len);
+	return bpf_skb_load_bytes(ctx, off, to, len);
+}
+
+// Writes `len` bytes at the packet's start (the rewritten Ethernet, IP and UDP headers).
+static __always_inline long store(void *ctx, int hook, void *from, __u32 len)
+{
+	if (hook == XDP)
+		return bpf_xdp_store_bytes(ctx, 0, from, len);
+	return bpf_skb_store_bytes(ctx, 0, from, len, BPF_F_RECOMPUTE_CSUM);
+}
+
+// Grows (delta > 0) or shrinks the packet by |delta| bytes: TC inserts or removes them
+// right after the IP header, XDP at the frame's start. Either way the caller then writes
+// every header from offset 0, and the payload ends up right behind them.
+static __always_inline long resize(void *ctx, int hook, int delta)
+{
+	if (hook == XDP)
+		return bpf_xdp_adjust_head(ctx, -delta);
+	return bpf_skb_adjust_room(ctx, delta, BPF_ADJ_ROOM_NET, 0);
+}
+
+// The frame's length from the Ethernet header on (all fragments at XDP).
+static __always_inline __u32 frame_len(void *ctx, int hook)
+{
+	if (hook == XDP)
+		return bpf_xdp_get_buff_len(ctx);
+	return ((struct __sk_buff *)ctx)->len;
+}
+
+static __always_inline __u32 ingress_ifindex(void *ctx, int hook)
+{
+	if (hook == XDP)
+		return ((struct xdp_md *)ctx)->ingress_ifindex;
+	return ((struct __sk_buff *)ctx)->ingress_ifindex;
+}
+
+// Whether a relayed packet may leave by `ifindex`: at XDP only by an interface in
+// XDP_EGRESS (a redirect to a device without XDP transmit would drop the frame).
+static __always_inline int egress_ok(int hook, __u32 ifindex)
+{
+	if (hook == XDP)
+		return bpf_map_lookup_elem(&XDP_EGRESS, &ifindex) != 0;
+	return 1;
+}
+
+static __always_inline int transmit(int hook, __u32 ifindex)
+{
+	if (hook == XDP)
+		return bpf_redirect_map(&XDP_EGRESS, ifindex, 0);
+	return bpf_redirect(ifindex, 0);
+}
+
+// The headers a relayed packet leaves with, written in one store from `eth` on. `pad` puts
+// the IP header on a 4-byte boundary of the stack (the verifier wants aligned accesses).
+struct out4 {
+	__u16 pad;
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+	__u16 channel; // ChannelData header (peer -> client only)
+	__u16 len;
+};
+struct out6 {
+	__u16 pad;
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct udphdr udp;
+	__u16 channel;
+	__u16 len;
+};
+#define OUT4_LEN (ETH_LEN + IP_LEN + UDP_LEN)
+#define OUT6_LEN (ETH_LEN + IP6_LEN + UDP_LEN)
 
 static __always_inline __u32 fold(__u32 s)
 {
@@ -166,9 +277,9 @@ static __always_inline __u32 fold(__u32 s)
 	return (s & 0xffff) + (s >> 16);
 }
 
-// The UDP checksum field of a CHECKSUM_PARTIAL skb holds the folded pseudo-header sum (the
-// device finishes it); a real checksum equals that with probability 2^-16, and then the
-// packet merely takes the userspace path.
+// The UDP checksum field of a CHECKSUM_PARTIAL packet holds the folded pseudo-header sum
+// (the device finishes it); a real checksum equals that with probability 2^-16, and then
+// the packet merely takes the userspace path.
 static __always_inline int partial_csum(const struct iphdr *ip, const struct udphdr *udp)
 {
 	__u32 s = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) +
@@ -184,13 +295,6 @@ static __always_inline void count(__u32 dir, __u64 bytes)
 		c->bytes += bytes;
 	}
 }
-
-#define NS_PER_S 1000000000ULL
-// Why a packet of an installed binding went to userspace (COUNTERS index).
-#define PASS_EXPIRED 3
-#define PASS_NO_ROUTE 4
-#define PASS_CHECKSUM 5
-#define PASS_ROOM 6
 
 // Whether allocation `alloc` may relay `len` more payload bytes now. Lock-free: the
 // update is a compare-and-swap; after losing it twice to other CPUs the packet passes.
@@ -213,14 +317,14 @@ static __always_inline int within_bandwidth(__u32 alloc, __u64 len)
 	return 1;
 }
 
-static __always_inline int pass(__u32 reason)
+static __always_inline int pass(int hook, __u32 reason)
 {
 	count(reason, 0);
-	return TC_ACT_OK;
+	return verdict_pass(hook);
 }
 
 // Where a packet from `src` to `dst` leaves: interface and MAC addresses, or < 0.
-static __always_inline int route(struct __sk_buff *skb, __u32 src, __u32 dst, __u16 tot_len,
+static __always_inline int route(void *ctx, int hook, __u32 src, __u32 dst, __u16 tot_len,
 				 struct bpf_fib_lookup *fib)
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
@@ -229,38 +333,33 @@ static __always_inline int route(struct __sk_buff *skb, __u32 src, __u32 dst, __
 	fib->tot_len = tot_len;
 	fib->ipv4_src = src;
 	fib->ipv4_dst = dst;
-	fib->ifindex = skb->ingress_ifindex;
-	int rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
-	return rc == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
+	fib->ifindex = ingress_ifindex(ctx, hook);
+	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	return egress_ok(hook, fib->ifindex) ? 0 : -1;
 }
 
-// Rewrites the IPv4 header (addresses, length, TTL, checksum) and the Ethernet addresses.
-static __always_inline int rewrite_l2_l3(struct __sk_buff *skb, const struct bpf_fib_lookup *fib,
-					 __u32 src, __u32 dst, __u16 tot_len)
+// Fills the outgoing Ethernet and IPv4 headers (the IPv4 one from the received `ip`: new
+// addresses, length and TTL, its checksum computed in full: 20 bytes, no options).
+static __always_inline void out_l2_l3(struct out4 *o, const struct bpf_fib_lookup *fib,
+				      const struct iphdr *ip, __u32 src, __u32 dst, __u16 tot_len)
 {
-	struct iphdr old;
-	if (bpf_skb_load_bytes(skb, ETH_LEN, &old, IP_LEN) < 0)
-		return -1;
-	struct iphdr ip = old;
-	ip.saddr = src;
-	ip.daddr = dst;
-	ip.tot_len = bpf_htons(tot_len);
-	ip.ttl = RELAY_TTL;
-	ip.check = 0;
-	// Recompute the header checksum from scratch (20 bytes, no options).
+	__builtin_memcpy(o->eth.h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(o->eth.h_source, fib->smac, ETH_ALEN);
+	o->eth.h_proto = bpf_htons(ETH_P_IP);
+	o->ip = *ip;
+	o->ip.saddr = src;
+	o->ip.daddr = dst;
+	o->ip.tot_len = bpf_htons(tot_len);
+	o->ip.ttl = RELAY_TTL;
+	o->ip.check = 0;
 	__u32 s = 0;
-	__u16 *w = (__u16 *)&ip;
+	__u16 *w = (__u16 *)&o->ip;
 #pragma unroll
 	for (int i = 0; i < IP_LEN / 2; i++)
 		s += w[i];
-	ip.check = ~fold(s) & 0xffff;
-	if (bpf_skb_store_bytes(skb, ETH_LEN, &ip, IP_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return -1;
-	return 0;
+	o->ip.check = ~fold(s) & 0xffff;
 }
 
 // Checksum of the pseudo header plus UDP header fields (everything but the payload).
@@ -272,21 +371,21 @@ static __always_inline __u32 head_sum(__u32 src, __u32 dst, __u16 sport, __u16 d
 
 // ChannelData from a client: strip the 4-byte header and send the payload to the peer from
 // the relayed address.
-static __always_inline int client_to_peer(struct __sk_buff *skb, const struct iphdr *ip,
+static __always_inline int client_to_peer(void *ctx, int hook, const struct iphdr *ip,
 					  const struct udphdr *udp)
 {
 	struct {
 		__u16 channel;
 		__u16 len;
 	} cd; // both in network order
-	if (bpf_skb_load_bytes(skb, L4_OFF + UDP_LEN, &cd, CD_LEN) < 0)
-		return TC_ACT_OK;
+	if (load(ctx, hook, L4_OFF + UDP_LEN, &cd, CD_LEN) < 0)
+		return verdict_pass(hook);
 	if ((bpf_ntohs(cd.channel) & 0xc000) != 0x4000)
-		return TC_ACT_OK;
+		return verdict_pass(hook);
 	__u16 data_len = bpf_ntohs(cd.len);
 	__u16 ulen = bpf_ntohs(udp->len);
 	if (ulen != UDP_LEN + CD_LEN + data_len)
-		return TC_ACT_OK;
+		return verdict_pass(hook);
 	struct c2p_key k = {
 		.client_ip = ip->saddr,
 		.server_ip = ip->daddr,
@@ -296,57 +395,50 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, const struct ip
 	};
 	struct c2p_val *v = bpf_map_lookup_elem(&CLIENT_TO_PEER, &k);
 	if (!v)
-		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() >= v->expires_ns) {
-		count(PASS_EXPIRED, 0);
-		return TC_ACT_OK;
-	}
+		return verdict_pass(hook);
+	if (bpf_ktime_get_ns() >= v->expires_ns)
+		return pass(hook, PASS_EXPIRED);
 	__u32 src = v->relay_ip, dst = v->peer_ip;
 	__u16 sport = v->relay_port, dport = v->peer_port;
 	__u16 new_ulen = UDP_LEN + data_len;
 	__u16 tot_len = IP_LEN + new_ulen;
 	struct bpf_fib_lookup fib;
-	if (route(skb, src, dst, tot_len, &fib) < 0)
-		return pass(PASS_NO_ROUTE);
+	if (route(ctx, hook, src, dst, tot_len, &fib) < 0)
+		return pass(hook, PASS_NO_ROUTE);
 	if (partial_csum(ip, udp))
-		return pass(PASS_CHECKSUM);
+		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
-		return TC_ACT_SHOT;
+		return verdict_drop(hook);
 	}
+	struct out4 o = {};
+	out_l2_l3(&o, &fib, ip, src, dst, tot_len);
+	o.udp.source = sport;
+	o.udp.dest = dport;
+	o.udp.len = bpf_htons(new_ulen);
 	// New UDP checksum: old one minus the old head and the ChannelData header, plus the
 	// new head (the payload's share is unchanged; it moves by 4 bytes, an even offset).
-	struct udphdr nu = {
-		.source = sport,
-		.dest = dport,
-		.len = bpf_htons(new_ulen),
-		.check = 0,
-	};
 	if (udp->check) {
 		__u32 s = (__u16)~udp->check;
 		__u32 old = head_sum(ip->saddr, ip->daddr, udp->source, udp->dest, udp->len) +
 			    cd.channel + cd.len;
 		old = fold(old);
 		s += (__u16)~old;
-		s += head_sum(src, dst, sport, dport, nu.len);
+		s += head_sum(src, dst, sport, dport, o.udp.len);
 		__u16 c = ~fold(s) & 0xffff;
-		nu.check = c ? c : 0xffff;
+		o.udp.check = c ? c : 0xffff;
 	}
-	// Remove 4 bytes right after the IP header: what followed ([UDP 4..8][CD 4]) is then
-	// overwritten by the new 8-byte UDP header.
-	if (bpf_skb_adjust_room(skb, -CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return pass(PASS_ROOM);
-	if (bpf_skb_store_bytes(skb, L4_OFF, &nu, UDP_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return TC_ACT_SHOT;
-	if (rewrite_l2_l3(skb, &fib, src, dst, tot_len) < 0)
-		return TC_ACT_SHOT;
+	if (resize(ctx, hook, -CD_LEN) < 0)
+		return pass(hook, PASS_ROOM);
+	if (store(ctx, hook, &o.eth, OUT4_LEN) < 0)
+		return verdict_drop(hook);
 	count(0, data_len);
-	return bpf_redirect(fib.ifindex, 0);
+	return transmit(hook, fib.ifindex);
 }
 
 // UDP from a peer to a relayed address: prepend the ChannelData header (no padding over
 // UDP) and send it to the client from the server address it uses.
-static __always_inline int peer_to_client(struct __sk_buff *skb, const struct iphdr *ip,
+static __always_inline int peer_to_client(void *ctx, int hook, const struct iphdr *ip,
 					  const struct udphdr *udp)
 {
 	struct p2c_key k = {
@@ -357,64 +449,70 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, const struct ip
 	};
 	struct p2c_val *v = bpf_map_lookup_elem(&PEER_TO_CLIENT, &k);
 	if (!v)
-		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() >= v->expires_ns) {
-		count(PASS_EXPIRED, 0);
-		return TC_ACT_OK;
-	}
+		return verdict_pass(hook);
+	if (bpf_ktime_get_ns() >= v->expires_ns)
+		return pass(hook, PASS_EXPIRED);
 	__u16 ulen = bpf_ntohs(udp->len);
 	if (ulen < UDP_LEN || ulen > 0xffff - 64)
-		return TC_ACT_OK;
+		return verdict_pass(hook);
 	__u16 data_len = ulen - UDP_LEN;
-	if (skb->len != ETH_LEN + IP_LEN + ulen)
-		return TC_ACT_OK;
 	__u32 src = v->server_ip, dst = v->client_ip;
 	__u16 sport = v->server_port, dport = v->client_port;
 	__u16 new_ulen = UDP_LEN + CD_LEN + data_len;
 	__u16 tot_len = IP_LEN + new_ulen;
 	struct bpf_fib_lookup fib;
-	if (route(skb, src, dst, tot_len, &fib) < 0)
-		return pass(PASS_NO_ROUTE);
+	if (route(ctx, hook, src, dst, tot_len, &fib) < 0)
+		return pass(hook, PASS_NO_ROUTE);
 	if (partial_csum(ip, udp))
-		return pass(PASS_CHECKSUM);
+		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
-		return TC_ACT_SHOT;
+		return verdict_drop(hook);
 	}
-	__u16 ch = v->channel; // network order
-	__u16 dl = bpf_htons(data_len);
-	struct {
-		struct udphdr u;
-		__u16 channel;
-		__u16 len;
-	} h = {
-		.u = { .source = sport, .dest = dport, .len = bpf_htons(new_ulen), .check = 0 },
-		.channel = ch,
-		.len = dl,
-	};
+	struct out4 o = {};
+	out_l2_l3(&o, &fib, ip, src, dst, tot_len);
+	o.udp.source = sport;
+	o.udp.dest = dport;
+	o.udp.len = bpf_htons(new_ulen);
+	o.channel = v->channel; // network order
+	o.len = bpf_htons(data_len);
 	if (udp->check) {
 		__u32 s = (__u16)~udp->check;
 		__u32 old = fold(head_sum(ip->saddr, ip->daddr, udp->source, udp->dest, udp->len));
 		s += (__u16)~old;
-		s += head_sum(src, dst, sport, dport, h.u.len) + ch + dl;
+		s += head_sum(src, dst, sport, dport, o.udp.len) + o.channel + o.len;
 		__u16 c = ~fold(s) & 0xffff;
-		h.u.check = c ? c : 0xffff;
+		o.udp.check = c ? c : 0xffff;
 	}
-	// Insert 4 bytes right after the IP header, then write UDP header + ChannelData header
-	// over the first 12 bytes of the L4 part ([new 4][old UDP 8]).
-	if (bpf_skb_adjust_room(skb, CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return pass(PASS_ROOM);
-	if (bpf_skb_store_bytes(skb, L4_OFF, &h, sizeof(h), BPF_F_RECOMPUTE_CSUM) < 0)
-		return TC_ACT_SHOT;
-	if (rewrite_l2_l3(skb, &fib, src, dst, tot_len) < 0)
-		return TC_ACT_SHOT;
+	if (resize(ctx, hook, CD_LEN) < 0)
+		return pass(hook, PASS_ROOM);
+	if (store(ctx, hook, &o.eth, OUT4_LEN + CD_LEN) < 0)
+		return verdict_drop(hook);
 	count(1, data_len);
-	return bpf_redirect(fib.ifindex, 0);
+	return transmit(hook, fib.ifindex);
 }
 
-
-#define IP6_LEN 40
-#define L4_OFF6 (ETH_LEN + IP6_LEN)
+static __always_inline int ingress4(void *ctx, int hook)
+{
+	struct iphdr ip;
+	struct udphdr udp;
+	if (load(ctx, hook, ETH_LEN, &ip, IP_LEN) < 0)
+		return verdict_pass(hook);
+	if (ip.version != 4 || ip.ihl != 5 || ip.protocol != IPPROTO_UDP)
+		return verdict_pass(hook);
+	if (ip.frag_off & bpf_htons(0x3fff)) // MF or an offset: a fragment
+		return verdict_pass(hook);
+	if (bpf_ntohs(ip.tot_len) + ETH_LEN != frame_len(ctx, hook))
+		return verdict_pass(hook);
+	if (load(ctx, hook, L4_OFF, &udp, UDP_LEN) < 0)
+		return verdict_pass(hook);
+	if (bpf_ntohs(udp.len) + IP_LEN != bpf_ntohs(ip.tot_len))
+		return verdict_pass(hook);
+	int rc = peer_to_client(ctx, hook, &ip, &udp);
+	if (rc != verdict_pass(hook))
+		return rc;
+	return client_to_peer(ctx, hook, &ip, &udp);
+}
 
 static __always_inline __u32 sum6(const __u32 *a)
 {
@@ -448,7 +546,7 @@ static __always_inline int unusable_csum6(const struct ipv6hdr *ip, const struct
 	return udp->check == (__u16)fold(s);
 }
 
-static __always_inline int route6(struct __sk_buff *skb, const __u32 *src, const __u32 *dst,
+static __always_inline int route6(void *ctx, int hook, const __u32 *src, const __u32 *dst,
 				  __u16 tot_len, struct bpf_fib_lookup *fib)
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
@@ -457,45 +555,42 @@ static __always_inline int route6(struct __sk_buff *skb, const __u32 *src, const
 	fib->tot_len = tot_len;
 	copy6(fib->ipv6_src, src);
 	copy6(fib->ipv6_dst, dst);
-	fib->ifindex = skb->ingress_ifindex;
-	int rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
-	return rc == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
+	fib->ifindex = ingress_ifindex(ctx, hook);
+	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	return egress_ok(hook, fib->ifindex) ? 0 : -1;
 }
 
-static __always_inline int rewrite_l2_l3_6(struct __sk_buff *skb, const struct bpf_fib_lookup *fib,
-					   const __u32 *src, const __u32 *dst, __u16 payload_len)
+static __always_inline void out_l2_l3_6(struct out6 *o, const struct bpf_fib_lookup *fib,
+					const struct ipv6hdr *ip, const __u32 *src,
+					const __u32 *dst, __u16 payload_len)
 {
-	struct ipv6hdr ip;
-	if (bpf_skb_load_bytes(skb, ETH_LEN, &ip, IP6_LEN) < 0)
-		return -1;
-	copy6((__u32 *)&ip.saddr, src);
-	copy6((__u32 *)&ip.daddr, dst);
-	ip.payload_len = bpf_htons(payload_len);
-	ip.hop_limit = RELAY_TTL;
-	if (bpf_skb_store_bytes(skb, ETH_LEN, &ip, IP6_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return -1;
-	return 0;
+	__builtin_memcpy(o->eth.h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(o->eth.h_source, fib->smac, ETH_ALEN);
+	o->eth.h_proto = bpf_htons(ETH_P_IPV6);
+	o->ip = *ip;
+	copy6((__u32 *)&o->ip.saddr, src);
+	copy6((__u32 *)&o->ip.daddr, dst);
+	o->ip.payload_len = bpf_htons(payload_len);
+	o->ip.hop_limit = RELAY_TTL;
 }
 
-static __always_inline int client_to_peer6(struct __sk_buff *skb, const struct ipv6hdr *ip,
+static __always_inline int client_to_peer6(void *ctx, int hook, const struct ipv6hdr *ip,
 					   const struct udphdr *udp)
 {
 	struct {
 		__u16 channel;
 		__u16 len;
 	} cd;
-	if (bpf_skb_load_bytes(skb, L4_OFF6 + UDP_LEN, &cd, CD_LEN) < 0)
-		return TC_ACT_OK;
+	if (load(ctx, hook, L4_OFF6 + UDP_LEN, &cd, CD_LEN) < 0)
+		return verdict_pass(hook);
 	if ((bpf_ntohs(cd.channel) & 0xc000) != 0x4000)
-		return TC_ACT_OK;
+		return verdict_pass(hook);
 	__u16 data_len = bpf_ntohs(cd.len);
 	__u16 ulen = bpf_ntohs(udp->len);
 	if (ulen != UDP_LEN + CD_LEN + data_len)
-		return TC_ACT_OK;
+		return verdict_pass(hook);
 	struct c2p6_key k = {
 		.client_port = udp->source,
 		.server_port = udp->dest,
@@ -505,45 +600,45 @@ static __always_inline int client_to_peer6(struct __sk_buff *skb, const struct i
 	copy6(k.server_ip, (const __u32 *)&ip->daddr);
 	struct c2p6_val *v = bpf_map_lookup_elem(&CLIENT_TO_PEER6, &k);
 	if (!v)
-		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() >= v->expires_ns) {
-		count(PASS_EXPIRED, 0);
-		return TC_ACT_OK;
-	}
+		return verdict_pass(hook);
+	if (bpf_ktime_get_ns() >= v->expires_ns)
+		return pass(hook, PASS_EXPIRED);
 	__u32 src[4], dst[4];
 	copy6(src, v->relay_ip);
 	copy6(dst, v->peer_ip);
 	__u16 sport = v->relay_port, dport = v->peer_port;
 	__u16 new_ulen = UDP_LEN + data_len;
 	struct bpf_fib_lookup fib;
-	if (route6(skb, src, dst, IP6_LEN + new_ulen, &fib) < 0)
-		return pass(PASS_NO_ROUTE);
+	if (route6(ctx, hook, src, dst, IP6_LEN + new_ulen, &fib) < 0)
+		return pass(hook, PASS_NO_ROUTE);
 	if (unusable_csum6(ip, udp))
-		return pass(PASS_CHECKSUM);
+		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
-		return TC_ACT_SHOT;
+		return verdict_drop(hook);
 	}
-	struct udphdr nu = { .source = sport, .dest = dport, .len = bpf_htons(new_ulen) };
+	struct out6 o = {};
+	out_l2_l3_6(&o, &fib, ip, src, dst, new_ulen);
+	o.udp.source = sport;
+	o.udp.dest = dport;
+	o.udp.len = bpf_htons(new_ulen);
 	__u32 s = (__u16)~udp->check;
 	__u32 old = fold(head_sum6((const __u32 *)&ip->saddr, (const __u32 *)&ip->daddr,
 				   udp->source, udp->dest, udp->len) +
 			 cd.channel + cd.len);
 	s += (__u16)~old;
-	s += head_sum6(src, dst, sport, dport, nu.len);
+	s += head_sum6(src, dst, sport, dport, o.udp.len);
 	__u16 c = ~fold(s) & 0xffff;
-	nu.check = c ? c : 0xffff;
-	if (bpf_skb_adjust_room(skb, -CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return pass(PASS_ROOM);
-	if (bpf_skb_store_bytes(skb, L4_OFF6, &nu, UDP_LEN, BPF_F_RECOMPUTE_CSUM) < 0)
-		return TC_ACT_SHOT;
-	if (rewrite_l2_l3_6(skb, &fib, src, dst, new_ulen) < 0)
-		return TC_ACT_SHOT;
+	o.udp.check = c ? c : 0xffff;
+	if (resize(ctx, hook, -CD_LEN) < 0)
+		return pass(hook, PASS_ROOM);
+	if (store(ctx, hook, &o.eth, OUT6_LEN) < 0)
+		return verdict_drop(hook);
 	count(0, data_len);
-	return bpf_redirect(fib.ifindex, 0);
+	return transmit(hook, fib.ifindex);
 }
 
-static __always_inline int peer_to_client6(struct __sk_buff *skb, const struct ipv6hdr *ip,
+static __always_inline int peer_to_client6(void *ctx, int hook, const struct ipv6hdr *ip,
 					   const struct udphdr *udp)
 {
 	struct p2c6_key k = {
@@ -554,14 +649,12 @@ static __always_inline int peer_to_client6(struct __sk_buff *skb, const struct i
 	copy6(k.relay_ip, (const __u32 *)&ip->daddr);
 	struct p2c6_val *v = bpf_map_lookup_elem(&PEER_TO_CLIENT6, &k);
 	if (!v)
-		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() >= v->expires_ns) {
-		count(PASS_EXPIRED, 0);
-		return TC_ACT_OK;
-	}
+		return verdict_pass(hook);
+	if (bpf_ktime_get_ns() >= v->expires_ns)
+		return pass(hook, PASS_EXPIRED);
 	__u16 ulen = bpf_ntohs(udp->len);
 	if (ulen < UDP_LEN || ulen > 0xffff - 64)
-		return TC_ACT_OK;
+		return verdict_pass(hook);
 	__u16 data_len = ulen - UDP_LEN;
 	__u32 src[4], dst[4];
 	copy6(src, v->server_ip);
@@ -569,89 +662,84 @@ static __always_inline int peer_to_client6(struct __sk_buff *skb, const struct i
 	__u16 sport = v->server_port, dport = v->client_port;
 	__u16 new_ulen = UDP_LEN + CD_LEN + data_len;
 	struct bpf_fib_lookup fib;
-	if (route6(skb, src, dst, IP6_LEN + new_ulen, &fib) < 0)
-		return pass(PASS_NO_ROUTE);
+	if (route6(ctx, hook, src, dst, IP6_LEN + new_ulen, &fib) < 0)
+		return pass(hook, PASS_NO_ROUTE);
 	if (unusable_csum6(ip, udp))
-		return pass(PASS_CHECKSUM);
+		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
-		return TC_ACT_SHOT;
+		return verdict_drop(hook);
 	}
-	__u16 ch = v->channel, dl = bpf_htons(data_len);
-	struct {
-		struct udphdr u;
-		__u16 channel;
-		__u16 len;
-	} h = {
-		.u = { .source = sport, .dest = dport, .len = bpf_htons(new_ulen), .check = 0 },
-		.channel = ch,
-		.len = dl,
-	};
+	struct out6 o = {};
+	out_l2_l3_6(&o, &fib, ip, src, dst, new_ulen);
+	o.udp.source = sport;
+	o.udp.dest = dport;
+	o.udp.len = bpf_htons(new_ulen);
+	o.channel = v->channel;
+	o.len = bpf_htons(data_len);
 	__u32 s = (__u16)~udp->check;
 	__u32 old = fold(head_sum6((const __u32 *)&ip->saddr, (const __u32 *)&ip->daddr,
 				   udp->source, udp->dest, udp->len));
 	s += (__u16)~old;
-	s += head_sum6(src, dst, sport, dport, h.u.len) + ch + dl;
+	s += head_sum6(src, dst, sport, dport, o.udp.len) + o.channel + o.len;
 	__u16 c = ~fold(s) & 0xffff;
-	h.u.check = c ? c : 0xffff;
-	if (bpf_skb_adjust_room(skb, CD_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
-		return pass(PASS_ROOM);
-	if (bpf_skb_store_bytes(skb, L4_OFF6, &h, sizeof(h), BPF_F_RECOMPUTE_CSUM) < 0)
-		return TC_ACT_SHOT;
-	if (rewrite_l2_l3_6(skb, &fib, src, dst, new_ulen) < 0)
-		return TC_ACT_SHOT;
+	o.udp.check = c ? c : 0xffff;
+	if (resize(ctx, hook, CD_LEN) < 0)
+		return pass(hook, PASS_ROOM);
+	if (store(ctx, hook, &o.eth, OUT6_LEN + CD_LEN) < 0)
+		return verdict_drop(hook);
 	count(1, data_len);
-	return bpf_redirect(fib.ifindex, 0);
+	return transmit(hook, fib.ifindex);
 }
 
-static __always_inline int ingress6(struct __sk_buff *skb)
+static __always_inline int ingress6(void *ctx, int hook)
 {
 	struct ipv6hdr ip;
 	struct udphdr udp;
-	if (bpf_skb_load_bytes(skb, ETH_LEN, &ip, IP6_LEN) < 0)
-		return TC_ACT_OK;
+	if (load(ctx, hook, ETH_LEN, &ip, IP6_LEN) < 0)
+		return verdict_pass(hook);
 	// UDP right after the fixed header: no extension headers (fragments among them)
 	if (ip.version != 6 || ip.nexthdr != IPPROTO_UDP)
-		return TC_ACT_OK;
-	if (bpf_ntohs(ip.payload_len) + IP6_LEN + ETH_LEN != skb->len)
-		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, L4_OFF6, &udp, UDP_LEN) < 0)
-		return TC_ACT_OK;
+		return verdict_pass(hook);
+	if (bpf_ntohs(ip.payload_len) + IP6_LEN + ETH_LEN != frame_len(ctx, hook))
+		return verdict_pass(hook);
+	if (load(ctx, hook, L4_OFF6, &udp, UDP_LEN) < 0)
+		return verdict_pass(hook);
 	if (udp.len != ip.payload_len)
-		return TC_ACT_OK;
-	int rc = peer_to_client6(skb, &ip, &udp);
-	if (rc != TC_ACT_OK)
+		return verdict_pass(hook);
+	int rc = peer_to_client6(ctx, hook, &ip, &udp);
+	if (rc != verdict_pass(hook))
 		return rc;
-	return client_to_peer6(skb, &ip, &udp);
+	return client_to_peer6(ctx, hook, &ip, &udp);
 }
 
+// The relay both hooks run: IPv4 or IPv6 UDP, anything else passes.
+static __always_inline int relay(void *ctx, int hook, __u16 proto)
+{
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return ingress6(ctx, hook);
+	if (proto == bpf_htons(ETH_P_IP))
+		return ingress4(ctx, hook);
+	return verdict_pass(hook);
+}
+
+// TC (TCX ingress): GSO packets (several datagrams in one skb) pass.
 SEC("classifier")
 int channel_data_ingress(struct __sk_buff *skb)
 {
 	if (skb->gso_size)
 		return TC_ACT_OK;
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return ingress6(skb);
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	struct iphdr ip;
-	struct udphdr udp;
-	if (bpf_skb_load_bytes(skb, ETH_LEN, &ip, IP_LEN) < 0)
-		return TC_ACT_OK;
-	if (ip.version != 4 || ip.ihl != 5 || ip.protocol != IPPROTO_UDP)
-		return TC_ACT_OK;
-	if (ip.frag_off & bpf_htons(0x3fff)) // MF or an offset: a fragment
-		return TC_ACT_OK;
-	if (bpf_ntohs(ip.tot_len) + ETH_LEN != skb->len)
-		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, L4_OFF, &udp, UDP_LEN) < 0)
-		return TC_ACT_OK;
-	if (bpf_ntohs(udp.len) + IP_LEN != bpf_ntohs(ip.tot_len))
-		return TC_ACT_OK;
-	int rc = peer_to_client(skb, &ip, &udp);
-	if (rc != TC_ACT_OK)
-		return rc;
-	return client_to_peer(skb, &ip, &udp);
+	return relay(skb, TC, skb->protocol);
+}
+
+// XDP (native, driver mode): the frame as the driver received it, before any skb exists.
+SEC("xdp")
+int channel_data_xdp(struct xdp_md *ctx)
+{
+	__u16 proto;
+	if (bpf_xdp_load_bytes(ctx, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto)) < 0)
+		return XDP_PASS;
+	return relay(ctx, XDP, proto);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,8 +1,9 @@
 //! The turn-server's kernel fast path for UDP ChannelData (docs/offload.md).
 //!
-//! A TC (clsact ingress) program, `bpf/channel.bpf.c`, relays ChannelData from a client to
-//! its peer and UDP from the peer back to the client as ChannelData, over IPv4 and IPv6,
-//! without waking userspace. Userspace stays the authority: [`Offload::sync`] installs
+//! A BPF program, `bpf/channel.bpf.c`, attached at XDP (native, driver mode) or at TC
+//! (TCX ingress) per interface ([`Hook`]), relays ChannelData from a client to its peer and
+//! UDP from the peer back to the client as ChannelData, over IPv4 and IPv6, without waking
+//! userspace. Userspace stays the authority: [`Offload::sync`] installs
 //! exactly the channel bindings the TURN core reports for an allocation (and removes the
 //! ones it no longer reports), each with the instant it stops being valid, which the
 //! program checks on every packet. Everything else, and anything the program is unsure
@@ -15,8 +16,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::maps::{DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 
 mod abi;
 
@@ -33,9 +34,11 @@ const BUILD_ERROR: &str = env!("TURN_OFFLOAD_BUILD");
 /// The `offload` setting.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub enum Mode {
-    /// The best hook that works here (today: TC), else userspace with the reason logged.
+    /// Per interface the best hook that works there: XDP where the driver takes native
+    /// XDP, TC otherwise; else userspace with the reason logged.
     Auto,
-    /// XDP only (not implemented yet: falls back with `xdp_unsupported`).
+    /// Native XDP only (an interface whose driver has none: falls back with
+    /// `xdp_unsupported`).
     Xdp,
     /// TC (clsact ingress) only.
     Tc,
@@ -70,13 +73,14 @@ pub enum Fallback {
     Disabled = 0,
     /// The BPF program was not compiled into this binary (no clang at build time).
     NotBuilt = 1,
-    /// `offload = "xdp"`: the XDP hook is not implemented yet.
+    /// `offload = "xdp"` and an interface's driver does not take native XDP.
     XdpUnsupported = 2,
     /// Loading or attaching needs CAP_BPF and CAP_NET_ADMIN (or root).
     NoPermission = 3,
     /// The kernel refused the program or a map (too old, BPF disabled, verifier).
     Kernel = 4,
-    /// No interface to attach to, or attaching to one failed.
+    /// No interface to attach to (e.g. the listener and relay addresses are all on `lo`),
+    /// or attaching to one failed.
     Interface = 5,
     /// IPv4 forwarding is off on an interface: `bpf_fib_lookup`, which finds where a
     /// relayed packet leaves, answers only for interfaces that forward.
@@ -193,6 +197,25 @@ impl Counters {
     pub const PASSED: [&str; 4] = ["expired", "no_route", "checksum", "room"];
 }
 
+/// Where the program runs on one interface.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Hook {
+    /// XDP in driver (native) mode: before the kernel allocates an skb.
+    Xdp,
+    /// TC (TCX ingress): after the skb exists, for any driver.
+    Tc,
+}
+
+impl Hook {
+    /// Metric label and log spelling.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+        }
+    }
+}
+
 /// The map keys of one installed binding.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 enum Keys {
@@ -230,6 +253,8 @@ pub struct Offload {
     p2c6: BpfHashMap<MapData, P2c6Key, P2c6Val>,
     counters: PerCpuArray<MapData, Counter>,
     allocs: BpfHashMap<MapData, u32, AllocVal>,
+    /// Kept open: XDP's transmit interfaces (filled once at start).
+    _xdp_egress: DevMapHash<MapData>,
     /// Per allocation: its id in `ALLOCS` and the entries it has in the kernel.
     installed: HashMap<AllocKey, (u32, Vec<Keys>)>,
     /// Ids of `ALLOCS` not in use (below `next_id`).
@@ -238,34 +263,37 @@ pub struct Offload {
     /// Bytes per second per allocation, both directions (0: unlimited).
     bandwidth: u64,
     interfaces: Vec<String>,
+    /// The hook of each of `interfaces`, in order.
+    hooks: Vec<Hook>,
 }
 
 impl std::fmt::Debug for Offload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Offload")
             .field("interfaces", &self.interfaces)
+            .field("hooks", &self.hooks)
             .field("allocations", &self.installed.len())
             .finish()
     }
 }
 
-const PROGRAM: &str = "channel_data_ingress";
+/// The entry points in the object: one relay, one per hook.
+const TC_PROGRAM: &str = "channel_data_ingress";
+const XDP_PROGRAM: &str = "channel_data_xdp";
 
 impl Offload {
-    /// Loads the program and attaches it to the ingress of `interfaces` (empty: every
-    /// interface but `lo`); each allocation may relay `bandwidth` payload bytes per second
-    /// through it (0: unlimited). `Err` says why the relay stays in userspace.
+    /// Loads the program and attaches it to `interfaces` (empty: every interface but `lo`)
+    /// with the hook `mode` asks for ([`Mode::Auto`]: XDP where the driver takes native XDP,
+    /// TC otherwise, logged per interface); each allocation may relay `bandwidth` payload
+    /// bytes per second through it (0: unlimited). `Err` says why the relay stays in
+    /// userspace.
     pub fn start(mode: Mode, interfaces: &[String], bandwidth: u64) -> Result<Self, Unavailable> {
-        match mode {
+        let (want_xdp, want_tc) = match mode {
             Mode::Off => return Err(Unavailable::new(Fallback::Disabled, "offload = \"off\"")),
-            Mode::Xdp => {
-                return Err(Unavailable::new(
-                    Fallback::XdpUnsupported,
-                    "the XDP hook is not implemented yet; use \"tc\" or \"auto\"",
-                ));
-            }
-            Mode::Auto | Mode::Tc => {}
-        }
+            Mode::Auto => (true, true),
+            Mode::Xdp => (true, false),
+            Mode::Tc => (false, true),
+        };
         built()?;
         let interfaces = if interfaces.is_empty() {
             all_interfaces()
@@ -288,25 +316,68 @@ impl Offload {
             ));
         }
         let mut ebpf = aya::Ebpf::load(OBJECT).map_err(|e| Unavailable::load("loading", &e))?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| Unavailable::new(Fallback::Kernel, "program missing from object"))?
-            .try_into()
-            .map_err(|e| Unavailable::load("program type", &e))?;
-        prog.load().map_err(|e| Unavailable::load("verifier", &e))?;
-        for i in &interfaces {
-            prog.attach(i, TcAttachType::Ingress).map_err(|e| {
-                let u = Unavailable::load(&format!("attaching to {i}"), &e);
-                match u.reason {
-                    Fallback::NoPermission => u,
-                    _ => Unavailable::new(Fallback::Interface, u.detail),
-                }
-            })?;
+        if want_xdp {
+            xdp_program(&mut ebpf)?
+                .load()
+                .map_err(|e| Unavailable::load("verifier (XDP)", &e))?;
+        }
+        if want_tc {
+            tc_program(&mut ebpf)?
+                .load()
+                .map_err(|e| Unavailable::load("verifier (TC)", &e))?;
         }
         let map = |ebpf: &mut aya::Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| Unavailable::new(Fallback::Kernel, format!("map {name} missing")))
         };
+        let mut xdp_egress = DevMapHash::try_from(map(&mut ebpf, "XDP_EGRESS")?)
+            .map_err(|e| Unavailable::load("XDP_EGRESS", &e))?;
+        let mut hooks = Vec::with_capacity(interfaces.len());
+        for i in &interfaces {
+            let index = ifindex(i).ok_or_else(|| {
+                Unavailable::new(Fallback::Interface, format!("no interface {i}"))
+            })?;
+            let hook = if want_xdp {
+                match xdp_program(&mut ebpf)?.attach_to_if_index(index, XdpMode::Driver) {
+                    Ok(_) => Some(Hook::Xdp),
+                    Err(e) => {
+                        let u = Unavailable::load(&format!("attaching XDP (native) to {i}"), &e);
+                        if u.reason == Fallback::NoPermission {
+                            return Err(u);
+                        }
+                        if !want_tc {
+                            return Err(Unavailable::new(Fallback::XdpUnsupported, u.detail));
+                        }
+                        tracing::info!(interface = %i, detail = %u.detail, "no native XDP on this interface: the offload uses TC there");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let hook = match hook {
+                Some(h) => h,
+                None => {
+                    tc_program(&mut ebpf)?
+                        .attach(i, TcAttachType::Ingress)
+                        .map_err(|e| {
+                            let u = Unavailable::load(&format!("attaching to {i}"), &e);
+                            match u.reason {
+                                Fallback::NoPermission => u,
+                                _ => Unavailable::new(Fallback::Interface, u.detail),
+                            }
+                        })?;
+                    Hook::Tc
+                }
+            };
+            if hook == Hook::Xdp {
+                xdp_egress
+                    .insert(index, index, None, 0)
+                    .map_err(|e| Unavailable::load("XDP_EGRESS", &e))?;
+            }
+            tracing::info!(interface = %i, hook = hook.label(), "kernel offload attached");
+            hooks.push(hook);
+        }
         let c2p = BpfHashMap::try_from(map(&mut ebpf, "CLIENT_TO_PEER")?)
             .map_err(|e| Unavailable::load("CLIENT_TO_PEER", &e))?;
         let p2c = BpfHashMap::try_from(map(&mut ebpf, "PEER_TO_CLIENT")?)
@@ -327,12 +398,22 @@ impl Offload {
             p2c6,
             counters,
             allocs,
+            _xdp_egress: xdp_egress,
             installed: HashMap::new(),
             free_ids: Vec::new(),
             next_id: 0,
             bandwidth,
             interfaces,
+            hooks,
         })
+    }
+
+    /// Each interface the program is attached to, with its hook.
+    pub fn hooks(&self) -> impl Iterator<Item = (&str, Hook)> {
+        self.interfaces
+            .iter()
+            .map(String::as_str)
+            .zip(self.hooks.iter().copied())
     }
 
     /// The interfaces the program is attached to.
@@ -472,6 +553,29 @@ impl Offload {
             passed,
         }
     }
+}
+
+fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, Unavailable> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or_else(|| Unavailable::new(Fallback::Kernel, "XDP program missing from object"))?
+        .try_into()
+        .map_err(|e| Unavailable::load("program type", &e))
+}
+
+fn tc_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, Unavailable> {
+    ebpf.program_mut(TC_PROGRAM)
+        .ok_or_else(|| Unavailable::new(Fallback::Kernel, "TC program missing from object"))?
+        .try_into()
+        .map_err(|e| Unavailable::load("program type", &e))
+}
+
+/// The interface's index, from /sys/class/net.
+fn ifindex(interface: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{interface}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Every interface in /sys/class/net but `lo`, sorted.
@@ -696,15 +800,13 @@ mod tests {
     }
 
     #[test]
-    fn off_and_xdp_fall_back_with_their_reason() {
+    fn off_falls_back_with_its_reason() {
         assert_eq!(
             Offload::start(Mode::Off, &[], 0).unwrap_err().reason,
             Fallback::Disabled
         );
-        assert_eq!(
-            Offload::start(Mode::Xdp, &[], 0).unwrap_err().reason,
-            Fallback::XdpUnsupported
-        );
         assert_eq!(Fallback::ForwardingDisabled.label(), "forwarding_disabled");
+        assert_eq!(Fallback::XdpUnsupported.label(), "xdp_unsupported");
+        assert_eq!((Hook::Xdp.label(), Hook::Tc.label()), ("xdp", "tc"));
     }
 }

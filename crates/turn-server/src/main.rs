@@ -277,8 +277,15 @@ fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOfflo
     };
     match started {
         Ok(o) => {
-            tracing::info!(mode = cfg.offload.label(), interfaces = ?o.interfaces(), "kernel offload for UDP ChannelData attached (TC ingress, IPv4 and IPv6)");
+            let hooks: Vec<String> = o
+                .hooks()
+                .map(|(i, h)| format!("{i}:{}", h.label()))
+                .collect();
+            tracing::info!(mode = cfg.offload.label(), hooks = ?hooks, "kernel offload for UDP ChannelData attached (IPv4 and IPv6)");
             metrics.set_offload_active(true);
+            for (i, h) in o.hooks() {
+                metrics.set_offload_hook(i, h);
+            }
             Some(Arc::new(std::sync::Mutex::new(o)))
         }
         Err(e) if e.reason == Fallback::Disabled => None,

@@ -127,6 +127,7 @@ pub struct Metrics {
     offload_passed: Vec<IntCounter>,
     offload_fallback: Vec<IntCounter>,
     offload_active: IntGauge,
+    offload_hook: IntGaugeVec,
 }
 
 use callrelay_service::metrics::register;
@@ -340,6 +341,16 @@ impl Metrics {
             "callrelay_turn_offload_active",
             "1 while the kernel fast path for UDP ChannelData is attached",
         );
+        let offload_hook = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "callrelay_turn_offload_interface",
+                    "1 for each interface the kernel fast path is attached to, with its hook (xdp or tc)",
+                ),
+                &["interface", "hook"],
+            ),
+        );
         Self {
             registry: r,
             allocations_active,
@@ -372,6 +383,7 @@ impl Metrics {
             offload_passed,
             offload_fallback,
             offload_active,
+            offload_hook,
         }
     }
 
@@ -385,6 +397,13 @@ impl Metrics {
     /// Whether the kernel fast path is attached.
     pub fn set_offload_active(&self, on: bool) {
         self.offload_active.set(i64::from(on));
+    }
+
+    /// The kernel fast path is attached to `interface` at `hook` (one series per interface).
+    pub fn set_offload_hook(&self, interface: &str, hook: turn_offload::Hook) {
+        self.offload_hook
+            .with_label_values(&[interface, hook.label()])
+            .set(1);
     }
 
     /// Adds what the kernel fast path relayed since `prev` (its per-CPU counters, summed)
@@ -623,6 +642,8 @@ mod offload_tests {
         m.report_offload(&mut prev, now);
         m.offload_fallback(turn_offload::Fallback::NoPermission);
         m.set_offload_active(true);
+        m.set_offload_hook("eth0", turn_offload::Hook::Xdp);
+        m.set_offload_hook("eth1", turn_offload::Hook::Tc);
         let t = m.render();
         for needle in [
             "callrelay_turn_offload_packets_total{direction=\"to_peer\"} 5",
@@ -632,6 +653,8 @@ mod offload_tests {
             "callrelay_turn_relayed_bytes_total{direction=\"to_client\",transport=\"udp\"} 40",
             "callrelay_turn_offload_fallback_total{reason=\"no_permission\"} 1",
             "callrelay_turn_offload_active 1",
+            "callrelay_turn_offload_interface{hook=\"xdp\",interface=\"eth0\"} 1",
+            "callrelay_turn_offload_interface{hook=\"tc\",interface=\"eth1\"} 1",
             "callrelay_turn_quota_rejections_total{kind=\"bandwidth\"} 4",
             "callrelay_turn_offload_passed_total{reason=\"expired\"} 1",
             "callrelay_turn_offload_passed_total{reason=\"checksum\"} 2",

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! coturn's `turnutils_uclient` relays through the server both ways; with `offload = "tc"`
-//! the offload counters prove the kernel relayed every packet, the relayed totals in
+//! and with `offload = "xdp"` (the same run, one test each) the offload counters prove the
+//! kernel relayed every packet, the relayed totals in
 //! `/metrics` equal the packets sent, and Refresh to a short lifetime (expiry) or to 0, or
 //! a SIGHUP that denies the peer, stops the relaying at once. With `offload = "off"` the same run passes in userspace.
 //!
@@ -71,7 +72,8 @@ fn missing() -> Option<String> {
 struct Namespaces(String);
 
 impl Namespaces {
-    fn new(tag: &str) -> Self {
+    /// `xdp`: also prepare the veth peers to receive XDP frames, and a bridge (no native XDP).
+    fn new(tag: &str, xdp: bool) -> Self {
         let prefix = format!("cro{}{tag}", std::process::id());
         let ns = Self(prefix);
         let (c, s, p) = (ns.name('c'), ns.name('s'), ns.name('p'));
@@ -180,6 +182,30 @@ impl Namespaces {
         must(&[
             "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "tx", "off",
         ]);
+        if xdp {
+            // A frame XDP redirects out of s0 (s1) arrives at its veth peer c0 (p0) as an
+            // XDP frame, which veth takes only into a NAPI ring: one exists where the peer
+            // has an XDP program or GRO on (docs/offload.md). Without it the frames are
+            // dropped. GRO does not merge these datagrams (no UDP GRO socket option).
+            must(&[
+                "ip", "netns", "exec", &c, "ethtool", "-K", "c0", "gro", "on",
+            ]);
+            must(&[
+                "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "gro", "on",
+            ]);
+            // An interface whose driver has no native XDP (a bridge), for `auto` to choose TC on.
+            must(&["ip", "-n", &s, "link", "add", "d0", "type", "bridge"]);
+            must(&["ip", "-n", &s, "link", "set", "d0", "up"]);
+            must(&[
+                "ip",
+                "netns",
+                "exec",
+                &s,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/conf/d0/forwarding",
+            ]);
+        }
         ns
     }
 
@@ -218,7 +244,7 @@ fn outer(mode: &str, inner: &str) {
         eprintln!("SKIP offload namespace test ({mode}): {e}");
         return;
     }
-    let ns = Namespaces::new(&mode[..1]);
+    let ns = Namespaces::new(&mode[..1], mode == "xdp");
     let exe = std::env::current_exe().unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &ns.name('c')])
@@ -249,6 +275,11 @@ fn outer(mode: &str, inner: &str) {
 #[test]
 fn kernel_relays_channel_data_both_ways_and_stops_with_the_binding() {
     outer("tc", "inner_relay_through_the_server_namespace");
+}
+
+#[test]
+fn kernel_relays_at_xdp_the_same_as_at_tc() {
+    outer("xdp", "inner_relay_through_the_server_namespace");
 }
 
 #[test]
@@ -420,7 +451,7 @@ fn refresh(c: &mut RawClient, lifetime: u32) {
 /// The body, inside the client namespace (see `outer`); without the environment the
 /// outer test sets it has nothing to run against and says so.
 #[test]
-#[ignore = "runs inside the client namespace, started by the two tests above"]
+#[ignore = "runs inside the client namespace, started by the three tests above"]
 fn inner_relay_through_the_server_namespace() {
     let (Ok(prefix), Ok(mode)) = (std::env::var(ENV_NS), std::env::var(ENV_MODE)) else {
         eprintln!("nothing to do: run by the offload tests inside their namespaces");
@@ -491,6 +522,18 @@ fn inner_relay_through_the_server_namespace() {
         "{}",
         server.log.lock().unwrap()
     );
+    // Each interface shows the hook it runs at: the one asked for, and no other.
+    for dev in ["s0", "s1"] {
+        for hook in ["xdp", "tc"] {
+            let series =
+                format!("callrelay_turn_offload_interface{{hook=\"{hook}\",interface=\"{dev}\"}}");
+            if hook == mode {
+                assert_eq!(metric_value(&text, &series), 1.0, "{series}");
+            } else {
+                assert!(!text.contains(&series), "{series}\n{text}");
+            }
+        }
+    }
 
     // coturn's client: 2 allocations (RTP + RTCP) x 100 messages over channels, echoed.
     let (ok, out) = uclient(&[
@@ -675,7 +718,72 @@ fn inner_relay_through_the_server_namespace() {
         assert_eq!(metric_value(&t, &series), 0.0, "{series}");
     }
     assert_eq!(server.stop(), Some(0));
+    if mode == "xdp" {
+        auto_picks_a_hook_per_interface(&srv);
+    }
     eprintln!("{DONE}");
+}
+
+/// `auto` attaches XDP where the driver takes it natively (veth) and TC elsewhere (bridge);
+/// `xdp` on an interface without native XDP falls back to userspace and says why.
+fn auto_picks_a_hook_per_interface(srv: &str) {
+    let base = [
+        "--listen",
+        SERVER,
+        "--relay-ip",
+        "10.0.2.1",
+        "--relay-ports",
+        "50100-50199",
+        "--allow-peer",
+        "10.0.2.0/24",
+        "--auth-secret",
+        SECRET,
+        "--realm",
+        REALM,
+        "--metrics-listen",
+        METRICS,
+        "--workers",
+        "1",
+        "--drain-timeout",
+        "1",
+    ];
+    let start = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let mut s = Server::spawn_wrapped(
+            &["ip", "netns", "exec", srv],
+            &args,
+            3478,
+            9641,
+            (50100, 50199),
+        );
+        s.metrics = METRICS.parse().unwrap();
+        s
+    };
+    let server = start(&[
+        "--offload",
+        "auto",
+        "--offload-interface",
+        "s0",
+        "--offload-interface",
+        "s1",
+        "--offload-interface",
+        "d0",
+    ]);
+    let t = server.metrics_text();
+    for (dev, hook) in [("s0", "xdp"), ("s1", "xdp"), ("d0", "tc")] {
+        let series =
+            format!("callrelay_turn_offload_interface{{hook=\"{hook}\",interface=\"{dev}\"}}");
+        assert_eq!(metric_value(&t, &series), 1.0, "{series}\n{t}");
+    }
+    assert_eq!(metric_value(&t, "callrelay_turn_offload_active"), 1.0);
+    assert_eq!(server.stop(), Some(0));
+    let server = start(&["--offload", "xdp", "--offload-interface", "d0"]);
+    let t = server.metrics_text();
+    let series = "callrelay_turn_offload_fallback_total{reason=\"xdp_unsupported\"}";
+    assert_eq!(metric_value(&t, series), 1.0, "{t}");
+    assert_eq!(metric_value(&t, "callrelay_turn_offload_active"), 0.0);
+    assert_eq!(server.stop(), Some(0));
 }
 
 /// Where the kernel path cannot run as configured the server still serves, in userspace,
@@ -695,7 +803,10 @@ fn fallback_is_logged_counted_and_the_relay_keeps_serving() {
         Ok(()) => "no_permission",
     };
     for (flags, reason) in [
-        (&["--offload", "xdp"][..], "xdp_unsupported"),
+        (
+            &["--offload", "xdp", "--offload-interface", "nosuchif0"][..],
+            missing_if,
+        ),
         (
             &["--offload", "tc", "--offload-interface", "nosuchif0"][..],
             missing_if,
