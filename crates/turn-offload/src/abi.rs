@@ -1,13 +1,17 @@
-//! The map layouts shared with `bpf/channel.bpf.c`, and the kernel's monotonic clock.
+//! The map layouts shared with `bpf/channel.bpf.c`, the kernel's monotonic clock, and the
+//! interfaces' addresses.
 //!
 //! This is the crate's only `unsafe`: aya reads and writes map keys and values as raw
 //! bytes, so each type must promise (`aya::Pod`) that every bit pattern is valid and
-//! that it has no padding the kernel could see uninitialised; and the expiry instants
-//! the program compares with `bpf_ktime_get_ns()` come from `clock_gettime`.
+//! that it has no padding the kernel could see uninitialised; the expiry instants
+//! the program compares with `bpf_ktime_get_ns()` come from `clock_gettime`; and which
+//! interface carries an address comes from `getifaddrs` (std has no safe call for either).
 #![allow(
     unsafe_code,
-    reason = "aya::Pod impls and clock_gettime, see the module docs"
+    reason = "aya::Pod impls, clock_gettime and getifaddrs, see the module docs"
 )]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Key of `CLIENT_TO_PEER`: a client's 5-tuple toward our listener and the channel number.
 /// Addresses, ports and the channel are in network byte order, as in the packet.
@@ -169,6 +173,56 @@ pub(crate) fn monotonic_ns() -> u64 {
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
+/// Every address configured on an interface, with the interface's name (`getifaddrs`);
+/// empty if the call fails.
+pub(crate) fn interface_addresses() -> Vec<(String, IpAddr)> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out-pointer; on success the list it receives is freed below
+    // with `freeifaddrs`, exactly once, after the last read.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_name` is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: `ifa_addr` is non-null and points at a sockaddr whose `sa_family` says
+        // which struct it is; each is read as that struct only (getifaddrs allocates the
+        // full struct for its family), unaligned reads avoid assuming its alignment.
+        let ip = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in>());
+                    Some(IpAddr::V4(Ipv4Addr::from(
+                        sin.sin_addr.s_addr.to_ne_bytes(),
+                    )))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in6>());
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        if let Some(ip) = ip {
+            out.push((name, ip));
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once; nothing read
+    // from the list outlives this point (names and addresses were copied).
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +240,16 @@ mod tests {
         assert_eq!(size_of::<C2p6Val>(), 16 + 16 + 2 + 2 + 4 + 8);
         assert_eq!(size_of::<P2c6Key>(), 16 + 16 + 2 + 2);
         assert_eq!(size_of::<P2c6Val>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 4 + 8);
+    }
+
+    #[test]
+    fn loopback_carries_127_0_0_1() {
+        let all = interface_addresses();
+        assert!(
+            all.iter()
+                .any(|(n, ip)| n == "lo" && *ip == IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{all:?}"
+        );
     }
 
     #[test]

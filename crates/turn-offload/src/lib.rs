@@ -35,7 +35,8 @@ const BUILD_ERROR: &str = env!("TURN_OFFLOAD_BUILD");
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub enum Mode {
     /// Per interface the best hook that works there: XDP where the driver takes native
-    /// XDP, TC otherwise; else userspace with the reason logged.
+    /// XDP, TC otherwise; else userspace with the reason logged. The default.
+    #[default]
     Auto,
     /// Native XDP only (an interface whose driver has none: falls back with
     /// `xdp_unsupported`).
@@ -43,7 +44,6 @@ pub enum Mode {
     /// TC (clsact ingress) only.
     Tc,
     /// No offload: every packet takes the userspace path.
-    #[default]
     Off,
 }
 
@@ -152,6 +152,46 @@ pub fn built() -> Result<(), Unavailable> {
         return Err(Unavailable::new(Fallback::NotBuilt, why));
     }
     Ok(())
+}
+
+/// Whether this process may load and attach the program: it needs `CAP_NET_ADMIN` and
+/// `CAP_BPF` (or `CAP_SYS_ADMIN`, which implies it) in its effective set. Read from
+/// `/proc/self/status` before anything is loaded, so a missing capability is reported as
+/// such (`no_permission`, naming it) rather than as whatever fails first.
+pub fn permitted() -> Result<(), Unavailable> {
+    const NET_ADMIN: u32 = 12;
+    const SYS_ADMIN: u32 = 21;
+    const BPF: u32 = 39;
+    let Some(eff) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_caps(&s))
+    else {
+        return Ok(()); // unreadable: let the load say what is missing
+    };
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(BPF) && !has(SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Unavailable::new(
+        Fallback::NoPermission,
+        format!(
+            "missing {}: the process needs CAP_BPF and CAP_NET_ADMIN (run as root, or under systemd add the offload.conf drop-in, docs/offload.md)",
+            missing.join(" and ")
+        ),
+    ))
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// One channel binding the kernel may relay on its own.
@@ -295,6 +335,7 @@ impl Offload {
             Mode::Tc => (false, true),
         };
         built()?;
+        permitted()?;
         let interfaces = if interfaces.is_empty() {
             all_interfaces()
         } else {
@@ -578,6 +619,20 @@ fn ifindex(interface: &str) -> Option<u32> {
         .ok()
 }
 
+/// The interfaces but `lo` that carry one of `addrs`, sorted: where packets to our
+/// listener and relayed addresses arrive. Empty when all of them are on `lo` (or are
+/// wildcards, which no interface carries).
+pub fn interfaces_with(addrs: &[IpAddr]) -> Vec<String> {
+    let mut v: Vec<String> = abi::interface_addresses()
+        .into_iter()
+        .filter(|(name, ip)| name != "lo" && addrs.contains(ip))
+        .map(|(name, _)| name)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Every interface in /sys/class/net but `lo`, sorted.
 fn all_interfaces() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
@@ -789,6 +844,24 @@ mod tests {
         let mut m = binding(now + Duration::from_secs(1));
         m.client = "[::ffff:10.0.1.2]:5000".parse().unwrap();
         assert!(matches!(entries(&m, 0, 1, now), Some(Entry::V4(..))));
+    }
+
+    #[test]
+    fn effective_capabilities_come_from_the_status_text() {
+        let status = "Name:\tturn-server\nCapInh:\t0000000000000000\nCapPrm:\t0000008000001000\nCapEff:\t0000008000001000\n";
+        let eff = effective_caps(status).unwrap();
+        assert_eq!(eff, (1 << 39) | (1 << 12), "CAP_BPF and CAP_NET_ADMIN");
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn loopback_addresses_give_no_interface() {
+        let lo: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(interfaces_with(&lo), Vec::<String>::new());
+        assert_eq!(
+            interfaces_with(&["0.0.0.0".parse().unwrap()]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub struct Cli {
     /// Kernel fast path for UDP ChannelData: auto, xdp, tc or off (docs/offload.md).
     #[arg(long, value_name = "MODE")]
     pub offload: Option<String>,
-    /// Interface the offload attaches to (repeatable). Default: every interface but lo.
+    /// Interface the offload attaches to (repeatable). Default: the interfaces that carry
+    /// the listen and relay addresses, but lo.
     #[arg(long, value_name = "NAME")]
     pub offload_interface: Vec<String>,
     /// Bearer secret of the control endpoint on the metrics listener (`POST
@@ -317,7 +318,8 @@ pub struct Config {
     pub stream_auth_timeout: Duration,
     /// Kernel fast path for UDP ChannelData.
     pub offload: OffloadMode,
-    /// Interfaces the offload attaches to (empty: every interface but lo).
+    /// Interfaces the offload attaches to (empty: those carrying the listen and relay
+    /// addresses, but lo).
     pub offload_interfaces: Vec<String>,
     /// The control endpoint's bearer secret; `None`: no endpoint.
     pub control_secret: Option<ControlSecret>,
@@ -644,7 +646,7 @@ impl Config {
             " seconds (15 is the default)",
         )?;
         let offload = {
-            let s = pick(cli.offload.clone(), f.offload, "off".into());
+            let s = pick(cli.offload.clone(), f.offload, "auto".into());
             OffloadMode::parse(&s).ok_or_else(|| {
                 ConfigError::key(
                     "offload",

@@ -264,7 +264,12 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Starts the kernel fast path when `offload` asks for it; otherwise, or when it cannot
-/// run here, logs and counts why, and the relay serves every packet in userspace.
+/// run here, logs (INFO under `auto`, the default, WARN when a hook was asked for) and
+/// counts why, and the relay serves every packet in userspace.
+///
+/// Without `offload_interface` it attaches to the interfaces that carry a specific UDP
+/// listen address or a relay address, never `lo`: on loopback (every test, a laptop) it
+/// attaches to nothing and says so, instead of to the machine's other interfaces.
 fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOffload> {
     use turn_offload::{Fallback, Mode as OffloadMode, Offload, Unavailable};
     let started = if cfg.offload == OffloadMode::Off {
@@ -272,8 +277,35 @@ fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOfflo
             reason: Fallback::Disabled,
             detail: "offload = \"off\"".into(),
         })
-    } else {
+    } else if let Err(e) = turn_offload::built().and_then(|()| turn_offload::permitted()) {
+        Err(e)
+    } else if !cfg.offload_interfaces.is_empty() {
         Offload::start(cfg.offload, &cfg.offload_interfaces, cfg.bandwidth)
+    } else {
+        let listen: Vec<std::net::IpAddr> = cfg
+            .listen
+            .iter()
+            .map(std::net::SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        let mut addrs = listen.clone();
+        addrs.extend([cfg.relay_ip4, cfg.relay_ip6].into_iter().flatten());
+        let interfaces = turn_offload::interfaces_with(&addrs);
+        if listen.is_empty() {
+            Err(Unavailable {
+                reason: Fallback::Interface,
+                detail: "only wildcard `listen` addresses: a binding on one is never offloaded; list specific addresses".into(),
+            })
+        } else if interfaces.is_empty() {
+            Err(Unavailable {
+                reason: Fallback::Interface,
+                detail: format!(
+                    "no interface but lo carries the listen or relay addresses {addrs:?}: nothing to attach to (set `offload_interface` to choose)"
+                ),
+            })
+        } else {
+            Offload::start(cfg.offload, &interfaces, cfg.bandwidth)
+        }
     };
     match started {
         Ok(o) => {
@@ -290,7 +322,11 @@ fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOfflo
         }
         Err(e) if e.reason == Fallback::Disabled => None,
         Err(e) => {
-            tracing::warn!(mode = cfg.offload.label(), reason = e.reason.label(), detail = %e.detail, "kernel offload unavailable: relaying in userspace");
+            if cfg.offload == OffloadMode::Auto {
+                tracing::info!(mode = cfg.offload.label(), reason = e.reason.label(), detail = %e.detail, "kernel offload unavailable: relaying in userspace");
+            } else {
+                tracing::warn!(mode = cfg.offload.label(), reason = e.reason.label(), detail = %e.detail, "kernel offload unavailable: relaying in userspace");
+            }
             metrics.offload_fallback(e.reason);
             None
         }

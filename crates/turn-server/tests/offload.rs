@@ -196,6 +196,8 @@ impl Namespaces {
             // An interface whose driver has no native XDP (a bridge), for `auto` to choose TC on.
             must(&["ip", "-n", &s, "link", "add", "d0", "type", "bridge"]);
             must(&["ip", "-n", &s, "link", "set", "d0", "up"]);
+            // d1: forwarding off, which `auto` must report and not relay through.
+            must(&["ip", "-n", &s, "link", "add", "d1", "type", "bridge"]);
             must(&[
                 "ip",
                 "netns",
@@ -203,7 +205,7 @@ impl Namespaces {
                 &s,
                 "sh",
                 "-c",
-                "echo 1 > /proc/sys/net/ipv4/conf/d0/forwarding",
+                "echo 1 > /proc/sys/net/ipv4/conf/d0/forwarding && echo 0 > /proc/sys/net/ipv4/conf/d1/forwarding",
             ]);
         }
         ns
@@ -725,7 +727,9 @@ fn inner_relay_through_the_server_namespace() {
 }
 
 /// `auto` attaches XDP where the driver takes it natively (veth) and TC elsewhere (bridge);
-/// `xdp` on an interface without native XDP falls back to userspace and says why.
+/// without `offload_interface` (and without `offload`: `auto` is the default) only to the
+/// interfaces carrying the listen and relay addresses; `xdp` on an interface without native
+/// XDP, and `auto` on one with forwarding off, fall back to userspace and say why.
 fn auto_picks_a_hook_per_interface(srv: &str) {
     let base = [
         "--listen",
@@ -778,17 +782,41 @@ fn auto_picks_a_hook_per_interface(srv: &str) {
     }
     assert_eq!(metric_value(&t, "callrelay_turn_offload_active"), 1.0);
     assert_eq!(server.stop(), Some(0));
-    let server = start(&["--offload", "xdp", "--offload-interface", "d0"]);
+    // The default: s0 carries the listen address, s1 the relay address; d0 neither.
+    let server = start(&[]);
     let t = server.metrics_text();
-    let series = "callrelay_turn_offload_fallback_total{reason=\"xdp_unsupported\"}";
-    assert_eq!(metric_value(&t, series), 1.0, "{t}");
-    assert_eq!(metric_value(&t, "callrelay_turn_offload_active"), 0.0);
+    for dev in ["s0", "s1"] {
+        let series =
+            format!("callrelay_turn_offload_interface{{hook=\"xdp\",interface=\"{dev}\"}}");
+        assert_eq!(metric_value(&t, &series), 1.0, "{series}\n{t}");
+    }
+    assert!(!t.contains("interface=\"d0\""), "{t}");
+    assert!(!t.contains("interface=\"lo\""), "{t}");
     assert_eq!(server.stop(), Some(0));
+    for (flags, reason) in [
+        (
+            ["--offload", "xdp", "--offload-interface", "d0"],
+            "xdp_unsupported",
+        ),
+        (
+            ["--offload", "auto", "--offload-interface", "d1"],
+            "forwarding_disabled",
+        ),
+    ] {
+        let server = start(&flags);
+        let t = server.metrics_text();
+        let series = format!("callrelay_turn_offload_fallback_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&t, &series), 1.0, "{t}");
+        assert_eq!(metric_value(&t, "callrelay_turn_offload_active"), 0.0);
+        assert_eq!(server.stop(), Some(0));
+    }
 }
 
 /// Where the kernel path cannot run as configured the server still serves, in userspace,
 /// and says why in its log and in `callrelay_turn_offload_fallback_total{reason}`. Runs
-/// anywhere (loopback; the second reason depends on what the machine allows).
+/// anywhere (loopback; the last two reasons depend on what the machine allows). The
+/// default (`auto`, no `offload_interface`) on loopback attaches to nothing: never to the
+/// machine's own interfaces.
 #[test]
 fn fallback_is_logged_counted_and_the_relay_keeps_serving() {
     let root = Command::new("id")
@@ -803,6 +831,8 @@ fn fallback_is_logged_counted_and_the_relay_keeps_serving() {
         Ok(()) => "no_permission",
     };
     for (flags, reason) in [
+        // the default (`auto`, no `offload_interface`): loopback only, nothing to attach to
+        (&[][..], missing_if),
         (
             &["--offload", "xdp", "--offload-interface", "nosuchif0"][..],
             missing_if,
@@ -819,6 +849,7 @@ fn fallback_is_logged_counted_and_the_relay_keeps_serving() {
         let series = format!("callrelay_turn_offload_fallback_total{{reason=\"{reason}\"}}");
         assert_eq!(metric_value(&t, &series), 1.0, "{t}");
         assert_eq!(metric_value(&t, "callrelay_turn_offload_active"), 0.0);
+        assert!(!t.contains("callrelay_turn_offload_interface{"), "{t}");
         let log = server.log.lock().unwrap().clone();
         assert!(
             log.contains("kernel offload unavailable: relaying in userspace")

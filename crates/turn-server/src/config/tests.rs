@@ -47,7 +47,7 @@ fn typical_test_invocation() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(c.workers, default_workers(cpus));
     // The kernel fast path is off until it enforces everything userspace does.
-    assert_eq!(c.offload, OffloadMode::Off);
+    assert_eq!(c.offload, OffloadMode::Auto);
     assert!(c.offload_interfaces.is_empty());
 }
 
