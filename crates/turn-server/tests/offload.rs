@@ -58,10 +58,16 @@ fn missing() -> Option<String> {
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root (network namespaces and BPF need it)".into());
     }
-    for tool in ["ip", "ethtool", "turnutils_uclient", "turnutils_peer"] {
+    for tool in [
+        "ip",
+        "ethtool",
+        "setpriv",
+        "turnutils_uclient",
+        "turnutils_peer",
+    ] {
         if !sh(&["sh", "-c", &format!("command -v {tool} >/dev/null")]) {
             return Some(format!(
-                "`{tool}` is not installed (iproute2, ethtool, coturn)"
+                "`{tool}` is not installed (iproute2, ethtool, util-linux, coturn)"
             ));
         }
     }
@@ -751,19 +757,33 @@ fn auto_picks_a_hook_per_interface(srv: &str) {
         "--drain-timeout",
         "1",
     ];
-    let start = |extra: &[&str]| {
+    // `caps`: run as nobody with exactly these capabilities (setpriv's syntax), as the
+    // systemd drop-in deploy/systemd/examples/offload.conf does.
+    let start_as = |caps: Option<&str>, extra: &[&str]| {
         let mut args = base.to_vec();
         args.extend_from_slice(extra);
-        let mut s = Server::spawn_wrapped(
-            &["ip", "netns", "exec", srv],
-            &args,
-            3478,
-            9641,
-            (50100, 50199),
-        );
+        let mut wrapper = vec!["ip", "netns", "exec", srv];
+        let flags: Vec<String> = caps
+            .map(|c| {
+                vec![
+                    "--reuid=65534".to_string(),
+                    "--regid=65534".into(),
+                    "--clear-groups".into(),
+                    format!("--inh-caps=-all{c}"),
+                    format!("--ambient-caps=-all{c}"),
+                    format!("--bounding-set=-all{c}"),
+                ]
+            })
+            .unwrap_or_default();
+        if caps.is_some() {
+            wrapper.push("setpriv");
+            wrapper.extend(flags.iter().map(String::as_str));
+        }
+        let mut s = Server::spawn_wrapped(&wrapper, &args, 3478, 9641, (50100, 50199));
         s.metrics = METRICS.parse().unwrap();
         s
     };
+    let start = |extra: &[&str]| start_as(None, extra);
     let server = start(&[
         "--offload",
         "auto",
@@ -792,6 +812,28 @@ fn auto_picks_a_hook_per_interface(srv: &str) {
     }
     assert!(!t.contains("interface=\"d0\""), "{t}");
     assert!(!t.contains("interface=\"lo\""), "{t}");
+    assert_eq!(server.stop(), Some(0));
+    // Not root, exactly CAP_BPF + CAP_NET_ADMIN (no CAP_PERFMON, no CAP_SYS_ADMIN): the
+    // default attaches all the same.
+    let server = start_as(Some(",+bpf,+net_admin"), &[]);
+    let t = server.metrics_text();
+    assert_eq!(
+        metric_value(&t, "callrelay_turn_offload_active"),
+        1.0,
+        "{}",
+        server.log.lock().unwrap()
+    );
+    assert_eq!(server.stop(), Some(0));
+    // Without CAP_BPF it says which capability is missing, and relays in userspace.
+    let server = start_as(Some(",+net_admin"), &[]);
+    let t = server.metrics_text();
+    let series = "callrelay_turn_offload_fallback_total{reason=\"no_permission\"}";
+    assert_eq!(metric_value(&t, series), 1.0, "{t}");
+    assert!(
+        server.log.lock().unwrap().contains("missing CAP_BPF:"),
+        "{}",
+        server.log.lock().unwrap()
+    );
     assert_eq!(server.stop(), Some(0));
     for (flags, reason) in [
         (
