@@ -25,6 +25,8 @@ const MAX_RELAYS: usize = 2;
 /// One handle's part of an early-offer call.
 #[derive(Debug, Default)]
 pub(super) struct Early {
+    /// This handle made the offer.
+    offerer: bool,
     /// Offerer: its relay addresses from its trickle.
     relays: Vec<SocketAddr>,
     /// Offerer: it trickled end-of-candidates.
@@ -97,7 +99,13 @@ impl Core {
         for hid in [caller, callee] {
             if let Some(h) = self.handles.get_mut(&hid) {
                 h.early = true;
-                self.early.insert(hid, Early::default());
+                self.early.insert(
+                    hid,
+                    Early {
+                        offerer: hid == caller,
+                        ..Early::default()
+                    },
+                );
             }
         }
         self.counters.early_offers += 1;
@@ -137,6 +145,25 @@ impl Core {
                     return;
                 }
                 e.relays.push(a);
+                if e.offerer {
+                    // At once, ahead of the answer's batch: the offerer's allocation
+                    // admits its own relay IP — the address every allocation of that
+                    // turn-server sends from, so the answerer's too when it relays there
+                    // (one relay IP per turn-server and family). A janus.js ≥ 0.5
+                    // answerer gets this address by trickle and checks it as soon as its
+                    // own relay candidate exists, before the batch could land; that first
+                    // check is then not dropped. It admits nothing the offerer's own
+                    // CreatePermission for an answerer on that turn-server would not.
+                    // Its answer is not waited for (seq 0 is no batch).
+                    self.permit_requests.push(PermitRequest {
+                        id: PermitId {
+                            handle: hid,
+                            seq: 0,
+                        },
+                        relay: a,
+                        peer: a.ip(),
+                    });
+                }
             }
             None => e.gathered = true,
         }

@@ -1030,7 +1030,19 @@ fn early_offer_answer_waits_for_both_permissions() {
     let ev = events(&mut c);
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].1["janus"], "trickle");
-    assert!(c.take_permit_requests().is_empty(), "no answer yet");
+    // no answer yet; only alice's allocation is opened to its own relay IP, at once
+    let ra: std::net::SocketAddr = "203.0.113.1:50000".parse().unwrap();
+    let first = c.take_permit_requests();
+    assert_eq!(
+        first
+            .iter()
+            .map(|r| (r.relay, r.peer, r.id.seq))
+            .collect::<Vec<_>>(),
+        [(ra, ra.ip(), 0)]
+    );
+    // its answer is not waited for, and changes nothing
+    c.permit_result(ms(61), first[0].id, PermitResult::Error);
+    assert!(events(&mut c).is_empty());
     // bob's relay candidate: the answer could go; first the permissions, both ways
     req(&mut c, ms(70), 2, trickle_candidate(b.0, b.1, RELAY_B));
     assert!(
@@ -1038,7 +1050,6 @@ fn early_offer_answer_waits_for_both_permissions() {
         "held for the permissions"
     );
     let reqs = c.take_permit_requests();
-    let ra: std::net::SocketAddr = "203.0.113.1:50000".parse().unwrap();
     let rb: std::net::SocketAddr = "203.0.113.1:50002".parse().unwrap();
     let pairs: Vec<_> = reqs.iter().map(|r| (r.relay, r.peer)).collect();
     assert_eq!(pairs, [(rb, ra.ip()), (ra, rb.ip())]);
@@ -1078,7 +1089,11 @@ fn early_offer_answer_goes_anyway_on_timeout_or_refusal() {
     );
     req(&mut c, ms(60), 1, trickle_candidate(a.0, a.1, RELAY_A));
     events(&mut c);
-    let reqs = c.take_permit_requests();
+    let reqs: Vec<_> = c
+        .take_permit_requests()
+        .into_iter()
+        .filter(|r| r.id.seq != 0)
+        .collect();
     assert_eq!(reqs.len(), 2);
     c.handle_timeout(ms(109), 0);
     assert!(accepted_sdp(&events(&mut c)).is_none());
@@ -1096,7 +1111,11 @@ fn early_offer_answer_goes_anyway_on_timeout_or_refusal() {
     req(&mut c, ms(60), 1, trickle_candidate(a.0, a.1, RELAY_A));
     req(&mut c, ms(70), 2, trickle_candidate(b.0, b.1, RELAY_B));
     events(&mut c);
-    let reqs = c.take_permit_requests();
+    let reqs: Vec<_> = c
+        .take_permit_requests()
+        .into_iter()
+        .filter(|r| r.id.seq != 0)
+        .collect();
     c.permit_result(ms(71), reqs[1].id, PermitResult::NotOurRelay);
     assert!(accepted_sdp(&events(&mut c)).is_some());
     assert_eq!(fallbacks(&c), [0, 1, 0, 0, 0, 0]);
