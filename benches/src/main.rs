@@ -4,6 +4,8 @@
 //! * `callrelay-bench turn` — turn-server vs coturn vs a bare UDP forwarder.
 //! * `callrelay-bench gateway` — gateway vs Janus (videocall signalling).
 //! * `callrelay-bench all --smoke` — both, in a few seconds (CI).
+//! * `callrelay-bench offload` — coturn vs turn-server userspace vs kernel fast path,
+//!   in network namespaces (root).
 //! * `callrelay-bench cluster` — gateway nodes over NATS (1, 2, 3) vs one node.
 //! * `callrelay-bench soak --secs N` — churn, abuse and chaos, then leak checks.
 // Library-style code: no unwrap/expect outside tests (clippy.toml relaxes them in tests).
@@ -13,6 +15,8 @@ mod cluster;
 mod forwarder;
 mod gateway;
 mod load;
+mod offload;
+mod offload_agent;
 mod procfs;
 mod report;
 mod servers;
@@ -87,6 +91,20 @@ enum Cmd {
         common: Common,
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
+    },
+    /// TURN kernel offload: coturn vs turn-server in userspace vs the kernel path (tc,
+    /// xdp), in network namespaces the bench makes (root only).
+    Offload {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        offload: offload::OffloadArgs,
+    },
+    /// (internal) the offload bench's agent inside a network namespace.
+    #[command(hide = true)]
+    OffloadAgent {
+        #[command(flatten)]
+        agent: offload_agent::AgentArgs,
     },
     /// Both benches.
     All {
@@ -327,7 +345,7 @@ fn run_turn(c: Common, a: &TurnArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if !matches!(cli.cmd, Cmd::Forwarder { .. }) {
+    if !matches!(cli.cmd, Cmd::Forwarder { .. } | Cmd::OffloadAgent { .. }) {
         servers::install_signal_watchdog()?;
     }
     match cli.cmd {
@@ -341,6 +359,8 @@ fn main() -> Result<()> {
             }
             return forwarder::run(listen, peer, max_secs);
         }
+        Cmd::OffloadAgent { agent } => return offload_agent::run(&agent),
+        Cmd::Offload { common, offload } => offload::run_bench(common, &offload),
         Cmd::Turn { common, turn } => run_turn(common, &turn),
         Cmd::Soak { soak } => soak::run(&soak),
         Cmd::Gateway { common, gateway } => gateway::run(common, &gateway),

@@ -11,6 +11,34 @@ use anyhow::{Context, Result, bail};
 
 /// PIDs of the servers alive right now, for the signal watchdog.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Network namespaces the offload bench made, deleted by the signal watchdog too.
+static NETNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Lets the signal watchdog kill `pid` (a child not held in a [`Server`]).
+pub(crate) fn register_child(pid: u32) {
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.push(pid);
+    }
+}
+
+pub(crate) fn unregister_child(pid: u32) {
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.retain(|p| *p != pid);
+    }
+}
+
+/// Lets the signal watchdog delete network namespace `name` (after killing the children).
+pub(crate) fn register_netns(name: &str) {
+    if let Ok(mut n) = NETNS.lock() {
+        n.push(name.to_owned());
+    }
+}
+
+pub(crate) fn unregister_netns(name: &str) {
+    if let Ok(mut n) = NETNS.lock() {
+        n.retain(|x| x != name);
+    }
+}
 
 /// On SIGINT/SIGTERM (where no destructor runs) kill every server we started, then
 /// exit. Panics unwind and drop the [`Server`] guards themselves.
@@ -39,6 +67,13 @@ pub(crate) fn install_signal_watchdog() -> Result<()> {
                 let _ = Command::new("kill")
                     .arg("-KILL")
                     .arg(pid.to_string())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let namespaces = NETNS.lock().map(|n| n.clone()).unwrap_or_default();
+            for ns in namespaces {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &ns])
                     .stderr(Stdio::null())
                     .status();
             }

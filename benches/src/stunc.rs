@@ -254,6 +254,21 @@ impl Allocation {
     /// Allocate (UDP relay) for `user` on a batch socket that then carries data.
     pub(crate) async fn allocate(auth: &TurnAuth, user: &str) -> Result<Self> {
         let sock = BatchSocket::bind("127.0.0.1:0".parse()?)?;
+        Self::allocate_on(auth, user, sock).await
+    }
+
+    /// [`Self::allocate`] from a socket bound to `local` without GRO (an address of a
+    /// network namespace's interface, for the offload bench).
+    pub(crate) async fn allocate_from(
+        auth: &TurnAuth,
+        user: &str,
+        local: std::net::IpAddr,
+    ) -> Result<Self> {
+        let sock = BatchSocket::bind_with(SocketAddr::new(local, 0), false)?;
+        Self::allocate_on(auth, user, sock).await
+    }
+
+    async fn allocate_on(auth: &TurnAuth, user: &str, sock: BatchSocket) -> Result<Self> {
         let creds = Creds::mint(auth, user)?;
         let mut path = UdpPath {
             sock: &sock.sock,
