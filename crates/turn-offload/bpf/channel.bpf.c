@@ -152,6 +152,21 @@ struct {
 	__type(value, struct counter);
 } COUNTERS SEC(".maps");
 
+// Per allocation (key of ALLOCS) and CPU: what the program relayed for it, [0] client ->
+// peer, [1] peer -> client (payload bytes). Userspace creates the entry with the
+// allocation's id and reads it back (its bandwidth bucket and its totals), then deletes it.
+struct alloc_stats {
+	__u64 packets[2];
+	__u64 bytes[2];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct alloc_stats);
+} ALLOC_STATS SEC(".maps");
+
 // XDP only: the interfaces a relayed frame may leave by (ifindex -> that interface), the
 // ones the XDP entry point is attached to natively (their drivers transmit XDP frames).
 // A frame whose route leaves by another interface passes to userspace unchanged.
@@ -296,6 +311,17 @@ static __always_inline void count(__u32 dir, __u64 bytes)
 	}
 }
 
+// A relayed packet: the totals per direction and the allocation's own (dir 0 or 1).
+static __always_inline void relayed(__u32 alloc, __u32 dir, __u64 bytes)
+{
+	count(dir, bytes);
+	struct alloc_stats *a = bpf_map_lookup_elem(&ALLOC_STATS, &alloc);
+	if (a && dir < 2) {
+		a->packets[dir] += 1;
+		a->bytes[dir] += bytes;
+	}
+}
+
 // Whether allocation `alloc` may relay `len` more payload bytes now. Lock-free: the
 // update is a compare-and-swap; after losing it twice to other CPUs the packet passes.
 static __always_inline int within_bandwidth(__u32 alloc, __u64 len)
@@ -432,7 +458,7 @@ static __always_inline int client_to_peer(void *ctx, int hook, const struct iphd
 		return pass(hook, PASS_ROOM);
 	if (store(ctx, hook, &o.eth, OUT4_LEN) < 0)
 		return verdict_drop(hook);
-	count(0, data_len);
+	relayed(v->alloc, 0, data_len);
 	return transmit(hook, fib.ifindex);
 }
 
@@ -488,7 +514,7 @@ static __always_inline int peer_to_client(void *ctx, int hook, const struct iphd
 		return pass(hook, PASS_ROOM);
 	if (store(ctx, hook, &o.eth, OUT4_LEN + CD_LEN) < 0)
 		return verdict_drop(hook);
-	count(1, data_len);
+	relayed(v->alloc, 1, data_len);
 	return transmit(hook, fib.ifindex);
 }
 
@@ -634,7 +660,7 @@ static __always_inline int client_to_peer6(void *ctx, int hook, const struct ipv
 		return pass(hook, PASS_ROOM);
 	if (store(ctx, hook, &o.eth, OUT6_LEN) < 0)
 		return verdict_drop(hook);
-	count(0, data_len);
+	relayed(v->alloc, 0, data_len);
 	return transmit(hook, fib.ifindex);
 }
 
@@ -688,7 +714,7 @@ static __always_inline int peer_to_client6(void *ctx, int hook, const struct ipv
 		return pass(hook, PASS_ROOM);
 	if (store(ctx, hook, &o.eth, OUT6_LEN + CD_LEN) < 0)
 		return verdict_drop(hook);
-	count(1, data_len);
+	relayed(v->alloc, 1, data_len);
 	return transmit(hook, fib.ifindex);
 }
 

@@ -82,6 +82,15 @@ pub(crate) struct Counter {
     pub(crate) bytes: u64,
 }
 
+/// One CPU's slot of `ALLOC_STATS`: what the program relayed for one allocation, `[0]`
+/// client to peer, `[1]` peer to client (payload bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub(crate) struct AllocStats {
+    pub(crate) packets: [u64; 2],
+    pub(crate) bytes: [u64; 2],
+}
+
 /// `CLIENT_TO_PEER6` key: as [`C2pKey`] with IPv6 addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
@@ -131,7 +140,7 @@ pub(crate) struct P2c6Val {
     pub(crate) expires_ns: u64,
 }
 
-// SAFETY (all ten): `repr(C)` structs of plain integers and integer arrays whose field
+// SAFETY (all eleven): `repr(C)` structs of plain integers and integer arrays whose field
 // sizes add up to the struct's size (checked by `layouts_have_no_padding`), so
 // there is no padding and every bit pattern is a valid value; all are `Copy + 'static`.
 unsafe impl aya::Pod for C2pKey {}
@@ -145,6 +154,8 @@ unsafe impl aya::Pod for P2cVal {}
 unsafe impl aya::Pod for Counter {}
 // SAFETY: see above.
 unsafe impl aya::Pod for AllocVal {}
+// SAFETY: see above.
+unsafe impl aya::Pod for AllocStats {}
 // SAFETY: see above.
 unsafe impl aya::Pod for C2p6Key {}
 // SAFETY: see above.
@@ -236,6 +247,7 @@ mod tests {
         assert_eq!(size_of::<P2cVal>(), 4 + 4 + 2 + 2 + 2 + 2 + 4 + 4 + 8);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<AllocVal>(), 16);
+        assert_eq!(size_of::<AllocStats>(), 32);
         assert_eq!(size_of::<C2p6Key>(), 16 + 16 + 2 + 2 + 2 + 2);
         assert_eq!(size_of::<C2p6Val>(), 16 + 16 + 2 + 2 + 4 + 8);
         assert_eq!(size_of::<P2c6Key>(), 16 + 16 + 2 + 2);

@@ -16,14 +16,16 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
-use aya::maps::{DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{
+    DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 
 mod abi;
 
 use abi::{
-    AllocVal, C2p6Key, C2p6Val, C2pKey, C2pVal, Counter, P2c6Key, P2c6Val, P2cKey, P2cVal,
-    monotonic_ns,
+    AllocStats, AllocVal, C2p6Key, C2p6Val, C2pKey, C2pVal, Counter, P2c6Key, P2c6Val, P2cKey,
+    P2cVal, monotonic_ns,
 };
 
 /// The compiled program (empty when build.rs could not build it).
@@ -256,6 +258,27 @@ impl Hook {
     }
 }
 
+/// What the program relayed for one allocation: packets and payload bytes per direction,
+/// summed over CPUs, since its bindings entered the kernel.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct AllocCounters {
+    /// Client to peer: packets.
+    pub to_peer_packets: u64,
+    /// Client to peer: payload bytes.
+    pub to_peer_bytes: u64,
+    /// Peer to client: packets.
+    pub to_client_packets: u64,
+    /// Peer to client: payload bytes.
+    pub to_client_bytes: u64,
+}
+
+impl AllocCounters {
+    /// Payload bytes both ways (what the allocation's `bandwidth` counts).
+    pub fn bytes(&self) -> u64 {
+        self.to_peer_bytes.saturating_add(self.to_client_bytes)
+    }
+}
+
 /// The map keys of one installed binding.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 enum Keys {
@@ -293,6 +316,8 @@ pub struct Offload {
     p2c6: BpfHashMap<MapData, P2c6Key, P2c6Val>,
     counters: PerCpuArray<MapData, Counter>,
     allocs: BpfHashMap<MapData, u32, AllocVal>,
+    /// Per allocation id and CPU: what the program relayed for it.
+    alloc_stats: PerCpuHashMap<MapData, u32, AllocStats>,
     /// Kept open: XDP's transmit interfaces (filled once at start).
     _xdp_egress: DevMapHash<MapData>,
     /// Per allocation: its id in `ALLOCS` and the entries it has in the kernel.
@@ -300,6 +325,8 @@ pub struct Offload {
     /// Ids of `ALLOCS` not in use (below `next_id`).
     free_ids: Vec<u32>,
     next_id: u32,
+    /// CPUs the per-CPU maps hold a value for.
+    nr_cpus: usize,
     /// Bytes per second per allocation, both directions (0: unlimited).
     bandwidth: u64,
     interfaces: Vec<String>,
@@ -431,6 +458,10 @@ impl Offload {
             .map_err(|e| Unavailable::load("COUNTERS", &e))?;
         let allocs = BpfHashMap::try_from(map(&mut ebpf, "ALLOCS")?)
             .map_err(|e| Unavailable::load("ALLOCS", &e))?;
+        let alloc_stats = PerCpuHashMap::try_from(map(&mut ebpf, "ALLOC_STATS")?)
+            .map_err(|e| Unavailable::load("ALLOC_STATS", &e))?;
+        let nr_cpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| Unavailable::new(Fallback::Kernel, format!("{what}: {e}")))?;
         Ok(Self {
             _ebpf: ebpf,
             c2p,
@@ -439,6 +470,8 @@ impl Offload {
             p2c6,
             counters,
             allocs,
+            alloc_stats,
+            nr_cpus,
             _xdp_egress: xdp_egress,
             installed: HashMap::new(),
             free_ids: Vec::new(),
@@ -469,17 +502,21 @@ impl Offload {
 
     /// Makes the kernel hold exactly `bindings` for allocation `alloc` (empty: none, the
     /// allocation is gone). Bindings the program cannot relay (client and peer sides of
-    /// different families, a wildcard listener) are left to userspace. A binding whose insert fails (map full) stays in userspace too.
-    pub fn sync(&mut self, alloc: AllocKey, bindings: &[Binding]) {
+    /// different families, a wildcard listener) are left to userspace. A binding whose
+    /// insert fails (map full) stays in userspace too.
+    ///
+    /// When the allocation leaves the kernel (no binding left), returns what the program
+    /// relayed for it in all ([`Offload::allocation_counters`] until then).
+    pub fn sync(&mut self, alloc: AllocKey, bindings: &[Binding]) -> Option<AllocCounters> {
         if bindings.is_empty() && !self.installed.contains_key(&alloc) {
-            return; // nothing in the kernel, nothing to add
+            return None; // nothing in the kernel, nothing to add
         }
         let (now_ns, now) = (monotonic_ns(), Instant::now());
         let (id, old) = match self.installed.remove(&alloc) {
             Some((id, old)) => (id, old),
             None => match self.new_id() {
                 Some(id) => (id, Vec::new()),
-                None => return,
+                None => return None,
             },
         };
         let mut keep = Vec::with_capacity(bindings.len());
@@ -503,12 +540,37 @@ impl Offload {
             }
         }
         if keep.is_empty() {
-            // Its bindings are gone from the maps: the id and its bucket can go.
+            // Its bindings are gone from the maps: the id, its bucket and its counters can
+            // go (read last: no entry can count any more).
+            let total = self.stats(id);
             let _ = self.allocs.remove(&id);
+            let _ = self.alloc_stats.remove(&id);
             self.free_ids.push(id);
+            Some(total)
         } else {
             self.installed.insert(alloc, (id, keep));
+            None
         }
+    }
+
+    /// What the program relayed for allocation `alloc` so far, while it has bindings in
+    /// the kernel (`None` otherwise).
+    pub fn allocation_counters(&self, alloc: &AllocKey) -> Option<AllocCounters> {
+        self.installed.get(alloc).map(|(id, _)| self.stats(*id))
+    }
+
+    fn stats(&self, id: u32) -> AllocCounters {
+        let Ok(per_cpu) = self.alloc_stats.get(&id, 0) else {
+            return AllocCounters::default();
+        };
+        per_cpu
+            .iter()
+            .fold(AllocCounters::default(), |t, s| AllocCounters {
+                to_peer_packets: t.to_peer_packets.wrapping_add(s.packets[0]),
+                to_peer_bytes: t.to_peer_bytes.wrapping_add(s.bytes[0]),
+                to_client_packets: t.to_client_packets.wrapping_add(s.packets[1]),
+                to_client_bytes: t.to_client_bytes.wrapping_add(s.bytes[1]),
+            })
     }
 
     fn insert(&mut self, e: &Entry) -> bool {
@@ -546,16 +608,26 @@ impl Offload {
                 id
             }
         };
-        if self.bandwidth == 0 {
-            return Some(id);
-        }
-        let v = AllocVal {
-            tat: 0,
-            rate: self.bandwidth,
-        };
-        if self.allocs.insert(id, v, 0).is_ok() {
+        // A fresh counter entry (zero on every CPU): without one the allocation's packets
+        // would be relayed but not counted as its own, so no entry, no offload.
+        let zero = PerCpuValues::try_from(vec![AllocStats::default(); self.nr_cpus]);
+        let counted = zero.is_ok_and(|z| self.alloc_stats.insert(id, z, 0).is_ok());
+        let limited = self.bandwidth == 0
+            || self
+                .allocs
+                .insert(
+                    id,
+                    AllocVal {
+                        tat: 0,
+                        rate: self.bandwidth,
+                    },
+                    0,
+                )
+                .is_ok();
+        if counted && limited {
             Some(id)
         } else {
+            let _ = self.alloc_stats.remove(&id);
             self.free_ids.push(id);
             None
         }

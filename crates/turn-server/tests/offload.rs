@@ -266,6 +266,8 @@ fn outer(mode: &str, inner: &str) {
         ])
         .env(ENV_NS, &ns.0)
         .env(ENV_MODE, mode)
+        // the servers log each allocation's kernel account at debug (read below)
+        .env("TURN_TEST_LOG", "info,turn_server::runtime=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -449,6 +451,27 @@ fn client(server: SocketAddr, user: &str) -> RawClient {
     let a = c.allocate(1);
     assert_eq!(a.code, None, "allocate");
     c
+}
+
+/// The log line with what the kernel relayed for `client`'s allocation, written when the
+/// allocation's last binding left the kernel (waits up to 5 s for it).
+fn kernel_account(server: &Server, client: SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = server.log.lock().unwrap().clone();
+        let line = log.lines().find(|l| {
+            l.contains("allocation left the kernel fast path")
+                && l.contains(&format!("client={client} "))
+        });
+        if let Some(l) = line {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kernel account for {client}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn refresh(c: &mut RawClient, lifetime: u32) {
@@ -660,6 +683,17 @@ fn inner_relay_through_the_server_namespace() {
     }
     let after = counts(&server);
     assert_eq!(after, before, "relayed after the allocation expired");
+    // The allocation's own account, read back from the kernel's per-allocation counters:
+    // 5 echoes of 8 bytes and one of 13, each way, all relayed by the kernel.
+    if offloaded {
+        let line = kernel_account(&server, a.sock.local_addr().unwrap());
+        assert!(
+            line.ends_with(
+                "to_peer_packets=6 to_peer_bytes=53 to_client_packets=6 to_client_bytes=53"
+            ),
+            "{line}"
+        );
+    }
 
     // Refresh 0: deleted, so nothing is relayed from the next packet on.
     let mut b = client(server_addr, "carol");
@@ -670,6 +704,21 @@ fn inner_relay_through_the_server_namespace() {
         assert_eq!(echo(&b.sock, server_addr, 0x4001, b"after refresh 0"), None);
     }
     let end = counts(&server);
+    if offloaded {
+        let line = kernel_account(&server, b.sock.local_addr().unwrap());
+        assert!(
+            line.ends_with(
+                "to_peer_packets=1 to_peer_bytes=5 to_client_packets=1 to_client_bytes=5"
+            ),
+            "{line}"
+        );
+    } else {
+        let log = server.log.lock().unwrap().clone();
+        assert!(
+            !log.contains("allocation left the kernel fast path"),
+            "{log}"
+        );
+    }
     let step = if offloaded { 1.0 } else { 0.0 };
     assert_eq!(end.off_to_peer, after.off_to_peer + step, "{end:?}");
     assert_eq!(end.to_peer, after.to_peer + 1.0, "{end:?}");
@@ -710,6 +759,23 @@ fn inner_relay_through_the_server_namespace() {
     }
     let denied = counts(&server);
     assert_eq!(denied, bound, "relayed after the policy denied the peer");
+    // The policy ended erin's permission too: her allocation's own kernel account holds
+    // every byte of the blast the server relayed (all by the kernel, checked above).
+    if offloaded {
+        let line = kernel_account(&server, blast.sock.local_addr().unwrap());
+        let field = |k: &str| -> f64 {
+            line.split(&format!("{k}="))
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        assert_eq!(
+            field("to_peer_bytes") + field("to_client_bytes"),
+            relayed,
+            "{line}"
+        );
+    }
     let _ = std::fs::remove_file(&conf);
     let t = server.metrics_text();
     for l in t

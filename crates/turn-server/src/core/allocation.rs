@@ -33,6 +33,13 @@ impl Bucket {
             false
         }
     }
+    /// Counts `n` already spent elsewhere (the kernel fast path): refills, then takes
+    /// them, down to a debt of one `burst` at most.
+    pub(super) fn charge(&mut self, now: Instant, rate: f64, burst: f64, n: f64) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = ((self.tokens + dt * rate).min(burst) - n).max(-burst);
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +108,15 @@ impl Allocation {
     pub(super) fn within_bandwidth(&mut self, now: Instant, bandwidth: u64, len: usize) -> bool {
         let rate = bandwidth as f64;
         bandwidth == 0 || self.bucket.take(now, rate, rate, len as f64)
+    }
+
+    /// Counts `len` bytes the kernel fast path relayed for this allocation against its
+    /// bucket (0: unlimited, nothing to count).
+    pub(super) fn charge_bandwidth(&mut self, now: Instant, bandwidth: u64, len: u64) {
+        if bandwidth != 0 {
+            let rate = bandwidth as f64;
+            self.bucket.charge(now, rate, rate, len as f64);
+        }
     }
 
     pub(super) fn relay_for(&self, peer: SocketAddr) -> Option<usize> {

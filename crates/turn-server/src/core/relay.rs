@@ -15,6 +15,21 @@ use super::reply::encode;
 use super::{Core, FiveTuple, Proto, Relay, RelayToken};
 
 impl<R: RngCore> Core<R> {
+    /// The kernel fast path relayed `bytes` payload bytes for `client`'s allocation (read
+    /// back from its per-allocation counters): they count against the allocation's
+    /// `bandwidth` like the packets relayed here, so what still takes this path is
+    /// limited by what both paths relayed together. (The kernel's own bucket limits its
+    /// share; docs/offload.md, "Bandwidth".)
+    pub fn charge_offloaded(&mut self, now: Instant, client: FiveTuple, bytes: u64) {
+        let bandwidth = self.cfg.bandwidth;
+        let Some(&slot) = self.by_client.get(&client) else {
+            return;
+        };
+        if let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            a.charge_bandwidth(now, bandwidth, bytes);
+        }
+    }
+
     /// Data from a peer arrived on relay socket `relay`. `payload` is the datagram.
     pub fn handle_peer_data(
         &mut self,

@@ -1014,6 +1014,35 @@ fn bandwidth_bucket() {
 }
 
 #[test]
+fn bytes_the_kernel_relayed_count_against_the_bandwidth() {
+    let mut c = cfg();
+    c.bandwidth = 1000;
+    let mut sim = Sim::new(c, PeerPolicy::default());
+    let cl = client(61);
+    let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
+    allocate(&mut sim, cl, &mut a);
+    assert_eq!(
+        simple(&mut sim, cl, &a, method::CHANNEL_BIND, |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
+            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
+        }),
+        None
+    );
+    // the kernel relayed 600 of the allocation's 1000 bytes: 400 are left here
+    sim.core.charge_offloaded(sim.now, cl, 600);
+    let cd = channel_data(0x4000, &[0u8; 100]);
+    let passed = (0..20).filter(|_| sim.input(cl, &cd).is_some()).count();
+    assert_eq!(passed, 4);
+    // more than a second's worth: a debt of at most one burst, repaid by the refill
+    sim.core.charge_offloaded(sim.now, cl, 5000);
+    sim.now += Duration::from_millis(1500);
+    let passed = (0..20).filter(|_| sim.input(cl, &cd).is_some()).count();
+    assert_eq!(passed, 5, "1500 ms refill minus the 1000-byte debt");
+    // an unknown client: nothing to charge, nothing breaks
+    sim.core.charge_offloaded(sim.now, client(62), 1000);
+}
+
+#[test]
 fn tcp_connection_close_frees_allocation() {
     let mut sim = Sim::new(cfg(), PeerPolicy::default());
     let mut cl = client(70);

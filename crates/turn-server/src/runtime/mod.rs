@@ -217,6 +217,9 @@ struct Worker {
     /// `callrelay_turn_worker_tasks` gauge: a leaked task shows there.
     tasks: Rc<Cell<usize>>,
     offload: Option<SharedOffload>,
+    /// This worker's allocations with bindings in the kernel fast path, with the payload
+    /// bytes of theirs the kernel relayed that the core has been charged for.
+    offloaded: RefCell<HashMap<FiveTuple, u64>>,
 }
 
 /// Decrements a worker's task count when its task ends or is aborted.
@@ -333,6 +336,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         gso: RefCell::new(SendBatch::new(gso_segments)),
         tasks: Rc::new(Cell::new(0)),
         offload,
+        offloaded: RefCell::new(HashMap::new()),
     });
     if let Some(wake) = w.mesh.wake.get(index).cloned() {
         spawn(&w.tasks, inbox_loop(w.clone(), inbox, wake));
@@ -396,6 +400,7 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         }
         let now = Instant::now();
         if now >= report_at {
+            charge_offloaded(&w, now);
             let c = w.core.borrow();
             metrics.report(&mut prev, c.stats(), c.gauges(now));
             metrics.worker_tasks(&mut prev_tasks, w.tasks.get());
@@ -406,6 +411,38 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
     let c = w.core.borrow();
     metrics.report(&mut prev, c.stats(), Gauges::default());
     Ok(())
+}
+
+/// Charges each of this worker's offloaded allocations with the payload bytes the kernel
+/// relayed for it since the last call (its per-allocation counters), so its bandwidth
+/// bucket counts both paths. One map read per such allocation, twice a second.
+fn charge_offloaded(w: &Rc<Worker>, now: Instant) {
+    let Some(offload) = &w.offload else {
+        return;
+    };
+    let mut charges = Vec::new();
+    {
+        let mut offloaded = w.offloaded.borrow_mut();
+        if offloaded.is_empty() {
+            return;
+        }
+        let o = offload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (client, seen) in offloaded.iter_mut() {
+            if let Some(c) = o.allocation_counters(&(client.remote, client.local)) {
+                let total = c.bytes();
+                if total > *seen {
+                    charges.push((*client, total - *seen));
+                    *seen = total;
+                }
+            }
+        }
+    }
+    let mut core = w.core.borrow_mut();
+    for (client, bytes) in charges {
+        core.charge_offloaded(now, client, bytes);
+    }
 }
 
 /// Drains the core's transmits, commands and offload changes.
@@ -419,11 +456,34 @@ fn flush(w: &Rc<Worker>, now: Instant) {
             }
         }
         if !syncs.is_empty() {
-            let mut o = offload
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for s in syncs {
-                o.sync((s.client.remote, s.client.local), &s.bindings);
+            let mut charges = Vec::new();
+            {
+                let mut o = offload
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut offloaded = w.offloaded.borrow_mut();
+                for s in syncs {
+                    let key = (s.client.remote, s.client.local);
+                    if let Some(total) = o.sync(key, &s.bindings) {
+                        // out of the kernel: its last bytes, and its account in the log
+                        let seen = offloaded.remove(&s.client).unwrap_or(0);
+                        charges.push((s.client, total.bytes().saturating_sub(seen)));
+                        tracing::debug!(
+                            client = %s.client.remote,
+                            to_peer_packets = total.to_peer_packets,
+                            to_peer_bytes = total.to_peer_bytes,
+                            to_client_packets = total.to_client_packets,
+                            to_client_bytes = total.to_client_bytes,
+                            "allocation left the kernel fast path"
+                        );
+                    } else if o.allocation_counters(&key).is_some() {
+                        offloaded.entry(s.client).or_insert(0);
+                    }
+                }
+            }
+            let mut core = w.core.borrow_mut();
+            for (client, bytes) in charges {
+                core.charge_offloaded(now, client, bytes);
             }
         }
     }
