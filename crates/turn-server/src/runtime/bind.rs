@@ -132,12 +132,29 @@ type Pair = (
     SocketAddr,
 );
 
+/// Binds `addr` for UDP and TCP without SO_REUSEPORT, and lets go. IPv6 probes are
+/// IPv6-only like the listeners: a dual-stack probe of `[::]:3478` would collide with our
+/// own `0.0.0.0:3478` (the shipped example listens on both).
+fn probe(addr: SocketAddr) -> io::Result<()> {
+    for ty in [Type::DGRAM, Type::STREAM] {
+        let s = Socket::new(Domain::for_address(addr), ty, None)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        if ty == Type::STREAM {
+            // as the listeners (and std's TcpListener): a port in TIME_WAIT is free
+            s.set_reuse_address(true)?;
+        }
+        s.bind(&addr.into())?;
+    }
+    Ok(())
+}
+
 fn bind_pair(addr: SocketAddr, n: usize) -> io::Result<Pair> {
     if addr.port() != 0 {
         // SO_REUSEPORT would silently share the port with another running instance (same
         // user): probe without it first so a second server fails loudly instead.
-        drop(std::net::UdpSocket::bind(addr)?);
-        drop(std::net::TcpListener::bind(addr)?);
+        probe(addr)?;
     }
     let first = udp_socket(addr)?;
     let a = first.local_addr()?;
@@ -150,4 +167,37 @@ fn bind_pair(addr: SocketAddr, n: usize) -> io::Result<Pair> {
         tcps.push(tcp_listener(a)?);
     }
     Ok((udps, tcps, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port free for UDP and TCP on both families (best effort: the OS picks it).
+    fn free_port() -> u16 {
+        let u = std::net::UdpSocket::bind("[::]:0").unwrap();
+        u.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn wildcard_listeners_of_both_families_share_a_port_and_a_second_server_fails() {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port();
+            let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, port).into();
+            let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
+            let Ok(a) = bind_pair(v4, 2) else { continue };
+            match bind_pair(v6, 2) {
+                Ok(b) => {
+                    assert_eq!((a.2, b.2), (v4, v6));
+                    // another instance on the same address fails loudly, both families
+                    assert!(bind_pair(v4, 1).is_err());
+                    assert!(bind_pair(v6, 1).is_err());
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("0.0.0.0:P and [::]:P never bound together: {last:?}");
+    }
 }
