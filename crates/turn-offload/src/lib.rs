@@ -36,8 +36,9 @@ const BUILD_ERROR: &str = env!("TURN_OFFLOAD_BUILD");
 /// The `offload` setting.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub enum Mode {
-    /// Per interface the best hook that works there: XDP where the driver takes native
-    /// XDP, TC otherwise; else userspace with the reason logged. The default.
+    /// Per interface the best hook that works there: XDP where a NIC's driver takes native
+    /// XDP, TC on virtual interfaces (veth, bridge, …) and where XDP fails; else
+    /// userspace with the reason logged. The default.
     #[default]
     Auto,
     /// Native XDP only (an interface whose driver has none: falls back with
@@ -350,8 +351,8 @@ const XDP_PROGRAM: &str = "channel_data_xdp";
 
 impl Offload {
     /// Loads the program and attaches it to `interfaces` (empty: every interface but `lo`)
-    /// with the hook `mode` asks for ([`Mode::Auto`]: XDP where the driver takes native XDP,
-    /// TC otherwise, logged per interface); each allocation may relay `bandwidth` payload
+    /// with the hook `mode` asks for ([`Mode::Auto`]: XDP where a NIC's driver takes native
+    /// XDP, TC on virtual interfaces such as veth and where XDP fails, logged per interface); each allocation may relay `bandwidth` payload
     /// bytes per second through it (0: unlimited). `Err` says why the relay stays in
     /// userspace.
     pub fn start(mode: Mode, interfaces: &[String], bandwidth: u64) -> Result<Self, Unavailable> {
@@ -405,7 +406,12 @@ impl Offload {
             let index = ifindex(i).ok_or_else(|| {
                 Unavailable::new(Fallback::Interface, format!("no interface {i}"))
             })?;
-            let hook = if want_xdp {
+            // Under `auto`, XDP only on a device with a driver of its own (a NIC,
+            // virtio_net): a frame XDP redirects out of a virtual one (veth: every
+            // container) is dropped unless the far end, which we do not control, runs
+            // XDP or GRO — TC there never loses a packet.
+            let try_xdp = want_xdp && (!want_tc || has_device(i));
+            let hook = if try_xdp {
                 match xdp_program(&mut ebpf)?.attach_to_if_index(index, XdpMode::Driver) {
                     Ok(_) => Some(Hook::Xdp),
                     Err(e) => {
@@ -692,17 +698,46 @@ fn ifindex(interface: &str) -> Option<u32> {
 }
 
 /// The interfaces but `lo` that carry one of `addrs`, sorted: where packets to our
-/// listener and relayed addresses arrive. Empty when all of them are on `lo` (or are
-/// wildcards, which no interface carries).
+/// listener and relayed addresses arrive. A wildcard in `addrs` (a wildcard listener)
+/// stands for every address of its family but loopback and, for IPv6, link-local ones.
+/// Empty when all of them are on `lo`.
 pub fn interfaces_with(addrs: &[IpAddr]) -> Vec<String> {
+    let wanted = |ip: &IpAddr| {
+        addrs.contains(ip)
+            || match ip {
+                IpAddr::V4(a) => {
+                    !a.is_loopback() && addrs.contains(&IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                }
+                IpAddr::V6(a) => {
+                    !a.is_loopback()
+                        && !a.is_unicast_link_local()
+                        && addrs.contains(&IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+                }
+            }
+    };
     let mut v: Vec<String> = abi::interface_addresses()
         .into_iter()
-        .filter(|(name, ip)| name != "lo" && addrs.contains(ip))
+        .filter(|(name, ip)| name != "lo" && wanted(ip))
         .map(|(name, _)| name)
         .collect();
     v.sort();
     v.dedup();
     v
+}
+
+/// The local address the kernel sends from toward `to`: the source of a wildcard
+/// listener's datagrams to that client (they carry no chosen source), so the address its
+/// packets to us arrive at on a host with one address per family. `None` when there is no
+/// route.
+pub fn source_toward(to: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(to).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// Every interface in /sys/class/net but `lo`, sorted.
@@ -717,6 +752,13 @@ fn all_interfaces() -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Whether `interface` is backed by a device with a driver (a NIC, virtio_net) rather than
+/// being a virtual one (veth, bridge, tun, bond, …): only the former has
+/// `/sys/class/net/<interface>/device`.
+fn has_device(interface: &str) -> bool {
+    std::path::Path::new(&format!("/sys/class/net/{interface}/device")).exists()
 }
 
 /// Whether IPv4 forwarding is on for `interface` (a missing interface reads as on: the

@@ -798,7 +798,7 @@ fn inner_relay_through_the_server_namespace() {
     eprintln!("{DONE}");
 }
 
-/// `auto` attaches XDP where the driver takes it natively (veth) and TC elsewhere (bridge);
+/// `auto` attaches TC to virtual interfaces (veth, bridge: XDP is for NIC drivers);
 /// without `offload_interface` (and without `offload`: `auto` is the default) only to the
 /// interfaces carrying the listen and relay addresses; `xdp` on an interface without native
 /// XDP, and `auto` on one with forwarding off, fall back to userspace and say why.
@@ -861,7 +861,10 @@ fn auto_picks_a_hook_per_interface(srv: &str) {
         "d0",
     ]);
     let t = server.metrics_text();
-    for (dev, hook) in [("s0", "xdp"), ("s1", "xdp"), ("d0", "tc")] {
+    // veths are virtual: a frame XDP redirected out of one is lost unless its far end
+    // runs XDP or GRO, which a container's host side does not promise, so `auto` puts
+    // them on TC (explicit `xdp` is tested above, with GRO on the far ends).
+    for (dev, hook) in [("s0", "tc"), ("s1", "tc"), ("d0", "tc")] {
         let series =
             format!("callrelay_turn_offload_interface{{hook=\"{hook}\",interface=\"{dev}\"}}");
         assert_eq!(metric_value(&t, &series), 1.0, "{series}\n{t}");
@@ -872,8 +875,7 @@ fn auto_picks_a_hook_per_interface(srv: &str) {
     let server = start(&[]);
     let t = server.metrics_text();
     for dev in ["s0", "s1"] {
-        let series =
-            format!("callrelay_turn_offload_interface{{hook=\"xdp\",interface=\"{dev}\"}}");
+        let series = format!("callrelay_turn_offload_interface{{hook=\"tc\",interface=\"{dev}\"}}");
         assert_eq!(metric_value(&t, &series), 1.0, "{series}\n{t}");
     }
     assert!(!t.contains("interface=\"d0\""), "{t}");
