@@ -267,9 +267,10 @@ fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
 /// run here, logs (INFO under `auto`, the default, WARN when a hook was asked for) and
 /// counts why, and the relay serves every packet in userspace.
 ///
-/// Without `offload_interface` it attaches to the interfaces that carry a specific UDP
-/// listen address or a relay address, never `lo`: on loopback (every test, a laptop) it
-/// attaches to nothing and says so, instead of to the machine's other interfaces.
+/// Without `offload_interface` it attaches to the interfaces that carry a UDP listen
+/// address (any address of its family for a wildcard one) or a relay address, never
+/// `lo`: on loopback (every test, a laptop) it attaches to nothing and says so, instead
+/// of to the machine's other interfaces.
 fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOffload> {
     use turn_offload::{Fallback, Mode as OffloadMode, Offload, Unavailable};
     let started = if cfg.offload == OffloadMode::Off {
@@ -282,21 +283,22 @@ fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOfflo
     } else if !cfg.offload_interfaces.is_empty() {
         Offload::start(cfg.offload, &cfg.offload_interfaces, cfg.bandwidth)
     } else {
-        let listen: Vec<std::net::IpAddr> = cfg
+        let relay: Vec<std::net::IpAddr> = [cfg.relay_ip4, cfg.relay_ip6]
+            .into_iter()
+            .flatten()
+            .collect();
+        // A wildcard listener stands for every address of its family, but only beside a
+        // relay address that is not loopback: a stack on loopback (every test, a laptop)
+        // attaches to nothing, never to the machine's other interfaces.
+        let mut addrs: Vec<std::net::IpAddr> = cfg
             .listen
             .iter()
             .map(std::net::SocketAddr::ip)
-            .filter(|ip| !ip.is_unspecified())
+            .filter(|ip| !ip.is_unspecified() || relay.iter().any(|r| !r.is_loopback()))
             .collect();
-        let mut addrs = listen.clone();
-        addrs.extend([cfg.relay_ip4, cfg.relay_ip6].into_iter().flatten());
+        addrs.extend(&relay);
         let interfaces = turn_offload::interfaces_with(&addrs);
-        if listen.is_empty() {
-            Err(Unavailable {
-                reason: Fallback::Interface,
-                detail: "only wildcard `listen` addresses: a binding on one is never offloaded; list specific addresses".into(),
-            })
-        } else if interfaces.is_empty() {
+        if interfaces.is_empty() {
             Err(Unavailable {
                 reason: Fallback::Interface,
                 detail: format!(

@@ -141,6 +141,13 @@ fn webrtc_rs_client_relays_through_the_kernel_both_families_and_stops_on_close()
     outer("tc");
 }
 
+/// The shipped example's configuration: wildcard listeners, `offload` left at `auto`. The
+/// bindings get the address the kernel answers the client from, and the kernel relays.
+#[test]
+fn webrtc_rs_client_relays_through_the_kernel_with_wildcard_listeners_and_the_default() {
+    outer("default");
+}
+
 #[test]
 fn webrtc_rs_client_relays_the_same_in_userspace_with_offload_off() {
     outer("off");
@@ -492,7 +499,10 @@ async fn run(family: &Family, server: &Server, peer: &mut Peer, offloaded: bool,
     .await
     .unwrap();
     client.listen().await.unwrap();
-    let relay = client.allocate().await.unwrap();
+    let relay = client
+        .allocate()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log.lock().unwrap()));
     let relayed = relay.local_addr().unwrap();
     assert_eq!(
         relayed.ip(),
@@ -588,11 +598,26 @@ async fn inner_webrtc_client() {
     };
     let offloaded = mode != "off";
     let mut peer = Peer::start(&format!("{prefix}p"));
-    let args = [
-        "--listen",
-        "10.0.1.1:3478",
-        "--listen",
-        "[2001:db8:1::1]:3478",
+    // `default`: the shipped example's wildcard listeners and no `offload` at all (auto);
+    // the others: the listen addresses and both interfaces named.
+    let wildcard = mode == "default";
+    let mut args = if wildcard {
+        vec!["--listen", "0.0.0.0:3478", "--listen", "[::]:3478"]
+    } else {
+        vec![
+            "--listen",
+            "10.0.1.1:3478",
+            "--listen",
+            "[2001:db8:1::1]:3478",
+            "--offload",
+            &mode,
+            "--offload-interface",
+            "s0",
+            "--offload-interface",
+            "s1",
+        ]
+    };
+    args.extend([
         "--relay-ip",
         "10.0.2.1",
         "--relay-ip",
@@ -607,19 +632,13 @@ async fn inner_webrtc_client() {
         SECRET,
         "--realm",
         REALM,
-        "--offload",
-        &mode,
-        "--offload-interface",
-        "s0",
-        "--offload-interface",
-        "s1",
         "--metrics-listen",
         METRICS,
         "--workers",
         "1",
         "--drain-timeout",
         "1",
-    ];
+    ]);
     let srv = format!("{prefix}s");
     let mut server = Server::spawn_wrapped(
         &["ip", "netns", "exec", &srv],

@@ -445,13 +445,34 @@ fn charge_offloaded(w: &Rc<Worker>, now: Instant) {
     }
 }
 
+/// A binding made through a wildcard listener (`0.0.0.0`, `[::]`) names no local
+/// address; the kernel path needs the one the client's datagrams arrive at. Our replies
+/// on that socket leave from the address the kernel routes from toward the client, so
+/// that is the one the client talks to: it goes into the bindings (outside the offload's
+/// lock; one routing lookup per change of the allocation's bindings, never per packet).
+/// Without a route the bindings keep the wildcard and stay in userspace.
+fn wildcard_source(s: &mut crate::core::OffloadSync) {
+    let local = s.client.local;
+    if !local.ip().is_unspecified() || s.bindings.is_empty() {
+        return;
+    }
+    if let Some(ip) = turn_offload::source_toward(s.client.remote) {
+        for b in &mut s.bindings {
+            if b.server == local {
+                b.server.set_ip(ip);
+            }
+        }
+    }
+}
+
 /// Drains the core's transmits, commands and offload changes.
 fn flush(w: &Rc<Worker>, now: Instant) {
     if let Some(offload) = &w.offload {
         let mut syncs = Vec::new();
         {
             let mut core = w.core.borrow_mut();
-            while let Some(s) = core.poll_offload() {
+            while let Some(mut s) = core.poll_offload() {
+                wildcard_source(&mut s);
                 syncs.push(s);
             }
         }
