@@ -697,6 +697,22 @@ fn ifindex(interface: &str) -> Option<u32> {
         .ok()
 }
 
+/// The addresses whose interfaces the offload attaches to when none are configured: the
+/// UDP `listen` addresses and the relay addresses. A wildcard listener (for
+/// [`interfaces_with`]: every address of its family) counts only beside a relay address
+/// that is not loopback, so a stack on loopback (every test, a laptop) attaches to
+/// nothing, never to the machine's other interfaces.
+pub fn attach_addresses(listen: &[SocketAddr], relay: &[IpAddr]) -> Vec<IpAddr> {
+    let public_relay = relay.iter().any(|r| !r.is_loopback());
+    let mut v: Vec<IpAddr> = listen
+        .iter()
+        .map(SocketAddr::ip)
+        .filter(|ip| !ip.is_unspecified() || public_relay)
+        .collect();
+    v.extend(relay);
+    v
+}
+
 /// The interfaces but `lo` that carry one of `addrs`, sorted: where packets to our
 /// listener and relayed addresses arrive. A wildcard in `addrs` (a wildcard listener)
 /// stands for every address of its family but loopback and, for IPv6, link-local ones.
@@ -972,10 +988,33 @@ mod tests {
     fn loopback_addresses_give_no_interface() {
         let lo: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         assert_eq!(interfaces_with(&lo), Vec::<String>::new());
+        // a wildcard stands for the addresses of its family that are not loopback (IPv6:
+        // nor link-local), whichever this machine has
+        let mut v4: Vec<String> = abi::interface_addresses()
+            .into_iter()
+            .filter(|(n, ip)| n != "lo" && ip.is_ipv4() && !ip.is_loopback())
+            .map(|(n, _)| n)
+            .collect();
+        v4.sort();
+        v4.dedup();
+        assert_eq!(interfaces_with(&["0.0.0.0".parse().unwrap()]), v4);
+    }
+
+    #[test]
+    fn a_wildcard_listener_counts_only_beside_a_relay_address_off_loopback() {
+        let wild: [SocketAddr; 2] = [
+            "0.0.0.0:3478".parse().unwrap(),
+            "[::]:3478".parse().unwrap(),
+        ];
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let public: IpAddr = "203.0.113.10".parse().unwrap();
+        assert_eq!(attach_addresses(&wild, &[lo]), vec![lo]);
         assert_eq!(
-            interfaces_with(&["0.0.0.0".parse().unwrap()]),
-            Vec::<String>::new()
+            attach_addresses(&wild, &[public]),
+            vec![wild[0].ip(), wild[1].ip(), public]
         );
+        let specific: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        assert_eq!(attach_addresses(&[specific], &[lo]), vec![lo, lo]);
     }
 
     #[test]

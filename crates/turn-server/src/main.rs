@@ -287,16 +287,7 @@ fn start_offload(cfg: &Config, metrics: &Metrics) -> Option<runtime::SharedOfflo
             .into_iter()
             .flatten()
             .collect();
-        // A wildcard listener stands for every address of its family, but only beside a
-        // relay address that is not loopback: a stack on loopback (every test, a laptop)
-        // attaches to nothing, never to the machine's other interfaces.
-        let mut addrs: Vec<std::net::IpAddr> = cfg
-            .listen
-            .iter()
-            .map(std::net::SocketAddr::ip)
-            .filter(|ip| !ip.is_unspecified() || relay.iter().any(|r| !r.is_loopback()))
-            .collect();
-        addrs.extend(&relay);
+        let addrs = turn_offload::attach_addresses(&cfg.listen, &relay);
         let interfaces = turn_offload::interfaces_with(&addrs);
         if interfaces.is_empty() {
             Err(Unavailable {
