@@ -7,7 +7,7 @@
 //!  client ns                server ns                            peer ns
 //!  c0 10.0.1.2 ───── s0 10.0.1.1 (listen)   s1 10.0.2.1 (relay) ───── p0 10.0.2.2
 //!  agent: allocations,        server pinned to the relay CPU,        agent: peer sockets
-//!  ChannelData senders        s0/s1 receive (RPS) on the relay CPU   UDP senders
+//!  ChannelData senders        s0/s1 receive (NAPI) on the relay CPU  UDP senders
 //! ```
 //!
 //! The two agents (`offload_agent.rs`, pinned to the generator CPU) send and count; the
@@ -57,7 +57,7 @@ pub(crate) struct OffloadArgs {
     /// Stacks to compare (comma separated): coturn, off (turn-server in userspace), tc, xdp,
     /// fwd (no TURN: the client and the peer send to each other and the server namespace
     /// only forwards, the floor of any kernel path).
-    #[arg(long, value_delimiter = ',', default_value = "fwd,coturn,off,tc")]
+    #[arg(long, value_delimiter = ',', default_value = "fwd,coturn,off,tc,xdp")]
     stacks: Vec<String>,
     /// Our turn-server binary. Default: next to this binary.
     #[arg(long)]
@@ -99,10 +99,10 @@ pub(crate) struct OffloadArgs {
     /// Steps per ramp at most.
     #[arg(long, default_value_t = 9)]
     ramp_steps: usize,
-    /// The CPU of the server and of its interfaces' receive work (RPS of s0, s1).
+    /// The CPU of the server and of its interfaces' receive work (NAPI threads of s0, s1).
     #[arg(long, default_value_t = 1)]
     relay_cpu: usize,
-    /// The CPU of the load generator (both agents, RPS of c0 and p0, this process).
+    /// The CPU of the load generator (both agents, NAPI threads of c0 and p0, this process).
     #[arg(long, default_value_t = 0)]
     gen_cpu: usize,
     /// Sender threads per agent.
@@ -180,7 +180,7 @@ fn have(tool: &str) -> bool {
 fn missing() -> Option<String> {
     let uid = command_output("id", &["-u"]);
     if uid.trim() != "0" {
-        return Some("not root (network namespaces, RPS settings and BPF need it)".into());
+        return Some("not root (network namespaces, NAPI settings and BPF need it)".into());
     }
     for tool in ["ip", "ethtool", "taskset"] {
         if !have(tool) {
@@ -287,10 +287,13 @@ impl Namespaces {
         run(&[
             "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "tx", "off",
         ])?;
-        // What arrives back at the generator's interfaces is processed on the generator
-        // CPU (RPS).
-        let gen_mask = format!("{:x}", 1u64 << gen_cpu);
+        // What arrives back at the generator's interfaces is received in NAPI threads
+        // of theirs on the generator CPU (GRO on gives veth a NAPI ring, which the XDP
+        // path needs to transmit into; the agents' sockets do not ask for GRO, so nothing
+        // is coalesced): the hand-off from the relay CPU is a thread wake-up.
+        let before = all_napi_threads();
         for (n, dev) in [(&c, "c0"), (&p, "p0")] {
+            run(&["ip", "netns", "exec", n, "ethtool", "-K", dev, "gro", "on"])?;
             run(&[
                 "ip",
                 "netns",
@@ -298,8 +301,29 @@ impl Namespaces {
                 n,
                 "sh",
                 "-c",
-                &format!("echo {gen_mask} > /sys/class/net/{dev}/queues/rx-0/rps_cpus"),
+                &format!("echo 1 > /sys/class/net/{dev}/threaded"),
             ])?;
+        }
+        let gen_napi: Vec<u32> = all_napi_threads()
+            .into_iter()
+            .filter(|(pid, comm)| {
+                !before.iter().any(|(b, _)| b == pid)
+                    && (comm.starts_with("napi/c0-") || comm.starts_with("napi/p0-"))
+            })
+            .map(|(pid, _)| pid)
+            .collect();
+        if gen_napi.len() != 2 {
+            bail!("expected the NAPI threads of c0 and p0, found {gen_napi:?}");
+        }
+        for pid in &gen_napi {
+            run(&[
+                "taskset",
+                "-p",
+                "-c",
+                &gen_cpu.to_string(),
+                &pid.to_string(),
+            ])?;
+            run(&["renice", "-n", PRIORITY, "-p", &pid.to_string()])?;
         }
         // The server's interfaces receive in NAPI threads of their own, pinned to the
         // relay CPU (`napi_pinned`): their run time is the kernel's share. veth uses NAPI
@@ -423,6 +447,15 @@ impl Drop for Namespaces {
 
 /// PIDs of the kernel's NAPI threads of devices named s0 or s1 (`napi/s0-<id>`).
 fn napi_threads() -> Vec<u32> {
+    all_napi_threads()
+        .into_iter()
+        .filter(|(_, c)| c.starts_with("napi/s0-") || c.starts_with("napi/s1-"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every threaded-NAPI kernel thread: (PID, name).
+fn all_napi_threads() -> Vec<(u32, String)> {
     let mut out = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -430,8 +463,8 @@ fn napi_threads() -> Vec<u32> {
                 continue;
             };
             let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            if comm.starts_with("napi/s0-") || comm.starts_with("napi/s1-") {
-                out.push(pid);
+            if comm.starts_with("napi/") {
+                out.push((pid, comm.trim().to_owned()));
             }
         }
     }
