@@ -22,6 +22,7 @@ use aya::maps::{
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 
 mod abi;
+mod xdp_features;
 
 use abi::{
     AllocStats, AllocVal, C2p6Key, C2p6Val, C2pKey, C2pVal, Counter, P2c6Key, P2c6Val, P2cKey,
@@ -411,7 +412,20 @@ impl Offload {
             // container) is dropped unless the far end, which we do not control, runs
             // XDP or GRO — TC there never loses a packet.
             let try_xdp = want_xdp && (!want_tc || has_device(i));
-            let hook = if try_xdp {
+            // And only where the interface can also send what the other interfaces' XDP
+            // redirects to it (the kernel's NDO_XMIT feature): otherwise those frames
+            // would be dropped silently — under `xdp` too.
+            let can_transmit = try_xdp && xdp_features::ndo_xmit(index) != Some(false);
+            if try_xdp && !can_transmit {
+                let detail = format!(
+                    "{i} cannot transmit redirected XDP frames (NETDEV_XDP_ACT_NDO_XMIT off: a veth whose peer has neither GRO nor an XDP program, or a driver without ndo_xdp_xmit)"
+                );
+                if !want_tc {
+                    return Err(Unavailable::new(Fallback::XdpUnsupported, detail));
+                }
+                tracing::info!(interface = %i, %detail, "the offload uses TC there");
+            }
+            let hook = if can_transmit {
                 match xdp_program(&mut ebpf)?.attach_to_if_index(index, XdpMode::Driver) {
                     Ok(_) => Some(Hook::Xdp),
                     Err(e) => {

@@ -199,6 +199,15 @@ impl Namespaces {
             must(&[
                 "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "gro", "on",
             ]);
+            // A veth whose peer (v1, peer namespace) keeps GRO off, as veth does by
+            // default: native XDP, but frames redirected to it would be dropped, so even
+            // `xdp` must refuse it.
+            must(&[
+                "ip", "-n", &p, "link", "add", "v1", "type", "veth", "peer", "name", "v0", "netns",
+                &s,
+            ]);
+            must(&["ip", "-n", &p, "link", "set", "v1", "up"]);
+            must(&["ip", "-n", &s, "link", "set", "v0", "up"]);
             // An interface whose driver has no native XDP (a bridge), for `auto` to choose TC on.
             must(&["ip", "-n", &s, "link", "add", "d0", "type", "bridge"]);
             must(&["ip", "-n", &s, "link", "set", "d0", "up"]);
@@ -211,7 +220,7 @@ impl Namespaces {
                 &s,
                 "sh",
                 "-c",
-                "echo 1 > /proc/sys/net/ipv4/conf/d0/forwarding && echo 0 > /proc/sys/net/ipv4/conf/d1/forwarding",
+                "echo 1 > /proc/sys/net/ipv4/conf/d0/forwarding && echo 1 > /proc/sys/net/ipv4/conf/v0/forwarding && echo 0 > /proc/sys/net/ipv4/conf/d1/forwarding",
             ]);
         }
         ns
@@ -801,7 +810,8 @@ fn inner_relay_through_the_server_namespace() {
 /// `auto` attaches TC to virtual interfaces (veth, bridge: XDP is for NIC drivers);
 /// without `offload_interface` (and without `offload`: `auto` is the default) only to the
 /// interfaces carrying the listen and relay addresses; `xdp` on an interface without native
-/// XDP, and `auto` on one with forwarding off, fall back to userspace and say why.
+/// XDP or that cannot transmit redirected XDP frames (a veth whose peer has GRO off), and
+/// `auto` on one with forwarding off, fall back to userspace and say why.
 fn auto_picks_a_hook_per_interface(srv: &str) {
     let base = [
         "--listen",
@@ -906,6 +916,10 @@ fn auto_picks_a_hook_per_interface(srv: &str) {
     for (flags, reason) in [
         (
             ["--offload", "xdp", "--offload-interface", "d0"],
+            "xdp_unsupported",
+        ),
+        (
+            ["--offload", "xdp", "--offload-interface", "v0"],
             "xdp_unsupported",
         ),
         (
