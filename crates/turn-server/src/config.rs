@@ -122,6 +122,12 @@ pub struct Cli {
     /// Nonce lifetime in seconds (stale nonces get 438).
     #[arg(long, value_name = "SECS")]
     pub nonce_lifetime: Option<u32>,
+    /// Permission lifetime in seconds, 1-300 (RFC 8656: 300). Lower only for tests.
+    #[arg(long, value_name = "SECS")]
+    pub permission_lifetime: Option<u32>,
+    /// Channel binding lifetime in seconds, 1-600 (RFC 8656: 600). Lower only for tests.
+    #[arg(long, value_name = "SECS")]
+    pub channel_lifetime: Option<u32>,
     /// Largest accepted TCP/TLS frame in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<u32>,
@@ -209,6 +215,8 @@ pub struct FileConfig {
     #[serde(default)]
     strict_expiry: bool,
     nonce_lifetime: Option<u32>,
+    permission_lifetime: Option<u32>,
+    channel_lifetime: Option<u32>,
     max_frame: Option<u32>,
     workers: Option<usize>,
     drain_timeout: Option<u64>,
@@ -298,6 +306,10 @@ pub struct Config {
     pub strict_expiry: bool,
     /// Nonce lifetime.
     pub nonce_lifetime: u32,
+    /// Permission lifetime (s).
+    pub permission_lifetime: u32,
+    /// Channel binding lifetime (s).
+    pub channel_lifetime: u32,
     /// Max TCP/TLS frame.
     pub max_frame: u32,
     /// Worker threads.
@@ -576,6 +588,18 @@ impl Config {
             10..,
             " seconds",
         )?;
+        let permission_lifetime = in_range(
+            "permission_lifetime",
+            pick(cli.permission_lifetime, f.permission_lifetime, 300),
+            1..=300,
+            " seconds (300, the RFC 8656 value, is the default; clients refresh on that timing)",
+        )?;
+        let channel_lifetime = in_range(
+            "channel_lifetime",
+            pick(cli.channel_lifetime, f.channel_lifetime, 600),
+            1..=600,
+            " seconds (600, the RFC 8656 value, is the default; clients refresh on that timing)",
+        )?;
         let max_frame = in_range(
             "max_frame",
             pick(cli.max_frame, f.max_frame, 16384),
@@ -716,6 +740,8 @@ impl Config {
             rate_limit_ipv6_prefix,
             strict_expiry: cli.strict_expiry || f.strict_expiry,
             nonce_lifetime,
+            permission_lifetime,
+            channel_lifetime,
             max_frame,
             workers,
             drain_timeout: Duration::from_secs(pick(cli.drain_timeout, f.drain_timeout, 30)),

@@ -242,3 +242,31 @@ fn control_secret_is_checked_redacted_and_off_by_default() {
     assert!(!format!("{c:?}").contains(secret));
     assert_eq!(c.control_rate, 50);
 }
+
+#[test]
+fn permission_and_channel_lifetimes_may_only_be_shortened() {
+    let base = ["--auth-secret", "s", "--relay-ip", "127.0.0.1"];
+    let with = |extra: &[&str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        cli(&v)
+    };
+    let c = Config::load(&with(&[])).unwrap();
+    assert_eq!((c.permission_lifetime, c.channel_lifetime), (300, 600));
+    let c = Config::load(&with(&[
+        "--permission-lifetime",
+        "2",
+        "--channel-lifetime",
+        "3",
+    ]))
+    .unwrap();
+    assert_eq!((c.permission_lifetime, c.channel_lifetime), (2, 3));
+    for (flag, v, key) in [
+        ("--permission-lifetime", "0", "permission_lifetime"),
+        ("--permission-lifetime", "301", "permission_lifetime"),
+        ("--channel-lifetime", "0", "channel_lifetime"),
+        ("--channel-lifetime", "601", "channel_lifetime"),
+    ] {
+        assert_eq!(err_key(&with(&[flag, v])), key, "{flag} {v}");
+    }
+}

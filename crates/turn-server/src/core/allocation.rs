@@ -1,11 +1,11 @@
 //! The state of one allocation: relay sockets, permissions, channel bindings, bandwidth.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::FiveTuple;
 use super::allocate::PendingAllocate;
 use super::fxhash::FxMap;
-use super::{FiveTuple, PERMISSION_LIFETIME};
 use shared_ice::auth::LongTermKey;
 
 /// A token bucket in bytes or requests.
@@ -125,8 +125,8 @@ impl Allocation {
     }
 }
 
-/// Installs or refreshes a permission; the caller checked the cap
-/// ([`Allocation::permissions_fit`]).
-pub(super) fn install_permission(a: &mut Allocation, ip: IpAddr, now: Instant) {
-    a.permissions.insert(ip, now + PERMISSION_LIFETIME);
+/// Installs or refreshes a permission for `lifetime` (`permission_lifetime`); the caller
+/// checked the cap ([`Allocation::permissions_fit`]).
+pub(super) fn install_permission(a: &mut Allocation, ip: IpAddr, now: Instant, lifetime: Duration) {
+    a.permissions.insert(ip, now + lifetime);
 }

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::time::Duration;
 
 /// Transport of a client connection.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -228,6 +229,12 @@ pub struct CoreConfig {
     pub strict_expiry: bool,
     /// Nonce lifetime (s).
     pub nonce_lifetime: u32,
+    /// How long a permission lives unless refreshed (`permission_lifetime`; RFC 8656:
+    /// 300 s).
+    pub permission_lifetime: Duration,
+    /// How long a channel binding lives unless refreshed (`channel_lifetime`; RFC 8656:
+    /// 600 s).
+    pub channel_lifetime: Duration,
     /// Key of the stateless nonces. Give every worker the same one so a nonce from one
     /// connection works on another (a client's TCP connections may reach different
     /// workers); `None` draws one from the RNG.

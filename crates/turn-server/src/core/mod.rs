@@ -73,9 +73,10 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-/// Permission lifetime (RFC 8656 §9).
+/// Permission lifetime (RFC 8656 §9): the default and the most `permission_lifetime` allows.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
-/// Channel binding lifetime (RFC 8656 §12).
+/// Channel binding lifetime (RFC 8656 §12): the default and the most `channel_lifetime`
+/// allows.
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// After a channel binding expires its number and peer stay reserved this long (RFC 8656 §12).
 pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);

@@ -9,7 +9,7 @@ use rand::RngCore;
 use super::allocation::{Channel, install_permission};
 use super::reply::{Reject, Req};
 use super::stats::QuotaKind;
-use super::{CHANNEL_LIFETIME, Core, InstallResult};
+use super::{Core, InstallResult};
 use shared_ice::stun::{Message, error_code};
 
 /// The request's first XOR-PEER-ADDRESS; a missing or malformed one is refused (400).
@@ -68,7 +68,7 @@ impl<R: RngCore> Core<R> {
             return Err(self.over_quota(QuotaKind::Permissions));
         }
         for ip in ips {
-            install_permission(a, ip, now);
+            install_permission(a, ip, now, self.cfg.permission_lifetime);
         }
         self.offload_sync(slot, now);
         self.reply_ok(rq, None);
@@ -99,7 +99,7 @@ impl<R: RngCore> Core<R> {
         if conflict {
             return Err(Reject::bad_request("Channel or peer already bound"));
         }
-        let expires = now + CHANNEL_LIFETIME;
+        let expires = now + self.cfg.channel_lifetime;
         let is_new = !a.channels.contains_key(&number);
         if is_new && a.channels.len() >= self.cfg.max_channels {
             return Err(self.over_quota(QuotaKind::Channels));
@@ -109,7 +109,7 @@ impl<R: RngCore> Core<R> {
         }
         a.channels.insert(number, Channel { peer, expires });
         a.channel_of.insert(peer, number);
-        install_permission(a, peer.ip(), now);
+        install_permission(a, peer.ip(), now, self.cfg.permission_lifetime);
         self.offload_sync(slot, now);
         self.reply_ok(rq, None);
         Ok(())
@@ -118,7 +118,7 @@ impl<R: RngCore> Core<R> {
     /// The control endpoint's input (docs/turn-server.md, "Control endpoint"): installs,
     /// on the allocation whose advertised relayed address is `relay`, a permission for
     /// `peer`, as if its client had sent CreatePermission for it — the same lifetime
-    /// ([`PERMISSION_LIFETIME`](super::PERMISSION_LIFETIME)), per-allocation cap, peer
+    /// (`permission_lifetime`), per-allocation cap, peer
     /// policy, expiry, metrics and kernel fast-path update. The gateway uses it so that
     /// the first ICE checks of a call's other browser are not dropped while this one's
     /// client has not yet learnt that browser's address.
@@ -164,7 +164,7 @@ impl<R: RngCore> Core<R> {
             self.over_quota(QuotaKind::Permissions);
             return InstallResult::Full;
         }
-        install_permission(a, peer, now);
+        install_permission(a, peer, now, self.cfg.permission_lifetime);
         self.offload_sync(tok.slot, now);
         InstallResult::Installed
     }

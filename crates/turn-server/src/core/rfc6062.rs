@@ -112,7 +112,7 @@ impl<R: RngCore> Core<R> {
             return;
         };
         if ok {
-            install_permission(a, p.peer.ip(), now);
+            install_permission(a, p.peer.ip(), now, self.cfg.permission_lifetime);
             self.quota
                 .conn_insert(conn_id, a.username.clone(), now + CONNECTION_BIND_TIMEOUT);
         } else {

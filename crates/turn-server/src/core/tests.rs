@@ -50,6 +50,8 @@ fn cfg() -> CoreConfig {
         rate_v6_prefix: 64,
         strict_expiry: false,
         nonce_lifetime: 600,
+        permission_lifetime: PERMISSION_LIFETIME,
+        channel_lifetime: CHANNEL_LIFETIME,
         nonce_key: None,
         worker: 0,
         max_permissions: 256,

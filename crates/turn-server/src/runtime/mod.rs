@@ -288,6 +288,8 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
         rate_v6_prefix: cfg.rate_limit_ipv6_prefix,
         strict_expiry: cfg.strict_expiry,
         nonce_lifetime: cfg.nonce_lifetime,
+        permission_lifetime: Duration::from_secs(cfg.permission_lifetime.into()),
+        channel_lifetime: Duration::from_secs(cfg.channel_lifetime.into()),
         nonce_key: Some(nonce_key),
         worker: index,
         max_permissions: cfg.max_permissions as usize,
