@@ -801,10 +801,102 @@ fn inner_relay_through_the_server_namespace() {
         assert_eq!(metric_value(&t, &series), 0.0, "{series}");
     }
     assert_eq!(server.stop(), Some(0));
+    lifetimes_end_relaying_at_once(&srv, &mode);
     if mode == "xdp" {
         auto_picks_a_hook_per_interface(&srv);
     }
     eprintln!("{DONE}");
+}
+
+/// A permission's expiry and a channel binding's expiry each stop the relaying at once,
+/// in the kernel as in userspace: with `permission_lifetime` 3 s and `channel_lifetime`
+/// 6 s, one client's permission runs out under its live channel, another's channel runs
+/// out while CreatePermission keeps its permission alive.
+fn lifetimes_end_relaying_at_once(srv: &str, mode: &str) {
+    let args = [
+        "--listen",
+        SERVER,
+        "--relay-ip",
+        "10.0.2.1",
+        "--relay-ports",
+        "50200-50299",
+        "--allow-peer",
+        "10.0.2.0/24",
+        "--auth-secret",
+        SECRET,
+        "--realm",
+        REALM,
+        "--offload",
+        mode,
+        "--offload-interface",
+        "s0",
+        "--offload-interface",
+        "s1",
+        "--permission-lifetime",
+        "3",
+        "--channel-lifetime",
+        "6",
+        "--metrics-listen",
+        METRICS,
+        "--workers",
+        "1",
+        "--drain-timeout",
+        "1",
+    ];
+    let mut server = Server::spawn_wrapped(
+        &["ip", "netns", "exec", srv],
+        &args,
+        3478,
+        9641,
+        (50200, 50299),
+    );
+    server.metrics = METRICS.parse().unwrap();
+    let server_addr: SocketAddr = SERVER.parse().unwrap();
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let offloaded = mode != "off";
+    let c0 = counts(&server);
+    let mut p = client(server_addr, "perm");
+    let mut c = client(server_addr, "chan");
+    assert_eq!(p.channel_bind(0x4000, peer).code, None, "channel bind");
+    let t_p = Instant::now();
+    assert_eq!(c.channel_bind(0x4001, peer).code, None, "channel bind");
+    let t_c = Instant::now();
+    for i in 0..3u8 {
+        let m = [b'l', i, 1, 2];
+        assert_eq!(
+            echo(&p.sock, server_addr, 0x4000, &m).as_deref(),
+            Some(&m[..])
+        );
+        assert_eq!(
+            echo(&c.sock, server_addr, 0x4001, &m).as_deref(),
+            Some(&m[..])
+        );
+    }
+    let until = |t: Instant| std::thread::sleep(t.saturating_duration_since(Instant::now()));
+    // chan keeps its permission: 3 s from each CreatePermission, past its channel's end
+    until(t_c + Duration::from_secs(2));
+    assert_eq!(c.create_permission(peer).code, None, "create permission");
+    // perm: the permission ends at 3 s, its channel would live to 6 s
+    until(t_p + Duration::from_millis(3100));
+    assert_eq!(echo(&p.sock, server_addr, 0x4000, b"permission gone"), None);
+    until(t_c + Duration::from_secs(4));
+    assert_eq!(c.create_permission(peer).code, None, "create permission");
+    // chan: the channel ends at 6 s, its permission lives to 7 s
+    until(t_c + Duration::from_millis(6100));
+    assert_eq!(echo(&c.sock, server_addr, 0x4001, b"channel gone"), None);
+    let c1 = counts(&server);
+    let step = if offloaded { 6.0 } else { 0.0 };
+    assert_eq!(
+        (c1.to_peer, c1.to_client),
+        (c0.to_peer + 6.0, c0.to_client + 6.0),
+        "relayed after a permission or a channel expired: {c1:?}"
+    );
+    assert_eq!(
+        (c1.off_to_peer, c1.off_to_client),
+        (c0.off_to_peer + step, c0.off_to_client + step),
+        "{c1:?}"
+    );
+    assert_eq!(server.stop(), Some(0));
 }
 
 /// `auto` attaches TC to virtual interfaces (veth, bridge: XDP is for NIC drivers);

@@ -376,11 +376,12 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
                         c.set_credentials(secrets, &users);
                         c.set_policy(now, policy)
                     };
+                    // the kernel's entries of those bindings go now, not at the next sweep,
+                    // and before the log says they ended
+                    flush(&w, now);
                     if revoked > 0 {
                         tracing::info!(revoked, "permissions of peers the new policy denies ended");
                     }
-                    // the kernel's entries of those bindings go now, not at the next sweep
-                    flush(&w, now);
                 }
                 Some(Control::Drain) => w.core.borrow_mut().set_draining(),
                 None => {}
