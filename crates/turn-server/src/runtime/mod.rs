@@ -418,7 +418,8 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
 
 /// Charges each of this worker's offloaded allocations with the payload bytes the kernel
 /// relayed for it since the last call (its per-allocation counters), so its bandwidth
-/// bucket counts both paths. One map read per such allocation, twice a second.
+/// bucket counts both paths. One map read per such allocation, twice a second, each under
+/// the shared lock on its own: the other workers' syncs never wait for the whole sweep.
 fn charge_offloaded(w: &Rc<Worker>, now: Instant) {
     let Some(offload) = &w.offload else {
         return;
@@ -429,11 +430,12 @@ fn charge_offloaded(w: &Rc<Worker>, now: Instant) {
         if offloaded.is_empty() {
             return;
         }
-        let o = offload
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (client, seen) in offloaded.iter_mut() {
-            if let Some(c) = o.allocation_counters(&(client.remote, client.local)) {
+            let counters = offload
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .allocation_counters(&(client.remote, client.local));
+            if let Some(c) = counters {
                 let total = c.bytes();
                 if total > *seen {
                     charges.push((*client, total - *seen));
