@@ -167,6 +167,19 @@ struct {
 	__type(value, struct alloc_stats);
 } ALLOC_STATS SEC(".maps");
 
+// Scratch space for checking a datagram's checksum in full (one chunk per CPU).
+#define CSUM_CHUNK 256
+#define CSUM_CHUNKS 8 // datagrams up to 2048 bytes are checked; longer ones pass up
+struct csum_scratch {
+	__u8 b[CSUM_CHUNK];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct csum_scratch);
+} CSUM_SCRATCH SEC(".maps");
+
 // XDP only: the interfaces a relayed frame may leave by (ifindex -> that interface), the
 // ones the XDP entry point is attached to natively (their drivers transmit XDP frames).
 // A frame whose route leaves by another interface passes to userspace unchanged.
@@ -292,14 +305,73 @@ static __always_inline __u32 fold(__u32 s)
 	return (s & 0xffff) + (s >> 16);
 }
 
+// Whether the UDP datagram at `l4_off` (`ulen` bytes, header included) carries a valid
+// checksum, `pseudo` being its pseudo-header sum: sums all of it, 256-byte chunks first,
+// then the tail in 32-bit words and its last 1-3 bytes (zero-padded, as the checksum pads
+// them). Every load has a constant size, which the verifier can check.
+static __always_inline int csum_valid(void *ctx, int hook, __u32 l4_off, __u32 ulen,
+				      __u32 pseudo)
+{
+	__u32 zero = 0;
+	struct csum_scratch *sc = bpf_map_lookup_elem(&CSUM_SCRATCH, &zero);
+	if (!sc || ulen > CSUM_CHUNK * CSUM_CHUNKS)
+		return 0;
+	__u64 sum = pseudo;
+	__u32 full = ulen / CSUM_CHUNK;
+	for (int i = 0; i < CSUM_CHUNKS; i++) {
+		if (i >= full)
+			break;
+		if (load(ctx, hook, l4_off + i * CSUM_CHUNK, sc->b, CSUM_CHUNK) < 0)
+			return 0;
+		__s64 c = bpf_csum_diff(0, 0, (__be32 *)sc->b, CSUM_CHUNK, 0);
+		if (c < 0)
+			return 0;
+		sum += (__u32)c;
+	}
+	__u32 off = l4_off + full * CSUM_CHUNK;
+	__u32 tail = ulen % CSUM_CHUNK;
+	__u32 words = tail / 4;
+	for (int j = 0; j < CSUM_CHUNK / 4; j++) {
+		if (j >= words)
+			break;
+		__u32 w;
+		if (load(ctx, hook, off + j * 4, &w, 4) < 0)
+			return 0;
+		sum += w;
+	}
+	off += words * 4;
+	__u32 rest = 0;
+	switch (tail & 3) {
+	case 1:
+		if (load(ctx, hook, off, &rest, 1) < 0)
+			return 0;
+		break;
+	case 2:
+		if (load(ctx, hook, off, &rest, 2) < 0)
+			return 0;
+		break;
+	case 3:
+		if (load(ctx, hook, off, &rest, 3) < 0)
+			return 0;
+		break;
+	}
+	sum += rest;
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return fold((__u32)sum) == 0xffff;
+}
+
 // The UDP checksum field of a CHECKSUM_PARTIAL packet holds the folded pseudo-header sum
-// (the device finishes it); a real checksum equals that with probability 2^-16, and then
-// the packet merely takes the userspace path.
-static __always_inline int partial_csum(const struct iphdr *ip, const struct udphdr *udp)
+// (the device finishes it). A real checksum equals that with probability 2^-16: only then
+// is the datagram summed in full, and relayed if its checksum is valid after all.
+static __always_inline int partial_csum(void *ctx, int hook, const struct iphdr *ip,
+					const struct udphdr *udp)
 {
 	__u32 s = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) +
 		  (ip->daddr >> 16) + bpf_htons(IPPROTO_UDP) + udp->len;
-	return udp->check == (__u16)fold(s);
+	if (udp->check != (__u16)fold(s))
+		return 0;
+	return !csum_valid(ctx, hook, L4_OFF, bpf_ntohs(udp->len), s);
 }
 
 static __always_inline void count(__u32 dir, __u64 bytes)
@@ -431,7 +503,7 @@ static __always_inline int client_to_peer(void *ctx, int hook, const struct iphd
 	struct bpf_fib_lookup fib;
 	if (route(ctx, hook, src, dst, tot_len, &fib) < 0)
 		return pass(hook, PASS_NO_ROUTE);
-	if (partial_csum(ip, udp))
+	if (partial_csum(ctx, hook, ip, udp))
 		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
@@ -489,7 +561,7 @@ static __always_inline int peer_to_client(void *ctx, int hook, const struct iphd
 	struct bpf_fib_lookup fib;
 	if (route(ctx, hook, src, dst, tot_len, &fib) < 0)
 		return pass(hook, PASS_NO_ROUTE);
-	if (partial_csum(ip, udp))
+	if (partial_csum(ctx, hook, ip, udp))
 		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
@@ -563,13 +635,16 @@ static __always_inline __u32 head_sum6(const __u32 *src, const __u32 *dst, __u16
 }
 
 // As `partial_csum`; IPv6 UDP always carries a checksum, so 0 is not valid either.
-static __always_inline int unusable_csum6(const struct ipv6hdr *ip, const struct udphdr *udp)
+static __always_inline int unusable_csum6(void *ctx, int hook, const struct ipv6hdr *ip,
+					  const struct udphdr *udp)
 {
 	if (udp->check == 0)
 		return 1;
 	__u32 s = sum6((const __u32 *)&ip->saddr) + sum6((const __u32 *)&ip->daddr) +
 		  bpf_htons(IPPROTO_UDP) + udp->len;
-	return udp->check == (__u16)fold(s);
+	if (udp->check != (__u16)fold(s))
+		return 0;
+	return !csum_valid(ctx, hook, L4_OFF6, bpf_ntohs(udp->len), fold(s));
 }
 
 static __always_inline int route6(void *ctx, int hook, const __u32 *src, const __u32 *dst,
@@ -637,7 +712,7 @@ static __always_inline int client_to_peer6(void *ctx, int hook, const struct ipv
 	struct bpf_fib_lookup fib;
 	if (route6(ctx, hook, src, dst, IP6_LEN + new_ulen, &fib) < 0)
 		return pass(hook, PASS_NO_ROUTE);
-	if (unusable_csum6(ip, udp))
+	if (unusable_csum6(ctx, hook, ip, udp))
 		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);
@@ -690,7 +765,7 @@ static __always_inline int peer_to_client6(void *ctx, int hook, const struct ipv
 	struct bpf_fib_lookup fib;
 	if (route6(ctx, hook, src, dst, IP6_LEN + new_ulen, &fib) < 0)
 		return pass(hook, PASS_NO_ROUTE);
-	if (unusable_csum6(ip, udp))
+	if (unusable_csum6(ctx, hook, ip, udp))
 		return pass(hook, PASS_CHECKSUM);
 	if (!within_bandwidth(v->alloc, data_len)) {
 		count(2, 0);

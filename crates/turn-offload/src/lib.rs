@@ -127,12 +127,14 @@ impl Unavailable {
         }
     }
 
-    /// Sorts a loader error: permission errors apart from everything the kernel refused.
+    /// Sorts a loader error: permission errors (EPERM) apart from everything the kernel
+    /// refused (the verifier answers EACCES: that is a rejected program, not a missing
+    /// capability, which [`permitted`] checked before).
     fn load(what: &str, e: &(dyn std::error::Error + 'static)) -> Self {
         let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(s) = src {
             if let Some(io) = s.downcast_ref::<std::io::Error>()
-                && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+                && io.raw_os_error() == Some(libc::EPERM)
             {
                 return Self::new(
                     Fallback::NoPermission,

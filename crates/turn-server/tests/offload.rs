@@ -453,6 +453,47 @@ fn echo(sock: &UdpSocket, server: SocketAddr, ch: u16, payload: &[u8]) -> Option
     }
 }
 
+/// Eight bytes of ChannelData payload such that the datagram `from` sends to `to` on
+/// channel `ch` gets a UDP checksum equal to the folded pseudo-header sum (IPv4), which is
+/// what the checksum field of a CHECKSUM_PARTIAL packet holds.
+fn colliding_data(from: SocketAddr, to: SocketAddr, ch: u16) -> Vec<u8> {
+    fn fold(mut s: u32) -> u32 {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s
+    }
+    fn words(b: &[u8]) -> u32 {
+        b.chunks(2)
+            .map(|w| u32::from(w[0]) << 8 | u32::from(*w.get(1).unwrap_or(&0)))
+            .sum()
+    }
+    let ip = |a: SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v) => v.octets(),
+        std::net::IpAddr::V6(_) => panic!("IPv4 only"),
+    };
+    let ulen = 8 + 4 + 8u32;
+    let pseudo = words(&ip(from)) + words(&ip(to)) + 17 + ulen;
+    let partial = fold(pseudo);
+    for w in 0..=0xffffu16 {
+        let mut data = b"csum\0\0".to_vec();
+        data.extend_from_slice(&w.to_be_bytes());
+        let mut udp_payload = ch.to_be_bytes().to_vec();
+        udp_payload.extend_from_slice(&8u16.to_be_bytes());
+        udp_payload.extend_from_slice(&data);
+        let sum =
+            pseudo + u32::from(from.port()) + u32::from(to.port()) + ulen + words(&udp_payload);
+        let check = match !fold(sum) & 0xffff {
+            0 => 0xffff,
+            c => c,
+        };
+        if check == partial {
+            return data;
+        }
+    }
+    panic!("no colliding payload")
+}
+
 fn client(server: SocketAddr, user: &str) -> RawClient {
     let (u, p) = rest_credentials(SECRET.as_bytes(), unix_now() + 3600, user);
     let mut c =
@@ -665,6 +706,25 @@ fn inner_relay_through_the_server_namespace() {
         (c.to_peer + 5.0, c.to_client + 5.0)
     );
     let c = c6;
+
+    // A datagram whose real checksum happens to equal the pseudo-header sum that a
+    // checksum-offloaded (CHECKSUM_PARTIAL) one carries: the program sums it in full and
+    // relays it, instead of passing it up as unusable (1 in 65536 datagrams looks so).
+    let mut g = client(server_addr, "gina");
+    assert_eq!(g.channel_bind(0x4000, peer).code, None, "channel bind");
+    let data = colliding_data(g.sock.local_addr().unwrap(), server_addr, 0x4000);
+    assert_eq!(
+        echo(&g.sock, server_addr, 0x4000, &data).as_deref(),
+        Some(&data[..])
+    );
+    let cg = counts(&server);
+    let step = if offloaded { 1.0 } else { 0.0 };
+    assert_eq!(cg.off_to_peer, c.off_to_peer + step, "{cg:?}");
+    assert_eq!(
+        (cg.to_peer, cg.to_client),
+        (c.to_peer + 1.0, c.to_client + 1.0)
+    );
+    let c = cg;
 
     // Our own client: the binding's lifetime ends with the allocation's.
     let mut a = client(server_addr, "bob");
