@@ -581,6 +581,29 @@ impl Offload {
         self.installed.get(alloc).map(|(id, _)| self.stats(*id))
     }
 
+    /// Counts `bytes` payload bytes relayed in userspace for allocation `alloc` against its
+    /// kernel bucket (while it has bindings in the kernel and `bandwidth` is set), so the
+    /// kernel's share shrinks by what the other path took — down to nothing for up to a
+    /// second, as a bucket emptied in the kernel. A read, then a write: a packet the
+    /// program relays in between is not charged to the bucket (one packet's cost, at most
+    /// per call).
+    pub fn charge(&mut self, alloc: &AllocKey, bytes: u64) {
+        let Some(&(id, _)) = self.installed.get(alloc) else {
+            return;
+        };
+        if self.bandwidth == 0 || bytes == 0 {
+            return;
+        }
+        let Ok(mut v) = self.allocs.get(&id, 0) else {
+            return;
+        };
+        const NS: u64 = 1_000_000_000;
+        let now = monotonic_ns();
+        let cost = bytes.saturating_mul(NS) / v.rate.max(1);
+        v.tat = v.tat.max(now).saturating_add(cost).min(now + NS);
+        let _ = self.allocs.insert(id, v, 0);
+    }
+
     fn stats(&self, id: u32) -> AllocCounters {
         let Ok(per_cpu) = self.alloc_stats.get(&id, 0) else {
             return AllocCounters::default();

@@ -726,6 +726,49 @@ fn inner_relay_through_the_server_namespace() {
     );
     let c = cg;
 
+    // One bandwidth for both paths: 90 kB relayed in userspace (Send indications) leave
+    // the allocation's kernel bucket at most what refilled since (the worker charges it
+    // twice a second), so a ChannelData blast right after gets far less than the 100 kB
+    // a full bucket would pass. The peer port has no listener: nothing is echoed back.
+    let sink: SocketAddr = "10.0.2.2:9".parse().unwrap();
+    let mut h = client(server_addr, "hank");
+    assert_eq!(h.channel_bind(0x4000, sink).code, None, "channel bind");
+    let ch0 = counts(&server);
+    for _ in 0..90 {
+        let tid = h.tid();
+        let send = common::raw::encode(
+            0x006,
+            1,
+            &tid,
+            &[
+                (0x0012, common::raw::xor_addr(sink, &tid)),
+                (0x0013, vec![5u8; 1000]),
+            ],
+            None,
+        );
+        h.sock.send_to(&send, server_addr).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let big = channel_data(0x4000, &[6u8; 1000]);
+    for _ in 0..300 {
+        h.sock.send_to(&big, server_addr).unwrap();
+    }
+    let ch1 = counts(&server);
+    // the 90 indications fit the bucket and went to the peer, then the blast
+    let blasted = ch1.to_peer - ch0.to_peer - 90.0;
+    eprintln!(
+        "shared bandwidth ({mode}): after 90 kB in userspace, {blasted} of 300 kB blasted relayed ({} by the kernel)",
+        ch1.off_to_peer - ch0.off_to_peer
+    );
+    // a full bucket: 100; charged with the 90 kB at most 600 ms + one tick ago: <= 80
+    assert!(
+        (1.0..=85.0).contains(&blasted),
+        "{blasted} relayed: {ch0:?} {ch1:?}"
+    );
+    assert_eq!(ch1.to_client, ch0.to_client, "nothing echoed");
+    let _ = c;
+    let c = ch1;
+
     // Our own client: the binding's lifetime ends with the allocation's.
     let mut a = client(server_addr, "bob");
     assert_eq!(a.channel_bind(0x4000, peer).code, None, "channel bind");

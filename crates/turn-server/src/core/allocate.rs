@@ -200,6 +200,7 @@ impl<R: RngCore> Core<R> {
             channels: FxMap::default(),
             channel_of: FxMap::default(),
             bucket: Bucket::new(now, burst),
+            relayed_bytes: 0,
             pending: Some(PendingAllocate {
                 tid: msg.transaction_id(),
                 lifetime,

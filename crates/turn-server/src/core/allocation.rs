@@ -72,6 +72,9 @@ pub(super) struct Allocation {
     /// Peer → channel number (the reverse index of `channels`, same entries).
     pub(super) channel_of: FxMap<SocketAddr, u16>,
     pub(super) bucket: Bucket,
+    /// Payload bytes relayed here (this path, both directions), for the kernel fast
+    /// path's share of `bandwidth` ([`Core::relayed_bytes`](super::Core::relayed_bytes)).
+    pub(super) relayed_bytes: u64,
     /// The Allocate answer waits for the relay sockets to be open.
     pub(super) pending: Option<PendingAllocate>,
     pub(super) reservation: Option<u64>,
@@ -107,7 +110,11 @@ impl Allocation {
     /// `false` when over.
     pub(super) fn within_bandwidth(&mut self, now: Instant, bandwidth: u64, len: usize) -> bool {
         let rate = bandwidth as f64;
-        bandwidth == 0 || self.bucket.take(now, rate, rate, len as f64)
+        let ok = bandwidth == 0 || self.bucket.take(now, rate, rate, len as f64);
+        if ok {
+            self.relayed_bytes = self.relayed_bytes.wrapping_add(len as u64);
+        }
+        ok
     }
 
     /// Counts `len` bytes the kernel fast path relayed for this allocation against its

@@ -30,6 +30,17 @@ impl<R: RngCore> Core<R> {
         }
     }
 
+    /// Payload bytes relayed on this (userspace) path for `client`'s allocation since it was
+    /// created, both directions; the shell charges their growth to the kernel fast path's
+    /// bucket of the allocation. `None` when there is no such allocation.
+    pub fn relayed_bytes(&self, client: FiveTuple) -> Option<u64> {
+        let slot = *self.by_client.get(&client)?;
+        self.slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map(|a| a.relayed_bytes)
+    }
+
     /// Data from a peer arrived on relay socket `relay`. `payload` is the datagram.
     pub fn handle_peer_data(
         &mut self,

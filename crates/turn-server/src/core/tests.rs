@@ -1042,6 +1042,9 @@ fn bytes_the_kernel_relayed_count_against_the_bandwidth() {
     assert_eq!(passed, 5, "1500 ms refill minus the 1000-byte debt");
     // an unknown client: nothing to charge, nothing breaks
     sim.core.charge_offloaded(sim.now, client(62), 1000);
+    // what this path relayed, for the kernel's bucket: the 9 datagrams that passed
+    assert_eq!(sim.core.relayed_bytes(cl), Some(900));
+    assert_eq!(sim.core.relayed_bytes(client(62)), None);
 }
 
 #[test]

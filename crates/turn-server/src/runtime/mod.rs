@@ -218,8 +218,9 @@ struct Worker {
     tasks: Rc<Cell<usize>>,
     offload: Option<SharedOffload>,
     /// This worker's allocations with bindings in the kernel fast path, with the payload
-    /// bytes of theirs the kernel relayed that the core has been charged for.
-    offloaded: RefCell<HashMap<FiveTuple, u64>>,
+    /// bytes of theirs the kernel relayed that the core has been charged for, and the
+    /// bytes the core relayed that the kernel's bucket has been charged for.
+    offloaded: RefCell<HashMap<FiveTuple, (u64, u64)>>,
 }
 
 /// Decrements a worker's task count when its task ends or is aborted.
@@ -365,7 +366,11 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
             .borrow()
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(1))
-            .min(now + Duration::from_secs(1));
+            .min(now + Duration::from_secs(1))
+            // the twice-a-second report (and the kernel's bandwidth charges) on time,
+            // even when no timer of the core is due
+            .max(now)
+            .min(report_at.max(now));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             msg = control.recv() => match msg {
@@ -417,9 +422,10 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
 }
 
 /// Charges each of this worker's offloaded allocations with the payload bytes the kernel
-/// relayed for it since the last call (its per-allocation counters), so its bandwidth
-/// bucket counts both paths. One map read per such allocation, twice a second, each under
-/// the shared lock on its own: the other workers' syncs never wait for the whole sweep.
+/// relayed for it since the last call (its per-allocation counters), and its kernel bucket
+/// with the bytes relayed here, so both buckets count both paths. One or two map
+/// operations per such allocation, twice a second, each under the shared lock on its own:
+/// the other workers' syncs never wait for the whole sweep.
 fn charge_offloaded(w: &Rc<Worker>, now: Instant) {
     let Some(offload) = &w.offload else {
         return;
@@ -430,11 +436,20 @@ fn charge_offloaded(w: &Rc<Worker>, now: Instant) {
         if offloaded.is_empty() {
             return;
         }
-        for (client, seen) in offloaded.iter_mut() {
-            let counters = offload
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .allocation_counters(&(client.remote, client.local));
+        let core = w.core.borrow();
+        for (client, (seen, user_seen)) in offloaded.iter_mut() {
+            let key = (client.remote, client.local);
+            let user = core.relayed_bytes(*client).unwrap_or(*user_seen);
+            let counters = {
+                let mut o = offload
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if user > *user_seen {
+                    o.charge(&key, user - *user_seen);
+                    *user_seen = user;
+                }
+                o.allocation_counters(&key)
+            };
             if let Some(c) = counters {
                 let total = c.bytes();
                 if total > *seen {
@@ -492,7 +507,7 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                     let key = (s.client.remote, s.client.local);
                     if let Some(total) = o.sync(key, &s.bindings) {
                         // out of the kernel: its last bytes, and its account in the log
-                        let seen = offloaded.remove(&s.client).unwrap_or(0);
+                        let (seen, _) = offloaded.remove(&s.client).unwrap_or_default();
                         charges.push((s.client, total.bytes().saturating_sub(seen)));
                         tracing::debug!(
                             client = %s.client.remote,
@@ -503,7 +518,10 @@ fn flush(w: &Rc<Worker>, now: Instant) {
                             "allocation left the kernel fast path"
                         );
                     } else if o.allocation_counters(&key).is_some() {
-                        offloaded.entry(s.client).or_insert(0);
+                        // what userspace relayed before counts against its own bucket
+                        // only: the kernel's starts full, as a new allocation's does
+                        let user = w.core.borrow().relayed_bytes(s.client).unwrap_or(0);
+                        offloaded.entry(s.client).or_insert((0, user));
                     }
                 }
             }
