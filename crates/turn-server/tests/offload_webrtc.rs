@@ -528,11 +528,23 @@ async fn run(family: &Family, server: &Server, peer: &mut Peer, offloaded: bool,
     assert_eq!(c.to_client - at_start.to_client, n, "{c:?}");
     assert_eq!(pick(peer.received()) - peer_start, u64::from(N));
     if offloaded {
-        // All but the first datagram (a Send indication, echoed as a Data indication)
-        // and the few that might race the ChannelBind's kernel entry.
-        assert!(c.off_to_peer - at_start.off_to_peer >= 0.95 * n, "{c:?}");
+        // Every datagram webrtc-rs sent as ChannelData but the few that might race the
+        // ChannelBind's kernel entry. Which ones go as Send indications is webrtc-rs'
+        // choice: the first, and on a loaded machine a few more while its own task takes
+        // in the ChannelBind answer the tap already saw; most must be ChannelData, or
+        // the kernel path was hardly exercised.
+        let indications = f64::from(u32::try_from(tap.indications.load(Ordering::SeqCst)).unwrap());
         assert!(
-            c.off_to_client - at_start.off_to_client >= 0.95 * n,
+            indications <= n / 4.0,
+            "{indications} of {n} as Send indications"
+        );
+        let channel_data = n - indications;
+        assert!(
+            c.off_to_peer - at_start.off_to_peer >= 0.95 * channel_data,
+            "{c:?}"
+        );
+        assert!(
+            c.off_to_client - at_start.off_to_client >= 0.95 * channel_data,
             "{c:?}"
         );
     } else {
