@@ -5,10 +5,11 @@
 //! bytes, so each type must promise (`aya::Pod`) that every bit pattern is valid and
 //! that it has no padding the kernel could see uninitialised; the expiry instants
 //! the program compares with `bpf_ktime_get_ns()` come from `clock_gettime`; and which
-//! interface carries an address comes from `getifaddrs` (std has no safe call for either).
+//! interface carries an address comes from `getifaddrs` (std has no safe call for either);
+//! and turning `UDP_GRO` off on a listener is a `setsockopt` no safe crate here offers.
 #![allow(
     unsafe_code,
-    reason = "aya::Pod impls, clock_gettime and getifaddrs, see the module docs"
+    reason = "aya::Pod impls, clock_gettime, getifaddrs and setsockopt(UDP_GRO), see the module docs"
 )]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -167,6 +168,27 @@ unsafe impl aya::Pod for P2c6Val {}
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()` and of
 /// `std::time::Instant` on Linux.
+pub(crate) fn udp_gro_off(sock: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let off: libc::c_int = 0;
+    // SAFETY: `sock` is an open descriptor for the duration of the call (borrowed); the
+    // option value is a live c_int on the stack and its exact size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            std::ptr::from_ref(&off).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

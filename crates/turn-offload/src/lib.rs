@@ -780,6 +780,15 @@ pub fn interfaces_with(addrs: &[IpAddr]) -> Vec<String> {
     v
 }
 
+/// Turns `UDP_GRO` off on a UDP listener. With GRO on the interface (the default on
+/// NICs) the kernel merges a client's back-to-back datagrams into one buffer for a
+/// socket that asked for UDP_GRO *before* TC sees them, and the program passes merged
+/// packets to userspace: a TC hook would then see the bursts of every client as one
+/// packet it cannot relay. Without the option the datagrams reach TC one by one.
+pub fn udp_gro_off(sock: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    abi::udp_gro_off(sock)
+}
+
 /// The local address the kernel sends from toward `to`: the source of a wildcard
 /// listener's datagrams to that client (they carry no chosen source), so the address its
 /// packets to us arrive at on a host with one address per family. `None` when there is no
@@ -1054,6 +1063,15 @@ mod tests {
         );
         let specific: SocketAddr = "127.0.0.1:3478".parse().unwrap();
         assert_eq!(attach_addresses(&[specific], &[lo]), vec![lo, lo]);
+    }
+
+    #[test]
+    fn udp_gro_goes_off_on_udp_sockets_only() {
+        use std::os::fd::AsFd;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp_gro_off(udp.as_fd()).unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(udp_gro_off(tcp.as_fd()).is_err(), "UDP_GRO on a TCP socket");
     }
 
     #[test]

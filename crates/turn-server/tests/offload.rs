@@ -188,6 +188,23 @@ impl Namespaces {
         must(&[
             "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "tx", "off",
         ]);
+        // GRO on the server's interfaces, as real NICs have it by default: the kernel then
+        // merges back-to-back datagrams for a socket with UDP_GRO before TC sees them, so
+        // the turn-server must not ask for UDP_GRO while the kernel path runs.
+        // Threaded NAPI makes the receive side take the datagrams in batches, as a NIC's
+        // interrupt moderation does, so back-to-back ones do get merged.
+        for dev in ["s0", "s1"] {
+            must(&["ip", "netns", "exec", &s, "ethtool", "-K", dev, "gro", "on"]);
+            must(&[
+                "ip",
+                "netns",
+                "exec",
+                &s,
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+            ]);
+        }
         if xdp {
             // A frame XDP redirects out of s0 (s1) arrives at its veth peer c0 (p0) as an
             // XDP frame, which veth takes only into a NAPI ring: one exists where the peer

@@ -246,6 +246,14 @@ pub(super) async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>) {
             return;
         }
     };
+    // The kernel fast path relays only what reaches its hook datagram by datagram: GRO
+    // for this socket would merge client bursts ahead of TC (docs/offload.md).
+    if w.offload.is_some() {
+        use std::os::fd::AsFd;
+        if let Err(e) = turn_offload::udp_gro_off(sock.get_ref().as_fd()) {
+            tracing::warn!(error = %e, %local, "could not turn UDP_GRO off: client bursts may take userspace");
+        }
+    }
     let mut storage = vec![0u8; MAX_DATAGRAM * RECV_BATCH];
     let mut metas = [quinn_udp::RecvMeta::default(); RECV_BATCH];
     loop {
