@@ -23,6 +23,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::{self, Namespaces, must};
 use common::raw::RawClient;
 use common::{REALM, SECRET, Server, metric_value, rest_credentials, unix_now};
 
@@ -38,139 +39,46 @@ const DONE: &str = "offload inner test: all checks passed";
 /// per allocation fit its 1-second burst; the blast below does not.
 const BANDWIDTH: &str = "100000";
 
-/// Runs `cmd` and says whether it succeeded (its output goes to the test's output).
-fn sh(cmd: &[&str]) -> bool {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn must(cmd: &[&str]) {
-    assert!(sh(cmd), "failed: {}", cmd.join(" "));
-}
-
 /// Why this machine cannot run the namespace tests, if it cannot.
 fn missing() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root (network namespaces and BPF need it)".into());
-    }
-    for tool in [
+    netns::missing(&[
         "ip",
         "ethtool",
         "setpriv",
         "turnutils_uclient",
         "turnutils_peer",
-    ] {
-        if !sh(&["sh", "-c", &format!("command -v {tool} >/dev/null")]) {
-            return Some(format!(
-                "`{tool}` is not installed (iproute2, ethtool, util-linux, coturn)"
-            ));
-        }
-    }
-    None
+    ])
 }
 
-/// The three namespaces `{prefix}c`, `{prefix}s`, `{prefix}p`; deleted on drop.
-struct Namespaces(String);
-
-impl Namespaces {
-    /// `xdp`: also prepare the veth peers to receive XDP frames, and a bridge (no native XDP).
-    fn new(tag: &str, xdp: bool) -> Self {
-        let prefix = format!("cro{}{tag}", std::process::id());
-        let ns = Self(prefix);
-        let (c, s, p) = (ns.name('c'), ns.name('s'), ns.name('p'));
-        for n in [&c, &s, &p] {
-            must(&["ip", "netns", "add", n]);
-            must(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        }
-        // Fixed MAC addresses and permanent neighbours: the first packet already finds
-        // its next hop (the program passes packets with an unresolved neighbour to
-        // userspace, which would make the counts below depend on ARP timing).
-        let (mc, ms0, ms1, mp) = (
-            "02:00:0a:00:01:02",
-            "02:00:0a:00:01:01",
-            "02:00:0a:00:02:01",
-            "02:00:0a:00:02:02",
-        );
+/// The three namespaces of [`netns::Namespaces`]; with `xdp` also the veth peers prepared
+/// to receive XDP frames, a veth that cannot (v0), and two bridges (no native XDP).
+fn namespaces(tag: &str, xdp: bool) -> Namespaces {
+    let ns = Namespaces::new(tag);
+    let (c, s, p) = (ns.name('c'), ns.name('s'), ns.name('p'));
+    if xdp {
+        // A frame XDP redirects out of s0 (s1) arrives at its veth peer c0 (p0) as an
+        // XDP frame, which veth takes only into a NAPI ring: one exists where the peer
+        // has an XDP program or GRO on (docs/offload.md). Without it the frames are
+        // dropped. GRO does not merge these datagrams (no UDP GRO socket option).
         must(&[
-            "ip", "-n", &c, "link", "add", "c0", "address", mc, "type", "veth", "peer", "name",
-            "s0", "address", ms0, "netns", &s,
+            "ip", "netns", "exec", &c, "ethtool", "-K", "c0", "gro", "on",
         ]);
         must(&[
-            "ip", "-n", &p, "link", "add", "p0", "address", mp, "type", "veth", "peer", "name",
-            "s1", "address", ms1, "netns", &s,
+            "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "gro", "on",
         ]);
-        for (n, dev, addr) in [
-            (&c, "c0", "10.0.1.2/24"),
-            (&s, "s0", "10.0.1.1/24"),
-            (&s, "s1", "10.0.2.1/24"),
-            (&p, "p0", "10.0.2.2/24"),
-        ] {
-            must(&["ip", "-n", n, "addr", "add", addr, "dev", dev]);
-            must(&["ip", "-n", n, "link", "set", dev, "up"]);
-        }
-        for (n, dev, addr) in [
-            (&c, "c0", "2001:db8:1::2/64"),
-            (&s, "s0", "2001:db8:1::1/64"),
-            (&s, "s1", "2001:db8:2::1/64"),
-            (&p, "p0", "2001:db8:2::2/64"),
-        ] {
-            must(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
-        }
-        must(&["ip", "-n", &c, "route", "add", "default", "via", "10.0.1.1"]);
-        must(&["ip", "-n", &p, "route", "add", "default", "via", "10.0.2.1"]);
+        // A veth whose peer (v1, peer namespace) keeps GRO off, as veth does by
+        // default: native XDP, but frames redirected to it would be dropped, so even
+        // `xdp` must refuse it.
         must(&[
-            "ip",
-            "-n",
-            &c,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:1::1",
+            "ip", "-n", &p, "link", "add", "v1", "type", "veth", "peer", "name", "v0", "netns", &s,
         ]);
-        must(&[
-            "ip",
-            "-n",
-            &p,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:2::1",
-        ]);
-        for (n, dev, ip, mac) in [
-            (&s, "s0", "10.0.1.2", mc),
-            (&s, "s1", "10.0.2.2", mp),
-            (&s, "s0", "2001:db8:1::2", mc),
-            (&s, "s1", "2001:db8:2::2", mp),
-            (&c, "c0", "10.0.1.1", ms0),
-            (&c, "c0", "2001:db8:1::1", ms0),
-            (&p, "p0", "10.0.2.1", ms1),
-            (&p, "p0", "2001:db8:2::1", ms1),
-        ] {
-            must(&[
-                "ip",
-                "-n",
-                n,
-                "neigh",
-                "replace",
-                ip,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
-        // The program routes with bpf_fib_lookup, which needs forwarding on the interface.
+        must(&["ip", "-n", &p, "link", "set", "v1", "up"]);
+        must(&["ip", "-n", &s, "link", "set", "v0", "up"]);
+        // An interface whose driver has no native XDP (a bridge), for `auto` to choose TC on.
+        must(&["ip", "-n", &s, "link", "add", "d0", "type", "bridge"]);
+        must(&["ip", "-n", &s, "link", "set", "d0", "up"]);
+        // d1: forwarding off, which `auto` must report and not relay through.
+        must(&["ip", "-n", &s, "link", "add", "d1", "type", "bridge"]);
         must(&[
             "ip",
             "netns",
@@ -178,84 +86,10 @@ impl Namespaces {
             &s,
             "sh",
             "-c",
-            "for f in ipv4/conf/s0 ipv4/conf/s1 ipv6/conf/s0 ipv6/conf/s1; do echo 1 > /proc/sys/net/$f/forwarding || exit 1; done",
+            "echo 1 > /proc/sys/net/ipv4/conf/d0/forwarding && echo 1 > /proc/sys/net/ipv4/conf/v0/forwarding && echo 0 > /proc/sys/net/ipv4/conf/d1/forwarding",
         ]);
-        // veth leaves UDP checksums to the "device" (CHECKSUM_PARTIAL), which the program
-        // passes to userspace: senders on a real network hand the server complete ones.
-        must(&[
-            "ip", "netns", "exec", &c, "ethtool", "-K", "c0", "tx", "off",
-        ]);
-        must(&[
-            "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "tx", "off",
-        ]);
-        // GRO on the server's interfaces, as real NICs have it by default: the kernel then
-        // merges back-to-back datagrams for a socket with UDP_GRO before TC sees them, so
-        // the turn-server must not ask for UDP_GRO while the kernel path runs.
-        // Threaded NAPI makes the receive side take the datagrams in batches, as a NIC's
-        // interrupt moderation does, so back-to-back ones do get merged.
-        for dev in ["s0", "s1"] {
-            must(&["ip", "netns", "exec", &s, "ethtool", "-K", dev, "gro", "on"]);
-            must(&[
-                "ip",
-                "netns",
-                "exec",
-                &s,
-                "sh",
-                "-c",
-                &format!("echo 1 > /sys/class/net/{dev}/threaded"),
-            ]);
-        }
-        if xdp {
-            // A frame XDP redirects out of s0 (s1) arrives at its veth peer c0 (p0) as an
-            // XDP frame, which veth takes only into a NAPI ring: one exists where the peer
-            // has an XDP program or GRO on (docs/offload.md). Without it the frames are
-            // dropped. GRO does not merge these datagrams (no UDP GRO socket option).
-            must(&[
-                "ip", "netns", "exec", &c, "ethtool", "-K", "c0", "gro", "on",
-            ]);
-            must(&[
-                "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "gro", "on",
-            ]);
-            // A veth whose peer (v1, peer namespace) keeps GRO off, as veth does by
-            // default: native XDP, but frames redirected to it would be dropped, so even
-            // `xdp` must refuse it.
-            must(&[
-                "ip", "-n", &p, "link", "add", "v1", "type", "veth", "peer", "name", "v0", "netns",
-                &s,
-            ]);
-            must(&["ip", "-n", &p, "link", "set", "v1", "up"]);
-            must(&["ip", "-n", &s, "link", "set", "v0", "up"]);
-            // An interface whose driver has no native XDP (a bridge), for `auto` to choose TC on.
-            must(&["ip", "-n", &s, "link", "add", "d0", "type", "bridge"]);
-            must(&["ip", "-n", &s, "link", "set", "d0", "up"]);
-            // d1: forwarding off, which `auto` must report and not relay through.
-            must(&["ip", "-n", &s, "link", "add", "d1", "type", "bridge"]);
-            must(&[
-                "ip",
-                "netns",
-                "exec",
-                &s,
-                "sh",
-                "-c",
-                "echo 1 > /proc/sys/net/ipv4/conf/d0/forwarding && echo 1 > /proc/sys/net/ipv4/conf/v0/forwarding && echo 0 > /proc/sys/net/ipv4/conf/d1/forwarding",
-            ]);
-        }
-        ns
     }
-
-    fn name(&self, role: char) -> String {
-        format!("{}{role}", self.0)
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for r in ['c', 's', 'p'] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name(r)])
-                .status();
-        }
-    }
+    ns
 }
 
 /// Sets up the namespaces and runs the inner test in the client namespace (bounded).
@@ -278,7 +112,7 @@ fn outer(mode: &str, inner: &str) {
         eprintln!("SKIP offload namespace test ({mode}): {e}");
         return;
     }
-    let ns = Namespaces::new(&mode[..1], mode == "xdp");
+    let ns = namespaces(&mode[..1], mode == "xdp");
     let exe = std::env::current_exe().unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &ns.name('c')])

@@ -11,7 +11,8 @@
 //! hop: the program passes packets with an unresolved neighbour to userspace), forwarding
 //! on in the server namespace (`bpf_fib_lookup` needs it) and transmit checksum offload off
 //! on the senders' veths (veth would leave UDP checksums to the device, and the program
-//! passes such packets to userspace).
+//! passes such packets to userspace). GRO and threaded NAPI on the server's interfaces, as
+//! a NIC has them, so back-to-back datagrams arrive in batches GRO could merge.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -140,6 +141,23 @@ impl Namespaces {
         must(&[
             "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "tx", "off",
         ]);
+        // GRO on the server's interfaces, as real NICs have it by default: the kernel then
+        // merges back-to-back datagrams for a socket with UDP_GRO before TC sees them, so
+        // the turn-server must not ask for UDP_GRO while the kernel path runs.
+        // Threaded NAPI makes the receive side take the datagrams in batches, as a NIC's
+        // interrupt moderation does, so back-to-back ones do get merged.
+        for dev in ["s0", "s1"] {
+            must(&["ip", "netns", "exec", &s, "ethtool", "-K", dev, "gro", "on"]);
+            must(&[
+                "ip",
+                "netns",
+                "exec",
+                &s,
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+            ]);
+        }
         ns
     }
 
