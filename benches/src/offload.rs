@@ -200,6 +200,9 @@ fn missing() -> Option<String> {
 /// deleted on drop (and by the signal watchdog).
 struct Namespaces {
     prefix: String,
+    /// Prefix of the interface names (`x1234s0`): unique per run, so that the NAPI
+    /// threads (`napi/x1234s0-<id>`) are told apart from other namespaces' s0.
+    tag: String,
     /// NAPI threads of s0/s1-named devices that existed before ours (other namespaces').
     foreign_napi: Vec<u32>,
     /// The XDP_PASS object attached to s0 and s1 (with `--napi xdp`).
@@ -209,9 +212,11 @@ struct Namespaces {
 impl Namespaces {
     fn new(gen_cpu: usize, napi: &str, scratch: &Path) -> Result<Self> {
         remove_stale();
+        let tag = format!("x{:04}", std::process::id() % 10_000);
         let mut ns = Self {
             prefix: format!("crob{}", std::process::id()),
-            foreign_napi: napi_threads(),
+            foreign_napi: napi_threads(&[format!("{tag}s0"), format!("{tag}s1")]),
+            tag,
             pass_obj: None,
         };
         for r in ['c', 's', 'p'] {
@@ -226,6 +231,12 @@ impl Namespaces {
 
     fn configure(&mut self, gen_cpu: usize, napi: &str, scratch: &Path) -> Result<()> {
         let (c, s, p) = (self.name('c'), self.name('s'), self.name('p'));
+        let (c0, s0, s1, p0) = (
+            self.dev("c0"),
+            self.dev("s0"),
+            self.dev("s1"),
+            self.dev("p0"),
+        );
         // Fixed MAC addresses and permanent neighbours: no ARP during the steps.
         let (mc, ms0, ms1, mp) = (
             "02:00:0a:00:01:02",
@@ -234,18 +245,18 @@ impl Namespaces {
             "02:00:0a:00:02:02",
         );
         run(&[
-            "ip", "-n", &c, "link", "add", "c0", "address", mc, "type", "veth", "peer", "name",
-            "s0", "address", ms0, "netns", &s,
+            "ip", "-n", &c, "link", "add", &c0, "address", mc, "type", "veth", "peer", "name", &s0,
+            "address", ms0, "netns", &s,
         ])?;
         run(&[
-            "ip", "-n", &p, "link", "add", "p0", "address", mp, "type", "veth", "peer", "name",
-            "s1", "address", ms1, "netns", &s,
+            "ip", "-n", &p, "link", "add", &p0, "address", mp, "type", "veth", "peer", "name", &s1,
+            "address", ms1, "netns", &s,
         ])?;
         for (n, dev, addr) in [
-            (&c, "c0", "10.0.1.2/24"),
-            (&s, "s0", "10.0.1.1/24"),
-            (&s, "s1", "10.0.2.1/24"),
-            (&p, "p0", "10.0.2.2/24"),
+            (&c, &c0, "10.0.1.2/24"),
+            (&s, &s0, "10.0.1.1/24"),
+            (&s, &s1, "10.0.2.1/24"),
+            (&p, &p0, "10.0.2.2/24"),
         ] {
             run(&["ip", "-n", n, "addr", "add", addr, "dev", dev])?;
             run(&["ip", "-n", n, "link", "set", dev, "up"])?;
@@ -253,10 +264,10 @@ impl Namespaces {
         run(&["ip", "-n", &c, "route", "add", "default", "via", "10.0.1.1"])?;
         run(&["ip", "-n", &p, "route", "add", "default", "via", "10.0.2.1"])?;
         for (n, dev, ip, mac) in [
-            (&s, "s0", "10.0.1.2", mc),
-            (&s, "s1", "10.0.2.2", mp),
-            (&c, "c0", "10.0.1.1", ms0),
-            (&p, "p0", "10.0.2.1", ms1),
+            (&s, &s0, "10.0.1.2", mc),
+            (&s, &s1, "10.0.2.2", mp),
+            (&c, &c0, "10.0.1.1", ms0),
+            (&p, &p0, "10.0.2.1", ms1),
         ] {
             run(&[
                 "ip",
@@ -283,20 +294,18 @@ impl Namespaces {
             &s,
             "sh",
             "-c",
-            "echo 1 > /proc/sys/net/ipv4/conf/s0/forwarding && echo 1 > /proc/sys/net/ipv4/conf/s1/forwarding",
+            &format!(
+                "echo 1 > /proc/sys/net/ipv4/conf/{s0}/forwarding && echo 1 > /proc/sys/net/ipv4/conf/{s1}/forwarding"
+            ),
         ])?;
-        run(&[
-            "ip", "netns", "exec", &c, "ethtool", "-K", "c0", "tx", "off",
-        ])?;
-        run(&[
-            "ip", "netns", "exec", &p, "ethtool", "-K", "p0", "tx", "off",
-        ])?;
+        run(&["ip", "netns", "exec", &c, "ethtool", "-K", &c0, "tx", "off"])?;
+        run(&["ip", "netns", "exec", &p, "ethtool", "-K", &p0, "tx", "off"])?;
         // What arrives back at the generator's interfaces is received in NAPI threads
         // of theirs on the generator CPU (GRO on gives veth a NAPI ring, which the XDP
         // path needs to transmit into; the agents' sockets do not ask for GRO, so nothing
         // is coalesced): the hand-off from the relay CPU is a thread wake-up.
         let before = all_napi_threads();
-        for (n, dev) in [(&c, "c0"), (&p, "p0")] {
+        for (n, dev) in [(&c, &c0), (&p, &p0)] {
             run(&["ip", "netns", "exec", n, "ethtool", "-K", dev, "gro", "on"])?;
             run(&[
                 "ip",
@@ -312,7 +321,8 @@ impl Namespaces {
             .into_iter()
             .filter(|(pid, comm)| {
                 !before.iter().any(|(b, _)| b == pid)
-                    && (comm.starts_with("napi/c0-") || comm.starts_with("napi/p0-"))
+                    && (comm.starts_with(&format!("napi/{c0}-"))
+                        || comm.starts_with(&format!("napi/{p0}-")))
             })
             .map(|(pid, _)| pid)
             .collect();
@@ -347,7 +357,8 @@ impl Namespaces {
                 self.attach_pass()?;
             }
             "gro" => {
-                for dev in ["s0", "s1"] {
+                for dev in [self.dev("s0"), self.dev("s1")] {
+                    let dev = dev.as_str();
                     run(&["ip", "netns", "exec", &s, "ethtool", "-K", dev, "gro", "on"])?;
                 }
             }
@@ -362,7 +373,8 @@ impl Namespaces {
             return Ok(());
         };
         let obj = obj.to_string_lossy();
-        for dev in ["s0", "s1"] {
+        for dev in [self.dev("s0"), self.dev("s1")] {
+            let dev = dev.as_str();
             run(&[
                 "ip",
                 "-n",
@@ -384,7 +396,8 @@ impl Namespaces {
     /// Detaches it (before a server that attaches XDP itself).
     fn detach_pass(&self) -> Result<()> {
         if self.pass_obj.is_some() {
-            for dev in ["s0", "s1"] {
+            for dev in [self.dev("s0"), self.dev("s1")] {
+                let dev = dev.as_str();
                 run(&[
                     "ip",
                     "-n",
@@ -405,7 +418,8 @@ impl Namespaces {
     /// their PIDs. Called once the server is up: a server that attaches XDP itself
     /// may give the devices a new NAPI.
     fn napi_pinned(&self, cpu: usize) -> Result<Vec<u32>> {
-        for dev in ["s0", "s1"] {
+        for dev in [self.dev("s0"), self.dev("s1")] {
+            let dev = dev.as_str();
             run(&[
                 "ip",
                 "netns",
@@ -417,7 +431,7 @@ impl Namespaces {
             ])
             .with_context(|| format!("{dev} has no NAPI to thread"))?;
         }
-        let napi: Vec<u32> = napi_threads()
+        let napi: Vec<u32> = napi_threads(&[self.dev("s0"), self.dev("s1")])
             .into_iter()
             .filter(|p| !self.foreign_napi.contains(p))
             .collect();
@@ -434,6 +448,11 @@ impl Namespaces {
     fn name(&self, role: char) -> String {
         format!("{}{role}", self.prefix)
     }
+
+    /// The interface this run calls `d` (c0, s0, s1, p0).
+    fn dev(&self, d: &str) -> String {
+        format!("{}{d}", self.tag)
+    }
 }
 
 impl Drop for Namespaces {
@@ -449,11 +468,11 @@ impl Drop for Namespaces {
     }
 }
 
-/// PIDs of the kernel's NAPI threads of devices named s0 or s1 (`napi/s0-<id>`).
-fn napi_threads() -> Vec<u32> {
+/// PIDs of the kernel's NAPI threads of the devices `devs` (`napi/<dev>-<id>`).
+fn napi_threads(devs: &[String]) -> Vec<u32> {
     all_napi_threads()
         .into_iter()
-        .filter(|(_, c)| c.starts_with("napi/s0-") || c.starts_with("napi/s1-"))
+        .filter(|(_, c)| devs.iter().any(|d| c.starts_with(&format!("napi/{d}-"))))
         .map(|(pid, _)| pid)
         .collect()
 }
@@ -643,7 +662,7 @@ fn server_drops(ns: &Namespaces) -> String {
         _ => "?".into(),
     };
     let mut out = format!("udp_rcvbuf={rcvbuf}");
-    for (n, dev) in [(ns.name('c'), "c0"), (ns.name('p'), "p0")] {
+    for (n, dev) in [(ns.name('c'), ns.dev("c0")), (ns.name('p'), ns.dev("p0"))] {
         // what c0/p0 could not hand to s0/s1 counts as their tx drop
         let t = command_output(
             "ip",
@@ -995,8 +1014,13 @@ fn start_server(
                     "--unauth-rate",
                     "1000000",
                 ])
-                .args(["--offload", mode, "--offload-interface", "s0"])
-                .args(["--offload-interface", "s1", "--metrics-listen", METRICS])
+                .args(["--offload", mode, "--offload-interface", &ns.dev("s0")])
+                .args([
+                    "--offload-interface",
+                    &ns.dev("s1"),
+                    "--metrics-listen",
+                    METRICS,
+                ])
                 .args(["--workers", "1", "--drain-timeout", "1"])
                 .env("RUST_LOG", "warn");
         }
