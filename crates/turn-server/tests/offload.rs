@@ -93,7 +93,8 @@ fn namespaces(tag: &str, xdp: bool) -> Namespaces {
 }
 
 /// Sets up the namespaces and runs the inner test in the client namespace (bounded).
-fn outer(mode: &str, inner: &str) {
+/// `tag` keeps the namespace names of concurrent tests apart.
+fn outer(tag: &str, mode: &str, inner: &str) {
     if let Some(why) = missing() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -112,7 +113,7 @@ fn outer(mode: &str, inner: &str) {
         eprintln!("SKIP offload namespace test ({mode}): {e}");
         return;
     }
-    let ns = namespaces(&mode[..1], mode == "xdp");
+    let ns = namespaces(tag, mode == "xdp");
     let exe = std::env::current_exe().unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &ns.name('c')])
@@ -144,17 +145,35 @@ fn outer(mode: &str, inner: &str) {
 
 #[test]
 fn kernel_relays_channel_data_both_ways_and_stops_with_the_binding() {
-    outer("tc", "inner_relay_through_the_server_namespace");
+    outer("t", "tc", "inner_relay_through_the_server_namespace");
 }
 
 #[test]
 fn kernel_relays_at_xdp_the_same_as_at_tc() {
-    outer("xdp", "inner_relay_through_the_server_namespace");
+    outer("x", "xdp", "inner_relay_through_the_server_namespace");
 }
 
 #[test]
 fn offload_off_relays_the_same_in_userspace() {
-    outer("off", "inner_relay_through_the_server_namespace");
+    outer("o", "off", "inner_relay_through_the_server_namespace");
+}
+
+/// How `auto` and the default pick interfaces and hooks, and how they fall back (in the
+/// XDP lab, beside the three relay runs rather than after one of them).
+#[test]
+fn auto_picks_a_hook_per_interface_and_says_why_it_falls_back() {
+    outer("a", "xdp", "inner_auto_picks");
+}
+
+#[test]
+#[ignore = "runs inside the client namespace, started by the test above"]
+fn inner_auto_picks() {
+    let Ok(prefix) = std::env::var(ENV_NS) else {
+        eprintln!("nothing to do: run by the offload tests inside their namespaces");
+        return;
+    };
+    auto_picks_a_hook_per_interface(&format!("{prefix}s"));
+    eprintln!("{DONE}");
 }
 
 /// turnutils_peer in the peer namespace (an echo server); killed on drop.
@@ -756,9 +775,6 @@ fn inner_relay_through_the_server_namespace() {
     }
     assert_eq!(server.stop(), Some(0));
     lifetimes_end_relaying_at_once(&srv, &mode);
-    if mode == "xdp" {
-        auto_picks_a_hook_per_interface(&srv);
-    }
     eprintln!("{DONE}");
 }
 
