@@ -109,10 +109,10 @@ async fn ask(addr: SocketAddr, secret: &str, body: &str) -> PermitResult {
     if s.write_all(head.as_bytes()).await.is_err() || s.write_all(body.as_bytes()).await.is_err() {
         return PermitResult::Error;
     }
-    // the status line is all we need: read until it is complete
-    let mut buf = Vec::with_capacity(128);
+    // the whole (short) answer: HTTP/1.0, so it ends when the turn-server closes
+    let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
-    while !buf.contains(&b'\n') && buf.len() < MAX_ANSWER {
+    while buf.len() < MAX_ANSWER {
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
@@ -124,7 +124,14 @@ async fn ask(addr: SocketAddr, secret: &str, body: &str) -> PermitResult {
         .and_then(|c| c.parse::<u16>().ok());
     match status {
         Some(200) => PermitResult::Installed,
-        Some(404) => PermitResult::NotOurRelay,
+        // the endpoint's own 404 names the result; any other 404 means no endpoint
+        Some(404) if buf.windows(15).any(|w| w == b"\"no_allocation\"") => {
+            PermitResult::NotOurRelay
+        }
+        Some(404) => {
+            tracing::warn!(%addr, "no control endpoint at this turn-server address: set control_secret on the turn-server (docs/turn-server.md, Control endpoint)");
+            PermitResult::Error
+        }
         Some(403) => PermitResult::Denied,
         Some(507) => PermitResult::Full,
         Some(code) => {
@@ -132,5 +139,38 @@ async fn ask(addr: SocketAddr, secret: &str, body: &str) -> PermitResult {
             PermitResult::Error
         }
         None => PermitResult::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ask` makes of one canned answer (the status line and body a turn-server, or
+    /// something else on that address, sends).
+    async fn answer_of(answer: &'static [u8]) -> PermitResult {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(answer).await.unwrap();
+        });
+        let r = ask(addr, "0123456789abcdef0123", "{}").await;
+        server.await.unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn a_404_is_not_our_relay_only_when_the_endpoint_says_so() {
+        let no_allocation: &[u8] =
+            b"HTTP/1.0 404 Not Found\r\ncontent-length: 27\r\n\r\n{\"result\":\"no_allocation\"}\n";
+        assert_eq!(answer_of(no_allocation).await, PermitResult::NotOurRelay);
+        // a turn-server without control_secret (no such route), or another server
+        let no_route: &[u8] = b"HTTP/1.0 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(answer_of(no_route).await, PermitResult::Error);
+        let installed: &[u8] = b"HTTP/1.0 200 OK\r\n\r\n{\"result\":\"installed\"}\n";
+        assert_eq!(answer_of(installed).await, PermitResult::Installed);
     }
 }
