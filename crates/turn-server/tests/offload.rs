@@ -39,16 +39,14 @@ const DONE: &str = "offload inner test: all checks passed";
 /// per allocation fit its 1-second burst; the blast below does not.
 const BANDWIDTH: &str = "100000";
 
-/// Why this machine cannot run the namespace tests, if it cannot.
-fn missing() -> Option<String> {
-    netns::missing(&[
-        "ip",
-        "ethtool",
-        "setpriv",
-        "turnutils_uclient",
-        "turnutils_peer",
-    ])
-}
+/// What the namespace tests need besides root (iproute2, ethtool, util-linux, coturn).
+const TOOLS: &[&str] = &[
+    "ip",
+    "ethtool",
+    "setpriv",
+    "turnutils_uclient",
+    "turnutils_peer",
+];
 
 /// The three namespaces of [`netns::Namespaces`]; with `xdp` also the veth peers prepared
 /// to receive XDP frames, a veth that cannot (v0), and two bridges (no native XDP).
@@ -95,52 +93,17 @@ fn namespaces(tag: &str, xdp: bool) -> Namespaces {
 /// Sets up the namespaces and runs the inner test in the client namespace (bounded).
 /// `tag` keeps the namespace names of concurrent tests apart.
 fn outer(tag: &str, mode: &str, inner: &str) {
-    if let Some(why) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the offload namespace tests: {why}"
-        );
-        eprintln!("SKIP offload namespace test ({mode}): {why}");
-        return;
-    }
-    if mode != "off"
-        && let Err(e) = turn_offload::built()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must build the BPF program (clang, llvm, libbpf-dev): {e}"
-        );
-        eprintln!("SKIP offload namespace test ({mode}): {e}");
+    if !netns::can_run("offload namespace test", mode, TOOLS) {
         return;
     }
     let ns = namespaces(tag, mode == "xdp");
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name('c')])
-        .arg(exe)
-        .args([
-            "--exact",
-            inner,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ENV_NS, &ns.0)
-        .env(ENV_MODE, mode)
+    let env = [
+        (ENV_NS, ns.0.as_str()),
+        (ENV_MODE, mode),
         // the servers log each allocation's kernel account at debug (read below)
-        .env("TURN_TEST_LOG", "info,turn_server::runtime=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (status, text) = common::output_within(child, Duration::from_secs(120));
-    eprintln!("{text}");
-    assert!(status.is_some(), "inner test timed out after 120 s");
-    assert!(
-        status.is_some_and(|s| s.success()) && text.contains(DONE),
-        "inner test failed"
-    );
+        ("TURN_TEST_LOG", "info,turn_server::runtime=debug"),
+    ];
+    netns::run_inner(&ns, inner, &env, Duration::from_secs(120), DONE);
 }
 
 #[test]

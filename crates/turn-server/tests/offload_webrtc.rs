@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::netns::{Namespaces, missing};
+use common::netns::{self, Namespaces};
 use common::raw;
 use common::{REALM, SECRET, Server, metric_value, rest_credentials, unix_now};
 use tokio::net::UdpSocket;
@@ -91,48 +91,17 @@ fn families() -> [Family; 2] {
 
 /// Builds the namespaces and runs the client role inside the client namespace (bounded).
 fn outer(mode: &str) {
-    if let Some(why) = missing(&["ip", "ethtool"]) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the offload namespace tests: {why}"
-        );
-        eprintln!("SKIP offload webrtc-rs test ({mode}): {why}");
-        return;
-    }
-    if mode != "off"
-        && let Err(e) = turn_offload::built()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must build the BPF program (clang, llvm, libbpf-dev): {e}"
-        );
-        eprintln!("SKIP offload webrtc-rs test ({mode}): {e}");
+    if !netns::can_run("offload webrtc-rs test", mode, &["ip", "ethtool"]) {
         return;
     }
     let ns = Namespaces::new(&format!("w{}", &mode[..1]));
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name('c')])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "inner_webrtc_client",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ENV_NS, &ns.0)
-        .env(ENV_MODE, mode)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (status, text) = common::output_within(child, Duration::from_secs(60));
-    eprintln!("{text}");
-    assert!(status.is_some(), "inner test timed out after 60 s");
-    assert!(
-        status.is_some_and(|s| s.success()) && text.contains(DONE),
-        "inner test failed"
+    let env = [(ENV_NS, ns.0.as_str()), (ENV_MODE, mode)];
+    netns::run_inner(
+        &ns,
+        "inner_webrtc_client",
+        &env,
+        Duration::from_secs(60),
+        DONE,
     );
 }
 

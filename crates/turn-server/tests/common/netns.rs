@@ -20,6 +20,7 @@
 )]
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Runs `cmd` and says whether it succeeded.
 pub fn sh(cmd: &[&str]) -> bool {
@@ -175,4 +176,58 @@ impl Drop for Namespaces {
                 .status();
         }
     }
+}
+
+/// Whether the namespace test `what` can run here in offload `mode`; when it cannot, says
+/// why and skips — except under CI, which must run it (root, the tools, clang for the
+/// BPF program).
+pub fn can_run(what: &str, mode: &str, tools: &[&str]) -> bool {
+    if let Some(why) = missing(tools) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the {what}: {why}"
+        );
+        eprintln!("SKIP {what} ({mode}): {why}");
+        return false;
+    }
+    if mode != "off"
+        && let Err(e) = turn_offload::built()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must build the BPF program (clang, llvm, libbpf-dev): {e}"
+        );
+        eprintln!("SKIP {what} ({mode}): {e}");
+        return false;
+    }
+    true
+}
+
+/// Runs this test binary's ignored test `inner` inside the client namespace of `ns` with
+/// `env`, for at most `limit`, prints its output and checks that it passed and printed
+/// `done`.
+pub fn run_inner(ns: &Namespaces, inner: &str, env: &[(&str, &str)], limit: Duration, done: &str) {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name('c')])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            inner,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, text) = super::output_within(child, limit);
+    eprintln!("{text}");
+    assert!(status.is_some(), "inner test timed out after {limit:?}");
+    assert!(
+        status.is_some_and(|s| s.success()) && text.contains(done),
+        "inner test failed"
+    );
 }
