@@ -262,6 +262,20 @@ fn allocate(sim: &mut Sim, from: FiveTuple, creds: &mut Creds) -> SocketAddr {
     m.xor_addr(attr::XOR_RELAYED_ADDRESS).unwrap()
 }
 
+/// A ChannelBind of channel `n` to `peer`; its error code, if any.
+fn channel_bind(
+    sim: &mut Sim,
+    from: FiveTuple,
+    creds: &Creds,
+    n: u32,
+    peer: SocketAddr,
+) -> Option<u16> {
+    simple(sim, from, creds, method::CHANNEL_BIND, |b| {
+        b.u32_attr(attr::CHANNEL_NUMBER, n << 16);
+        b.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+    })
+}
+
 fn simple(
     sim: &mut Sim,
     from: FiveTuple,
@@ -382,13 +396,7 @@ fn allocate_refresh_expiry_channel_rebind() {
     assert_eq!(sim.input(c, &channel_data(0x4000, b"x")), None);
 
     // ChannelBind installs channel + permission.
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4000, peer()), None);
     let cd = channel_data(0x4000, b"hello");
     assert_eq!(
         sim.input(c, &cd),
@@ -421,31 +429,13 @@ fn allocate_refresh_expiry_channel_rebind() {
     sim.advance(50);
     assert_eq!(sim.input(c, &cd), None, "permission expired at 300 s");
     // Rebinding the same channel refreshes the permission.
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4000, peer()), None);
     assert!(sim.input(c, &cd).is_some());
     // Channel 0x4000 is bound to peer(): binding it to another peer fails; so does binding
     // peer() to another number.
     let other: SocketAddr = "203.0.113.10:5000".parse().unwrap();
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, other);
-        }),
-        Some(400)
-    );
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4001_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        Some(400)
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4000, other), Some(400));
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4001, peer()), Some(400));
     // Let the channel expire (600 s after the rebind) but stay within the 300 s cool-down:
     // still reserved for its peer.
     sim.advance(610);
@@ -457,22 +447,13 @@ fn allocate_refresh_expiry_channel_rebind() {
     );
     assert_eq!(sim.input(c, &cd), None, "channel expired");
     assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, other);
-        }),
+        channel_bind(&mut sim, c, &creds, 0x4000, other),
         Some(400),
         "number reserved during cool-down"
     );
     // After the cool-down the number can be bound to a new peer.
     sim.advance(300);
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, other);
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4000, other), None);
 
     // Refresh 0 deletes: the relay socket closes and the port returns.
     let free_before = sim.core.gauges(sim.now).relay_ports_free;
@@ -697,13 +678,7 @@ fn error_codes() {
     );
     assert_eq!(sim.core.gauges(sim.now).permissions, 0);
     for n in [0x3FFFu32, 0x8000, 0xFFFF] {
-        assert_eq!(
-            simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-                b.u32_attr(attr::CHANNEL_NUMBER, n << 16);
-                b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-            }),
-            Some(400)
-        );
+        assert_eq!(channel_bind(&mut sim, c, &creds, n, peer()), Some(400));
     }
     assert_eq!(sim.core.stats().denied[DenyClass::Loopback.index()], 1);
     assert_eq!(sim.core.stats().denied[DenyClass::LinkLocal.index()], 1);
@@ -1002,13 +977,7 @@ fn bandwidth_bucket() {
     let cl = client(60);
     let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
     allocate(&mut sim, cl, &mut a);
-    assert_eq!(
-        simple(&mut sim, cl, &a, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, cl, &a, 0x4000, peer()), None);
     let cd = channel_data(0x4000, &[0u8; 100]);
     let passed = (0..20).filter(|_| sim.input(cl, &cd).is_some()).count();
     assert_eq!(passed, 10);
@@ -1023,13 +992,7 @@ fn bytes_the_kernel_relayed_count_against_the_bandwidth() {
     let cl = client(61);
     let mut a = Creds::rest(b"s3cret", UNIX0 + 1000);
     allocate(&mut sim, cl, &mut a);
-    assert_eq!(
-        simple(&mut sim, cl, &a, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, cl, &a, 0x4000, peer()), None);
     // the kernel relayed 600 of the allocation's 1000 bytes: 400 are left here
     sim.core.charge_offloaded(sim.now, cl, 600);
     let cd = channel_data(0x4000, &[0u8; 100]);
@@ -1108,13 +1071,7 @@ fn dual_stack_and_ipv6_allocations() {
     assert_eq!(sim.relays.len(), 2);
     // Both families are reachable; ChannelData to an IPv6 peer leaves the IPv6 relay.
     let p6: SocketAddr = "[2001:db8:ffff::9]:7".parse().unwrap();
-    assert_eq!(
-        simple(&mut sim, c2, &a, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4002_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, p6);
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c2, &a, 0x4002, p6), None);
     let Some(Relay::ToPeer { relay, peer, .. }) = sim.input(c2, &channel_data(0x4002, b"v6"))
     else {
         panic!()
@@ -1274,14 +1231,8 @@ fn relay_to_relay_is_delivered_in_process() {
     let mut b = a.clone();
     let ra = allocate(&mut sim, ca, &mut a);
     let rb = allocate(&mut sim, cb, &mut b);
-    let bind = |sim: &mut Sim, c: FiveTuple, cr: &Creds, n: u32, p: SocketAddr| {
-        simple(sim, c, cr, method::CHANNEL_BIND, |bb| {
-            bb.u32_attr(attr::CHANNEL_NUMBER, n << 16);
-            bb.xor_addr(attr::XOR_PEER_ADDRESS, p);
-        })
-    };
     // A talks to B's relayed address on channel 0x4000; B has no permission for A yet.
-    assert_eq!(bind(&mut sim, ca, &a, 0x4000, rb), None);
+    assert_eq!(channel_bind(&mut sim, ca, &a, 0x4000, rb), None);
     assert_eq!(
         sim.input(ca, &channel_data(0x4000, b"hi")),
         None,
@@ -1289,7 +1240,7 @@ fn relay_to_relay_is_delivered_in_process() {
     );
     // B binds channel 0x4567 to A's relayed address: A's ChannelData now reaches B in
     // process, re-headed with B's channel number, without touching a relay socket.
-    assert_eq!(bind(&mut sim, cb, &b, 0x4567, ra), None);
+    assert_eq!(channel_bind(&mut sim, cb, &b, 0x4567, ra), None);
     assert_eq!(
         sim.input(ca, &channel_data(0x4000, b"hello")),
         Some(Relay::ToClient {
@@ -1315,7 +1266,7 @@ fn relay_to_relay_is_delivered_in_process() {
     let mut b2 = a2.clone();
     let ra2 = allocate(&mut sim2, ca, &mut a2);
     let rb2 = allocate(&mut sim2, cb, &mut b2);
-    assert_eq!(bind(&mut sim2, ca, &a2, 0x4000, rb2), None);
+    assert_eq!(channel_bind(&mut sim2, ca, &a2, 0x4000, rb2), None);
     assert_eq!(
         simple(&mut sim2, cb, &b2, method::CREATE_PERMISSION, |bb| {
             bb.xor_addr(attr::XOR_PEER_ADDRESS, ra2);
@@ -1344,13 +1295,7 @@ fn relay_to_relay_across_workers_is_handed_off() {
     let mut b = a.clone();
     let ra = allocate(&mut w0, ca, &mut a);
     let rb = allocate(&mut w1, cb, &mut b);
-    let bind = |sim: &mut Sim, c: FiveTuple, cr: &Creds, n: u32, p: SocketAddr| {
-        simple(sim, c, cr, method::CHANNEL_BIND, |bb| {
-            bb.u32_attr(attr::CHANNEL_NUMBER, n << 16);
-            bb.xor_addr(attr::XOR_PEER_ADDRESS, p);
-        })
-    };
-    assert_eq!(bind(&mut w0, ca, &a, 0x4000, rb), None);
+    assert_eq!(channel_bind(&mut w0, ca, &a, 0x4000, rb), None);
     // Worker 0 does not own B's relayed address: it hands the payload to worker 1.
     let r = w0.input(ca, &channel_data(0x4000, b"hello"));
     let Some(Relay::ToWorker {
@@ -1370,7 +1315,7 @@ fn relay_to_relay_across_workers_is_handed_off() {
     assert!(w1.core.poll_transmit().is_none(), "nothing for B");
     assert_eq!(w1.core.stats().packets[1][0], 0);
     // B binds a channel to A: the hand-off becomes ChannelData with B's channel number.
-    assert_eq!(bind(&mut w1, cb, &b, 0x4567, ra), None);
+    assert_eq!(channel_bind(&mut w1, cb, &b, 0x4567, ra), None);
     assert_eq!(
         w1.core.handle_relayed(now, rb, ra, b"hello"),
         Some(Relay::ToClient {
@@ -2056,13 +2001,7 @@ fn offload_follows_channel_bindings_and_their_expiry() {
     assert!(syncs.is_empty(), "no channel yet: {syncs:?}");
 
     let t0 = sim.now;
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4001_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4001, peer()), None);
     let s = sim.core.poll_offload().expect("a sync after ChannelBind");
     assert_eq!(s.client, c);
     assert_eq!(
@@ -2098,13 +2037,7 @@ fn offload_follows_channel_bindings_and_their_expiry() {
 
     // A channel to one of our own relayed addresses stays on the in-process path.
     let own: SocketAddr = "192.0.2.1:40005".parse().unwrap();
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4002_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, own);
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4002, own), None);
     let s = sim.core.poll_offload().unwrap();
     assert_eq!(
         s.bindings.iter().map(|b| b.channel).collect::<Vec<_>>(),
@@ -2129,13 +2062,7 @@ fn offload_off_emits_nothing() {
     let c = client(2223);
     let mut creds = Creds::rest(b"s3cret", UNIX0 + 86_400);
     allocate(&mut sim, c, &mut creds);
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4001_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4001, peer()), None);
     assert_eq!(sim.core.poll_offload(), None);
 }
 
@@ -2156,13 +2083,7 @@ fn offload_entries_go_with_the_expiry_sweep() {
         }),
         None
     );
-    assert_eq!(
-        simple(&mut sim, c, &creds, method::CHANNEL_BIND, |b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000_0000);
-            b.xor_addr(attr::XOR_PEER_ADDRESS, peer());
-        }),
-        None
-    );
+    assert_eq!(channel_bind(&mut sim, c, &creds, 0x4000, peer()), None);
     let mut last = None;
     while let Some(s) = sim.core.poll_offload() {
         last = Some(s);
