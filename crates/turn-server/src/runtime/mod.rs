@@ -369,8 +369,8 @@ async fn worker_main(args: WorkerArgs) -> io::Result<()> {
             .min(now + Duration::from_secs(1))
             // the twice-a-second report (and the kernel's bandwidth charges) on time,
             // even when no timer of the core is due
-            .max(now)
-            .min(report_at.max(now));
+            .min(report_at)
+            .max(now);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             msg = control.recv() => match msg {
